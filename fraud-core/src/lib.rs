@@ -1,0 +1,26 @@
+//! # fraud-core
+//!
+//! The engine of the fraud scoring system: it holds gradient-boosted tree models and scores
+//! rows with them, exactly as the library that trained them would, and faster.
+//!
+//! No HTTP, no Python and no async runtime live here; the server, the Python package, the
+//! dataset tools and the benchmarks all build on this crate.
+//!
+//! ```
+//! use fraud_core::model::{Artifact, CompiledModel, lightgbm};
+//!
+//! let text = "tree\nversion=v4\nnum_class=1\nnum_tree_per_iteration=1\nlabel_index=0\n\
+//!             max_feature_idx=0\nobjective=binary sigmoid:1\nfeature_names=amount\n\
+//!             feature_infos=[0:100]\n\nTree=0\nnum_leaves=2\nnum_cat=0\nsplit_feature=0\n\
+//!             threshold=50\ndecision_type=2\nleft_child=-1\nright_child=-2\n\
+//!             leaf_value=-1 1\nis_linear=0\nshrinkage=1\n\n\nend of trees\n";
+//! let artifact: Artifact = lightgbm::import_str(text)?;
+//! let model = CompiledModel::new(&artifact.ensemble)?;
+//! let p = model.predict_proba(&[75.0])?;
+//! assert!((p - 1.0 / (1.0 + (-1.0f64).exp())).abs() < 1e-12);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod model;
+
+pub use model::{Artifact, ArtifactError, CompiledModel, Ensemble, ImportError, ModelError};
