@@ -21,6 +21,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod data;
 pub mod model;
 
 pub use model::{Artifact, ArtifactError, CompiledModel, Ensemble, ImportError, ModelError};

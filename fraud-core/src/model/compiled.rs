@@ -505,6 +505,7 @@ impl CompiledModel {
 
 /// One branch-free step of a numeric split (or a leaf, which stays where it is).
 #[inline(always)]
+#[allow(clippy::neg_cmp_op_on_partial_ord)] // NaN must compare false: that is the point.
 fn step_numeric(n: CNode, x: f64) -> u32 {
     let nan_left = (n.meta >> NAN_LEFT_SHIFT) & 1;
     // NaN compares false (right); flip that to left where NaN goes left.

@@ -1,0 +1,67 @@
+//! Subcommands of the `fraud` tool.
+
+mod bench;
+mod import;
+mod inspect;
+mod predict;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use fraud_core::model::Artifact;
+
+/// Real-time transaction fraud scoring: models, prediction, benchmarks.
+#[derive(Debug, Parser)]
+#[command(name = "fraud", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Convert an XGBoost JSON or LightGBM text model into a model artifact.
+    Import(import::Args),
+    /// Score a CSV file of features with a model; writes one probability per row.
+    Predict(predict::Args),
+    /// Print a model's metadata and shape.
+    Inspect(inspect::Args),
+    /// Measure batch and single-row prediction speed on a CSV file of features.
+    Bench(bench::Args),
+}
+
+/// Runs one parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Import(a) => import::run(a),
+        Command::Predict(a) => predict::run(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Bench(a) => bench::run(a),
+    }
+}
+
+/// Loads a model artifact, naming the file on error.
+fn load_model(path: &PathBuf) -> anyhow::Result<Artifact> {
+    Artifact::load(path).with_context(|| format!("cannot load model {}", path.display()))
+}
+
+/// A rayon pool with `threads` workers (all cores when `None`).
+fn thread_pool(threads: Option<usize>) -> anyhow::Result<rayon::ThreadPool> {
+    if threads == Some(0) {
+        anyhow::bail!("--threads must be at least 1");
+    }
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.unwrap_or(0))
+        .build()
+        .context("cannot start worker threads")
+}
+
+/// Reads the model's feature columns from a CSV file.
+fn read_features(path: &PathBuf, artifact: &Artifact) -> anyhow::Result<fraud_core::data::Matrix> {
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("cannot open input {}", path.display()))?;
+    let names = artifact.ensemble.feature_names();
+    fraud_core::data::read_csv(std::io::BufReader::with_capacity(1 << 20, file), &names)
+        .with_context(|| format!("cannot read input {}", path.display()))
+}

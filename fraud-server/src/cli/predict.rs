@@ -1,0 +1,76 @@
+//! `fraud predict`: score a CSV file of features, one probability per row.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use fraud_core::CompiledModel;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The model artifact.
+    #[arg(long)]
+    model: PathBuf,
+    /// CSV with a header naming the model's features (any order; extra columns ignored).
+    #[arg(long)]
+    input: PathBuf,
+    /// Where to write the scores (standard output when absent).
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Also write a `margin` column (the raw score before the sigmoid).
+    #[arg(long)]
+    margin: bool,
+    /// Also write, to this CSV, the source-library leaf id reached in every tree.
+    #[arg(long)]
+    leaves: Option<PathBuf>,
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let artifact = super::load_model(&a.model)?;
+    let model = CompiledModel::new(&artifact.ensemble)?;
+    let matrix = super::read_features(&a.input, &artifact)?;
+    let rows = matrix.rows();
+    let mut margins = vec![0.0; rows];
+    super::thread_pool(a.threads)?
+        .install(|| model.predict_margin_batch(&matrix.values, &mut margins))?;
+
+    let sink: Box<dyn Write> = match &a.output {
+        Some(p) => Box::new(
+            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        ),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, sink);
+    if a.margin {
+        writeln!(out, "score,margin")?;
+        for m in &margins {
+            writeln!(out, "{},{}", model.probability(*m), m)?;
+        }
+    } else {
+        writeln!(out, "score")?;
+        for m in &margins {
+            writeln!(out, "{}", model.probability(*m))?;
+        }
+    }
+    out.flush().context("cannot write scores")?;
+
+    if let Some(path) = &a.leaves {
+        let file = std::fs::File::create(path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        let mut out = std::io::BufWriter::new(file);
+        let header: Vec<String> = (0..model.num_trees())
+            .map(|t| format!("tree_{t}"))
+            .collect();
+        writeln!(out, "{}", header.join(","))?;
+        for r in 0..rows {
+            let leaves = model.predict_leaves(matrix.row(r))?;
+            let line: Vec<String> = leaves.iter().map(u32::to_string).collect();
+            writeln!(out, "{}", line.join(","))?;
+        }
+        out.flush().context("cannot write leaves")?;
+    }
+    Ok(())
+}
