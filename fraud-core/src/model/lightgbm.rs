@@ -5,14 +5,15 @@
 //! categorical splits (bitset membership: in the set goes left, NaN and negatives go right),
 //! and random-forest output averaging. LightGBM compares doubles (`x <= threshold`) and sums
 //! leaves in doubles; thresholds are written with 17 significant digits, so they are read back
-//! exactly. Refused with a message naming it: other objectives, multiclass, linear trees.
+//! exactly. LightGBM's predictor also reads any input within ±1e-35 of zero as exactly zero;
+//! the importer folds that rule into the few thresholds it affects. Refused with a message naming it: other objectives, multiclass, linear trees.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use super::ensemble::{
     Accumulation, CategoryCast, CategorySplit, Ensemble, Feature, FeatureKind, Missing, Node,
-    Objective, Split, Test, Tree, MAX_CATEGORY,
+    Objective, Split, Test, Tree, LIGHTGBM_ZERO_THRESHOLD, MAX_CATEGORY,
 };
 use super::{Artifact, ImportError};
 
@@ -277,6 +278,23 @@ fn trailer_attributes(trailer: &[&str]) -> BTreeMap<String, String> {
     out
 }
 
+/// The test equivalent to LightGBM's `x <= t` once LightGBM's input rule is applied: its
+/// prediction API keeps only values with `|x| > 1e-35` from a dense row (the rest become exactly
+/// 0.0). That only matters for thresholds within ±1e-35 of zero, which LightGBM does write (it
+/// puts splits at ±`kZeroThreshold`); those become the equivalent test on the raw value.
+fn zeroed_input_test(t: f64) -> Test {
+    let z = LIGHTGBM_ZERO_THRESHOLD;
+    if (0.0..z).contains(&t) {
+        // (t, z] reads as 0 <= t: left.
+        Test::LessEqual(z)
+    } else if (-z..0.0).contains(&t) {
+        // [-z, t] reads as 0 > t: right.
+        Test::Less(-z)
+    } else {
+        Test::LessEqual(t)
+    }
+}
+
 fn convert_tree(s: &Section<'_>, features: &mut [Feature]) -> Result<Tree, ImportError> {
     let err_in = |e: ImportError| match e {
         ImportError::Malformed { format, detail } if !detail.starts_with("Tree=") => {
@@ -436,7 +454,7 @@ fn convert_tree(s: &Section<'_>, features: &mut [Feature]) -> Result<Tree, Impor
             }
             Split {
                 feature: feature as u32,
-                test: Test::LessEqual(t),
+                test: zeroed_input_test(t),
                 missing,
                 default_left,
                 left: 0,

@@ -73,7 +73,16 @@ def probe_rows(x: np.ndarray, thresholds: dict[int, list[float]], seed: int, n: 
             t = thresholds[f][rng.integers(0, len(thresholds[f]))]
             cands = _f32_neighbours(t)
             rows[i, f] = cands[rng.integers(0, len(cands))]
+        if rng.random() < 0.3:
+            # Values at and around zero: LightGBM reads |x| <= 1e-35 as 0.0.
+            f = feats[rng.integers(0, len(feats))]
+            rows[i, f] = NEAR_ZERO[rng.integers(0, len(NEAR_ZERO))]
     return rows
+
+
+NEAR_ZERO = [0.0, -0.0, 1e-36, -1e-36, 1.0000000180025095e-35, -1.0000000180025095e-35,
+             math.nextafter(1.0000000180025095e-35, 1), math.nextafter(-1.0000000180025095e-35, -1),
+             1e-34, -1e-34, 5e-324, -5e-324]
 
 
 def write_rows(path: str, names: list[str], x: np.ndarray) -> None:

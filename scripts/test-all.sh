@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Runs every test of the project on a fresh machine: installs what it needs (a Python venv
+# with XGBoost, LightGBM and pytest, under .venv), checks formatting and lints, runs the Rust
+# tests, then the Python parity tests against the freshly built `fraud` binary.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+export CARGO_TERM_COLOR=never
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "Python venv (.venv) with the reference libraries"
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -r requirements-test.txt
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo test"
+cargo test --workspace --locked
+
+step "Python parity tests (real XGBoost / LightGBM against the fraud binary)"
+FRAUD_BIN="$root/target/debug/fraud" .venv/bin/python -m pytest -q fraud-core/tests/parity
+
+step "all tests passed"
