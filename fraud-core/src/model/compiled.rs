@@ -2,11 +2,12 @@
 //!
 //! Every tree is flattened into one shared node array in breadth-first order with the two
 //! children of a node side by side, so a step is `next = left + go_right` with no branch on
-//! the comparison. Each split is rewritten to the single form `x < t` in `f64`, with the exact
+//! the comparison. Each split is rewritten to the single form `x <= t` in `f64`, with the exact
 //! `t` that reproduces the source library's own comparison (XGBoost's `f32` `<`, LightGBM's
-//! `f64` `<=`), so routing stays bit-exact.
+//! `f64` `<=`), so routing stays bit-exact. `t = NaN` means "never left" (all comparisons with
+//! NaN are false), which also covers `x < -inf`.
 //!
-//! Leaves point to themselves (threshold NaN, `left = self - 1`), so a tree can be walked a
+//! Leaves point to themselves (threshold NaN: always right; `left = self - 1`), so a tree can be walked a
 //! fixed number of steps (its depth) without checking for leaves. Batches walk a block of rows
 //! through one tree in lock-step, which keeps that tree hot in cache and gives the CPU many
 //! independent loads to overlap; a single row walks several trees in lock-step for the same
@@ -36,7 +37,7 @@ const PAR_CHUNK_ROWS: usize = 1024;
 #[derive(Debug, Clone, Copy)]
 #[repr(C)]
 struct CNode {
-    /// Numeric: go left iff `x < threshold`. Leaf: NaN. Categorical: the category-table index
+    /// Numeric: go left iff `x <= threshold`. Leaf: NaN. Categorical: the category-table index
     /// stored in the bits.
     threshold: f64,
     /// Index of the left child; the right child is `left + 1`. Leaves: own index - 1.
@@ -110,22 +111,22 @@ pub(crate) fn f32_less_as_f64(t: f32) -> f64 {
     }
 }
 
-fn numeric_threshold(test: &Test) -> Result<f64, ModelError> {
-    match *test {
-        Test::Less(t) => Ok(t),
-        Test::LessEqual(t) => {
-            if t == f64::INFINITY {
-                Err(ModelError::Invalid(
-                    "a `<= +inf` split cannot be compiled exactly".into(),
-                ))
-            } else {
-                Ok(t.next_up())
-            }
+/// The `t` with `x <= t` iff the test sends non-NaN `x` left. NaN means "never left": every
+/// comparison with NaN is false.
+fn numeric_threshold(test: &Test) -> f64 {
+    let less = |t: f64| {
+        if t == f64::NEG_INFINITY {
+            f64::NAN
+        } else {
+            t.next_down()
         }
-        Test::LessF32(t) => Ok(f32_less_as_f64(t)),
-        Test::Categories(_) => Err(ModelError::Invalid(
-            "categorical test is not numeric".into(),
-        )),
+    };
+    match *test {
+        Test::LessEqual(t) => t,
+        Test::Less(t) => less(t),
+        Test::LessF32(t) => less(f32_less_as_f64(t)),
+        // Not reached: categorical splits are compiled separately.
+        Test::Categories(_) => f64::NAN,
     }
 }
 
@@ -204,7 +205,7 @@ impl CompiledModel {
                                 (f64::from_bits(idx), nan_left)
                             }
                             test => {
-                                let t = numeric_threshold(test)?;
+                                let t = numeric_threshold(test);
                                 let nan_left = match s.missing {
                                     Missing::Nan => s.default_left,
                                     Missing::ZeroOrNan => {
@@ -212,7 +213,7 @@ impl CompiledModel {
                                         meta |= ZERO_MISSING;
                                         s.default_left
                                     }
-                                    Missing::NanAsZero => 0.0 < t,
+                                    Missing::NanAsZero => 0.0 <= t,
                                 };
                                 (t, nan_left)
                             }
@@ -283,7 +284,7 @@ impl CompiledModel {
         } else if n.meta & CATEGORICAL != 0 {
             self.category_goes_left(n.threshold.to_bits() as usize, x)
         } else {
-            x < n.threshold
+            x <= n.threshold
         };
         n.left + u32::from(!go_left)
     }
@@ -509,7 +510,7 @@ impl CompiledModel {
 fn step_numeric(n: CNode, x: f64) -> u32 {
     let nan_left = (n.meta >> NAN_LEFT_SHIFT) & 1;
     // NaN compares false (right); flip that to left where NaN goes left.
-    let go_right = u32::from(!(x < n.threshold)) ^ (u32::from(x.is_nan()) & nan_left);
+    let go_right = u32::from(!(x <= n.threshold)) ^ (u32::from(x.is_nan()) & nan_left);
     n.left.wrapping_add(go_right)
 }
 

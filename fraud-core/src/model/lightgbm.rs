@@ -446,12 +446,6 @@ fn convert_tree(s: &Section<'_>, features: &mut [Feature]) -> Result<Tree, Impor
             }
         } else {
             let t = threshold[i];
-            if !t.is_finite() {
-                return Err(unsupported(format!(
-                    "{}: node {i} has the non-finite threshold {t}",
-                    s.name
-                )));
-            }
             Split {
                 feature: feature as u32,
                 test: zeroed_input_test(t),

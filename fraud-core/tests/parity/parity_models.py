@@ -60,7 +60,8 @@ def make_data(seed: int, n: int, n_num: int, n_cat: int, missing: float, zeros: 
     return x, y
 
 
-def probe_rows(x: np.ndarray, thresholds: dict[int, list[float]], seed: int, n: int) -> np.ndarray:
+def probe_rows(x: np.ndarray, thresholds: dict[int, list[float]], seed: int, n: int,
+               specials: tuple[float, ...] = ()) -> np.ndarray:
     """Rows whose values sit exactly on, and just beside, the model's split thresholds."""
     rng = np.random.default_rng(seed)
     rows = x[rng.integers(0, len(x), size=n)].copy()
@@ -77,6 +78,9 @@ def probe_rows(x: np.ndarray, thresholds: dict[int, list[float]], seed: int, n: 
             # Values at and around zero: LightGBM reads |x| <= 1e-35 as 0.0.
             f = feats[rng.integers(0, len(feats))]
             rows[i, f] = NEAR_ZERO[rng.integers(0, len(NEAR_ZERO))]
+        if specials and rng.random() < 0.2:
+            f = feats[rng.integers(0, len(feats))]
+            rows[i, f] = specials[rng.integers(0, len(specials))]
     return rows
 
 
@@ -177,7 +181,9 @@ def lgb_thresholds(booster) -> dict[int, list[float]]:
         if "split_index" not in node:
             return
         if node.get("decision_type") == "<=":
-            out.setdefault(node["split_feature"], []).append(float(node["threshold"]))
+            t = float(node["threshold"])
+            if math.isfinite(t):
+                out.setdefault(node["split_feature"], []).append(t)
         walk(node["left_child"])
         walk(node["right_child"])
 
@@ -200,7 +206,8 @@ def make_lgb_case(name: str, outdir: str, seed: int = 11, n_train: int = 4000, n
         {"objective": "binary", "seed": seed, "num_threads": 2, "verbose": -1, "deterministic": True, **params},
         dtrain, num_boost_round=rounds,
     )
-    probe = probe_rows(xtr, lgb_thresholds(booster), seed + 1, n_test // 2)
+    probe = probe_rows(xtr, lgb_thresholds(booster), seed + 1, n_test // 2,
+                       specials=(math.inf, -math.inf, 1.7e308, -1.7e308))
     if n_cat:
         # Unseen, negative, fractional and huge category codes: LightGBM defines them all.
         rng = np.random.default_rng(seed + 2)

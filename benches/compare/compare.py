@@ -1,0 +1,204 @@
+"""Side-by-side batch prediction speed: fraud-core against XGBoost, LightGBM, Treelite
+(TL2cgen) and lleaves, on the same model and the same rows, in one run.
+
+    benches/compare/run.sh            # installs the engines into .venv, builds, runs this
+    python benches/compare/compare.py --fraud target/release/fraud [--rows 1000000] ...
+
+Data: a synthetic, seeded binary classification set (rows x 30 features, a few percent
+positives, non-linear signal). Models: LightGBM (300 trees, 63 leaves) and XGBoost of the same
+shape (lossguide, 63 leaves, 300 trees). Every engine scores the same held-out rows at 1 and 2
+threads; the best of several passes is kept. The LightGBM model is scored by LightGBM,
+Treelite, lleaves and fraud-core; the XGBoost model by XGBoost `inplace_predict` and
+fraud-core. Output: ns/row per engine and thread count, and each engine's time divided by
+fraud-core's (a ratio above 1 means fraud-core is faster). Trained models are cached under
+benches/compare/work/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def make_data(rows: int, features: int, seed: int):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, features))
+    x[:, 0] = np.exp(rng.normal(3.5, 1.3, size=rows))  # amount-like
+    x[:, 1] = rng.integers(0, 24, size=rows)  # hour-like
+    w = rng.normal(size=features) / np.sqrt(features)
+    logit = x[:, 2:] @ w[2:] + 0.8 * np.sin(2 * x[:, 3]) * x[:, 4] + 0.002 * x[:, 0] + 0.5 * (x[:, 1] < 6) - 3.0
+    y = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(np.float64)
+    x[rng.random(x.shape) < 0.02] = np.nan  # some missing values
+    return x, y
+
+
+def best_of(fn, passes: int) -> float:
+    best = float("inf")
+    for _ in range(passes):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--fraud", default="target/release/fraud")
+    ap.add_argument("--rows", type=int, default=1_000_000, help="training rows")
+    ap.add_argument("--features", type=int, default=30)
+    ap.add_argument("--trees", type=int, default=300)
+    ap.add_argument("--leaves", type=int, default=63)
+    ap.add_argument("--score-rows", type=int, default=100_000)
+    ap.add_argument("--passes", type=int, default=5)
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--only", default="", help="comma list of engines to run (default all)")
+    ap.add_argument("--json", default="", help="also write the results to this file")
+    a = ap.parse_args()
+    threads = [int(t) for t in a.threads.split(",")]
+    only = set(filter(None, a.only.split(",")))
+    want = lambda e: not only or e in only  # noqa: E731
+
+    work = os.path.join(HERE, "work", f"r{a.rows}_f{a.features}_t{a.trees}_l{a.leaves}_s{a.seed}")
+    os.makedirs(work, exist_ok=True)
+    x, y = make_data(a.rows + a.score_rows, a.features, a.seed)
+    xtr, ytr, xte = x[: a.rows], y[: a.rows], np.ascontiguousarray(x[a.rows :])
+    names = [f"f{i}" for i in range(a.features)]
+
+    import lightgbm as lgb
+    import xgboost as xgb
+
+    lgb_path = os.path.join(work, "model.txt")
+    if not os.path.exists(lgb_path):
+        t = time.time()
+        booster = lgb.train(
+            {"objective": "binary", "num_leaves": a.leaves, "learning_rate": 0.05, "min_data_in_leaf": 50,
+             "num_threads": 2, "seed": a.seed, "verbose": -1, "deterministic": True},
+            lgb.Dataset(xtr, label=ytr, feature_name=names), num_boost_round=a.trees)
+        booster.save_model(lgb_path)
+        print(f"trained LightGBM in {time.time() - t:.0f}s", file=sys.stderr)
+    xgb_path = os.path.join(work, "model.json")
+    if not os.path.exists(xgb_path) and (want("xgboost") or want("fraud-core")):
+        t = time.time()
+        booster = xgb.train(
+            {"objective": "binary:logistic", "tree_method": "hist", "grow_policy": "lossguide",
+             "max_leaves": a.leaves, "max_depth": 0, "eta": 0.05, "nthread": 2, "seed": a.seed},
+            xgb.DMatrix(xtr, label=ytr, feature_names=names), num_boost_round=a.trees)
+        booster.save_model(xgb_path)
+        print(f"trained XGBoost in {time.time() - t:.0f}s", file=sys.stderr)
+    rows_csv = os.path.join(work, "rows.csv")
+    if not os.path.exists(rows_csv):
+        np.savetxt(rows_csv, xte, delimiter=",", header=",".join(names), comments="", fmt="%.17g")
+        # np.savetxt writes nan; fraud reads NaN/nan as missing.
+
+    results: dict[str, dict[int, float]] = {}
+
+    def record(engine: str, nthreads: int, seconds: float) -> None:
+        ns = seconds / len(xte) * 1e9
+        results.setdefault(engine, {})[nthreads] = ns
+        print(f"  {engine:<28} {nthreads} thread(s): {ns:9.1f} ns/row", file=sys.stderr)
+
+    lgb_model = lgb.Booster(model_file=lgb_path)
+    ref_lgb = lgb_model.predict(xte, num_threads=1)
+
+    # fraud-core, through the CLI's in-process benchmark (parsing excluded).
+    for src, fmt, path in (("lightgbm", "lightgbm", lgb_path), ("xgboost", "xgboost", xgb_path)):
+        if not want("fraud-core") or not os.path.exists(path):
+            continue
+        art = os.path.join(work, f"{src}.fgb")
+        subprocess.run([a.fraud, "import", "--format", fmt, path, "-o", art], check=True, capture_output=True)
+        for n in threads:
+            out = subprocess.run([a.fraud, "bench", "--model", art, "--input", rows_csv, "--threads", str(n),
+                                  "--passes", str(a.passes), "--single-rows", "20000"],
+                                 check=True, capture_output=True, text=True).stdout
+            rep = json.loads(out)
+            record(f"fraud-core ({src} model)", n, rep["batch_ns_per_row"] * len(xte) / 1e9)
+            if n == 1:
+                results.setdefault(f"fraud-core ({src} model) single-row p50/p99 us", {})[1] = (
+                    rep["single_row_us_p50"], rep["single_row_us_p99"])
+        # Same scores as the library.
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "s.csv")
+            subprocess.run([a.fraud, "predict", "--model", art, "--input", rows_csv, "--output", out], check=True)
+            ours = np.loadtxt(out, skiprows=1)
+        if src == "lightgbm":
+            ref = ref_lgb
+        else:
+            ref = xgb.Booster(model_file=xgb_path).inplace_predict(xte)
+        print(f"  fraud-core ({src} model) max |p - library p| = {np.abs(ours - ref).max():.2e}", file=sys.stderr)
+
+    if want("lightgbm"):
+        for n in threads:
+            record("lightgbm predict", n, best_of(lambda: lgb_model.predict(xte, num_threads=n), a.passes))
+
+    if want("xgboost") and os.path.exists(xgb_path):
+        xb = xgb.Booster(model_file=xgb_path)
+        for n in threads:
+            xb.set_param({"nthread": n})
+            record("xgboost inplace_predict", n, best_of(lambda: xb.inplace_predict(xte), a.passes))
+
+    if want("treelite"):
+        try:
+            import tl2cgen
+            import treelite
+
+            tl = treelite.frontend.load_lightgbm_model(lgb_path)
+            lib = os.path.join(work, "tl2cgen_model.so")
+            if not os.path.exists(lib):
+                tl2cgen.export_lib(tl, toolchain="gcc", libpath=lib, params={"parallel_comp": 8}, nthread=2)
+            dmat = tl2cgen.DMatrix(xte, dtype="float64")
+            for n in threads:
+                pred = tl2cgen.Predictor(lib, nthread=n)
+                record("treelite/tl2cgen", n, best_of(lambda: pred.predict(dmat), a.passes))
+        except Exception as e:  # noqa: BLE001
+            print(f"  treelite skipped: {e}", file=sys.stderr)
+
+    if want("lleaves"):
+        try:
+            import lleaves
+
+            ll = lleaves.Model(model_file=lgb_path)
+            ll.compile(cache=os.path.join(work, "lleaves.o"))
+            for n in threads:
+                record("lleaves", n, best_of(lambda: ll.predict(xte, n_jobs=n), a.passes))
+        except Exception as e:  # noqa: BLE001
+            print(f"  lleaves skipped: {e}", file=sys.stderr)
+
+    ours = {src: results.get(f"fraud-core ({src} model)", {}) for src in ("lightgbm", "xgboost")}
+    print()
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+          f"{a.rows} x {a.features} training rows, {a.trees} trees, {a.leaves} leaves, {len(xte)} rows scored")
+    print(f"{'engine':<34}" + "".join(f"{str(n) + ' thr ns/row':>16}{'ratio':>8}" for n in threads))
+    for engine, by_n in results.items():
+        if "single-row" in engine:
+            continue
+        base = ours["xgboost"] if "xgboost" in engine else ours["lightgbm"]
+        cells = ""
+        for n in threads:
+            v = by_n.get(n)
+            r = v / base[n] if v and base.get(n) else None
+            cells += f"{v:16.1f}" if v else f"{'-':>16}"
+            cells += f"{r:8.2f}" if r else f"{'-':>8}"
+        print(f"{engine:<34}{cells}")
+    for engine, by_n in results.items():
+        if "single-row" in engine:
+            p50, p99 = by_n[1]
+            print(f"{engine}: {p50:.2f} / {p99:.2f}")
+    print("ratio = engine ns/row / fraud-core ns/row on the same model (above 1: fraud-core is faster)")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({k: {str(n): v for n, v in d.items()} for k, d in results.items()}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
