@@ -1,18 +1,21 @@
 //! The compiled inference layout: what scoring actually runs.
 //!
 //! Every tree is flattened into one shared node array in breadth-first order with the two
-//! children of a node side by side, so a step is `next = left + go_right` with no branch on
-//! the comparison. Each split is rewritten to the single form `x <= t` in `f64`, with the exact
-//! `t` that reproduces the source library's own comparison (XGBoost's `f32` `<`, LightGBM's
-//! `f64` `<=`), so routing stays bit-exact. `t = NaN` means "never left" (all comparisons with
-//! NaN are false), which also covers `x < -inf`.
+//! children of a node side by side, so a step is `next = base + !(v <= t)`: no branch, and one
+//! comparison. Each split is rewritten to that single form in `f64`, with the exact `t` that
+//! reproduces the source library's own comparison (XGBoost's `f32` `<`, LightGBM's `f64` `<=`),
+//! so routing stays bit-exact. A NaN `v` compares false and lands in the second slot, so each
+//! node's children are ordered to put the missing-value direction second. Where missing values
+//! go left, the node reads the *negated* feature (`-x <= s` with `s` chosen to match), which
+//! every row carries beside its own values; so missing values cost no instruction at all.
+//! `t = NaN` means "never first" (every comparison with NaN is false).
 //!
-//! Leaves point to themselves (threshold NaN: always right; `left = self - 1`), so a tree can be walked a
+//! Leaves point to themselves (threshold NaN, `base = self - 1`), so a tree can be walked a
 //! fixed number of steps (its depth) without checking for leaves. Batches walk a block of rows
 //! through one tree in lock-step, which keeps that tree hot in cache and gives the CPU many
 //! independent loads to overlap; a single row walks several trees in lock-step for the same
-//! reason. Models without categorical or zero-as-missing splits use a kernel with no
-//! data-dependent branch at all.
+//! reason. Models with categorical or zero-as-missing splits use a kernel that branches on
+//! those nodes only.
 
 use rayon::prelude::*;
 
@@ -21,29 +24,32 @@ use super::ensemble::{
 };
 use super::ModelError;
 
-const FEATURE_MASK: u32 = (1 << 24) - 1;
-const NAN_LEFT_SHIFT: u32 = 24;
-const ZERO_MISSING: u32 = 1 << 25;
-const CATEGORICAL: u32 = 1 << 26;
-const LEAF: u32 = 1 << 27;
+/// Node flags (kept apart from the nodes: the branch-free kernel never reads them).
+/// The left child is in the second slot (`base + 1`): missing values go left.
+const LEFT_SECOND: u8 = 1;
+const ZERO_MISSING: u8 = 1 << 1;
+const CATEGORICAL: u8 = 1 << 2;
+const LEAF: u8 = 1 << 3;
 
 /// Rows walked together through one tree in batch prediction.
-const BLOCK: usize = 16;
+const BLOCK: usize = 8;
 /// Trees walked together for one row in single-row prediction.
 const TREE_LANES: usize = 8;
 /// Rows per parallel task in batch prediction.
 const PAR_CHUNK_ROWS: usize = 1024;
+/// Row buffers up to this many values live on the stack.
+const STACK_BUF: usize = 256;
 
 #[derive(Debug, Clone, Copy)]
 #[repr(C)]
 struct CNode {
-    /// Numeric: go left iff `x <= threshold`. Leaf: NaN. Categorical: the category-table index
-    /// stored in the bits.
+    /// Numeric: the first slot is taken iff `v <= threshold`. Leaf: NaN. Categorical: the
+    /// category-table index stored in the bits.
     threshold: f64,
-    /// Index of the left child; the right child is `left + 1`. Leaves: own index - 1.
-    left: u32,
-    /// Feature index (low 24 bits) and flags.
-    meta: u32,
+    /// Index of the first child; the second is `base + 1`. Leaves: own index - 1.
+    base: u32,
+    /// Index into the row buffer (`>= num_features` reads a negated value).
+    feature: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -69,6 +75,7 @@ struct TreeInfo {
 #[derive(Debug, Clone)]
 pub struct CompiledModel {
     nodes: Vec<CNode>,
+    flags: Vec<u8>,
     leaf_values: Vec<f64>,
     leaf_ids: Vec<u32>,
     trees: Vec<TreeInfo>,
@@ -80,6 +87,8 @@ pub struct CompiledModel {
     average_output: bool,
     scale: f64,
     branch_free: bool,
+    /// Length every row buffer has at least: `max(2 * num_features, 1)`.
+    min_buf: usize,
 }
 
 /// The smallest `t64` with `(x as f32) < t` iff `x < t64` for every non-NaN `f64` `x`.
@@ -130,28 +139,57 @@ fn numeric_threshold(test: &Test) -> f64 {
     }
 }
 
+/// For `x <= t` sending `x` left, the `s` with `-x <= s` iff `x` goes *right* (non-NaN `x`).
+fn negated_threshold(t: f64) -> f64 {
+    if t.is_nan() {
+        // Never left: always right.
+        return f64::INFINITY;
+    }
+    let u = -t;
+    if u == f64::NEG_INFINITY {
+        // `x <= +inf`: never right.
+        f64::NAN
+    } else {
+        // Right iff x > t iff -x < -t iff -x <= prev(-t).
+        u.next_down()
+    }
+}
+
+/// Fills `buf` with `row` followed by its negation.
+#[inline]
+fn fill_row(buf: &mut [f64], row: &[f64]) {
+    let (pos, neg) = buf.split_at_mut(row.len());
+    pos.copy_from_slice(row);
+    for (n, x) in neg.iter_mut().zip(row) {
+        *n = -*x;
+    }
+}
+
 impl CompiledModel {
     /// Compiles a validated ensemble.
     pub fn new(ensemble: &Ensemble) -> Result<Self, ModelError> {
         ensemble.validate()?;
         let super::ensemble::Objective::Logistic { scale } = ensemble.objective;
+        let nf = ensemble.num_features();
         let mut m = CompiledModel {
             nodes: Vec::new(),
+            flags: Vec::new(),
             leaf_values: Vec::new(),
             leaf_ids: Vec::new(),
             trees: Vec::with_capacity(ensemble.trees.len()),
             cats: Vec::new(),
             cat_bits: Vec::new(),
-            num_features: ensemble.num_features(),
+            num_features: nf,
             base_margin: ensemble.base_margin,
             accumulation: ensemble.accumulation,
             average_output: ensemble.average_output,
             scale,
             branch_free: true,
+            min_buf: (2 * nf).max(1),
         };
+        let too_many = || ModelError::Invalid("model has too many nodes".into());
         for tree in &ensemble.trees {
-            let root = u32::try_from(m.nodes.len())
-                .map_err(|_| ModelError::Invalid("model has too many nodes".into()))?;
+            let root = u32::try_from(m.nodes.len()).map_err(|_| too_many())?;
             // Breadth-first: (source index, target index, depth).
             let mut queue = std::collections::VecDeque::new();
             m.push_placeholder();
@@ -159,85 +197,119 @@ impl CompiledModel {
             let mut depth = 0u32;
             while let Some((src, dst, d)) = queue.pop_front() {
                 depth = depth.max(d);
-                match &tree.nodes[src] {
+                let s = match &tree.nodes[src] {
                     Node::Leaf { value, id } => {
                         m.nodes[dst as usize] = CNode {
                             threshold: f64::NAN,
-                            left: dst.wrapping_sub(1),
-                            meta: LEAF,
+                            base: dst.wrapping_sub(1),
+                            feature: 0,
                         };
+                        m.flags[dst as usize] = LEAF;
                         m.leaf_values[dst as usize] = *value;
                         m.leaf_ids[dst as usize] = *id;
+                        continue;
                     }
-                    Node::Split(s) => {
-                        let left = u32::try_from(m.nodes.len())
-                            .map_err(|_| ModelError::Invalid("model has too many nodes".into()))?;
-                        m.push_placeholder();
-                        m.push_placeholder();
-                        queue.push_back((s.left as usize, left, d + 1));
-                        queue.push_back((s.right as usize, left + 1, d + 1));
-                        let mut meta = s.feature;
-                        let (threshold, nan_left) = match &s.test {
-                            Test::Categories(c) => {
-                                m.branch_free = false;
-                                meta |= CATEGORICAL;
-                                let idx = m.cats.len() as u64;
-                                let words =
-                                    c.categories.last().map_or(0, |&max| max as usize / 64 + 1);
-                                let offset = m.cat_bits.len();
-                                m.cat_bits.resize(offset + words, 0);
-                                for &cat in &c.categories {
-                                    m.cat_bits[offset + cat as usize / 64] |= 1 << (cat % 64);
-                                }
-                                m.cats.push(CatTest {
-                                    offset: offset as u32,
-                                    words: words as u32,
-                                    in_set_goes_left: c.in_set_goes_left,
-                                    cast: c.cast,
-                                });
-                                let nan_left = match s.missing {
-                                    Missing::NanAsZero => c.goes_left(0.0),
-                                    Missing::Nan | Missing::ZeroOrNan => s.default_left,
-                                };
-                                if s.missing == Missing::ZeroOrNan {
-                                    meta |= ZERO_MISSING;
-                                }
-                                (f64::from_bits(idx), nan_left)
-                            }
-                            test => {
-                                let t = numeric_threshold(test);
-                                let nan_left = match s.missing {
-                                    Missing::Nan => s.default_left,
-                                    Missing::ZeroOrNan => {
-                                        m.branch_free = false;
-                                        meta |= ZERO_MISSING;
-                                        s.default_left
-                                    }
-                                    Missing::NanAsZero => 0.0 <= t,
-                                };
-                                (t, nan_left)
-                            }
+                    Node::Split(s) => s,
+                };
+                let base = u32::try_from(m.nodes.len()).map_err(|_| too_many())?;
+                m.push_placeholder();
+                m.push_placeholder();
+                let mut feature = s.feature;
+                let mut flags = 0u8;
+                let threshold;
+                let nan_left;
+                match &s.test {
+                    Test::Categories(c) => {
+                        m.branch_free = false;
+                        flags |= CATEGORICAL;
+                        let idx = m.cats.len() as u64;
+                        let words = c.categories.last().map_or(0, |&max| max as usize / 64 + 1);
+                        let offset = m.cat_bits.len();
+                        m.cat_bits.resize(offset + words, 0);
+                        for &cat in &c.categories {
+                            m.cat_bits[offset + cat as usize / 64] |= 1 << (cat % 64);
+                        }
+                        m.cats.push(CatTest {
+                            offset: offset as u32,
+                            words: words as u32,
+                            in_set_goes_left: c.in_set_goes_left,
+                            cast: c.cast,
+                        });
+                        nan_left = match s.missing {
+                            Missing::NanAsZero => c.goes_left(0.0),
+                            Missing::Nan | Missing::ZeroOrNan => s.default_left,
                         };
-                        meta |= u32::from(nan_left) << NAN_LEFT_SHIFT;
-                        m.nodes[dst as usize] = CNode {
-                            threshold,
-                            left,
-                            meta,
+                        threshold = f64::from_bits(idx);
+                    }
+                    test => {
+                        let t = numeric_threshold(test);
+                        nan_left = match s.missing {
+                            Missing::Nan | Missing::ZeroOrNan => s.default_left,
+                            Missing::NanAsZero => 0.0 <= t,
                         };
+                        if nan_left {
+                            // Read -x; the first slot (right child) is taken iff -x <= s.
+                            feature += nf as u32;
+                            threshold = negated_threshold(t);
+                        } else {
+                            threshold = t;
+                        }
                     }
                 }
+                if s.missing == Missing::ZeroOrNan {
+                    m.branch_free = false;
+                    flags |= ZERO_MISSING;
+                }
+                let (first, second) = if nan_left {
+                    flags |= LEFT_SECOND;
+                    (s.right, s.left)
+                } else {
+                    (s.left, s.right)
+                };
+                queue.push_back((first as usize, base, d + 1));
+                queue.push_back((second as usize, base + 1, d + 1));
+                m.nodes[dst as usize] = CNode {
+                    threshold,
+                    base,
+                    feature,
+                };
+                m.flags[dst as usize] = flags;
             }
             m.trees.push(TreeInfo { root, depth });
         }
+        m.check_layout()?;
         Ok(m)
+    }
+
+    /// Checks the invariants the unchecked loads in [`step`](Self::step) rely on.
+    fn check_layout(&self) -> Result<(), ModelError> {
+        let len = self.nodes.len();
+        for (i, n) in self.nodes.iter().enumerate() {
+            let second = n.base.wrapping_add(1) as usize;
+            let ok = second < len
+                && (n.feature as usize) < self.min_buf
+                && (self.flags[i] & LEAF == 0 || second == i);
+            if !ok {
+                return Err(ModelError::Invalid(format!(
+                    "internal error: compiled node {i} is inconsistent"
+                )));
+            }
+        }
+        if self.trees.iter().any(|t| t.root as usize >= len) {
+            return Err(ModelError::Invalid(
+                "internal error: tree root out of range".into(),
+            ));
+        }
+        Ok(())
     }
 
     fn push_placeholder(&mut self) {
         self.nodes.push(CNode {
             threshold: f64::NAN,
-            left: 0,
-            meta: LEAF,
+            base: 0,
+            feature: 0,
         });
+        self.flags.push(LEAF);
         self.leaf_values.push(0.0);
         self.leaf_ids.push(0);
     }
@@ -268,25 +340,51 @@ impl CompiledModel {
         Ok(())
     }
 
-    /// One step of the general kernel (handles categorical and zero-as-missing splits).
-    #[inline(always)]
-    fn step(&self, idx: u32, row: &[f64]) -> u32 {
-        let n = self.nodes[idx as usize];
-        let x = row[(n.meta & FEATURE_MASK) as usize];
-        if n.meta & (CATEGORICAL | ZERO_MISSING) == 0 {
-            return step_numeric(n, x);
+    fn check_batch(&self, rows: &[f64], out: &[f64]) -> Result<(), ModelError> {
+        if rows.len() != out.len() * self.num_features {
+            return Err(ModelError::BatchShape {
+                values: rows.len(),
+                rows: out.len(),
+                features: self.num_features,
+            });
         }
-        let nan_left = (n.meta >> NAN_LEFT_SHIFT) & 1 != 0;
-        let missing =
-            x.is_nan() || (n.meta & ZERO_MISSING != 0 && x.abs() <= LIGHTGBM_ZERO_THRESHOLD);
-        let go_left = if missing {
-            nan_left
-        } else if n.meta & CATEGORICAL != 0 {
-            self.category_goes_left(n.threshold.to_bits() as usize, x)
-        } else {
-            x <= n.threshold
+        Ok(())
+    }
+
+    /// One step from node `idx` for the row in `buf` (values then negated values).
+    #[inline(always)]
+    fn step<const FAST: bool>(&self, idx: u32, buf: &[f64]) -> u32 {
+        debug_assert!(buf.len() >= self.min_buf);
+        // SAFETY: `new` checked that every node's `base + 1` (and so `base`, or the node itself
+        // for a leaf) indexes `nodes`, and every `feature` is below `min_buf`; roots index
+        // `nodes`; so `idx` always does. Callers pass buffers of `min_buf` values or more.
+        #[allow(unsafe_code)]
+        let (n, v) = unsafe {
+            let n = *self.nodes.get_unchecked(idx as usize);
+            (n, *buf.get_unchecked(n.feature as usize))
         };
-        n.left + u32::from(!go_left)
+        if FAST {
+            return n.base + u32::from(!(v <= n.threshold));
+        }
+        let flags = self.flags[idx as usize];
+        if flags & (CATEGORICAL | ZERO_MISSING) == 0 {
+            return n.base + u32::from(!(v <= n.threshold));
+        }
+        self.step_special(n, flags, v)
+    }
+
+    /// A categorical or zero-as-missing node.
+    #[cold]
+    fn step_special(&self, n: CNode, flags: u8, v: f64) -> u32 {
+        if v.is_nan() || (flags & ZERO_MISSING != 0 && v.abs() <= LIGHTGBM_ZERO_THRESHOLD) {
+            return n.base + 1;
+        }
+        if flags & CATEGORICAL == 0 {
+            return n.base + u32::from(!(v <= n.threshold));
+        }
+        let left = self.category_goes_left(n.threshold.to_bits() as usize, v);
+        let left_second = flags & LEFT_SECOND != 0;
+        n.base + u32::from(left == left_second)
     }
 
     fn category_goes_left(&self, cat: usize, x: f64) -> bool {
@@ -310,15 +408,32 @@ impl CompiledModel {
         in_set == c.in_set_goes_left
     }
 
+    /// Runs `f` with a buffer holding `row` and its negation.
+    #[inline]
+    fn with_row_buf<R>(&self, row: &[f64], f: impl FnOnce(&[f64]) -> R) -> R {
+        let n = (2 * row.len()).max(1);
+        if n <= STACK_BUF {
+            let mut buf = [0.0f64; STACK_BUF];
+            fill_row(&mut buf[..n], row);
+            f(&buf[..n])
+        } else {
+            let mut buf = vec![0.0f64; n];
+            fill_row(&mut buf, row);
+            f(&buf)
+        }
+    }
+
     /// Margin of one row. `row` has [`num_features`](Self::num_features) values, NaN for
     /// missing.
     pub fn predict_margin(&self, row: &[f64]) -> Result<f64, ModelError> {
         self.check_row(row)?;
-        Ok(if self.branch_free {
-            self.margin_row::<true>(row)
-        } else {
-            self.margin_row::<false>(row)
-        })
+        Ok(self.with_row_buf(row, |buf| {
+            if self.branch_free {
+                self.margin_row::<true>(buf)
+            } else {
+                self.margin_row::<false>(buf)
+            }
+        }))
     }
 
     /// Probability of fraud for one row.
@@ -326,17 +441,8 @@ impl CompiledModel {
         self.predict_margin(row).map(|m| self.probability(m))
     }
 
-    #[inline(always)]
-    fn walk<const FAST: bool>(&self, idx: u32, row: &[f64]) -> u32 {
-        if FAST {
-            let n = self.nodes[idx as usize];
-            step_numeric(n, row[(n.meta & FEATURE_MASK) as usize])
-        } else {
-            self.step(idx, row)
-        }
-    }
-
-    fn margin_row<const FAST: bool>(&self, row: &[f64]) -> f64 {
+    fn margin_row<const FAST: bool>(&self, buf: &[f64]) -> f64 {
+        assert!(buf.len() >= self.min_buf, "row buffer too short");
         let mut sum64 = self.base_margin;
         let mut sum32 = self.base_margin as f32;
         for group in self.trees.chunks(TREE_LANES) {
@@ -349,7 +455,7 @@ impl CompiledModel {
             let lanes = group.len();
             for _ in 0..depth {
                 for i in idx.iter_mut().take(lanes) {
-                    *i = self.walk::<FAST>(*i, row);
+                    *i = self.step::<FAST>(*i, buf);
                 }
             }
             match self.accumulation {
@@ -384,19 +490,10 @@ impl CompiledModel {
     /// Margins of a row-major batch (`rows.len() == out.len() * num_features`), in parallel
     /// over rayon's current pool.
     pub fn predict_margin_batch(&self, rows: &[f64], out: &mut [f64]) -> Result<(), ModelError> {
+        self.check_batch(rows, out)?;
         let nf = self.num_features;
-        if rows.len() != out.len() * nf {
-            return Err(ModelError::BatchShape {
-                values: rows.len(),
-                rows: out.len(),
-                features: nf,
-            });
-        }
         if nf == 0 {
-            // Every tree is a single leaf; any row reaches the same margin.
-            let m = self.margin_row::<false>(&[]);
-            out.fill(m);
-            return Ok(());
+            return self.predict_margin_batch_serial(rows, out);
         }
         out.par_chunks_mut(PAR_CHUNK_ROWS)
             .zip(rows.par_chunks(PAR_CHUNK_ROWS * nf))
@@ -419,16 +516,10 @@ impl CompiledModel {
         rows: &[f64],
         out: &mut [f64],
     ) -> Result<(), ModelError> {
-        let nf = self.num_features;
-        if rows.len() != out.len() * nf {
-            return Err(ModelError::BatchShape {
-                values: rows.len(),
-                rows: out.len(),
-                features: nf,
-            });
-        }
-        if nf == 0 {
-            let m = self.margin_row::<false>(&[]);
+        self.check_batch(rows, out)?;
+        if self.num_features == 0 {
+            // Every tree is a single leaf; any row reaches the same margin.
+            let m = self.with_row_buf(&[], |buf| self.margin_row::<false>(buf));
             out.fill(m);
             return Ok(());
         }
@@ -446,21 +537,22 @@ impl CompiledModel {
 
     fn margin_chunk_k<const FAST: bool>(&self, rows: &[f64], out: &mut [f64]) {
         let nf = self.num_features;
+        let w = 2 * nf;
+        assert!(w >= self.min_buf, "row buffer too short");
+        let mut buf = vec![0.0f64; BLOCK * w];
         for (out, rows) in out.chunks_mut(BLOCK).zip(rows.chunks(BLOCK * nf)) {
             let n = out.len();
-            let mut row_refs: [&[f64]; BLOCK] = [&[]; BLOCK];
             for (r, row) in rows.chunks_exact(nf).enumerate() {
-                row_refs[r] = row;
+                fill_row(&mut buf[r * w..(r + 1) * w], row);
             }
-            let row_refs = &row_refs[..n];
             let mut sum64 = [self.base_margin; BLOCK];
             let mut sum32 = [self.base_margin as f32; BLOCK];
             let mut idx = [0u32; BLOCK];
             for t in &self.trees {
-                idx[..n].fill(t.root);
+                idx.fill(t.root);
                 for _ in 0..t.depth {
-                    for (i, row) in idx.iter_mut().zip(row_refs) {
-                        *i = self.walk::<FAST>(*i, row);
+                    for (i, row) in idx.iter_mut().zip(buf.chunks_exact(w)).take(n) {
+                        *i = self.step::<FAST>(*i, row);
                     }
                 }
                 match self.accumulation {
@@ -490,28 +582,19 @@ impl CompiledModel {
     /// (XGBoost node id, LightGBM leaf index), in tree order.
     pub fn predict_leaves(&self, row: &[f64]) -> Result<Vec<u32>, ModelError> {
         self.check_row(row)?;
-        Ok(self
-            .trees
-            .iter()
-            .map(|t| {
-                let mut i = t.root;
-                while self.nodes[i as usize].meta & LEAF == 0 {
-                    i = self.step(i, row);
-                }
-                self.leaf_ids[i as usize]
-            })
-            .collect())
+        Ok(self.with_row_buf(row, |buf| {
+            self.trees
+                .iter()
+                .map(|t| {
+                    let mut i = t.root;
+                    while self.flags[i as usize] & LEAF == 0 {
+                        i = self.step::<false>(i, buf);
+                    }
+                    self.leaf_ids[i as usize]
+                })
+                .collect()
+        }))
     }
-}
-
-/// One branch-free step of a numeric split (or a leaf, which stays where it is).
-#[inline(always)]
-#[allow(clippy::neg_cmp_op_on_partial_ord)] // NaN must compare false: that is the point.
-fn step_numeric(n: CNode, x: f64) -> u32 {
-    let nan_left = (n.meta >> NAN_LEFT_SHIFT) & 1;
-    // NaN compares false (right); flip that to left where NaN goes left.
-    let go_right = u32::from(!(x <= n.threshold)) ^ (u32::from(x.is_nan()) & nan_left);
-    n.left.wrapping_add(go_right)
 }
 
 #[cfg(test)]

@@ -404,8 +404,8 @@ impl Ensemble {
 }
 
 /// Largest number of features a model may have (the compiled layout packs feature indices
-/// into 24 bits).
-pub const MAX_FEATURES: usize = 1 << 24;
+/// and their negated copies into 24 bits).
+pub const MAX_FEATURES: usize = 1 << 23;
 
 /// Largest number of nodes in one tree.
 pub const MAX_TREE_NODES: usize = 1 << 24;
