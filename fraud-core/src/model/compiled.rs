@@ -155,6 +155,13 @@ fn negated_threshold(t: f64) -> f64 {
     }
 }
 
+/// 1 (the second child slot) unless `v <= t`; so 1 for a NaN `v` or a NaN `t`.
+#[inline(always)]
+#[allow(clippy::neg_cmp_op_on_partial_ord)] // NaN must land in the second slot: that is the point.
+fn second_slot(v: f64, t: f64) -> u32 {
+    u32::from(!(v <= t))
+}
+
 /// Fills `buf` with `row` followed by its negation.
 #[inline]
 fn fill_row(buf: &mut [f64], row: &[f64]) {
@@ -364,11 +371,11 @@ impl CompiledModel {
             (n, *buf.get_unchecked(n.feature as usize))
         };
         if FAST {
-            return n.base + u32::from(!(v <= n.threshold));
+            return n.base + second_slot(v, n.threshold);
         }
         let flags = self.flags[idx as usize];
         if flags & (CATEGORICAL | ZERO_MISSING) == 0 {
-            return n.base + u32::from(!(v <= n.threshold));
+            return n.base + second_slot(v, n.threshold);
         }
         self.step_special(n, flags, v)
     }
@@ -380,7 +387,7 @@ impl CompiledModel {
             return n.base + 1;
         }
         if flags & CATEGORICAL == 0 {
-            return n.base + u32::from(!(v <= n.threshold));
+            return n.base + second_slot(v, n.threshold);
         }
         let left = self.category_goes_left(n.threshold.to_bits() as usize, v);
         let left_second = flags & LEFT_SECOND != 0;
