@@ -11,7 +11,9 @@
 //! `t = NaN` means "never first" (every comparison with NaN is false).
 //!
 //! Leaves point to themselves (threshold NaN, `base = self - 1`), so a tree can be walked a
-//! fixed number of steps (its depth) without checking for leaves. Batches walk a block of rows
+//! fixed number of steps without checking for leaves. That number is chosen per tree from the
+//! training cover of its leaves: deep enough that most rows are at their leaf by then, and
+//! the few that are not finish alone. Batches walk a block of rows
 //! through one tree in lock-step, which keeps that tree hot in cache and gives the CPU many
 //! independent loads to overlap; a single row walks several trees in lock-step for the same
 //! reason. Models with categorical or zero-as-missing splits use a kernel that branches on
@@ -38,7 +40,7 @@ const TREE_LANES: usize = 8;
 /// Rows per parallel task in batch prediction.
 const PAR_CHUNK_ROWS: usize = 1024;
 /// Row buffers up to this many values live on the stack.
-const STACK_BUF: usize = 256;
+const STACK_BUF: usize = 2048;
 
 #[derive(Debug, Clone, Copy)]
 #[repr(C)]
@@ -48,7 +50,8 @@ struct CNode {
     threshold: f64,
     /// Index of the first child; the second is `base + 1`. Leaves: own index - 1.
     base: u32,
-    /// Index into the row buffer (`>= num_features` reads a negated value).
+    /// Index into the row buffer: `BLOCK *` the value's position (positions
+    /// `>= num_features` hold negated values).
     feature: u32,
 }
 
@@ -65,7 +68,44 @@ struct CatTest {
 #[derive(Debug, Clone, Copy)]
 struct TreeInfo {
     root: u32,
-    depth: u32,
+    /// Steps walked in lock-step by a block of rows before the few rows not yet at a leaf
+    /// finish alone.
+    lock_batch: u32,
+    /// The same for a single row walking several trees in lock-step.
+    lock_single: u32,
+}
+
+/// Cost of a walk finishing alone after the lock-step, in lock-step steps: the mispredicted
+/// exit of its loop, and each further step walked at latency rather than throughput.
+/// Measured on the benchmark model (`benches/`): batches want the lock-step to go deeper.
+const STRAGGLER_BATCH: (f64, f64) = (10.0, 6.0);
+const STRAGGLER_SINGLE: (f64, f64) = (6.0, 4.0);
+
+/// The lock-step depth with the least expected cost, from the depth and training cover of
+/// every leaf (leaves of unknown cover count as a balanced tree would reach them).
+fn lockstep_depth(leaves: &[(u32, f64)], (penalty, step): (f64, f64)) -> u32 {
+    let max = leaves.iter().map(|l| l.0).max().unwrap_or(0);
+    let total: f64 = leaves.iter().map(|l| l.1).sum();
+    let weight = |(d, c): (u32, f64)| {
+        if total > 0.0 {
+            c / total
+        } else {
+            0.5f64.powi(d as i32)
+        }
+    };
+    let mut best = (f64::INFINITY, max);
+    for lock in 0..=max {
+        let cost = lock as f64
+            + leaves
+                .iter()
+                .filter(|l| l.0 > lock)
+                .map(|&l| weight(l) * (penalty + step * (l.0 - lock) as f64))
+                .sum::<f64>();
+        if cost < best.0 {
+            best = (cost, lock);
+        }
+    }
+    best.1
 }
 
 /// A tree ensemble compiled for fast, exact prediction.
@@ -162,13 +202,15 @@ fn second_slot(v: f64, t: f64) -> u32 {
     u32::from(!(v <= t))
 }
 
-/// Fills `buf` with `row` followed by its negation.
+/// Writes `row` and its negation into lane `lane` of an interleaved block buffer: value `j`
+/// at `j * BLOCK + lane`, its negation at `(nf + j) * BLOCK + lane`. Interleaving lets every
+/// lane of a block address its values from one base register.
 #[inline]
-fn fill_row(buf: &mut [f64], row: &[f64]) {
-    let (pos, neg) = buf.split_at_mut(row.len());
-    pos.copy_from_slice(row);
-    for (n, x) in neg.iter_mut().zip(row) {
-        *n = -*x;
+fn fill_lane(buf: &mut [f64], lane: usize, row: &[f64]) {
+    let nf = row.len();
+    for (j, &x) in row.iter().enumerate() {
+        buf[j * BLOCK + lane] = x;
+        buf[(nf + j) * BLOCK + lane] = -x;
     }
 }
 
@@ -192,7 +234,7 @@ impl CompiledModel {
             average_output: ensemble.average_output,
             scale,
             branch_free: true,
-            min_buf: (2 * nf).max(1),
+            min_buf: (2 * nf).saturating_sub(1) * BLOCK + 1,
         };
         let too_many = || ModelError::Invalid("model has too many nodes".into());
         for tree in &ensemble.trees {
@@ -201,11 +243,11 @@ impl CompiledModel {
             let mut queue = std::collections::VecDeque::new();
             m.push_placeholder();
             queue.push_back((0usize, root, 0u32));
-            let mut depth = 0u32;
+            let mut leaves = Vec::new();
             while let Some((src, dst, d)) = queue.pop_front() {
-                depth = depth.max(d);
                 let s = match &tree.nodes[src] {
-                    Node::Leaf { value, id } => {
+                    Node::Leaf { value, id, cover } => {
+                        leaves.push((d, *cover));
                         m.nodes[dst as usize] = CNode {
                             threshold: f64::NAN,
                             base: dst.wrapping_sub(1),
@@ -278,11 +320,16 @@ impl CompiledModel {
                 m.nodes[dst as usize] = CNode {
                     threshold,
                     base,
-                    feature,
+                    // In range: features < 2^23 and BLOCK is 8.
+                    feature: feature * BLOCK as u32,
                 };
                 m.flags[dst as usize] = flags;
             }
-            m.trees.push(TreeInfo { root, depth });
+            m.trees.push(TreeInfo {
+                root,
+                lock_batch: lockstep_depth(&leaves, STRAGGLER_BATCH),
+                lock_single: lockstep_depth(&leaves, STRAGGLER_SINGLE),
+            });
         }
         m.check_layout()?;
         Ok(m)
@@ -380,6 +427,15 @@ impl CompiledModel {
         self.step_special(n, flags, v)
     }
 
+    /// Walks from node `idx` down to its leaf.
+    #[inline(always)]
+    fn finish_walk<const FAST: bool>(&self, mut idx: u32, buf: &[f64]) -> u32 {
+        while self.flags[idx as usize] & LEAF == 0 {
+            idx = self.step::<FAST>(idx, buf);
+        }
+        idx
+    }
+
     /// A categorical or zero-as-missing node.
     #[cold]
     fn step_special(&self, n: CNode, flags: u8, v: f64) -> u32 {
@@ -415,17 +471,22 @@ impl CompiledModel {
         in_set == c.in_set_goes_left
     }
 
-    /// Runs `f` with a buffer holding `row` and its negation.
+    /// Runs `f` with a block buffer holding `row` and its negation in lane 0.
     #[inline]
     fn with_row_buf<R>(&self, row: &[f64], f: impl FnOnce(&[f64]) -> R) -> R {
-        let n = (2 * row.len()).max(1);
-        if n <= STACK_BUF {
+        let n = self.min_buf.max(2 * row.len() * BLOCK);
+        // Zeroing the buffer is part of every call: keep it no larger than needed.
+        if n <= STACK_BUF / 4 {
+            let mut buf = [0.0f64; STACK_BUF / 4];
+            fill_lane(&mut buf[..n], 0, row);
+            f(&buf[..n])
+        } else if n <= STACK_BUF {
             let mut buf = [0.0f64; STACK_BUF];
-            fill_row(&mut buf[..n], row);
+            fill_lane(&mut buf[..n], 0, row);
             f(&buf[..n])
         } else {
             let mut buf = vec![0.0f64; n];
-            fill_row(&mut buf, row);
+            fill_lane(&mut buf, 0, row);
             f(&buf)
         }
     }
@@ -454,17 +515,21 @@ impl CompiledModel {
         let mut sum32 = self.base_margin as f32;
         for group in self.trees.chunks(TREE_LANES) {
             let mut idx = [0u32; TREE_LANES];
-            let mut depth = 0;
+            let mut lock = 0;
             for (i, t) in group.iter().enumerate() {
                 idx[i] = t.root;
-                depth = depth.max(t.depth);
+                lock = lock.max(t.lock_single);
             }
             let lanes = group.len();
-            for _ in 0..depth {
+            for _ in 0..lock {
                 for i in idx.iter_mut().take(lanes) {
                     *i = self.step::<FAST>(*i, buf);
                 }
             }
+            for i in idx.iter_mut().take(lanes) {
+                *i = self.finish_walk::<FAST>(*i, buf);
+            }
+            // Summed in tree order, as the source library does.
             match self.accumulation {
                 Accumulation::F64 => {
                     for &i in &idx[..lanes] {
@@ -544,44 +609,57 @@ impl CompiledModel {
 
     fn margin_chunk_k<const FAST: bool>(&self, rows: &[f64], out: &mut [f64]) {
         let nf = self.num_features;
-        let w = 2 * nf;
-        assert!(w >= self.min_buf, "row buffer too short");
-        let mut buf = vec![0.0f64; BLOCK * w];
+        let mut buf = vec![0.0f64; (2 * nf * BLOCK).max(self.min_buf)];
         for (out, rows) in out.chunks_mut(BLOCK).zip(rows.chunks(BLOCK * nf)) {
             let n = out.len();
-            for (r, row) in rows.chunks_exact(nf).enumerate() {
-                fill_row(&mut buf[r * w..(r + 1) * w], row);
+            // A short last block repeats its last row in the unused lanes.
+            for lane in 0..BLOCK {
+                let r = lane.min(n - 1);
+                fill_lane(&mut buf, lane, &rows[r * nf..(r + 1) * nf]);
             }
-            let mut sum64 = [self.base_margin; BLOCK];
-            let mut sum32 = [self.base_margin as f32; BLOCK];
-            let mut idx = [0u32; BLOCK];
-            for t in &self.trees {
-                idx.fill(t.root);
-                for _ in 0..t.depth {
-                    for (i, row) in idx.iter_mut().zip(buf.chunks_exact(w)).take(n) {
-                        *i = self.step::<FAST>(*i, row);
+            let sums = self.margin_block::<FAST>(&buf);
+            for (o, s) in out.iter_mut().zip(sums) {
+                *o = self.finish(s);
+            }
+        }
+    }
+
+    /// Margin sums of the `BLOCK` rows in an interleaved block buffer.
+    #[inline(always)]
+    fn margin_block<const FAST: bool>(&self, buf: &[f64]) -> [f64; BLOCK] {
+        assert!(
+            buf.len() >= self.min_buf + BLOCK - 1,
+            "block buffer too short"
+        );
+        let lane = |r: usize| &buf[r..];
+        let mut sum64 = [self.base_margin; BLOCK];
+        let mut sum32 = [self.base_margin as f32; BLOCK];
+        for t in &self.trees {
+            let mut idx = [t.root; BLOCK];
+            for _ in 0..t.lock_batch {
+                for (r, i) in idx.iter_mut().enumerate() {
+                    *i = self.step::<FAST>(*i, lane(r));
+                }
+            }
+            for (r, i) in idx.iter_mut().enumerate() {
+                *i = self.finish_walk::<FAST>(*i, lane(r));
+            }
+            match self.accumulation {
+                Accumulation::F64 => {
+                    for (s, &i) in sum64.iter_mut().zip(&idx) {
+                        *s += self.leaf_values[i as usize];
                     }
                 }
-                match self.accumulation {
-                    Accumulation::F64 => {
-                        for (s, &i) in sum64.iter_mut().zip(&idx[..n]) {
-                            *s += self.leaf_values[i as usize];
-                        }
-                    }
-                    Accumulation::F32 => {
-                        for (s, &i) in sum32.iter_mut().zip(&idx[..n]) {
-                            *s += self.leaf_values[i as usize] as f32;
-                        }
+                Accumulation::F32 => {
+                    for (s, &i) in sum32.iter_mut().zip(&idx) {
+                        *s += self.leaf_values[i as usize] as f32;
                     }
                 }
             }
-            for r in 0..n {
-                let s = match self.accumulation {
-                    Accumulation::F64 => sum64[r],
-                    Accumulation::F32 => sum32[r] as f64,
-                };
-                out[r] = self.finish(s);
-            }
+        }
+        match self.accumulation {
+            Accumulation::F64 => sum64,
+            Accumulation::F32 => sum32.map(f64::from),
         }
     }
 
@@ -592,13 +670,7 @@ impl CompiledModel {
         Ok(self.with_row_buf(row, |buf| {
             self.trees
                 .iter()
-                .map(|t| {
-                    let mut i = t.root;
-                    while self.flags[i as usize] & LEAF == 0 {
-                        i = self.step::<false>(i, buf);
-                    }
-                    self.leaf_ids[i as usize]
-                })
+                .map(|t| self.leaf_ids[self.finish_walk::<false>(t.root, buf) as usize])
                 .collect()
         }))
     }

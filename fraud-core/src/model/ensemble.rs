@@ -86,6 +86,9 @@ pub enum Node {
     Leaf {
         /// Contribution of this leaf to the margin.
         value: f64,
+        /// Training weight that reached this leaf (XGBoost: sum of hessians; LightGBM: row
+        /// count); 0 when unknown. Used to lay out inference and for TreeSHAP.
+        cover: f64,
         /// The leaf's identifier in the source library (XGBoost node id, LightGBM leaf index),
         /// reported by leaf prediction.
         id: u32,
@@ -107,6 +110,8 @@ pub struct Split {
     pub left: u32,
     /// Position of the right child in the tree.
     pub right: u32,
+    /// Training weight that reached this node (see [`Node::Leaf`]'s `cover`); 0 when unknown.
+    pub cover: f64,
 }
 
 /// The test of a split. Each variant states its comparison and precision exactly.
@@ -239,7 +244,11 @@ impl Tree {
     /// A tree of a single leaf.
     pub fn leaf(value: f64) -> Self {
         Tree {
-            nodes: vec![Node::Leaf { value, id: 0 }],
+            nodes: vec![Node::Leaf {
+                value,
+                id: 0,
+                cover: 0.0,
+            }],
         }
     }
 
@@ -248,7 +257,7 @@ impl Tree {
         let mut i = 0usize;
         loop {
             match &self.nodes[i] {
-                Node::Leaf { value, id } => return (*value, *id),
+                Node::Leaf { value, id, .. } => return (*value, *id),
                 Node::Split(s) => {
                     let x = row.get(s.feature as usize).copied().unwrap_or(f64::NAN);
                     i = if s.goes_left(x) { s.left } else { s.right } as usize;
@@ -423,12 +432,18 @@ fn validate_tree(tree: &Tree, num_features: usize) -> Result<(), String> {
     let mut parent_count = vec![0u8; n];
     for (i, node) in tree.nodes.iter().enumerate() {
         match node {
-            Node::Leaf { value, .. } => {
+            Node::Leaf { value, cover, .. } => {
                 if !value.is_finite() {
                     return Err(format!("leaf {i} has a non-finite value"));
                 }
+                if !(cover.is_finite() && *cover >= 0.0) {
+                    return Err(format!("leaf {i} has an invalid cover {cover}"));
+                }
             }
             Node::Split(s) => {
+                if !(s.cover.is_finite() && s.cover >= 0.0) {
+                    return Err(format!("node {i} has an invalid cover {}", s.cover));
+                }
                 if s.feature as usize >= num_features {
                     return Err(format!(
                         "node {i} tests feature {} but the model has {num_features} features",
@@ -521,9 +536,18 @@ mod tests {
                         default_left,
                         left: 1,
                         right: 2,
+                        cover: 2.0,
                     }),
-                    Node::Leaf { value: -1.0, id: 1 },
-                    Node::Leaf { value: 1.0, id: 2 },
+                    Node::Leaf {
+                        value: -1.0,
+                        id: 1,
+                        cover: 1.0,
+                    },
+                    Node::Leaf {
+                        value: 1.0,
+                        id: 2,
+                        cover: 1.0,
+                    },
                 ],
             }],
             base_margin: 0.0,
@@ -570,7 +594,11 @@ mod tests {
         assert!(err.contains("feature 3"), "{err}");
         let mut e = stump(Test::Less(f64::NAN), Missing::Nan, true);
         assert!(e.validate().is_err());
-        e.trees[0].nodes.push(Node::Leaf { value: 0.0, id: 9 });
+        e.trees[0].nodes.push(Node::Leaf {
+            value: 0.0,
+            id: 9,
+            cover: 0.0,
+        });
         assert!(e.validate().is_err());
     }
 

@@ -320,6 +320,7 @@ fn convert_tree(s: &Section<'_>, features: &mut [Feature]) -> Result<Tree, Impor
             nodes: vec![Node::Leaf {
                 value: leaf_value[0],
                 id: 0,
+                cover: 0.0,
             }],
         });
     }
@@ -329,6 +330,17 @@ fn convert_tree(s: &Section<'_>, features: &mut [Feature]) -> Result<Tree, Impor
     let decision_type: Vec<u8> = s.list("decision_type", m)?;
     let left_child: Vec<i64> = s.list("left_child", m)?;
     let right_child: Vec<i64> = s.list("right_child", m)?;
+    // Row counts, which LightGBM's own TreeSHAP weighs by; absent in hand-written files.
+    let leaf_count: Vec<f64> = if s.get("leaf_count").is_some() {
+        s.list("leaf_count", num_leaves)?
+    } else {
+        vec![0.0; num_leaves]
+    };
+    let internal_count: Vec<f64> = if s.get("internal_count").is_some() {
+        s.list("internal_count", m)?
+    } else {
+        vec![0.0; m]
+    };
     let num_cat: usize = s.get("num_cat").map_or(Ok(0), |_| s.parse("num_cat"))?;
     let (cat_boundaries, cat_threshold): (Vec<usize>, Vec<u32>) = if num_cat > 0 {
         let b: Vec<usize> = s.list("cat_boundaries", num_cat + 1)?;
@@ -369,6 +381,7 @@ fn convert_tree(s: &Section<'_>, features: &mut [Feature]) -> Result<Tree, Impor
             nodes.push(Node::Leaf {
                 value: leaf_value[leaf],
                 id: leaf as u32,
+                cover: leaf_count[leaf],
             });
             continue;
         }
@@ -443,6 +456,7 @@ fn convert_tree(s: &Section<'_>, features: &mut [Feature]) -> Result<Tree, Impor
                 default_left: false,
                 left: 0,
                 right: 0,
+                cover: internal_count[i],
             }
         } else {
             let t = threshold[i];
@@ -453,6 +467,7 @@ fn convert_tree(s: &Section<'_>, features: &mut [Feature]) -> Result<Tree, Impor
                 default_left,
                 left: 0,
                 right: 0,
+                cover: internal_count[i],
             }
         };
         nodes.push(Node::Split(split));

@@ -120,6 +120,8 @@ struct TreeJson {
     #[serde(default)]
     categories_sizes: Vec<i64>,
     #[serde(default)]
+    sum_hessian: Vec<f64>,
+    #[serde(default)]
     tree_param: Option<TreeParam>,
 }
 
@@ -401,12 +403,19 @@ fn convert_tree(
                 }
             }
         }
+        let cover = t
+            .sum_hessian
+            .get(src)
+            .copied()
+            .filter(|c| c.is_finite() && *c >= 0.0)
+            .unwrap_or(0.0);
         let left = t.left_children[src];
         if left == -1 {
             let value = parse_f32(&t.split_conditions[src], "leaf value")?;
             nodes.push(Node::Leaf {
                 value: value as f64,
                 id: src as u32,
+                cover,
             });
             continue;
         }
@@ -447,6 +456,7 @@ fn convert_tree(
             default_left: t.default_left[src].is_set(),
             left: 0,
             right: 0,
+            cover,
         }));
         if nodes.len() > n {
             return Err(malformed("tree has a cycle"));
