@@ -418,11 +418,11 @@ impl CompiledModel {
             (n, *buf.get_unchecked(n.feature as usize))
         };
         if FAST {
-            return n.base + second_slot(v, n.threshold);
+            return n.base.wrapping_add(second_slot(v, n.threshold));
         }
         let flags = self.flags[idx as usize];
         if flags & (CATEGORICAL | ZERO_MISSING) == 0 {
-            return n.base + second_slot(v, n.threshold);
+            return n.base.wrapping_add(second_slot(v, n.threshold));
         }
         self.step_special(n, flags, v)
     }
@@ -440,14 +440,14 @@ impl CompiledModel {
     #[cold]
     fn step_special(&self, n: CNode, flags: u8, v: f64) -> u32 {
         if v.is_nan() || (flags & ZERO_MISSING != 0 && v.abs() <= LIGHTGBM_ZERO_THRESHOLD) {
-            return n.base + 1;
+            return n.base.wrapping_add(1);
         }
         if flags & CATEGORICAL == 0 {
-            return n.base + second_slot(v, n.threshold);
+            return n.base.wrapping_add(second_slot(v, n.threshold));
         }
         let left = self.category_goes_left(n.threshold.to_bits() as usize, v);
         let left_second = flags & LEFT_SECOND != 0;
-        n.base + u32::from(left == left_second)
+        n.base.wrapping_add(u32::from(left == left_second))
     }
 
     fn category_goes_left(&self, cat: usize, x: f64) -> bool {
