@@ -40,12 +40,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .save(&a.output)
         .with_context(|| format!("cannot write {}", a.output.display()))?;
     let stats = artifact.ensemble.stats();
-    println!(
-        "imported {} trees over {} features from {} into {}",
+    super::emit(&format!(
+        "imported {} trees over {} features from {} into {}\n",
         stats.trees,
         artifact.ensemble.num_features(),
         artifact.metadata.source,
         a.output.display()
-    );
-    Ok(())
+    ))
 }

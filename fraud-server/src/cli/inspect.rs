@@ -14,12 +14,14 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
+    use std::fmt::Write;
+    let mut out = String::new();
     let artifact = super::load_model(&a.model)?;
     let e = &artifact.ensemble;
     let s = e.stats();
     let fingerprint = artifact.fingerprint()?;
     if a.json {
-        let out = serde_json::json!({
+        let report = serde_json::json!({
             "metadata": artifact.metadata,
             "fingerprint": fingerprint,
             "features": e.features.iter().map(|f| serde_json::json!({
@@ -29,49 +31,51 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             "base_margin": e.base_margin,
             "stats": s,
         });
-        println!("{}", serde_json::to_string_pretty(&out)?);
-        return Ok(());
+        return super::emit(&format!("{}\n", serde_json::to_string_pretty(&report)?));
     }
     let m = &artifact.metadata;
-    println!("model:        {}", a.model.display());
-    println!("fingerprint:  {fingerprint}");
-    println!("source:       {}", m.source);
-    println!("created:      {}", m.created);
+    writeln!(out, "model:        {}", a.model.display())?;
+    writeln!(out, "fingerprint:  {fingerprint}")?;
+    writeln!(out, "source:       {}", m.source)?;
+    writeln!(out, "created:      {}", m.created)?;
     if let Some(d) = &m.description {
-        println!("description:  {d}");
+        writeln!(out, "description:  {d}")?;
     }
-    println!("objective:    binary logistic");
-    println!("base margin:  {}", e.base_margin);
-    println!("trees:        {}", s.trees);
-    println!(
+    writeln!(out, "objective:    binary logistic")?;
+    writeln!(out, "base margin:  {}", e.base_margin)?;
+    writeln!(out, "trees:        {}", s.trees)?;
+    writeln!(
+        out,
         "leaves:       {} (at most {} in one tree)",
         s.leaves, s.max_leaves
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "splits:       {} ({} categorical)",
         s.splits, s.categorical_splits
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "depth:        max {}, mean per tree {:.2}, mean per leaf {:.2}",
         s.max_depth, s.mean_tree_depth, s.mean_leaf_depth
-    );
-    println!("features:     {}", e.num_features());
+    )?;
+    writeln!(out, "features:     {}", e.num_features())?;
     for (i, f) in e.features.iter().enumerate() {
         let kind = match f.kind {
             FeatureKind::Numeric => "numeric",
             FeatureKind::Categorical => "categorical",
         };
-        println!("  {i:>4}  {:<32} {kind}", f.name);
+        writeln!(out, "  {i:>4}  {:<32} {kind}", f.name)?;
     }
     if let Some(t) = &m.training {
-        println!("training:     {}", serde_json::to_string(t)?);
+        writeln!(out, "training:     {}", serde_json::to_string(t)?)?;
     }
     if !m.attributes.is_empty() {
-        println!("attributes:");
+        writeln!(out, "attributes:")?;
         for (k, v) in &m.attributes {
             let v: String = v.chars().take(120).collect();
-            println!("  {k} = {v}");
+            writeln!(out, "  {k} = {v}")?;
         }
     }
-    Ok(())
+    super::emit(&out)
 }

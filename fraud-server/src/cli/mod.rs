@@ -41,6 +41,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Writes `text` to standard output (errors, such as a closed pipe, are returned).
+fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
 /// Loads a model artifact, naming the file on error.
 fn load_model(path: &PathBuf) -> anyhow::Result<Artifact> {
     Artifact::load(path).with_context(|| format!("cannot load model {}", path.display()))

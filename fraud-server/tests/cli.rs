@@ -1,0 +1,206 @@
+//! The `fraud` command line, run as a process: import, inspect, predict and bench on the
+//! committed parity fixtures, and the errors a user meets.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fraud(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fraud"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn fixture(case: &str, file: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fraud-core/tests/parity/fixtures")
+        .join(case)
+        .join(file)
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn import(dir: &Path, case: &str) -> PathBuf {
+    let (fmt, file) = if case.starts_with("xgb") {
+        ("xgboost", "model.json")
+    } else {
+        ("lightgbm", "model.txt")
+    };
+    let out = dir.join(format!("{case}.fgb"));
+    let o = fraud(&[
+        "import",
+        "--format",
+        fmt,
+        &fixture(case, file),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("imported"), "{}", stdout(&o));
+    out
+}
+
+#[test]
+fn predict_writes_one_probability_per_row_matching_the_library() {
+    let dir = tempfile::tempdir().unwrap();
+    for case in ["xgb_categorical", "lgb_missing_nan"] {
+        let model = import(dir.path(), case);
+        let out = dir.path().join("scores.csv");
+        for threads in ["1", "2"] {
+            let o = fraud(&[
+                "predict",
+                "--model",
+                model.to_str().unwrap(),
+                "--input",
+                &fixture(case, "rows.csv"),
+                "--output",
+                out.to_str().unwrap(),
+                "--threads",
+                threads,
+            ]);
+            assert!(o.status.success(), "{}", stderr(&o));
+            let text = std::fs::read_to_string(&out).unwrap();
+            let mut lines = text.lines();
+            assert_eq!(lines.next(), Some("score"));
+            let scores: Vec<f64> = lines.map(|l| l.parse().unwrap()).collect();
+            let expected: Vec<f64> = std::fs::read_to_string(fixture(case, "expected.csv"))
+                .unwrap()
+                .lines()
+                .skip(1)
+                .map(|l| l.split(',').next().unwrap().parse().unwrap())
+                .collect();
+            assert_eq!(scores.len(), expected.len());
+            for (a, b) in scores.iter().zip(&expected) {
+                assert!((a - b).abs() <= 1e-6, "{case}: {a} vs {b}");
+            }
+        }
+    }
+}
+
+#[test]
+fn predict_to_stdout_and_features_named_f0_without_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = import(dir.path(), "xgb_shallow");
+    let inspect = fraud(&["inspect", model.to_str().unwrap()]);
+    assert!(stdout(&inspect).contains(" f0 "), "{}", stdout(&inspect));
+    let o = fraud(&[
+        "predict",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        &fixture("xgb_shallow", "rows.csv"),
+        "--margin",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("score,margin\n"));
+}
+
+#[test]
+fn missing_feature_column_and_bad_cells_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = import(dir.path(), "lgb_shallow");
+    let csv = dir.path().join("bad.csv");
+    std::fs::write(&csv, "num_0,num_1,num_2,num_3,num_4\n1,2,3,4,5\n").unwrap();
+    let o = fraud(&[
+        "predict",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        csv.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("`num_5` is missing"), "{}", stderr(&o));
+    std::fs::write(&csv, "num_0,num_1,num_2,num_3,num_4,num_5\n1,2,3,4,x5,6\n").unwrap();
+    let o = fraud(&[
+        "predict",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        csv.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("row 1, column `num_4`"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn inspect_shows_metadata_and_depth() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = import(dir.path(), "lgb_categorical");
+    let o = fraud(&["inspect", model.to_str().unwrap()]);
+    let text = stdout(&o);
+    for want in [
+        "source:       lightgbm v4",
+        "trees:        50",
+        "depth:",
+        "categorical",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
+    let o = fraud(&["inspect", "--json", model.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["stats"]["trees"], 50);
+}
+
+#[test]
+fn bench_prints_the_documented_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = import(dir.path(), "lgb_deep");
+    let o = fraud(&[
+        "bench",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        &fixture("lgb_deep", "rows.csv"),
+        "--threads",
+        "1",
+        "--passes",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for key in ["batch_ns_per_row", "single_row_us_p50", "single_row_us_p99"] {
+        assert!(v[key].as_f64().unwrap() > 0.0, "{key} in {v}");
+    }
+    assert_eq!(v["threads"], 1);
+}
+
+#[test]
+fn bad_files_get_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.fgb");
+    std::fs::write(&junk, b"hello").unwrap();
+    let o = fraud(&["inspect", junk.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).starts_with("error: cannot load model"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!stderr(&o).contains("panicked"));
+    let o = fraud(&[
+        "import",
+        "--format",
+        "lightgbm",
+        &fixture("xgb_shallow", "model.json"),
+        "-o",
+        dir.path().join("x").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("LightGBM"), "{}", stderr(&o));
+    let o = fraud(&["inspect", dir.path().join("absent").to_str().unwrap()]);
+    assert!(stderr(&o).contains("No such file"), "{}", stderr(&o));
+}
