@@ -34,13 +34,11 @@ const CATEGORICAL: u8 = 1 << 2;
 const LEAF: u8 = 1 << 3;
 
 /// Rows walked together through one tree in batch prediction.
-const BLOCK: usize = 8;
+const BLOCK: usize = 12;
 /// Trees walked together for one row in single-row prediction.
 const TREE_LANES: usize = 8;
 /// Rows per parallel task in batch prediction.
 const PAR_CHUNK_ROWS: usize = 1024;
-/// Row buffers up to this many values live on the stack.
-const STACK_BUF: usize = 2048;
 
 #[derive(Debug, Clone, Copy)]
 #[repr(C)]
@@ -472,22 +470,33 @@ impl CompiledModel {
     }
 
     /// Runs `f` with a block buffer holding `row` and its negation in lane 0.
+    ///
+    /// The buffer is the calling thread's own, kept between calls: single-row latency should
+    /// not pay for allocating or zeroing a block-sized buffer (only lane 0 is written or read).
     #[inline]
     fn with_row_buf<R>(&self, row: &[f64], f: impl FnOnce(&[f64]) -> R) -> R {
+        thread_local! {
+            static ROW_BUF: std::cell::RefCell<Vec<f64>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
         let n = self.min_buf.max(2 * row.len() * BLOCK);
-        // Zeroing the buffer is part of every call: keep it no larger than needed.
-        if n <= STACK_BUF / 4 {
-            let mut buf = [0.0f64; STACK_BUF / 4];
+        let mut f = Some(f);
+        let done = ROW_BUF.with(|cell| {
+            let mut buf = cell.try_borrow_mut().ok()?;
+            if buf.len() < n {
+                buf.resize(n, 0.0);
+            }
             fill_lane(&mut buf[..n], 0, row);
-            f(&buf[..n])
-        } else if n <= STACK_BUF {
-            let mut buf = [0.0f64; STACK_BUF];
-            fill_lane(&mut buf[..n], 0, row);
-            f(&buf[..n])
-        } else {
-            let mut buf = vec![0.0f64; n];
-            fill_lane(&mut buf, 0, row);
-            f(&buf)
+            f.take().map(|f| f(&buf[..n]))
+        });
+        match (done, f) {
+            (Some(r), _) => r,
+            // Re-entered from inside `f` (not done today): use a fresh buffer.
+            (None, Some(f)) => {
+                let mut buf = vec![0.0f64; n];
+                fill_lane(&mut buf, 0, row);
+                f(&buf)
+            }
+            (None, None) => unreachable!("the closure runs at most once"),
         }
     }
 
