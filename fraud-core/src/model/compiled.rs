@@ -1,7 +1,8 @@
 //! The compiled inference layout: what scoring actually runs.
 //!
-//! Every tree is flattened into one shared node array in breadth-first order with the two
-//! children of a node side by side, so a step is `next = base + !(v <= t)`: no branch, and one
+//! Every tree is flattened into one shared node array with the two children of a node side by
+//! side (pairs laid out depth-first, the child with more training cover first, so the most
+//! travelled paths are contiguous in memory), so a step is `next = base + !(v <= t)`: no branch, and one
 //! comparison. Each split is rewritten to that single form in `f64`, with the exact `t` that
 //! reproduces the source library's own comparison (XGBoost's `f32` `<`, LightGBM's `f64` `<=`),
 //! so routing stays bit-exact. A NaN `v` compares false and lands in the second slot, so each
@@ -81,6 +82,13 @@ const STRAGGLER_SINGLE: (f64, f64) = (6.0, 4.0);
 
 /// The lock-step depth with the least expected cost, from the depth and training cover of
 /// every leaf (leaves of unknown cover count as a balanced tree would reach them).
+fn cover(node: &Node) -> f64 {
+    match node {
+        Node::Leaf { cover, .. } => *cover,
+        Node::Split(s) => s.cover,
+    }
+}
+
 fn lockstep_depth(leaves: &[(u32, f64)], (penalty, step): (f64, f64)) -> u32 {
     let max = leaves.iter().map(|l| l.0).max().unwrap_or(0);
     let total: f64 = leaves.iter().map(|l| l.1).sum();
@@ -237,12 +245,14 @@ impl CompiledModel {
         let too_many = || ModelError::Invalid("model has too many nodes".into());
         for tree in &ensemble.trees {
             let root = u32::try_from(m.nodes.len()).map_err(|_| too_many())?;
-            // Breadth-first: (source index, target index, depth).
-            let mut queue = std::collections::VecDeque::new();
+            // Depth-first over child pairs, the child with more training cover first: the
+            // pairs along a tree's most travelled paths sit next to each other in memory.
+            // Entries: (source index, target index, depth).
+            let mut stack = Vec::new();
             m.push_placeholder();
-            queue.push_back((0usize, root, 0u32));
+            stack.push((0usize, root, 0u32));
             let mut leaves = Vec::new();
-            while let Some((src, dst, d)) = queue.pop_front() {
+            while let Some((src, dst, d)) = stack.pop() {
                 let s = match &tree.nodes[src] {
                     Node::Leaf { value, id, cover } => {
                         leaves.push((d, *cover));
@@ -313,8 +323,15 @@ impl CompiledModel {
                 } else {
                     (s.left, s.right)
                 };
-                queue.push_back((first as usize, base, d + 1));
-                queue.push_back((second as usize, base + 1, d + 1));
+                let mut pair = [
+                    (first as usize, base, d + 1),
+                    (second as usize, base + 1, d + 1),
+                ];
+                if cover(&tree.nodes[pair[0].0]) > cover(&tree.nodes[pair[1].0]) {
+                    pair.swap(0, 1);
+                }
+                // The hotter child is pushed last, so its children are placed next.
+                stack.extend(pair);
                 m.nodes[dst as usize] = CNode {
                     threshold,
                     base,
