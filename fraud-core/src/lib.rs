@@ -22,6 +22,7 @@
 //! ```
 
 pub mod data;
+pub mod eval;
 pub mod model;
 
 pub use model::{Artifact, ArtifactError, CompiledModel, Ensemble, ImportError, ModelError};
