@@ -1,7 +1,7 @@
 //! Import exactness against committed XGBoost and LightGBM fixtures.
 //!
-//! Each fixture directory (made by `tests/parity/make_fixtures.py`) holds a model saved by its
-//! library, held-out rows (including rows sitting exactly on and beside split thresholds), and
+//! Each fixture directory (made by `tests/parity/make_fixtures.py`; `xgb2_*` under XGBoost 2.1,
+//! the others under XGBoost 3 and LightGBM 4) holds a model saved by its library, held-out rows (including rows sitting exactly on and beside split thresholds), and
 //! the library's own probability and leaf per tree for every row. The imported model must reach
 //! the same leaf in every tree and a probability within 1e-6, through the compiled single-row,
 //! batch, and reference paths alike.
@@ -97,6 +97,8 @@ cases!(
     xgb_lossguide,
     xgb_categorical,
     xgb_base_score,
+    xgb2_missing,
+    xgb2_categorical,
     lgb_shallow,
     lgb_deep,
     lgb_missing_nan,
@@ -118,7 +120,7 @@ fn fixture_list_is_complete() {
     dirs.sort();
     assert_eq!(
         dirs.len(),
-        14,
+        16,
         "every fixture directory needs a test case: {dirs:?}"
     );
 }

@@ -169,6 +169,51 @@ fn parse_count(s: &Option<String>, what: &str) -> Result<Option<i64>, ImportErro
         .transpose()
 }
 
+/// XGBoost 2.x writes bare `NaN` (and may write `Infinity`) for unused split conditions, which
+/// is not JSON. Outside strings, those tokens are quoted so the parser accepts them;
+/// [`parse_f32`] reads them back.
+fn quote_non_finite(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    const TOKENS: [&[u8]; 3] = [b"-Infinity", b"Infinity", b"NaN"];
+    let needs = bytes.windows(3).any(|w| w == b"NaN" || w == b"Inf");
+    if !needs {
+        return std::borrow::Cow::Borrowed(bytes);
+    }
+    let mut out = Vec::with_capacity(bytes.len() + 64);
+    let (mut in_string, mut escaped) = (false, false);
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if in_string {
+            out.push(b);
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            i += 1;
+            continue;
+        }
+        if b == b'"' {
+            in_string = true;
+            out.push(b);
+            i += 1;
+            continue;
+        }
+        if let Some(t) = TOKENS.iter().find(|t| bytes[i..].starts_with(t)) {
+            out.push(b'"');
+            out.extend_from_slice(t);
+            out.push(b'"');
+            i += t.len();
+            continue;
+        }
+        out.push(b);
+        i += 1;
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Imports an XGBoost JSON model from a file.
 pub fn import_file(path: impl AsRef<Path>) -> Result<Artifact, ImportError> {
     let path = path.as_ref();
@@ -186,7 +231,8 @@ pub fn import_bytes(bytes: &[u8]) -> Result<Artifact, ImportError> {
             "this looks like UBJSON; save the model with a `.json` file name",
         ));
     }
-    let file: File = serde_json::from_slice(bytes).map_err(|e| malformed(e.to_string()))?;
+    let bytes = quote_non_finite(bytes);
+    let file: File = serde_json::from_slice(&bytes).map_err(|e| malformed(e.to_string()))?;
     let (ensemble, attributes) = convert(file.learner)?;
     let version = if file.version.is_empty() {
         "unknown".to_string()
@@ -502,6 +548,20 @@ mod tests {
         let s = STUMP.replace(r#""name":"gbtree""#, r#""name":"gblinear""#);
         let err = import_bytes(s.as_bytes()).err().unwrap().to_string();
         assert!(err.contains("gblinear"), "{err}");
+    }
+
+    #[test]
+    fn reads_bare_nan_as_xgboost_2_writes_it() {
+        let s = STUMP.replace(
+            r#""split_conditions":[0.5,-0.25,0.375]"#,
+            r#""split_conditions":[0.5,-0.25,0.375],"x":"NaN \" NaN","y":[NaN,-Infinity]"#,
+        );
+        assert!(import_bytes(s.as_bytes()).is_ok());
+        let q = quote_non_finite(br#"{"a":"NaN","b":[NaN,-Infinity,Infinity]}"#);
+        assert_eq!(
+            &*q,
+            br#"{"a":"NaN","b":["NaN","-Infinity","Infinity"]}"#.as_slice()
+        );
     }
 
     #[test]
