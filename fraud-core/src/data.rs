@@ -69,6 +69,23 @@ pub fn parse_cell(cell: &[u8]) -> Option<f64> {
     }
 }
 
+/// The column names of a CSV file's header.
+pub fn read_csv_header(input: impl Read) -> Result<Vec<String>, DataError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_reader(input);
+    let header = reader
+        .byte_headers()
+        .map_err(|e| DataError::Csv(e.to_string()))?;
+    if header.is_empty() {
+        return Err(DataError::Empty);
+    }
+    Ok(header
+        .iter()
+        .map(|h| String::from_utf8_lossy(h).trim().to_string())
+        .collect())
+}
+
 /// Reads the columns `wanted` (by header name) from CSV `input`.
 pub fn read_csv(input: impl Read, wanted: &[&str]) -> Result<Matrix, DataError> {
     let mut reader = csv::ReaderBuilder::new()

@@ -24,5 +24,6 @@
 pub mod data;
 pub mod eval;
 pub mod model;
+pub mod train;
 
 pub use model::{Artifact, ArtifactError, CompiledModel, Ensemble, ImportError, ModelError};

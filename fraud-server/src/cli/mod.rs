@@ -1,9 +1,11 @@
 //! Subcommands of the `fraud` tool.
 
 mod bench;
+mod evaluate;
 mod import;
 mod inspect;
 mod predict;
+mod train;
 
 use std::path::PathBuf;
 
@@ -29,6 +31,10 @@ enum Command {
     Inspect(inspect::Args),
     /// Measure batch and single-row prediction speed on a CSV file of features.
     Bench(bench::Args),
+    /// Train a model from a labelled CSV file.
+    Train(train::Args),
+    /// Print a model's metrics (ROC-AUC, average precision, ...) on a labelled CSV file.
+    Evaluate(evaluate::Args),
 }
 
 /// Runs one parsed command line.
@@ -38,6 +44,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Predict(a) => predict::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Train(a) => train::run(a),
+        Command::Evaluate(a) => evaluate::run(a),
     }
 }
 

@@ -1,0 +1,594 @@
+//! Growing one tree, leaf-wise: gradient histograms per leaf (built for the smaller child,
+//! the larger one by subtraction), the best split of each leaf (numeric with a learned
+//! missing-value direction, or categorical), and the leaf with the largest gain split next.
+//!
+//! Every parallel loop runs over features, and each feature's sums run in row order, so the
+//! result is the same bit for bit whatever the number of threads.
+
+use rayon::prelude::*;
+
+use super::bins::{BinMapper, Binned, MISSING_BIN};
+use super::params::Params;
+use crate::model::{CategoryCast, CategorySplit, Missing, Node, Split, Test, Tree};
+
+/// Histogram bins per feature (value bins and the missing bin).
+const NB: usize = 256;
+
+/// Sums of gradient, hessian and row count.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct Sums {
+    pub g: f64,
+    pub h: f64,
+    pub n: f64,
+}
+
+impl Sums {
+    fn add(self, o: Sums) -> Sums {
+        Sums {
+            g: self.g + o.g,
+            h: self.h + o.h,
+            n: self.n + o.n,
+        }
+    }
+    fn sub(self, o: Sums) -> Sums {
+        Sums {
+            g: self.g - o.g,
+            h: self.h - o.h,
+            n: self.n - o.n,
+        }
+    }
+}
+
+/// Per-feature gradient histograms of one leaf: `NB` bins for every feature.
+type Hist = Vec<Sums>;
+
+/// How a split sends bins, for routing binned rows.
+#[derive(Debug, Clone)]
+pub(crate) enum BinRule {
+    /// Left iff `bin <= threshold`; the missing bin goes to `missing_left`.
+    Numeric { threshold: u8, missing_left: bool },
+    /// Left iff the bin is in the set (missing and "other" never are).
+    Categorical { left: [u64; 4] },
+}
+
+impl BinRule {
+    #[inline]
+    pub(crate) fn goes_left(&self, bin: u8) -> bool {
+        match self {
+            BinRule::Numeric {
+                threshold,
+                missing_left,
+            } => {
+                if bin == MISSING_BIN {
+                    *missing_left
+                } else {
+                    bin <= *threshold
+                }
+            }
+            BinRule::Categorical { left } => left[bin as usize / 64] & (1 << (bin % 64)) != 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Candidate {
+    gain: f64,
+    feature: usize,
+    rule: BinRule,
+    left: Sums,
+    right: Sums,
+    left_out: f64,
+    right_out: f64,
+}
+
+struct Leaf {
+    node: usize,
+    rows: Vec<u32>,
+    sums: Sums,
+    depth: usize,
+    lo: f64,
+    hi: f64,
+    hist: Option<Hist>,
+    best: Option<Candidate>,
+    output: f64,
+}
+
+/// A grown tree, with its bin rules for routing binned rows and the rows of each leaf.
+pub(crate) struct Grown {
+    pub tree: Tree,
+    /// Per node: the rule of a split (None for leaves).
+    pub rules: Vec<Option<(usize, BinRule)>>,
+    /// Per leaf node: (node index, rows that reached it).
+    pub leaf_rows: Vec<(usize, Vec<u32>)>,
+    /// (feature, gain) of every split made.
+    pub splits: Vec<(usize, f64)>,
+}
+
+/// Shared, read-only inputs of tree growth.
+pub(crate) struct Context<'a> {
+    pub binned: &'a Binned,
+    pub mappers: &'a [BinMapper],
+    pub params: &'a Params,
+    /// Bin of 0.0 per feature (where NaN goes for features without missing training data).
+    pub zero_bins: &'a [u8],
+}
+
+fn l1(g: f64, l1: f64) -> f64 {
+    if g > l1 {
+        g - l1
+    } else if g < -l1 {
+        g + l1
+    } else {
+        0.0
+    }
+}
+
+impl Context<'_> {
+    fn output(&self, s: Sums, l2: f64, lo: f64, hi: f64) -> f64 {
+        let w = -l1(s.g, self.params.lambda_l1) / (s.h + l2);
+        w.clamp(lo, hi)
+    }
+
+    fn gain_given_output(&self, s: Sums, l2: f64, w: f64) -> f64 {
+        -(2.0 * l1(s.g, self.params.lambda_l1) * w + (s.h + l2) * w * w)
+    }
+
+    fn valid_sides(&self, l: Sums, r: Sums) -> bool {
+        let p = self.params;
+        let min_n = p.min_data_in_leaf as f64;
+        l.n >= min_n
+            && r.n >= min_n
+            && l.h >= p.min_sum_hessian_in_leaf
+            && r.h >= p.min_sum_hessian_in_leaf
+    }
+
+    /// Evaluates one candidate partition; `None` if it breaks a constraint.
+    #[allow(clippy::too_many_arguments)]
+    fn evaluate(
+        &self,
+        leaf: &Leaf,
+        feature: usize,
+        l: Sums,
+        r: Sums,
+        extra_l2: f64,
+        rule: impl FnOnce() -> BinRule,
+    ) -> Option<Candidate> {
+        if !self.valid_sides(l, r) {
+            return None;
+        }
+        let l2 = self.params.lambda_l2 + extra_l2;
+        let lo_out = self.output(l, l2, leaf.lo, leaf.hi);
+        let ro_out = self.output(r, l2, leaf.lo, leaf.hi);
+        match self.params.monotone_constraints.get(feature) {
+            Some(1) if lo_out > ro_out => return None,
+            Some(-1) if lo_out < ro_out => return None,
+            _ => {}
+        }
+        let parent = self.gain_given_output(leaf.sums, self.params.lambda_l2, leaf.output);
+        let gain =
+            self.gain_given_output(l, l2, lo_out) + self.gain_given_output(r, l2, ro_out) - parent;
+        if gain <= self.params.min_gain_to_split || !gain.is_finite() {
+            return None;
+        }
+        Some(Candidate {
+            gain,
+            feature,
+            rule: rule(),
+            left: l,
+            right: r,
+            left_out: lo_out,
+            right_out: ro_out,
+        })
+    }
+
+    fn best_numeric(
+        &self,
+        leaf: &Leaf,
+        f: usize,
+        h: &[Sums],
+        value_bins: usize,
+    ) -> Option<Candidate> {
+        let miss = h[MISSING_BIN as usize];
+        let mut best: Option<Candidate> = None;
+        let mut acc = Sums::default();
+        for (t, bin) in h.iter().enumerate().take(value_bins.saturating_sub(1)) {
+            acc = acc.add(*bin);
+            if bin.n == 0.0 {
+                continue;
+            }
+            if acc.n >= leaf.sums.n - miss.n {
+                break;
+            }
+            for missing_left in [false, true] {
+                if missing_left && miss.n == 0.0 {
+                    continue;
+                }
+                let l = if missing_left { acc.add(miss) } else { acc };
+                let r = leaf.sums.sub(l);
+                let c = self.evaluate(leaf, f, l, r, 0.0, || BinRule::Numeric {
+                    threshold: t as u8,
+                    missing_left,
+                });
+                if let Some(c) = c {
+                    if best.as_ref().is_none_or(|b| c.gain > b.gain) {
+                        best = Some(c);
+                    }
+                }
+            }
+        }
+        best
+    }
+
+    fn best_categorical(
+        &self,
+        leaf: &Leaf,
+        f: usize,
+        h: &[Sums],
+        ncat: usize,
+    ) -> Option<Candidate> {
+        let p = self.params;
+        // Real categories with rows in this leaf (the "other" bin, ncat, always goes right).
+        let used: Vec<usize> = (0..ncat).filter(|&b| h[b].n > 0.0).collect();
+        let mut best: Option<Candidate> = None;
+        let mut consider = |c: Option<Candidate>| {
+            if let Some(c) = c {
+                if best.as_ref().is_none_or(|b| c.gain > b.gain) {
+                    best = Some(c);
+                }
+            }
+        };
+        let set_of = |bins: &[usize]| {
+            let mut left = [0u64; 4];
+            for &b in bins {
+                left[b / 64] |= 1 << (b % 64);
+            }
+            BinRule::Categorical { left }
+        };
+        if used.len() <= p.max_cat_to_onehot {
+            for &b in &used {
+                let l = h[b];
+                let r = leaf.sums.sub(l);
+                consider(self.evaluate(leaf, f, l, r, 0.0, || set_of(&[b])));
+            }
+            return best;
+        }
+        let mut sorted: Vec<usize> = used
+            .into_iter()
+            .filter(|&b| h[b].n >= p.min_data_per_group as f64)
+            .collect();
+        sorted.sort_by(|&a, &b| {
+            let ra = h[a].g / (h[a].h + p.cat_smooth);
+            let rb = h[b].g / (h[b].h + p.cat_smooth);
+            ra.total_cmp(&rb).then(a.cmp(&b))
+        });
+        let max_k = p
+            .max_cat_threshold
+            .min(sorted.len().saturating_sub(1))
+            .max(1);
+        for order in [
+            sorted.clone(),
+            sorted.iter().rev().copied().collect::<Vec<_>>(),
+        ] {
+            let mut acc = Sums::default();
+            for k in 0..max_k.min(order.len()) {
+                acc = acc.add(h[order[k]]);
+                let r = leaf.sums.sub(acc);
+                consider(self.evaluate(leaf, f, acc, r, p.cat_l2, || set_of(&order[..=k])));
+            }
+        }
+        best
+    }
+
+    fn find_best(&self, leaf: &mut Leaf, features: &[usize]) {
+        let max_depth = self.params.max_depth;
+        if max_depth > 0 && leaf.depth >= max_depth as usize {
+            leaf.best = None;
+            return;
+        }
+        if leaf.sums.n < 2.0 * self.params.min_data_in_leaf as f64 {
+            leaf.best = None;
+            return;
+        }
+        let Some(hist) = leaf.hist.as_ref() else {
+            leaf.best = None;
+            return;
+        };
+        let leaf_ref = &*leaf;
+        let best = features
+            .par_iter()
+            .filter_map(|&f| {
+                let h = &hist[f * NB..(f + 1) * NB];
+                match &self.mappers[f] {
+                    BinMapper::Numeric { upper, .. } => {
+                        self.best_numeric(leaf_ref, f, h, upper.len())
+                    }
+                    BinMapper::Categorical { codes, .. } => {
+                        self.best_categorical(leaf_ref, f, h, codes.len())
+                    }
+                }
+            })
+            .reduce_with(|a, b| {
+                // Deterministic: larger gain, then lower feature index.
+                if b.gain > a.gain || (b.gain == a.gain && b.feature < a.feature) {
+                    b
+                } else {
+                    a
+                }
+            });
+        leaf.best = best;
+    }
+
+    /// Builds the histograms of `rows` over `features` (others stay zero).
+    fn build_hist(&self, rows: &[u32], grad: &[[f32; 2]], features: &[usize], out: &mut Hist) {
+        let nf = self.mappers.len();
+        out.clear();
+        out.resize(nf * NB, Sums::default());
+        let ordered: Vec<[f32; 2]> = rows.iter().map(|&r| grad[r as usize]).collect();
+        let mut active = vec![false; nf];
+        for &f in features {
+            active[f] = true;
+        }
+        out.par_chunks_mut(NB).enumerate().for_each(|(f, h)| {
+            if !active[f] {
+                return;
+            }
+            let col = self.binned.column(f);
+            let mut local = [[0.0f64; 3]; NB];
+            for (&r, g) in rows.iter().zip(&ordered) {
+                let b = col[r as usize] as usize;
+                let e = &mut local[b];
+                e[0] += g[0] as f64;
+                e[1] += g[1] as f64;
+                e[2] += 1.0;
+            }
+            for (dst, src) in h.iter_mut().zip(local.iter()) {
+                *dst = Sums {
+                    g: src[0],
+                    h: src[1],
+                    n: src[2],
+                };
+            }
+        });
+    }
+
+    /// Grows one tree on `rows` (sorted) with gradients `grad`, trying `features`.
+    pub(crate) fn grow(&self, rows: Vec<u32>, grad: &[[f32; 2]], features: &[usize]) -> Grown {
+        let p = self.params;
+        let mut sums = Sums::default();
+        for &r in &rows {
+            let g = grad[r as usize];
+            sums.g += g[0] as f64;
+            sums.h += g[1] as f64;
+            sums.n += 1.0;
+        }
+        let mut hist = Vec::new();
+        self.build_hist(&rows, grad, features, &mut hist);
+        let mut nodes = vec![Node::Leaf {
+            value: 0.0,
+            id: 0,
+            cover: sums.h,
+        }];
+        let mut rules: Vec<Option<(usize, BinRule)>> = vec![None];
+        let mut root = Leaf {
+            node: 0,
+            rows,
+            sums,
+            depth: 0,
+            lo: f64::NEG_INFINITY,
+            hi: f64::INFINITY,
+            hist: Some(hist),
+            best: None,
+            output: 0.0,
+        };
+        root.output = self.output(sums, p.lambda_l2, root.lo, root.hi);
+        self.find_best(&mut root, features);
+        let mut leaves = vec![root];
+        let mut splits = Vec::new();
+        let mut spare: Vec<Hist> = Vec::new();
+
+        while leaves.len() < p.num_leaves {
+            // The leaf with the largest gain; ties to the earliest.
+            let mut pick: Option<(usize, f64)> = None;
+            for (i, l) in leaves.iter().enumerate() {
+                if let Some(b) = &l.best {
+                    if pick.is_none_or(|(_, g)| b.gain > g) {
+                        pick = Some((i, b.gain));
+                    }
+                }
+            }
+            let Some((i, _)) = pick else { break };
+            let mut leaf = leaves.swap_remove(i);
+            let Some(best) = leaf.best.take() else { break };
+            let f = best.feature;
+            let col = self.binned.column(f);
+            let (mut lrows, mut rrows) = (Vec::new(), Vec::new());
+            for &r in &leaf.rows {
+                if best.rule.goes_left(col[r as usize]) {
+                    lrows.push(r);
+                } else {
+                    rrows.push(r);
+                }
+            }
+            // Bounds for monotone constraints.
+            let (mut llo, mut lhi, mut rlo, mut rhi) = (leaf.lo, leaf.hi, leaf.lo, leaf.hi);
+            let mid = (best.left_out + best.right_out) / 2.0;
+            match p.monotone_constraints.get(f) {
+                Some(1) => {
+                    lhi = lhi.min(mid);
+                    rlo = rlo.max(mid);
+                }
+                Some(-1) => {
+                    llo = llo.max(mid);
+                    rhi = rhi.min(mid);
+                }
+                _ => {}
+            }
+            let (ln, rn) = (nodes.len(), nodes.len() + 1);
+            nodes.push(Node::Leaf {
+                value: 0.0,
+                id: 0,
+                cover: best.left.h,
+            });
+            nodes.push(Node::Leaf {
+                value: 0.0,
+                id: 0,
+                cover: best.right.h,
+            });
+            rules.push(None);
+            rules.push(None);
+            nodes[leaf.node] = Node::Split(self.split_node(f, &best, ln, rn, leaf.sums.h));
+            rules[leaf.node] = Some((f, best.rule.clone()));
+            splits.push((f, best.gain));
+
+            let parent_hist = leaf.hist.take();
+            let mut small = spare.pop().unwrap_or_default();
+            let left_smaller = lrows.len() <= rrows.len();
+            let small_rows = if left_smaller { &lrows } else { &rrows };
+            self.build_hist(small_rows, grad, features, &mut small);
+            let large = parent_hist.map(|mut ph| {
+                for (a, b) in ph.iter_mut().zip(&small) {
+                    *a = a.sub(*b);
+                }
+                ph
+            });
+            let (lh, rh) = if left_smaller {
+                (Some(small), large)
+            } else {
+                (large, Some(small))
+            };
+            let mut left = Leaf {
+                node: ln,
+                rows: lrows,
+                sums: best.left,
+                depth: leaf.depth + 1,
+                lo: llo,
+                hi: lhi,
+                hist: lh,
+                best: None,
+                output: best.left_out.clamp(llo, lhi),
+            };
+            let mut right = Leaf {
+                node: rn,
+                rows: rrows,
+                sums: best.right,
+                depth: leaf.depth + 1,
+                lo: rlo,
+                hi: rhi,
+                hist: rh,
+                best: None,
+                output: best.right_out.clamp(rlo, rhi),
+            };
+            if leaves.len() + 2 < p.num_leaves {
+                self.find_best(&mut left, features);
+                self.find_best(&mut right, features);
+            }
+            leaves.push(left);
+            leaves.push(right);
+        }
+
+        // Leaf values (shrunk) and ids in node order.
+        let mut leaf_rows = Vec::with_capacity(leaves.len());
+        for l in &mut leaves {
+            let value = l.output * p.learning_rate;
+            if let Node::Leaf { value: v, .. } = &mut nodes[l.node] {
+                *v = if value == 0.0 { 0.0 } else { value };
+            }
+            if let Some(h) = l.hist.take() {
+                spare.push(h);
+            }
+            leaf_rows.push((l.node, std::mem::take(&mut l.rows)));
+        }
+        let mut next = 0;
+        for n in &mut nodes {
+            if let Node::Leaf { id, .. } = n {
+                *id = next;
+                next += 1;
+            }
+        }
+        Grown {
+            tree: Tree { nodes },
+            rules,
+            leaf_rows,
+            splits,
+        }
+    }
+
+    fn split_node(&self, f: usize, best: &Candidate, ln: usize, rn: usize, cover: f64) -> Split {
+        match (&best.rule, &self.mappers[f]) {
+            (
+                BinRule::Numeric {
+                    threshold,
+                    missing_left,
+                },
+                BinMapper::Numeric { upper, has_missing },
+            ) => Split {
+                feature: f as u32,
+                test: Test::LessEqual(upper[*threshold as usize]),
+                // Without missing training data, NaN reads as 0.0 (as LightGBM does).
+                missing: if *has_missing {
+                    Missing::Nan
+                } else {
+                    Missing::NanAsZero
+                },
+                default_left: *missing_left,
+                left: ln as u32,
+                right: rn as u32,
+                cover,
+            },
+            (BinRule::Categorical { left }, BinMapper::Categorical { codes, .. }) => {
+                let mut categories: Vec<u32> = (0..codes.len())
+                    .filter(|&b| left[b / 64] & (1 << (b % 64)) != 0)
+                    .map(|b| codes[b])
+                    .collect();
+                categories.sort_unstable();
+                Split {
+                    feature: f as u32,
+                    test: Test::Categories(CategorySplit {
+                        categories,
+                        in_set_goes_left: true,
+                        cast: CategoryCast::LightgbmTruncate,
+                    }),
+                    missing: Missing::Nan,
+                    default_left: false,
+                    left: ln as u32,
+                    right: rn as u32,
+                    cover,
+                }
+            }
+            // A rule always matches its feature's mapper.
+            _ => Split {
+                feature: f as u32,
+                test: Test::Less(f64::NEG_INFINITY),
+                missing: Missing::Nan,
+                default_left: false,
+                left: ln as u32,
+                right: rn as u32,
+                cover,
+            },
+        }
+    }
+
+    /// The leaf value a binned row reaches in a grown tree.
+    #[inline]
+    pub(crate) fn route(&self, g: &Grown, binned: &Binned, row: usize) -> f64 {
+        let mut i = 0usize;
+        loop {
+            match (&g.tree.nodes[i], &g.rules[i]) {
+                (Node::Leaf { value, .. }, _) => return *value,
+                (Node::Split(s), Some((f, rule))) => {
+                    let mut bin = binned.column(*f)[row];
+                    if bin == MISSING_BIN {
+                        if let BinMapper::Numeric {
+                            has_missing: false, ..
+                        } = self.mappers[*f]
+                        {
+                            bin = self.zero_bins[*f];
+                        }
+                    }
+                    i = if rule.goes_left(bin) { s.left } else { s.right } as usize;
+                }
+                (Node::Split(_), None) => return 0.0,
+            }
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! `fraud train`: train a model from a CSV file of features and a label column.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::ValueEnum;
+use fraud_core::data::{read_csv, read_csv_header, Matrix};
+use fraud_core::train::{self, Dataset, Params, Progress};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Algorithm {
+    /// Histogram gradient-boosted trees (the default).
+    Gbdt,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Training CSV: a header, one row per example.
+    #[arg(long)]
+    input: PathBuf,
+    /// Column holding the 0/1 label.
+    #[arg(long)]
+    label: String,
+    /// Validation CSV with the same columns (enables early stopping and the metric).
+    #[arg(long)]
+    valid: Option<PathBuf>,
+    /// Comma-separated columns to split as categories.
+    #[arg(long, value_delimiter = ',')]
+    categorical: Vec<String>,
+    /// Column holding a non-negative weight per row.
+    #[arg(long)]
+    weight: Option<String>,
+    /// Comma-separated columns that are not features (ids, timestamps, ...).
+    #[arg(long, value_delimiter = ',')]
+    exclude: Vec<String>,
+    /// A training parameter, LightGBM-named (repeatable): `--param num_leaves=63`.
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    params: Vec<String>,
+    /// Training algorithm.
+    #[arg(long, value_enum, default_value = "gbdt")]
+    algorithm: Algorithm,
+    /// Where to write the model artifact.
+    #[arg(short = 'o', long = "output")]
+    output: PathBuf,
+}
+
+/// Features, labels and weights of one CSV file.
+pub(crate) struct Labelled {
+    pub features: Matrix,
+    pub labels: Vec<f64>,
+    pub weights: Option<Vec<f64>>,
+}
+
+/// Reads `label` (and `weight`) plus the given feature columns from `path`.
+pub(crate) fn read_labelled(
+    path: &PathBuf,
+    features: &[String],
+    label: &str,
+    weight: Option<&str>,
+) -> anyhow::Result<Labelled> {
+    let open = || {
+        std::fs::File::open(path)
+            .map(|f| std::io::BufReader::with_capacity(1 << 20, f))
+            .with_context(|| format!("cannot open {}", path.display()))
+    };
+    let mut wanted: Vec<&str> = features.iter().map(String::as_str).collect();
+    wanted.push(label);
+    if let Some(w) = weight {
+        wanted.push(w);
+    }
+    let m =
+        read_csv(open()?, &wanted).with_context(|| format!("cannot read {}", path.display()))?;
+    let width = wanted.len();
+    let nf = features.len();
+    let rows = m.rows();
+    if rows == 0 {
+        anyhow::bail!("{} has a header but no rows", path.display());
+    }
+    let mut values = Vec::with_capacity(rows * nf);
+    let mut labels = Vec::with_capacity(rows);
+    let mut weights = weight.map(|_| Vec::with_capacity(rows));
+    for r in 0..rows {
+        let row = &m.values[r * width..(r + 1) * width];
+        values.extend_from_slice(&row[..nf]);
+        labels.push(row[nf]);
+        if let Some(w) = weights.as_mut() {
+            w.push(row[nf + 1]);
+        }
+    }
+    Ok(Labelled {
+        features: Matrix {
+            columns: features.to_vec(),
+            values,
+        },
+        labels,
+        weights,
+    })
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let header = read_csv_header(
+        std::fs::File::open(&a.input)
+            .with_context(|| format!("cannot open {}", a.input.display()))?,
+    )
+    .with_context(|| format!("cannot read {}", a.input.display()))?;
+    if !header.contains(&a.label) {
+        anyhow::bail!(
+            "label column `{}` is not in the header of {}",
+            a.label,
+            a.input.display()
+        );
+    }
+    for c in a.exclude.iter().chain(a.weight.iter()) {
+        if !header.contains(c) {
+            anyhow::bail!("column `{c}` is not in the header of {}", a.input.display());
+        }
+    }
+    let features: Vec<String> = header
+        .iter()
+        .filter(|h| **h != a.label && Some(*h) != a.weight.as_ref() && !a.exclude.contains(h))
+        .cloned()
+        .collect();
+    if features.is_empty() {
+        anyhow::bail!(
+            "{} has no feature columns besides the label",
+            a.input.display()
+        );
+    }
+    let params = Params::from_pairs(a.params.iter().map(String::as_str))?;
+    let train_set = read_labelled(&a.input, &features, &a.label, a.weight.as_deref())?;
+    let valid_set = a
+        .valid
+        .as_ref()
+        .map(|p| read_labelled(p, &features, &a.label, a.weight.as_deref()))
+        .transpose()?;
+    let Algorithm::Gbdt = a.algorithm;
+
+    let pool = super::thread_pool((params.threads > 0).then_some(params.threads))?;
+    let tty = std::io::stderr().is_terminal();
+    let mut report = |p: &Progress| {
+        let metric = p
+            .valid_metric
+            .map(|m| format!("  valid {m:.6}"))
+            .unwrap_or_default();
+        if tty {
+            let width = 30;
+            let done = width * p.iteration / p.total.max(1);
+            eprint!(
+                "\r[{}{}] {}/{}  {:.1}s{}   ",
+                "#".repeat(done),
+                " ".repeat(width - done),
+                p.iteration,
+                p.total,
+                p.elapsed,
+                metric
+            );
+        } else if p.iteration % 10 == 0 || p.iteration == p.total || p.iteration == 1 {
+            eprintln!(
+                "iteration {}/{}  elapsed {:.1}s{}",
+                p.iteration, p.total, p.elapsed, metric
+            );
+        }
+    };
+    let trained = pool.install(|| {
+        train::train(
+            &Dataset {
+                features: &train_set.features,
+                labels: &train_set.labels,
+                weights: train_set.weights.as_deref(),
+            },
+            valid_set
+                .as_ref()
+                .map(|v| Dataset {
+                    features: &v.features,
+                    labels: &v.labels,
+                    weights: v.weights.as_deref(),
+                })
+                .as_ref(),
+            &a.categorical,
+            &params,
+            &mut report,
+        )
+    })?;
+    if tty {
+        eprintln!();
+    }
+    trained
+        .artifact
+        .save(&a.output)
+        .with_context(|| format!("cannot write {}", a.output.display()))?;
+    let best = trained
+        .best_iteration
+        .map(|b| format!(", best iteration {b}"))
+        .unwrap_or_default();
+    super::emit(&format!(
+        "trained {} trees on {} rows{best} into {}\n",
+        trained.artifact.ensemble.trees.len(),
+        train_set.labels.len(),
+        a.output.display()
+    ))
+}
