@@ -40,7 +40,7 @@ impl Sums {
 }
 
 /// Per-feature gradient histograms of one leaf: `NB` bins for every feature.
-type Hist = Vec<Sums>;
+pub(crate) type Hist = Vec<Sums>;
 
 /// How a split sends bins, for routing binned rows.
 #[derive(Debug, Clone)]
@@ -189,6 +189,52 @@ impl Context<'_> {
         value_bins: usize,
     ) -> Option<Candidate> {
         let miss = h[MISSING_BIN as usize];
+        let p = self.params;
+        let free = p.lambda_l1 == 0.0
+            && leaf.lo == f64::NEG_INFINITY
+            && leaf.hi == f64::INFINITY
+            && p.monotone_constraints.get(f).is_none_or(|&m| m == 0);
+        if free {
+            // Fast scan: with no L1, bounds or monotone constraint, a side's gain is G^2/(H+l2).
+            let (l2, min_n, min_h) = (
+                p.lambda_l2,
+                p.min_data_in_leaf as f64,
+                p.min_sum_hessian_in_leaf,
+            );
+            let score = |s: Sums| s.g * s.g / (s.h + l2);
+            let mut best_score = score(leaf.sums) + p.min_gain_to_split;
+            let mut found: Option<(usize, bool, Sums, Sums)> = None;
+            let mut acc = Sums::default();
+            for (t, bin) in h.iter().enumerate().take(value_bins.saturating_sub(1)) {
+                acc = acc.add(*bin);
+                if bin.n == 0.0 {
+                    continue;
+                }
+                if leaf.sums.n - acc.n < min_n {
+                    break;
+                }
+                for missing_left in [false, true] {
+                    if missing_left && miss.n == 0.0 {
+                        continue;
+                    }
+                    let l = if missing_left { acc.add(miss) } else { acc };
+                    let r = leaf.sums.sub(l);
+                    if l.n < min_n || r.n < min_n || l.h < min_h || r.h < min_h {
+                        continue;
+                    }
+                    let sc = score(l) + score(r);
+                    if sc > best_score {
+                        best_score = sc;
+                        found = Some((t, missing_left, l, r));
+                    }
+                }
+            }
+            let (t, missing_left, l, r) = found?;
+            return self.evaluate(leaf, f, l, r, 0.0, || BinRule::Numeric {
+                threshold: t as u8,
+                missing_left,
+            });
+        }
         let mut best: Option<Candidate> = None;
         let mut acc = Sums::default();
         for (t, bin) in h.iter().enumerate().take(value_bins.saturating_sub(1)) {
@@ -294,8 +340,14 @@ impl Context<'_> {
             return;
         };
         let leaf_ref = &*leaf;
+        let min_len = if leaf.rows.len() < 4096 {
+            features.len().max(1)
+        } else {
+            1
+        };
         let best = features
             .par_iter()
+            .with_min_len(min_len)
             .filter_map(|&f| {
                 let h = &hist[f * NB..(f + 1) * NB];
                 match &self.mappers[f] {
@@ -328,31 +380,59 @@ impl Context<'_> {
         for &f in features {
             active[f] = true;
         }
-        out.par_chunks_mut(NB).enumerate().for_each(|(f, h)| {
-            if !active[f] {
-                return;
-            }
-            let col = self.binned.column(f);
-            let mut local = [[0.0f64; 3]; NB];
-            for (&r, g) in rows.iter().zip(&ordered) {
-                let b = col[r as usize] as usize;
-                let e = &mut local[b];
-                e[0] += g[0] as f64;
-                e[1] += g[1] as f64;
-                e[2] += 1.0;
-            }
-            for (dst, src) in h.iter_mut().zip(local.iter()) {
-                *dst = Sums {
-                    g: src[0],
-                    h: src[1],
-                    n: src[2],
-                };
-            }
-        });
+        // Small leaves are not worth a parallel task per feature.
+        let min_len = if rows.len() < 4096 { nf.max(1) } else { 1 };
+        out.par_chunks_mut(NB)
+            .with_min_len(min_len)
+            .enumerate()
+            .for_each(|(f, h)| {
+                if !active[f] {
+                    return;
+                }
+                let col = self.binned.column(f);
+                // Two interleaved partial histograms: consecutive rows in the same bin do not wait
+                // on each other's additions. Merged in a fixed order, so results stay the same.
+                let mut local = [[[0.0f64; 3]; NB]; 2];
+                let mut pairs = rows.chunks_exact(2).zip(ordered.chunks_exact(2));
+                for (r, g) in &mut pairs {
+                    let (b0, b1) = (col[r[0] as usize] as usize, col[r[1] as usize] as usize);
+                    let e = &mut local[0][b0];
+                    e[0] += g[0][0] as f64;
+                    e[1] += g[0][1] as f64;
+                    e[2] += 1.0;
+                    let e = &mut local[1][b1];
+                    e[0] += g[1][0] as f64;
+                    e[1] += g[1][1] as f64;
+                    e[2] += 1.0;
+                }
+                if rows.len() % 2 == 1 {
+                    let i = rows.len() - 1;
+                    let e = &mut local[0][col[rows[i] as usize] as usize];
+                    e[0] += ordered[i][0] as f64;
+                    e[1] += ordered[i][1] as f64;
+                    e[2] += 1.0;
+                }
+                for (b, dst) in h.iter_mut().enumerate() {
+                    let (x, y) = (local[0][b], local[1][b]);
+                    *dst = Sums {
+                        g: x[0] + y[0],
+                        h: x[1] + y[1],
+                        n: x[2] + y[2],
+                    };
+                }
+            });
     }
 
     /// Grows one tree on `rows` (sorted) with gradients `grad`, trying `features`.
-    pub(crate) fn grow(&self, rows: Vec<u32>, grad: &[[f32; 2]], features: &[usize]) -> Grown {
+    /// `spare` holds histogram buffers kept between trees (allocating and faulting in fresh
+    /// ones for every leaf costs more than building them).
+    pub(crate) fn grow(
+        &self,
+        rows: Vec<u32>,
+        grad: &[[f32; 2]],
+        features: &[usize],
+        spare: &mut Vec<Hist>,
+    ) -> Grown {
         let p = self.params;
         let mut sums = Sums::default();
         for &r in &rows {
@@ -361,7 +441,7 @@ impl Context<'_> {
             sums.h += g[1] as f64;
             sums.n += 1.0;
         }
-        let mut hist = Vec::new();
+        let mut hist = spare.pop().unwrap_or_default();
         self.build_hist(&rows, grad, features, &mut hist);
         let mut nodes = vec![Node::Leaf {
             value: 0.0,
@@ -384,7 +464,6 @@ impl Context<'_> {
         self.find_best(&mut root, features);
         let mut leaves = vec![root];
         let mut splits = Vec::new();
-        let mut spare: Vec<Hist> = Vec::new();
 
         while leaves.len() < p.num_leaves {
             // The leaf with the largest gain; ties to the earliest.
@@ -479,8 +558,10 @@ impl Context<'_> {
                 output: best.right_out.clamp(rlo, rhi),
             };
             if leaves.len() + 2 < p.num_leaves {
-                self.find_best(&mut left, features);
-                self.find_best(&mut right, features);
+                rayon::join(
+                    || self.find_best(&mut left, features),
+                    || self.find_best(&mut right, features),
+                );
             }
             leaves.push(left);
             leaves.push(right);

@@ -268,6 +268,7 @@ pub fn train(
     let mut rng = Rng(params.seed ^ 0x5EED_F4A1_D5C0_4E00);
     let mut bag: Vec<u32> = (0..n as u32).collect();
     let bagging = params.bagging_freq > 0 && params.bagging_fraction < 1.0;
+    let mut hist_pool = Vec::new();
 
     for it in 0..params.num_rounds {
         // Gradients of the log-loss.
@@ -301,7 +302,7 @@ pub fn train(
             (0..nf).collect()
         };
 
-        let grown = ctx.grow(bag.clone(), &grad, &features);
+        let grown = ctx.grow(bag.clone(), &grad, &features, &mut hist_pool);
         // Update training scores: rows in the bag by their leaf, the rest by routing.
         let mut seen = if bagging { vec![false; n] } else { Vec::new() };
         for (node, rows) in &grown.leaf_rows {
