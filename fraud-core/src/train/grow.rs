@@ -104,6 +104,36 @@ pub(crate) struct Grown {
     pub splits: Vec<(usize, f64)>,
 }
 
+/// Splits sorted `rows` by `left`, keeping order on both sides. Large leaves are cut into
+/// fixed-size chunks partitioned in parallel and joined in order.
+fn partition(rows: &[u32], left: impl Fn(u32) -> bool + Sync) -> (Vec<u32>, Vec<u32>) {
+    const CHUNK: usize = 65_536;
+    let split = |part: &[u32]| {
+        let mut l = Vec::with_capacity(part.len() / 2);
+        let mut r = Vec::with_capacity(part.len() / 2);
+        for &row in part {
+            if left(row) {
+                l.push(row);
+            } else {
+                r.push(row);
+            }
+        }
+        (l, r)
+    };
+    if rows.len() <= CHUNK {
+        return split(rows);
+    }
+    let parts: Vec<(Vec<u32>, Vec<u32>)> = rows.par_chunks(CHUNK).map(split).collect();
+    let nl = parts.iter().map(|p| p.0.len()).sum();
+    let mut l = Vec::with_capacity(nl);
+    let mut r = Vec::with_capacity(rows.len() - nl);
+    for (pl, pr) in parts {
+        l.extend_from_slice(&pl);
+        r.extend_from_slice(&pr);
+    }
+    (l, r)
+}
+
 /// Shared, read-only inputs of tree growth.
 pub(crate) struct Context<'a> {
     pub binned: &'a Binned,
@@ -480,14 +510,7 @@ impl Context<'_> {
             let Some(best) = leaf.best.take() else { break };
             let f = best.feature;
             let col = self.binned.column(f);
-            let (mut lrows, mut rrows) = (Vec::new(), Vec::new());
-            for &r in &leaf.rows {
-                if best.rule.goes_left(col[r as usize]) {
-                    lrows.push(r);
-                } else {
-                    rrows.push(r);
-                }
-            }
+            let (lrows, rrows) = partition(&leaf.rows, |r| best.rule.goes_left(col[r as usize]));
             // Bounds for monotone constraints.
             let (mut llo, mut lhi, mut rlo, mut rhi) = (leaf.lo, leaf.hi, leaf.lo, leaf.hi);
             let mid = (best.left_out + best.right_out) / 2.0;

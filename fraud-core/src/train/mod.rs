@@ -27,6 +27,9 @@ use crate::eval;
 use crate::model::{Accumulation, Artifact, Ensemble, Feature, FeatureKind, Objective, Tree};
 use bins::{BinMapper, Binned};
 
+/// Rows sampled to place numeric bin boundaries.
+const BIN_SAMPLE: usize = 200_000;
+
 /// Why training could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -183,14 +186,28 @@ pub fn train(
 
     // Bin every feature.
     let is_cat: Vec<bool> = names.iter().map(|c| categorical.contains(c)).collect();
+    // Bin boundaries come from an evenly spaced sample of at most BIN_SAMPLE rows (LightGBM's
+    // bin_construct_sample_cnt); categories are counted over every row.
+    let step = n.div_ceil(BIN_SAMPLE).max(1);
     let mappers: Vec<BinMapper> = (0..nf)
         .into_par_iter()
         .map(|f| {
-            let col: Vec<f64> = (0..n).map(|r| x[r * nf + f]).collect();
+            let col: Vec<f64> = if is_cat[f] {
+                (0..n).map(|r| x[r * nf + f]).collect()
+            } else {
+                (0..n).step_by(step).map(|r| x[r * nf + f]).collect()
+            };
             if is_cat[f] {
                 BinMapper::categorical(&col, params.max_bin)
             } else {
-                BinMapper::numeric(&col, params.max_bin)
+                let m = BinMapper::numeric(&col, params.max_bin);
+                if m.value_bins() < 2 && step > 1 {
+                    // The sample saw one value; the full column may hold more.
+                    let full: Vec<f64> = (0..n).map(|r| x[r * nf + f]).collect();
+                    BinMapper::numeric(&full, params.max_bin)
+                } else {
+                    m
+                }
             }
         })
         .collect();
