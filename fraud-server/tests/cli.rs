@@ -204,3 +204,147 @@ fn bad_files_get_one_clear_line() {
     let o = fraud(&["inspect", dir.path().join("absent").to_str().unwrap()]);
     assert!(stderr(&o).contains("No such file"), "{}", stderr(&o));
 }
+
+/// A small labelled CSV: `id,x0,x1,cat,label` (x1 sometimes missing, cat a category code).
+fn labelled_csv(path: &Path, n: usize, seed: u64) {
+    let mut s = seed | 1;
+    let mut unit = || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        (s >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut out = String::from("id,x0,x1,cat,label\n");
+    for i in 0..n {
+        let x0 = unit() * 4.0 - 2.0;
+        let missing = unit() < 0.1;
+        let cat = (unit() * 8.0).floor();
+        let logit =
+            2.0 * x0 + if missing { 2.0 } else { 0.0 } + if cat == 5.0 { 2.0 } else { 0.0 } - 2.0;
+        let y = u8::from(unit() < 1.0 / (1.0 + (-logit).exp()));
+        let x1 = if missing {
+            String::new()
+        } else {
+            format!("{:.4}", unit())
+        };
+        out.push_str(&format!("tx{i},{x0:.5},{x1},{cat},{y}\n"));
+    }
+    std::fs::write(path, out).unwrap();
+}
+
+#[test]
+fn train_then_evaluate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, valid) = (dir.path().join("train.csv"), dir.path().join("valid.csv"));
+    labelled_csv(&train, 4000, 1);
+    labelled_csv(&valid, 2000, 2);
+    let model = dir.path().join("m.fgb");
+    let o = fraud(&[
+        "train",
+        "--input",
+        train.to_str().unwrap(),
+        "--valid",
+        valid.to_str().unwrap(),
+        "--label",
+        "label",
+        "--exclude",
+        "id",
+        "--categorical",
+        "cat",
+        "--param",
+        "num_rounds=50",
+        "--param",
+        "num_leaves=7",
+        "--param",
+        "early_stopping_round=10",
+        "-o",
+        model.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("trained"), "{}", stdout(&o));
+    // Not a terminal: plain progress lines with the validation metric.
+    assert!(stderr(&o).contains("iteration 1/50"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("valid"), "{}", stderr(&o));
+    let o = fraud(&[
+        "evaluate",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        valid.to_str().unwrap(),
+        "--label",
+        "label",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for key in [
+        "roc_auc",
+        "average_precision",
+        "log_loss",
+        "recall_at_1pct_fpr",
+        "precision_at_100",
+    ] {
+        assert!(v[key].is_number(), "{key} in {v}");
+    }
+    assert_eq!(v["rows"], 2000);
+    assert!(v["roc_auc"].as_f64().unwrap() > 0.8, "{v}");
+    let inspect = fraud(&["inspect", "--json", model.to_str().unwrap()]);
+    let meta: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(meta["metadata"]["training"]["rows"], 4000);
+    assert!(meta["metadata"]["training"]["importance"].is_array());
+}
+
+#[test]
+fn train_names_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("t.csv");
+    let model = dir.path().join("m.fgb");
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--input",
+            csv.to_str().unwrap(),
+            "-o",
+            model.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let o = fraud(&args);
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        assert!(!stderr(&o).contains("panicked"));
+        stderr(&o)
+    };
+    labelled_csv(&csv, 300, 3);
+    let e = train(&["--label", "fraud", "--exclude", "id"]);
+    assert!(
+        e.contains("label column `fraud` is not in the header"),
+        "{e}"
+    );
+    let e = train(&["--label", "label"]);
+    assert!(
+        e.contains("column `id`") && e.contains("not a number"),
+        "{e}"
+    );
+    let e = train(&[
+        "--label",
+        "label",
+        "--exclude",
+        "id",
+        "--param",
+        "num_leafs=4",
+    ]);
+    assert!(e.contains("unknown parameter `num_leafs`"), "{e}");
+    std::fs::write(&csv, "x0,x1,label\n1,2,0\n2,2,1\n3,2,2\n").unwrap();
+    let e = train(&["--label", "label"]);
+    assert!(e.contains("row 3 is 2"), "{e}");
+    std::fs::write(&csv, "x0,x1,label\n1,2,0\n2,2,\n").unwrap();
+    let e = train(&["--label", "label"]);
+    assert!(e.contains("row 2 is missing"), "{e}");
+    std::fs::write(&csv, "x0,x1,label\n1,2,0\n2,2,1\n3,2,0\n").unwrap();
+    let e = train(&["--label", "label"]);
+    assert!(e.contains("constant feature") && e.contains("x1"), "{e}");
+    std::fs::write(&csv, "x0,x1,label\n").unwrap();
+    let e = train(&["--label", "label"]);
+    assert!(e.contains("no rows"), "{e}");
+    std::fs::write(&csv, "").unwrap();
+    let e = train(&["--label", "label"]);
+    assert!(e.contains("empty"), "{e}");
+}
