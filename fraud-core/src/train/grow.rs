@@ -429,7 +429,13 @@ impl Context<'_> {
         let nf = self.mappers.len();
         out.clear();
         out.resize(nf * NB, Sums::default());
-        let ordered: Vec<[f32; 2]> = rows.iter().map(|&r| grad[r as usize]).collect();
+        // Rows are sorted and distinct, so as many rows as the data set means all of them.
+        let all_rows = rows.len() == self.binned.rows;
+        let ordered: Vec<[f32; 2]> = if all_rows {
+            Vec::new()
+        } else {
+            rows.iter().map(|&r| grad[r as usize]).collect()
+        };
         let mut active = vec![false; nf];
         for &f in features {
             active[f] = true;
@@ -450,26 +456,49 @@ impl Context<'_> {
                 match (a0, a1) {
                     (true, true) => {
                         let (c0, c1) = (self.binned.column(f0), self.binned.column(f1));
-                        for (i, (&r, g)) in rows.iter().zip(&ordered).enumerate() {
-                            if let Some(&ahead) = rows.get(i + PREFETCH_AHEAD) {
-                                prefetch(c0.as_ptr().wrapping_add(ahead as usize));
-                                prefetch(c1.as_ptr().wrapping_add(ahead as usize));
+                        if all_rows {
+                            // Every row, in order: no indirection, no prefetch needed.
+                            for ((&b0, &b1), g) in c0.iter().zip(c1).zip(grad) {
+                                let (gg, hh) = (g[0] as f64, g[1] as f64);
+                                let e = &mut local[0][b0 as usize];
+                                e[0] += gg;
+                                e[1] += hh;
+                                e[2] += 1.0;
+                                let e = &mut local[1][b1 as usize];
+                                e[0] += gg;
+                                e[1] += hh;
+                                e[2] += 1.0;
                             }
-                            let (gg, hh) = (g[0] as f64, g[1] as f64);
-                            let e = &mut local[0][c0[r as usize] as usize];
-                            e[0] += gg;
-                            e[1] += hh;
-                            e[2] += 1.0;
-                            let e = &mut local[1][c1[r as usize] as usize];
-                            e[0] += gg;
-                            e[1] += hh;
-                            e[2] += 1.0;
+                        } else {
+                            for (i, (&r, g)) in rows.iter().zip(&ordered).enumerate() {
+                                if let Some(&ahead) = rows.get(i + PREFETCH_AHEAD) {
+                                    prefetch(c0.as_ptr().wrapping_add(ahead as usize));
+                                    prefetch(c1.as_ptr().wrapping_add(ahead as usize));
+                                }
+                                let (gg, hh) = (g[0] as f64, g[1] as f64);
+                                let e = &mut local[0][c0[r as usize] as usize];
+                                e[0] += gg;
+                                e[1] += hh;
+                                e[2] += 1.0;
+                                let e = &mut local[1][c1[r as usize] as usize];
+                                e[0] += gg;
+                                e[1] += hh;
+                                e[2] += 1.0;
+                            }
                         }
                     }
                     (false, false) => return,
                     (one0, _) => {
                         let (k, f) = if one0 { (0, f0) } else { (1, f1) };
                         let c = self.binned.column(f);
+                        if all_rows {
+                            for (&b, g) in c.iter().zip(grad) {
+                                let e = &mut local[k][b as usize];
+                                e[0] += g[0] as f64;
+                                e[1] += g[1] as f64;
+                                e[2] += 1.0;
+                            }
+                        }
                         for (i, (&r, g)) in rows.iter().zip(&ordered).enumerate() {
                             if let Some(&ahead) = rows.get(i + PREFETCH_AHEAD) {
                                 prefetch(c.as_ptr().wrapping_add(ahead as usize));
