@@ -152,6 +152,7 @@ pub fn model(trees: usize, leaves: usize, features: usize, sample: &[f64], seed:
         objective: Objective::Logistic { scale: 1.0 },
         accumulation: Accumulation::F64,
         average_output: false,
+        linear: None,
     }
 }
 

@@ -165,6 +165,7 @@ fn ensemble_strategy() -> impl Strategy<Value = Ensemble> {
                 Accumulation::F64
             },
             average_output: avg,
+            linear: None,
         })
 }
 
@@ -211,6 +212,7 @@ fn wrong_row_lengths_are_errors_not_panics() {
         objective: Objective::Logistic { scale: 1.0 },
         accumulation: Accumulation::F64,
         average_output: false,
+        linear: None,
     };
     let m = CompiledModel::new(&e).unwrap();
     assert!(m.predict_margin(&[]).is_err());

@@ -348,3 +348,38 @@ fn train_names_what_is_wrong() {
     let e = train(&["--label", "label"]);
     assert!(e.contains("empty"), "{e}");
 }
+
+#[test]
+fn logistic_baseline_trains_and_scores() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("t.csv");
+    labelled_csv(&csv, 3000, 9);
+    let model = dir.path().join("lr.fgb");
+    let o = fraud(&[
+        "train",
+        "--algorithm",
+        "logistic",
+        "--input",
+        csv.to_str().unwrap(),
+        "--label",
+        "label",
+        "--exclude",
+        "id",
+        "-o",
+        model.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = fraud(&[
+        "evaluate",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        csv.to_str().unwrap(),
+        "--label",
+        "label",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["roc_auc"].as_f64().unwrap() > 0.7, "{v}");
+    let o = fraud(&["inspect", model.to_str().unwrap()]);
+    assert!(stdout(&o).contains("linear term"), "{}", stdout(&o));
+}

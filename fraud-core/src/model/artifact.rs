@@ -347,6 +347,7 @@ mod tests {
             objective: Objective::Logistic { scale: 1.0 },
             accumulation: Accumulation::F64,
             average_output: false,
+            linear: None,
         };
         Artifact::new(ensemble, "test")
     }

@@ -133,6 +133,8 @@ pub struct CompiledModel {
     average_output: bool,
     scale: f64,
     branch_free: bool,
+    /// Linear term (logistic-regression models).
+    linear: Option<super::ensemble::LinearTerm>,
     /// Length every row buffer has at least: `max(2 * num_features, 1)`.
     min_buf: usize,
 }
@@ -241,6 +243,7 @@ impl CompiledModel {
             scale,
             branch_free: true,
             min_buf: (2 * nf).saturating_sub(1) * BLOCK + 1,
+            linear: ensemble.linear.clone(),
         };
         let too_many = || ModelError::Invalid("model has too many nodes".into());
         for tree in &ensemble.trees {
@@ -521,13 +524,14 @@ impl CompiledModel {
     /// missing.
     pub fn predict_margin(&self, row: &[f64]) -> Result<f64, ModelError> {
         self.check_row(row)?;
-        Ok(self.with_row_buf(row, |buf| {
+        let trees = self.with_row_buf(row, |buf| {
             if self.branch_free {
                 self.margin_row::<true>(buf)
             } else {
                 self.margin_row::<false>(buf)
             }
-        }))
+        });
+        Ok(trees + self.linear.as_ref().map_or(0.0, |l| l.value(row)))
     }
 
     /// Probability of fraud for one row.
@@ -646,6 +650,11 @@ impl CompiledModel {
             let sums = self.margin_block::<FAST>(&buf);
             for (o, s) in out.iter_mut().zip(sums) {
                 *o = self.finish(s);
+            }
+            if let Some(l) = &self.linear {
+                for (o, row) in out.iter_mut().zip(rows.chunks_exact(nf)) {
+                    *o += l.value(row);
+                }
             }
         }
     }

@@ -31,6 +31,29 @@ pub struct Ensemble {
     pub accumulation: Accumulation,
     /// Divide the tree sum by the number of trees (LightGBM random-forest mode).
     pub average_output: bool,
+    /// A linear term added to the margin (the logistic-regression baseline).
+    pub linear: Option<LinearTerm>,
+}
+
+/// `sum(weights[i] * x[i])`, with `impute[i]` standing in for a missing `x[i]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LinearTerm {
+    /// One weight per feature.
+    pub weights: Vec<f64>,
+    /// The value used for a missing feature (its training mean).
+    pub impute: Vec<f64>,
+}
+
+impl LinearTerm {
+    /// The term's value for one row.
+    pub fn value(&self, row: &[f64]) -> f64 {
+        self.weights
+            .iter()
+            .zip(&self.impute)
+            .zip(row)
+            .map(|((w, m), x)| w * if x.is_nan() { *m } else { *x })
+            .sum()
+    }
 }
 
 /// One input column of a model.
@@ -325,6 +348,20 @@ impl Ensemble {
             validate_tree(tree, nf)
                 .map_err(|msg| ModelError::Invalid(format!("tree {t}: {msg}")))?;
         }
+        if let Some(l) = &self.linear {
+            if l.weights.len() != nf || l.impute.len() != nf {
+                return Err(ModelError::Invalid(format!(
+                    "linear term has {} weights and {} imputed values for {nf} features",
+                    l.weights.len(),
+                    l.impute.len()
+                )));
+            }
+            if l.weights.iter().chain(&l.impute).any(|v| !v.is_finite()) {
+                return Err(ModelError::Invalid(
+                    "linear term has a non-finite value".into(),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -403,6 +440,12 @@ impl Ensemble {
         } else {
             sum
         }
+    }
+
+    /// The margin of `row` from the trees (as [`reference_margin`](Self::reference_margin))
+    /// plus the linear term, if any.
+    pub fn reference_margin_with_linear(&self, row: &[f64]) -> f64 {
+        self.reference_margin(row) + self.linear.as_ref().map_or(0.0, |l| l.value(row))
     }
 
     /// Maps a margin to a probability.
@@ -554,6 +597,7 @@ mod tests {
             objective: Objective::Logistic { scale: 1.0 },
             accumulation: Accumulation::F64,
             average_output: false,
+            linear: None,
         }
     }
 

@@ -246,6 +246,7 @@ pub fn import_str(text: &str) -> Result<Artifact, ImportError> {
         objective: Objective::Logistic { scale },
         accumulation: Accumulation::F64,
         average_output,
+        linear: None,
     };
     ensemble.validate()?;
     let version = header.get("version").map_or("unknown", |(v, _)| v);

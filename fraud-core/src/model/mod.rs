@@ -15,7 +15,7 @@ pub use artifact::{Artifact, ArtifactError, Metadata, ARTIFACT_MAGIC, ARTIFACT_V
 pub use compiled::CompiledModel;
 pub use ensemble::{
     Accumulation, CategoryCast, CategorySplit, Ensemble, EnsembleStats, Feature, FeatureKind,
-    Missing, Node, Objective, Split, Test, Tree,
+    LinearTerm, Missing, Node, Objective, Split, Test, Tree,
 };
 
 /// Errors of a model's structure or of its use for prediction.

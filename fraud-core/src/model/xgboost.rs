@@ -345,6 +345,7 @@ fn convert(learner: Learner) -> Result<(Ensemble, BTreeMap<String, String>), Imp
         objective: Objective::Logistic { scale: 1.0 },
         accumulation: Accumulation::F32,
         average_output: false,
+        linear: None,
     };
     ensemble.validate()?;
     let attributes = learner

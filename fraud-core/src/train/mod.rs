@@ -13,6 +13,7 @@
 
 pub mod bins;
 mod grow;
+pub mod logistic;
 pub mod params;
 
 use std::time::Instant;
@@ -97,7 +98,7 @@ pub struct Trained {
     pub importance: Vec<Importance>,
 }
 
-fn check_dataset(set: &'static str, d: &Dataset<'_>) -> Result<(), TrainError> {
+pub(crate) fn check_dataset(set: &'static str, d: &Dataset<'_>) -> Result<(), TrainError> {
     let err = |detail: String| TrainError::Data { set, detail };
     let rows = d.features.rows();
     if rows == 0 || d.features.columns.is_empty() {
@@ -418,6 +419,7 @@ pub fn train(
         objective: Objective::Logistic { scale: 1.0 },
         accumulation: Accumulation::F64,
         average_output: false,
+        linear: None,
     };
     ensemble.validate()?;
     let importance: Vec<Importance> = names

@@ -59,6 +59,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         "depth:        max {}, mean per tree {:.2}, mean per leaf {:.2}",
         s.max_depth, s.mean_tree_depth, s.mean_leaf_depth
     )?;
+    if let Some(l) = &e.linear {
+        writeln!(
+            out,
+            "linear term:  {} weights (logistic regression)",
+            l.weights.len()
+        )?;
+    }
     writeln!(out, "features:     {}", e.num_features())?;
     for (i, f) in e.features.iter().enumerate() {
         let kind = match f.kind {

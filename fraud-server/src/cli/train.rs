@@ -12,6 +12,8 @@ use fraud_core::train::{self, Dataset, Params, Progress};
 pub enum Algorithm {
     /// Histogram gradient-boosted trees (the default).
     Gbdt,
+    /// Logistic regression (smartcore), the baseline that shows what the trees add.
+    Logistic,
 }
 
 #[derive(Debug, clap::Args)]
@@ -134,8 +136,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .as_ref()
         .map(|p| read_labelled(p, &features, &a.label, a.weight.as_deref()))
         .transpose()?;
-    let Algorithm::Gbdt = a.algorithm;
-
     let pool = super::thread_pool((params.threads > 0).then_some(params.threads))?;
     let tty = std::io::stderr().is_terminal();
     let mut report = |p: &Progress| {
@@ -162,8 +162,16 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             );
         }
     };
-    let trained = pool.install(|| {
-        train::train(
+    let trained = pool.install(|| match a.algorithm {
+        Algorithm::Logistic => train::logistic::train_logistic(
+            &Dataset {
+                features: &train_set.features,
+                labels: &train_set.labels,
+                weights: train_set.weights.as_deref(),
+            },
+            &params,
+        ),
+        Algorithm::Gbdt => train::train(
             &Dataset {
                 features: &train_set.features,
                 labels: &train_set.labels,
@@ -180,7 +188,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             &a.categorical,
             &params,
             &mut report,
-        )
+        ),
     })?;
     if tty {
         eprintln!();
