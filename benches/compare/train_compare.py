@@ -1,6 +1,7 @@
 """Training side by side: fraud-core against LightGBM and XGBoost (hist), matching settings,
 same data, one run, 2 threads. Prints train seconds, ROC-AUC and average precision on a
-held-out test set for each, and the ratios.
+held-out test set for each, and the ratios; the logistic-regression baseline
+(`fraud train --algorithm logistic`) shows what the trees add.
 
     .venv/bin/python benches/compare/train_compare.py --fraud target/release/fraud [--rows 1000000]
 
@@ -95,6 +96,15 @@ def main() -> None:
         subprocess.run([a.fraud, "predict", "--model", model, "--input", test_csv, "--output", out], check=True)
         p = np.loadtxt(out, skiprows=1)
         res["fraud-core"] = (secs, *metrics(p, yte))
+    if want("logistic"):
+        model = os.path.join(work, "logistic.fgb")
+        subprocess.run([a.fraud, "train", "--algorithm", "logistic", "--input", train_csv, "--label", "label",
+                        "-o", model], check=True, stderr=subprocess.DEVNULL)
+        meta = json.loads(subprocess.run([a.fraud, "inspect", "--json", model], check=True,
+                                         capture_output=True, text=True).stdout)
+        out = os.path.join(work, "logistic_scores.csv")
+        subprocess.run([a.fraud, "predict", "--model", model, "--input", test_csv, "--output", out], check=True)
+        res["logistic (baseline)"] = (meta["metadata"]["training"]["seconds"], *metrics(np.loadtxt(out, skiprows=1), yte))
     if want("lightgbm"):
         import lightgbm as lgb
         t = time.perf_counter()
@@ -115,12 +125,12 @@ def main() -> None:
         res["xgboost hist"] = (secs, *metrics(b.inplace_predict(xte), yte))
 
     base = res.get("fraud-core")
-    print(f"{'engine':<16}{'train s':>10}{'ROC-AUC':>10}{'avg prec':>10}{'time ratio':>12}{'dAUC':>9}{'dAP':>9}")
+    print(f"{'engine':<20}{'train s':>10}{'ROC-AUC':>10}{'avg prec':>10}{'time ratio':>12}{'dAUC':>9}{'dAP':>9}")
     for k, (s, auc, apr) in res.items():
         ratio = s / base[0] if base else float("nan")
         dauc = auc - base[1] if base else float("nan")
         dap = apr - base[2] if base else float("nan")
-        print(f"{k:<16}{s:10.1f}{auc:10.4f}{apr:10.4f}{ratio:12.2f}{dauc:9.4f}{dap:9.4f}")
+        print(f"{k:<20}{s:10.1f}{auc:10.4f}{apr:10.4f}{ratio:12.2f}{dauc:9.4f}{dap:9.4f}")
     print("time ratio = engine seconds / fraud-core seconds (above 1: fraud-core is faster); "
           "dAUC, dAP = engine - fraud-core")
 

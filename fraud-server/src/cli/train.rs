@@ -201,9 +201,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .best_iteration
         .map(|b| format!(", best iteration {b}"))
         .unwrap_or_default();
+    let what = match a.algorithm {
+        Algorithm::Gbdt => format!("{} trees", trained.artifact.ensemble.trees.len()),
+        Algorithm::Logistic => "a logistic regression".to_string(),
+    };
     super::emit(&format!(
-        "trained {} trees on {} rows{best} into {}\n",
-        trained.artifact.ensemble.trees.len(),
+        "trained {what} on {} rows{best} into {}\n",
         train_set.labels.len(),
         a.output.display()
     ))
