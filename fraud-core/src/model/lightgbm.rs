@@ -20,17 +20,11 @@ use super::{Artifact, ImportError};
 const FORMAT: &str = "LightGBM text";
 
 fn malformed(detail: impl Into<String>) -> ImportError {
-    ImportError::Malformed {
-        format: FORMAT,
-        detail: detail.into(),
-    }
+    ImportError::malformed(FORMAT, detail)
 }
 
 fn unsupported(detail: impl Into<String>) -> ImportError {
-    ImportError::Unsupported {
-        format: FORMAT,
-        detail: detail.into(),
-    }
+    ImportError::unsupported(FORMAT, detail)
 }
 
 /// Imports a LightGBM text model from a file.

@@ -75,3 +75,21 @@ pub enum ImportError {
     #[error(transparent)]
     Model(#[from] ModelError),
 }
+
+impl ImportError {
+    /// The file is not a valid model of `format`.
+    pub fn malformed(format: &'static str, detail: impl Into<String>) -> Self {
+        ImportError::Malformed {
+            format,
+            detail: detail.into(),
+        }
+    }
+
+    /// The model uses something of `format` this engine does not evaluate.
+    pub fn unsupported(format: &'static str, detail: impl Into<String>) -> Self {
+        ImportError::Unsupported {
+            format,
+            detail: detail.into(),
+        }
+    }
+}

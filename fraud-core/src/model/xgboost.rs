@@ -23,17 +23,11 @@ use super::{Artifact, ImportError};
 const FORMAT: &str = "XGBoost JSON";
 
 fn malformed(detail: impl Into<String>) -> ImportError {
-    ImportError::Malformed {
-        format: FORMAT,
-        detail: detail.into(),
-    }
+    ImportError::malformed(FORMAT, detail)
 }
 
 fn unsupported(detail: impl Into<String>) -> ImportError {
-    ImportError::Unsupported {
-        format: FORMAT,
-        detail: detail.into(),
-    }
+    ImportError::unsupported(FORMAT, detail)
 }
 
 #[derive(Deserialize)]
