@@ -383,3 +383,50 @@ fn logistic_baseline_trains_and_scores() {
     let o = fraud(&["inspect", model.to_str().unwrap()]);
     assert!(stdout(&o).contains("linear term"), "{}", stdout(&o));
 }
+
+#[test]
+fn row_weights_are_used_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("w.csv");
+    labelled_csv(&csv, 2000, 11);
+    // Add a weight column: 5 for positives, 1 otherwise; then one negative weight.
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    let mut out = format!("{},w\n", lines.next().unwrap());
+    for l in lines {
+        let w = if l.ends_with(",1") { "5" } else { "1" };
+        out.push_str(&format!("{l},{w}\n"));
+    }
+    std::fs::write(&csv, &out).unwrap();
+    let model = dir.path().join("m.fgb");
+    let args = |m: &Path| {
+        vec![
+            "train".to_string(),
+            "--input".into(),
+            csv.to_str().unwrap().into(),
+            "--label".into(),
+            "label".into(),
+            "--weight".into(),
+            "w".into(),
+            "--exclude".into(),
+            "id".into(),
+            "--param".into(),
+            "num_rounds=20".into(),
+            "-o".into(),
+            m.to_str().unwrap().into(),
+        ]
+    };
+    let a: Vec<String> = args(&model);
+    let o = fraud(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let inspect = fraud(&["inspect", "--json", model.to_str().unwrap()]);
+    let meta: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert!(
+        meta["metadata"]["training"]["importance"][0]["feature"] == "x0",
+        "the weight column is not a feature: {meta}"
+    );
+    std::fs::write(&csv, out.replacen(",1\n", ",-1\n", 1)).unwrap();
+    let o = fraud(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("weight at row"), "{}", stderr(&o));
+}
