@@ -24,6 +24,8 @@
 pub mod data;
 pub mod eval;
 pub mod model;
+pub mod pii;
 pub mod train;
+pub mod transaction;
 
 pub use model::{Artifact, ArtifactError, CompiledModel, Ensemble, ImportError, ModelError};

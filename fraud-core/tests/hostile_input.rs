@@ -128,3 +128,30 @@ proptest! {
         let _ = read_csv(bytes.as_slice(), &["num_0", "num_1"]);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    #[test]
+    fn transaction_parsing_never_panics(body in prop::collection::vec(any::<u8>(), 0..300), s in "\\PC{0,200}") {
+        let tk = fraud_core::pii::Tokenizer::new(&[1u8; 32]).unwrap();
+        let _ = fraud_core::transaction::Transaction::from_json(&body, &tk);
+        let _ = fraud_core::transaction::Transaction::from_json(s.as_bytes(), &tk);
+        let _ = fraud_core::transaction::Amount::parse(&s, 2);
+        let _ = fraud_core::pii::CardNumber::parse(&s);
+    }
+
+    #[test]
+    fn damaged_transactions_never_panic_nor_leak(muts in mutations()) {
+        let good = br#"{"transaction_id":"t1","timestamp":"2026-11-29T10:00:00Z","amount":"12.50","currency":"EUR","card_number":"4111111111111111","mcc":"5411","latitude":1.5,"longitude":2.5}"#;
+        let tk = fraud_core::pii::Tokenizer::new(&[1u8; 32]).unwrap();
+        let bytes = mutate(good.to_vec(), &muts);
+        match fraud_core::transaction::Transaction::from_json(&bytes, &tk) {
+            Ok(t) => {
+                let shown = format!("{:?}", t);
+                prop_assert!(!shown.contains("4111111111111111"));
+            }
+            Err(e) => prop_assert!(!e.to_string().contains("4111111111111111"), "{}", e),
+        }
+    }
+}

@@ -1,0 +1,745 @@
+//! The transaction: its JSON shape (shared by the API, history CSV files and generated data),
+//! validation with errors that name the field, and protection of the card number at the
+//! boundary.
+//!
+//! [`RawTransaction`] is what arrives; [`Transaction::from_raw`] validates it and replaces the
+//! card number by a keyed token and a mask, so a [`Transaction`] never holds a raw card
+//! number. Amounts are exact integers of the currency's minor unit (ISO 4217 exponents), never
+//! floats. This module computes no features.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::pii::{is_token, CardNumber, ProtectedCard, Tokenizer};
+
+/// A field that failed validation, and why. Never contains a card number.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct TransactionError {
+    /// The field (JSON name).
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn bad(field: &str, message: impl Into<String>) -> TransactionError {
+    TransactionError {
+        field: field.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Fields that carry sensitive authentication data, which must never be sent or stored.
+pub const SENSITIVE_FIELDS: &[&str] = &[
+    "cvv",
+    "cvv2",
+    "cvc",
+    "cvc2",
+    "cid",
+    "pin",
+    "pin_block",
+    "track",
+    "track1",
+    "track2",
+    "track_data",
+    "magstripe",
+];
+
+/// ISO 4217 codes with the number of digits of their minor unit.
+const CURRENCIES: &[(&str, u8)] = &[
+    ("AED", 2),
+    ("AFN", 2),
+    ("ALL", 2),
+    ("AMD", 2),
+    ("ANG", 2),
+    ("AOA", 2),
+    ("ARS", 2),
+    ("AUD", 2),
+    ("AWG", 2),
+    ("AZN", 2),
+    ("BAM", 2),
+    ("BBD", 2),
+    ("BDT", 2),
+    ("BGN", 2),
+    ("BHD", 3),
+    ("BIF", 0),
+    ("BMD", 2),
+    ("BND", 2),
+    ("BOB", 2),
+    ("BRL", 2),
+    ("BSD", 2),
+    ("BTN", 2),
+    ("BWP", 2),
+    ("BYN", 2),
+    ("BZD", 2),
+    ("CAD", 2),
+    ("CDF", 2),
+    ("CHF", 2),
+    ("CLP", 0),
+    ("CNY", 2),
+    ("COP", 2),
+    ("CRC", 2),
+    ("CUP", 2),
+    ("CVE", 2),
+    ("CZK", 2),
+    ("DJF", 0),
+    ("DKK", 2),
+    ("DOP", 2),
+    ("DZD", 2),
+    ("EGP", 2),
+    ("ERN", 2),
+    ("ETB", 2),
+    ("EUR", 2),
+    ("FJD", 2),
+    ("FKP", 2),
+    ("GBP", 2),
+    ("GEL", 2),
+    ("GHS", 2),
+    ("GIP", 2),
+    ("GMD", 2),
+    ("GNF", 0),
+    ("GTQ", 2),
+    ("GYD", 2),
+    ("HKD", 2),
+    ("HNL", 2),
+    ("HTG", 2),
+    ("HUF", 2),
+    ("IDR", 2),
+    ("ILS", 2),
+    ("INR", 2),
+    ("IQD", 3),
+    ("IRR", 2),
+    ("ISK", 0),
+    ("JMD", 2),
+    ("JOD", 3),
+    ("JPY", 0),
+    ("KES", 2),
+    ("KGS", 2),
+    ("KHR", 2),
+    ("KMF", 0),
+    ("KPW", 2),
+    ("KRW", 0),
+    ("KWD", 3),
+    ("KYD", 2),
+    ("KZT", 2),
+    ("LAK", 2),
+    ("LBP", 2),
+    ("LKR", 2),
+    ("LRD", 2),
+    ("LSL", 2),
+    ("LYD", 3),
+    ("MAD", 2),
+    ("MDL", 2),
+    ("MGA", 2),
+    ("MKD", 2),
+    ("MMK", 2),
+    ("MNT", 2),
+    ("MOP", 2),
+    ("MRU", 2),
+    ("MUR", 2),
+    ("MVR", 2),
+    ("MWK", 2),
+    ("MXN", 2),
+    ("MYR", 2),
+    ("MZN", 2),
+    ("NAD", 2),
+    ("NGN", 2),
+    ("NIO", 2),
+    ("NOK", 2),
+    ("NPR", 2),
+    ("NZD", 2),
+    ("OMR", 3),
+    ("PAB", 2),
+    ("PEN", 2),
+    ("PGK", 2),
+    ("PHP", 2),
+    ("PKR", 2),
+    ("PLN", 2),
+    ("PYG", 0),
+    ("QAR", 2),
+    ("RON", 2),
+    ("RSD", 2),
+    ("RUB", 2),
+    ("RWF", 0),
+    ("SAR", 2),
+    ("SBD", 2),
+    ("SCR", 2),
+    ("SDG", 2),
+    ("SEK", 2),
+    ("SGD", 2),
+    ("SHP", 2),
+    ("SLE", 2),
+    ("SOS", 2),
+    ("SRD", 2),
+    ("SSP", 2),
+    ("STN", 2),
+    ("SVC", 2),
+    ("SYP", 2),
+    ("SZL", 2),
+    ("THB", 2),
+    ("TJS", 2),
+    ("TMT", 2),
+    ("TND", 3),
+    ("TOP", 2),
+    ("TRY", 2),
+    ("TTD", 2),
+    ("TWD", 2),
+    ("TZS", 2),
+    ("UAH", 2),
+    ("UGX", 0),
+    ("USD", 2),
+    ("UYU", 2),
+    ("UZS", 2),
+    ("VES", 2),
+    ("VND", 0),
+    ("VUV", 0),
+    ("WST", 2),
+    ("XAF", 0),
+    ("XCD", 2),
+    ("XOF", 0),
+    ("XPF", 0),
+    ("YER", 2),
+    ("ZAR", 2),
+    ("ZMW", 2),
+    ("ZWG", 2),
+];
+
+/// Digits of the minor unit of an ISO 4217 currency, or `None` if the code is unknown.
+pub fn currency_exponent(code: &str) -> Option<u8> {
+    CURRENCIES
+        .binary_search_by(|(c, _)| (*c).cmp(code))
+        .ok()
+        .map(|i| CURRENCIES[i].1)
+}
+
+/// Largest amount accepted, in major units (guards against absurd inputs).
+pub const MAX_AMOUNT_MAJOR: i64 = 1_000_000_000;
+
+/// An exact amount: integer minor units of a currency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Amount {
+    /// Minor units (cents for USD, yen for JPY, fils for KWD).
+    pub minor: i64,
+    /// Digits of the minor unit.
+    pub exponent: u8,
+}
+
+impl Amount {
+    /// Parses a decimal text (`"12.5"`, `"1200"`) for a currency with `exponent` minor digits.
+    /// Refuses signs, exponents, NaN, infinities, more decimals than the currency has, zero
+    /// and amounts above [`MAX_AMOUNT_MAJOR`].
+    pub fn parse(text: &str, exponent: u8) -> Result<Self, String> {
+        let t = text.trim();
+        if t.is_empty() {
+            return Err("is empty".into());
+        }
+        if t.starts_with('-') {
+            return Err("must not be negative".into());
+        }
+        let (int, frac) = t.split_once('.').unwrap_or((t, ""));
+        if int.is_empty()
+            || !int.bytes().all(|b| b.is_ascii_digit())
+            || !frac.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Err(format!("`{}` is not a plain decimal number", short(t)));
+        }
+        let frac = frac.trim_end_matches('0');
+        if frac.len() > exponent as usize {
+            return Err(format!(
+                "has {} decimals; the currency has {exponent}",
+                frac.len()
+            ));
+        }
+        let int = int.trim_start_matches('0');
+        if int.len() > 10 {
+            return Err(format!("exceeds {MAX_AMOUNT_MAJOR}"));
+        }
+        let major: i64 = if int.is_empty() {
+            0
+        } else {
+            int.parse().map_err(|_| "is not a number".to_string())?
+        };
+        if major > MAX_AMOUNT_MAJOR {
+            return Err(format!("exceeds {MAX_AMOUNT_MAJOR}"));
+        }
+        let scale = 10i64.pow(exponent as u32);
+        let mut minor_frac: i64 = if frac.is_empty() {
+            0
+        } else {
+            frac.parse().map_err(|_| "is not a number".to_string())?
+        };
+        minor_frac *= 10i64.pow((exponent as usize - frac.len()) as u32);
+        let minor = major * scale + minor_frac;
+        if minor == 0 {
+            return Err("must be greater than zero".into());
+        }
+        Ok(Amount { minor, exponent })
+    }
+
+    /// The amount in major units, as a float (for features).
+    pub fn as_f64(&self) -> f64 {
+        self.minor as f64 / 10f64.powi(self.exponent as i32)
+    }
+}
+
+fn short(s: &str) -> String {
+    s.chars().take(32).collect()
+}
+
+/// How the card was used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Channel {
+    /// Chip or swipe at a terminal.
+    CardPresent,
+    /// Tap at a terminal.
+    Contactless,
+    /// Online.
+    Ecommerce,
+    /// Mail or telephone order.
+    Moto,
+    /// Cash machine.
+    Atm,
+    /// Card on file, recurring.
+    Recurring,
+}
+
+/// A JSON number or string, kept as its text (so amounts stay exact).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Decimal {
+    /// A JSON string.
+    Text(String),
+    /// A JSON number, as written.
+    Number(serde_json::Number),
+}
+
+/// A transaction as it arrives (JSON body, CSV row), before validation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTransaction {
+    /// Caller's id of the transaction.
+    pub transaction_id: Option<String>,
+    /// RFC 3339 time.
+    pub timestamp: Option<String>,
+    /// Decimal amount (string or number).
+    pub amount: Option<Decimal>,
+    /// ISO 4217 code.
+    pub currency: Option<String>,
+    /// Raw card number (tokenized at once).
+    pub card_number: Option<String>,
+    /// Card token, when the caller tokenized already.
+    pub card_token: Option<String>,
+    /// Customer id.
+    pub customer_id: Option<String>,
+    /// Merchant id.
+    pub merchant_id: Option<String>,
+    /// Merchant category code (4 digits).
+    pub mcc: Option<String>,
+    /// Terminal id.
+    pub terminal_id: Option<String>,
+    /// How the card was used.
+    pub channel: Option<Channel>,
+    /// Issuing country (ISO 3166-1 alpha-2).
+    pub card_country: Option<String>,
+    /// Merchant country.
+    pub merchant_country: Option<String>,
+    /// Client IP address.
+    pub ip: Option<String>,
+    /// Country of the IP.
+    pub ip_country: Option<String>,
+    /// Device id.
+    pub device_id: Option<String>,
+    /// Email address.
+    pub email: Option<String>,
+    /// Latitude in degrees.
+    pub latitude: Option<f64>,
+    /// Longitude in degrees.
+    pub longitude: Option<f64>,
+    /// Label, in history and generated files.
+    pub is_fraud: Option<u8>,
+    /// When the fraud became known (RFC 3339), in history and generated files.
+    pub fraud_reported_at: Option<String>,
+}
+
+/// A validated transaction. The card is a token and a mask only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Transaction {
+    /// Caller's id.
+    pub transaction_id: String,
+    /// Unix time in microseconds, UTC.
+    pub timestamp_us: i64,
+    /// Exact amount.
+    pub amount: Amount,
+    /// ISO 4217 code.
+    pub currency: String,
+    /// Token and mask of the card.
+    pub card: ProtectedCard,
+    /// Customer id.
+    pub customer_id: Option<String>,
+    /// Merchant id.
+    pub merchant_id: Option<String>,
+    /// Merchant category code.
+    pub mcc: Option<u16>,
+    /// Terminal id.
+    pub terminal_id: Option<String>,
+    /// How the card was used.
+    pub channel: Option<Channel>,
+    /// Issuing country.
+    pub card_country: Option<String>,
+    /// Merchant country.
+    pub merchant_country: Option<String>,
+    /// Client IP.
+    pub ip: Option<IpAddr>,
+    /// Country of the IP.
+    pub ip_country: Option<String>,
+    /// Device id.
+    pub device_id: Option<String>,
+    /// Email, lower-cased.
+    pub email: Option<String>,
+    /// Coordinates (latitude, longitude).
+    pub location: Option<(f64, f64)>,
+    /// Label, when known.
+    pub is_fraud: Option<bool>,
+    /// When the label became known, unix microseconds.
+    pub fraud_reported_at_us: Option<i64>,
+}
+
+/// Earliest accepted timestamp (1990-01-01T00:00:00Z), in microseconds.
+pub const MIN_TIMESTAMP_US: i64 = 631_152_000_000_000;
+/// Latest accepted timestamp (2100-01-01T00:00:00Z), in microseconds.
+pub const MAX_TIMESTAMP_US: i64 = 4_102_444_800_000_000;
+
+fn parse_time(field: &str, text: &str) -> Result<i64, TransactionError> {
+    let t =
+        time::OffsetDateTime::parse(text.trim(), &time::format_description::well_known::Rfc3339)
+            .map_err(|_| bad(field, format!("`{}` is not an RFC 3339 time", short(text))))?;
+    let us = (t.unix_timestamp_nanos() / 1000) as i64;
+    if !(MIN_TIMESTAMP_US..MAX_TIMESTAMP_US).contains(&us) {
+        return Err(bad(field, "is before 1990 or after 2100"));
+    }
+    Ok(us)
+}
+
+fn id(field: &str, v: Option<String>) -> Result<Option<String>, TransactionError> {
+    match v {
+        None => Ok(None),
+        Some(s) => {
+            let s = s.trim().to_string();
+            if s.is_empty() {
+                return Err(bad(field, "is empty"));
+            }
+            if s.chars().count() > 128 {
+                return Err(bad(field, "is longer than 128 characters"));
+            }
+            if s.chars().any(char::is_control) {
+                return Err(bad(field, "contains control characters"));
+            }
+            Ok(Some(s))
+        }
+    }
+}
+
+fn country(field: &str, v: Option<String>) -> Result<Option<String>, TransactionError> {
+    match v {
+        None => Ok(None),
+        Some(s) => {
+            let up = s.trim().to_ascii_uppercase();
+            if up.len() == 2 && up.bytes().all(|b| b.is_ascii_uppercase()) {
+                Ok(Some(up))
+            } else {
+                Err(bad(
+                    field,
+                    format!("`{}` is not an ISO 3166-1 alpha-2 code", short(&s)),
+                ))
+            }
+        }
+    }
+}
+
+impl Transaction {
+    /// Validates a raw transaction and protects its card with `tokenizer`.
+    pub fn from_raw(raw: RawTransaction, tokenizer: &Tokenizer) -> Result<Self, TransactionError> {
+        let transaction_id = id("transaction_id", raw.transaction_id)?
+            .ok_or_else(|| bad("transaction_id", "is required"))?;
+        let timestamp_us = parse_time(
+            "timestamp",
+            raw.timestamp
+                .as_deref()
+                .ok_or_else(|| bad("timestamp", "is required"))?,
+        )?;
+        let currency = raw
+            .currency
+            .ok_or_else(|| bad("currency", "is required"))?
+            .trim()
+            .to_ascii_uppercase();
+        let exponent = currency_exponent(&currency).ok_or_else(|| {
+            bad(
+                "currency",
+                format!("`{}` is not an ISO 4217 code", short(&currency)),
+            )
+        })?;
+        let amount_text = match raw.amount.ok_or_else(|| bad("amount", "is required"))? {
+            Decimal::Text(s) => s,
+            Decimal::Number(n) => n.to_string(),
+        };
+        let amount = Amount::parse(&amount_text, exponent).map_err(|m| bad("amount", m))?;
+        let card = match (raw.card_number, raw.card_token) {
+            (Some(_), Some(_)) => {
+                return Err(bad(
+                    "card_number",
+                    "send card_number or card_token, not both",
+                ))
+            }
+            (None, None) => {
+                return Err(bad("card_number", "card_number or card_token is required"))
+            }
+            (Some(number), None) => {
+                let card =
+                    CardNumber::parse(&number).map_err(|e| bad("card_number", e.to_string()))?;
+                tokenizer.protect(&card)
+            }
+            (None, Some(token)) => {
+                if !is_token(&token) {
+                    return Err(bad(
+                        "card_token",
+                        "is not a card token (tok_ and 32 hex digits)",
+                    ));
+                }
+                ProtectedCard { token, mask: None }
+            }
+        };
+        let mcc = match raw.mcc {
+            None => None,
+            Some(m) => {
+                let t = m.trim();
+                if t.len() != 4 || !t.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(bad(
+                        "mcc",
+                        format!("`{}` is not a 4-digit merchant category code", short(t)),
+                    ));
+                }
+                t.parse().ok()
+            }
+        };
+        let ip = match raw.ip {
+            None => None,
+            Some(s) => Some(
+                s.trim()
+                    .parse::<IpAddr>()
+                    .map_err(|_| bad("ip", format!("`{}` is not an IP address", short(&s))))?,
+            ),
+        };
+        let email = match raw.email {
+            None => None,
+            Some(e) => {
+                let e = e.trim().to_lowercase();
+                let valid = e.len() <= 254
+                    && e.split_once('@')
+                        .is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !d.contains('@'));
+                if !valid {
+                    return Err(bad("email", "is not an email address"));
+                }
+                Some(e)
+            }
+        };
+        let location = match (raw.latitude, raw.longitude) {
+            (None, None) => None,
+            (Some(lat), Some(lon)) => {
+                if !(-90.0..=90.0).contains(&lat) {
+                    return Err(bad("latitude", "must be between -90 and 90"));
+                }
+                if !(-180.0..=180.0).contains(&lon) {
+                    return Err(bad("longitude", "must be between -180 and 180"));
+                }
+                Some((lat, lon))
+            }
+            (Some(_), None) => return Err(bad("longitude", "is required with latitude")),
+            (None, Some(_)) => return Err(bad("latitude", "is required with longitude")),
+        };
+        let is_fraud = match raw.is_fraud {
+            None => None,
+            Some(0) => Some(false),
+            Some(1) => Some(true),
+            Some(v) => return Err(bad("is_fraud", format!("is {v}; must be 0 or 1"))),
+        };
+        let fraud_reported_at_us = raw
+            .fraud_reported_at
+            .as_deref()
+            .map(|t| parse_time("fraud_reported_at", t))
+            .transpose()?;
+        Ok(Transaction {
+            transaction_id,
+            timestamp_us,
+            amount,
+            currency,
+            card,
+            customer_id: id("customer_id", raw.customer_id)?,
+            merchant_id: id("merchant_id", raw.merchant_id)?,
+            mcc,
+            terminal_id: id("terminal_id", raw.terminal_id)?,
+            channel: raw.channel,
+            card_country: country("card_country", raw.card_country)?,
+            merchant_country: country("merchant_country", raw.merchant_country)?,
+            ip,
+            ip_country: country("ip_country", raw.ip_country)?,
+            device_id: id("device_id", raw.device_id)?,
+            email,
+            location,
+            is_fraud,
+            fraud_reported_at_us,
+        })
+    }
+
+    /// Parses and validates a JSON body. Sensitive authentication data (CVV, PIN, track) is
+    /// refused by name without echoing it; other unknown fields are refused too.
+    pub fn from_json(body: &[u8], tokenizer: &Tokenizer) -> Result<Self, TransactionError> {
+        let value: serde_json::Value = serde_json::from_slice(body)
+            .map_err(|e| bad("body", format!("is not valid JSON: {}", json_error(&e))))?;
+        let obj = value
+            .as_object()
+            .ok_or_else(|| bad("body", "must be a JSON object"))?;
+        for key in obj.keys() {
+            let k = key.to_ascii_lowercase();
+            if SENSITIVE_FIELDS.contains(&k.as_str()) {
+                return Err(bad(
+                    key,
+                    "sensitive authentication data must never be sent; the field was refused and not stored",
+                ));
+            }
+        }
+        let raw: RawTransaction = serde_json::from_value(value).map_err(|e| {
+            let msg = e.to_string();
+            // serde names the field in its message ("unknown field `x`", "missing field").
+            bad("body", msg.chars().take(200).collect::<String>())
+        })?;
+        Self::from_raw(raw, tokenizer)
+    }
+}
+
+/// A JSON syntax error without the input text (which could hold a card number).
+fn json_error(e: &serde_json::Error) -> String {
+    format!(
+        "{:?} error at line {} column {}",
+        e.classify(),
+        e.line(),
+        e.column()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tk() -> Tokenizer {
+        Tokenizer::new(&[42u8; 32]).unwrap()
+    }
+
+    const GOOD: &str = r#"{"transaction_id":"t1","timestamp":"2026-11-29T10:00:00Z","amount":"12.50",
+        "currency":"usd","card_number":"4111 1111 1111 1111","mcc":"5411","channel":"ecommerce",
+        "card_country":"fr","ip":"203.0.113.7","email":"A@Example.com","latitude":48.85,"longitude":2.35}"#;
+
+    #[test]
+    fn parses_and_protects() {
+        let t = Transaction::from_json(GOOD.as_bytes(), &tk()).unwrap();
+        assert_eq!(
+            t.amount,
+            Amount {
+                minor: 1250,
+                exponent: 2
+            }
+        );
+        assert_eq!(t.currency, "USD");
+        assert_eq!(t.card.mask.as_deref(), Some("411111******1111"));
+        assert!(t.card.token.starts_with("tok_"));
+        assert_eq!(t.mcc, Some(5411));
+        assert_eq!(t.card_country.as_deref(), Some("FR"));
+        assert_eq!(t.email.as_deref(), Some("a@example.com"));
+        let shown = format!("{t:?}{}", serde_json::to_string(&t).unwrap());
+        assert!(!shown.contains("4111111111111111") && !shown.contains("4111 1111"));
+    }
+
+    #[test]
+    fn exact_amounts() {
+        assert_eq!(Amount::parse("0.1", 2).unwrap().minor, 10);
+        assert_eq!(Amount::parse("1000", 0).unwrap().minor, 1000);
+        assert_eq!(Amount::parse("1.234", 3).unwrap().minor, 1234);
+        assert_eq!(Amount::parse("1.2300", 2).unwrap().minor, 123);
+        assert!(Amount::parse("1.234", 2)
+            .unwrap_err()
+            .contains("3 decimals"));
+        assert!(Amount::parse("-5", 2).is_err());
+        assert!(Amount::parse("0", 2).is_err());
+        assert!(Amount::parse("1e5", 2).is_err());
+        assert!(Amount::parse("NaN", 2).is_err());
+        assert!(Amount::parse("99999999999999", 2).is_err());
+        assert!(Amount::parse("", 2).is_err());
+        assert_eq!(currency_exponent("JPY"), Some(0));
+        assert_eq!(currency_exponent("KWD"), Some(3));
+        assert_eq!(currency_exponent("XXX"), None);
+        assert!(
+            CURRENCIES.windows(2).all(|w| w[0].0 < w[1].0),
+            "sorted for binary search"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field_and_never_the_card() {
+        let cases = [
+            (GOOD.replace("\"usd\"", "\"ABC\""), "currency"),
+            (GOOD.replace("12.50", "12.505"), "amount"),
+            (
+                GOOD.replace("4111 1111 1111 1111", "4111 1111 1111 1112"),
+                "card_number",
+            ),
+            (
+                GOOD.replace("2026-11-29T10:00:00Z", "yesterday"),
+                "timestamp",
+            ),
+            (
+                GOOD.replace("2026-11-29T10:00:00Z", "2300-01-01T00:00:00Z"),
+                "timestamp",
+            ),
+            (GOOD.replace("5411", "54"), "mcc"),
+            (GOOD.replace("203.0.113.7", "999.1.1.1"), "ip"),
+            (GOOD.replace("\"fr\"", "\"France\""), "card_country"),
+            (GOOD.replace("48.85", "91"), "latitude"),
+            (GOOD.replace("A@Example.com", "nobody"), "email"),
+            (GOOD.replace("\"ecommerce\"", "\"teleport\""), "body"),
+            (GOOD.replace("\"mcc\"", "\"cvv\":\"123\",\"mcc\""), "cvv"),
+            (
+                GOOD.replace("\"mcc\"", "\"colour\":\"red\",\"mcc\""),
+                "body",
+            ),
+            (GOOD.replace("\"t1\"", "\"\""), "transaction_id"),
+            ("[1,2]".to_string(), "body"),
+            ("{\"card_number\":\"4111111111111111\"".to_string(), "body"),
+        ];
+        for (body, field) in cases {
+            let e = Transaction::from_json(body.as_bytes(), &tk()).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+            let text = e.to_string();
+            assert!(!text.contains("4111"), "card number in error: {text}");
+            assert!(!text.contains("123\""), "cvv value in error: {text}");
+        }
+    }
+
+    #[test]
+    fn token_instead_of_number() {
+        let card = CardNumber::parse("4111111111111111").unwrap();
+        let token = tk().token(&card);
+        let body = GOOD.replace(
+            "\"card_number\":\"4111 1111 1111 1111\"",
+            &format!("\"card_token\":\"{token}\""),
+        );
+        let t = Transaction::from_json(body.as_bytes(), &tk()).unwrap();
+        assert_eq!(t.card.token, token);
+        assert_eq!(t.card.mask, None);
+        let body = GOOD.replace(
+            "\"card_number\"",
+            &format!("\"card_token\":\"{token}\",\"card_number\""),
+        );
+        assert!(Transaction::from_json(body.as_bytes(), &tk()).is_err());
+    }
+}
