@@ -1,7 +1,9 @@
 //! # fraud-core
 //!
 //! The engine of the fraud scoring system: it holds gradient-boosted tree models and scores
-//! rows with them, exactly as the library that trained them would, and faster.
+//! rows with them, exactly as the library that trained them would, and faster; it trains
+//! such models ([`train`]), measures them ([`eval`]), and validates and protects incoming
+//! transactions ([`transaction`], [`pii`]).
 //!
 //! No HTTP, no Python and no async runtime live here; the server, the Python package, the
 //! dataset tools and the benchmarks all build on this crate.
