@@ -1,7 +1,7 @@
 //! Training: histogram gradient boosting of binary-logistic tree ensembles.
 //!
 //! Features are binned once ([`bins`]), then every round computes gradients of the log-loss,
-//! grows one tree leaf-wise on histograms ([`grow`]) and adds it, shrunk by the learning rate.
+//! grows one tree leaf-wise on histograms (module `grow`) and adds it, shrunk by the learning rate.
 //! Missing values learn their direction at every split; declared categorical features get
 //! LightGBM-style set splits; monotone constraints bound leaf values; rows and features can be
 //! subsampled with a seed; a validation set can stop training early and keep the best round.
