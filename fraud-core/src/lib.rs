@@ -25,6 +25,7 @@
 
 pub mod data;
 pub mod eval;
+pub mod features;
 pub mod model;
 pub mod pii;
 pub mod train;

@@ -1,0 +1,527 @@
+//! Features: a declarative spec (TOML), the per-entity state it needs, and one function that
+//! computes a transaction's features from that state, used both online (one transaction, then
+//! update) and offline ([`replay`]: a history in time order), so both give identical results.
+//!
+//! Windows are exact: a past transaction counts iff its timestamp is in `[t - w, t)`, `t`
+//! being the current one's; the current transaction never counts. This module holds the
+//! in-memory state only; durability, Redis sharing and label-aware features are built on it.
+
+use std::collections::{HashMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::transaction::{Channel, Transaction};
+
+/// The spec that ships with the engine.
+pub const DEFAULT_SPEC: &str = include_str!("default_spec.toml");
+
+/// Why a spec was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// Not valid TOML or not the expected shape.
+    #[error("invalid feature spec: {0}")]
+    Parse(String),
+    /// A value is out of range.
+    #[error("invalid feature spec: {0}")]
+    Invalid(String),
+}
+
+/// Whose history a window aggregates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Entity {
+    /// The card token.
+    Card,
+    /// The customer id.
+    Customer,
+    /// The merchant id.
+    Merchant,
+    /// The terminal id.
+    Terminal,
+    /// The device id.
+    Device,
+    /// The IP address.
+    Ip,
+    /// The email address.
+    Email,
+}
+
+impl Entity {
+    fn name(self) -> &'static str {
+        match self {
+            Entity::Card => "card",
+            Entity::Customer => "customer",
+            Entity::Merchant => "merchant",
+            Entity::Terminal => "terminal",
+            Entity::Device => "device",
+            Entity::Ip => "ip",
+            Entity::Email => "email",
+        }
+    }
+
+    /// The entity's key in a transaction, if the transaction has one.
+    pub fn key(self, tx: &Transaction) -> Option<String> {
+        match self {
+            Entity::Card => Some(tx.card.token.clone()),
+            Entity::Customer => tx.customer_id.clone(),
+            Entity::Merchant => tx.merchant_id.clone(),
+            Entity::Terminal => tx.terminal_id.clone(),
+            Entity::Device => tx.device_id.clone(),
+            Entity::Ip => tx.ip.map(|ip| ip.to_string()),
+            Entity::Email => tx.email.clone(),
+        }
+    }
+}
+
+/// An aggregation over a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Aggregation {
+    /// Number of past transactions (`txn_count`).
+    Count,
+    /// Sum of their amounts (`amount_sum`).
+    Sum,
+    /// Mean amount (`amount_mean`; NaN when none).
+    Mean,
+    /// Largest amount (`amount_max`; NaN when none).
+    Max,
+    /// Population standard deviation of amounts (`amount_std`; NaN when none).
+    Std,
+    /// This amount divided by the window's mean (`amount_ratio`; NaN when none).
+    AmountRatio,
+}
+
+impl Aggregation {
+    fn name(self) -> &'static str {
+        match self {
+            Aggregation::Count => "txn_count",
+            Aggregation::Sum => "amount_sum",
+            Aggregation::Mean => "amount_mean",
+            Aggregation::Max => "amount_max",
+            Aggregation::Std => "amount_std",
+            Aggregation::AmountRatio => "amount_ratio",
+        }
+    }
+}
+
+/// A feature computed from the transaction alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stateless {
+    /// `ln(1 + amount)`.
+    LogAmount,
+    /// Hour of day (UTC), 0-23.
+    Hour,
+    /// Day of week (UTC), Monday = 0.
+    Weekday,
+    /// 1 between 00:00 and 06:00 UTC.
+    Night,
+    /// 1 when card and merchant countries differ (NaN when either is unknown).
+    CrossBorder,
+    /// Channel code (card_present 0, contactless 1, ecommerce 2, moto 3, atm 4, recurring 5).
+    Channel,
+    /// Merchant category code as a number.
+    Mcc,
+}
+
+impl Stateless {
+    fn name(self) -> &'static str {
+        match self {
+            Stateless::LogAmount => "log_amount",
+            Stateless::Hour => "hour",
+            Stateless::Weekday => "weekday",
+            Stateless::Night => "night",
+            Stateless::CrossBorder => "cross_border",
+            Stateless::Channel => "channel",
+            Stateless::Mcc => "mcc",
+        }
+    }
+
+    fn value(self, tx: &Transaction) -> f64 {
+        let secs = tx.timestamp_us.div_euclid(1_000_000);
+        match self {
+            Stateless::LogAmount => tx.amount.as_f64().ln_1p(),
+            Stateless::Hour => (secs.rem_euclid(86_400) / 3600) as f64,
+            // 1970-01-01 was a Thursday (3 with Monday = 0).
+            Stateless::Weekday => ((secs.div_euclid(86_400) + 3).rem_euclid(7)) as f64,
+            Stateless::Night => f64::from(u8::from(secs.rem_euclid(86_400) < 6 * 3600)),
+            Stateless::CrossBorder => match (&tx.card_country, &tx.merchant_country) {
+                (Some(a), Some(b)) => f64::from(u8::from(a != b)),
+                _ => f64::NAN,
+            },
+            Stateless::Channel => tx.channel.map_or(f64::NAN, |c| match c {
+                Channel::CardPresent => 0.0,
+                Channel::Contactless => 1.0,
+                Channel::Ecommerce => 2.0,
+                Channel::Moto => 3.0,
+                Channel::Atm => 4.0,
+                Channel::Recurring => 5.0,
+            }),
+            Stateless::Mcc => tx.mcc.map_or(f64::NAN, f64::from),
+        }
+    }
+}
+
+/// Windows of one entity, as written in the spec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowGroup {
+    /// Whose history.
+    pub entity: Entity,
+    /// Window lengths: `10m`, `1h`, `24h`, `7d`, `30s`.
+    pub windows: Vec<String>,
+    /// Aggregations computed over each window.
+    pub aggregations: Vec<Aggregation>,
+}
+
+/// The declarative feature spec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureSpec {
+    /// Stateless features, in order.
+    #[serde(default)]
+    pub stateless: Vec<Stateless>,
+    /// Entities whose time since their previous transaction is a feature.
+    #[serde(default)]
+    pub since_last: Vec<Entity>,
+    /// Windowed aggregations.
+    #[serde(default)]
+    pub windows: Vec<WindowGroup>,
+}
+
+/// Parses a window length (`30s`, `10m`, `1h`, `7d`) into seconds.
+pub fn parse_window(s: &str) -> Result<i64, SpecError> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.len().saturating_sub(1));
+    let n: i64 = num.parse().map_err(|_| {
+        SpecError::Invalid(format!("window `{s}`: expected a number and s, m, h or d"))
+    })?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => {
+            return Err(SpecError::Invalid(format!(
+                "window `{s}`: unit must be s, m, h or d"
+            )))
+        }
+    };
+    if !(1..=400 * 86_400).contains(&secs) {
+        return Err(SpecError::Invalid(format!(
+            "window `{s}` must be between 1s and 400d"
+        )));
+    }
+    Ok(secs)
+}
+
+#[derive(Debug, Clone)]
+struct CompiledWindow {
+    entity: Entity,
+    window_us: i64,
+    aggregations: Vec<Aggregation>,
+}
+
+/// A spec ready to compute features.
+#[derive(Debug, Clone)]
+pub struct Extractor {
+    spec: FeatureSpec,
+    names: Vec<String>,
+    windows: Vec<CompiledWindow>,
+    /// Longest window per entity (how long its events are kept).
+    horizon_us: HashMap<Entity, i64>,
+}
+
+impl FeatureSpec {
+    /// Parses a TOML spec.
+    pub fn from_toml(text: &str) -> Result<Self, SpecError> {
+        toml::from_str(text).map_err(|e| SpecError::Parse(e.to_string()))
+    }
+
+    /// The spec that ships with the engine.
+    pub fn default_spec() -> Self {
+        // The embedded spec is tested to parse.
+        Self::from_toml(DEFAULT_SPEC).unwrap_or(FeatureSpec {
+            stateless: Vec::new(),
+            since_last: Vec::new(),
+            windows: Vec::new(),
+        })
+    }
+}
+
+impl Extractor {
+    /// Checks a spec and fixes its feature order.
+    pub fn new(spec: FeatureSpec) -> Result<Self, SpecError> {
+        let mut names: Vec<String> = spec
+            .stateless
+            .iter()
+            .map(|s| s.name().to_string())
+            .collect();
+        let mut windows = Vec::new();
+        let mut horizon_us: HashMap<Entity, i64> = HashMap::new();
+        for e in &spec.since_last {
+            names.push(format!("{}_seconds_since_last", e.name()));
+            horizon_us.entry(*e).or_insert(0);
+        }
+        for g in &spec.windows {
+            if g.aggregations.is_empty() {
+                return Err(SpecError::Invalid(format!(
+                    "{} windows list no aggregations",
+                    g.entity.name()
+                )));
+            }
+            for w in &g.windows {
+                let secs = parse_window(w)?;
+                for a in &g.aggregations {
+                    names.push(format!("{}_{}_{}", g.entity.name(), a.name(), w.trim()));
+                }
+                let h = horizon_us.entry(g.entity).or_insert(0);
+                *h = (*h).max(secs * 1_000_000);
+                windows.push(CompiledWindow {
+                    entity: g.entity,
+                    window_us: secs * 1_000_000,
+                    aggregations: g.aggregations.clone(),
+                });
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for n in &names {
+            if !seen.insert(n) {
+                return Err(SpecError::Invalid(format!(
+                    "feature `{n}` is defined twice"
+                )));
+            }
+        }
+        Ok(Extractor {
+            spec,
+            names,
+            windows,
+            horizon_us,
+        })
+    }
+
+    /// Feature names, in output order.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// The spec.
+    pub fn spec(&self) -> &FeatureSpec {
+        &self.spec
+    }
+
+    /// The features of `tx` given the state before it (the state is not changed).
+    pub fn compute(&self, tx: &Transaction, state: &MemoryState) -> Vec<f64> {
+        let t = tx.timestamp_us;
+        let amount = tx.amount.as_f64();
+        let mut out = Vec::with_capacity(self.names.len());
+        for s in &self.spec.stateless {
+            out.push(s.value(tx));
+        }
+        for e in &self.spec.since_last {
+            let last = e
+                .key(tx)
+                .and_then(|k| state.get(*e, &k))
+                .and_then(|s| s.events.iter().rev().map(|ev| ev.0).find(|&ts| ts < t));
+            out.push(last.map_or(f64::NAN, |ts| (t - ts) as f64 / 1e6));
+        }
+        for w in &self.windows {
+            let events = w
+                .entity
+                .key(tx)
+                .and_then(|k| state.get(w.entity, &k))
+                .map(|s| s.in_window(t - w.window_us, t));
+            let (mut n, mut sum, mut max, mut sq) = (0usize, 0.0f64, f64::NAN, 0.0f64);
+            if let Some(events) = events {
+                for &(_, a) in events {
+                    n += 1;
+                    sum += a;
+                    sq += a * a;
+                    max = if max.is_nan() { a } else { max.max(a) };
+                }
+            }
+            let mean = if n > 0 { sum / n as f64 } else { f64::NAN };
+            for a in &w.aggregations {
+                out.push(match a {
+                    Aggregation::Count => n as f64,
+                    Aggregation::Sum => sum,
+                    Aggregation::Mean => mean,
+                    Aggregation::Max => max,
+                    Aggregation::Std => {
+                        if n > 0 {
+                            (sq / n as f64 - mean * mean).max(0.0).sqrt()
+                        } else {
+                            f64::NAN
+                        }
+                    }
+                    Aggregation::AmountRatio => amount / mean,
+                });
+            }
+        }
+        out
+    }
+
+    /// Records `tx` in the state (after its features were computed).
+    pub fn update(&self, tx: &Transaction, state: &mut MemoryState) {
+        for (&entity, &horizon) in &self.horizon_us {
+            if let Some(key) = entity.key(tx) {
+                let s = state.map.entry((entity, key)).or_default();
+                s.insert(tx.timestamp_us, tx.amount.as_f64());
+                s.prune(tx.timestamp_us - horizon.max(1));
+            }
+        }
+    }
+}
+
+/// Past transactions of one entity: (timestamp in microseconds, amount), in time order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EntityState {
+    events: VecDeque<(i64, f64)>,
+}
+
+impl EntityState {
+    fn insert(&mut self, ts: i64, amount: f64) {
+        // Late arrivals go to their place in time; equal times keep arrival order.
+        let at = self.events.partition_point(|e| e.0 <= ts);
+        self.events.insert(at, (ts, amount));
+    }
+
+    /// Drops events older than `oldest`, always keeping the latest one (for time since last).
+    fn prune(&mut self, oldest: i64) {
+        while self.events.len() > 1 && self.events.front().is_some_and(|e| e.0 < oldest) {
+            self.events.pop_front();
+        }
+    }
+
+    fn in_window(&self, from: i64, to: i64) -> impl Iterator<Item = &(i64, f64)> {
+        let start = self.events.partition_point(|e| e.0 < from);
+        let end = self.events.partition_point(|e| e.0 < to);
+        self.events.range(start..end)
+    }
+}
+
+/// Entity state held in memory.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryState {
+    map: HashMap<(Entity, String), EntityState>,
+}
+
+impl MemoryState {
+    /// The state of one entity.
+    pub fn get(&self, entity: Entity, key: &str) -> Option<&EntityState> {
+        self.map.get(&(entity, key.to_string()))
+    }
+
+    /// Number of entities held.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether no entity is held.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Removes everything held about one entity (erasure).
+    pub fn erase(&mut self, entity: Entity, key: &str) -> bool {
+        self.map.remove(&(entity, key.to_string())).is_some()
+    }
+}
+
+/// Computes, for every transaction of a history, the features the online path would have
+/// computed at that moment: transactions are taken in time order (ties in input order), each
+/// one's features from the state before it, then the state is updated. Returns rows in the
+/// input order.
+pub fn replay(extractor: &Extractor, history: &[Transaction]) -> Vec<Vec<f64>> {
+    let mut order: Vec<usize> = (0..history.len()).collect();
+    order.sort_by_key(|&i| history[i].timestamp_us);
+    let mut state = MemoryState::default();
+    let mut out = vec![Vec::new(); history.len()];
+    for i in order {
+        out[i] = extractor.compute(&history[i], &state);
+        extractor.update(&history[i], &mut state);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pii::Tokenizer;
+    use crate::transaction::{Decimal, RawTransaction};
+
+    fn tx(id: usize, ts: i64, amount: &str, card: &str, customer: &str) -> Transaction {
+        let raw = RawTransaction {
+            transaction_id: Some(format!("t{id}")),
+            timestamp: Some(
+                time::OffsetDateTime::from_unix_timestamp(ts)
+                    .unwrap()
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap(),
+            ),
+            amount: Some(Decimal::Text(amount.into())),
+            currency: Some("EUR".into()),
+            card_number: Some(card.into()),
+            customer_id: Some(customer.into()),
+            ..Default::default()
+        };
+        Transaction::from_raw(raw, &Tokenizer::new(&[3u8; 32]).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn default_spec_has_the_contract_names() {
+        let e = Extractor::new(FeatureSpec::default_spec()).unwrap();
+        for n in [
+            "card_txn_count_1h",
+            "card_txn_count_24h",
+            "card_amount_sum_24h",
+            "card_seconds_since_last",
+        ] {
+            assert!(
+                e.names().iter().any(|x| x == n),
+                "{n} missing from {:?}",
+                e.names()
+            );
+        }
+        assert_eq!(
+            FeatureSpec::from_toml(DEFAULT_SPEC).unwrap(),
+            FeatureSpec::default_spec()
+        );
+    }
+
+    #[test]
+    fn windows_are_half_open_and_exclude_the_current_transaction() {
+        let e = Extractor::new(
+            FeatureSpec::from_toml(
+                "since_last = [\"card\"]\n[[windows]]\nentity = \"card\"\nwindows = [\"1h\"]\naggregations = [\"count\", \"sum\", \"max\"]\n",
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let a = "4111111111111111";
+        let t0 = 1_700_000_000;
+        let h = vec![
+            tx(0, t0, "10", a, "c"),
+            tx(1, t0 + 3600, "20", a, "c"), // exactly 1h later: t0 = t - 1h is inside [t-1h, t)
+            tx(2, t0 + 3600, "5", a, "c"),  // same time as 1: 1 does not count (not before t)
+            tx(3, t0 + 3601, "1", a, "c"),  // t0 is now out; 1 and 2 are in
+        ];
+        let f = replay(&e, &h);
+        // names: card_seconds_since_last, count, sum, max
+        assert!(f[0][0].is_nan() && f[0][1] == 0.0 && f[0][3].is_nan());
+        assert_eq!(f[1], vec![3600.0, 1.0, 10.0, 10.0]);
+        assert_eq!(f[2], vec![3600.0, 1.0, 10.0, 10.0]);
+        assert_eq!(f[3], vec![1.0, 2.0, 25.0, 20.0]);
+    }
+
+    #[test]
+    fn bad_specs_are_named() {
+        assert!(parse_window("5x").is_err());
+        assert_eq!(parse_window("7d").unwrap(), 7 * 86_400);
+        let e = FeatureSpec::from_toml("stateless = [\"log_amount\"]\nunknown = 1\n").unwrap_err();
+        assert!(e.to_string().contains("unknown"), "{e}");
+        let dup = "[[windows]]\nentity = \"card\"\nwindows = [\"1h\", \"60m\", \"1h\"]\naggregations = [\"count\"]\n";
+        let e = Extractor::new(FeatureSpec::from_toml(dup).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("twice"), "{e}");
+    }
+}
