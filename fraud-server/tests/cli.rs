@@ -430,3 +430,65 @@ fn row_weights_are_used_and_checked() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("weight at row"), "{}", stderr(&o));
 }
+
+#[test]
+fn features_replay_a_history_point_in_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("history.csv");
+    // Out of time order on purpose; an empty optional cell; a second card.
+    std::fs::write(
+        &csv,
+        "transaction_id,timestamp,amount,currency,card_number,customer_id,mcc\n\
+         b,2026-01-01T10:30:00Z,20.00,EUR,4111111111111111,c1,5411\n\
+         a,2026-01-01T10:00:00Z,10.00,EUR,4111 1111 1111 1111,c1,\n\
+         c,2026-01-01T10:59:59Z,5,EUR,5555555555554444,c2,5999\n\
+         d,2026-01-01T11:00:00Z,1.5,EUR,4111111111111111,c1,5411\n",
+    )
+    .unwrap();
+    let out = dir.path().join("features.csv");
+    let o = fraud(&[
+        "features",
+        "--input",
+        csv.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(!text.contains("4111"), "no card number in the output");
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    assert_eq!(header[0], "transaction_id");
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    let ids: Vec<&str> = rows.iter().map(|r| r[0]).collect();
+    assert_eq!(ids, ["b", "a", "c", "d"], "input order kept");
+    let (n1h, sum24, since) = (
+        col("card_txn_count_1h"),
+        col("card_amount_sum_24h"),
+        col("card_seconds_since_last"),
+    );
+    // a is first in time: nothing before it.
+    assert_eq!(rows[1][n1h], "0");
+    assert_eq!(rows[1][since], "");
+    // b at 10:30 sees a (10:00).
+    assert_eq!(rows[0][n1h], "1");
+    assert_eq!(rows[0][since], "1800");
+    // d at 11:00: a at exactly t - 1h counts, b counts.
+    assert_eq!(rows[3][n1h], "2");
+    assert_eq!(rows[3][sum24], "30");
+    // The other card has no history.
+    assert_eq!(rows[2][n1h], "0");
+
+    std::fs::write(&csv, "transaction_id,timestamp,amount,currency,card_number\nx,2026-01-01T10:00:00Z,1,EUR,4111111111111112\n").unwrap();
+    let o = fraud(&[
+        "features",
+        "--input",
+        csv.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("row 1: card_number"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("4111"), "{}", stderr(&o));
+}

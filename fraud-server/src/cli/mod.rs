@@ -2,6 +2,7 @@
 
 mod bench;
 mod evaluate;
+mod features;
 mod import;
 mod inspect;
 mod predict;
@@ -35,6 +36,8 @@ enum Command {
     Train(train::Args),
     /// Print a model's metrics (ROC-AUC, average precision, ...) on a labelled CSV file.
     Evaluate(evaluate::Args),
+    /// Compute, offline, the features of every transaction of a history (point in time).
+    Features(features::Args),
 }
 
 /// Runs one parsed command line.
@@ -46,6 +49,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(a) => bench::run(a),
         Command::Train(a) => train::run(a),
         Command::Evaluate(a) => evaluate::run(a),
+        Command::Features(a) => features::run(a),
     }
 }
 
