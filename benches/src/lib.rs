@@ -156,6 +156,64 @@ pub fn model(trees: usize, leaves: usize, features: usize, sample: &[f64], seed:
     }
 }
 
+/// `n` synthetic transactions over `days` days, in time order: `cards` cards (each with a
+/// customer), `terminals` terminals and devices, amounts log-normal. For feature benchmarks.
+pub fn transactions(
+    n: usize,
+    days: i64,
+    cards: usize,
+    terminals: usize,
+    seed: u64,
+) -> Vec<fraud_core::transaction::Transaction> {
+    use fraud_core::pii::Tokenizer;
+    use fraud_core::transaction::{Channel, Decimal, RawTransaction, Transaction};
+    let mut rng = Rng::new(seed);
+    let tk = Tokenizer::new(&[5u8; 32]).expect("32-byte key");
+    let start = 1_700_000_000i64;
+    let mut times: Vec<i64> = (0..n)
+        .map(|_| start + (rng.unit() * (days * 86_400) as f64) as i64)
+        .collect();
+    times.sort_unstable();
+    times
+        .into_iter()
+        .enumerate()
+        .map(|(i, ts)| {
+            let card = rng.below(cards);
+            // A valid (Luhn) 16-digit number per card: 15 digits, then the check digit.
+            let body = format!("4{:014}", card);
+            let check = (0..10)
+                .find(|d| fraud_core::pii::luhn_valid(&format!("{body}{d}")))
+                .unwrap_or(0);
+            let amount = (rng.normal() * 1.0 + 3.5).exp().clamp(0.5, 50_000.0);
+            let raw = RawTransaction {
+                transaction_id: Some(format!("t{i}")),
+                timestamp: Some(
+                    time::OffsetDateTime::from_unix_timestamp(ts)
+                        .expect("in range")
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .expect("formats"),
+                ),
+                amount: Some(Decimal::Text(format!("{amount:.2}"))),
+                currency: Some("EUR".into()),
+                card_number: Some(format!("{body}{check}")),
+                customer_id: Some(format!("cust{card}")),
+                terminal_id: Some(format!("term{}", rng.below(terminals))),
+                device_id: Some(format!("dev{}", card % (cards / 2 + 1))),
+                mcc: Some(format!("{:04}", 5000 + rng.below(999))),
+                channel: Some(if rng.unit() < 0.5 {
+                    Channel::CardPresent
+                } else {
+                    Channel::Ecommerce
+                }),
+                card_country: Some("FR".into()),
+                merchant_country: Some(if rng.unit() < 0.9 { "FR" } else { "DE" }.into()),
+                ..Default::default()
+            };
+            Transaction::from_raw(raw, &tk).expect("valid synthetic transaction")
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

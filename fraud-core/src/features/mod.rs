@@ -6,6 +6,7 @@
 //! being the current one's; the current transaction never counts. This module holds the
 //! in-memory state only; durability, Redis sharing and label-aware features are built on it.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
@@ -60,16 +61,30 @@ impl Entity {
     }
 
     /// The entity's key in a transaction, if the transaction has one.
-    pub fn key(self, tx: &Transaction) -> Option<String> {
+    pub fn key(self, tx: &Transaction) -> Option<Cow<'_, str>> {
         match self {
-            Entity::Card => Some(tx.card.token.clone()),
-            Entity::Customer => tx.customer_id.clone(),
-            Entity::Merchant => tx.merchant_id.clone(),
-            Entity::Terminal => tx.terminal_id.clone(),
-            Entity::Device => tx.device_id.clone(),
-            Entity::Ip => tx.ip.map(|ip| ip.to_string()),
-            Entity::Email => tx.email.clone(),
+            Entity::Card => Some(Cow::Borrowed(tx.card.token.as_str())),
+            Entity::Customer => tx.customer_id.as_deref().map(Cow::Borrowed),
+            Entity::Merchant => tx.merchant_id.as_deref().map(Cow::Borrowed),
+            Entity::Terminal => tx.terminal_id.as_deref().map(Cow::Borrowed),
+            Entity::Device => tx.device_id.as_deref().map(Cow::Borrowed),
+            Entity::Ip => tx.ip.map(|ip| Cow::Owned(ip.to_string())),
+            Entity::Email => tx.email.as_deref().map(Cow::Borrowed),
         }
+    }
+
+    const ALL: [Entity; 7] = [
+        Entity::Card,
+        Entity::Customer,
+        Entity::Merchant,
+        Entity::Terminal,
+        Entity::Device,
+        Entity::Ip,
+        Entity::Email,
+    ];
+
+    fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -228,8 +243,8 @@ pub struct Extractor {
     spec: FeatureSpec,
     names: Vec<String>,
     windows: Vec<CompiledWindow>,
-    /// Longest window per entity (how long its events are kept).
-    horizon_us: HashMap<Entity, i64>,
+    /// Longest window per entity (how long its events are kept); entities with state only.
+    horizon_us: Vec<(Entity, i64)>,
 }
 
 impl FeatureSpec {
@@ -258,10 +273,10 @@ impl Extractor {
             .map(|s| s.name().to_string())
             .collect();
         let mut windows = Vec::new();
-        let mut horizon_us: HashMap<Entity, i64> = HashMap::new();
+        let mut horizon: HashMap<Entity, i64> = HashMap::new();
         for e in &spec.since_last {
             names.push(format!("{}_seconds_since_last", e.name()));
-            horizon_us.entry(*e).or_insert(0);
+            horizon.entry(*e).or_insert(0);
         }
         for g in &spec.windows {
             if g.aggregations.is_empty() {
@@ -275,7 +290,7 @@ impl Extractor {
                 for a in &g.aggregations {
                     names.push(format!("{}_{}_{}", g.entity.name(), a.name(), w.trim()));
                 }
-                let h = horizon_us.entry(g.entity).or_insert(0);
+                let h = horizon.entry(g.entity).or_insert(0);
                 *h = (*h).max(secs * 1_000_000);
                 windows.push(CompiledWindow {
                     entity: g.entity,
@@ -292,6 +307,10 @@ impl Extractor {
                 )));
             }
         }
+        let horizon_us = Entity::ALL
+            .iter()
+            .filter_map(|e| horizon.get(e).map(|h| (*e, *h)))
+            .collect();
         Ok(Extractor {
             spec,
             names,
@@ -315,22 +334,20 @@ impl Extractor {
         let t = tx.timestamp_us;
         let amount = tx.amount.as_f64();
         let mut out = Vec::with_capacity(self.names.len());
+        // One lookup per entity kind, shared by all its windows.
+        let mut found: [Option<Option<&EntityState>>; 7] = [None; 7];
+        let mut lookup = |e: Entity| -> Option<&EntityState> {
+            *found[e.index()].get_or_insert_with(|| e.key(tx).and_then(|k| state.get(e, &k)))
+        };
         for s in &self.spec.stateless {
             out.push(s.value(tx));
         }
         for e in &self.spec.since_last {
-            let last = e
-                .key(tx)
-                .and_then(|k| state.get(*e, &k))
-                .and_then(|s| s.events.iter().rev().map(|ev| ev.0).find(|&ts| ts < t));
+            let last = lookup(*e).and_then(|s| s.last_before(t));
             out.push(last.map_or(f64::NAN, |ts| (t - ts) as f64 / 1e6));
         }
         for w in &self.windows {
-            let events = w
-                .entity
-                .key(tx)
-                .and_then(|k| state.get(w.entity, &k))
-                .map(|s| s.in_window(t - w.window_us, t));
+            let events = lookup(w.entity).map(|s| s.in_window(t - w.window_us, t));
             let (mut n, mut sum, mut max, mut sq) = (0usize, 0.0f64, f64::NAN, 0.0f64);
             if let Some(events) = events {
                 for &(_, a) in events {
@@ -363,9 +380,13 @@ impl Extractor {
 
     /// Records `tx` in the state (after its features were computed).
     pub fn update(&self, tx: &Transaction, state: &mut MemoryState) {
-        for (&entity, &horizon) in &self.horizon_us {
+        for &(entity, horizon) in &self.horizon_us {
             if let Some(key) = entity.key(tx) {
-                let s = state.map.entry((entity, key)).or_default();
+                let map = &mut state.maps[entity.index()];
+                let s = match map.get_mut(key.as_ref()) {
+                    Some(s) => s,
+                    None => map.entry(key.into_owned()).or_default(),
+                };
                 s.insert(tx.timestamp_us, tx.amount.as_f64());
                 s.prune(tx.timestamp_us - horizon.max(1));
             }
@@ -393,6 +414,12 @@ impl EntityState {
         }
     }
 
+    /// The latest timestamp before `t`.
+    fn last_before(&self, t: i64) -> Option<i64> {
+        let end = self.events.partition_point(|e| e.0 < t);
+        end.checked_sub(1).map(|i| self.events[i].0)
+    }
+
     fn in_window(&self, from: i64, to: i64) -> impl Iterator<Item = &(i64, f64)> {
         let start = self.events.partition_point(|e| e.0 < from);
         let end = self.events.partition_point(|e| e.0 < to);
@@ -400,31 +427,31 @@ impl EntityState {
     }
 }
 
-/// Entity state held in memory.
+/// Entity state held in memory: one map per entity kind, looked up without allocating.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryState {
-    map: HashMap<(Entity, String), EntityState>,
+    maps: [HashMap<String, EntityState>; 7],
 }
 
 impl MemoryState {
     /// The state of one entity.
     pub fn get(&self, entity: Entity, key: &str) -> Option<&EntityState> {
-        self.map.get(&(entity, key.to_string()))
+        self.maps[entity.index()].get(key)
     }
 
     /// Number of entities held.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.maps.iter().map(HashMap::len).sum()
     }
 
     /// Whether no entity is held.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len() == 0
     }
 
     /// Removes everything held about one entity (erasure).
     pub fn erase(&mut self, entity: Entity, key: &str) -> bool {
-        self.map.remove(&(entity, key.to_string())).is_some()
+        self.maps[entity.index()].remove(key).is_some()
     }
 }
 
