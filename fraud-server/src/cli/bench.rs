@@ -3,22 +3,12 @@
 //! Batch: the best of several passes over all rows (CSV parsing excluded), in ns per row.
 //! Single row: every row scored alone, one call each, timed individually; p50 / p99 / p999.
 
-use std::path::PathBuf;
 use std::time::Instant;
-
-use fraud_core::CompiledModel;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The model artifact.
-    #[arg(long)]
-    model: PathBuf,
-    /// CSV with the model's feature columns.
-    #[arg(long)]
-    input: PathBuf,
-    /// Worker threads for batch prediction (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
+    #[command(flatten)]
+    io: super::ModelInput,
     /// Batch passes; the best is reported.
     #[arg(long, default_value_t = 5)]
     passes: usize,
@@ -39,14 +29,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if a.passes == 0 {
         anyhow::bail!("--passes must be at least 1");
     }
-    let artifact = super::load_model(&a.model)?;
-    let model = CompiledModel::new(&artifact.ensemble)?;
-    let matrix = super::read_features(&a.input, &artifact)?;
+    let (artifact, model) = a.io.load()?;
+    let matrix = super::read_features(&a.io.input, &artifact)?;
     let rows = matrix.rows();
     if rows == 0 {
         anyhow::bail!("the input has no rows");
     }
-    let pool = super::thread_pool(a.threads)?;
+    let pool = super::thread_pool(a.io.threads)?;
     let threads = pool.current_num_threads();
     let mut out = vec![0.0; rows];
     let mut best = f64::INFINITY;
@@ -75,7 +64,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     times.sort_unstable();
     let report = serde_json::json!({
-        "model": a.model.display().to_string(),
+        "model": a.io.model.display().to_string(),
         "rows": rows,
         "features": model.num_features(),
         "trees": model.num_trees(),

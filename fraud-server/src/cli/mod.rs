@@ -40,6 +40,29 @@ enum Command {
     Features(features::Args),
 }
 
+/// The model, the CSV it reads and the worker threads: shared by predict, bench, evaluate.
+#[derive(Debug, clap::Args)]
+pub struct ModelInput {
+    /// The model artifact.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// CSV with a header naming the model's features (any order; extra columns ignored).
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl ModelInput {
+    /// Loads the model and compiles it.
+    fn load(&self) -> anyhow::Result<(Artifact, fraud_core::CompiledModel)> {
+        let artifact = load_model(&self.model)?;
+        let model = fraud_core::CompiledModel::new(&artifact.ensemble)?;
+        Ok((artifact, model))
+    }
+}
+
 /// Runs one parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {

@@ -4,22 +4,14 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use fraud_core::CompiledModel;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The model artifact.
-    #[arg(long)]
-    model: PathBuf,
-    /// CSV with a header naming the model's features (any order; extra columns ignored).
-    #[arg(long)]
-    input: PathBuf,
+    #[command(flatten)]
+    io: super::ModelInput,
     /// Where to write the scores (standard output when absent).
     #[arg(long)]
     output: Option<PathBuf>,
-    /// Worker threads (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
     /// Also write a `margin` column (the raw score before the sigmoid).
     #[arg(long)]
     margin: bool,
@@ -29,12 +21,11 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let artifact = super::load_model(&a.model)?;
-    let model = CompiledModel::new(&artifact.ensemble)?;
-    let matrix = super::read_features(&a.input, &artifact)?;
+    let (artifact, model) = a.io.load()?;
+    let matrix = super::read_features(&a.io.input, &artifact)?;
     let rows = matrix.rows();
     let mut margins = vec![0.0; rows];
-    super::thread_pool(a.threads)?
+    super::thread_pool(a.io.threads)?
         .install(|| model.predict_margin_batch(&matrix.values, &mut margins))?;
 
     let sink: Box<dyn Write> = match &a.output {
