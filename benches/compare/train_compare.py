@@ -82,29 +82,24 @@ def main() -> None:
     print(f"{a.rows} training rows ({int(ytr.sum())} positives), {len(yte)} test rows "
           f"({int(yte.sum())} positives), {a.features} features", file=sys.stderr)
 
-    def run_fraud():
-        model = os.path.join(work, "fraud.fgb")
-        params = [f"num_rounds={a.rounds}", f"num_leaves={a.leaves}", "learning_rate=0.05",
-                  "min_data_in_leaf=20", "lambda_l2=1", "max_bin=255", f"threads={a.threads}"]
-        cmd = [a.fraud, "train", "--input", train_csv, "--label", "label", "-o", model]
-        for p in params:
-            cmd += ["--param", p]
+    def run_cli(name, extra):
+        """Trains with the `fraud` CLI; its own training seconds come from the model's metadata."""
+        model = os.path.join(work, f"{name}.fgb")
+        cmd = [a.fraud, "train", "--input", train_csv, "--label", "label", "-o", model, *extra]
         subprocess.run(cmd, check=True, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         meta = json.loads(subprocess.run([a.fraud, "inspect", "--json", model], check=True,
                                          capture_output=True, text=True).stdout)
-        out = os.path.join(work, "fraud_scores.csv")
+        out = os.path.join(work, f"{name}_scores.csv")
         subprocess.run([a.fraud, "predict", "--model", model, "--input", test_csv, "--output", out], check=True)
         return (meta["metadata"]["training"]["seconds"], *metrics(np.loadtxt(out, skiprows=1), yte))
 
+    def run_fraud():
+        params = [f"num_rounds={a.rounds}", f"num_leaves={a.leaves}", "learning_rate=0.05",
+                  "min_data_in_leaf=20", "lambda_l2=1", "max_bin=255", f"threads={a.threads}"]
+        return run_cli("fraud", [x for p in params for x in ("--param", p)])
+
     def run_logistic():
-        model = os.path.join(work, "logistic.fgb")
-        subprocess.run([a.fraud, "train", "--algorithm", "logistic", "--input", train_csv, "--label", "label",
-                        "-o", model], check=True, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-        meta = json.loads(subprocess.run([a.fraud, "inspect", "--json", model], check=True,
-                                         capture_output=True, text=True).stdout)
-        out = os.path.join(work, "logistic_scores.csv")
-        subprocess.run([a.fraud, "predict", "--model", model, "--input", test_csv, "--output", out], check=True)
-        return (meta["metadata"]["training"]["seconds"], *metrics(np.loadtxt(out, skiprows=1), yte))
+        return run_cli("logistic", ["--algorithm", "logistic"])
 
     def run_lightgbm():
         import lightgbm as lgb
