@@ -492,3 +492,99 @@ fn features_replay_a_history_point_in_time() {
     assert!(stderr(&o).contains("row 1: card_number"), "{}", stderr(&o));
     assert!(!stderr(&o).contains("4111"), "{}", stderr(&o));
 }
+
+#[test]
+fn features_then_train_with_the_spec_stored_in_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("spec.toml");
+    std::fs::write(
+        &spec,
+        "stateless = [\"log_amount\", \"hour\"]\n[[windows]]\nentity = \"card\"\nwindows = [\"1h\"]\naggregations = [\"count\", \"sum\"]\n",
+    )
+    .unwrap();
+    let history = dir.path().join("h.csv");
+    let mut text = String::from("transaction_id,timestamp,amount,currency,card_number\n");
+    let cards = ["4111111111111111", "5555555555554444", "378282246310005"];
+    for i in 0..300 {
+        text.push_str(&format!(
+            "t{i},2026-01-01T{:02}:{:02}:00Z,{}.00,EUR,{}\n",
+            i / 60 % 24,
+            i % 60,
+            1 + (i * 37) % 200,
+            cards[i % 3]
+        ));
+    }
+    std::fs::write(&history, text).unwrap();
+    let feats = dir.path().join("f.csv");
+    let o = fraud(&[
+        "features",
+        "--input",
+        history.to_str().unwrap(),
+        "--output",
+        feats.to_str().unwrap(),
+        "--spec",
+        spec.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Add a label column: large amounts are "fraud".
+    let lines: Vec<String> = std::fs::read_to_string(&feats)
+        .unwrap()
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            if i == 0 {
+                format!("{l},label")
+            } else {
+                let y = u8::from((1 + ((i - 1) * 37) % 200) > 150);
+                format!("{l},{y}")
+            }
+        })
+        .collect();
+    std::fs::write(&feats, lines.join("\n") + "\n").unwrap();
+    let model = dir.path().join("m.fgb");
+    let o = fraud(&[
+        "train",
+        "--input",
+        feats.to_str().unwrap(),
+        "--label",
+        "label",
+        "--exclude",
+        "transaction_id",
+        "--feature-spec",
+        spec.to_str().unwrap(),
+        "--param",
+        "num_rounds=5",
+        "--param",
+        "min_data_in_leaf=5",
+        "-o",
+        model.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let inspect = fraud(&["inspect", "--json", model.to_str().unwrap()]);
+    let meta: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(
+        meta["metadata"]["feature_spec"]["windows"][0]["entity"],
+        "card"
+    );
+    // A spec that does not produce the training columns is refused before training.
+    std::fs::write(&spec, "stateless = [\"hour\"]\n").unwrap();
+    let o = fraud(&[
+        "train",
+        "--input",
+        feats.to_str().unwrap(),
+        "--label",
+        "label",
+        "--exclude",
+        "transaction_id",
+        "--feature-spec",
+        spec.to_str().unwrap(),
+        "-o",
+        model.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("not produced by the spec"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -54,6 +54,10 @@ pub struct Metadata {
     /// Other string attributes carried over from the source.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub attributes: BTreeMap<String, String>,
+    /// The feature spec whose features the model was trained on, so the model always gets
+    /// the features it expects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feature_spec: Option<crate::features::FeatureSpec>,
 }
 
 impl Metadata {
@@ -69,6 +73,7 @@ impl Metadata {
             description: None,
             training: None,
             attributes: BTreeMap::new(),
+            feature_spec: None,
         }
     }
 }

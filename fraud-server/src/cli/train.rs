@@ -42,6 +42,10 @@ pub struct Args {
     /// Training algorithm.
     #[arg(long, value_enum, default_value = "gbdt")]
     algorithm: Algorithm,
+    /// The feature spec (TOML) that produced the input's features (`fraud features`), stored
+    /// in the model so scoring computes the same features.
+    #[arg(long)]
+    feature_spec: Option<PathBuf>,
     /// Where to write the model artifact.
     #[arg(short = 'o', long = "output")]
     output: PathBuf,
@@ -130,6 +134,26 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         );
     }
     let params = Params::from_pairs(a.params.iter().map(String::as_str))?;
+    // The spec is checked before training: every feature must be one it produces.
+    let spec = match &a.feature_spec {
+        None => None,
+        Some(p) => {
+            let spec = fraud_core::features::FeatureSpec::from_toml(
+                &std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read {}", p.display()))?,
+            )?;
+            let names = fraud_core::features::Extractor::new(spec.clone())?
+                .names()
+                .to_vec();
+            if let Some(missing) = features.iter().find(|n| !names.contains(n)) {
+                anyhow::bail!(
+                    "feature `{missing}` of the training data is not produced by the spec {}",
+                    p.display()
+                );
+            }
+            Some(spec)
+        }
+    };
     let train_set = read_labelled(&a.input, &features, &a.label, a.weight.as_deref())?;
     let valid_set = a
         .valid
@@ -193,6 +217,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if tty {
         eprintln!();
     }
+    let mut trained = trained;
+    trained.artifact.metadata.feature_spec = spec;
     trained
         .artifact
         .save(&a.output)
