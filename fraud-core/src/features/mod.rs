@@ -331,14 +331,50 @@ impl Extractor {
 
     /// The features of `tx` given the state before it (the state is not changed).
     pub fn compute(&self, tx: &Transaction, state: &MemoryState) -> Vec<f64> {
+        // One lookup per entity kind, shared by all its windows.
+        let mut found: [Option<&EntityState>; 7] = [None; 7];
+        for &(e, _) in &self.horizon_us {
+            found[e.index()] = e.key(tx).and_then(|k| state.get(e, &k));
+        }
+        self.compute_from(tx, &found)
+    }
+
+    /// Computes the features of `tx` and records it, with one state lookup per entity kind:
+    /// the same result as [`compute`](Self::compute) then [`update`](Self::update).
+    pub fn step(&self, tx: &Transaction, state: &mut MemoryState) -> Vec<f64> {
+        let mut slots: [Option<&mut EntityState>; 7] = Default::default();
+        let mut maps = state.maps.iter_mut().enumerate();
+        let mut horizon = [None; 7];
+        for &(e, h) in &self.horizon_us {
+            horizon[e.index()] = Some(h);
+        }
+        for (i, map) in &mut maps {
+            let (Some(_), Some(e)) = (horizon[i], Entity::ALL.get(i)) else {
+                continue;
+            };
+            if let Some(key) = e.key(tx) {
+                // One hash, and a key allocated only for an entity seen for the first time.
+                slots[i] = Some(map.entry_ref(key.as_ref()).or_default());
+            }
+        }
+        let features = {
+            let view: [Option<&EntityState>; 7] = std::array::from_fn(|i| slots[i].as_deref());
+            self.compute_from(tx, &view)
+        };
+        for (i, slot) in slots.iter_mut().enumerate() {
+            if let (Some(s), Some(h)) = (slot.as_deref_mut(), horizon[i]) {
+                s.insert(tx.timestamp_us, tx.amount.as_f64());
+                s.prune(tx.timestamp_us - h.max(1));
+            }
+        }
+        features
+    }
+
+    fn compute_from(&self, tx: &Transaction, found: &[Option<&EntityState>; 7]) -> Vec<f64> {
         let t = tx.timestamp_us;
         let amount = tx.amount.as_f64();
         let mut out = Vec::with_capacity(self.names.len());
-        // One lookup per entity kind, shared by all its windows.
-        let mut found: [Option<Option<&EntityState>>; 7] = [None; 7];
-        let mut lookup = |e: Entity| -> Option<&EntityState> {
-            *found[e.index()].get_or_insert_with(|| e.key(tx).and_then(|k| state.get(e, &k)))
-        };
+        let lookup = |e: Entity| -> Option<&EntityState> { found[e.index()] };
         for s in &self.spec.stateless {
             out.push(s.value(tx));
         }
@@ -382,11 +418,9 @@ impl Extractor {
     pub fn update(&self, tx: &Transaction, state: &mut MemoryState) {
         for &(entity, horizon) in &self.horizon_us {
             if let Some(key) = entity.key(tx) {
-                let map = &mut state.maps[entity.index()];
-                let s = match map.get_mut(key.as_ref()) {
-                    Some(s) => s,
-                    None => map.entry(key.into_owned()).or_default(),
-                };
+                let s = state.maps[entity.index()]
+                    .entry_ref(key.as_ref())
+                    .or_default();
                 s.insert(tx.timestamp_us, tx.amount.as_f64());
                 s.prune(tx.timestamp_us - horizon.max(1));
             }
@@ -427,10 +461,11 @@ impl EntityState {
     }
 }
 
-/// Entity state held in memory: one map per entity kind, looked up without allocating.
+/// Entity state held in memory: one map per entity kind, looked up without allocating, with
+/// aHash (fast, and keyed per process so outside ids cannot be chosen to collide).
 #[derive(Debug, Clone, Default)]
 pub struct MemoryState {
-    maps: [HashMap<String, EntityState>; 7],
+    maps: [hashbrown::HashMap<String, EntityState, ahash::RandomState>; 7],
 }
 
 impl MemoryState {
@@ -441,7 +476,7 @@ impl MemoryState {
 
     /// Number of entities held.
     pub fn len(&self) -> usize {
-        self.maps.iter().map(HashMap::len).sum()
+        self.maps.iter().map(|m| m.len()).sum()
     }
 
     /// Whether no entity is held.
@@ -465,8 +500,7 @@ pub fn replay(extractor: &Extractor, history: &[Transaction]) -> Vec<Vec<f64>> {
     let mut state = MemoryState::default();
     let mut out = vec![Vec::new(); history.len()];
     for i in order {
-        out[i] = extractor.compute(&history[i], &state);
-        extractor.update(&history[i], &mut state);
+        out[i] = extractor.step(&history[i], &mut state);
     }
     out
 }
