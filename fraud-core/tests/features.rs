@@ -11,12 +11,12 @@ use proptest::prelude::*;
 
 const CARDS: [&str; 3] = ["4111111111111111", "5555555555554444", "378282246310005"];
 
-fn history(events: &[(i64, u32, usize)]) -> Vec<Transaction> {
+fn history(events: &[(i64, u32, usize, usize)]) -> Vec<Transaction> {
     let tk = Tokenizer::new(&[9u8; 32]).unwrap();
     events
         .iter()
         .enumerate()
-        .map(|(i, &(ts, cents, card))| {
+        .map(|(i, &(ts, cents, card, device))| {
             let raw = RawTransaction {
                 transaction_id: Some(format!("t{i}")),
                 timestamp: Some(
@@ -33,6 +33,7 @@ fn history(events: &[(i64, u32, usize)]) -> Vec<Transaction> {
                 currency: Some("EUR".into()),
                 card_number: Some(CARDS[card].into()),
                 customer_id: Some(format!("c{}", card % 2)),
+                device_id: (device < 3).then(|| format!("d{device}")),
                 ..Default::default()
             };
             Transaction::from_raw(raw, &tk).unwrap()
@@ -42,6 +43,7 @@ fn history(events: &[(i64, u32, usize)]) -> Vec<Transaction> {
 
 const SPEC: &str = r#"
 since_last = ["card"]
+first_seen = [{ entity = "card", field = "device_id" }]
 [[windows]]
 entity = "card"
 windows = ["10m", "1h"]
@@ -60,7 +62,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 
     #[test]
-    fn replay_matches_the_definition(events in prop::collection::vec((0i64..7200, 0u32..50_000, 0usize..3), 1..60)) {
+    fn replay_matches_the_definition(events in prop::collection::vec((0i64..7200, 0u32..50_000, 0usize..3, 0usize..4), 1..60)) {
         let h = history(&events);
         let e = Extractor::new(FeatureSpec::from_toml(SPEC).unwrap()).unwrap();
         let got = replay(&e, &h);
@@ -71,6 +73,15 @@ proptest! {
             let last = h.iter().filter(|o| o.card.token == tx.card.token && o.timestamp_us < t)
                 .map(|o| o.timestamp_us).max();
             want.push(last.map_or(f64::NAN, |l| (t - l) as f64 / 1e6));
+            // card_new_device_id: no earlier transaction of the card from this device.
+            want.push(match &tx.device_id {
+                None => f64::NAN,
+                Some(d) => {
+                    let seen = h.iter().any(|o| o.card.token == tx.card.token
+                        && o.timestamp_us < t && o.device_id.as_ref() == Some(d));
+                    if seen { 0.0 } else { 1.0 }
+                }
+            });
             for (key, w) in [(0, 600i64), (0, 3600), (1, 1800)] {
                 let amounts: Vec<f64> = h.iter().filter(|o| {
                     let same_entity = if key == 0 { o.card.token == tx.card.token } else { o.customer_id == tx.customer_id };
@@ -97,7 +108,7 @@ proptest! {
     }
 
     #[test]
-    fn online_equals_offline(events in prop::collection::vec((0i64..7200, 0u32..50_000, 0usize..3), 1..60)) {
+    fn online_equals_offline(events in prop::collection::vec((0i64..7200, 0u32..50_000, 0usize..3, 0usize..4), 1..60)) {
         let mut sorted = events.clone();
         sorted.sort_by_key(|e| e.0);
         let h = history(&sorted);

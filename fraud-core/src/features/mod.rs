@@ -202,6 +202,86 @@ pub struct FeatureSpec {
     /// Windowed aggregations.
     #[serde(default)]
     pub windows: Vec<WindowGroup>,
+    /// First-seen flags: `<entity>_new_<field>` is 1 when no earlier transaction of the
+    /// entity had this value of the field (a new device for this card), 0 when one had, NaN
+    /// when the transaction has no value.
+    #[serde(default)]
+    pub first_seen: Vec<FirstSeen>,
+}
+
+/// A first-seen flag: whether `field`'s value is new for `entity`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirstSeen {
+    /// Whose history.
+    pub entity: Entity,
+    /// Which value.
+    pub field: Field,
+}
+
+/// A transaction field whose values can be remembered per entity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Field {
+    /// `customer_id`.
+    CustomerId,
+    /// `merchant_id`.
+    MerchantId,
+    /// `terminal_id`.
+    TerminalId,
+    /// `device_id`.
+    DeviceId,
+    /// `ip`.
+    Ip,
+    /// `email`.
+    Email,
+    /// `mcc`.
+    Mcc,
+    /// `card_country`.
+    CardCountry,
+    /// `merchant_country`.
+    MerchantCountry,
+    /// `ip_country`.
+    IpCountry,
+}
+
+impl Field {
+    fn name(self) -> &'static str {
+        match self {
+            Field::CustomerId => "customer_id",
+            Field::MerchantId => "merchant_id",
+            Field::TerminalId => "terminal_id",
+            Field::DeviceId => "device_id",
+            Field::Ip => "ip",
+            Field::Email => "email",
+            Field::Mcc => "mcc",
+            Field::CardCountry => "card_country",
+            Field::MerchantCountry => "merchant_country",
+            Field::IpCountry => "ip_country",
+        }
+    }
+
+    /// A stable 64-bit fingerprint of the field's value (FNV-1a), or `None` when absent.
+    fn fingerprint(self, tx: &Transaction) -> Option<u64> {
+        let fnv = |bytes: &[u8]| {
+            bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            })
+        };
+        let s = |v: &Option<String>| v.as_deref().map(|v| fnv(v.as_bytes()));
+        match self {
+            Field::CustomerId => s(&tx.customer_id),
+            Field::MerchantId => s(&tx.merchant_id),
+            Field::TerminalId => s(&tx.terminal_id),
+            Field::DeviceId => s(&tx.device_id),
+            Field::Ip => tx.ip.map(|ip| fnv(ip.to_string().as_bytes())),
+            Field::Email => s(&tx.email),
+            Field::Mcc => tx.mcc.map(|m| fnv(&m.to_le_bytes())),
+            Field::CardCountry => s(&tx.card_country),
+            Field::MerchantCountry => s(&tx.merchant_country),
+            Field::IpCountry => s(&tx.ip_country),
+        }
+    }
 }
 
 /// Parses a window length (`30s`, `10m`, `1h`, `7d`) into seconds.
@@ -260,6 +340,7 @@ impl FeatureSpec {
             stateless: Vec::new(),
             since_last: Vec::new(),
             windows: Vec::new(),
+            first_seen: Vec::new(),
         })
     }
 }
@@ -277,6 +358,10 @@ impl Extractor {
         for e in &spec.since_last {
             names.push(format!("{}_seconds_since_last", e.name()));
             horizon.entry(*e).or_insert(0);
+        }
+        for f in &spec.first_seen {
+            names.push(format!("{}_new_{}", f.entity.name(), f.field.name()));
+            horizon.entry(f.entity).or_insert(0);
         }
         for g in &spec.windows {
             if g.aggregations.is_empty() {
@@ -363,11 +448,23 @@ impl Extractor {
         };
         for (i, slot) in slots.iter_mut().enumerate() {
             if let (Some(s), Some(h)) = (slot.as_deref_mut(), horizon[i]) {
-                s.insert(tx.timestamp_us, tx.amount.as_f64());
-                s.prune(tx.timestamp_us - h.max(1));
+                self.record(s, Entity::ALL[i], tx, h);
             }
         }
         features
+    }
+
+    /// Adds `tx` to the state of one of its entities.
+    fn record(&self, s: &mut EntityState, entity: Entity, tx: &Transaction, horizon: i64) {
+        let t = tx.timestamp_us;
+        s.insert(t, tx.amount.as_f64());
+        s.prune(t - horizon.max(1));
+        for f in self.spec.first_seen.iter().filter(|f| f.entity == entity) {
+            if let Some(v) = f.field.fingerprint(tx) {
+                let first = s.seen.entry((f.field, v)).or_insert(t);
+                *first = (*first).min(t);
+            }
+        }
     }
 
     fn compute_from(&self, tx: &Transaction, found: &[Option<&EntityState>; 7]) -> Vec<f64> {
@@ -381,6 +478,17 @@ impl Extractor {
         for e in &self.spec.since_last {
             let last = lookup(*e).and_then(|s| s.last_before(t));
             out.push(last.map_or(f64::NAN, |ts| (t - ts) as f64 / 1e6));
+        }
+        for f in &self.spec.first_seen {
+            out.push(match f.field.fingerprint(tx) {
+                None => f64::NAN,
+                Some(v) => {
+                    let before = lookup(f.entity)
+                        .and_then(|s| s.seen.get(&(f.field, v)))
+                        .is_some_and(|&first| first < t);
+                    f64::from(u8::from(!before))
+                }
+            });
         }
         for w in &self.windows {
             let events = lookup(w.entity).map(|s| s.in_window(t - w.window_us, t));
@@ -421,17 +529,18 @@ impl Extractor {
                 let s = state.maps[entity.index()]
                     .entry_ref(key.as_ref())
                     .or_default();
-                s.insert(tx.timestamp_us, tx.amount.as_f64());
-                s.prune(tx.timestamp_us - horizon.max(1));
+                self.record(s, entity, tx, horizon);
             }
         }
     }
 }
 
-/// Past transactions of one entity: (timestamp in microseconds, amount), in time order.
+/// Past transactions of one entity: (timestamp in microseconds, amount), in time order, and
+/// the first time each remembered field value was seen.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct EntityState {
     events: VecDeque<(i64, f64)>,
+    seen: HashMap<(Field, u64), i64>,
 }
 
 impl EntityState {
