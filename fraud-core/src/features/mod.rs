@@ -540,7 +540,7 @@ impl Extractor {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct EntityState {
     events: VecDeque<(i64, f64)>,
-    seen: HashMap<(Field, u64), i64>,
+    seen: hashbrown::HashMap<(Field, u64), i64, ahash::RandomState>,
 }
 
 impl EntityState {
