@@ -34,6 +34,7 @@ fn history(events: &[(i64, u32, usize, usize)]) -> Vec<Transaction> {
                 card_number: Some(CARDS[card].into()),
                 customer_id: Some(format!("c{}", card % 2)),
                 device_id: (device < 3).then(|| format!("d{device}")),
+                merchant_id: (cents % 5 != 0).then(|| format!("m{}", cents % 4)),
                 ..Default::default()
             };
             Transaction::from_raw(raw, &tk).unwrap()
@@ -52,6 +53,10 @@ aggregations = ["count", "sum", "mean", "max", "std", "amount_ratio"]
 entity = "customer"
 windows = ["30m"]
 aggregations = ["count", "sum"]
+[[distinct]]
+entity = "card"
+field = "merchant_id"
+windows = ["1h"]
 "#;
 
 fn same(a: f64, b: f64) -> bool {
@@ -100,6 +105,13 @@ proptest! {
                     want.extend([n, sum]);
                 }
             }
+            // card_distinct_merchant_id_1h
+            let mut merchants: Vec<&String> = h.iter().filter(|o| o.card.token == tx.card.token
+                && o.timestamp_us >= t - 3_600_000_000 && o.timestamp_us < t)
+                .filter_map(|o| o.merchant_id.as_ref()).collect();
+            merchants.sort();
+            merchants.dedup();
+            want.push(merchants.len() as f64);
             prop_assert_eq!(got[i].len(), want.len());
             for (k, (g, w)) in got[i].iter().zip(&want).enumerate() {
                 prop_assert!(same(*g, *w), "row {} feature {} ({}): got {}, want {}", i, k, e.names()[k], g, w);

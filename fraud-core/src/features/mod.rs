@@ -207,7 +207,26 @@ pub struct FeatureSpec {
     /// when the transaction has no value.
     #[serde(default)]
     pub first_seen: Vec<FirstSeen>,
+    /// Distinct counts: `<entity>_distinct_<field>_<window>` is the number of different values
+    /// of `field` among the entity's past transactions in the window.
+    #[serde(default)]
+    pub distinct: Vec<Distinct>,
 }
+
+/// Distinct values of a field per entity and window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Distinct {
+    /// Whose history.
+    pub entity: Entity,
+    /// Which value.
+    pub field: Field,
+    /// Window lengths.
+    pub windows: Vec<String>,
+}
+
+/// Fields a distinct count can be kept for, per entity.
+pub const MAX_DISTINCT_FIELDS: usize = 4;
 
 /// A first-seen flag: whether `field`'s value is new for `entity`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -223,6 +242,8 @@ pub struct FirstSeen {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Field {
+    /// The card (its token).
+    Card,
     /// `customer_id`.
     CustomerId,
     /// `merchant_id`.
@@ -248,6 +269,7 @@ pub enum Field {
 impl Field {
     fn name(self) -> &'static str {
         match self {
+            Field::Card => "card",
             Field::CustomerId => "customer_id",
             Field::MerchantId => "merchant_id",
             Field::TerminalId => "terminal_id",
@@ -270,6 +292,7 @@ impl Field {
         };
         let s = |v: &Option<String>| v.as_deref().map(|v| fnv(v.as_bytes()));
         match self {
+            Field::Card => Some(fnv(tx.card.token.as_bytes())),
             Field::CustomerId => s(&tx.customer_id),
             Field::MerchantId => s(&tx.merchant_id),
             Field::TerminalId => s(&tx.terminal_id),
@@ -323,6 +346,10 @@ pub struct Extractor {
     spec: FeatureSpec,
     names: Vec<String>,
     windows: Vec<CompiledWindow>,
+    /// (entity, field slot in the event, window) of each distinct count, in output order.
+    distinct: Vec<(Entity, usize, i64)>,
+    /// Per entity kind, the fields whose values events keep (by slot).
+    slots: [Vec<Field>; 7],
     /// Longest window per entity (how long its events are kept); entities with state only.
     horizon_us: Vec<(Entity, i64)>,
 }
@@ -341,6 +368,7 @@ impl FeatureSpec {
             since_last: Vec::new(),
             windows: Vec::new(),
             first_seen: Vec::new(),
+            distinct: Vec::new(),
         })
     }
 }
@@ -384,6 +412,36 @@ impl Extractor {
                 });
             }
         }
+        let mut slots: [Vec<Field>; 7] = Default::default();
+        let mut distinct = Vec::new();
+        for d in &spec.distinct {
+            let fields = &mut slots[d.entity.index()];
+            let slot = match fields.iter().position(|f| *f == d.field) {
+                Some(i) => i,
+                None => {
+                    if fields.len() == MAX_DISTINCT_FIELDS {
+                        return Err(SpecError::Invalid(format!(
+                            "{} has distinct counts of more than {MAX_DISTINCT_FIELDS} fields",
+                            d.entity.name()
+                        )));
+                    }
+                    fields.push(d.field);
+                    fields.len() - 1
+                }
+            };
+            for w in &d.windows {
+                let secs = parse_window(w)?;
+                names.push(format!(
+                    "{}_distinct_{}_{}",
+                    d.entity.name(),
+                    d.field.name(),
+                    w.trim()
+                ));
+                let h = horizon.entry(d.entity).or_insert(0);
+                *h = (*h).max(secs * 1_000_000);
+                distinct.push((d.entity, slot, secs * 1_000_000));
+            }
+        }
         let mut seen = std::collections::HashSet::new();
         for n in &names {
             if !seen.insert(n) {
@@ -400,6 +458,8 @@ impl Extractor {
             spec,
             names,
             windows,
+            distinct,
+            slots,
             horizon_us,
         })
     }
@@ -457,7 +517,16 @@ impl Extractor {
     /// Adds `tx` to the state of one of its entities.
     fn record(&self, s: &mut EntityState, entity: Entity, tx: &Transaction, horizon: i64) {
         let t = tx.timestamp_us;
-        s.insert(t, tx.amount.as_f64());
+        let mut values = [0u64; MAX_DISTINCT_FIELDS];
+        for (v, f) in values.iter_mut().zip(&self.slots[entity.index()]) {
+            // 0 marks a missing value; a real fingerprint of 0 becomes 1.
+            *v = f.fingerprint(tx).map_or(0, |x| x.max(1));
+        }
+        s.insert(Event {
+            ts: t,
+            amount: tx.amount.as_f64(),
+            values,
+        });
         s.prune(t - horizon.max(1));
         for f in self.spec.first_seen.iter().filter(|f| f.entity == entity) {
             if let Some(v) = f.field.fingerprint(tx) {
@@ -494,7 +563,7 @@ impl Extractor {
             let events = lookup(w.entity).map(|s| s.in_window(t - w.window_us, t));
             let (mut n, mut sum, mut max, mut sq) = (0usize, 0.0f64, f64::NAN, 0.0f64);
             if let Some(events) = events {
-                for &(_, a) in events {
+                for &Event { amount: a, .. } in events {
                     n += 1;
                     sum += a;
                     sq += a * a;
@@ -519,6 +588,20 @@ impl Extractor {
                 });
             }
         }
+        let mut scratch: Vec<u64> = Vec::new();
+        for &(entity, slot, window_us) in &self.distinct {
+            scratch.clear();
+            if let Some(s) = lookup(entity) {
+                scratch.extend(
+                    s.in_window(t - window_us, t)
+                        .map(|e| e.values[slot])
+                        .filter(|&v| v != 0),
+                );
+            }
+            scratch.sort_unstable();
+            scratch.dedup();
+            out.push(scratch.len() as f64);
+        }
         out
     }
 
@@ -535,37 +618,48 @@ impl Extractor {
     }
 }
 
-/// Past transactions of one entity: (timestamp in microseconds, amount), in time order, and
+/// One past transaction of an entity.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Event {
+    /// Microseconds since the epoch.
+    ts: i64,
+    /// Amount in major units.
+    amount: f64,
+    /// Fingerprints of the entity's distinct-count fields (0: missing).
+    values: [u64; MAX_DISTINCT_FIELDS],
+}
+
+/// Past transactions of one entity (time, amount, remembered values), in time order, and
 /// the first time each remembered field value was seen.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct EntityState {
-    events: VecDeque<(i64, f64)>,
+    events: VecDeque<Event>,
     seen: hashbrown::HashMap<(Field, u64), i64, ahash::RandomState>,
 }
 
 impl EntityState {
-    fn insert(&mut self, ts: i64, amount: f64) {
+    fn insert(&mut self, event: Event) {
         // Late arrivals go to their place in time; equal times keep arrival order.
-        let at = self.events.partition_point(|e| e.0 <= ts);
-        self.events.insert(at, (ts, amount));
+        let at = self.events.partition_point(|e| e.ts <= event.ts);
+        self.events.insert(at, event);
     }
 
     /// Drops events older than `oldest`, always keeping the latest one (for time since last).
     fn prune(&mut self, oldest: i64) {
-        while self.events.len() > 1 && self.events.front().is_some_and(|e| e.0 < oldest) {
+        while self.events.len() > 1 && self.events.front().is_some_and(|e| e.ts < oldest) {
             self.events.pop_front();
         }
     }
 
     /// The latest timestamp before `t`.
     fn last_before(&self, t: i64) -> Option<i64> {
-        let end = self.events.partition_point(|e| e.0 < t);
-        end.checked_sub(1).map(|i| self.events[i].0)
+        let end = self.events.partition_point(|e| e.ts < t);
+        end.checked_sub(1).map(|i| self.events[i].ts)
     }
 
-    fn in_window(&self, from: i64, to: i64) -> impl Iterator<Item = &(i64, f64)> {
-        let start = self.events.partition_point(|e| e.0 < from);
-        let end = self.events.partition_point(|e| e.0 < to);
+    fn in_window(&self, from: i64, to: i64) -> impl Iterator<Item = &Event> {
+        let start = self.events.partition_point(|e| e.ts < from);
+        let end = self.events.partition_point(|e| e.ts < to);
         self.events.range(start..end)
     }
 }
