@@ -588,19 +588,13 @@ impl Extractor {
                 });
             }
         }
-        let mut scratch: Vec<u64> = Vec::new();
         for &(entity, slot, window_us) in &self.distinct {
-            scratch.clear();
-            if let Some(s) = lookup(entity) {
-                scratch.extend(
-                    s.in_window(t - window_us, t)
-                        .map(|e| e.values[slot])
-                        .filter(|&v| v != 0),
-                );
-            }
-            scratch.sort_unstable();
-            scratch.dedup();
-            out.push(scratch.len() as f64);
+            let values = lookup(entity).into_iter().flat_map(|s| {
+                s.in_window(t - window_us, t)
+                    .map(move |e| e.values[slot])
+                    .filter(|&v| v != 0)
+            });
+            out.push(count_distinct(values) as f64);
         }
         out
     }
@@ -616,6 +610,37 @@ impl Extractor {
             }
         }
     }
+}
+
+/// Number of different values: a pass over a small stack buffer while they are few (the usual
+/// case), a sort past that.
+fn count_distinct(values: impl Iterator<Item = u64>) -> usize {
+    const SMALL: usize = 32;
+    let mut small = [0u64; SMALL];
+    let mut n = 0;
+    let mut rest: Vec<u64> = Vec::new();
+    for v in values {
+        if !rest.is_empty() {
+            rest.push(v);
+            continue;
+        }
+        if small[..n].contains(&v) {
+            continue;
+        }
+        if n < SMALL {
+            small[n] = v;
+            n += 1;
+        } else {
+            rest.extend_from_slice(&small);
+            rest.push(v);
+        }
+    }
+    if rest.is_empty() {
+        return n;
+    }
+    rest.sort_unstable();
+    rest.dedup();
+    rest.len()
 }
 
 /// One past transaction of an entity.
@@ -776,6 +801,14 @@ mod tests {
         assert_eq!(f[1], vec![3600.0, 1.0, 10.0, 10.0]);
         assert_eq!(f[2], vec![3600.0, 1.0, 10.0, 10.0]);
         assert_eq!(f[3], vec![1.0, 2.0, 25.0, 20.0]);
+    }
+
+    #[test]
+    fn distinct_counts_small_and_large() {
+        assert_eq!(count_distinct([3u64, 1, 3, 2, 1].into_iter()), 3);
+        assert_eq!(count_distinct(std::iter::empty()), 0);
+        let many = (0..200u64).map(|i| i % 70);
+        assert_eq!(count_distinct(many), 70);
     }
 
     #[test]
