@@ -35,6 +35,8 @@ fn history(events: &[(i64, u32, usize, usize)]) -> Vec<Transaction> {
                 customer_id: Some(format!("c{}", card % 2)),
                 device_id: (device < 3).then(|| format!("d{device}")),
                 merchant_id: (cents % 5 != 0).then(|| format!("m{}", cents % 4)),
+                latitude: (cents % 3 != 0).then(|| 40.0 + (cents % 97) as f64 / 10.0),
+                longitude: (cents % 3 != 0).then(|| -3.0 + (cents % 89) as f64 / 10.0),
                 ..Default::default()
             };
             Transaction::from_raw(raw, &tk).unwrap()
@@ -42,9 +44,16 @@ fn history(events: &[(i64, u32, usize, usize)]) -> Vec<Transaction> {
         .collect()
 }
 
+fn sorted_by_time(h: &[Transaction]) -> Vec<&Transaction> {
+    let mut v: Vec<&Transaction> = h.iter().collect();
+    v.sort_by_key(|t| t.timestamp_us);
+    v
+}
+
 const SPEC: &str = r#"
 since_last = ["card"]
 first_seen = [{ entity = "card", field = "device_id" }]
+geo_velocity = ["card"]
 [[windows]]
 entity = "card"
 windows = ["10m", "1h"]
@@ -112,6 +121,23 @@ proptest! {
             merchants.sort();
             merchants.dedup();
             want.push(merchants.len() as f64);
+            // card_geo_velocity_kmh: from the last located transaction (time order, ties in
+            // input order) at the greatest time before t.
+            let mut prev: Option<&Transaction> = None;
+            for o in sorted_by_time(&h) {
+                if o.card.token == tx.card.token && o.timestamp_us < t && o.location.is_some()
+                    && prev.is_none_or(|p| o.timestamp_us >= p.timestamp_us) {
+                    prev = Some(o);
+                }
+            }
+            want.push(match (prev, tx.location) {
+                (Some(p), Some((la, lo))) => {
+                    let (pla, plo) = p.location.unwrap();
+                    let hours = ((t - p.timestamp_us) as f64 / 3.6e9).max(1.0 / 3600.0);
+                    fraud_core::features::haversine_km(pla, plo, la, lo) / hours
+                }
+                _ => f64::NAN,
+            });
             prop_assert_eq!(got[i].len(), want.len());
             for (k, (g, w)) in got[i].iter().zip(&want).enumerate() {
                 prop_assert!(same(*g, *w), "row {} feature {} ({}): got {}, want {}", i, k, e.names()[k], g, w);

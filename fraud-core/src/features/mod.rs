@@ -211,6 +211,11 @@ pub struct FeatureSpec {
     /// of `field` among the entity's past transactions in the window.
     #[serde(default)]
     pub distinct: Vec<Distinct>,
+    /// Entities whose geo-velocity is a feature: `<entity>_geo_velocity_kmh`, the great-circle
+    /// distance from the entity's previous located transaction divided by the time between
+    /// them (at least one second); NaN without two located transactions.
+    #[serde(default)]
+    pub geo_velocity: Vec<Entity>,
 }
 
 /// Distinct values of a field per entity and window.
@@ -369,6 +374,7 @@ impl FeatureSpec {
             windows: Vec::new(),
             first_seen: Vec::new(),
             distinct: Vec::new(),
+            geo_velocity: Vec::new(),
         })
     }
 }
@@ -441,6 +447,10 @@ impl Extractor {
                 *h = (*h).max(secs * 1_000_000);
                 distinct.push((d.entity, slot, secs * 1_000_000));
             }
+        }
+        for e in &spec.geo_velocity {
+            names.push(format!("{}_geo_velocity_kmh", e.name()));
+            horizon.entry(*e).or_insert(0);
         }
         let mut seen = std::collections::HashSet::new();
         for n in &names {
@@ -528,6 +538,9 @@ impl Extractor {
             values,
         });
         s.prune(t - horizon.max(1));
+        if let Some((lat, lon)) = tx.location {
+            s.locate(t, lat, lon);
+        }
         for f in self.spec.first_seen.iter().filter(|f| f.entity == entity) {
             if let Some(v) = f.field.fingerprint(tx) {
                 let first = s.seen.entry((f.field, v)).or_insert(t);
@@ -596,6 +609,16 @@ impl Extractor {
             });
             out.push(count_distinct(values) as f64);
         }
+        for e in &self.spec.geo_velocity {
+            let prev = lookup(*e).and_then(|s| s.located_before(t));
+            out.push(match (prev, tx.location) {
+                (Some((ts, lat, lon)), Some((lat2, lon2))) => {
+                    let hours = ((t - ts) as f64 / 3.6e9).max(1.0 / 3600.0);
+                    haversine_km(lat, lon, lat2, lon2) / hours
+                }
+                _ => f64::NAN,
+            });
+        }
         out
     }
 
@@ -610,6 +633,15 @@ impl Extractor {
             }
         }
     }
+}
+
+/// Great-circle distance in kilometres (haversine, mean Earth radius 6371 km).
+pub fn haversine_km(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
+    let (p1, p2) = (lat1.to_radians(), lat2.to_radians());
+    let dp = p2 - p1;
+    let dl = (lon2 - lon1).to_radians();
+    let a = (dp / 2.0).sin().powi(2) + p1.cos() * p2.cos() * (dl / 2.0).sin().powi(2);
+    2.0 * 6371.0 * a.sqrt().min(1.0).asin()
 }
 
 /// Number of different values: a pass over a small stack buffer while they are few (the usual
@@ -659,6 +691,8 @@ struct Event {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct EntityState {
     events: VecDeque<Event>,
+    /// The latest located transactions (time, latitude, longitude): see `locate`.
+    located: [Option<(i64, f64, f64)>; 2],
     seen: hashbrown::HashMap<(Field, u64), i64, ahash::RandomState>,
 }
 
@@ -674,6 +708,34 @@ impl EntityState {
         while self.events.len() > 1 && self.events.front().is_some_and(|e| e.ts < oldest) {
             self.events.pop_front();
         }
+    }
+
+    /// Records a located transaction. `located[0]` is the last one recorded at the newest
+    /// time, `located[1]` the last one recorded at the greatest earlier time.
+    fn locate(&mut self, ts: i64, lat: f64, lon: f64) {
+        match self.located[0] {
+            Some((newest, ..)) if ts < newest => {
+                // A late arrival: it may be the newest before the newest time.
+                if self.located[1].is_none_or(|(before, ..)| ts >= before) {
+                    self.located[1] = Some((ts, lat, lon));
+                }
+            }
+            Some((newest, ..)) if ts == newest => self.located[0] = Some((ts, lat, lon)),
+            _ => {
+                self.located[1] = self.located[0];
+                self.located[0] = Some((ts, lat, lon));
+            }
+        }
+    }
+
+    /// The previous located transaction for a transaction at `t`: the last one recorded at
+    /// the greatest time before `t` (exact in time order, as replay runs).
+    fn located_before(&self, t: i64) -> Option<(i64, f64, f64)> {
+        self.located
+            .iter()
+            .flatten()
+            .find(|(ts, ..)| *ts < t)
+            .copied()
     }
 
     /// The latest timestamp before `t`.
