@@ -574,16 +574,25 @@ impl Extractor {
         }
         for w in &self.windows {
             let events = lookup(w.entity).map(|s| s.in_window(t - w.window_us, t));
-            let (mut n, mut sum, mut max, mut sq) = (0usize, 0.0f64, f64::NAN, 0.0f64);
-            if let Some(events) = events {
+            let (mut n, mut sum, mut max) = (0usize, 0.0f64, f64::NAN);
+            if let Some(events) = events.clone() {
                 for &Event { amount: a, .. } in events {
                     n += 1;
                     sum += a;
-                    sq += a * a;
                     max = if max.is_nan() { a } else { max.max(a) };
                 }
             }
             let mean = if n > 0 { sum / n as f64 } else { f64::NAN };
+            // Squared deviations in a second pass: the one-pass E[x^2] - mean^2 loses all
+            // precision when amounts are close (0.005 came out as 0.0049999987).
+            let mut sq = 0.0f64;
+            if w.aggregations.contains(&Aggregation::Std) {
+                if let Some(events) = events {
+                    for &Event { amount: a, .. } in events {
+                        sq += (a - mean) * (a - mean);
+                    }
+                }
+            }
             for a in &w.aggregations {
                 out.push(match a {
                     Aggregation::Count => n as f64,
@@ -592,7 +601,7 @@ impl Extractor {
                     Aggregation::Max => max,
                     Aggregation::Std => {
                         if n > 0 {
-                            (sq / n as f64 - mean * mean).max(0.0).sqrt()
+                            (sq / n as f64).sqrt()
                         } else {
                             f64::NAN
                         }
@@ -744,7 +753,7 @@ impl EntityState {
         end.checked_sub(1).map(|i| self.events[i].ts)
     }
 
-    fn in_window(&self, from: i64, to: i64) -> impl Iterator<Item = &Event> {
+    fn in_window(&self, from: i64, to: i64) -> impl Iterator<Item = &Event> + Clone {
         let start = self.events.partition_point(|e| e.ts < from);
         let end = self.events.partition_point(|e| e.ts < to);
         self.events.range(start..end)
