@@ -712,9 +712,18 @@ impl EntityState {
         self.events.insert(at, event);
     }
 
-    /// Drops events older than `oldest`, always keeping the latest one (for time since last).
+    /// Drops events older than `oldest` that no later question needs: the windows need the
+    /// events from `oldest` on, and "time since last" for a transaction tied with the newest
+    /// needs the latest event before the newest time, so that one is kept too.
     fn prune(&mut self, oldest: i64) {
-        while self.events.len() > 1 && self.events.front().is_some_and(|e| e.ts < oldest) {
+        let Some(newest) = self.events.back().map(|e| e.ts) else {
+            return;
+        };
+        while self
+            .events
+            .get(1)
+            .is_some_and(|next| next.ts < oldest && next.ts < newest)
+        {
             self.events.pop_front();
         }
     }
@@ -872,6 +881,30 @@ mod tests {
         assert_eq!(f[1], vec![3600.0, 1.0, 10.0, 10.0]);
         assert_eq!(f[2], vec![3600.0, 1.0, 10.0, 10.0]);
         assert_eq!(f[3], vec![1.0, 2.0, 25.0, 20.0]);
+    }
+
+    #[test]
+    fn time_since_last_survives_pruning_with_ties() {
+        let e = Extractor::new(
+            FeatureSpec::from_toml(
+                "since_last = [\"card\"]\n[[windows]]\nentity = \"card\"\nwindows = [\"1h\"]\naggregations = [\"count\"]\n",
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let a = "4111111111111111";
+        let t0 = 1_700_000_000;
+        let h = vec![
+            tx(0, t0, "1", a, "c"),
+            tx(1, t0 + 6139, "1", a, "c"),
+            tx(2, t0 + 6139, "1", a, "c"),
+        ];
+        let f = replay(&e, &h);
+        assert_eq!(f[1][0], 6139.0);
+        assert_eq!(
+            f[2][0], 6139.0,
+            "the tie still sees the transaction before it"
+        );
     }
 
     #[test]
