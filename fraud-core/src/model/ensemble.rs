@@ -413,9 +413,10 @@ impl Ensemble {
     }
 
     /// Reference prediction of the margin for one row, straight from this representation
-    /// (slow; the compiled model must agree with it exactly).
+    /// (slow; the compiled model must agree with it exactly): the trees, then the linear
+    /// term if any.
     pub fn reference_margin(&self, row: &[f64]) -> f64 {
-        match self.accumulation {
+        let trees = match self.accumulation {
             Accumulation::F32 => {
                 let mut m = self.base_margin as f32;
                 for tree in &self.trees {
@@ -430,7 +431,8 @@ impl Ensemble {
                 }
                 self.finish_margin(m)
             }
-        }
+        };
+        trees + self.linear.as_ref().map_or(0.0, |l| l.value(row))
     }
 
     /// Applies output averaging to a summed margin.
@@ -440,12 +442,6 @@ impl Ensemble {
         } else {
             sum
         }
-    }
-
-    /// The margin of `row` from the trees (as [`reference_margin`](Self::reference_margin))
-    /// plus the linear term, if any.
-    pub fn reference_margin_with_linear(&self, row: &[f64]) -> f64 {
-        self.reference_margin(row) + self.linear.as_ref().map_or(0.0, |l| l.value(row))
     }
 
     /// Maps a margin to a probability.

@@ -175,6 +175,7 @@ mod tests {
         let model = CompiledModel::new(e).unwrap();
         for row in [[1.0, 50.0], [9.0, f64::NAN], [5.0, 0.0]] {
             let direct = e.base_margin + e.linear.as_ref().unwrap().value(&row);
+            assert_eq!(e.reference_margin(&row), direct);
             assert_eq!(model.predict_margin(&row).unwrap(), direct);
             let mut out = [0.0];
             model.predict_margin_batch(&row, &mut out).unwrap();
