@@ -1,13 +1,26 @@
 #!/usr/bin/env bash
-# Runs every test of the project on a fresh machine: installs what it needs (a Python venv
-# with XGBoost, LightGBM and pytest, under .venv), checks formatting and lints, runs the Rust
-# tests, then the Python parity tests against the freshly built `fraud` binary.
+# Runs every test of the project on a fresh machine: installs what it needs (redis-server
+# from Debian's packages; a Python venv with XGBoost, LightGBM and pytest, under .venv), checks
+# formatting and lints, runs the Rust tests (those that need Redis start their own
+# redis-server on a free local port), then the Python parity tests against the freshly built
+# `fraud` binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 export CARGO_TERM_COLOR=never
 
 step() { printf '\n==> %s\n' "$*"; }
+
+step "redis-server (Debian package)"
+if ! command -v redis-server >/dev/null 2>&1; then
+    sudo=""
+    if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+fi
+# The tests start their own servers; the one the package may have started is not used.
+redis-server --version
 
 step "Python venv (.venv) with the reference libraries"
 if [ ! -x .venv/bin/python ]; then

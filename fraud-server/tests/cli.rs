@@ -588,3 +588,67 @@ fn features_then_train_with_the_spec_stored_in_the_model() {
         stderr(&o)
     );
 }
+
+#[test]
+fn features_with_a_labels_file_count_only_labels_known_in_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("spec.toml");
+    std::fs::write(
+        &spec,
+        "[[label_rates]]\nentity = \"terminal\"\nwindows = [\"1d\"]\ndelay = \"1d\"\n",
+    )
+    .unwrap();
+    let csv = dir.path().join("history.csv");
+    // Day 1: two transactions on T1 (f1 will be fraud). Day 2, 12:00: a probe on T1. Day 3,
+    // 00:30: a second probe.
+    std::fs::write(
+        &csv,
+        "transaction_id,timestamp,amount,currency,card_number,terminal_id\n\
+         f1,2026-01-01T10:00:00Z,10,EUR,4111111111111111,T1\n\
+         g1,2026-01-01T11:00:00Z,10,EUR,5555555555554444,T1\n\
+         p1,2026-01-02T12:00:00Z,10,EUR,5555555555554444,T1\n\
+         p2,2026-01-03T00:30:00Z,10,EUR,5555555555554444,T1\n",
+    )
+    .unwrap();
+    // f1 reported on day 2 at 00:00: known 1 day before p2 (and not before p1).
+    let labels = dir.path().join("labels.csv");
+    std::fs::write(
+        &labels,
+        "transaction_id,is_fraud,reported_at\nf1,1,2026-01-02T00:00:00Z\ng1,0,\n",
+    )
+    .unwrap();
+    let out = dir.path().join("f.csv");
+    let args = |labels: &str| {
+        vec![
+            "features".to_string(),
+            "--input".into(),
+            csv.to_str().unwrap().into(),
+            "--output".into(),
+            out.to_str().unwrap().into(),
+            "--spec".into(),
+            spec.to_str().unwrap().into(),
+            "--labels".into(),
+            labels.into(),
+        ]
+    };
+    let a = args(labels.to_str().unwrap());
+    let o = fraud(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&out).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[0],
+        "transaction_id,terminal_delayed_txn_count_1d_delay_1d,terminal_fraud_count_1d_delay_1d,terminal_fraud_rate_1d_delay_1d"
+    );
+    // p1 (day 2 12:00): window [day 0 12:00, day 1 12:00) holds f1 and g1; f1's label came
+    // at day 2 00:00, after day 1 12:00: not counted.
+    assert_eq!(lines[3], "p1,2,0,0");
+    // p2 (day 3 00:30): window [day 1 00:30, day 2 00:30) holds f1, g1; label known at day 2
+    // 00:00 <= day 2 00:30: counted.
+    assert_eq!(lines[4], "p2,2,1,0.5");
+
+    std::fs::write(&labels, "transaction_id,is_fraud\nf1,maybe\n").unwrap();
+    let o = fraud(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("row 1: is_fraud"), "{}", stderr(&o));
+}

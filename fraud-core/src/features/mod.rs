@@ -1,348 +1,66 @@
-//! Features: a declarative spec (TOML), the per-entity state it needs, and one function that
-//! computes a transaction's features from that state, used both online (one transaction, then
-//! update) and offline ([`replay`]: a history in time order), so both give identical results.
+//! Features: a declarative spec ([`spec`]), the state kept per entity ([`state`]), the stores
+//! that hold it ([`store`]: sharded memory, durable; [`redis`]: shared by replicas), and one
+//! set of functions that compute a transaction's features from that state. They are used both
+//! online (one transaction: compute, then record) and offline ([`replay`]: a history in time
+//! order), so both give identical results.
 //!
 //! Windows are exact: a past transaction counts iff its timestamp is in `[t - w, t)`, `t`
-//! being the current one's; the current transaction never counts. This module holds the
-//! in-memory state only; durability, Redis sharing and label-aware features are built on it.
+//! being the current one's; the current transaction never counts. This holds for every window
+//! length (no bucketing): the state keeps every event within the longest window of its entity.
+//! Label-aware rates count labels known at least `delay` before the transaction.
 
-use std::borrow::Cow;
-use std::collections::{HashMap, VecDeque};
+pub mod durable;
+pub mod redis;
+pub mod spec;
+pub mod state;
+pub mod store;
 
-use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 
-use crate::transaction::{Channel, Transaction};
+use rayon::prelude::*;
 
-/// The spec that ships with the engine.
-pub const DEFAULT_SPEC: &str = include_str!("default_spec.toml");
+pub use spec::{
+    parse_window, Aggregation, Distinct, Entity, FeatureSpec, Field, FirstSeen, LabelRates,
+    SpecError, Stateless, WindowGroup, DEFAULT_RETENTION, DEFAULT_SPEC, MAX_DISTINCT_FIELDS,
+};
+pub use state::{EntityState, LabelEvent, Observation, Point};
+pub use store::{MemoryStore, StateStore, StoreError};
 
-/// Why a spec was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum SpecError {
-    /// Not valid TOML or not the expected shape.
-    #[error("invalid feature spec: {0}")]
-    Parse(String),
-    /// A value is out of range.
-    #[error("invalid feature spec: {0}")]
-    Invalid(String),
-}
+use crate::transaction::Transaction;
+use state::{Event, Keeping};
 
-/// Whose history a window aggregates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Entity {
-    /// The card token.
-    Card,
-    /// The customer id.
-    Customer,
-    /// The merchant id.
-    Merchant,
-    /// The terminal id.
-    Terminal,
-    /// The device id.
-    Device,
-    /// The IP address.
-    Ip,
-    /// The email address.
-    Email,
-}
-
-impl Entity {
-    fn name(self) -> &'static str {
-        match self {
-            Entity::Card => "card",
-            Entity::Customer => "customer",
-            Entity::Merchant => "merchant",
-            Entity::Terminal => "terminal",
-            Entity::Device => "device",
-            Entity::Ip => "ip",
-            Entity::Email => "email",
-        }
-    }
-
-    /// The entity's key in a transaction, if the transaction has one.
-    pub fn key(self, tx: &Transaction) -> Option<Cow<'_, str>> {
-        match self {
-            Entity::Card => Some(Cow::Borrowed(tx.card.token.as_str())),
-            Entity::Customer => tx.customer_id.as_deref().map(Cow::Borrowed),
-            Entity::Merchant => tx.merchant_id.as_deref().map(Cow::Borrowed),
-            Entity::Terminal => tx.terminal_id.as_deref().map(Cow::Borrowed),
-            Entity::Device => tx.device_id.as_deref().map(Cow::Borrowed),
-            Entity::Ip => tx.ip.map(|ip| Cow::Owned(ip.to_string())),
-            Entity::Email => tx.email.as_deref().map(Cow::Borrowed),
-        }
-    }
-
-    const ALL: [Entity; 7] = [
-        Entity::Card,
-        Entity::Customer,
-        Entity::Merchant,
-        Entity::Terminal,
-        Entity::Device,
-        Entity::Ip,
-        Entity::Email,
-    ];
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
-
-/// An aggregation over a window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Aggregation {
-    /// Number of past transactions (`txn_count`).
-    Count,
-    /// Sum of their amounts (`amount_sum`).
-    Sum,
-    /// Mean amount (`amount_mean`; NaN when none).
-    Mean,
-    /// Largest amount (`amount_max`; NaN when none).
-    Max,
-    /// Population standard deviation of amounts (`amount_std`; NaN when none).
-    Std,
-    /// This amount divided by the window's mean (`amount_ratio`; NaN when none).
-    AmountRatio,
-}
-
-impl Aggregation {
-    fn name(self) -> &'static str {
-        match self {
-            Aggregation::Count => "txn_count",
-            Aggregation::Sum => "amount_sum",
-            Aggregation::Mean => "amount_mean",
-            Aggregation::Max => "amount_max",
-            Aggregation::Std => "amount_std",
-            Aggregation::AmountRatio => "amount_ratio",
-        }
-    }
-}
-
-/// A feature computed from the transaction alone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Stateless {
-    /// `ln(1 + amount)`.
-    LogAmount,
-    /// Hour of day (UTC), 0-23.
-    Hour,
-    /// Day of week (UTC), Monday = 0.
-    Weekday,
-    /// 1 between 00:00 and 06:00 UTC.
-    Night,
-    /// 1 when card and merchant countries differ (NaN when either is unknown).
-    CrossBorder,
-    /// Channel code (card_present 0, contactless 1, ecommerce 2, moto 3, atm 4, recurring 5).
-    Channel,
-    /// Merchant category code as a number.
-    Mcc,
-}
-
-impl Stateless {
-    fn name(self) -> &'static str {
-        match self {
-            Stateless::LogAmount => "log_amount",
-            Stateless::Hour => "hour",
-            Stateless::Weekday => "weekday",
-            Stateless::Night => "night",
-            Stateless::CrossBorder => "cross_border",
-            Stateless::Channel => "channel",
-            Stateless::Mcc => "mcc",
-        }
-    }
-
-    fn value(self, tx: &Transaction) -> f64 {
-        let secs = tx.timestamp_us.div_euclid(1_000_000);
-        match self {
-            Stateless::LogAmount => tx.amount.as_f64().ln_1p(),
-            Stateless::Hour => (secs.rem_euclid(86_400) / 3600) as f64,
-            // 1970-01-01 was a Thursday (3 with Monday = 0).
-            Stateless::Weekday => ((secs.div_euclid(86_400) + 3).rem_euclid(7)) as f64,
-            Stateless::Night => f64::from(u8::from(secs.rem_euclid(86_400) < 6 * 3600)),
-            Stateless::CrossBorder => match (&tx.card_country, &tx.merchant_country) {
-                (Some(a), Some(b)) => f64::from(u8::from(a != b)),
-                _ => f64::NAN,
-            },
-            Stateless::Channel => tx.channel.map_or(f64::NAN, |c| match c {
-                Channel::CardPresent => 0.0,
-                Channel::Contactless => 1.0,
-                Channel::Ecommerce => 2.0,
-                Channel::Moto => 3.0,
-                Channel::Atm => 4.0,
-                Channel::Recurring => 5.0,
-            }),
-            Stateless::Mcc => tx.mcc.map_or(f64::NAN, f64::from),
-        }
-    }
-}
-
-/// Windows of one entity, as written in the spec.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WindowGroup {
-    /// Whose history.
-    pub entity: Entity,
-    /// Window lengths: `10m`, `1h`, `24h`, `7d`, `30s`.
-    pub windows: Vec<String>,
-    /// Aggregations computed over each window.
-    pub aggregations: Vec<Aggregation>,
-}
-
-/// The declarative feature spec.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FeatureSpec {
-    /// Stateless features, in order.
-    #[serde(default)]
-    pub stateless: Vec<Stateless>,
-    /// Entities whose time since their previous transaction is a feature.
-    #[serde(default)]
-    pub since_last: Vec<Entity>,
-    /// Windowed aggregations.
-    #[serde(default)]
-    pub windows: Vec<WindowGroup>,
-    /// First-seen flags: `<entity>_new_<field>` is 1 when no earlier transaction of the
-    /// entity had this value of the field (a new device for this card), 0 when one had, NaN
-    /// when the transaction has no value.
-    #[serde(default)]
-    pub first_seen: Vec<FirstSeen>,
-    /// Distinct counts: `<entity>_distinct_<field>_<window>` is the number of different values
-    /// of `field` among the entity's past transactions in the window.
-    #[serde(default)]
-    pub distinct: Vec<Distinct>,
-    /// Entities whose geo-velocity is a feature: `<entity>_geo_velocity_kmh`, the great-circle
-    /// distance from the entity's previous located transaction divided by the time between
-    /// them (at least one second); NaN without two located transactions.
-    #[serde(default)]
-    pub geo_velocity: Vec<Entity>,
-}
-
-/// Distinct values of a field per entity and window.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Distinct {
-    /// Whose history.
-    pub entity: Entity,
-    /// Which value.
-    pub field: Field,
-    /// Window lengths.
-    pub windows: Vec<String>,
-}
-
-/// Fields a distinct count can be kept for, per entity.
-pub const MAX_DISTINCT_FIELDS: usize = 4;
-
-/// A first-seen flag: whether `field`'s value is new for `entity`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FirstSeen {
-    /// Whose history.
-    pub entity: Entity,
-    /// Which value.
-    pub field: Field,
-}
-
-/// A transaction field whose values can be remembered per entity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Field {
-    /// The card (its token).
-    Card,
-    /// `customer_id`.
-    CustomerId,
-    /// `merchant_id`.
-    MerchantId,
-    /// `terminal_id`.
-    TerminalId,
-    /// `device_id`.
-    DeviceId,
-    /// `ip`.
-    Ip,
-    /// `email`.
-    Email,
-    /// `mcc`.
-    Mcc,
-    /// `card_country`.
-    CardCountry,
-    /// `merchant_country`.
-    MerchantCountry,
-    /// `ip_country`.
-    IpCountry,
-}
-
-impl Field {
-    fn name(self) -> &'static str {
-        match self {
-            Field::Card => "card",
-            Field::CustomerId => "customer_id",
-            Field::MerchantId => "merchant_id",
-            Field::TerminalId => "terminal_id",
-            Field::DeviceId => "device_id",
-            Field::Ip => "ip",
-            Field::Email => "email",
-            Field::Mcc => "mcc",
-            Field::CardCountry => "card_country",
-            Field::MerchantCountry => "merchant_country",
-            Field::IpCountry => "ip_country",
-        }
-    }
-
-    /// A stable 64-bit fingerprint of the field's value (FNV-1a), or `None` when absent.
-    fn fingerprint(self, tx: &Transaction) -> Option<u64> {
-        let fnv = |bytes: &[u8]| {
-            bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-            })
-        };
-        let s = |v: &Option<String>| v.as_deref().map(|v| fnv(v.as_bytes()));
-        match self {
-            Field::Card => Some(fnv(tx.card.token.as_bytes())),
-            Field::CustomerId => s(&tx.customer_id),
-            Field::MerchantId => s(&tx.merchant_id),
-            Field::TerminalId => s(&tx.terminal_id),
-            Field::DeviceId => s(&tx.device_id),
-            Field::Ip => tx.ip.map(|ip| fnv(ip.to_string().as_bytes())),
-            Field::Email => s(&tx.email),
-            Field::Mcc => tx.mcc.map(|m| fnv(&m.to_le_bytes())),
-            Field::CardCountry => s(&tx.card_country),
-            Field::MerchantCountry => s(&tx.merchant_country),
-            Field::IpCountry => s(&tx.ip_country),
-        }
-    }
-}
-
-/// Parses a window length (`30s`, `10m`, `1h`, `7d`) into seconds.
-pub fn parse_window(s: &str) -> Result<i64, SpecError> {
-    let s = s.trim();
-    let (num, unit) = s.split_at(s.len().saturating_sub(1));
-    let n: i64 = num.parse().map_err(|_| {
-        SpecError::Invalid(format!("window `{s}`: expected a number and s, m, h or d"))
-    })?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        _ => {
-            return Err(SpecError::Invalid(format!(
-                "window `{s}`: unit must be s, m, h or d"
-            )))
-        }
-    };
-    if !(1..=400 * 86_400).contains(&secs) {
-        return Err(SpecError::Invalid(format!(
-            "window `{s}` must be between 1s and 400d"
-        )));
-    }
-    Ok(secs)
-}
-
+/// What one entity kind contributes: how its state is kept and where its features go.
 #[derive(Debug, Clone)]
-struct CompiledWindow {
+struct Plan {
     entity: Entity,
-    window_us: i64,
-    aggregations: Vec<Aggregation>,
+    keeping: Keeping,
+    since_last: Option<usize>,
+    first_seen: Vec<(Field, usize)>,
+    /// (window, aggregations, index of the first output).
+    windows: Vec<(i64, Vec<Aggregation>, usize)>,
+    /// (event slot, window, output).
+    distinct: Vec<(usize, i64, usize)>,
+    geo: Option<usize>,
+    /// (window, delay, index of the first of three outputs).
+    labels: Vec<(i64, i64, usize)>,
+    /// Every output index this plan writes.
+    outputs: Vec<usize>,
+}
+
+impl Plan {
+    fn new(entity: Entity) -> Self {
+        Plan {
+            entity,
+            keeping: Keeping::default(),
+            since_last: None,
+            first_seen: Vec::new(),
+            windows: Vec::new(),
+            distinct: Vec::new(),
+            geo: None,
+            labels: Vec::new(),
+            outputs: Vec::new(),
+        }
+    }
 }
 
 /// A spec ready to compute features.
@@ -350,52 +68,54 @@ struct CompiledWindow {
 pub struct Extractor {
     spec: FeatureSpec,
     names: Vec<String>,
-    windows: Vec<CompiledWindow>,
-    /// (entity, field slot in the event, window) of each distinct count, in output order.
-    distinct: Vec<(Entity, usize, i64)>,
-    /// Per entity kind, the fields whose values events keep (by slot).
-    slots: [Vec<Field>; 7],
-    /// Longest window per entity (how long its events are kept); entities with state only.
-    horizon_us: Vec<(Entity, i64)>,
+    /// Stateful entity kinds, in [`Entity::ALL`] order.
+    plans: Vec<Plan>,
+    /// Fields whose fingerprints the state needs.
+    fields: Vec<Field>,
+    retention_us: i64,
 }
 
-impl FeatureSpec {
-    /// Parses a TOML spec.
-    pub fn from_toml(text: &str) -> Result<Self, SpecError> {
-        toml::from_str(text).map_err(|e| SpecError::Parse(e.to_string()))
-    }
-
-    /// The spec that ships with the engine.
-    pub fn default_spec() -> Self {
-        // The embedded spec is tested to parse.
-        Self::from_toml(DEFAULT_SPEC).unwrap_or(FeatureSpec {
-            stateless: Vec::new(),
-            since_last: Vec::new(),
-            windows: Vec::new(),
-            first_seen: Vec::new(),
-            distinct: Vec::new(),
-            geo_velocity: Vec::new(),
-        })
-    }
+fn micros(w: &str) -> Result<i64, SpecError> {
+    Ok(parse_window(w)? * 1_000_000)
 }
 
 impl Extractor {
-    /// Checks a spec and fixes its feature order.
+    /// Checks a spec and fixes its feature order: stateless, time since last, first-seen
+    /// flags, windows, distinct counts, geo-velocity, label-aware rates, each in spec order.
     pub fn new(spec: FeatureSpec) -> Result<Self, SpecError> {
         let mut names: Vec<String> = spec
             .stateless
             .iter()
             .map(|s| s.name().to_string())
             .collect();
-        let mut windows = Vec::new();
-        let mut horizon: HashMap<Entity, i64> = HashMap::new();
+        let mut plans: Vec<Plan> = Entity::ALL.iter().map(|e| Plan::new(*e)).collect();
+        let mut used = [false; 7];
+        let push = |names: &mut Vec<String>, plan: &mut Plan, name: String| {
+            plan.outputs.push(names.len());
+            names.push(name);
+            names.len() - 1
+        };
         for e in &spec.since_last {
-            names.push(format!("{}_seconds_since_last", e.name()));
-            horizon.entry(*e).or_insert(0);
+            let p = &mut plans[e.index()];
+            used[e.index()] = true;
+            p.since_last = Some(push(
+                &mut names,
+                p,
+                format!("{}_seconds_since_last", e.name()),
+            ));
         }
         for f in &spec.first_seen {
-            names.push(format!("{}_new_{}", f.entity.name(), f.field.name()));
-            horizon.entry(f.entity).or_insert(0);
+            let p = &mut plans[f.entity.index()];
+            used[f.entity.index()] = true;
+            let i = push(
+                &mut names,
+                p,
+                format!("{}_new_{}", f.entity.name(), f.field.name()),
+            );
+            p.first_seen.push((f.field, i));
+            if !p.keeping.first_seen.contains(&f.field) {
+                p.keeping.first_seen.push(f.field);
+            }
         }
         for g in &spec.windows {
             if g.aggregations.is_empty() {
@@ -404,53 +124,82 @@ impl Extractor {
                     g.entity.name()
                 )));
             }
+            let p = &mut plans[g.entity.index()];
+            used[g.entity.index()] = true;
             for w in &g.windows {
-                let secs = parse_window(w)?;
+                let us = micros(w)?;
+                let first = names.len();
                 for a in &g.aggregations {
-                    names.push(format!("{}_{}_{}", g.entity.name(), a.name(), w.trim()));
+                    push(
+                        &mut names,
+                        p,
+                        format!("{}_{}_{}", g.entity.name(), a.name(), w.trim()),
+                    );
                 }
-                let h = horizon.entry(g.entity).or_insert(0);
-                *h = (*h).max(secs * 1_000_000);
-                windows.push(CompiledWindow {
-                    entity: g.entity,
-                    window_us: secs * 1_000_000,
-                    aggregations: g.aggregations.clone(),
-                });
+                p.keeping.horizon_us = p.keeping.horizon_us.max(us);
+                p.windows.push((us, g.aggregations.clone(), first));
             }
         }
-        let mut slots: [Vec<Field>; 7] = Default::default();
-        let mut distinct = Vec::new();
         for d in &spec.distinct {
-            let fields = &mut slots[d.entity.index()];
-            let slot = match fields.iter().position(|f| *f == d.field) {
+            let p = &mut plans[d.entity.index()];
+            used[d.entity.index()] = true;
+            let slot = match p.keeping.slots.iter().position(|f| *f == d.field) {
                 Some(i) => i,
                 None => {
-                    if fields.len() == MAX_DISTINCT_FIELDS {
+                    if p.keeping.slots.len() == MAX_DISTINCT_FIELDS {
                         return Err(SpecError::Invalid(format!(
                             "{} has distinct counts of more than {MAX_DISTINCT_FIELDS} fields",
                             d.entity.name()
                         )));
                     }
-                    fields.push(d.field);
-                    fields.len() - 1
+                    p.keeping.slots.push(d.field);
+                    p.keeping.slots.len() - 1
                 }
             };
             for w in &d.windows {
-                let secs = parse_window(w)?;
-                names.push(format!(
-                    "{}_distinct_{}_{}",
-                    d.entity.name(),
-                    d.field.name(),
-                    w.trim()
-                ));
-                let h = horizon.entry(d.entity).or_insert(0);
-                *h = (*h).max(secs * 1_000_000);
-                distinct.push((d.entity, slot, secs * 1_000_000));
+                let us = micros(w)?;
+                let i = push(
+                    &mut names,
+                    p,
+                    format!(
+                        "{}_distinct_{}_{}",
+                        d.entity.name(),
+                        d.field.name(),
+                        w.trim()
+                    ),
+                );
+                p.keeping.horizon_us = p.keeping.horizon_us.max(us);
+                p.distinct.push((slot, us, i));
             }
         }
         for e in &spec.geo_velocity {
-            names.push(format!("{}_geo_velocity_kmh", e.name()));
-            horizon.entry(*e).or_insert(0);
+            let p = &mut plans[e.index()];
+            used[e.index()] = true;
+            p.geo = Some(push(
+                &mut names,
+                p,
+                format!("{}_geo_velocity_kmh", e.name()),
+            ));
+        }
+        for l in &spec.label_rates {
+            let p = &mut plans[l.entity.index()];
+            used[l.entity.index()] = true;
+            let delay = micros(&l.delay)?;
+            for w in &l.windows {
+                let us = micros(w)?;
+                let suffix = format!("{}_delay_{}", w.trim(), l.delay.trim());
+                let first = names.len();
+                for what in ["delayed_txn_count", "fraud_count", "fraud_rate"] {
+                    push(
+                        &mut names,
+                        p,
+                        format!("{}_{what}_{suffix}", l.entity.name()),
+                    );
+                }
+                p.keeping.horizon_us = p.keeping.horizon_us.max(us + delay);
+                p.keeping.labels = true;
+                p.labels.push((us, delay, first));
+            }
         }
         let mut seen = std::collections::HashSet::new();
         for n in &names {
@@ -460,17 +209,34 @@ impl Extractor {
                 )));
             }
         }
-        let horizon_us = Entity::ALL
-            .iter()
-            .filter_map(|e| horizon.get(e).map(|h| (*e, *h)))
+        let retention = spec.retention.as_deref().unwrap_or(DEFAULT_RETENTION);
+        let retention_us = micros(retention)?;
+        let mut fields = Vec::new();
+        let plans: Vec<Plan> = plans
+            .into_iter()
+            .filter(|p| used[p.entity.index()])
+            .map(|mut p| {
+                p.keeping.retention_us = retention_us;
+                for f in p.keeping.slots.iter().chain(&p.keeping.first_seen) {
+                    if !fields.contains(f) {
+                        fields.push(*f);
+                    }
+                }
+                p
+            })
             .collect();
+        if let Some(p) = plans.iter().find(|p| p.keeping.horizon_us > retention_us) {
+            return Err(SpecError::Invalid(format!(
+                "retention {retention} is shorter than the {} windows (plus delay)",
+                p.entity.name()
+            )));
+        }
         Ok(Extractor {
             spec,
             names,
-            windows,
-            distinct,
-            slots,
-            horizon_us,
+            plans,
+            fields,
+            retention_us,
         })
     }
 
@@ -484,96 +250,107 @@ impl Extractor {
         &self.spec
     }
 
-    /// The features of `tx` given the state before it (the state is not changed).
-    pub fn compute(&self, tx: &Transaction, state: &MemoryState) -> Vec<f64> {
-        // One lookup per entity kind, shared by all its windows.
-        let mut found: [Option<&EntityState>; 7] = [None; 7];
-        for &(e, _) in &self.horizon_us {
-            found[e.index()] = e.key(tx).and_then(|k| state.get(e, &k));
-        }
-        self.compute_from(tx, &found)
+    /// How long anything about an entity is remembered, in microseconds.
+    pub fn retention_us(&self) -> i64 {
+        self.retention_us
     }
 
-    /// Computes the features of `tx` and records it, with one state lookup per entity kind:
-    /// the same result as [`compute`](Self::compute) then [`update`](Self::update).
-    pub fn step(&self, tx: &Transaction, state: &mut MemoryState) -> Vec<f64> {
-        let mut slots: [Option<&mut EntityState>; 7] = Default::default();
-        let mut maps = state.maps.iter_mut().enumerate();
-        let mut horizon = [None; 7];
-        for &(e, h) in &self.horizon_us {
-            horizon[e.index()] = Some(h);
+    /// The entity kinds this spec keeps state for.
+    pub fn entities(&self) -> impl Iterator<Item = Entity> + '_ {
+        self.plans.iter().map(|p| p.entity)
+    }
+
+    /// Whether the spec has label-aware features for `entity`.
+    pub fn keeps_labels(&self, entity: Entity) -> bool {
+        self.plan(entity).is_some_and(|p| p.keeping.labels)
+    }
+
+    fn plan(&self, entity: Entity) -> Option<&Plan> {
+        self.plans.iter().find(|p| p.entity == entity)
+    }
+
+    pub(crate) fn keeping(&self, entity: Entity) -> Option<&Keeping> {
+        self.plan(entity).map(|p| &p.keeping)
+    }
+
+    /// What the state needs of `tx`: its time, amount, location, label, the fingerprints of
+    /// the remembered fields and the keys of its stateful entities.
+    pub fn observe<'a>(&self, tx: &'a Transaction) -> Observation<'a> {
+        let mut fields = [None; 11];
+        for f in &self.fields {
+            fields[f.index()] = f.fingerprint(tx);
         }
-        for (i, map) in &mut maps {
-            let (Some(_), Some(e)) = (horizon[i], Entity::ALL.get(i)) else {
-                continue;
-            };
-            if let Some(key) = e.key(tx) {
-                // One hash, and a key allocated only for an entity seen for the first time.
-                slots[i] = Some(map.entry_ref(key.as_ref()).or_default());
+        let mut keys: [Option<std::borrow::Cow<'a, str>>; 7] = Default::default();
+        for p in &self.plans {
+            keys[p.entity.index()] = p.entity.key(tx);
+        }
+        Observation {
+            point: Point {
+                ts: tx.timestamp_us,
+                id: spec::fnv(tx.transaction_id.as_bytes()),
+                amount: tx.amount.as_f64(),
+                location: tx.location,
+                fraud_known_at: fraud_known_at(tx),
+                fields,
+            },
+            keys,
+        }
+    }
+
+    /// A row of the right width, every feature NaN.
+    pub fn empty_row(&self) -> Vec<f64> {
+        vec![f64::NAN; self.names.len()]
+    }
+
+    /// Writes the stateless features of `tx` into `row`.
+    pub fn stateless_into(&self, tx: &Transaction, row: &mut [f64]) {
+        for (s, v) in self.spec.stateless.iter().zip(row.iter_mut()) {
+            *v = s.value(tx);
+        }
+    }
+
+    /// Writes the features of one entity into `row`, from its state before the transaction
+    /// (`None`: nothing known about it). Every output of the entity is written.
+    pub fn entity_into(
+        &self,
+        entity: Entity,
+        p: &Point,
+        state: Option<&EntityState>,
+        row: &mut [f64],
+    ) {
+        if let Some(plan) = self.plan(entity) {
+            self.plan_into(plan, p, state, row);
+        }
+    }
+
+    fn plan_into(&self, plan: &Plan, p: &Point, s: Option<&EntityState>, row: &mut [f64]) {
+        let t = p.ts;
+        let horizon = t - self.retention_us;
+        let mut put = |i: usize, v: f64| {
+            if let Some(x) = row.get_mut(i) {
+                *x = v;
             }
-        }
-        let features = {
-            let view: [Option<&EntityState>; 7] = std::array::from_fn(|i| slots[i].as_deref());
-            self.compute_from(tx, &view)
         };
-        for (i, slot) in slots.iter_mut().enumerate() {
-            if let (Some(s), Some(h)) = (slot.as_deref_mut(), horizon[i]) {
-                self.record(s, Entity::ALL[i], tx, h);
-            }
+        if let Some(i) = plan.since_last {
+            let last = s.and_then(|s| s.last_before(t)).filter(|&l| l >= horizon);
+            put(i, last.map_or(f64::NAN, |l| (t - l) as f64 / 1e6));
         }
-        features
-    }
-
-    /// Adds `tx` to the state of one of its entities.
-    fn record(&self, s: &mut EntityState, entity: Entity, tx: &Transaction, horizon: i64) {
-        let t = tx.timestamp_us;
-        let mut values = [0u64; MAX_DISTINCT_FIELDS];
-        for (v, f) in values.iter_mut().zip(&self.slots[entity.index()]) {
-            // 0 marks a missing value; a real fingerprint of 0 becomes 1.
-            *v = f.fingerprint(tx).map_or(0, |x| x.max(1));
+        for &(f, i) in &plan.first_seen {
+            put(
+                i,
+                match p.fields[f.index()] {
+                    None => f64::NAN,
+                    Some(v) => {
+                        let before = s
+                            .and_then(|s| s.seen_before(f, v, t))
+                            .is_some_and(|l| l >= horizon);
+                        f64::from(u8::from(!before))
+                    }
+                },
+            );
         }
-        s.insert(Event {
-            ts: t,
-            amount: tx.amount.as_f64(),
-            values,
-        });
-        s.prune(t - horizon.max(1));
-        if let Some((lat, lon)) = tx.location {
-            s.locate(t, lat, lon);
-        }
-        for f in self.spec.first_seen.iter().filter(|f| f.entity == entity) {
-            if let Some(v) = f.field.fingerprint(tx) {
-                let first = s.seen.entry((f.field, v)).or_insert(t);
-                *first = (*first).min(t);
-            }
-        }
-    }
-
-    fn compute_from(&self, tx: &Transaction, found: &[Option<&EntityState>; 7]) -> Vec<f64> {
-        let t = tx.timestamp_us;
-        let amount = tx.amount.as_f64();
-        let mut out = Vec::with_capacity(self.names.len());
-        let lookup = |e: Entity| -> Option<&EntityState> { found[e.index()] };
-        for s in &self.spec.stateless {
-            out.push(s.value(tx));
-        }
-        for e in &self.spec.since_last {
-            let last = lookup(*e).and_then(|s| s.last_before(t));
-            out.push(last.map_or(f64::NAN, |ts| (t - ts) as f64 / 1e6));
-        }
-        for f in &self.spec.first_seen {
-            out.push(match f.field.fingerprint(tx) {
-                None => f64::NAN,
-                Some(v) => {
-                    let before = lookup(f.entity)
-                        .and_then(|s| s.seen.get(&(f.field, v)))
-                        .is_some_and(|&first| first < t);
-                    f64::from(u8::from(!before))
-                }
-            });
-        }
-        for w in &self.windows {
-            let events = lookup(w.entity).map(|s| s.in_window(t - w.window_us, t));
+        for (w, aggs, first) in &plan.windows {
+            let events = s.map(|s| s.in_window(t - w, t));
             let (mut n, mut sum, mut max) = (0usize, 0.0f64, f64::NAN);
             if let Some(events) = events.clone() {
                 for &Event { amount: a, .. } in events {
@@ -586,60 +363,280 @@ impl Extractor {
             // Squared deviations in a second pass: the one-pass E[x^2] - mean^2 loses all
             // precision when amounts are close (0.005 came out as 0.0049999987).
             let mut sq = 0.0f64;
-            if w.aggregations.contains(&Aggregation::Std) {
+            if aggs.contains(&Aggregation::Std) {
                 if let Some(events) = events {
                     for &Event { amount: a, .. } in events {
                         sq += (a - mean) * (a - mean);
                     }
                 }
             }
-            for a in &w.aggregations {
-                out.push(match a {
-                    Aggregation::Count => n as f64,
-                    Aggregation::Sum => sum,
-                    Aggregation::Mean => mean,
-                    Aggregation::Max => max,
-                    Aggregation::Std => {
-                        if n > 0 {
-                            (sq / n as f64).sqrt()
-                        } else {
-                            f64::NAN
+            for (k, a) in aggs.iter().enumerate() {
+                put(
+                    first + k,
+                    match a {
+                        Aggregation::Count => n as f64,
+                        Aggregation::Sum => sum,
+                        Aggregation::Mean => mean,
+                        Aggregation::Max => max,
+                        Aggregation::Std => {
+                            if n > 0 {
+                                (sq / n as f64).sqrt()
+                            } else {
+                                f64::NAN
+                            }
                         }
-                    }
-                    Aggregation::AmountRatio => amount / mean,
-                });
+                        Aggregation::AmountRatio => p.amount / mean,
+                    },
+                );
             }
         }
-        for &(entity, slot, window_us) in &self.distinct {
-            let values = lookup(entity).into_iter().flat_map(|s| {
-                s.in_window(t - window_us, t)
+        for &(slot, w, i) in &plan.distinct {
+            let values = s.into_iter().flat_map(|s| {
+                s.in_window(t - w, t)
                     .map(move |e| e.values[slot])
                     .filter(|&v| v != 0)
             });
-            out.push(count_distinct(values) as f64);
+            put(i, count_distinct(values) as f64);
         }
-        for e in &self.spec.geo_velocity {
-            let prev = lookup(*e).and_then(|s| s.located_before(t));
-            out.push(match (prev, tx.location) {
-                (Some((ts, lat, lon)), Some((lat2, lon2))) => {
-                    let hours = ((t - ts) as f64 / 3.6e9).max(1.0 / 3600.0);
-                    haversine_km(lat, lon, lat2, lon2) / hours
-                }
-                _ => f64::NAN,
-            });
+        if let Some(i) = plan.geo {
+            let prev = s
+                .and_then(|s| s.located_before(t))
+                .filter(|(ts, ..)| *ts >= horizon);
+            put(
+                i,
+                match (prev, p.location) {
+                    (Some((ts, lat, lon)), Some((lat2, lon2))) => {
+                        let hours = ((t - ts) as f64 / 3.6e9).max(1.0 / 3600.0);
+                        haversine_km(lat, lon, lat2, lon2) / hours
+                    }
+                    _ => f64::NAN,
+                },
+            );
         }
-        out
+        for &(w, d, first) in &plan.labels {
+            let (from, to) = (t - d - w, t - d);
+            let n = s.map_or(0, |s| s.in_window(from, to).count());
+            let frauds = s.map_or(0, |s| s.frauds_in(from, to, t - d));
+            put(first, n as f64);
+            put(first + 1, frauds as f64);
+            put(
+                first + 2,
+                if n == 0 {
+                    0.0
+                } else {
+                    frauds as f64 / n as f64
+                },
+            );
+        }
+    }
+
+    /// Records a transaction in the state of one of its entities (after its features were
+    /// computed).
+    pub fn record(&self, entity: Entity, state: &mut EntityState, p: &Point) {
+        if let Some(plan) = self.plan(entity) {
+            state.record(&plan.keeping, p);
+        }
+    }
+
+    /// Applies a fraud label to the state of one entity of the labelled transaction.
+    pub fn label(&self, entity: Entity, state: &mut EntityState, l: &LabelEvent) {
+        if self.keeps_labels(entity) {
+            state.label(l);
+        }
+    }
+
+    /// The features of `tx` given the state before it (the state is not changed).
+    pub fn compute(&self, tx: &Transaction, state: &MemoryState) -> Vec<f64> {
+        let obs = self.observe(tx);
+        let mut row = self.empty_row();
+        self.stateless_into(tx, &mut row);
+        for plan in &self.plans {
+            let s = obs.key(plan.entity).and_then(|k| state.get(plan.entity, k));
+            self.plan_into(plan, &obs.point, s, &mut row);
+        }
+        row
     }
 
     /// Records `tx` in the state (after its features were computed).
     pub fn update(&self, tx: &Transaction, state: &mut MemoryState) {
-        for &(entity, horizon) in &self.horizon_us {
-            if let Some(key) = entity.key(tx) {
-                let s = state.maps[entity.index()]
-                    .entry_ref(key.as_ref())
-                    .or_default();
-                self.record(s, entity, tx, horizon);
+        let obs = self.observe(tx);
+        for plan in &self.plans {
+            if let Some(k) = obs.key(plan.entity) {
+                let s = state.maps[plan.entity.index()].entry_ref(k).or_default();
+                s.record(&plan.keeping, &obs.point);
             }
+        }
+    }
+
+    /// Computes the features of `tx` and records it, with one state lookup per entity kind:
+    /// the same result as [`compute`](Self::compute) then [`update`](Self::update).
+    pub fn step(&self, tx: &Transaction, state: &mut MemoryState) -> Vec<f64> {
+        let obs = self.observe(tx);
+        let mut row = self.empty_row();
+        self.stateless_into(tx, &mut row);
+        for plan in &self.plans {
+            if let Some(k) = obs.key(plan.entity) {
+                let s = state.maps[plan.entity.index()].entry_ref(k).or_default();
+                self.plan_into(plan, &obs.point, Some(s), &mut row);
+                s.record(&plan.keeping, &obs.point);
+            } else {
+                self.plan_into(plan, &obs.point, None, &mut row);
+            }
+        }
+        row
+    }
+}
+
+/// Entity state held in memory by one thread: one map per entity kind, looked up without
+/// allocating, with aHash (keyed per process so outside ids cannot be chosen to collide).
+/// [`MemoryStore`] is the sharded, bounded, durable store the service uses.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryState {
+    maps: [hashbrown::HashMap<String, EntityState, ahash::RandomState>; 7],
+}
+
+impl MemoryState {
+    /// The state of one entity.
+    pub fn get(&self, entity: Entity, key: &str) -> Option<&EntityState> {
+        self.maps[entity.index()].get(key)
+    }
+
+    /// Number of entities held.
+    pub fn len(&self) -> usize {
+        self.maps.iter().map(|m| m.len()).sum()
+    }
+
+    /// Whether no entity is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Removes everything held about one entity (erasure).
+    pub fn erase(&mut self, entity: Entity, key: &str) -> bool {
+        self.maps[entity.index()].remove(key).is_some()
+    }
+}
+
+/// Computes, for every transaction of a history, the features the online path would have
+/// computed at that moment: transactions are taken in time order (ties in input order), each
+/// one's features from the state before it, then the state is updated. Labels come from the
+/// transactions themselves (`is_fraud`, known at `fraud_reported_at`, or at the transaction's
+/// time when that is absent); label-aware features only count those known in time. Returns
+/// rows in the input order.
+pub fn replay(extractor: &Extractor, history: &[Transaction]) -> Vec<Vec<f64>> {
+    let m = extractor.names.len().max(1);
+    replay_flat(extractor, history)
+        .chunks(m)
+        .map(<[f64]>::to_vec)
+        .collect()
+}
+
+/// [`replay`] into one row-major buffer (`history.len()` rows of `names().len()` features).
+///
+/// Runs in parallel on the current rayon pool: each entity kind's features depend only on
+/// that entity's own history, so the work splits by entity kind and by a hash of the entity
+/// key, each part walking its transactions in time order. The result does not depend on the
+/// number of threads.
+pub fn replay_flat(extractor: &Extractor, history: &[Transaction]) -> Vec<f64> {
+    let n = history.len();
+    let m = extractor.names.len();
+    let mut out = vec![f64::NAN; n * m];
+    if n == 0 || m == 0 {
+        return out;
+    }
+    let mut order: Vec<u32> = (0..n as u32).collect();
+    order.par_sort_by_key(|&i| history[i as usize].timestamp_us);
+    out.par_chunks_mut(m)
+        .zip(history.par_iter())
+        .for_each(|(row, tx)| extractor.stateless_into(tx, row));
+    let parts = (rayon::current_num_threads() * 4).clamp(1, 256);
+    let hasher = ahash::RandomState::with_seeds(1, 2, 3, 4);
+    let mut tasks: Vec<(usize, Vec<u32>)> = Vec::new();
+    for (pi, plan) in extractor.plans.iter().enumerate() {
+        let part: Vec<u16> = order
+            .par_iter()
+            .map(|&i| match plan.entity.key(&history[i as usize]) {
+                Some(k) => (hasher.hash_one(k.as_ref()) % parts as u64) as u16,
+                None => u16::MAX,
+            })
+            .collect();
+        let mut buckets = vec![Vec::new(); parts];
+        let mut keyless = Vec::new();
+        for (&i, &p) in order.iter().zip(&part) {
+            match buckets.get_mut(usize::from(p)) {
+                Some(b) => b.push(i),
+                None => keyless.push(i),
+            }
+        }
+        tasks.extend(buckets.into_iter().map(|b| (pi, b)));
+        tasks.push((pi, keyless));
+    }
+    // Biggest first, so the pool is not left waiting on one large part at the end.
+    tasks.sort_by_key(|(_, rows)| std::cmp::Reverse(rows.len()));
+    let results: Vec<(usize, Vec<u32>, Vec<f64>)> = tasks
+        .into_par_iter()
+        .filter(|(_, rows)| !rows.is_empty())
+        .map(|(pi, rows)| {
+            let plan = &extractor.plans[pi];
+            let width = plan.outputs.len();
+            let mut vals = Vec::with_capacity(rows.len() * width);
+            let mut row = vec![f64::NAN; m];
+            let mut states: HashMap<std::borrow::Cow<'_, str>, EntityState, ahash::RandomState> =
+                HashMap::default();
+            for &i in &rows {
+                let tx = &history[i as usize];
+                let obs = extractor.observe_for(plan, tx);
+                match plan.entity.key(tx) {
+                    Some(k) => {
+                        let s = states.entry(k).or_default();
+                        extractor.plan_into(plan, &obs, Some(s), &mut row);
+                        s.record(&plan.keeping, &obs);
+                    }
+                    None => extractor.plan_into(plan, &obs, None, &mut row),
+                }
+                vals.extend(plan.outputs.iter().map(|&o| row[o]));
+            }
+            (pi, rows, vals)
+        })
+        .collect();
+    for (pi, rows, vals) in results {
+        let outputs = &extractor.plans[pi].outputs;
+        for (&i, v) in rows.iter().zip(vals.chunks_exact(outputs.len().max(1))) {
+            let row = &mut out[i as usize * m..][..m];
+            for (&o, &x) in outputs.iter().zip(v) {
+                row[o] = x;
+            }
+        }
+    }
+    out
+}
+
+/// When a history's transaction became known as fraud: `fraud_reported_at`, or its own time.
+fn fraud_known_at(tx: &Transaction) -> Option<i64> {
+    match tx.is_fraud {
+        Some(true) => Some(tx.fraud_reported_at_us.unwrap_or(tx.timestamp_us)),
+        _ => None,
+    }
+}
+
+impl Extractor {
+    /// The point of `tx` with only the fields one plan needs.
+    fn observe_for(&self, plan: &Plan, tx: &Transaction) -> Point {
+        let mut fields = [None; 11];
+        for f in plan.keeping.slots.iter().chain(&plan.keeping.first_seen) {
+            fields[f.index()] = f.fingerprint(tx);
+        }
+        Point {
+            ts: tx.timestamp_us,
+            id: if plan.keeping.labels {
+                spec::fnv(tx.transaction_id.as_bytes())
+            } else {
+                0
+            },
+            amount: tx.amount.as_f64(),
+            location: tx.location,
+            fraud_known_at: fraud_known_at(tx),
+            fields,
         }
     }
 }
@@ -682,135 +679,6 @@ fn count_distinct(values: impl Iterator<Item = u64>) -> usize {
     rest.sort_unstable();
     rest.dedup();
     rest.len()
-}
-
-/// One past transaction of an entity.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Event {
-    /// Microseconds since the epoch.
-    ts: i64,
-    /// Amount in major units.
-    amount: f64,
-    /// Fingerprints of the entity's distinct-count fields (0: missing).
-    values: [u64; MAX_DISTINCT_FIELDS],
-}
-
-/// Past transactions of one entity (time, amount, remembered values), in time order, and
-/// the first time each remembered field value was seen.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct EntityState {
-    events: VecDeque<Event>,
-    /// The latest located transactions (time, latitude, longitude): see `locate`.
-    located: [Option<(i64, f64, f64)>; 2],
-    seen: hashbrown::HashMap<(Field, u64), i64, ahash::RandomState>,
-}
-
-impl EntityState {
-    fn insert(&mut self, event: Event) {
-        // Late arrivals go to their place in time; equal times keep arrival order.
-        let at = self.events.partition_point(|e| e.ts <= event.ts);
-        self.events.insert(at, event);
-    }
-
-    /// Drops events older than `oldest` that no later question needs: the windows need the
-    /// events from `oldest` on, and "time since last" for a transaction tied with the newest
-    /// needs the latest event before the newest time, so that one is kept too.
-    fn prune(&mut self, oldest: i64) {
-        let Some(newest) = self.events.back().map(|e| e.ts) else {
-            return;
-        };
-        while self
-            .events
-            .get(1)
-            .is_some_and(|next| next.ts < oldest && next.ts < newest)
-        {
-            self.events.pop_front();
-        }
-    }
-
-    /// Records a located transaction. `located[0]` is the last one recorded at the newest
-    /// time, `located[1]` the last one recorded at the greatest earlier time.
-    fn locate(&mut self, ts: i64, lat: f64, lon: f64) {
-        match self.located[0] {
-            Some((newest, ..)) if ts < newest => {
-                // A late arrival: it may be the newest before the newest time.
-                if self.located[1].is_none_or(|(before, ..)| ts >= before) {
-                    self.located[1] = Some((ts, lat, lon));
-                }
-            }
-            Some((newest, ..)) if ts == newest => self.located[0] = Some((ts, lat, lon)),
-            _ => {
-                self.located[1] = self.located[0];
-                self.located[0] = Some((ts, lat, lon));
-            }
-        }
-    }
-
-    /// The previous located transaction for a transaction at `t`: the last one recorded at
-    /// the greatest time before `t` (exact in time order, as replay runs).
-    fn located_before(&self, t: i64) -> Option<(i64, f64, f64)> {
-        self.located
-            .iter()
-            .flatten()
-            .find(|(ts, ..)| *ts < t)
-            .copied()
-    }
-
-    /// The latest timestamp before `t`.
-    fn last_before(&self, t: i64) -> Option<i64> {
-        let end = self.events.partition_point(|e| e.ts < t);
-        end.checked_sub(1).map(|i| self.events[i].ts)
-    }
-
-    fn in_window(&self, from: i64, to: i64) -> impl Iterator<Item = &Event> + Clone {
-        let start = self.events.partition_point(|e| e.ts < from);
-        let end = self.events.partition_point(|e| e.ts < to);
-        self.events.range(start..end)
-    }
-}
-
-/// Entity state held in memory: one map per entity kind, looked up without allocating, with
-/// aHash (fast, and keyed per process so outside ids cannot be chosen to collide).
-#[derive(Debug, Clone, Default)]
-pub struct MemoryState {
-    maps: [hashbrown::HashMap<String, EntityState, ahash::RandomState>; 7],
-}
-
-impl MemoryState {
-    /// The state of one entity.
-    pub fn get(&self, entity: Entity, key: &str) -> Option<&EntityState> {
-        self.maps[entity.index()].get(key)
-    }
-
-    /// Number of entities held.
-    pub fn len(&self) -> usize {
-        self.maps.iter().map(|m| m.len()).sum()
-    }
-
-    /// Whether no entity is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Removes everything held about one entity (erasure).
-    pub fn erase(&mut self, entity: Entity, key: &str) -> bool {
-        self.maps[entity.index()].remove(key).is_some()
-    }
-}
-
-/// Computes, for every transaction of a history, the features the online path would have
-/// computed at that moment: transactions are taken in time order (ties in input order), each
-/// one's features from the state before it, then the state is updated. Returns rows in the
-/// input order.
-pub fn replay(extractor: &Extractor, history: &[Transaction]) -> Vec<Vec<f64>> {
-    let mut order: Vec<usize> = (0..history.len()).collect();
-    order.sort_by_key(|&i| history[i].timestamp_us);
-    let mut state = MemoryState::default();
-    let mut out = vec![Vec::new(); history.len()];
-    for i in order {
-        out[i] = extractor.step(&history[i], &mut state);
-    }
-    out
 }
 
 #[cfg(test)]

@@ -5,7 +5,9 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use fraud_core::features::{replay, Extractor, FeatureSpec};
+use std::collections::HashMap;
+
+use fraud_core::features::{replay_flat, Extractor, FeatureSpec};
 use fraud_core::pii::Tokenizer;
 use fraud_core::transaction::{RawTransaction, Transaction};
 
@@ -20,6 +22,12 @@ pub struct Args {
     /// Feature spec (TOML); the default spec when absent.
     #[arg(long)]
     spec: Option<PathBuf>,
+    /// Fraud labels (CSV: `transaction_id`, `is_fraud` 0/1, optional `reported_at` RFC 3339,
+    /// when the label became known; the transaction's time when empty). When given, these are
+    /// the only labels; otherwise the history's own `is_fraud` / `fraud_reported_at` columns
+    /// are used. Label-aware features only count labels known early enough.
+    #[arg(long)]
+    labels: Option<PathBuf>,
     /// File holding the tokenization key (32 bytes or more) for rows with `card_number`.
     /// Otherwise the key comes from FRAUD_TOKENIZATION_KEY (hex), or a one-off random key is
     /// used: tokens are never written, only compared, so features do not depend on it.
@@ -82,7 +90,34 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("{}: row {}: {e}", a.input.display(), i + 1))?;
         history.push(tx);
     }
-    let rows = replay(&extractor, &history);
+    if let Some(path) = &a.labels {
+        let labels = read_labels(path)?;
+        let mut used = 0usize;
+        for tx in &mut history {
+            match labels.get(&tx.transaction_id) {
+                Some(&(fraud, at)) => {
+                    used += 1;
+                    tx.is_fraud = Some(fraud);
+                    tx.fraud_reported_at_us = at;
+                }
+                None => {
+                    tx.is_fraud = None;
+                    tx.fraud_reported_at_us = None;
+                }
+            }
+        }
+        if used < labels.len() {
+            eprintln!(
+                "note: {} of {} labels name no transaction of {}",
+                labels.len() - used,
+                labels.len(),
+                a.input.display()
+            );
+        }
+    }
+    let m = extractor.names().len();
+    let flat = replay_flat(&extractor, &history);
+    let rows = flat.chunks(m.max(1));
     let file = std::fs::File::create(&a.output)
         .with_context(|| format!("cannot create {}", a.output.display()))?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
@@ -93,7 +128,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     writeln!(out)?;
     for (tx, f) in history.iter().zip(rows) {
         write!(out, "{}", csv_field(&tx.transaction_id))?;
-        for v in f {
+        for &v in f {
             if v.is_nan() {
                 write!(out, ",")?;
             } else {
@@ -127,4 +162,57 @@ fn csv_error(e: &csv::Error) -> String {
         },
         _ => e.to_string(),
     }
+}
+
+#[derive(serde::Deserialize)]
+struct LabelRow {
+    transaction_id: String,
+    is_fraud: String,
+    #[serde(default, alias = "fraud_reported_at", alias = "known_at")]
+    reported_at: Option<String>,
+}
+
+/// Reads a labels file: transaction id -> (fraud, when known).
+fn read_labels(path: &std::path::Path) -> anyhow::Result<HashMap<String, (bool, Option<i64>)>> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut reader = csv::Reader::from_reader(std::io::BufReader::new(file));
+    let mut out = HashMap::new();
+    for (i, row) in reader.deserialize::<LabelRow>().enumerate() {
+        let row = row
+            .map_err(|e| anyhow::anyhow!("{}: row {}: {}", path.display(), i + 1, csv_error(&e)))?;
+        let fraud = match row.is_fraud.trim() {
+            "1" | "true" | "True" | "TRUE" => true,
+            "0" | "false" | "False" | "FALSE" => false,
+            other => anyhow::bail!(
+                "{}: row {}: is_fraud is `{}`; must be 0 or 1",
+                path.display(),
+                i + 1,
+                other.chars().take(20).collect::<String>()
+            ),
+        };
+        let at = match row.reported_at.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(t) => {
+                let when =
+                    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                        .map_err(|_| {
+                            anyhow::anyhow!(
+                                "{}: row {}: reported_at is not an RFC 3339 time",
+                                path.display(),
+                                i + 1
+                            )
+                        })?;
+                Some((when.unix_timestamp_nanos() / 1000) as i64)
+            }
+        };
+        if out.insert(row.transaction_id, (fraud, at)).is_some() {
+            anyhow::bail!(
+                "{}: row {}: a second label for the same transaction",
+                path.display(),
+                i + 1
+            );
+        }
+    }
+    Ok(out)
 }

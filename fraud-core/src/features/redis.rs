@@ -1,0 +1,374 @@
+//! The Redis backend of [`StateStore`]: several service replicas share entity state.
+//!
+//! Each entity is one Redis hash, `<prefix>:<kind>:<key>`, holding the same state as the
+//! memory backend in the byte layout of [`super::state::layout`]: `e` events, `l` located
+//! transactions, `s` seen values, `f` fraud labels, `t` newest time. A transaction costs one
+//! round trip: one Lua script (run by its SHA-1, atomic on the server) returns the state of
+//! each of the transaction's entities as it was, and records the transaction in it with the
+//! same rules as [`EntityState::record`]; the features are then computed here, by the same code
+//! as for the memory backend. Idle entities expire by themselves (a TTL of the retention on
+//! each hash, in wall-clock time). Every call is bounded by the configured timeout: a slow or
+//! absent server gives [`StoreError::Redis`], never a hang.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::state::layout;
+use super::store::{StateStore, StoreError};
+use super::{Entity, EntityState, Extractor, LabelEvent, Observation};
+
+/// Records a transaction in its entities (or only reads them, `ARGV[4] == '0'`), returning
+/// each entity's state from before. Times are 8-byte big-endian strings, so string order is
+/// time order. Per entity, ARGV holds: event, located (or empty), seen keys (9 bytes each),
+/// prune cutoff, labels kept ('1'/'0'), fraud mark (or empty).
+const STEP: &str = r#"
+local EV = tonumber(ARGV[5])
+local t, seen_cut, ttl, write = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1'
+local out = {}
+for i, key in ipairs(KEYS) do
+  local a = 5 + (i - 1) * 6
+  local ev, loc, seen, cut, labels, mark = ARGV[a+1], ARGV[a+2], ARGV[a+3], ARGV[a+4], ARGV[a+5], ARGV[a+6]
+  local cur = redis.call('HMGET', key, 'e', 'l', 's', 'f', 't')
+  local e, l, s, f, tt = cur[1] or '', cur[2] or '', cur[3] or '', cur[4] or '', cur[5] or ''
+  out[i] = {e, l, s, f, tt}
+  if write then
+    local n = #e / EV
+    local pos = n
+    while pos > 0 and string.sub(e, (pos-1)*EV+1, (pos-1)*EV+8) > t do pos = pos - 1 end
+    e = string.sub(e, 1, pos*EV) .. ev .. string.sub(e, pos*EV+1)
+    n = n + 1
+    local limit = cut
+    local newest = string.sub(e, (n-1)*EV+1, (n-1)*EV+8)
+    if newest < limit then limit = newest end
+    local old = 0
+    while old < n and string.sub(e, old*EV+1, old*EV+8) < limit do old = old + 1 end
+    if old >= 2 then e = string.sub(e, (old-1)*EV+1) end
+    if #loc > 0 then
+      local ts = string.sub(loc, 1, 8)
+      local l0, l1 = nil, nil
+      if #l >= 24 then l0 = string.sub(l, 1, 24) end
+      if #l >= 48 then l1 = string.sub(l, 25, 48) end
+      if l0 and ts < string.sub(l0, 1, 8) then
+        if (not l1) or ts >= string.sub(l1, 1, 8) then l1 = loc end
+      elseif l0 and ts == string.sub(l0, 1, 8) then
+        l0 = loc
+      else
+        l1 = l0
+        l0 = loc
+      end
+      l = (l0 or '') .. (l1 or '')
+    end
+    for k = 1, #seen, 9 do
+      local id = string.sub(seen, k, k+8)
+      local found = false
+      for r = 1, #s, 25 do
+        if string.sub(s, r, r+8) == id then
+          found = true
+          local last, prev = string.sub(s, r+9, r+16), string.sub(s, r+17, r+24)
+          if t > last then
+            s = string.sub(s, 1, r+8) .. t .. last .. string.sub(s, r+25)
+          elseif t < last and t > prev then
+            s = string.sub(s, 1, r+16) .. t .. string.sub(s, r+25)
+          end
+          break
+        end
+      end
+      if not found then s = s .. id .. t .. string.rep('\0', 8) end
+    end
+    local kept = {}
+    for r = 1, #s, 25 do
+      if string.sub(s, r+9, r+16) >= seen_cut then kept[#kept+1] = string.sub(s, r, r+24) end
+    end
+    s = table.concat(kept)
+    if labels == '1' then
+      if #mark > 0 then
+        local id, mts, known = string.sub(mark, 9, 16), string.sub(mark, 1, 8), string.sub(mark, 17, 24)
+        local found = false
+        for r = 1, #f, 24 do
+          if string.sub(f, r+8, r+15) == id then
+            found = true
+            if known < string.sub(f, r+16, r+23) then
+              f = string.sub(f, 1, r+15) .. known .. string.sub(f, r+24)
+            end
+            break
+          end
+        end
+        if not found then
+          local m = #f / 24
+          local p = m
+          while p > 0 and string.sub(f, (p-1)*24+1, (p-1)*24+8) > mts do p = p - 1 end
+          f = string.sub(f, 1, p*24) .. mark .. string.sub(f, p*24+1)
+        end
+      end
+      local drop = 0
+      while drop * 24 < #f and string.sub(f, drop*24+1, drop*24+8) < cut do drop = drop + 1 end
+      f = string.sub(f, drop*24+1)
+    end
+    if tt == '' or t > tt then tt = t end
+    redis.call('HSET', key, 'e', e, 'l', l, 's', s, 'f', f, 't', tt)
+    redis.call('PEXPIRE', key, ttl)
+  end
+end
+return out
+"#;
+
+/// Applies a label (ARGV: id, transaction time, '1' fraud / '0' not, known time, ttl) to
+/// each key's fraud labels.
+const LABEL: &str = r#"
+local id, mts, fraud, known, ttl = ARGV[1], ARGV[2], ARGV[3] == '1', ARGV[4], tonumber(ARGV[5])
+for _, key in ipairs(KEYS) do
+  local cur = redis.call('HMGET', key, 'f', 't')
+  local f, tt = cur[1] or '', cur[2] or ''
+  local found = false
+  local kept = {}
+  for r = 1, #f, 24 do
+    local rec = string.sub(f, r, r+23)
+    if string.sub(rec, 9, 16) == id then
+      found = true
+      if fraud then
+        if known < string.sub(rec, 17, 24) then rec = string.sub(rec, 1, 16) .. known end
+        kept[#kept+1] = rec
+      end
+    else
+      kept[#kept+1] = rec
+    end
+  end
+  f = table.concat(kept)
+  if fraud and not found then
+    local m = #f / 24
+    local p = m
+    while p > 0 and string.sub(f, (p-1)*24+1, (p-1)*24+8) > mts do p = p - 1 end
+    f = string.sub(f, 1, p*24) .. mts .. id .. known .. string.sub(f, p*24+1)
+  end
+  if tt == '' or mts > tt then tt = mts end
+  redis.call('HSET', key, 'f', f, 't', tt)
+  redis.call('PEXPIRE', key, ttl)
+end
+return 1
+"#;
+
+/// Entity state in Redis.
+pub struct RedisStore {
+    client: redis::Client,
+    pool: Mutex<Vec<redis::Connection>>,
+    prefix: String,
+    timeout: Duration,
+    step: redis::Script,
+    label: redis::Script,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+fn err(e: redis::RedisError) -> StoreError {
+    StoreError::Redis(e.to_string())
+}
+
+fn be(t: i64) -> [u8; 8] {
+    t.to_be_bytes()
+}
+
+impl RedisStore {
+    /// Connects to `url` (`redis://host:port/db`); keys start with `prefix`. Every call,
+    /// connecting included, gives up after `timeout`.
+    pub fn open(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url).map_err(err)?;
+        let store = RedisStore {
+            client,
+            pool: Mutex::new(Vec::new()),
+            prefix: prefix.to_string(),
+            timeout,
+            step: redis::Script::new(STEP),
+            label: redis::Script::new(LABEL),
+        };
+        // Check the server answers now rather than at the first transaction.
+        store.with(|c| redis::cmd("PING").query::<String>(c))?;
+        Ok(store)
+    }
+
+    fn key(&self, e: Entity, k: &str) -> Vec<u8> {
+        let mut key = Vec::with_capacity(self.prefix.len() + k.len() + 12);
+        key.extend_from_slice(self.prefix.as_bytes());
+        key.push(b':');
+        key.extend_from_slice(e.name().as_bytes());
+        key.push(b':');
+        key.extend_from_slice(k.as_bytes());
+        key
+    }
+
+    /// Runs `f` on a pooled connection (a new one if none is free); a connection that failed
+    /// is dropped rather than returned.
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, StoreError> {
+        let pooled = self
+            .pool
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => {
+                let c = self
+                    .client
+                    .get_connection_with_timeout(self.timeout)
+                    .map_err(err)?;
+                c.set_read_timeout(Some(self.timeout)).map_err(err)?;
+                c.set_write_timeout(Some(self.timeout)).map_err(err)?;
+                c
+            }
+        };
+        let out = f(&mut conn).map_err(err)?;
+        self.pool
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(conn);
+        Ok(out)
+    }
+
+    fn run_step(
+        &self,
+        ex: &Extractor,
+        obs: &Observation<'_>,
+        row: &mut [f64],
+        write: bool,
+    ) -> Result<(), StoreError> {
+        let p = &obs.point;
+        let entities: Vec<(Entity, &str)> = ex
+            .entities()
+            .filter_map(|e| obs.key(e).map(|k| (e, k)))
+            .collect();
+        for e in ex.entities().filter(|e| obs.key(*e).is_none()) {
+            ex.entity_into(e, p, None, row);
+        }
+        if entities.is_empty() {
+            return Ok(());
+        }
+        let mut inv = self.step.prepare_invoke();
+        inv.arg(&be(p.ts)[..])
+            .arg(&be(p.ts - ex.retention_us())[..])
+            .arg(ex.retention_us() / 1000)
+            .arg(if write { "1" } else { "0" })
+            .arg(layout::EVENT);
+        for &(e, k) in &entities {
+            let Some(keep) = ex.keeping(e) else { continue };
+            inv.key(self.key(e, k));
+            let mark = match (keep.labels, p.fraud_known_at) {
+                (true, Some(known)) => [be(p.ts), p.id.to_be_bytes(), be(known)].concat(),
+                _ => Vec::new(),
+            };
+            inv.arg(layout::event(p, keep))
+                .arg(layout::located(p))
+                .arg(layout::seen_keys(p, keep))
+                .arg(&be(p.ts - keep.horizon_us.max(1))[..])
+                .arg(if keep.labels { "1" } else { "0" })
+                .arg(mark);
+        }
+        let states: Vec<Vec<Vec<u8>>> = self.with(|c| inv.invoke(c))?;
+        if states.len() != entities.len() {
+            return Err(StoreError::Redis(format!(
+                "the state script returned {} entities for {}",
+                states.len(),
+                entities.len()
+            )));
+        }
+        for ((e, _), s) in entities.iter().zip(&states) {
+            let state = decode(s)?;
+            ex.entity_into(*e, p, Some(&state), row);
+        }
+        Ok(())
+    }
+
+    /// Deletes every key under the prefix (tests and tools).
+    pub fn clear(&self) -> Result<usize, StoreError> {
+        let pattern = format!("{}:*", self.prefix);
+        let keys: Vec<Vec<u8>> = self.with(|c| redis::cmd("KEYS").arg(&pattern).query(c))?;
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        self.with(|c| redis::cmd("DEL").arg(&keys).query(c))
+    }
+}
+
+fn decode(fields: &[Vec<u8>]) -> Result<EntityState, StoreError> {
+    match fields {
+        [e, l, s, f, t] => layout::decode(e, l, s, f, t).map_err(StoreError::Redis),
+        _ => Err(StoreError::Redis(
+            "entity state in Redis has an unexpected shape".into(),
+        )),
+    }
+}
+
+impl StateStore for RedisStore {
+    fn apply(
+        &self,
+        ex: &Extractor,
+        obs: &Observation<'_>,
+        row: &mut [f64],
+    ) -> Result<(), StoreError> {
+        self.run_step(ex, obs, row, true)
+    }
+
+    fn peek(
+        &self,
+        ex: &Extractor,
+        obs: &Observation<'_>,
+        row: &mut [f64],
+    ) -> Result<(), StoreError> {
+        self.run_step(ex, obs, row, false)
+    }
+
+    fn label(
+        &self,
+        ex: &Extractor,
+        obs: &Observation<'_>,
+        label: &LabelEvent,
+    ) -> Result<(), StoreError> {
+        let keys: Vec<Vec<u8>> = ex
+            .entities()
+            .filter(|e| ex.keeps_labels(*e))
+            .filter_map(|e| obs.key(e).map(|k| self.key(e, k)))
+            .collect();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut inv = self.label.prepare_invoke();
+        for k in keys {
+            inv.key(k);
+        }
+        inv.arg(&label.id.to_be_bytes()[..])
+            .arg(&be(label.ts)[..])
+            .arg(if label.is_fraud { "1" } else { "0" })
+            .arg(&be(label.known_at)[..])
+            .arg(ex.retention_us() / 1000);
+        self.with(|c| inv.invoke::<i64>(c)).map(|_| ())
+    }
+
+    fn erase(&self, entity: Entity, key: &str) -> Result<bool, StoreError> {
+        let k = self.key(entity, key);
+        let n: i64 = self.with(|c| redis::cmd("DEL").arg(&k).query(c))?;
+        Ok(n > 0)
+    }
+
+    fn get(&self, entity: Entity, key: &str) -> Result<Option<EntityState>, StoreError> {
+        let k = self.key(entity, key);
+        let fields: Vec<Option<Vec<u8>>> = self.with(|c| {
+            redis::cmd("HMGET")
+                .arg(&k)
+                .arg(&["e", "l", "s", "f", "t"])
+                .query(c)
+        })?;
+        if fields.iter().all(Option::is_none) {
+            return Ok(None);
+        }
+        let fields: Vec<Vec<u8>> = fields.into_iter().map(Option::unwrap_or_default).collect();
+        decode(&fields).map(Some)
+    }
+}

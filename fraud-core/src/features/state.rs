@@ -1,0 +1,454 @@
+//! The state kept per entity (a card, a customer, a terminal, ...): its recent transactions,
+//! its last located transactions, the field values it has been seen with, and the fraud labels
+//! known for its transactions; how one transaction or label changes it; and the byte layout the
+//! Redis backend stores it in (so the Lua script and this code read and write the same thing).
+
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
+use std::sync::OnceLock;
+
+use serde::{Deserialize, Serialize};
+
+use super::spec::{Entity, Field, MAX_DISTINCT_FIELDS};
+
+/// What the state needs to know about one transaction, without its entity keys: the
+/// minimised event that state updates, the durable event log and Redis are made of. No card
+/// number, no id in clear: only a timestamp, the amount, a location and fingerprints.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Point {
+    /// Microseconds since the epoch.
+    pub ts: i64,
+    /// Fingerprint of the transaction id (labels find their transaction by it).
+    pub id: u64,
+    /// Amount in major units.
+    pub amount: f64,
+    /// Latitude and longitude, when known.
+    pub location: Option<(f64, f64)>,
+    /// When the transaction became known as fraud (offline histories carry their labels).
+    pub fraud_known_at: Option<i64>,
+    /// Fingerprints of the remembered fields (index: [`Field::index`]); only the fields the
+    /// spec remembers are filled in.
+    pub fields: [Option<u64>; 11],
+}
+
+/// A [`Point`] and the keys of the entities it belongs to (index: [`Entity::index`]); only the
+/// entities the spec keeps state for are filled in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Observation<'a> {
+    /// The event.
+    pub point: Point,
+    /// Entity keys: the card token, customer id, ...
+    pub keys: [Option<Cow<'a, str>>; 7],
+}
+
+impl Observation<'_> {
+    /// The same observation owning its keys.
+    pub fn into_owned(self) -> Observation<'static> {
+        Observation {
+            point: self.point,
+            keys: self.keys.map(|k| k.map(|k| Cow::Owned(k.into_owned()))),
+        }
+    }
+
+    /// The key of one entity, if the transaction has it.
+    pub fn key(&self, entity: Entity) -> Option<&str> {
+        self.keys[entity.index()].as_deref()
+    }
+}
+
+/// A fraud label about one transaction, as it arrives through feedback.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LabelEvent {
+    /// Fingerprint of the transaction id.
+    pub id: u64,
+    /// The transaction's timestamp (microseconds).
+    pub ts: i64,
+    /// Fraud (true) or not (false: withdraws an earlier fraud label).
+    pub is_fraud: bool,
+    /// When the label became known (microseconds).
+    pub known_at: i64,
+}
+
+/// One past transaction of an entity.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Event {
+    /// Microseconds since the epoch.
+    pub ts: i64,
+    /// Amount in major units.
+    pub amount: f64,
+    /// Fingerprints of the entity's distinct-count fields (0: missing).
+    pub values: [u64; MAX_DISTINCT_FIELDS],
+}
+
+/// A transaction of the entity known to be fraud.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct FraudMark {
+    /// The transaction's time.
+    pub ts: i64,
+    /// Fingerprint of its id.
+    pub id: u64,
+    /// When the label became known.
+    pub known_at: i64,
+}
+
+/// Hashes remembered values with a key drawn once per process, so outside ids cannot be
+/// chosen to collide; zero-sized, unlike a per-map random state.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessHasher;
+
+impl BuildHasher for ProcessHasher {
+    type Hasher = ahash::AHasher;
+    fn build_hasher(&self) -> ahash::AHasher {
+        static STATE: OnceLock<ahash::RandomState> = OnceLock::new();
+        STATE.get_or_init(ahash::RandomState::new).build_hasher()
+    }
+}
+
+/// Everything held about one entity.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EntityState {
+    /// Past transactions in time order (ties in arrival order).
+    pub(crate) events: VecDeque<Event>,
+    /// `located[0]`: the last located transaction recorded at the newest time; `located[1]`:
+    /// the last one recorded at the greatest earlier time.
+    pub(crate) located: [Option<(i64, f64, f64)>; 2],
+    /// (field index, value fingerprint) -> (latest time seen, latest earlier time or 0).
+    pub(crate) seen: hashbrown::HashMap<(u8, u64), (i64, i64), ProcessHasher>,
+    /// Size of `seen` after its last clean-up (expired values are removed lazily).
+    #[serde(skip)]
+    pub(crate) seen_mark: usize,
+    /// Fraud labels of the entity's transactions, by transaction time.
+    pub(crate) frauds: Vec<FraudMark>,
+    /// The newest time recorded (idle eviction).
+    pub(crate) touched: i64,
+}
+
+/// How one entity kind's state is kept: derived from the spec.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Keeping {
+    /// How far back events are needed (longest window, or delay plus window).
+    pub horizon_us: i64,
+    /// The retention (microseconds).
+    pub retention_us: i64,
+    /// Fields whose values events keep, by slot.
+    pub slots: Vec<Field>,
+    /// Fields with a first-seen flag.
+    pub first_seen: Vec<Field>,
+    /// Whether fraud labels are kept.
+    pub labels: bool,
+}
+
+impl EntityState {
+    /// Records a transaction (after its features were computed).
+    pub(crate) fn record(&mut self, k: &Keeping, p: &Point) {
+        let t = p.ts;
+        let mut values = [0u64; MAX_DISTINCT_FIELDS];
+        for (v, f) in values.iter_mut().zip(&k.slots) {
+            // 0 marks a missing value; a real fingerprint of 0 becomes 1.
+            *v = p.fields[f.index()].map_or(0, |x| x.max(1));
+        }
+        let at = self.events.partition_point(|e| e.ts <= t);
+        self.events.insert(
+            at,
+            Event {
+                ts: t,
+                amount: p.amount,
+                values,
+            },
+        );
+        self.prune(t - k.horizon_us.max(1));
+        if let Some((lat, lon)) = p.location {
+            self.locate(t, lat, lon);
+        }
+        for f in &k.first_seen {
+            if let Some(v) = p.fields[f.index()] {
+                self.see(*f, v, t);
+            }
+        }
+        if self.seen.len() > 2 * self.seen_mark.max(8) {
+            let oldest = t - k.retention_us;
+            self.seen.retain(|_, (last, _)| *last >= oldest);
+            self.seen_mark = self.seen.len();
+        }
+        if k.labels {
+            if let Some(known_at) = p.fraud_known_at {
+                self.mark_fraud(p.id, t, known_at);
+            }
+            let oldest = t - k.horizon_us.max(1);
+            let n = self.frauds.partition_point(|m| m.ts < oldest);
+            self.frauds.drain(..n);
+        }
+        self.touched = self.touched.max(t);
+    }
+
+    /// Applies a fraud label to one of the entity's transactions.
+    pub(crate) fn label(&mut self, l: &LabelEvent) {
+        if l.is_fraud {
+            self.mark_fraud(l.id, l.ts, l.known_at);
+        } else {
+            self.frauds.retain(|m| m.id != l.id);
+        }
+        self.touched = self.touched.max(l.ts);
+    }
+
+    fn mark_fraud(&mut self, id: u64, ts: i64, known_at: i64) {
+        if let Some(m) = self.frauds.iter_mut().find(|m| m.id == id) {
+            m.known_at = m.known_at.min(known_at);
+            return;
+        }
+        let at = self.frauds.partition_point(|m| m.ts <= ts);
+        self.frauds.insert(at, FraudMark { ts, id, known_at });
+    }
+
+    fn see(&mut self, field: Field, v: u64, t: i64) {
+        let e = self.seen.entry((field.index() as u8, v)).or_insert((t, 0));
+        let (last, prev) = *e;
+        if t > last {
+            *e = (t, last);
+        } else if t < last && t > prev {
+            e.1 = t;
+        }
+    }
+
+    /// Drops events older than `oldest` that no later question needs: the windows need the
+    /// events from `oldest` on, and "time since last" for a transaction tied with the newest
+    /// needs the latest event before the newest time, so that one is kept too.
+    fn prune(&mut self, oldest: i64) {
+        let Some(newest) = self.events.back().map(|e| e.ts) else {
+            return;
+        };
+        let limit = oldest.min(newest);
+        let old = self.events.partition_point(|e| e.ts < limit);
+        if old >= 2 {
+            self.events.drain(..old - 1);
+        }
+    }
+
+    fn locate(&mut self, ts: i64, lat: f64, lon: f64) {
+        match self.located[0] {
+            Some((newest, ..)) if ts < newest => {
+                // A late arrival: it may be the newest before the newest time.
+                if self.located[1].is_none_or(|(before, ..)| ts >= before) {
+                    self.located[1] = Some((ts, lat, lon));
+                }
+            }
+            Some((newest, ..)) if ts == newest => self.located[0] = Some((ts, lat, lon)),
+            _ => {
+                self.located[1] = self.located[0];
+                self.located[0] = Some((ts, lat, lon));
+            }
+        }
+    }
+
+    /// The previous located transaction for a transaction at `t`.
+    pub(crate) fn located_before(&self, t: i64) -> Option<(i64, f64, f64)> {
+        self.located
+            .iter()
+            .flatten()
+            .find(|(ts, ..)| *ts < t)
+            .copied()
+    }
+
+    /// The latest timestamp before `t`.
+    pub(crate) fn last_before(&self, t: i64) -> Option<i64> {
+        let end = self.events.partition_point(|e| e.ts < t);
+        end.checked_sub(1).map(|i| self.events[i].ts)
+    }
+
+    /// The latest time before `t` the value was seen, if any.
+    pub(crate) fn seen_before(&self, field: Field, v: u64, t: i64) -> Option<i64> {
+        let &(last, prev) = self.seen.get(&(field.index() as u8, v))?;
+        if last < t {
+            Some(last)
+        } else if prev > 0 && prev < t {
+            Some(prev)
+        } else {
+            None
+        }
+    }
+
+    pub(crate) fn in_window(&self, from: i64, to: i64) -> impl Iterator<Item = &Event> + Clone {
+        let start = self.events.partition_point(|e| e.ts < from);
+        let end = self.events.partition_point(|e| e.ts < to);
+        self.events.range(start..end)
+    }
+
+    /// Number of fraud labels on transactions in `[from, to)` known at or before `known_by`.
+    pub(crate) fn frauds_in(&self, from: i64, to: i64, known_by: i64) -> usize {
+        let start = self.frauds.partition_point(|m| m.ts < from);
+        let end = self.frauds.partition_point(|m| m.ts < to);
+        self.frauds[start..end]
+            .iter()
+            .filter(|m| m.known_at <= known_by)
+            .count()
+    }
+
+    /// The newest time recorded for the entity.
+    pub fn touched(&self) -> i64 {
+        self.touched
+    }
+
+    /// Bytes this state holds on the heap (its allocations, at their capacity), not counting
+    /// the struct itself or its key.
+    pub fn heap_bytes(&self) -> usize {
+        self.events.capacity() * std::mem::size_of::<Event>()
+            + if self.seen.capacity() == 0 {
+                0
+            } else {
+                // hashbrown: one control byte per bucket plus a group of trailing ones.
+                let buckets = (self.seen.capacity() * 8 / 7).next_power_of_two();
+                buckets * (std::mem::size_of::<((u8, u64), (i64, i64))>() + 1) + 16
+            }
+            + self.frauds.capacity() * std::mem::size_of::<FraudMark>()
+    }
+
+    /// A copy for comparisons: values that expired (not seen within the retention before the
+    /// newest time) are removed, and capacities do not matter.
+    pub fn normalized(&self, retention_us: i64) -> EntityState {
+        let mut s = self.clone();
+        let oldest = s.touched - retention_us;
+        s.seen.retain(|_, (last, _)| *last >= oldest);
+        for (_, prev) in s.seen.values_mut() {
+            if *prev < oldest {
+                *prev = 0;
+            }
+        }
+        s.seen_mark = 0;
+        s
+    }
+}
+
+/// Byte layout of a state in Redis: one hash per entity with the fields `e` (events), `l`
+/// (located), `s` (seen values), `f` (fraud labels) and `t` (newest time). Times are
+/// big-endian so that the Lua script compares them as strings; all times are after 1990, so
+/// positive.
+pub(crate) mod layout {
+    use super::*;
+
+    /// Bytes per event: ts, amount, values.
+    pub const EVENT: usize = 16 + 8 * MAX_DISTINCT_FIELDS;
+    /// Bytes per located transaction: ts, lat, lon.
+    pub const LOCATED: usize = 24;
+    /// Bytes per seen value: field, fingerprint, last, prev.
+    pub const SEEN: usize = 25;
+    /// Bytes per fraud label: ts, id, known_at.
+    pub const FRAUD: usize = 24;
+
+    fn be(b: &[u8]) -> i64 {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&b[..8]);
+        i64::from_be_bytes(a)
+    }
+    fn f(b: &[u8]) -> f64 {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&b[..8]);
+        f64::from_le_bytes(a)
+    }
+    fn u(b: &[u8]) -> u64 {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&b[..8]);
+        u64::from_be_bytes(a)
+    }
+
+    /// The event as stored.
+    pub fn event(p: &Point, k: &Keeping) -> Vec<u8> {
+        let mut out = Vec::with_capacity(EVENT);
+        out.extend_from_slice(&p.ts.to_be_bytes());
+        out.extend_from_slice(&p.amount.to_le_bytes());
+        for i in 0..MAX_DISTINCT_FIELDS {
+            let v = k
+                .slots
+                .get(i)
+                .and_then(|f| p.fields[f.index()])
+                .map_or(0, |x| x.max(1));
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+        out
+    }
+
+    /// A located transaction as stored (empty without location).
+    pub fn located(p: &Point) -> Vec<u8> {
+        let Some((lat, lon)) = p.location else {
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(LOCATED);
+        out.extend_from_slice(&p.ts.to_be_bytes());
+        out.extend_from_slice(&lat.to_le_bytes());
+        out.extend_from_slice(&lon.to_le_bytes());
+        out
+    }
+
+    /// The seen values to record, concatenated (field byte and fingerprint).
+    pub fn seen_keys(p: &Point, k: &Keeping) -> Vec<u8> {
+        let mut out = Vec::new();
+        for f in &k.first_seen {
+            if let Some(v) = p.fields[f.index()] {
+                out.push(f.index() as u8);
+                out.extend_from_slice(&v.to_be_bytes());
+            }
+        }
+        out
+    }
+
+    /// Why stored bytes could not be read.
+    fn bad(what: &str) -> String {
+        format!("entity state in Redis is corrupt ({what} has a wrong length)")
+    }
+
+    /// Rebuilds a state from its stored fields.
+    pub fn decode(
+        events: &[u8],
+        located: &[u8],
+        seen: &[u8],
+        frauds: &[u8],
+        touched: &[u8],
+    ) -> Result<EntityState, String> {
+        if events.len() % EVENT != 0 {
+            return Err(bad("events"));
+        }
+        if located.len() % LOCATED != 0 || located.len() > 2 * LOCATED {
+            return Err(bad("located"));
+        }
+        if seen.len() % SEEN != 0 {
+            return Err(bad("seen"));
+        }
+        if frauds.len() % FRAUD != 0 {
+            return Err(bad("frauds"));
+        }
+        if !(touched.is_empty() || touched.len() == 8) {
+            return Err(bad("touched"));
+        }
+        let mut s = EntityState::default();
+        for e in events.chunks_exact(EVENT) {
+            let mut values = [0u64; MAX_DISTINCT_FIELDS];
+            for (i, v) in values.iter_mut().enumerate() {
+                *v = u(&e[16 + 8 * i..]);
+            }
+            s.events.push_back(Event {
+                ts: be(e),
+                amount: f(&e[8..]),
+                values,
+            });
+        }
+        for (i, l) in located.chunks_exact(LOCATED).enumerate() {
+            s.located[i] = Some((be(l), f(&l[8..]), f(&l[16..])));
+        }
+        for v in seen.chunks_exact(SEEN) {
+            s.seen
+                .insert((v[0], u(&v[1..])), (be(&v[9..]), be(&v[17..])));
+        }
+        s.seen_mark = s.seen.len();
+        for m in frauds.chunks_exact(FRAUD) {
+            s.frauds.push(FraudMark {
+                ts: be(m),
+                id: u(&m[8..]),
+                known_at: be(&m[16..]),
+            });
+        }
+        if !touched.is_empty() {
+            s.touched = be(touched);
+        }
+        Ok(s)
+    }
+}

@@ -1,0 +1,412 @@
+//! Entity-state stores: the [`StateStore`] trait the service scores through, and
+//! [`MemoryStore`], the in-memory backend: sharded for concurrency, bounded (entities idle
+//! past the retention are dropped), and durable when opened on a directory (an append-only
+//! event log plus snapshots, see [`super::durable`]). The Redis backend is
+//! [`super::redis::RedisStore`].
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use super::durable::{Durability, Log, LogRecord};
+use super::{Entity, EntityState, Extractor, LabelEvent, Observation};
+use crate::transaction::Transaction;
+
+/// Why a store could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Reading or writing the data directory failed.
+    #[error("state store I/O on {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: String,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// A file of the data directory is damaged.
+    #[error("state store file {path} is corrupt: {why}")]
+    Corrupt {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// The state on disk was built with another feature spec.
+    #[error("the state in {path} was built with another feature spec; move it away or replay the history with the new spec")]
+    SpecChanged {
+        /// The data directory.
+        path: String,
+    },
+    /// The Redis server failed or could not be reached in time.
+    #[error("redis: {0}")]
+    Redis(String),
+}
+
+/// Where entity state lives. Every method is atomic per entity; implementations are shared
+/// between threads.
+pub trait StateStore: Send + Sync {
+    /// Writes the features of the transaction's entities into `row` from their state before
+    /// it, then records it (the stateless features are not touched). The observation is
+    /// durable, as the store promises, when this returns.
+    fn apply(
+        &self,
+        ex: &Extractor,
+        obs: &Observation<'_>,
+        row: &mut [f64],
+    ) -> Result<(), StoreError>;
+
+    /// Writes the features of the transaction's entities into `row` without recording it.
+    fn peek(
+        &self,
+        ex: &Extractor,
+        obs: &Observation<'_>,
+        row: &mut [f64],
+    ) -> Result<(), StoreError>;
+
+    /// Applies a fraud label to the entities (with label-aware features) of the labelled
+    /// transaction, whose observation is `obs`.
+    fn label(
+        &self,
+        ex: &Extractor,
+        obs: &Observation<'_>,
+        label: &LabelEvent,
+    ) -> Result<(), StoreError>;
+
+    /// Removes everything held about one entity (GDPR erasure). Returns whether it was held.
+    fn erase(&self, entity: Entity, key: &str) -> Result<bool, StoreError>;
+
+    /// The state of one entity, if held.
+    fn get(&self, entity: Entity, key: &str) -> Result<Option<EntityState>, StoreError>;
+
+    /// Computes all features of `tx` and records it: the online path.
+    fn step(&self, ex: &Extractor, tx: &Transaction) -> Result<Vec<f64>, StoreError> {
+        let obs = ex.observe(tx);
+        let mut row = ex.empty_row();
+        ex.stateless_into(tx, &mut row);
+        self.apply(ex, &obs, &mut row)?;
+        Ok(row)
+    }
+}
+
+/// Number of shards of a [`MemoryStore`]: enough that threads rarely wait on each other.
+pub const SHARDS: usize = 64;
+
+type Map = hashbrown::HashMap<String, EntityState, ahash::RandomState>;
+
+/// One lock's worth of entities.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Shard {
+    pub(crate) maps: [Map; 7],
+}
+
+/// Counts of a store's content.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Entities held, per kind ([`Entity::index`]).
+    pub entities: [usize; 7],
+    /// Events held in all.
+    pub events: usize,
+    /// Heap bytes of the entity states and their keys (approximate: allocations at their
+    /// capacity, map tables included).
+    pub heap_bytes: usize,
+}
+
+/// The in-memory store: sharded, bounded, optionally durable.
+#[derive(Debug)]
+pub struct MemoryStore {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: ahash::RandomState,
+    log: Option<Log>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    // A panic while a shard was held leaves entity states that are each whole (they are
+    // taken out and put back): carry on with them.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl MemoryStore {
+    /// An empty store that lives in memory only.
+    pub fn new() -> Self {
+        MemoryStore {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            hasher: ahash::RandomState::new(),
+            log: None,
+        }
+    }
+
+    /// Opens (or creates) a durable store in `dir`: loads the latest snapshot, replays the
+    /// event log after it (a record cut short by a crash is dropped: it was never
+    /// acknowledged), and appends to a new log segment from then on. The state is bound to
+    /// the extractor's spec: a directory written with another spec is refused.
+    pub fn open(dir: &Path, ex: &Extractor, durability: Durability) -> Result<Self, StoreError> {
+        let mut store = Self::new();
+        let shards = std::cell::RefCell::new(vec![Shard::default(); SHARDS]);
+        let hasher = store.hasher.clone();
+        let log = Log::open(
+            dir,
+            ex,
+            durability,
+            &mut |e, k, s| {
+                let i = shard_of(&hasher, e, &k);
+                shards.borrow_mut()[i].maps[e.index()].insert(k, s);
+            },
+            &mut |rec| apply_record(ex, &mut shards.borrow_mut(), &hasher, rec),
+        )?;
+        let shards = shards.into_inner();
+        for (m, s) in store.shards.iter().zip(shards) {
+            *lock(m) = s;
+        }
+        store.log = Some(log);
+        Ok(store)
+    }
+
+    fn shard(&self, e: Entity, key: &str) -> usize {
+        shard_of(&self.hasher, e, key)
+    }
+
+    /// Locks the shards of the observation's entities, in index order (so two threads never
+    /// wait on each other in a cycle).
+    fn lock_for(
+        &self,
+        ex: &Extractor,
+        obs: &Observation<'_>,
+    ) -> Vec<(usize, MutexGuard<'_, Shard>)> {
+        let mut idx: Vec<usize> = ex
+            .entities()
+            .filter_map(|e| obs.key(e).map(|k| self.shard(e, k)))
+            .collect();
+        idx.sort_unstable();
+        idx.dedup();
+        idx.into_iter()
+            .map(|i| (i, lock(&self.shards[i])))
+            .collect()
+    }
+
+    /// Drops every entity idle for longer than the retention before `now_us` (nothing it
+    /// holds could change a feature any more). Returns how many were dropped.
+    pub fn evict_idle(&self, ex: &Extractor, now_us: i64) -> usize {
+        let oldest = now_us - ex.retention_us();
+        let mut dropped = 0;
+        for m in self.shards.iter() {
+            let mut g = lock(m);
+            for map in g.maps.iter_mut() {
+                let before = map.len();
+                map.retain(|_, s| s.touched() >= oldest);
+                dropped += before - map.len();
+                if map.capacity() > 4 * map.len().max(16) {
+                    map.shrink_to_fit();
+                }
+            }
+        }
+        dropped
+    }
+
+    /// What the store holds.
+    pub fn stats(&self) -> StoreStats {
+        let mut st = StoreStats::default();
+        for m in self.shards.iter() {
+            let g = lock(m);
+            for (i, map) in g.maps.iter().enumerate() {
+                st.entities[i] += map.len();
+                // Table: one control byte plus one (String, EntityState) slot per bucket.
+                let slot = std::mem::size_of::<(String, EntityState)>() + 1;
+                st.heap_bytes += if map.capacity() == 0 {
+                    0
+                } else {
+                    (map.capacity() * 8 / 7).next_power_of_two() * slot
+                };
+                for (k, s) in map.iter() {
+                    st.events += s.events.len();
+                    st.heap_bytes += k.capacity() + s.heap_bytes();
+                }
+            }
+        }
+        st
+    }
+
+    /// Writes a snapshot of the whole state and starts a new log segment; older segments
+    /// and snapshots are then deleted. Does nothing for a store without a directory.
+    pub fn snapshot(&self) -> Result<(), StoreError> {
+        let Some(log) = &self.log else {
+            return Ok(());
+        };
+        // A consistent cut: every shard and the log are held while the state is copied and
+        // the segment is rotated; the copy is written after they are released.
+        let guards: Vec<MutexGuard<'_, Shard>> = self.shards.iter().map(lock).collect();
+        let copy: Vec<Shard> = guards.iter().map(|g| (**g).clone()).collect();
+        let seq = log.rotate()?;
+        drop(guards);
+        log.write_snapshot(seq, &copy)
+    }
+
+    /// Every entity of one kind with its state (for tests and tools).
+    pub fn entities(&self, entity: Entity) -> Vec<(String, EntityState)> {
+        let mut out = Vec::new();
+        for m in self.shards.iter() {
+            let g = lock(m);
+            out.extend(
+                g.maps[entity.index()]
+                    .iter()
+                    .map(|(k, s)| (k.clone(), s.clone())),
+            );
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    fn append(&self, rec: &LogRecord<'_>) -> Result<Option<u64>, StoreError> {
+        match &self.log {
+            Some(log) => log.append(rec).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn sync(&self, upto: Option<u64>) -> Result<(), StoreError> {
+        match (&self.log, upto) {
+            (Some(log), Some(upto)) => log.sync(upto),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn shard_of(h: &ahash::RandomState, e: Entity, key: &str) -> usize {
+    (h.hash_one((e.index() as u8, key)) % SHARDS as u64) as usize
+}
+
+/// Applies one log record to shards during recovery.
+fn apply_record(ex: &Extractor, shards: &mut [Shard], h: &ahash::RandomState, rec: LogRecord<'_>) {
+    let shard = |e: Entity, k: &str| shard_of(h, e, k);
+    match rec {
+        LogRecord::Step(obs) => {
+            for e in ex.entities().collect::<Vec<_>>() {
+                if let Some(k) = obs.key(e) {
+                    let i = shard(e, k);
+                    let s = shards[i].maps[e.index()].entry_ref(k).or_default();
+                    ex.record(e, s, &obs.point);
+                }
+            }
+        }
+        LogRecord::Label(obs, l) => {
+            for e in ex.entities().collect::<Vec<_>>() {
+                if let (Some(k), true) = (obs.key(e), ex.keeps_labels(e)) {
+                    let i = shard(e, k);
+                    let s = shards[i].maps[e.index()].entry_ref(k).or_default();
+                    ex.label(e, s, &l);
+                }
+            }
+        }
+        LogRecord::Erase(e, k) => {
+            let i = shard(e, &k);
+            shards[i].maps[e.index()].remove(k.as_ref());
+        }
+    }
+}
+
+fn guard_of<'g, 's>(
+    guards: &'g mut [(usize, MutexGuard<'s, Shard>)],
+    i: usize,
+) -> Option<&'g mut Shard> {
+    guards
+        .iter_mut()
+        .find(|(j, _)| *j == i)
+        .map(|(_, g)| &mut **g)
+}
+
+impl StateStore for MemoryStore {
+    fn apply(
+        &self,
+        ex: &Extractor,
+        obs: &Observation<'_>,
+        row: &mut [f64],
+    ) -> Result<(), StoreError> {
+        let upto = {
+            let mut guards = self.lock_for(ex, obs);
+            for e in ex.entities() {
+                match obs.key(e) {
+                    Some(k) => {
+                        if let Some(sh) = guard_of(&mut guards, self.shard(e, k)) {
+                            let s = sh.maps[e.index()].entry_ref(k).or_default();
+                            ex.entity_into(e, &obs.point, Some(s), row);
+                            ex.record(e, s, &obs.point);
+                        }
+                    }
+                    None => ex.entity_into(e, &obs.point, None, row),
+                }
+            }
+            // Logged while the entities are held, so the log has their order.
+            self.append(&LogRecord::Step(obs.clone()))?
+        };
+        self.sync(upto)
+    }
+
+    fn peek(
+        &self,
+        ex: &Extractor,
+        obs: &Observation<'_>,
+        row: &mut [f64],
+    ) -> Result<(), StoreError> {
+        for e in ex.entities() {
+            match obs.key(e) {
+                Some(k) => {
+                    let g = lock(&self.shards[self.shard(e, k)]);
+                    ex.entity_into(e, &obs.point, g.maps[e.index()].get(k), row);
+                }
+                None => ex.entity_into(e, &obs.point, None, row),
+            }
+        }
+        Ok(())
+    }
+
+    fn label(
+        &self,
+        ex: &Extractor,
+        obs: &Observation<'_>,
+        label: &LabelEvent,
+    ) -> Result<(), StoreError> {
+        let upto = {
+            let mut guards = self.lock_for(ex, obs);
+            for e in ex.entities().filter(|e| ex.keeps_labels(*e)) {
+                if let Some(k) = obs.key(e) {
+                    if let Some(sh) = guard_of(&mut guards, self.shard(e, k)) {
+                        let s = sh.maps[e.index()].entry_ref(k).or_default();
+                        ex.label(e, s, label);
+                    }
+                }
+            }
+            self.append(&LogRecord::Label(obs.clone(), *label))?
+        };
+        self.sync(upto)
+    }
+
+    fn erase(&self, entity: Entity, key: &str) -> Result<bool, StoreError> {
+        let (held, upto) = {
+            let mut g = lock(&self.shards[self.shard(entity, key)]);
+            let held = g.maps[entity.index()].remove(key).is_some();
+            let upto = if held {
+                self.append(&LogRecord::Erase(entity, key.to_string().into()))?
+            } else {
+                None
+            };
+            (held, upto)
+        };
+        self.sync(upto)?;
+        // The key may still be written in log segments (in this entity's records or in other
+        // entities' records of the same transactions): a snapshot lets them all go.
+        self.snapshot()?;
+        Ok(held)
+    }
+
+    fn get(&self, entity: Entity, key: &str) -> Result<Option<EntityState>, StoreError> {
+        Ok(
+            lock(&self.shards[self.shard(entity, key)]).maps[entity.index()]
+                .get(key)
+                .cloned(),
+        )
+    }
+}

@@ -1,0 +1,136 @@
+//! Helpers shared by the integration tests: random histories and a real `redis-server`.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fraud_core::pii::Tokenizer;
+use fraud_core::transaction::{Decimal, RawTransaction, Transaction};
+
+pub const CARDS: [&str; 3] = ["4111111111111111", "5555555555554444", "378282246310005"];
+
+/// One generated event: (seconds from the start, cents, card, device or none (3), terminal,
+/// fraud reported this many seconds after (none: not fraud)).
+pub type Ev = (i64, u32, usize, usize, usize, Option<i64>);
+
+/// Transactions from generated events.
+pub fn history(events: &[Ev]) -> Vec<Transaction> {
+    let tk = Tokenizer::new(&[9u8; 32]).unwrap();
+    let rfc = |s: i64| {
+        time::OffsetDateTime::from_unix_timestamp(1_700_000_000 + s)
+            .unwrap()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    events
+        .iter()
+        .enumerate()
+        .map(|(i, &(ts, cents, card, device, terminal, fraud))| {
+            let raw = RawTransaction {
+                transaction_id: Some(format!("t{i}")),
+                timestamp: Some(rfc(ts)),
+                amount: Some(Decimal::Text(format!(
+                    "{}.{:02}",
+                    cents / 100 + 1,
+                    cents % 100
+                ))),
+                currency: Some("EUR".into()),
+                card_number: Some(CARDS[card].into()),
+                customer_id: Some(format!("c{}", card % 2)),
+                device_id: (device < 3).then(|| format!("d{device}")),
+                terminal_id: Some(format!("term{terminal}")),
+                merchant_id: (cents % 5 != 0).then(|| format!("m{}", cents % 4)),
+                merchant_country: Some(["FR", "DE", "US"][(cents % 3) as usize].into()),
+                latitude: (cents % 3 != 0).then(|| 40.0 + (cents % 97) as f64 / 10.0),
+                longitude: (cents % 3 != 0).then(|| -3.0 + (cents % 89) as f64 / 10.0),
+                is_fraud: Some(u8::from(fraud.is_some())),
+                fraud_reported_at: fraud.map(|d| rfc(ts + d)),
+                ..Default::default()
+            };
+            Transaction::from_raw(raw, &tk).unwrap()
+        })
+        .collect()
+}
+
+/// A `redis-server` of its own on a free local port, stopped when dropped.
+pub struct RedisServer {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+fn redis_binary() -> PathBuf {
+    std::env::var_os("REDIS_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("redis-server"))
+}
+
+impl RedisServer {
+    /// Starts the server and waits until it answers. Fails loudly when `redis-server` is
+    /// missing: the test command installs it (Debian package `redis-server`).
+    pub fn start() -> RedisServer {
+        let dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(redis_binary())
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server not found: install the Debian package redis-server (the test command does)");
+        let server = RedisServer {
+            child,
+            port,
+            _dir: dir,
+        };
+        let start = Instant::now();
+        loop {
+            if let Ok(c) = redis::Client::open(server.url()) {
+                if let Ok(mut conn) = c.get_connection_with_timeout(Duration::from_millis(200)) {
+                    if redis::cmd("PING").query::<String>(&mut conn).is_ok() {
+                        return server;
+                    }
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "redis-server did not answer on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal (`STOP`, `CONT`) to the server.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
