@@ -1,7 +1,12 @@
 //! Criterion benches of the feature pipeline with the default spec:
 //! - `features/compute_and_update`: one transaction's features from the state, then the state
 //!   update, as the online path does it (state warmed with 30 days of history);
-//! - `features/replay_200k`: offline replay throughput.
+//! - `features/memory_store_step`: the same through the sharded `MemoryStore` the service uses
+//!   (locks, observation, all features);
+//! - `features/replay_200k`: offline replay throughput (all cores).
+//!
+//! Latency percentiles, replay on 1 and 2 threads and memory per entity:
+//! `cargo run --release -p fraud-benches --bin feature_state`.
 //!
 //!     cargo bench -p fraud-benches --bench features
 
@@ -9,7 +14,9 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use fraud_benches::transactions;
-use fraud_core::features::{replay, Extractor, FeatureSpec, MemoryState};
+use fraud_core::features::{
+    replay_flat, Extractor, FeatureSpec, MemoryState, MemoryStore, StateStore,
+};
 
 fn bench(c: &mut Criterion) {
     let e = Extractor::new(FeatureSpec::default_spec()).unwrap();
@@ -44,10 +51,32 @@ fn bench(c: &mut Criterion) {
         })
     });
 
+    g.bench_function("memory_store_step", |b| {
+        b.iter_custom(|iters| {
+            let mut total = std::time::Duration::ZERO;
+            let mut left = iters as usize;
+            while left > 0 {
+                let n = left.min(tail.len());
+                // A fresh warmed store for each batch (built outside the timing).
+                let store = MemoryStore::new();
+                for tx in &history[..150_000] {
+                    store.step(&e, tx).unwrap();
+                }
+                let start = std::time::Instant::now();
+                for tx in &tail[..n] {
+                    black_box(store.step(&e, tx).unwrap());
+                }
+                total += start.elapsed();
+                left -= n;
+            }
+            total
+        })
+    });
+
     g.throughput(Throughput::Elements(history.len() as u64));
     g.sample_size(10);
     g.bench_function("replay_200k", |b| {
-        b.iter(|| black_box(replay(&e, &history)))
+        b.iter(|| black_box(replay_flat(&e, &history)))
     });
     g.finish();
 }

@@ -85,7 +85,7 @@ fn label_of(tx: &Transaction) -> Option<LabelEvent> {
 }
 
 fn tx_id(tx: &Transaction) -> u64 {
-    // The same fingerprint the extractor gives (FNV-1a of the id).
+    // The same fingerprint the extractor gives (XXH3 of the id).
     let ex = Extractor::new(FeatureSpec::default()).unwrap();
     ex.observe(tx).point.id
 }
@@ -463,4 +463,35 @@ fn redis_erasure_and_bounded_timeouts() {
     let err =
         RedisStore::open("redis://127.0.0.1:1/", "x", Duration::from_millis(300)).unwrap_err();
     assert!(err.to_string().starts_with("redis:"), "{err}");
+}
+
+#[test]
+fn replay_does_not_depend_on_the_number_of_threads() {
+    let ev: Vec<Ev> = (0..3000)
+        .map(|i| {
+            let i = i as i64;
+            (
+                (i * 7919) % 14_400,
+                (i * 104_729 % 50_000) as u32,
+                (i % 3) as usize,
+                (i % 4) as usize,
+                (i % 3) as usize,
+                (i % 13 == 0).then_some(300),
+            )
+        })
+        .collect();
+    let h = history(&ev);
+    for ex in [spec(), Extractor::new(FeatureSpec::default_spec()).unwrap()] {
+        let runs: Vec<Vec<f64>> = [1, 2, 5]
+            .iter()
+            .map(|&t| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(t)
+                    .build()
+                    .unwrap()
+                    .install(|| fraud_core::features::replay_flat(&ex, &h))
+            })
+            .collect();
+        assert!(same_bits(&runs[0], &runs[1]) && same_bits(&runs[0], &runs[2]));
+    }
 }

@@ -29,6 +29,9 @@ pub use store::{MemoryStore, StateStore, StoreError};
 use crate::transaction::Transaction;
 use state::{Event, Keeping};
 
+/// Most windowed aggregations groups one entity may have.
+pub const MAX_WINDOWS: usize = 32;
+
 /// What one entity kind contributes: how its state is kept and where its features go.
 #[derive(Debug, Clone)]
 struct Plan {
@@ -38,6 +41,8 @@ struct Plan {
     first_seen: Vec<(Field, usize)>,
     /// (window, aggregations, index of the first output).
     windows: Vec<(i64, Vec<Aggregation>, usize)>,
+    /// Indices into `windows`, shortest window first.
+    window_order: Vec<usize>,
     /// (event slot, window, output).
     distinct: Vec<(usize, i64, usize)>,
     geo: Option<usize>,
@@ -55,6 +60,7 @@ impl Plan {
             since_last: None,
             first_seen: Vec::new(),
             windows: Vec::new(),
+            window_order: Vec::new(),
             distinct: Vec::new(),
             geo: None,
             labels: Vec::new(),
@@ -201,6 +207,12 @@ impl Extractor {
                 p.labels.push((us, delay, first));
             }
         }
+        if let Some(p) = plans.iter().find(|p| p.windows.len() > MAX_WINDOWS) {
+            return Err(SpecError::Invalid(format!(
+                "{} has more than {MAX_WINDOWS} windows",
+                p.entity.name()
+            )));
+        }
         let mut seen = std::collections::HashSet::new();
         for n in &names {
             if !seen.insert(n) {
@@ -217,6 +229,8 @@ impl Extractor {
             .filter(|p| used[p.entity.index()])
             .map(|mut p| {
                 p.keeping.retention_us = retention_us;
+                p.window_order = (0..p.windows.len()).collect();
+                p.window_order.sort_by_key(|&j| p.windows[j].0);
                 for f in p.keeping.slots.iter().chain(&p.keeping.first_seen) {
                     if !fields.contains(f) {
                         fields.push(*f);
@@ -287,7 +301,7 @@ impl Extractor {
         Observation {
             point: Point {
                 ts: tx.timestamp_us,
-                id: spec::fnv(tx.transaction_id.as_bytes()),
+                id: spec::hash_bytes(tx.transaction_id.as_bytes()),
                 amount: tx.amount.as_f64(),
                 location: tx.location,
                 fraud_known_at: fraud_known_at(tx),
@@ -349,23 +363,44 @@ impl Extractor {
                 },
             );
         }
-        for (w, aggs, first) in &plan.windows {
-            let events = s.map(|s| s.in_window(t - w, t));
+        // Every window of the entity in one pass, newest event first: the windows, shortest
+        // first, are closed one after the other as the events get older.
+        let mut stats = [(0usize, 0.0f64, f64::NAN); MAX_WINDOWS];
+        if !plan.windows.is_empty() {
             let (mut n, mut sum, mut max) = (0usize, 0.0f64, f64::NAN);
-            if let Some(events) = events.clone() {
-                for &Event { amount: a, .. } in events {
+            let mut wi = 0;
+            let order = &plan.window_order;
+            if let Some(s) = s {
+                for e in s.in_window(i64::MIN, t).rev() {
+                    while wi < order.len() && e.ts < t - plan.windows[order[wi]].0 {
+                        stats[order[wi]] = (n, sum, max);
+                        wi += 1;
+                    }
+                    if wi == order.len() {
+                        break;
+                    }
                     n += 1;
-                    sum += a;
-                    max = if max.is_nan() { a } else { max.max(a) };
+                    sum += e.amount;
+                    max = if max.is_nan() {
+                        e.amount
+                    } else {
+                        max.max(e.amount)
+                    };
                 }
             }
+            for &j in &order[wi..] {
+                stats[j] = (n, sum, max);
+            }
+        }
+        for (j, (w, aggs, first)) in plan.windows.iter().enumerate() {
+            let (n, sum, max) = stats[j];
             let mean = if n > 0 { sum / n as f64 } else { f64::NAN };
             // Squared deviations in a second pass: the one-pass E[x^2] - mean^2 loses all
             // precision when amounts are close (0.005 came out as 0.0049999987).
             let mut sq = 0.0f64;
             if aggs.contains(&Aggregation::Std) {
-                if let Some(events) = events {
-                    for &Event { amount: a, .. } in events {
+                if let Some(s) = s {
+                    for &Event { amount: a, .. } in s.in_window(t - w, t) {
                         sq += (a - mean) * (a - mean);
                     }
                 }
@@ -415,7 +450,7 @@ impl Extractor {
         }
         for &(w, d, first) in &plan.labels {
             let (from, to) = (t - d - w, t - d);
-            let n = s.map_or(0, |s| s.in_window(from, to).count());
+            let n = s.map_or(0, |s| s.count_in(from, to));
             let frauds = s.map_or(0, |s| s.frauds_in(from, to, t - d));
             put(first, n as f64);
             put(first + 1, frauds as f64);
@@ -546,30 +581,64 @@ pub fn replay_flat(extractor: &Extractor, history: &[Transaction]) -> Vec<f64> {
     }
     let mut order: Vec<u32> = (0..n as u32).collect();
     order.par_sort_by_key(|&i| history[i as usize].timestamp_us);
+    // One pass over the transactions (in parallel) reads everything the state needs into
+    // compact rows, so the per-entity passes below never touch the transactions' strings
+    // again: entity keys become 128-bit XXH3 hashes (two keys would have to collide on 128
+    // bits to be mixed up), remembered fields their fingerprints.
+    let nf = extractor.fields.len();
+    let np = extractor.plans.len();
+    let mut points: Vec<Compact> = Vec::with_capacity(n);
+    let mut fields: Vec<Option<u64>> = vec![None; n * nf];
+    let mut keys: Vec<u128> = vec![0; n * np];
+    history
+        .par_iter()
+        .map(|tx| Compact {
+            ts: tx.timestamp_us,
+            amount: tx.amount.as_f64(),
+            location: tx.location,
+            fraud_known_at: fraud_known_at(tx),
+            id: spec::hash_bytes(tx.transaction_id.as_bytes()),
+        })
+        .collect_into_vec(&mut points);
+    if nf > 0 {
+        fields
+            .par_chunks_mut(nf)
+            .zip(history.par_iter())
+            .for_each(|(f, tx)| {
+                for (slot, field) in f.iter_mut().zip(&extractor.fields) {
+                    *slot = field.fingerprint(tx);
+                }
+            });
+    }
+    if np > 0 {
+        keys.par_chunks_mut(np)
+            .zip(history.par_iter())
+            .for_each(|(k, tx)| {
+                for (slot, plan) in k.iter_mut().zip(&extractor.plans) {
+                    *slot = plan
+                        .entity
+                        .key(tx)
+                        .map_or(0, |key| xxhash_rust::xxh3::xxh3_128(key.as_bytes()).max(1));
+                }
+            });
+    }
     out.par_chunks_mut(m)
         .zip(history.par_iter())
         .for_each(|(row, tx)| extractor.stateless_into(tx, row));
     let parts = (rayon::current_num_threads() * 4).clamp(1, 256);
-    let hasher = ahash::RandomState::with_seeds(1, 2, 3, 4);
     let mut tasks: Vec<(usize, Vec<u32>)> = Vec::new();
-    for (pi, plan) in extractor.plans.iter().enumerate() {
-        let part: Vec<u16> = order
-            .par_iter()
-            .map(|&i| match plan.entity.key(&history[i as usize]) {
-                Some(k) => (hasher.hash_one(k.as_ref()) % parts as u64) as u16,
-                None => u16::MAX,
-            })
-            .collect();
-        let mut buckets = vec![Vec::new(); parts];
-        let mut keyless = Vec::new();
-        for (&i, &p) in order.iter().zip(&part) {
-            match buckets.get_mut(usize::from(p)) {
-                Some(b) => b.push(i),
-                None => keyless.push(i),
-            }
+    for pi in 0..np {
+        let mut buckets = vec![Vec::new(); parts + 1];
+        for &i in &order {
+            let k = keys[i as usize * np + pi];
+            let b = if k == 0 {
+                parts
+            } else {
+                ((k >> 64) as u64 % parts as u64) as usize
+            };
+            buckets[b].push(i);
         }
         tasks.extend(buckets.into_iter().map(|b| (pi, b)));
-        tasks.push((pi, keyless));
     }
     // Biggest first, so the pool is not left waiting on one large part at the end.
     tasks.sort_by_key(|(_, rows)| std::cmp::Reverse(rows.len()));
@@ -581,18 +650,28 @@ pub fn replay_flat(extractor: &Extractor, history: &[Transaction]) -> Vec<f64> {
             let width = plan.outputs.len();
             let mut vals = Vec::with_capacity(rows.len() * width);
             let mut row = vec![f64::NAN; m];
-            let mut states: HashMap<std::borrow::Cow<'_, str>, EntityState, ahash::RandomState> =
-                HashMap::default();
+            let mut states: HashMap<u128, EntityState, ahash::RandomState> = HashMap::default();
             for &i in &rows {
-                let tx = &history[i as usize];
-                let obs = extractor.observe_for(plan, tx);
-                match plan.entity.key(tx) {
-                    Some(k) => {
+                let i = i as usize;
+                let c = &points[i];
+                let mut p = Point {
+                    ts: c.ts,
+                    id: c.id,
+                    amount: c.amount,
+                    location: c.location,
+                    fraud_known_at: c.fraud_known_at,
+                    fields: [None; 11],
+                };
+                for (f, v) in extractor.fields.iter().zip(&fields[i * nf..i * nf + nf]) {
+                    p.fields[f.index()] = *v;
+                }
+                match keys[i * np + pi] {
+                    0 => extractor.plan_into(plan, &p, None, &mut row),
+                    k => {
                         let s = states.entry(k).or_default();
-                        extractor.plan_into(plan, &obs, Some(s), &mut row);
-                        s.record(&plan.keeping, &obs);
+                        extractor.plan_into(plan, &p, Some(s), &mut row);
+                        s.record(&plan.keeping, &p);
                     }
-                    None => extractor.plan_into(plan, &obs, None, &mut row),
                 }
                 vals.extend(plan.outputs.iter().map(|&o| row[o]));
             }
@@ -611,33 +690,20 @@ pub fn replay_flat(extractor: &Extractor, history: &[Transaction]) -> Vec<f64> {
     out
 }
 
+/// What replay keeps of a transaction besides its keys and fields.
+struct Compact {
+    ts: i64,
+    amount: f64,
+    location: Option<(f64, f64)>,
+    fraud_known_at: Option<i64>,
+    id: u64,
+}
+
 /// When a history's transaction became known as fraud: `fraud_reported_at`, or its own time.
 fn fraud_known_at(tx: &Transaction) -> Option<i64> {
     match tx.is_fraud {
         Some(true) => Some(tx.fraud_reported_at_us.unwrap_or(tx.timestamp_us)),
         _ => None,
-    }
-}
-
-impl Extractor {
-    /// The point of `tx` with only the fields one plan needs.
-    fn observe_for(&self, plan: &Plan, tx: &Transaction) -> Point {
-        let mut fields = [None; 11];
-        for f in plan.keeping.slots.iter().chain(&plan.keeping.first_seen) {
-            fields[f.index()] = f.fingerprint(tx);
-        }
-        Point {
-            ts: tx.timestamp_us,
-            id: if plan.keeping.labels {
-                spec::fnv(tx.transaction_id.as_bytes())
-            } else {
-                0
-            },
-            amount: tx.amount.as_f64(),
-            location: tx.location,
-            fraud_known_at: fraud_known_at(tx),
-            fields,
-        }
     }
 }
 

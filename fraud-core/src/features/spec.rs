@@ -338,18 +338,18 @@ impl Field {
         }
     }
 
-    /// A stable 64-bit fingerprint of the field's value (FNV-1a), or `None` when absent.
+    /// A stable 64-bit fingerprint of the field's value, or `None` when absent.
     pub(crate) fn fingerprint(self, tx: &Transaction) -> Option<u64> {
-        let s = |v: &Option<String>| v.as_deref().map(|v| fnv(v.as_bytes()));
+        let s = |v: &Option<String>| v.as_deref().map(|v| hash_bytes(v.as_bytes()));
         match self {
-            Field::Card => Some(fnv(tx.card.token.as_bytes())),
+            Field::Card => Some(hash_bytes(tx.card.token.as_bytes())),
             Field::CustomerId => s(&tx.customer_id),
             Field::MerchantId => s(&tx.merchant_id),
             Field::TerminalId => s(&tx.terminal_id),
             Field::DeviceId => s(&tx.device_id),
-            Field::Ip => tx.ip.map(|ip| fnv(ip.to_string().as_bytes())),
+            Field::Ip => tx.ip.map(|ip| hash_bytes(ip.to_string().as_bytes())),
             Field::Email => s(&tx.email),
-            Field::Mcc => tx.mcc.map(|m| fnv(&m.to_le_bytes())),
+            Field::Mcc => tx.mcc.map(|m| hash_bytes(&m.to_le_bytes())),
             Field::CardCountry => s(&tx.card_country),
             Field::MerchantCountry => s(&tx.merchant_country),
             Field::IpCountry => s(&tx.ip_country),
@@ -383,11 +383,11 @@ pub fn parse_window(s: &str) -> Result<i64, SpecError> {
     Ok(secs)
 }
 
-/// FNV-1a, 64 bits: the stable fingerprint of remembered values and transaction ids.
-pub(crate) fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+/// The stable 64-bit fingerprint of remembered values and transaction ids: XXH3 with a fixed
+/// seed (a published, versioned algorithm, so the memory and Redis backends, other replicas
+/// and later versions agree on it).
+pub(crate) fn hash_bytes(bytes: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(bytes, 0x6672_6175_645f_6670)
 }
 
 impl FeatureSpec {

@@ -268,10 +268,21 @@ impl EntityState {
         }
     }
 
-    pub(crate) fn in_window(&self, from: i64, to: i64) -> impl Iterator<Item = &Event> + Clone {
+    pub(crate) fn in_window(
+        &self,
+        from: i64,
+        to: i64,
+    ) -> impl DoubleEndedIterator<Item = &Event> + Clone {
         let start = self.events.partition_point(|e| e.ts < from);
         let end = self.events.partition_point(|e| e.ts < to);
         self.events.range(start..end)
+    }
+
+    /// Number of events in `[from, to)`.
+    pub(crate) fn count_in(&self, from: i64, to: i64) -> usize {
+        let start = self.events.partition_point(|e| e.ts < from);
+        let end = self.events.partition_point(|e| e.ts < to);
+        end.saturating_sub(start)
     }
 
     /// Number of fraud labels on transactions in `[from, to)` known at or before `known_by`.
