@@ -270,10 +270,9 @@ impl Amount {
             frac.parse().map_err(|_| "is not a number".to_string())?
         };
         minor_frac *= 10i64.pow((exponent as usize - frac.len()) as u32);
+        // Zero is accepted: zero-amount authorizations (card verification) are real, and a
+        // burst of them is a card-testing signal. Negative amounts never get this far.
         let minor = major * scale + minor_frac;
-        if minor == 0 {
-            return Err("must be greater than zero".into());
-        }
         Ok(Amount { minor, exponent })
     }
 
@@ -675,7 +674,7 @@ mod tests {
             .unwrap_err()
             .contains("3 decimals"));
         assert!(Amount::parse("-5", 2).is_err());
-        assert!(Amount::parse("0", 2).is_err());
+        assert_eq!(Amount::parse("0", 2).unwrap().as_f64(), 0.0);
         assert!(Amount::parse("1e5", 2).is_err());
         assert!(Amount::parse("NaN", 2).is_err());
         assert!(Amount::parse("99999999999999", 2).is_err());
