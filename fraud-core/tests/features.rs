@@ -4,44 +4,19 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use fraud_core::features::{replay, Extractor, FeatureSpec, MemoryState};
-use fraud_core::pii::Tokenizer;
-use fraud_core::transaction::{Decimal, RawTransaction, Transaction};
+use fraud_core::transaction::Transaction;
 use proptest::prelude::*;
 
-const CARDS: [&str; 3] = ["4111111111111111", "5555555555554444", "378282246310005"];
-
+/// Transactions from (seconds, cents, card, device) events, on one terminal, unlabelled.
 fn history(events: &[(i64, u32, usize, usize)]) -> Vec<Transaction> {
-    let tk = Tokenizer::new(&[9u8; 32]).unwrap();
-    events
+    let ev: Vec<common::Ev> = events
         .iter()
-        .enumerate()
-        .map(|(i, &(ts, cents, card, device))| {
-            let raw = RawTransaction {
-                transaction_id: Some(format!("t{i}")),
-                timestamp: Some(
-                    time::OffsetDateTime::from_unix_timestamp(1_700_000_000 + ts)
-                        .unwrap()
-                        .format(&time::format_description::well_known::Rfc3339)
-                        .unwrap(),
-                ),
-                amount: Some(Decimal::Text(format!(
-                    "{}.{:02}",
-                    cents / 100 + 1,
-                    cents % 100
-                ))),
-                currency: Some("EUR".into()),
-                card_number: Some(CARDS[card].into()),
-                customer_id: Some(format!("c{}", card % 2)),
-                device_id: (device < 3).then(|| format!("d{device}")),
-                merchant_id: (cents % 5 != 0).then(|| format!("m{}", cents % 4)),
-                latitude: (cents % 3 != 0).then(|| 40.0 + (cents % 97) as f64 / 10.0),
-                longitude: (cents % 3 != 0).then(|| -3.0 + (cents % 89) as f64 / 10.0),
-                ..Default::default()
-            };
-            Transaction::from_raw(raw, &tk).unwrap()
-        })
-        .collect()
+        .map(|&(ts, cents, card, device)| (ts, cents, card, device, 0, None))
+        .collect();
+    common::history(&ev)
 }
 
 fn sorted_by_time(h: &[Transaction]) -> Vec<&Transaction> {

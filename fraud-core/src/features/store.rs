@@ -260,9 +260,11 @@ impl MemoryStore {
         out
     }
 
-    fn append(&self, rec: &LogRecord<'_>) -> Result<Option<u64>, StoreError> {
+    /// Appends the record `rec` builds, when the store has a log (the record, a copy of the
+    /// observation, is only built then).
+    fn append<'a>(&self, rec: impl FnOnce() -> LogRecord<'a>) -> Result<Option<u64>, StoreError> {
         match &self.log {
-            Some(log) => log.append(rec).map(Some),
+            Some(log) => log.append(&rec()).map(Some),
             None => Ok(None),
         }
     }
@@ -284,7 +286,7 @@ fn apply_record(ex: &Extractor, shards: &mut [Shard], h: &ahash::RandomState, re
     let shard = |e: Entity, k: &str| shard_of(h, e, k);
     match rec {
         LogRecord::Step(obs) => {
-            for e in ex.entities().collect::<Vec<_>>() {
+            for e in ex.entities() {
                 if let Some(k) = obs.key(e) {
                     let i = shard(e, k);
                     let s = shards[i].maps[e.index()].entry_ref(k).or_default();
@@ -293,7 +295,7 @@ fn apply_record(ex: &Extractor, shards: &mut [Shard], h: &ahash::RandomState, re
             }
         }
         LogRecord::Label(obs, l) => {
-            for e in ex.entities().collect::<Vec<_>>() {
+            for e in ex.entities() {
                 if let (Some(k), true) = (obs.key(e), ex.keeps_labels(e)) {
                     let i = shard(e, k);
                     let s = shards[i].maps[e.index()].entry_ref(k).or_default();
@@ -340,7 +342,7 @@ impl StateStore for MemoryStore {
                 }
             }
             // Logged while the entities are held, so the log has their order.
-            self.append(&LogRecord::Step(obs.clone()))?
+            self.append(|| LogRecord::Step(obs.clone()))?
         };
         self.sync(upto)
     }
@@ -379,7 +381,7 @@ impl StateStore for MemoryStore {
                     }
                 }
             }
-            self.append(&LogRecord::Label(obs.clone(), *label))?
+            self.append(|| LogRecord::Label(obs.clone(), *label))?
         };
         self.sync(upto)
     }
@@ -389,7 +391,7 @@ impl StateStore for MemoryStore {
             let mut g = lock(&self.shards[self.shard(entity, key)]);
             let held = g.maps[entity.index()].remove(key).is_some();
             let upto = if held {
-                self.append(&LogRecord::Erase(entity, key.to_string().into()))?
+                self.append(|| LogRecord::Erase(entity, key.to_string().into()))?
             } else {
                 None
             };
