@@ -201,6 +201,166 @@ pub fn report(probs: &[f64], labels: &[f64]) -> Result<Report, EvalError> {
     })
 }
 
+/// The false-positive rates at which fraud teams read recall: 0.1%, 0.5%, 1% and 5%.
+pub const STANDARD_FPRS: [f64; 4] = [0.001, 0.005, 0.01, 0.05];
+
+/// Recall at each false-positive rate of `fprs`: `(fpr, recall)`.
+pub fn recall_at_fprs(
+    scores: &[f64],
+    labels: &[f64],
+    fprs: &[f64],
+) -> Result<Vec<(f64, f64)>, EvalError> {
+    fprs.iter()
+        .map(|&f| recall_at_fpr(scores, labels, None, f).map(|r| (f, r)))
+        .collect()
+}
+
+/// Card precision at top-k per day, as the Fraud Detection Handbook defines it: each day,
+/// every card gets the highest score of its transactions that day and is compromised if any
+/// of them is fraud; the `k` highest-scored cards are checked by investigators; the day's
+/// precision is the share of compromised cards among them. `mean` averages over the days.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CardPrecision {
+    /// k: cards investigated per day.
+    pub k: usize,
+    /// Mean of the daily precisions.
+    pub mean: f64,
+    /// (day number, precision) for each day with transactions, in day order.
+    pub days: Vec<(i64, f64)>,
+}
+
+/// Computes [`CardPrecision`]: `cards[i]` and `days[i]` (any day numbering) of row `i`.
+pub fn card_precision_at_k_per_day<C: AsRef<str>>(
+    scores: &[f64],
+    labels: &[f64],
+    cards: &[C],
+    days: &[i64],
+    k: usize,
+) -> Result<CardPrecision, EvalError> {
+    check(scores, labels, None)?;
+    if cards.len() != scores.len() || days.len() != scores.len() {
+        return Err(EvalError::Length {
+            scores: scores.len(),
+            labels: cards.len().min(days.len()),
+        });
+    }
+    let mut per: std::collections::HashMap<(i64, &str), (f64, bool)> =
+        std::collections::HashMap::new();
+    for i in 0..scores.len() {
+        let e = per
+            .entry((days[i], cards[i].as_ref()))
+            .or_insert((f64::NEG_INFINITY, false));
+        e.0 = e.0.max(scores[i]);
+        e.1 |= labels[i] == 1.0;
+    }
+    let mut by_day: std::collections::BTreeMap<i64, Vec<(f64, bool, &str)>> =
+        std::collections::BTreeMap::new();
+    for ((day, card), (score, fraud)) in per {
+        by_day.entry(day).or_default().push((score, fraud, card));
+    }
+    let mut out = Vec::with_capacity(by_day.len());
+    for (day, mut cards) in by_day {
+        // Highest score first; ties by card id so the result does not depend on hashing.
+        cards.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.2.cmp(b.2)));
+        let hits = cards.iter().take(k).filter(|c| c.1).count();
+        out.push((day, if k == 0 { 0.0 } else { hits as f64 / k as f64 }));
+    }
+    let mean = if out.is_empty() {
+        0.0
+    } else {
+        out.iter().map(|d| d.1).sum::<f64>() / out.len() as f64
+    };
+    Ok(CardPrecision { k, mean, days: out })
+}
+
+/// One row of a score-threshold table: what declining every transaction scored at or above
+/// `threshold` would do.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ThresholdRow {
+    /// The score threshold.
+    pub threshold: f64,
+    /// Share of all transactions flagged.
+    pub flagged_share: f64,
+    /// Share of fraud caught (recall).
+    pub fraud_caught: f64,
+    /// Share of flagged transactions that are fraud.
+    pub precision: f64,
+    /// Genuine transactions flagged per 1,000 transactions scored.
+    pub false_positives_per_1000: f64,
+}
+
+/// The threshold table at each of `thresholds`.
+pub fn threshold_table(
+    scores: &[f64],
+    labels: &[f64],
+    thresholds: &[f64],
+) -> Result<Vec<ThresholdRow>, EvalError> {
+    check(scores, labels, None)?;
+    let n = scores.len().max(1) as f64;
+    let positives = labels.iter().filter(|&&y| y == 1.0).count();
+    if positives == 0 {
+        return Err(EvalError::OneClass);
+    }
+    Ok(thresholds
+        .iter()
+        .map(|&t| {
+            let (mut tp, mut fp) = (0usize, 0usize);
+            for (s, y) in scores.iter().zip(labels) {
+                if *s >= t {
+                    if *y == 1.0 {
+                        tp += 1;
+                    } else {
+                        fp += 1;
+                    }
+                }
+            }
+            ThresholdRow {
+                threshold: t,
+                flagged_share: (tp + fp) as f64 / n,
+                fraud_caught: tp as f64 / positives as f64,
+                precision: if tp + fp == 0 {
+                    0.0
+                } else {
+                    tp as f64 / (tp + fp) as f64
+                },
+                false_positives_per_1000: 1000.0 * fp as f64 / n,
+            }
+        })
+        .collect())
+}
+
+/// The score at which at most `fpr` of the negatives are flagged (flag when score >= it).
+pub fn threshold_at_fpr(scores: &[f64], labels: &[f64], fpr: f64) -> Result<f64, EvalError> {
+    check(scores, labels, None)?;
+    let mut neg: Vec<f64> = scores
+        .iter()
+        .zip(labels)
+        .filter(|(_, y)| **y == 0.0)
+        .map(|(s, _)| *s)
+        .collect();
+    if neg.is_empty() {
+        return Err(EvalError::OneClass);
+    }
+    neg.sort_by(|a, b| b.total_cmp(a));
+    let allowed = (fpr * neg.len() as f64).floor() as usize;
+    // Flag strictly above the first negative score that must not be flagged.
+    Ok(match neg.get(allowed) {
+        Some(&s) => next_up(s),
+        None => f64::NEG_INFINITY,
+    })
+}
+
+fn next_up(x: f64) -> f64 {
+    if x.is_nan() || x == f64::INFINITY {
+        return x;
+    }
+    if x == 0.0 {
+        return f64::from_bits(1);
+    }
+    let bits = x.to_bits();
+    f64::from_bits(if x > 0.0 { bits + 1 } else { bits - 1 })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,6 +393,30 @@ mod tests {
         assert!(roc_auc(&s[..3], &y, None).is_err());
         let ll = log_loss(&[0.5, 0.5], &[0.0, 1.0], None).unwrap();
         assert!((ll - std::f64::consts::LN_2).abs() < 1e-12);
+    }
+
+    #[test]
+    fn card_precision_and_thresholds() {
+        // Day 0: cards a (fraud, 0.9), b (0.8), c (fraud, 0.1); day 1: a (0.2), b (fraud, 0.7).
+        let s = [0.9, 0.3, 0.8, 0.1, 0.2, 0.7];
+        let y = [1.0, 0.0, 0.0, 1.0, 0.0, 1.0];
+        let cards = ["a", "a", "b", "c", "a", "b"];
+        let days = [0, 0, 0, 0, 1, 1];
+        let cp = card_precision_at_k_per_day(&s, &y, &cards, &days, 2).unwrap();
+        // Day 0: top 2 = a (fraud), b -> 1/2. Day 1: b (fraud), a -> 1/2.
+        assert_eq!(cp.days, vec![(0, 0.5), (1, 0.5)]);
+        assert_eq!(cp.mean, 0.5);
+        let t = threshold_table(&s, &y, &[0.75]).unwrap();
+        assert_eq!(t[0].fraud_caught, 1.0 / 3.0);
+        assert_eq!(t[0].flagged_share, 2.0 / 6.0);
+        assert_eq!(t[0].precision, 0.5);
+        assert!((t[0].false_positives_per_1000 - 1000.0 / 6.0).abs() < 1e-9);
+        // 3 negatives: at most 1/3 flagged -> flag above the second-highest negative (0.3).
+        let th = threshold_at_fpr(&s, &y, 0.34).unwrap();
+        assert!(th > 0.3 && th < 0.31);
+        let r = recall_at_fprs(&s, &y, &[0.0, 0.34]).unwrap();
+        assert_eq!(r[0].1, 1.0 / 3.0);
+        assert_eq!(r[1].1, 2.0 / 3.0);
     }
 
     #[test]

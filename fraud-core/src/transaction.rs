@@ -632,6 +632,144 @@ fn json_error(e: &serde_json::Error) -> String {
     )
 }
 
+/// Columns of a history CSV file that map to [`RawTransaction`] fields.
+pub const HISTORY_COLUMNS: [&str; 21] = [
+    "transaction_id",
+    "timestamp",
+    "amount",
+    "currency",
+    "card_number",
+    "card_token",
+    "customer_id",
+    "merchant_id",
+    "mcc",
+    "terminal_id",
+    "channel",
+    "card_country",
+    "merchant_country",
+    "ip",
+    "ip_country",
+    "device_id",
+    "email",
+    "latitude",
+    "longitude",
+    "is_fraud",
+    "fraud_reported_at",
+];
+
+/// Why a history file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    /// Reading failed, or the CSV is malformed (the error names the row, never a cell).
+    #[error("row {row}: {message}")]
+    Csv {
+        /// 1-based data row (0: the header).
+        row: u64,
+        /// What is wrong.
+        message: String,
+    },
+    /// A row is not a valid transaction.
+    #[error("row {row}: {error}")]
+    Invalid {
+        /// 1-based data row.
+        row: u64,
+        /// The validation error.
+        error: TransactionError,
+    },
+}
+
+/// A history read from CSV: the transactions, in file order, and the columns that were not
+/// transaction fields (ignored, e.g. `fraud_scenario` or a loader's extras).
+#[derive(Debug, Clone)]
+pub struct History {
+    /// Validated transactions.
+    pub transactions: Vec<Transaction>,
+    /// Header columns that are not transaction fields.
+    pub ignored_columns: Vec<String>,
+}
+
+fn csv_message(e: &csv::Error) -> String {
+    match e.kind() {
+        csv::ErrorKind::Deserialize { err, .. } => err.kind().to_string(),
+        csv::ErrorKind::UnequalLengths {
+            expected_len, len, ..
+        } => format!("has {len} fields; the header has {expected_len}"),
+        csv::ErrorKind::Utf8 { .. } => "is not valid UTF-8".to_string(),
+        _ => e.to_string(),
+    }
+}
+
+/// Reads a history CSV (columns named as the transaction's JSON fields, any order, extra
+/// columns ignored), validating each row and protecting card numbers with `tokenizer`.
+pub fn read_history(
+    input: impl std::io::Read,
+    tokenizer: &Tokenizer,
+) -> Result<History, HistoryError> {
+    let mut reader = csv::Reader::from_reader(input);
+    let header = reader
+        .headers()
+        .map_err(|e| HistoryError::Csv {
+            row: 0,
+            message: csv_message(&e),
+        })?
+        .clone();
+    let mut keep = Vec::new();
+    let mut ignored = Vec::new();
+    for (i, h) in header.iter().enumerate() {
+        let h = h.trim().trim_start_matches('\u{feff}');
+        if HISTORY_COLUMNS.contains(&h) {
+            keep.push(i);
+        } else {
+            ignored.push(h.to_string());
+        }
+    }
+    let names: csv::StringRecord = keep
+        .iter()
+        .map(|&i| {
+            header
+                .get(i)
+                .unwrap_or("")
+                .trim()
+                .trim_start_matches('\u{feff}')
+        })
+        .collect();
+    let mut out = Vec::new();
+    let mut record = csv::StringRecord::new();
+    let mut projected = csv::StringRecord::new();
+    let mut row = 0u64;
+    loop {
+        match reader.read_record(&mut record) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => {
+                return Err(HistoryError::Csv {
+                    row: row + 1,
+                    message: csv_message(&e),
+                })
+            }
+        }
+        row += 1;
+        projected.clear();
+        for &i in &keep {
+            projected.push_field(record.get(i).unwrap_or(""));
+        }
+        let raw: RawTransaction =
+            projected
+                .deserialize(Some(&names))
+                .map_err(|e| HistoryError::Csv {
+                    row,
+                    message: csv_message(&e),
+                })?;
+        let tx = Transaction::from_raw(raw, tokenizer)
+            .map_err(|error| HistoryError::Invalid { row, error })?;
+        out.push(tx);
+    }
+    Ok(History {
+        transactions: out,
+        ignored_columns: ignored,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,8 +8,6 @@ use anyhow::Context;
 use std::collections::HashMap;
 
 use fraud_core::features::{replay_flat, Extractor, FeatureSpec};
-use fraud_core::pii::Tokenizer;
-use fraud_core::transaction::{RawTransaction, Transaction};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -33,39 +31,10 @@ pub struct Args {
     /// used: tokens are never written, only compared, so features do not depend on it.
     #[arg(long)]
     key_file: Option<PathBuf>,
-}
-
-fn tokenizer(a: &Args) -> anyhow::Result<Tokenizer> {
-    if let Some(p) = &a.key_file {
-        let key =
-            std::fs::read(p).with_context(|| format!("cannot read key file {}", p.display()))?;
-        return Tokenizer::new(&key).context("tokenization key");
-    }
-    if let Ok(hex) = std::env::var("FRAUD_TOKENIZATION_KEY") {
-        let hex = hex.trim();
-        let key: Result<Vec<u8>, _> = (0..hex.len() / 2)
-            .map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2).unwrap_or("x"), 16))
-            .collect();
-        let key = key
-            .ok()
-            .filter(|_| hex.len() % 2 == 0)
-            .context("FRAUD_TOKENIZATION_KEY must be hexadecimal")?;
-        return Tokenizer::new(&key).context("FRAUD_TOKENIZATION_KEY");
-    }
-    // A one-off key: tokens stay inside this process.
-    use std::hash::{BuildHasher, Hasher};
-    let mut key = Vec::with_capacity(32);
-    for i in 0..4u64 {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(i);
-        h.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos()),
-        );
-        key.extend_from_slice(&h.finish().to_le_bytes());
-    }
-    Tokenizer::new(&key).context("tokenization key")
+    /// Input columns copied into the output after `transaction_id` (comma-separated), e.g.
+    /// `timestamp,card_token,is_fraud,fraud_scenario` to train and evaluate on the result.
+    #[arg(long, value_delimiter = ',')]
+    keep: Vec<String>,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -76,20 +45,21 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         None => FeatureSpec::default_spec(),
     };
     let extractor = Extractor::new(spec)?;
-    let tk = tokenizer(&a)?;
+    let tk = super::tokenizer(a.key_file.as_deref())?;
     let file = std::fs::File::open(&a.input)
         .with_context(|| format!("cannot open {}", a.input.display()))?;
-    let mut reader = csv::Reader::from_reader(std::io::BufReader::with_capacity(1 << 20, file));
-    let mut history = Vec::new();
-    for (i, row) in reader.deserialize::<RawTransaction>().enumerate() {
-        let raw = row.map_err(|e| {
-            // The csv error names the field; it never quotes a cell's content.
-            anyhow::anyhow!("{}: row {}: {}", a.input.display(), i + 1, csv_error(&e))
-        })?;
-        let tx = Transaction::from_raw(raw, &tk)
-            .map_err(|e| anyhow::anyhow!("{}: row {}: {e}", a.input.display(), i + 1))?;
-        history.push(tx);
+    let read = fraud_core::transaction::read_history(
+        std::io::BufReader::with_capacity(1 << 20, file),
+        &tk,
+    )
+    .with_context(|| format!("cannot read {}", a.input.display()))?;
+    if !read.ignored_columns.is_empty() {
+        eprintln!(
+            "note: columns not used as transaction fields: {}",
+            read.ignored_columns.join(", ")
+        );
     }
+    let mut history = read.transactions;
     if let Some(path) = &a.labels {
         let labels = read_labels(path)?;
         let mut used = 0usize;
@@ -121,13 +91,24 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let file = std::fs::File::create(&a.output)
         .with_context(|| format!("cannot create {}", a.output.display()))?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    let kept = kept_columns(&a.input, &a.keep)?;
     write!(out, "transaction_id")?;
+    for k in &a.keep {
+        write!(out, ",{}", csv_field(k))?;
+    }
     for n in extractor.names() {
         write!(out, ",{n}")?;
     }
     writeln!(out)?;
-    for (tx, f) in history.iter().zip(rows) {
+    for (i, (tx, f)) in history.iter().zip(rows).enumerate() {
         write!(out, "{}", csv_field(&tx.transaction_id))?;
+        for column in &kept {
+            write!(
+                out,
+                ",{}",
+                csv_field(column.get(i).map_or("", String::as_str))
+            )?;
+        }
         for &v in f {
             if v.is_nan() {
                 write!(out, ",")?;
@@ -144,6 +125,37 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         history.len(),
         a.output.display()
     ))
+}
+
+/// The values of the `keep` columns of `path`, column by column, in row order.
+fn kept_columns(path: &std::path::Path, keep: &[String]) -> anyhow::Result<Vec<Vec<String>>> {
+    if keep.is_empty() {
+        return Ok(Vec::new());
+    }
+    if let Some(k) = keep.iter().find(|k| *k == "card_number") {
+        anyhow::bail!("--keep {k}: card numbers are never written");
+    }
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut reader = csv::Reader::from_reader(std::io::BufReader::with_capacity(1 << 20, file));
+    let header = reader.headers()?.clone();
+    let at: Vec<usize> = keep
+        .iter()
+        .map(|k| {
+            header
+                .iter()
+                .position(|h| h.trim() == k)
+                .with_context(|| format!("--keep: column `{k}` is not in {}", path.display()))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let mut out = vec![Vec::new(); keep.len()];
+    for row in reader.records() {
+        let row = row.with_context(|| format!("cannot read {}", path.display()))?;
+        for (c, &i) in at.iter().enumerate() {
+            out[c].push(row.get(i).unwrap_or("").to_string());
+        }
+    }
+    Ok(out)
 }
 
 fn csv_field(s: &str) -> String {

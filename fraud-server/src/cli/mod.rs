@@ -1,11 +1,14 @@
 //! Subcommands of the `fraud` tool.
 
 mod bench;
+mod convert;
 mod evaluate;
 mod features;
+mod generate;
 mod import;
 mod inspect;
 mod predict;
+mod report;
 mod train;
 
 use std::path::PathBuf;
@@ -13,6 +16,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fraud_core::model::Artifact;
+use fraud_core::pii::Tokenizer;
 
 /// Real-time transaction fraud scoring: models, prediction, benchmarks.
 #[derive(Debug, Parser)]
@@ -38,6 +42,12 @@ enum Command {
     Evaluate(evaluate::Args),
     /// Compute, offline, the features of every transaction of a history (point in time).
     Features(features::Args),
+    /// Generate synthetic card transactions with labelled fraud scenarios.
+    Generate(generate::Args),
+    /// Convert a public data set (ULB creditcard.csv, PaySim, Sparkov) into the project's CSV.
+    Convert(convert::Args),
+    /// Write an evaluation report (SVG charts and a Markdown summary) for a labelled CSV.
+    Report(report::Args),
 }
 
 /// The model, the CSV it reads and the worker threads: shared by predict, bench, evaluate.
@@ -73,6 +83,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(a) => train::run(a),
         Command::Evaluate(a) => evaluate::run(a),
         Command::Features(a) => features::run(a),
+        Command::Generate(a) => generate::run(a),
+        Command::Convert(a) => convert::run(a),
+        Command::Report(a) => report::run(a),
     }
 }
 
@@ -108,4 +121,39 @@ fn read_features(path: &PathBuf, artifact: &Artifact) -> anyhow::Result<fraud_co
     let names = artifact.ensemble.feature_names();
     fraud_core::data::read_csv(std::io::BufReader::with_capacity(1 << 20, file), &names)
         .with_context(|| format!("cannot read input {}", path.display()))
+}
+
+/// The tokenization key: from `key_file`, else FRAUD_TOKENIZATION_KEY (hex), else a one-off
+/// random key (tokens then only compare within this run).
+fn tokenizer(key_file: Option<&std::path::Path>) -> anyhow::Result<Tokenizer> {
+    if let Some(p) = key_file {
+        let key =
+            std::fs::read(p).with_context(|| format!("cannot read key file {}", p.display()))?;
+        return Tokenizer::new(&key).context("tokenization key");
+    }
+    if let Ok(hex) = std::env::var("FRAUD_TOKENIZATION_KEY") {
+        let hex = hex.trim();
+        let key: Result<Vec<u8>, _> = (0..hex.len() / 2)
+            .map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2).unwrap_or("x"), 16))
+            .collect();
+        let key = key
+            .ok()
+            .filter(|_| hex.len() % 2 == 0)
+            .context("FRAUD_TOKENIZATION_KEY must be hexadecimal")?;
+        return Tokenizer::new(&key).context("FRAUD_TOKENIZATION_KEY");
+    }
+    // A one-off key: tokens stay inside this process.
+    use std::hash::{BuildHasher, Hasher};
+    let mut key = Vec::with_capacity(32);
+    for i in 0..4u64 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(i);
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        key.extend_from_slice(&h.finish().to_le_bytes());
+    }
+    Tokenizer::new(&key).context("tokenization key")
 }
