@@ -273,8 +273,12 @@ pub struct Summary {
     pub frauds: u64,
     /// Transactions per scenario (index 0: genuine), as in [`SCENARIO_NAMES`].
     pub by_scenario: [u64; 7],
+    /// Sum of the amounts per scenario (major units).
+    pub amount_by_scenario: [f64; 7],
     /// Genuine transactions made abroad (trips and foreign online shops).
     pub genuine_abroad: u64,
+    /// Days simulated.
+    pub days: u32,
     /// Customers with no terminal within the radius (they never transact).
     pub idle_customers: u32,
 }
@@ -463,6 +467,7 @@ impl Simulator {
                 .iter()
                 .filter(|c| c.terminals.is_empty())
                 .count() as u32,
+            days: self.cfg.days,
             ..Summary::default()
         };
         let mut ongoing = Ongoing::default();
@@ -490,6 +495,7 @@ impl Simulator {
                 summary.genuine_abroad += s.genuine_abroad;
                 for i in 0..7 {
                     summary.by_scenario[i] += s.by_scenario[i];
+                    summary.amount_by_scenario[i] += s.amount_by_scenario[i];
                 }
             }
             next_id += txs.len() as u64;
@@ -830,6 +836,7 @@ impl Simulator {
         let ts = base + i64::from(tx.secs);
         s.transactions += 1;
         s.by_scenario[usize::from(tx.scenario)] += 1;
+        s.amount_by_scenario[usize::from(tx.scenario)] += tx.cents as f64 / 100.0;
         let fraud = tx.scenario != 0;
         if fraud {
             s.frauds += 1;
