@@ -61,9 +61,12 @@ pub struct Metadata {
 }
 
 impl Metadata {
-    /// Metadata for `ensemble` from `source`, created now.
+    /// Metadata for `ensemble` from `source`, created now (or at `SOURCE_DATE_EPOCH`, when
+    /// that variable holds Unix seconds, so that a build can be reproduced byte for byte).
     pub fn new(ensemble: &Ensemble, source: impl Into<String>) -> Self {
-        let created = time::OffsetDateTime::now_utc()
+        let created = reproducible_epoch()
+            .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
+            .unwrap_or_else(time::OffsetDateTime::now_utc)
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_else(|_| "unknown".to_string());
         Metadata {
@@ -76,6 +79,11 @@ impl Metadata {
             feature_spec: None,
         }
     }
+}
+
+/// `SOURCE_DATE_EPOCH` (the reproducible-builds convention), when set to Unix seconds.
+pub fn reproducible_epoch() -> Option<i64> {
+    std::env::var("SOURCE_DATE_EPOCH").ok()?.trim().parse().ok()
 }
 
 /// A model with its metadata, as stored in a file.

@@ -11,7 +11,9 @@ mod ensemble;
 pub mod lightgbm;
 pub mod xgboost;
 
-pub use artifact::{Artifact, ArtifactError, Metadata, ARTIFACT_MAGIC, ARTIFACT_VERSION};
+pub use artifact::{
+    reproducible_epoch, Artifact, ArtifactError, Metadata, ARTIFACT_MAGIC, ARTIFACT_VERSION,
+};
 pub use compiled::CompiledModel;
 pub use ensemble::{
     Accumulation, CategoryCast, CategorySplit, Ensemble, EnsembleStats, Feature, FeatureKind,

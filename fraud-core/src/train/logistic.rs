@@ -117,7 +117,9 @@ pub fn train_logistic(data: &Dataset<'_>, params: &Params) -> Result<Trained, Tr
         "alpha": params.lambda_l2,
         "rows": n,
         "positives": data.labels.iter().filter(|&&v| v == 1.0).count(),
-        "seconds": start.elapsed().as_secs_f64(),
+        "seconds": crate::model::reproducible_epoch()
+            .is_none()
+            .then(|| start.elapsed().as_secs_f64()),
     }));
     Ok(Trained {
         artifact,

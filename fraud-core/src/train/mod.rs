@@ -449,7 +449,10 @@ pub fn train(
             "value": m,
         })),
         "importance": importance,
-        "seconds": start.elapsed().as_secs_f64(),
+        // Left out of reproducible builds: the only value that changes from run to run.
+        "seconds": crate::model::reproducible_epoch()
+            .is_none()
+            .then(|| start.elapsed().as_secs_f64()),
     }));
     Ok(Trained {
         artifact,

@@ -224,7 +224,10 @@ fn importance_chart(path: &Path, what: &str, rows: &[(String, f64)]) -> anyhow::
         .disable_y_mesh()
         .y_labels(n)
         .y_label_formatter(&|v| match v {
-            SegmentValue::CenterOf(i) => labels.get(n - 1 - *i).cloned().unwrap_or_default(),
+            SegmentValue::CenterOf(i) => n
+                .checked_sub(1 + *i)
+                .and_then(|k| labels.get(k).cloned())
+                .unwrap_or_default(),
             _ => String::new(),
         })
         .x_desc(what)

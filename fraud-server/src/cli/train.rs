@@ -36,6 +36,10 @@ pub struct Args {
     /// Comma-separated columns that are not features (ids, timestamps, ...).
     #[arg(long, value_delimiter = ',')]
     exclude: Vec<String>,
+    /// Only these feature columns (comma-separated); default: every column that is not the
+    /// label, the weight or excluded.
+    #[arg(long, value_delimiter = ',')]
+    features: Vec<String>,
     /// A training parameter, LightGBM-named (repeatable): `--param num_leaves=63`.
     #[arg(long = "param", value_name = "KEY=VALUE")]
     params: Vec<String>,
@@ -122,9 +126,18 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             anyhow::bail!("column `{c}` is not in the header of {}", a.input.display());
         }
     }
+    for c in &a.features {
+        if !header.contains(c) {
+            anyhow::bail!(
+                "--features: column `{c}` is not in the header of {}",
+                a.input.display()
+            );
+        }
+    }
     let features: Vec<String> = header
         .iter()
         .filter(|h| **h != a.label && Some(*h) != a.weight.as_ref() && !a.exclude.contains(h))
+        .filter(|h| a.features.is_empty() || a.features.contains(h))
         .cloned()
         .collect();
     if features.is_empty() {
