@@ -54,6 +54,21 @@ impl LinearTerm {
             .map(|((w, m), x)| w * if x.is_nan() { *m } else { *x })
             .sum()
     }
+
+    /// The term's value at the training means (its part of the expected margin).
+    pub fn expected_value(&self) -> f64 {
+        self.weights
+            .iter()
+            .zip(&self.impute)
+            .map(|(w, m)| w * m)
+            .sum()
+    }
+
+    /// Feature `f`'s SHAP value in the term: `weight x (x - mean)` (features independent).
+    pub fn contribution(&self, f: usize, x: f64) -> f64 {
+        let (w, m) = (self.weights[f], self.impute[f]);
+        w * (if x.is_nan() { m } else { x } - m)
+    }
 }
 
 /// One input column of a model.

@@ -9,6 +9,7 @@ mod artifact;
 mod compiled;
 mod ensemble;
 pub mod lightgbm;
+mod shap;
 pub mod xgboost;
 
 pub use artifact::{
@@ -19,6 +20,7 @@ pub use ensemble::{
     Accumulation, CategoryCast, CategorySplit, Ensemble, EnsembleStats, Feature, FeatureKind,
     LinearTerm, Missing, Node, Objective, Split, Test, Tree,
 };
+pub use shap::Explainer;
 
 /// Errors of a model's structure or of its use for prediction.
 #[derive(Debug, thiserror::Error, PartialEq)]

@@ -154,10 +154,12 @@ def make_xgb_case(name: str, outdir: str, seed: int = 7, n_train: int = 4000, n_
     )
     prob = booster.predict(dtest)
     leaves = booster.predict(dtest, pred_leaf=True)
+    contribs = booster.predict(dtest, pred_contribs=True)
     os.makedirs(outdir, exist_ok=True)
     booster.save_model(os.path.join(outdir, "model.json"))
     write_rows(os.path.join(outdir, "rows.csv"), names if use_names else [f"f{i}" for i in range(len(names))], xtest)
     write_expected(os.path.join(outdir, "expected.csv"), prob, leaves.reshape(len(xtest), -1))
+    np.savetxt(os.path.join(outdir, "contribs.csv"), contribs, delimiter=",", fmt="%.17g")
 
 
 # ----------------------------------------------------------------------------- LightGBM
@@ -218,10 +220,12 @@ def make_lgb_case(name: str, outdir: str, seed: int = 11, n_train: int = 4000, n
     xtest = np.vstack([xte, probe])
     prob = booster.predict(xtest)
     leaves = booster.predict(xtest, pred_leaf=True)
+    contribs = booster.predict(xtest, pred_contrib=True)
     os.makedirs(outdir, exist_ok=True)
     booster.save_model(os.path.join(outdir, "model.txt"))
     write_rows(os.path.join(outdir, "rows.csv"), names, xtest)
     write_expected(os.path.join(outdir, "expected.csv"), prob, leaves.reshape(len(xtest), -1))
+    np.savetxt(os.path.join(outdir, "contribs.csv"), contribs, delimiter=",", fmt="%.17g")
 
 
 def make_case(name: str, outdir: str, **kw) -> None:

@@ -155,3 +155,32 @@ def test_damaged_artifacts_are_refused_clearly(tmp_path) -> None:
             assert "panicked" not in r.stderr
             assert {"truncated": "truncated", "corrupted": "checksum", "version": "version 7",
                     "foreign": "not a fraud model"}[what] in r.stderr, (what, r.stderr)
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_treeshap_matches_library_contributions(case: str, tmp_path) -> None:
+    """`fraud predict --contributions` (fraud-core's exact TreeSHAP) against the library's own
+    `pred_contribs` / `pred_contrib`: every contribution and the bias within 1e-5."""
+    d = str(tmp_path)
+    make_case(case, d, seed=4321, n_train=3000, n_test=600)
+    fmt, src = ("xgboost", "model.json") if case.startswith("xgb") else ("lightgbm", "model.txt")
+    art = os.path.join(d, "model.fgb")
+    fraud("import", "--format", fmt, os.path.join(d, src), "-o", art)
+    out = os.path.join(d, "contribs_fraud.csv")
+    fraud("predict", "--model", art, "--input", os.path.join(d, "rows.csv"),
+          "--output", os.path.join(d, "scores.csv"), "--margin", "--contributions", out)
+    header, ours = read_csv(out)
+    assert header[-1] == "bias"
+    theirs = np.loadtxt(os.path.join(d, "contribs.csv"), delimiter=",", ndmin=2)
+    if case == "lgb_rf":
+        # LightGBM averages a random forest's trees in `predict` but not in `pred_contrib`:
+        # its contributions sum to (trees x margin). Ours explain the averaged margin.
+        from parity_models import LGB_CASES
+        theirs = theirs / LGB_CASES[case][1]
+    assert ours.shape == theirs.shape, (ours.shape, theirs.shape)
+    diff = np.abs(ours - theirs)
+    worst = np.unravel_index(np.argmax(diff), diff.shape)
+    assert diff.max() <= 1e-5, f"{case}: worst difference {diff.max():e} at row {worst[0]}, column {header[worst[1]]}"
+    # They explain the margin: contributions and bias sum to it.
+    _, scores = read_csv(os.path.join(d, "scores.csv"))
+    assert np.abs(ours.sum(axis=1) - scores[:, 1]).max() <= 1e-4

@@ -18,6 +18,10 @@ pub struct Args {
     /// Also write, to this CSV, the source-library leaf id reached in every tree.
     #[arg(long)]
     leaves: Option<PathBuf>,
+    /// Also write, to this CSV, each row's TreeSHAP contributions: one column per feature
+    /// (named as the model's features), then `bias`; they sum to the margin.
+    #[arg(long)]
+    contributions: Option<PathBuf>,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -62,6 +66,28 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             writeln!(out, "{}", line.join(","))?;
         }
         out.flush().context("cannot write leaves")?;
+    }
+    if let Some(path) = &a.contributions {
+        let explainer = fraud_core::model::Explainer::new(&artifact.ensemble)
+            .context("cannot explain this model")?;
+        let file = std::fs::File::create(path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        let mut out = std::io::BufWriter::new(file);
+        let mut header: Vec<String> = artifact
+            .ensemble
+            .feature_names()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        header.push("bias".to_string());
+        writeln!(out, "{}", header.join(","))?;
+        let mut phi = vec![0.0; explainer.width()];
+        for r in 0..rows {
+            explainer.contributions(matrix.row(r), &mut phi)?;
+            let line: Vec<String> = phi.iter().map(f64::to_string).collect();
+            writeln!(out, "{}", line.join(","))?;
+        }
+        out.flush().context("cannot write contributions")?;
     }
     Ok(())
 }

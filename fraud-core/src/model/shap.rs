@@ -1,0 +1,452 @@
+//! Exact TreeSHAP (Lundberg, Erion and Lee, "Consistent individualized feature attribution for
+//! tree ensembles", algorithm 2, path-dependent): how much each feature moved one row's margin
+//! away from the model's expected margin. The same algorithm as XGBoost's `pred_contribs` and
+//! LightGBM's `pred_contrib`, computed in `f64` over the covers (training weights) stored in
+//! the trees.
+//!
+//! The contributions and the bias sum to the row's margin. A model's linear term (the logistic
+//! baseline) contributes `weight x value` per feature, its intercept goes to the bias.
+
+use super::{Ensemble, ModelError, Node};
+
+/// One element of the path of features from the root to a node.
+#[derive(Debug, Clone, Copy, Default)]
+struct PathElement {
+    feature: i64,
+    zero_fraction: f64,
+    one_fraction: f64,
+    pweight: f64,
+}
+
+/// Explains the margins of one model. Build it once per model; it is immutable and shared by
+/// threads.
+#[derive(Debug, Clone)]
+pub struct Explainer {
+    ensemble: Ensemble,
+    bias: f64,
+    scale: f64,
+    max_depth: usize,
+}
+
+fn cover(node: &Node) -> f64 {
+    match node {
+        Node::Leaf { cover, .. } => *cover,
+        Node::Split(s) => s.cover,
+    }
+}
+
+impl Explainer {
+    /// Prepares `ensemble` for explanation. Fails when a tree lacks the covers (training
+    /// weights per node) that TreeSHAP weighs paths with.
+    pub fn new(ensemble: &Ensemble) -> Result<Self, ModelError> {
+        ensemble.validate()?;
+        let mut bias = ensemble.base_margin;
+        let mut max_depth = 0;
+        for (t, tree) in ensemble.trees.iter().enumerate() {
+            let n = tree.nodes.len();
+            let mut means = vec![0.0; n];
+            if n > 1 {
+                for (i, node) in tree.nodes.iter().enumerate() {
+                    if cover(node).is_nan() || cover(node) <= 0.0 {
+                        return Err(ModelError::Invalid(format!(
+                            "tree {t} node {i} has no cover (training weight): TreeSHAP needs it"
+                        )));
+                    }
+                }
+            }
+            // Node means bottom-up, children before parents.
+            let mut order = Vec::with_capacity(n);
+            let mut stack = vec![(0usize, false)];
+            while let Some((i, done)) = stack.pop() {
+                match &tree.nodes[i] {
+                    Node::Leaf { .. } => order.push(i),
+                    Node::Split(s) if !done => {
+                        stack.push((i, true));
+                        stack.push((s.left as usize, false));
+                        stack.push((s.right as usize, false));
+                    }
+                    Node::Split(_) => order.push(i),
+                }
+            }
+            for &i in &order {
+                means[i] = match &tree.nodes[i] {
+                    Node::Leaf { value, .. } => *value,
+                    Node::Split(s) => {
+                        let (l, r) = (s.left as usize, s.right as usize);
+                        let (cl, cr) = (cover(&tree.nodes[l]), cover(&tree.nodes[r]));
+                        (cl * means[l] + cr * means[r]) / (cl + cr)
+                    }
+                };
+            }
+            let depth = tree.depths().into_iter().max().unwrap_or(0);
+            max_depth = max_depth.max(depth);
+            bias += means[0];
+        }
+        let scale = if ensemble.average_output && !ensemble.trees.is_empty() {
+            1.0 / ensemble.trees.len() as f64
+        } else {
+            1.0
+        };
+        // Averaging divides the whole sum, base margin included, as `finish_margin` does.
+        let mut bias = bias * scale;
+        if let Some(lin) = &ensemble.linear {
+            bias += lin.expected_value();
+        }
+        Ok(Explainer {
+            ensemble: ensemble.clone(),
+            bias,
+            scale,
+            max_depth,
+        })
+    }
+
+    /// Number of values [`Explainer::contributions`] writes: one per feature, then the bias.
+    pub fn width(&self) -> usize {
+        self.ensemble.features.len() + 1
+    }
+
+    /// The expected margin (the bias column).
+    pub fn bias(&self) -> f64 {
+        self.bias
+    }
+
+    /// Writes the contribution of each feature to `row`'s margin into `out[..features]` and
+    /// the bias into `out[features]`.
+    pub fn contributions(&self, row: &[f64], out: &mut [f64]) -> Result<(), ModelError> {
+        let m = self.ensemble.features.len();
+        if row.len() != m {
+            return Err(ModelError::RowLength {
+                found: row.len(),
+                expected: m,
+            });
+        }
+        if out.len() != m + 1 {
+            return Err(ModelError::RowLength {
+                found: out.len(),
+                expected: m + 1,
+            });
+        }
+        out.fill(0.0);
+        let d = self.max_depth + 2;
+        let mut path = vec![PathElement::default(); (d + 1) * (d + 2) / 2 + d];
+        for tree in &self.ensemble.trees {
+            if tree.nodes.len() == 1 {
+                continue;
+            }
+            let mut walk = Walk {
+                tree,
+                row,
+                phi: &mut out[..m],
+                scale: self.scale,
+            };
+            walk.recurse(0, &mut path, 0, 0, 1.0, 1.0, -1);
+        }
+        if let Some(lin) = &self.ensemble.linear {
+            for (f, o) in out[..m].iter_mut().enumerate() {
+                *o += lin.contribution(f, row[f]);
+            }
+        }
+        out[m] = self.bias;
+        Ok(())
+    }
+
+    /// The model explained.
+    pub fn ensemble(&self) -> &Ensemble {
+        &self.ensemble
+    }
+}
+
+struct Walk<'a> {
+    tree: &'a super::Tree,
+    row: &'a [f64],
+    phi: &'a mut [f64],
+    scale: f64,
+}
+
+fn extend(path: &mut [PathElement], depth: usize, zero: f64, one: f64, feature: i64) {
+    path[depth] = PathElement {
+        feature,
+        zero_fraction: zero,
+        one_fraction: one,
+        pweight: if depth == 0 { 1.0 } else { 0.0 },
+    };
+    let d1 = (depth + 1) as f64;
+    for i in (0..depth).rev() {
+        path[i + 1].pweight += one * path[i].pweight * (i + 1) as f64 / d1;
+        path[i].pweight = zero * path[i].pweight * (depth - i) as f64 / d1;
+    }
+}
+
+fn unwind(path: &mut [PathElement], depth: usize, index: usize) {
+    let one = path[index].one_fraction;
+    let zero = path[index].zero_fraction;
+    let mut next_one = path[depth].pweight;
+    let d1 = (depth + 1) as f64;
+    for i in (0..depth).rev() {
+        if one != 0.0 {
+            let tmp = path[i].pweight;
+            path[i].pweight = next_one * d1 / ((i + 1) as f64 * one);
+            next_one = tmp - path[i].pweight * zero * (depth - i) as f64 / d1;
+        } else {
+            path[i].pweight = path[i].pweight * d1 / (zero * (depth - i) as f64);
+        }
+    }
+    for i in index..depth {
+        path[i].feature = path[i + 1].feature;
+        path[i].zero_fraction = path[i + 1].zero_fraction;
+        path[i].one_fraction = path[i + 1].one_fraction;
+    }
+}
+
+fn unwound_sum(path: &[PathElement], depth: usize, index: usize) -> f64 {
+    let one = path[index].one_fraction;
+    let zero = path[index].zero_fraction;
+    let mut next_one = path[depth].pweight;
+    let d1 = (depth + 1) as f64;
+    let mut total = 0.0;
+    for i in (0..depth).rev() {
+        if one != 0.0 {
+            let tmp = next_one * d1 / ((i + 1) as f64 * one);
+            total += tmp;
+            next_one = path[i].pweight - tmp * zero * ((depth - i) as f64 / d1);
+        } else if zero != 0.0 {
+            total += (path[i].pweight / zero) / ((depth - i) as f64 / d1);
+        }
+    }
+    total
+}
+
+impl Walk<'_> {
+    /// Algorithm 2 of the paper, as XGBoost implements it. `offset` is where this node's
+    /// copy of the path starts in `buf`; `depth` its number of unique features so far.
+    #[allow(clippy::too_many_arguments)]
+    fn recurse(
+        &mut self,
+        node: usize,
+        buf: &mut [PathElement],
+        offset: usize,
+        depth: usize,
+        parent_zero: f64,
+        parent_one: f64,
+        parent_feature: i64,
+    ) {
+        // This node's path: a copy of the parent's, extended by the parent's split.
+        let start = offset + depth + 1;
+        buf.copy_within(offset..offset + depth, start);
+        let path = &mut buf[start..];
+        extend(path, depth, parent_zero, parent_one, parent_feature);
+        match &self.tree.nodes[node] {
+            Node::Leaf { value, .. } => {
+                for i in 1..=depth {
+                    let w = unwound_sum(path, depth, i);
+                    let el = path[i];
+                    if let Ok(f) = usize::try_from(el.feature) {
+                        self.phi[f] +=
+                            w * (el.one_fraction - el.zero_fraction) * value * self.scale;
+                    }
+                }
+            }
+            Node::Split(s) => {
+                let x = self
+                    .row
+                    .get(s.feature as usize)
+                    .copied()
+                    .unwrap_or(f64::NAN);
+                let (hot, cold) = if s.goes_left(x) {
+                    (s.left as usize, s.right as usize)
+                } else {
+                    (s.right as usize, s.left as usize)
+                };
+                let w = s.cover;
+                let hot_zero = cover(&self.tree.nodes[hot]) / w;
+                let cold_zero = cover(&self.tree.nodes[cold]) / w;
+                let (mut in_zero, mut in_one) = (1.0, 1.0);
+                let feature = i64::from(s.feature);
+                let mut depth = depth;
+                if let Some(k) = (0..=depth).find(|&k| path[k].feature == feature) {
+                    in_zero = path[k].zero_fraction;
+                    in_one = path[k].one_fraction;
+                    unwind(path, depth, k);
+                    depth -= 1;
+                }
+                self.recurse(
+                    hot,
+                    buf,
+                    start,
+                    depth + 1,
+                    hot_zero * in_zero,
+                    in_one,
+                    feature,
+                );
+                self.recurse(
+                    cold,
+                    buf,
+                    start,
+                    depth + 1,
+                    cold_zero * in_zero,
+                    0.0,
+                    feature,
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::Matrix;
+    use crate::train::{train, Dataset, Params};
+
+    /// E[f(x) | x_S] as path-dependent TreeSHAP defines it: follow the row on features in S,
+    /// average the children by cover elsewhere.
+    fn cond(tree: &crate::model::Tree, node: usize, row: &[f64], set: u32) -> f64 {
+        match &tree.nodes[node] {
+            Node::Leaf { value, .. } => *value,
+            Node::Split(s) => {
+                if set & (1 << s.feature) != 0 {
+                    let next = if s.goes_left(row[s.feature as usize]) {
+                        s.left
+                    } else {
+                        s.right
+                    };
+                    cond(tree, next as usize, row, set)
+                } else {
+                    let (l, r) = (s.left as usize, s.right as usize);
+                    let (cl, cr) = (cover(&tree.nodes[l]), cover(&tree.nodes[r]));
+                    (cl * cond(tree, l, row, set) + cr * cond(tree, r, row, set)) / (cl + cr)
+                }
+            }
+        }
+    }
+
+    fn factorial(n: u32) -> f64 {
+        (1..=n).map(f64::from).product()
+    }
+
+    #[test]
+    #[allow(clippy::needless_range_loop)]
+    fn matches_brute_force_shapley_values_and_sums_to_the_margin() {
+        let (n, m) = (3_000usize, 4usize);
+        let mut state = 12_345u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let mut values = Vec::with_capacity(n * m);
+        let mut labels = Vec::with_capacity(n);
+        for _ in 0..n {
+            let row: Vec<f64> = (0..m).map(|_| next()).collect();
+            let p = 0.1 + 0.6 * f64::from(row[0] > 0.6) * row[1] + 0.2 * row[2] * row[3];
+            labels.push(f64::from(next() < p));
+            values.extend(row);
+        }
+        let features = Matrix {
+            columns: (0..m).map(|i| format!("f{i}")).collect(),
+            values,
+        };
+        let params =
+            Params::from_pairs(["num_iterations=15", "num_leaves=8", "min_data_in_leaf=5"])
+                .unwrap();
+        let data = Dataset {
+            features: &features,
+            labels: &labels,
+            weights: None,
+        };
+        let model = train(&data, None, &[], &params, &mut |_| {})
+            .unwrap()
+            .artifact
+            .ensemble;
+        let ex = Explainer::new(&model).unwrap();
+        let mut phi = vec![0.0; m + 1];
+        for r in 0..50 {
+            let row = features.row(r);
+            ex.contributions(row, &mut phi).unwrap();
+            let margin = model.reference_margin(row);
+            let sum: f64 = phi.iter().sum();
+            assert!((sum - margin).abs() < 1e-9, "row {r}: {sum} vs {margin}");
+            for f in 0..m {
+                let mut want = 0.0;
+                for set in 0u32..(1 << m) {
+                    if set & (1 << f) != 0 {
+                        continue;
+                    }
+                    let size = set.count_ones();
+                    let w = factorial(size) * factorial(m as u32 - size - 1) / factorial(m as u32);
+                    let with: f64 = model
+                        .trees
+                        .iter()
+                        .map(|t| cond(t, 0, row, set | (1 << f)))
+                        .sum();
+                    let without: f64 = model.trees.iter().map(|t| cond(t, 0, row, set)).sum();
+                    want += w * (with - without);
+                }
+                assert!(
+                    (phi[f] - want).abs() < 1e-9,
+                    "row {r} feature {f}: {} vs {want}",
+                    phi[f]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn models_without_covers_are_refused() {
+        let mut e = crate::model::Ensemble {
+            features: vec![crate::model::Feature {
+                name: "x".into(),
+                kind: crate::model::FeatureKind::Numeric,
+            }],
+            trees: vec![crate::model::Tree {
+                nodes: vec![
+                    Node::Split(crate::model::Split {
+                        feature: 0,
+                        test: crate::model::Test::Less(0.5),
+                        missing: crate::model::Missing::Nan,
+                        default_left: true,
+                        left: 1,
+                        right: 2,
+                        cover: 0.0,
+                    }),
+                    Node::Leaf {
+                        value: -1.0,
+                        id: 1,
+                        cover: 0.0,
+                    },
+                    Node::Leaf {
+                        value: 1.0,
+                        id: 2,
+                        cover: 0.0,
+                    },
+                ],
+            }],
+            base_margin: 0.5,
+            objective: crate::model::Objective::Logistic { scale: 1.0 },
+            accumulation: crate::model::Accumulation::F64,
+            average_output: false,
+            linear: None,
+        };
+        assert!(Explainer::new(&e).is_err());
+        if let Node::Split(s) = &mut e.trees[0].nodes[0] {
+            s.cover = 4.0;
+        }
+        e.trees[0].nodes[1] = Node::Leaf {
+            value: -1.0,
+            id: 1,
+            cover: 1.0,
+        };
+        e.trees[0].nodes[2] = Node::Leaf {
+            value: 1.0,
+            id: 2,
+            cover: 3.0,
+        };
+        let ex = Explainer::new(&e).unwrap();
+        let mut phi = [0.0; 2];
+        ex.contributions(&[0.1], &mut phi).unwrap();
+        // Expected value 0.5 + (1 x -1 + 3 x 1) / 4 = 1.0; x = 0.1 goes left: -1 - 0.5.
+        assert_eq!(phi, [-1.5, 1.0]);
+        assert!(ex.contributions(&[0.1, 0.2], &mut phi).is_err());
+    }
+}
