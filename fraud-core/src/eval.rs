@@ -361,6 +361,77 @@ fn next_up(x: f64) -> f64 {
     f64::from_bits(if x > 0.0 { bits + 1 } else { bits - 1 })
 }
 
+/// A feature's distribution on the training data, for drift monitoring: the cut points of
+/// (up to) ten quantile bins and the share of rows in each bin, plus the share missing.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Reference {
+    /// Increasing cut points: bin `i` holds values `<= edges[i]` (and above the previous).
+    pub edges: Vec<f64>,
+    /// Share of rows per bin (`edges.len() + 1` bins), then the share of missing values.
+    pub shares: Vec<f64>,
+}
+
+impl Reference {
+    /// The reference distribution of `values` (NaN is missing).
+    pub fn of(values: impl Iterator<Item = f64>) -> Reference {
+        let mut all: Vec<f64> = Vec::new();
+        let mut missing = 0usize;
+        for v in values {
+            if v.is_nan() {
+                missing += 1;
+            } else {
+                all.push(v);
+            }
+        }
+        all.sort_by(f64::total_cmp);
+        let mut edges: Vec<f64> = Vec::new();
+        if !all.is_empty() {
+            for q in 1..10 {
+                let e = all[(q * (all.len() - 1)) / 10];
+                if edges.last().is_none_or(|&l| e > l) {
+                    edges.push(e);
+                }
+            }
+        }
+        let mut counts = vec![0usize; edges.len() + 2];
+        for &v in &all {
+            counts[edges.partition_point(|&e| e < v)] += 1;
+        }
+        counts[edges.len() + 1] = missing;
+        let n = (all.len() + missing).max(1) as f64;
+        Reference {
+            edges,
+            shares: counts.iter().map(|&c| c as f64 / n).collect(),
+        }
+    }
+
+    /// The bin of a value (the last bin for missing).
+    pub fn bin(&self, v: f64) -> usize {
+        if v.is_nan() {
+            self.edges.len() + 1
+        } else {
+            self.edges.partition_point(|&e| e < v)
+        }
+    }
+
+    /// Population stability index of observed bin counts against this reference:
+    /// `sum (o - r) ln(o / r)`, shares floored at 1e-4. Under 0.1: stable; over 0.25: shifted.
+    pub fn psi(&self, counts: &[u64]) -> f64 {
+        let n: u64 = counts.iter().sum();
+        if n == 0 || counts.len() != self.shares.len() {
+            return 0.0;
+        }
+        self.shares
+            .iter()
+            .zip(counts)
+            .map(|(&r, &c)| {
+                let (r, o) = (r.max(1e-4), (c as f64 / n as f64).max(1e-4));
+                (o - r) * (o / r).ln()
+            })
+            .sum()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -393,6 +464,24 @@ mod tests {
         assert!(roc_auc(&s[..3], &y, None).is_err());
         let ll = log_loss(&[0.5, 0.5], &[0.0, 1.0], None).unwrap();
         assert!((ll - std::f64::consts::LN_2).abs() < 1e-12);
+    }
+
+    #[test]
+    fn reference_and_psi() {
+        let r = Reference::of((0..1000).map(|i| if i % 10 == 0 { f64::NAN } else { f64::from(i) }));
+        assert_eq!(r.shares.len(), r.edges.len() + 2);
+        assert!((r.shares.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        assert!((r.shares[r.edges.len() + 1] - 0.1).abs() < 1e-12);
+        // The same distribution is stable; a shifted one is not.
+        let mut same = vec![0u64; r.shares.len()];
+        let mut shifted = vec![0u64; r.shares.len()];
+        for i in 0..1000 {
+            let v = if i % 10 == 0 { f64::NAN } else { f64::from(i) };
+            same[r.bin(v)] += 1;
+            shifted[r.bin(v + 600.0)] += 1;
+        }
+        assert!(r.psi(&same) < 1e-9);
+        assert!(r.psi(&shifted) > 0.25);
     }
 
     #[test]

@@ -614,12 +614,25 @@ impl Transaction {
             }
         }
         let raw: RawTransaction = serde_json::from_value(value).map_err(|e| {
-            let msg = e.to_string();
-            // serde names the field in its message ("unknown field `x`", "missing field").
-            bad("body", msg.chars().take(200).collect::<String>())
+            // serde names the field in its message ("unknown field `x`", "missing field");
+            // a quoted value ("invalid type: string \"...\"") could be a card number: hidden.
+            bad("body", without_quoted_values(&e.to_string()))
         })?;
         Self::from_raw(raw, tokenizer)
     }
+}
+
+/// `msg` with every double-quoted part replaced, at most 200 characters.
+fn without_quoted_values(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    for (i, part) in msg.split('"').enumerate() {
+        if i % 2 == 0 {
+            out.push_str(part);
+        } else {
+            out.push_str("\"(value not shown)\"");
+        }
+    }
+    out.chars().take(200).collect()
 }
 
 /// A JSON syntax error without the input text (which could hold a card number).

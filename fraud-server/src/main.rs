@@ -4,6 +4,7 @@
 //! turns errors into one clear line on stderr and a non-zero exit code.
 
 mod cli;
+mod server;
 
 use clap::Parser;
 

@@ -117,6 +117,7 @@ pub fn train_logistic(data: &Dataset<'_>, params: &Params) -> Result<Trained, Tr
         "alpha": params.lambda_l2,
         "rows": n,
         "positives": data.labels.iter().filter(|&&v| v == 1.0).count(),
+        "reference": super::references(data),
         "seconds": crate::model::reproducible_epoch()
             .is_none()
             .then(|| start.elapsed().as_secs_f64()),

@@ -85,6 +85,18 @@ pub struct Importance {
     pub gain: f64,
 }
 
+/// The training distribution of every feature (for drift monitoring), by name.
+pub fn references(data: &Dataset<'_>) -> serde_json::Value {
+    let m = data.features.columns.len();
+    let rows = data.features.rows();
+    let mut out = serde_json::Map::new();
+    for (f, name) in data.features.columns.iter().enumerate() {
+        let r = crate::eval::Reference::of((0..rows).map(|i| data.features.values[i * m + f]));
+        out.insert(name.clone(), serde_json::to_value(r).unwrap_or_default());
+    }
+    serde_json::Value::Object(out)
+}
+
 /// What training produced.
 #[derive(Debug, Clone)]
 pub struct Trained {
@@ -449,6 +461,7 @@ pub fn train(
             "value": m,
         })),
         "importance": importance,
+        "reference": references(data),
         // Left out of reproducible builds: the only value that changes from run to run.
         "seconds": crate::model::reproducible_epoch()
             .is_none()

@@ -48,6 +48,9 @@ enum Command {
     Convert(convert::Args),
     /// Write an evaluation report (SVG charts and a Markdown summary) for a labelled CSV.
     Report(report::Args),
+    /// Run the scoring service (with no configuration: 127.0.0.1:8080, the demo model,
+    /// durable state under ./fraud-data, a development API key).
+    Serve(crate::server::Args),
 }
 
 /// The model, the CSV it reads and the worker threads: shared by predict, bench, evaluate.
@@ -86,6 +89,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(a) => generate::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Report(a) => report::run(a),
+        Command::Serve(a) => crate::server::run(a),
     }
 }
 
@@ -125,7 +129,7 @@ fn read_features(path: &PathBuf, artifact: &Artifact) -> anyhow::Result<fraud_co
 
 /// The tokenization key: from `key_file`, else FRAUD_TOKENIZATION_KEY (hex), else a one-off
 /// random key (tokens then only compare within this run).
-fn tokenizer(key_file: Option<&std::path::Path>) -> anyhow::Result<Tokenizer> {
+pub(crate) fn tokenizer(key_file: Option<&std::path::Path>) -> anyhow::Result<Tokenizer> {
     if let Some(p) = key_file {
         let key =
             std::fs::read(p).with_context(|| format!("cannot read key file {}", p.display()))?;

@@ -1,0 +1,355 @@
+//! The service configuration: a TOML file (every setting optional, unknown settings refused)
+//! with `FRAUD_*` environment overrides. With neither, the development defaults: 127.0.0.1:8080,
+//! the embedded demo model, the default feature spec, durable in-memory state under
+//! `./fraud-data`, and a development API key created there.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// A setting that is missing, malformed or out of range: start-up stops and names it.
+#[derive(Debug, thiserror::Error)]
+#[error("config: {setting}: {reason}")]
+pub struct ConfigError {
+    /// The setting's path, e.g. `limits.max_batch` or `FRAUD_BIND`.
+    pub setting: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+fn bad(setting: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        setting: setting.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Decision thresholds on the score (probability of fraud).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Thresholds {
+    /// Scores at or above: review.
+    pub review: f64,
+    /// Scores at or above: decline.
+    pub decline: f64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            review: 0.3,
+            decline: 0.7,
+        }
+    }
+}
+
+/// A rule: a CEL expression over `tx`, `features` and `score`, and what it decides.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Name reported in `rules_fired`.
+    pub name: String,
+    /// CEL expression that must yield a boolean, e.g.
+    /// `score > 0.7 && features.card_txn_count_1h > 5`.
+    pub when: String,
+    /// `approve`, `review` or `decline`.
+    pub action: String,
+}
+
+/// Values of one list, by entity.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListConfig {
+    /// Card tokens (`tok_...`).
+    pub card_tokens: Vec<String>,
+    /// Customer ids.
+    pub customers: Vec<String>,
+    /// Device ids.
+    pub devices: Vec<String>,
+    /// IP addresses.
+    pub ips: Vec<String>,
+    /// E-mail addresses.
+    pub emails: Vec<String>,
+}
+
+/// Allow and block lists.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Lists {
+    /// Always approved (unless blocked too: block wins).
+    pub allow: ListConfig,
+    /// Always declined.
+    pub block: ListConfig,
+}
+
+/// Where entity state lives.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// `memory` (durable under the data directory) or `redis`.
+    pub backend: String,
+    /// Redis URL for the `redis` backend.
+    pub redis_url: Option<String>,
+    /// Redis command timeout in milliseconds.
+    pub redis_timeout_ms: u64,
+    /// Memory backend: `sync` (fsync before answering) or `write` (OS buffers).
+    pub durability: String,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            backend: "memory".into(),
+            redis_url: None,
+            redis_timeout_ms: 50,
+            durability: "sync".into(),
+        }
+    }
+}
+
+/// Request limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request body, bytes.
+    pub max_body_bytes: usize,
+    /// Most transactions in one batch.
+    pub max_batch: usize,
+    /// Requests being processed at once; beyond, 503 with Retry-After.
+    pub max_in_flight: usize,
+    /// Requests per second allowed to one key (token bucket); beyond, 429.
+    pub rate_per_key: f64,
+    /// Burst allowed above the rate.
+    pub burst_per_key: f64,
+    /// HTTP worker threads (0: one per core).
+    pub workers: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 64 * 1024,
+            max_batch: 100,
+            max_in_flight: 512,
+            rate_per_key: 5_000.0,
+            burst_per_key: 10_000.0,
+            workers: 0,
+        }
+    }
+}
+
+/// TLS (rustls): both files, PEM.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain.
+    pub cert: PathBuf,
+    /// Private key.
+    pub key: PathBuf,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Listen address.
+    pub bind: String,
+    /// Data directory (state, decision log, keys, development key).
+    pub data_dir: PathBuf,
+    /// Model artifact; the embedded demo model when absent.
+    pub model: Option<PathBuf>,
+    /// A shadow model, scored and recorded beside the active one, never deciding.
+    pub shadow_model: Option<PathBuf>,
+    /// Feature spec (TOML); the active model's stored spec, else the default spec.
+    pub feature_spec: Option<PathBuf>,
+    /// Keys file (hashed API keys); `<data_dir>/keys.json` when absent.
+    pub keys_file: Option<PathBuf>,
+    /// Tokenization key file (32 bytes or more); else FRAUD_TOKENIZATION_KEY (hex); else, in
+    /// development, `<data_dir>/tokenization.key`, created once.
+    pub tokenization_key_file: Option<PathBuf>,
+    /// Decision thresholds.
+    pub thresholds: Thresholds,
+    /// Rules, evaluated in order; the strictest action wins.
+    pub rules: Vec<RuleConfig>,
+    /// Allow and block lists.
+    pub lists: Lists,
+    /// Entity state.
+    pub state: StateConfig,
+    /// Limits.
+    pub limits: Limits,
+    /// Reasons returned per decision.
+    pub reasons: usize,
+    /// Decision log durability: `sync` (fsync, grouped, before each answer) or `write`.
+    pub log_durability: String,
+    /// TLS; plain HTTP when absent.
+    pub tls: Option<TlsConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("fraud-data"),
+            model: None,
+            shadow_model: None,
+            feature_spec: None,
+            keys_file: None,
+            tokenization_key_file: None,
+            thresholds: Thresholds::default(),
+            rules: Vec::new(),
+            lists: Lists::default(),
+            state: StateConfig::default(),
+            limits: Limits::default(),
+            reasons: 5,
+            log_durability: "sync".into(),
+            tls: None,
+        }
+    }
+}
+
+/// `toml`'s error as "setting: reason" (its message names the key and line).
+fn toml_error(path: &Path, e: &toml::de::Error) -> ConfigError {
+    let msg = e.message().to_string();
+    let setting = e
+        .span()
+        .map(|s| format!("{} (byte {})", path.display(), s.start))
+        .unwrap_or_else(|| path.display().to_string());
+    bad(setting, msg)
+}
+
+impl Config {
+    /// Reads the file (if any), applies the environment (`vars`), checks every setting.
+    pub fn load(
+        file: Option<&Path>,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut cfg = match file {
+            None => Config::default(),
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| bad(p.display().to_string(), format!("cannot read: {e}")))?;
+                toml::from_str(&text).map_err(|e| toml_error(p, &e))?
+            }
+        };
+        for (k, v) in vars {
+            cfg.apply_env(&k, &v)?;
+        }
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    fn apply_env(&mut self, key: &str, v: &str) -> Result<(), ConfigError> {
+        let num = |k: &str| -> Result<f64, ConfigError> {
+            v.trim()
+                .parse::<f64>()
+                .map_err(|_| bad(k, format!("`{v}` is not a number")))
+        };
+        let int = |k: &str| -> Result<usize, ConfigError> {
+            v.trim()
+                .parse::<usize>()
+                .map_err(|_| bad(k, format!("`{v}` is not a whole number")))
+        };
+        match key {
+            "FRAUD_BIND" => self.bind = v.to_string(),
+            "FRAUD_DATA_DIR" => self.data_dir = PathBuf::from(v),
+            "FRAUD_MODEL" => self.model = Some(PathBuf::from(v)),
+            "FRAUD_SHADOW_MODEL" => self.shadow_model = Some(PathBuf::from(v)),
+            "FRAUD_FEATURE_SPEC" => self.feature_spec = Some(PathBuf::from(v)),
+            "FRAUD_KEYS_FILE" => self.keys_file = Some(PathBuf::from(v)),
+            "FRAUD_TOKENIZATION_KEY_FILE" => self.tokenization_key_file = Some(PathBuf::from(v)),
+            "FRAUD_REVIEW_THRESHOLD" => self.thresholds.review = num(key)?,
+            "FRAUD_DECLINE_THRESHOLD" => self.thresholds.decline = num(key)?,
+            "FRAUD_STATE_BACKEND" => self.state.backend = v.to_string(),
+            "FRAUD_REDIS_URL" => self.state.redis_url = Some(v.to_string()),
+            "FRAUD_MAX_BODY_BYTES" => self.limits.max_body_bytes = int(key)?,
+            "FRAUD_MAX_BATCH" => self.limits.max_batch = int(key)?,
+            "FRAUD_MAX_IN_FLIGHT" => self.limits.max_in_flight = int(key)?,
+            "FRAUD_RATE_PER_KEY" => self.limits.rate_per_key = num(key)?,
+            "FRAUD_WORKERS" => self.limits.workers = int(key)?,
+            "FRAUD_LOG_DURABILITY" => self.log_durability = v.to_string(),
+            k if k.starts_with("FRAUD_CONFIG") || k == "FRAUD_TOKENIZATION_KEY" => {}
+            k if k.starts_with("FRAUD_") => {
+                return Err(bad(k, "unknown FRAUD_ environment setting"));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Checks every setting.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        self.bind
+            .parse::<std::net::SocketAddr>()
+            .map_err(|_| bad("bind", format!("`{}` is not an address:port", self.bind)))?;
+        let t = &self.thresholds;
+        for (name, v) in [
+            ("thresholds.review", t.review),
+            ("thresholds.decline", t.decline),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(bad(name, "must be a probability between 0 and 1"));
+            }
+        }
+        if t.review > t.decline {
+            return Err(bad(
+                "thresholds.review",
+                "must not exceed thresholds.decline",
+            ));
+        }
+        for (i, r) in self.rules.iter().enumerate() {
+            if !["approve", "review", "decline"].contains(&r.action.as_str()) {
+                return Err(bad(
+                    format!("rules[{i}].action"),
+                    format!("`{}` is not approve, review or decline", r.action),
+                ));
+            }
+            if r.name.trim().is_empty() {
+                return Err(bad(format!("rules[{i}].name"), "is empty"));
+            }
+        }
+        match self.state.backend.as_str() {
+            "memory" => {}
+            "redis" if self.state.redis_url.is_some() => {}
+            "redis" => return Err(bad("state.redis_url", "is required for the redis backend")),
+            other => {
+                return Err(bad(
+                    "state.backend",
+                    format!("`{other}` is not memory or redis"),
+                ))
+            }
+        }
+        if !["sync", "write"].contains(&self.state.durability.as_str()) {
+            return Err(bad("state.durability", "must be sync or write"));
+        }
+        if !["sync", "write"].contains(&self.log_durability.as_str()) {
+            return Err(bad("log_durability", "must be sync or write"));
+        }
+        let l = &self.limits;
+        if l.max_body_bytes < 256 || l.max_body_bytes > 64 << 20 {
+            return Err(bad(
+                "limits.max_body_bytes",
+                "must be between 256 and 64 MiB",
+            ));
+        }
+        if l.max_batch == 0 || l.max_batch > 10_000 {
+            return Err(bad("limits.max_batch", "must be between 1 and 10,000"));
+        }
+        if l.max_in_flight == 0 {
+            return Err(bad("limits.max_in_flight", "must be at least 1"));
+        }
+        if l.rate_per_key.is_nan()
+            || l.rate_per_key <= 0.0
+            || l.burst_per_key.is_nan()
+            || l.burst_per_key < 1.0
+        {
+            return Err(bad(
+                "limits.rate_per_key",
+                "rate must be > 0 and burst_per_key >= 1",
+            ));
+        }
+        if self.reasons > 50 {
+            return Err(bad("reasons", "must be at most 50"));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,609 @@
+//! The scoring pipeline of one transaction: validate and protect the card, check the allow
+//! and block lists, compute the features (and record the transaction in entity state), score
+//! with the active model, explain with TreeSHAP, evaluate the rules, decide, and write the
+//! decision to the log before answering. A shadow model, when loaded, is scored and recorded
+//! beside the active one and never decides.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use fraud_core::features::{Extractor, LabelEvent, StateStore};
+use fraud_core::model::{Artifact, CompiledModel, Explainer};
+use fraud_core::pii::Tokenizer;
+use fraud_core::transaction::Transaction;
+use serde_json::{json, Value};
+
+use super::config::{Config, ListConfig};
+use super::decisions::DecisionLog;
+use super::metrics::{Drift, Metrics};
+use super::problem::Problem;
+
+/// A model ready to score: compiled, explainable, its columns mapped to the feature row.
+pub struct LoadedModel {
+    /// First 16 hex digits of the artifact's SHA-256.
+    pub version: String,
+    /// Where it came from (`embedded demo model` or a path).
+    pub origin: String,
+    compiled: CompiledModel,
+    explainer: Explainer,
+    /// Model column `i` is feature `columns[i]` of the extractor's row.
+    columns: Vec<usize>,
+    names: Vec<String>,
+    drift: Option<Drift>,
+}
+
+impl LoadedModel {
+    /// Checks that `extractor` produces every feature of the model, compiles it and prepares
+    /// its explainer.
+    pub fn new(artifact: &Artifact, extractor: &Extractor, origin: &str) -> Result<Self, String> {
+        let names: Vec<String> = artifact
+            .ensemble
+            .feature_names()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let produced = extractor.names();
+        let columns = names
+            .iter()
+            .map(|n| {
+                produced.iter().position(|p| p == n).ok_or_else(|| {
+                    format!(
+                        "the model needs feature `{n}`, which the feature spec does not produce"
+                    )
+                })
+            })
+            .collect::<Result<Vec<usize>, String>>()?;
+        let compiled = CompiledModel::new(&artifact.ensemble).map_err(|e| e.to_string())?;
+        let explainer = Explainer::new(&artifact.ensemble).map_err(|e| e.to_string())?;
+        let version: String = artifact
+            .fingerprint()
+            .map_err(|e| e.to_string())?
+            .chars()
+            .take(16)
+            .collect();
+        let refs = artifact
+            .metadata
+            .training
+            .as_ref()
+            .and_then(|t| t.get("reference"))
+            .and_then(|r| {
+                names
+                    .iter()
+                    .map(|n| {
+                        serde_json::from_value::<fraud_core::eval::Reference>(r.get(n)?.clone())
+                            .ok()
+                            .map(|r| (n.clone(), r))
+                    })
+                    .collect::<Option<Vec<_>>>()
+            });
+        let drift = refs.map(|r| Drift::new(&version, r));
+        Ok(LoadedModel {
+            version,
+            origin: origin.to_string(),
+            compiled,
+            explainer,
+            columns,
+            names,
+            drift,
+        })
+    }
+
+    fn row(&self, features: &[f64]) -> Vec<f64> {
+        self.columns.iter().map(|&c| features[c]).collect()
+    }
+}
+
+/// Approve, review or decline, in increasing strictness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Decision {
+    /// Let it through.
+    Approve,
+    /// A person looks at it.
+    Review,
+    /// Refuse it.
+    Decline,
+}
+
+impl Decision {
+    /// Its name in the API.
+    pub fn name(self) -> &'static str {
+        match self {
+            Decision::Approve => "approve",
+            Decision::Review => "review",
+            Decision::Decline => "decline",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "approve" => Some(Decision::Approve),
+            "review" => Some(Decision::Review),
+            "decline" => Some(Decision::Decline),
+            _ => None,
+        }
+    }
+}
+
+/// A compiled rule.
+pub struct Rule {
+    name: String,
+    program: cel::Program,
+    action: Decision,
+}
+
+#[derive(Default)]
+struct ListSet {
+    values: HashSet<(u8, String)>,
+}
+
+impl ListSet {
+    fn new(c: &ListConfig) -> Self {
+        let mut values = HashSet::new();
+        for (k, list) in [
+            (0u8, &c.card_tokens),
+            (1, &c.customers),
+            (2, &c.devices),
+            (3, &c.ips),
+            (4, &c.emails),
+        ] {
+            for v in list {
+                let v = if k == 4 {
+                    v.trim().to_ascii_lowercase()
+                } else {
+                    v.trim().to_string()
+                };
+                values.insert((k, v));
+            }
+        }
+        ListSet { values }
+    }
+
+    /// The first entity of `tx` on the list, named.
+    fn hit(&self, tx: &Transaction) -> Option<&'static str> {
+        if self.values.is_empty() {
+            return None;
+        }
+        let ip = tx.ip.map(|i| i.to_string());
+        let keys: [(u8, Option<&str>, &str); 5] = [
+            (0, Some(tx.card.token.as_str()), "card"),
+            (1, tx.customer_id.as_deref(), "customer"),
+            (2, tx.device_id.as_deref(), "device"),
+            (3, ip.as_deref(), "ip"),
+            (4, tx.email.as_deref(), "email"),
+        ];
+        let mut hit = None;
+        for (k, v, name) in keys {
+            if v.is_some_and(|v| self.values.contains(&(k, v.to_string()))) {
+                hit = Some(name);
+                break;
+            }
+        }
+        hit
+    }
+}
+
+/// Thresholds, rules and lists.
+pub struct Policy {
+    review: f64,
+    decline: f64,
+    rules: Vec<Rule>,
+    allow: ListSet,
+    block: ListSet,
+}
+
+/// The CEL variables of one transaction.
+fn cel_context(
+    tx: &Transaction,
+    names: &[String],
+    features: &[f64],
+    score: f64,
+) -> Result<cel::Context<'static, 'static>, String> {
+    let mut ctx = cel::Context::default();
+    let mut f = std::collections::HashMap::with_capacity(names.len());
+    for (n, v) in names.iter().zip(features) {
+        // Missing features are NaN; CEL sees them as NaN too (every comparison false).
+        f.insert(n.clone(), *v);
+    }
+    let t = json!({
+        "transaction_id": tx.transaction_id,
+        "amount": tx.amount.as_f64(),
+        "currency": tx.currency,
+        "card_token": tx.card.token,
+        "customer_id": tx.customer_id.clone().unwrap_or_default(),
+        "merchant_id": tx.merchant_id.clone().unwrap_or_default(),
+        "mcc": tx.mcc.map(i64::from).unwrap_or(-1),
+        "terminal_id": tx.terminal_id.clone().unwrap_or_default(),
+        "channel": tx.channel.map(|c| serde_json::to_value(c).unwrap_or_default()).and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+        "card_country": tx.card_country.clone().unwrap_or_default(),
+        "merchant_country": tx.merchant_country.clone().unwrap_or_default(),
+        "ip_country": tx.ip_country.clone().unwrap_or_default(),
+        "device_id": tx.device_id.clone().unwrap_or_default(),
+    });
+    ctx.add_variable("features", f).map_err(|e| e.to_string())?;
+    ctx.add_variable("tx", t).map_err(|e| e.to_string())?;
+    ctx.add_variable("score", score)
+        .map_err(|e| e.to_string())?;
+    Ok(ctx)
+}
+
+impl Policy {
+    /// Compiles and checks the rules of `cfg` against the feature names: a rule that does not
+    /// parse, names an unknown feature or does not yield a boolean is a start-up error.
+    pub fn new(cfg: &Config, feature_names: &[String]) -> Result<Self, String> {
+        let mut rules = Vec::new();
+        let sample = sample_transaction();
+        let zeros = vec![0.0; feature_names.len()];
+        for (i, r) in cfg.rules.iter().enumerate() {
+            let program = cel::Program::compile(&r.when).map_err(|e| {
+                format!(
+                    "config: rules[{i}] ({}): `when` does not parse: {e}",
+                    r.name
+                )
+            })?;
+            let ctx = cel_context(&sample, feature_names, &zeros, 0.5)
+                .map_err(|e| format!("config: rules[{i}] ({}): {e}", r.name))?;
+            match program.execute(&ctx) {
+                Ok(cel::Value::Bool(_)) => {}
+                Ok(other) => {
+                    return Err(format!(
+                        "config: rules[{i}] ({}): `when` must yield true or false, not {other:?}",
+                        r.name
+                    ))
+                }
+                Err(e) => {
+                    return Err(format!(
+                    "config: rules[{i}] ({}): `when` fails: {e} (variables: tx, features, score)",
+                    r.name
+                ))
+                }
+            }
+            let action = Decision::parse(&r.action).ok_or_else(|| {
+                format!(
+                    "config: rules[{i}].action: `{}` is not approve, review or decline",
+                    r.action
+                )
+            })?;
+            rules.push(Rule {
+                name: r.name.clone(),
+                program,
+                action,
+            });
+        }
+        Ok(Policy {
+            review: cfg.thresholds.review,
+            decline: cfg.thresholds.decline,
+            rules,
+            allow: ListSet::new(&cfg.lists.allow),
+            block: ListSet::new(&cfg.lists.block),
+        })
+    }
+
+    /// The threshold decision of a score.
+    fn threshold(&self, score: f64) -> Decision {
+        if score >= self.decline {
+            Decision::Decline
+        } else if score >= self.review {
+            Decision::Review
+        } else {
+            Decision::Approve
+        }
+    }
+}
+
+fn sample_transaction() -> Transaction {
+    let raw = fraud_core::transaction::RawTransaction {
+        transaction_id: Some("rule-check".into()),
+        timestamp: Some("2024-01-01T00:00:00Z".into()),
+        amount: Some(fraud_core::transaction::Decimal::Text("1.00".into())),
+        currency: Some("EUR".into()),
+        card_token: Some(format!("tok_{}", "0".repeat(32))),
+        ..Default::default()
+    };
+    let tk = Tokenizer::new(&[0u8; 32]).unwrap_or_else(|_| unreachable!("32-byte key"));
+    Transaction::from_raw(raw, &tk).unwrap_or_else(|_| unreachable!("valid sample"))
+}
+
+/// Everything scoring needs, shared by the HTTP workers.
+pub struct Engine {
+    /// The feature pipeline.
+    pub extractor: Extractor,
+    /// Entity state.
+    pub store: Arc<dyn StateStore>,
+    /// Card tokenization.
+    pub tokenizer: Tokenizer,
+    /// The deciding model.
+    pub model: ArcSwap<LoadedModel>,
+    /// The shadow model.
+    pub shadow: ArcSwapOption<LoadedModel>,
+    /// Thresholds, rules, lists.
+    pub policy: Policy,
+    /// The decision log.
+    pub log: DecisionLog,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Reasons per answer.
+    pub reasons: usize,
+    /// Transactions being scored (a second request with the same id waits its turn out).
+    busy: Mutex<HashSet<String>>,
+}
+
+/// Releases a transaction id from the busy set.
+struct BusyGuard<'a> {
+    engine: &'a Engine,
+    id: String,
+}
+
+impl Drop for BusyGuard<'_> {
+    fn drop(&mut self) {
+        let mut g = self
+            .engine
+            .busy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        g.remove(&self.id);
+    }
+}
+
+fn top_reasons(names: &[String], row: &[f64], phi: &[f64], k: usize) -> Vec<Value> {
+    let mut order: Vec<usize> = (0..names.len()).collect();
+    order.sort_by(|&a, &b| phi[b].abs().total_cmp(&phi[a].abs()).then(a.cmp(&b)));
+    order
+        .into_iter()
+        .take(k)
+        .filter(|&i| phi[i] != 0.0)
+        .map(|i| {
+            json!({
+                "feature": names[i],
+                "value": if row[i].is_nan() { Value::Null } else { json!(row[i]) },
+                "contribution": phi[i],
+            })
+        })
+        .collect()
+}
+
+/// A model's verdict on one row.
+struct Verdict {
+    score: f64,
+    reasons: Vec<Value>,
+    row: Vec<f64>,
+}
+
+fn judge(m: &LoadedModel, features: &[f64], k: usize) -> Result<Verdict, Problem> {
+    let row = m.row(features);
+    let margin = m
+        .compiled
+        .predict_margin(&row)
+        .map_err(|e| Problem::internal(format!("model: {e}")))?;
+    let score = m.compiled.probability(margin);
+    let mut phi = vec![0.0; m.explainer.width()];
+    let reasons = if k > 0 {
+        m.explainer
+            .contributions(&row, &mut phi)
+            .map_err(|e| Problem::internal(format!("explanation: {e}")))?;
+        top_reasons(&m.names, &row, &phi, k)
+    } else {
+        Vec::new()
+    };
+    Ok(Verdict {
+        score,
+        reasons,
+        row,
+    })
+}
+
+impl Engine {
+    /// Builds the engine.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        extractor: Extractor,
+        store: Arc<dyn StateStore>,
+        tokenizer: Tokenizer,
+        model: LoadedModel,
+        shadow: Option<LoadedModel>,
+        policy: Policy,
+        log: DecisionLog,
+        reasons: usize,
+    ) -> Self {
+        let metrics = Metrics::default();
+        metrics.model("active", Some(&model.version), model.drift.clone());
+        if let Some(s) = &shadow {
+            metrics.model("shadow", Some(&s.version), None);
+        }
+        Engine {
+            extractor,
+            store,
+            tokenizer,
+            model: ArcSwap::from_pointee(model),
+            shadow: ArcSwapOption::from(shadow.map(Arc::new)),
+            policy,
+            log,
+            metrics,
+            reasons,
+            busy: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Scores one transaction (a JSON body) for `caller`: the answer, as recorded.
+    pub fn score(&self, bytes: &[u8], caller: &str) -> Result<Value, Problem> {
+        let started = std::time::Instant::now();
+        let tx = Transaction::from_json(bytes, &self.tokenizer).map_err(Problem::invalid)?;
+        // The same transaction id again: answer what was decided (idempotent retries).
+        let _guard = {
+            let mut g = self
+                .busy
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !g.insert(tx.transaction_id.clone()) {
+                return Err(Problem::conflict(format!(
+                    "transaction `{}` is being scored by another request",
+                    tx.transaction_id
+                )));
+            }
+            BusyGuard {
+                engine: self,
+                id: tx.transaction_id.clone(),
+            }
+        };
+        if let Some(rec) = self
+            .log
+            .decision(&tx.transaction_id)
+            .map_err(Problem::from_log)?
+        {
+            let mut answer = rec.data.get("response").cloned().unwrap_or(Value::Null);
+            answer["replayed"] = json!(true);
+            return Ok(answer);
+        }
+        let model = self.model.load_full();
+        let features = self
+            .store
+            .step(&self.extractor, &tx)
+            .map_err(|e| Problem::unavailable(format!("entity state: {e}")))?;
+        let verdict = judge(&model, &features, self.reasons)?;
+        let mut fired = Vec::new();
+        let mut decision = self.policy.threshold(verdict.score);
+        if let Some(list) = self.policy.block.hit(&tx) {
+            fired.push(format!("block_list:{list}"));
+            decision = Decision::Decline;
+        } else if let Some(list) = self.policy.allow.hit(&tx) {
+            fired.push(format!("allow_list:{list}"));
+            decision = Decision::Approve;
+        } else if !self.policy.rules.is_empty() {
+            let ctx = cel_context(&tx, self.extractor.names(), &features, verdict.score)
+                .map_err(Problem::internal)?;
+            let mut approve_rule = false;
+            let mut strictest = None::<Decision>;
+            for r in &self.policy.rules {
+                if matches!(r.program.execute(&ctx), Ok(cel::Value::Bool(true))) {
+                    fired.push(r.name.clone());
+                    if r.action == Decision::Approve {
+                        approve_rule = true;
+                    } else {
+                        strictest = strictest.max(Some(r.action));
+                    }
+                }
+            }
+            decision = match strictest {
+                Some(d) => decision.max(d),
+                None if approve_rule => Decision::Approve,
+                None => decision,
+            };
+        }
+        let shadow = match self.shadow.load_full() {
+            Some(s) => {
+                let v = judge(&s, &features, 0)?;
+                Some(json!({
+                    "model_version": s.version,
+                    "score": v.score,
+                    "decision": self.policy.threshold(v.score).name(),
+                }))
+            }
+            None => None,
+        };
+        let risk = (verdict.score * 100.0).round() as i64;
+        let mut response = json!({
+            "transaction_id": tx.transaction_id,
+            "decision": decision.name(),
+            "score": verdict.score,
+            "risk_score": risk,
+            "reasons": verdict.reasons,
+            "rules_fired": fired,
+            "model_version": model.version,
+            "card_mask": tx.card.mask,
+        });
+        // The minimised event: no IP address, no e-mail.
+        let mut kept = tx.clone();
+        kept.ip = None;
+        kept.email = None;
+        let named: serde_json::Map<String, Value> = self
+            .extractor
+            .names()
+            .iter()
+            .zip(&features)
+            .map(|(n, v)| (n.clone(), if v.is_nan() { Value::Null } else { json!(v) }))
+            .collect();
+        let record = json!({
+            "transaction_id": tx.transaction_id,
+            "response": response,
+            "transaction": kept,
+            "features": named,
+            "shadow": shadow,
+        });
+        self.log
+            .append("decision", caller, &record)
+            .map_err(Problem::from_log)?;
+        let elapsed = started.elapsed();
+        response["elapsed_us"] = json!(elapsed.as_micros() as u64);
+        self.metrics.scored(
+            elapsed.as_secs_f64(),
+            decision.name(),
+            verdict.score,
+            &model.version,
+            &verdict.row,
+        );
+        Ok(response)
+    }
+
+    /// Applies one label: `Ok(false)` when no decision of that transaction is recorded.
+    pub fn label(
+        &self,
+        id: &str,
+        is_fraud: bool,
+        known_at_us: Option<i64>,
+        caller: &str,
+    ) -> Result<bool, Problem> {
+        let Some(rec) = self.log.decision(id).map_err(Problem::from_log)? else {
+            return Ok(false);
+        };
+        let tx: Transaction = serde_json::from_value(rec.data["transaction"].clone())
+            .map_err(|e| Problem::internal(format!("recorded transaction: {e}")))?;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000;
+        let known_at = known_at_us.unwrap_or(now as i64).max(tx.timestamp_us);
+        let obs = self.extractor.observe(&tx);
+        let event = LabelEvent {
+            id: obs.point.id,
+            ts: tx.timestamp_us,
+            is_fraud,
+            known_at,
+        };
+        self.store
+            .label(&self.extractor, &obs, &event)
+            .map_err(|e| Problem::unavailable(format!("entity state: {e}")))?;
+        self.log
+            .append(
+                "label",
+                caller,
+                &json!({"transaction_id": id, "is_fraud": is_fraud, "known_at_us": known_at}),
+            )
+            .map_err(Problem::from_log)?;
+        self.metrics.label(is_fraud);
+        Ok(true)
+    }
+
+    /// Makes `model` active or the shadow (`None` removes the shadow).
+    pub fn install(
+        &self,
+        model: Option<LoadedModel>,
+        shadow: bool,
+        caller: &str,
+    ) -> Result<(), Problem> {
+        let what = json!({
+            "role": if shadow { "shadow" } else { "active" },
+            "model_version": model.as_ref().map(|m| m.version.clone()),
+            "origin": model.as_ref().map(|m| m.origin.clone()),
+        });
+        self.log
+            .append("model", caller, &what)
+            .map_err(Problem::from_log)?;
+        if shadow {
+            self.metrics
+                .model("shadow", model.as_ref().map(|m| m.version.as_str()), None);
+            self.shadow.store(model.map(Arc::new));
+        } else if let Some(m) = model {
+            self.metrics
+                .model("active", Some(&m.version), m.drift.clone());
+            self.model.store(Arc::new(m));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,538 @@
+//! The HTTP API on actix-web: routes, authentication and roles, body limits, per-key rate
+//! limits (429), load shedding (503), metrics of every answer.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+use super::engine::{Engine, LoadedModel};
+use super::keys::{Caller, Keys, Role};
+use super::problem::Problem;
+
+/// Per-key token bucket.
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// Shared by every worker.
+pub struct AppState {
+    /// The scoring engine.
+    pub engine: Arc<Engine>,
+    /// API keys.
+    pub keys: Keys,
+    /// Requests being processed.
+    in_flight: AtomicUsize,
+    buckets: Mutex<HashMap<String, Bucket>>,
+    /// Limits.
+    pub limits: super::config::Limits,
+}
+
+impl AppState {
+    /// The state of a service.
+    pub fn new(engine: Arc<Engine>, keys: Keys, limits: super::config::Limits) -> Self {
+        AppState {
+            engine,
+            keys,
+            in_flight: AtomicUsize::new(0),
+            buckets: Mutex::new(HashMap::new()),
+            limits,
+        }
+    }
+
+    /// The caller of `req` if its key is valid, has `role` and is within its rate.
+    fn authorize(&self, req: &HttpRequest, role: Option<Role>) -> Result<Caller, Problem> {
+        let header = req
+            .headers()
+            .get("authorization")
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        let key = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|k| !k.is_empty());
+        let Some(key) = key else {
+            return Err(Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "send an API key as `Authorization: Bearer KEY`",
+            ));
+        };
+        let caller = self.keys.authenticate(key).ok_or_else(|| {
+            Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "the API key is unknown, revoked or expired",
+            )
+        })?;
+        if let Some(role) = role {
+            if !caller.may(role) {
+                return Err(Problem::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    format!("this endpoint needs the `{}` role", role.name()),
+                ));
+            }
+        }
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        let b = buckets.entry(caller.name.clone()).or_insert(Bucket {
+            tokens: self.limits.burst_per_key,
+            at: now,
+        });
+        let refill = now.duration_since(b.at).as_secs_f64() * self.limits.rate_per_key;
+        b.tokens = (b.tokens + refill).min(self.limits.burst_per_key);
+        b.at = now;
+        if b.tokens < 1.0 {
+            self.engine.metrics.refused(false);
+            let wait = ((1.0 - b.tokens) / self.limits.rate_per_key)
+                .ceil()
+                .max(1.0) as u64;
+            return Err(Problem {
+                retry_after: Some(wait),
+                ..Problem::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many requests",
+                    format!(
+                        "this key is limited to {} requests a second",
+                        self.limits.rate_per_key
+                    ),
+                )
+            });
+        }
+        b.tokens -= 1.0;
+        Ok(caller)
+    }
+
+    /// Admits a request, or sheds it with 503 past `max_in_flight`.
+    fn admit(&self) -> Result<InFlight<'_>, Problem> {
+        let n = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let guard = InFlight(&self.in_flight);
+        if n >= self.limits.max_in_flight {
+            self.engine.metrics.refused(true);
+            return Err(Problem::unavailable(
+                "the service is at capacity; retry after the delay given",
+            ));
+        }
+        Ok(guard)
+    }
+}
+
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+type Data = web::Data<AppState>;
+
+/// Reads the body up to `limit` bytes (413 beyond).
+async fn body(mut payload: web::Payload, limit: usize) -> Result<web::BytesMut, Problem> {
+    let mut buf = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| Problem::bad_field("body", format!("cannot be read: {e}")))?;
+        if buf.len() + chunk.len() > limit {
+            return Err(Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload too large",
+                format!("the body exceeds {limit} bytes"),
+            ));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
+}
+
+fn json_content(req: &HttpRequest) -> Result<(), Problem> {
+    let ct = req
+        .headers()
+        .get("content-type")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if mime == "application/json" || mime.ends_with("+json") {
+        Ok(())
+    } else {
+        Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported media type",
+            "send the body as `Content-Type: application/json`",
+        ))
+    }
+}
+
+fn ok_json(v: &Value) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(v.to_string())
+}
+
+/// Records the metrics of an answer.
+fn finish(
+    app: &AppState,
+    route: &str,
+    started: Instant,
+    r: Result<HttpResponse, Problem>,
+) -> HttpResponse {
+    let resp = match r {
+        Ok(r) => r,
+        Err(p) => actix_web::ResponseError::error_response(&p),
+    };
+    app.engine.metrics.request(
+        route,
+        resp.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    resp
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Problem> + Send + 'static,
+) -> Result<T, Problem> {
+    web::block(f)
+        .await
+        .map_err(|_| Problem::unavailable("the service is shutting down"))?
+}
+
+async fn score(app: Data, req: HttpRequest, payload: web::Payload) -> HttpResponse {
+    let started = Instant::now();
+    let r = async {
+        let _slot = app.admit()?;
+        let caller = app.authorize(&req, Some(Role::Score))?;
+        json_content(&req)?;
+        let bytes = body(payload, app.limits.max_body_bytes).await?;
+        let engine = app.engine.clone();
+        let answer = blocking(move || engine.score(&bytes, &caller.name)).await?;
+        Ok(ok_json(&answer))
+    }
+    .await;
+    finish(&app, "/v1/score", started, r)
+}
+
+async fn score_batch(app: Data, req: HttpRequest, payload: web::Payload) -> HttpResponse {
+    let started = Instant::now();
+    let r = async {
+        let _slot = app.admit()?;
+        let caller = app.authorize(&req, Some(Role::Score))?;
+        json_content(&req)?;
+        let limit = app
+            .limits
+            .max_body_bytes
+            .saturating_mul(app.limits.max_batch.max(1));
+        let bytes = body(payload, limit).await?;
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Batch {
+            transactions: Vec<Box<serde_json::value::RawValue>>,
+        }
+        let batch: Batch = serde_json::from_slice(&bytes).map_err(|e| {
+            Problem::bad_field(
+                "body",
+                format!(
+                    "must be {{\"transactions\": [...]}}: {:?} error at line {} column {}",
+                    e.classify(),
+                    e.line(),
+                    e.column()
+                ),
+            )
+        })?;
+        if batch.transactions.len() > app.limits.max_batch {
+            return Err(Problem {
+                field: Some("transactions".into()),
+                ..Problem::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "batch too large",
+                    format!(
+                        "{} transactions; at most {} in one batch",
+                        batch.transactions.len(),
+                        app.limits.max_batch
+                    ),
+                )
+            });
+        }
+        let engine = app.engine.clone();
+        let results = blocking(move || {
+            Ok(batch
+                .transactions
+                .iter()
+                .map(
+                    |raw| match engine.score(raw.get().as_bytes(), &caller.name) {
+                        Ok(v) => v,
+                        Err(p) => json!({
+                            "error": {
+                                "status": p.status.as_u16(),
+                                "title": p.title,
+                                "detail": p.detail,
+                                "field": p.field,
+                            }
+                        }),
+                    },
+                )
+                .collect::<Vec<Value>>())
+        })
+        .await?;
+        Ok(ok_json(&json!({ "results": results })))
+    }
+    .await;
+    finish(&app, "/v1/score/batch", started, r)
+}
+
+async fn labels(app: Data, req: HttpRequest, payload: web::Payload) -> HttpResponse {
+    let started = Instant::now();
+    let r = async {
+        let _slot = app.admit()?;
+        let caller = app.authorize(&req, Some(Role::Analyst))?;
+        json_content(&req)?;
+        let bytes = body(payload, app.limits.max_body_bytes.saturating_mul(16)).await?;
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Label {
+            transaction_id: String,
+            is_fraud: bool,
+            #[serde(default)]
+            reported_at: Option<String>,
+        }
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Labels {
+            labels: Vec<Label>,
+        }
+        let list: Labels = serde_json::from_slice(&bytes).map_err(|e| {
+            Problem::bad_field(
+                "labels",
+                format!(
+                    "must be {{\"labels\": [{{\"transaction_id\", \"is_fraud\": true|false, \"reported_at\"?}}]}}: {}",
+                    e.to_string().split('"').step_by(2).collect::<Vec<_>>().join("")
+                ),
+            )
+        })?;
+        let mut parsed = Vec::with_capacity(list.labels.len());
+        for (i, l) in list.labels.into_iter().enumerate() {
+            let at = match &l.reported_at {
+                None => None,
+                Some(t) => Some(
+                    (time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                        .map_err(|_| {
+                            Problem::bad_field(
+                                &format!("labels[{i}].reported_at"),
+                                "is not an RFC 3339 time",
+                            )
+                        })?
+                        .unix_timestamp_nanos()
+                        / 1000) as i64,
+                ),
+            };
+            parsed.push((l.transaction_id, l.is_fraud, at));
+        }
+        let engine = app.engine.clone();
+        let (accepted, unknown) = blocking(move || {
+            let mut accepted = 0usize;
+            let mut unknown = Vec::new();
+            for (id, fraud, at) in parsed {
+                if engine.label(&id, fraud, at, &caller.name)? {
+                    accepted += 1;
+                } else {
+                    unknown.push(id);
+                }
+            }
+            Ok((accepted, unknown))
+        })
+        .await?;
+        Ok(ok_json(&json!({ "accepted": accepted, "unknown": unknown })))
+    }
+    .await;
+    finish(&app, "/v1/labels", started, r)
+}
+
+async fn decision(app: Data, req: HttpRequest, id: web::Path<String>) -> HttpResponse {
+    let started = Instant::now();
+    let r = async {
+        let caller = app.authorize(&req, Some(Role::Analyst))?;
+        let engine = app.engine.clone();
+        let id = id.into_inner();
+        let rec = blocking(move || {
+            let rec = engine.log.decision(&id).map_err(Problem::from_log)?;
+            if rec.is_some() {
+                // Reading a decision is an access to card data: it is recorded.
+                engine
+                    .log
+                    .append("access", &caller.name, &json!({"transaction_id": id}))
+                    .map_err(Problem::from_log)?;
+            }
+            Ok((id, rec))
+        })
+        .await?;
+        match rec {
+            (id, None) => Err(Problem::new(
+                StatusCode::NOT_FOUND,
+                "not found",
+                format!("no decision is recorded for transaction `{id}`"),
+            )),
+            (_, Some(rec)) => Ok(ok_json(&json!({
+                "seq": rec.seq,
+                "recorded_at": rec.at,
+                "key": rec.key,
+                "response": rec.data["response"],
+                "transaction": rec.data["transaction"],
+                "features": rec.data["features"],
+                "shadow": rec.data["shadow"],
+            }))),
+        }
+    }
+    .await;
+    finish(&app, "/v1/decisions/{id}", started, r)
+}
+
+#[derive(serde::Deserialize)]
+struct ModelQuery {
+    #[serde(default)]
+    role: Option<String>,
+}
+
+async fn models(
+    app: Data,
+    req: HttpRequest,
+    payload: web::Payload,
+    q: web::Query<ModelQuery>,
+) -> HttpResponse {
+    let started = Instant::now();
+    let r = async {
+        let caller = app.authorize(&req, Some(Role::Admin))?;
+        let shadow = match q.role.as_deref() {
+            None | Some("active") => false,
+            Some("shadow") => true,
+            Some(other) => {
+                return Err(Problem::bad_field(
+                    "role",
+                    format!("`{other}` is not active or shadow"),
+                ))
+            }
+        };
+        let bytes = body(payload, 512 << 20).await?;
+        let engine = app.engine.clone();
+        let version = blocking(move || {
+            let artifact = fraud_core::model::Artifact::from_bytes(&bytes).map_err(|e| {
+                Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid model",
+                    format!("not a valid model artifact: {e}"),
+                )
+            })?;
+            let loaded = LoadedModel::new(&artifact, &engine.extractor, "uploaded")
+                .map_err(|e| Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid model", e))?;
+            let version = loaded.version.clone();
+            engine.install(Some(loaded), shadow, &caller.name)?;
+            Ok(version)
+        })
+        .await?;
+        Ok(ok_json(&json!({
+            "model_version": version,
+            "role": if shadow { "shadow" } else { "active" },
+        })))
+    }
+    .await;
+    finish(&app, "/v1/models", started, r)
+}
+
+async fn remove_shadow(app: Data, req: HttpRequest) -> HttpResponse {
+    let started = Instant::now();
+    let r = async {
+        let caller = app.authorize(&req, Some(Role::Admin))?;
+        let engine = app.engine.clone();
+        blocking(move || engine.install(None, true, &caller.name)).await?;
+        Ok(HttpResponse::NoContent().finish())
+    }
+    .await;
+    finish(&app, "/v1/models/shadow", started, r)
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(r#"{"status":"ok"}"#)
+}
+
+async fn readyz(app: Data) -> HttpResponse {
+    let engine = app.engine.clone();
+    let probe = web::block(move || {
+        engine
+            .store
+            .get(fraud_core::features::Entity::Card, "readiness-probe")
+            .map(|_| ())
+    })
+    .await;
+    match probe {
+        Ok(Ok(())) => HttpResponse::Ok()
+            .content_type("application/json")
+            .body(r#"{"status":"ready"}"#),
+        Ok(Err(e)) => actix_web::ResponseError::error_response(&Problem::unavailable(format!(
+            "entity state is not reachable: {e}"
+        ))),
+        Err(_) => actix_web::ResponseError::error_response(&Problem::unavailable("shutting down")),
+    }
+}
+
+async fn metrics(app: Data, req: HttpRequest) -> HttpResponse {
+    let started = Instant::now();
+    let r = app.authorize(&req, Some(Role::Analyst)).map(|_| {
+        HttpResponse::Ok()
+            .content_type("text/plain; version=0.0.4")
+            .body(app.engine.metrics.render())
+    });
+    finish(&app, "/metrics", started, r)
+}
+
+async fn openapi(app: Data, req: HttpRequest) -> HttpResponse {
+    let started = Instant::now();
+    let r = app.authorize(&req, None).map(|_| {
+        HttpResponse::Ok()
+            .content_type("application/json")
+            .body(super::openapi::document().to_string())
+    });
+    finish(&app, "/openapi.json", started, r)
+}
+
+async fn not_found(req: HttpRequest) -> HttpResponse {
+    actix_web::ResponseError::error_response(&Problem::new(
+        StatusCode::NOT_FOUND,
+        "not found",
+        format!(
+            "no endpoint {} {}",
+            req.method(),
+            req.path().chars().take(100).collect::<String>()
+        ),
+    ))
+}
+
+/// The routes.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/score", web::post().to(score))
+        .route("/v1/score/batch", web::post().to(score_batch))
+        .route("/v1/labels", web::post().to(labels))
+        .route("/v1/decisions/{id}", web::get().to(decision))
+        .route("/v1/models", web::post().to(models))
+        .route("/v1/models/shadow", web::delete().to(remove_shadow))
+        .route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics))
+        .route("/openapi.json", web::get().to(openapi))
+        .default_service(web::to(not_found));
+}

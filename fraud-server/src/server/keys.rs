@@ -1,0 +1,277 @@
+//! API keys: each has a name, roles and optionally an expiry; only the SHA-256 of the key is
+//! stored, and a presented key is compared in constant time. Roles: `score` (score and
+//! batch), `analyst` (read masked decisions, send labels), `admin` (models and the rest).
+//!
+//! Keys file (JSON): `{"keys": [{"name", "roles", "sha256", "created", "expires",
+//! "revoked"}]}`. In development mode (no keys file configured) the service creates one key
+//! with every role, writes it to `<data_dir>/dev-api-key` (mode 0600) and its hash to
+//! `<data_dir>/keys.json`.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// What a key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Score transactions.
+    Score,
+    /// Read masked decisions, send labels.
+    Analyst,
+    /// Load models and everything else.
+    Admin,
+}
+
+impl Role {
+    /// The role's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Score => "score",
+            Role::Analyst => "analyst",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// One stored key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRecord {
+    /// Who or what uses it.
+    pub name: String,
+    /// Its roles.
+    pub roles: Vec<Role>,
+    /// SHA-256 of the key, hex.
+    pub sha256: String,
+    /// RFC 3339.
+    pub created: String,
+    /// RFC 3339; never when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+    /// Revoked keys are refused.
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeysFile {
+    keys: Vec<KeyRecord>,
+}
+
+/// Why keys could not be loaded or created.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// Reading or writing failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not a keys file.
+    #[error("{path}: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// No randomness from the operating system.
+    #[error("cannot get random bytes from the operating system")]
+    Random,
+}
+
+/// A key that authenticated.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The key's name.
+    pub name: String,
+    /// Its roles.
+    pub roles: Vec<Role>,
+}
+
+impl Caller {
+    /// Whether the caller has `role` (admin has every role).
+    pub fn may(&self, role: Role) -> bool {
+        self.roles.contains(&role) || self.roles.contains(&Role::Admin)
+    }
+}
+
+struct Entry {
+    hash: [u8; 32],
+    expires_unix: Option<i64>,
+    record: KeyRecord,
+}
+
+/// The loaded keys.
+pub struct Keys {
+    entries: Vec<Entry>,
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<[u8; 32]> {
+    let s = s.trim();
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// A new random secret: `fsk_` and 64 hex digits (256 bits from the operating system).
+pub fn new_secret() -> Result<String, KeyError> {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).map_err(|_| KeyError::Random)?;
+    Ok(format!("fsk_{}", hex(&b)))
+}
+
+/// Writes `bytes` to `path` readable by the owner only (0600 on Unix).
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+impl Keys {
+    /// Loads a keys file.
+    pub fn load(path: &Path) -> Result<Keys, KeyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let file: KeysFile = serde_json::from_str(&text).map_err(|e| KeyError::Invalid {
+            path: path.to_path_buf(),
+            reason: format!("not a keys file: {e}"),
+        })?;
+        let mut entries = Vec::with_capacity(file.keys.len());
+        for (i, record) in file.keys.into_iter().enumerate() {
+            let invalid = |reason: String| KeyError::Invalid {
+                path: path.to_path_buf(),
+                reason: format!("keys[{i}] ({}): {reason}", record.name),
+            };
+            let hash = unhex(&record.sha256)
+                .ok_or_else(|| invalid("sha256 must be 64 hex digits".into()))?;
+            let expires_unix = match &record.expires {
+                None => None,
+                Some(t) => Some(
+                    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                        .map_err(|_| invalid(format!("expires `{t}` is not an RFC 3339 time")))?
+                        .unix_timestamp(),
+                ),
+            };
+            if record.roles.is_empty() {
+                return Err(invalid("has no role".into()));
+            }
+            entries.push(Entry {
+                hash,
+                expires_unix,
+                record,
+            });
+        }
+        Ok(Keys { entries })
+    }
+
+    /// The development key: reuses `<dir>/dev-api-key` when `<dir>/keys.json` knows it,
+    /// otherwise creates a key with every role. Returns the keys and the key file's path.
+    pub fn development(dir: &Path) -> Result<(Keys, PathBuf), KeyError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| KeyError::Io {
+                path: path.clone(),
+                source,
+            }
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let keys_path = dir.join("keys.json");
+        let key_path = dir.join("dev-api-key");
+        let mut file: KeysFile = match std::fs::read_to_string(&keys_path) {
+            Ok(text) => serde_json::from_str(&text).map_err(|e| KeyError::Invalid {
+                path: keys_path.clone(),
+                reason: format!("not a keys file: {e}"),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => KeysFile::default(),
+            Err(e) => return Err(io(&keys_path)(e)),
+        };
+        let known = std::fs::read_to_string(&key_path).ok().and_then(|k| {
+            let h = hex(&Sha256::digest(k.trim().as_bytes()));
+            file.keys
+                .iter()
+                .any(|r| r.sha256 == h && !r.revoked)
+                .then_some(())
+        });
+        if known.is_none() {
+            let secret = new_secret()?;
+            file.keys.push(KeyRecord {
+                name: "development".into(),
+                roles: vec![Role::Score, Role::Analyst, Role::Admin],
+                sha256: hex(&Sha256::digest(secret.as_bytes())),
+                created: now_rfc3339(),
+                expires: None,
+                revoked: false,
+            });
+            let json = serde_json::to_vec_pretty(&file).map_err(|e| KeyError::Invalid {
+                path: keys_path.clone(),
+                reason: e.to_string(),
+            })?;
+            write_private(&keys_path, &json).map_err(io(&keys_path))?;
+            write_private(&key_path, format!("{secret}\n").as_bytes()).map_err(io(&key_path))?;
+        }
+        Ok((Keys::load(&keys_path)?, key_path))
+    }
+
+    /// The caller a bearer key belongs to, if valid now.
+    pub fn authenticate(&self, presented: &str) -> Option<Caller> {
+        let digest: [u8; 32] = Sha256::digest(presented.trim().as_bytes()).into();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let mut found: Option<&Entry> = None;
+        // Every entry is compared, in constant time, whatever matches.
+        for e in &self.entries {
+            if bool::from(e.hash.ct_eq(&digest)) {
+                found = Some(e);
+            }
+        }
+        let e = found?;
+        if e.record.revoked || e.expires_unix.is_some_and(|t| t <= now) {
+            return None;
+        }
+        Some(Caller {
+            name: e.record.name.clone(),
+            roles: e.record.roles.clone(),
+        })
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+}

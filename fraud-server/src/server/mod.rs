@@ -1,0 +1,259 @@
+//! The scoring service (`fraud serve`): configuration, keys, the engine, the decision log and
+//! the HTTP API. Start-up checks everything it can (config, model, feature spec, rules, keys,
+//! state, log) and stops with a message naming what is wrong.
+
+pub mod config;
+pub mod decisions;
+pub mod engine;
+pub mod http;
+pub mod keys;
+pub mod metrics;
+pub mod openapi;
+pub mod problem;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use fraud_core::features::durable::Durability;
+use fraud_core::features::{Extractor, FeatureSpec, MemoryStore, StateStore};
+use fraud_core::model::Artifact;
+use fraud_core::pii::Tokenizer;
+
+use config::Config;
+
+/// The demo model, built by `scripts/make-demo-model.sh` from generated data.
+pub static DEMO_MODEL: &[u8] = include_bytes!("../../../datasets/demo/model.fgb");
+
+/// `fraud serve` options.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Listen address (overrides the config file and FRAUD_BIND).
+    #[arg(long)]
+    bind: Option<String>,
+    /// TOML config file (also FRAUD_CONFIG).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+/// The tokenization key: the configured file, else FRAUD_TOKENIZATION_KEY (hex), else the
+/// development key under the data directory (created once, mode 0600).
+fn tokenizer(cfg: &Config) -> anyhow::Result<(Tokenizer, String)> {
+    if let Some(p) = &cfg.tokenization_key_file {
+        let key = std::fs::read(p).with_context(|| {
+            format!("config: tokenization_key_file: cannot read {}", p.display())
+        })?;
+        return Ok((
+            Tokenizer::new(&key).context("config: tokenization_key_file")?,
+            p.display().to_string(),
+        ));
+    }
+    if std::env::var("FRAUD_TOKENIZATION_KEY").is_ok() {
+        return Ok((
+            crate::cli::tokenizer(None)?,
+            "FRAUD_TOKENIZATION_KEY".into(),
+        ));
+    }
+    let path = cfg.data_dir.join("tokenization.key");
+    if !path.exists() {
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key).map_err(|_| anyhow::anyhow!("no randomness from the OS"))?;
+        keys::write_private(&path, &key)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let key = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok((
+        Tokenizer::new(&key).with_context(|| path.display().to_string())?,
+        path.display().to_string(),
+    ))
+}
+
+fn load_artifact(path: Option<&Path>, setting: &str) -> anyhow::Result<(Artifact, String)> {
+    match path {
+        None => Ok((
+            Artifact::from_bytes(DEMO_MODEL).context("the embedded demo model")?,
+            "embedded demo model".to_string(),
+        )),
+        Some(p) => Ok((
+            Artifact::load(p).with_context(|| format!("config: {setting}: {}", p.display()))?,
+            p.display().to_string(),
+        )),
+    }
+}
+
+/// Everything the service needs, built from a configuration.
+pub struct Service {
+    /// Shared HTTP state.
+    pub state: http::AppState,
+    /// Where the development key was written, in development mode.
+    pub dev_key: Option<PathBuf>,
+    /// Listen address.
+    pub bind: String,
+    /// HTTP workers.
+    pub workers: usize,
+    /// The memory store, to snapshot now and then.
+    pub memory: Option<Arc<MemoryStore>>,
+}
+
+/// Builds the service of `cfg` (everything but the listening socket).
+pub fn build(cfg: &Config) -> anyhow::Result<Service> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("config: data_dir: cannot create {}", cfg.data_dir.display()))?;
+    let (artifact, origin) = load_artifact(cfg.model.as_deref(), "model")?;
+    let spec = match &cfg.feature_spec {
+        Some(p) => FeatureSpec::from_toml(
+            &std::fs::read_to_string(p)
+                .with_context(|| format!("config: feature_spec: cannot read {}", p.display()))?,
+        )
+        .with_context(|| format!("config: feature_spec: {}", p.display()))?,
+        None => artifact
+            .metadata
+            .feature_spec
+            .clone()
+            .unwrap_or_else(FeatureSpec::default_spec),
+    };
+    let extractor = Extractor::new(spec).context("feature spec")?;
+    let model = engine::LoadedModel::new(&artifact, &extractor, &origin)
+        .map_err(|e| anyhow::anyhow!("config: model ({origin}): {e}"))?;
+    let shadow = match &cfg.shadow_model {
+        None => None,
+        Some(p) => {
+            let (a, o) = load_artifact(Some(p), "shadow_model")?;
+            Some(
+                engine::LoadedModel::new(&a, &extractor, &o)
+                    .map_err(|e| anyhow::anyhow!("config: shadow_model: {e}"))?,
+            )
+        }
+    };
+    let policy = engine::Policy::new(cfg, extractor.names()).map_err(anyhow::Error::msg)?;
+    let (tokenizer, _) = tokenizer(cfg)?;
+    let mut memory = None;
+    let store: Arc<dyn StateStore> = match cfg.state.backend.as_str() {
+        "redis" => {
+            let url = cfg.state.redis_url.as_deref().unwrap_or_default();
+            Arc::new(
+                fraud_core::features::redis::RedisStore::open(
+                    url,
+                    "fraud:",
+                    Duration::from_millis(cfg.state.redis_timeout_ms),
+                )
+                .context("config: state.redis_url")?,
+            )
+        }
+        _ => {
+            let durability = if cfg.state.durability == "sync" {
+                Durability::Sync
+            } else {
+                Durability::Write
+            };
+            let m = Arc::new(
+                MemoryStore::open(&cfg.data_dir.join("state"), &extractor, durability)
+                    .context("entity state")?,
+            );
+            memory = Some(m.clone());
+            m
+        }
+    };
+    let log =
+        decisions::DecisionLog::open(&cfg.data_dir.join("log"), cfg.log_durability == "sync")?;
+    let (keys, dev_key) = match &cfg.keys_file {
+        Some(p) => (keys::Keys::load(p)?, None),
+        None => {
+            let (k, path) = keys::Keys::development(&cfg.data_dir)?;
+            (k, Some(path))
+        }
+    };
+    let engine = Arc::new(engine::Engine::new(
+        extractor,
+        store,
+        tokenizer,
+        model,
+        shadow,
+        policy,
+        log,
+        cfg.reasons,
+    ));
+    let workers = if cfg.limits.workers == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        cfg.limits.workers
+    };
+    Ok(Service {
+        state: http::AppState::new(engine, keys, cfg.limits.clone()),
+        dev_key,
+        bind: cfg.bind.clone(),
+        workers,
+        memory,
+    })
+}
+
+/// Snapshots the memory store now and then, so that restarts replay a short log.
+fn snapshots(store: Option<Arc<MemoryStore>>) {
+    let Some(store) = store else { return };
+    std::thread::spawn(move || loop {
+        std::thread::sleep(Duration::from_secs(300));
+        if let Err(e) = store.snapshot() {
+            eprintln!("warning: state snapshot failed: {e}");
+        }
+    });
+}
+
+/// Runs `fraud serve`.
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let file = a
+        .config
+        .clone()
+        .or_else(|| std::env::var_os("FRAUD_CONFIG").map(PathBuf::from));
+    let mut cfg = Config::load(file.as_deref(), std::env::vars())?;
+    if let Some(b) = a.bind {
+        cfg.bind = b;
+        cfg.check()?;
+    }
+    if let Some(tls) = &cfg.tls {
+        anyhow::bail!(
+            "config: tls: TLS termination (cert {}, key {}) is not built into this version yet; put the service behind a TLS proxy or remove [tls]",
+            tls.cert.display(),
+            tls.key.display()
+        );
+    }
+    let service = build(&cfg)?;
+    let engine = service.state.engine.clone();
+    let model = engine.model.load();
+    println!(
+        "fraud-server {}: model {} ({}), {} features, state {}, data in {}",
+        env!("CARGO_PKG_VERSION"),
+        model.version,
+        model.origin,
+        engine.extractor.names().len(),
+        cfg.state.backend,
+        cfg.data_dir.display()
+    );
+    match &service.dev_key {
+        Some(p) => println!(
+            "development mode: an API key with every role is in {} (send it as `Authorization: Bearer <key>`)",
+            p.display()
+        ),
+        None => println!("API keys: {} loaded", service.state.keys.len()),
+    }
+    snapshots(service.memory.clone());
+    let bind = service.bind.clone();
+    let workers = service.workers;
+    let state = actix_web::web::Data::new(service.state);
+    actix_web::rt::System::new().block_on(async move {
+        let server = actix_web::HttpServer::new(move || {
+            actix_web::App::new()
+                .app_data(state.clone())
+                .configure(http::routes)
+        })
+        .workers(workers)
+        .backlog(2048)
+        .client_request_timeout(Duration::from_secs(5))
+        .client_disconnect_timeout(Duration::from_secs(2))
+        .keep_alive(Duration::from_secs(30))
+        .bind(&bind)
+        .with_context(|| format!("config: bind: cannot listen on {bind}"))?;
+        println!("listening on http://{bind}");
+        server.run().await.context("server")
+    })
+}
