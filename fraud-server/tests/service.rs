@@ -1,0 +1,700 @@
+//! The scoring service, run for real: `fraud serve` on a free port with its own data
+//! directory, driven over HTTP/1.1 through every endpoint and its error cases.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+const CARD: &str = "4111111111111111";
+
+struct Server {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+    out: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `fraud serve` with `config` (TOML, may be empty) in `dir`; waits for /healthz.
+fn start(dir: &Path, config: &str) -> Result<Server, String> {
+    let port = free_port();
+    let cfg = dir.join("fraud.toml");
+    std::fs::write(&cfg, config).unwrap();
+    let out = dir.join(format!("server-{port}.log"));
+    let log = std::fs::File::create(&out).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_fraud"))
+        .args(["serve", "--bind", &format!("127.0.0.1:{port}"), "--config"])
+        .arg(&cfg)
+        .env("FRAUD_DATA_DIR", dir.join("data"))
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap();
+    let mut s = Server {
+        child,
+        port,
+        dir: dir.to_path_buf(),
+        out,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = s.child.try_wait() {
+            return Err(std::fs::read_to_string(&s.out).unwrap_or_default());
+        }
+        if let Ok(r) = s.try_request("GET", "/healthz", None, &[], b"") {
+            if r.0 == 200 {
+                return Ok(s);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err("server did not start".into())
+}
+
+type Response = (u16, Vec<(String, String)>, Vec<u8>);
+
+impl Server {
+    fn key(&self) -> String {
+        std::fs::read_to_string(self.dir.join("data/dev-api-key"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<Response> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+        if let Some(k) = key {
+            req.push_str(&format!("Authorization: Bearer {k}\r\n"));
+        }
+        for (h, v) in headers {
+            req.push_str(&format!("{h}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes())?;
+        s.write_all(body)?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw)?;
+        let split = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or_else(|| std::io::Error::other("no header end"))?;
+        let head = String::from_utf8_lossy(&raw[..split]).to_string();
+        let mut lines = head.lines();
+        let status: u16 = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| std::io::Error::other("no status"))?;
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        Ok((status, headers, raw[split + 4..].to_vec()))
+    }
+
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<&Value>,
+    ) -> (u16, Value, Vec<(String, String)>) {
+        let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+        let (status, headers, body) = self
+            .try_request(
+                method,
+                path,
+                key,
+                &[("Content-Type", "application/json")],
+                &bytes,
+            )
+            .unwrap();
+        let v = serde_json::from_slice(&body)
+            .unwrap_or(Value::String(String::from_utf8_lossy(&body).into()));
+        (status, v, headers)
+    }
+}
+
+fn tx(id: &str, amount: &str) -> Value {
+    json!({
+        "transaction_id": id, "timestamp": "2024-05-01T10:00:00Z", "amount": amount,
+        "currency": "EUR", "card_number": CARD, "customer_id": "C1", "merchant_id": "M1",
+        "mcc": "5411", "terminal_id": "T1", "channel": "ecommerce", "card_country": "BE",
+        "merchant_country": "BE", "ip": "10.0.0.1", "ip_country": "BE", "device_id": "d1",
+        "email": "c1@example.com"
+    })
+}
+
+fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    h.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+/// Every file under `dir`, recursively, as bytes.
+fn all_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(all_files(&p));
+        } else {
+            out.push((p.clone(), std::fs::read(&p).unwrap()));
+        }
+    }
+    out
+}
+
+fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[test]
+fn scores_records_and_reads_back_in_development_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), "").unwrap();
+    let key = s.key();
+    // The key file is private and the key is never printed.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("data/dev-api-key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let (st, v, _) = s.call("POST", "/v1/score", Some(&key), Some(&tx("t1", "25.00")));
+    assert_eq!(st, 200, "{v}");
+    for field in [
+        "transaction_id",
+        "decision",
+        "score",
+        "risk_score",
+        "reasons",
+        "rules_fired",
+        "model_version",
+        "card_mask",
+        "elapsed_us",
+    ] {
+        assert!(v.get(field).is_some(), "{field} missing: {v}");
+    }
+    assert_eq!(v["card_mask"], "411111******1111");
+    assert!(["approve", "review", "decline"].contains(&v["decision"].as_str().unwrap()));
+    let score = v["score"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&score));
+    assert_eq!(
+        v["risk_score"].as_i64().unwrap(),
+        (score * 100.0).round() as i64
+    );
+    let reasons = v["reasons"].as_array().unwrap();
+    assert!(!reasons.is_empty() && reasons.len() <= 5);
+    assert!(reasons[0]["feature"].is_string() && reasons[0]["contribution"].is_f64());
+    // A second use of the card a minute later sees the first in its features.
+    let mut second = tx("t2", "900.00");
+    second["timestamp"] = json!("2024-05-01T10:01:00Z");
+    let (st, v2, _) = s.call("POST", "/v1/score", Some(&key), Some(&second));
+    assert_eq!(st, 200, "{v2}");
+    let (st, rec, _) = s.call("GET", "/v1/decisions/t2", Some(&key), None);
+    assert_eq!(st, 200, "{rec}");
+    assert_eq!(rec["features"]["card_txn_count_10m"], 1.0);
+    assert_eq!(rec["response"]["decision"], v2["decision"]);
+    assert!(rec["transaction"]["ip"].is_null() && rec["transaction"]["email"].is_null());
+    // The same id again: the recorded answer, state untouched.
+    let (st, again, _) = s.call("POST", "/v1/score", Some(&key), Some(&second));
+    assert_eq!(st, 200);
+    assert_eq!(again["replayed"], true);
+    assert_eq!(again["score"], v2["score"]);
+    let (st, p, h) = s.call("GET", "/v1/decisions/nope", Some(&key), None);
+    assert_eq!(st, 404);
+    assert_eq!(header(&h, "content-type"), Some("application/problem+json"));
+    assert!(p["detail"].as_str().unwrap().contains("nope"));
+    // Labels feed the state; unknown ids are listed.
+    let (st, l, _) = s.call(
+        "POST",
+        "/v1/labels",
+        Some(&key),
+        Some(&json!({"labels": [{"transaction_id": "t2", "is_fraud": true}, {"transaction_id": "zz", "is_fraud": false}]})),
+    );
+    assert_eq!(st, 200, "{l}");
+    assert_eq!(l, json!({"accepted": 1, "unknown": ["zz"]}));
+    // Batch: in order, one result each, errors in place.
+    let batch = json!({"transactions": [tx("b1", "10.00"), tx("b2", "-1"), tx("b3", "12.50")]});
+    let (st, b, _) = s.call("POST", "/v1/score/batch", Some(&key), Some(&batch));
+    assert_eq!(st, 200, "{b}");
+    let r = b["results"].as_array().unwrap();
+    assert_eq!(r.len(), 3);
+    assert_eq!(r[0]["transaction_id"], "b1");
+    assert_eq!(r[1]["error"]["field"], "amount");
+    assert_eq!(r[2]["transaction_id"], "b3");
+    // Metrics and the API description.
+    let (st, _, _) = s.call("GET", "/metrics", Some(&key), None);
+    assert_eq!(st, 200);
+    let (_, _, body) = s
+        .try_request("GET", "/metrics", Some(&key), &[], b"")
+        .unwrap();
+    let text = String::from_utf8(body).unwrap();
+    for m in [
+        "fraud_decisions_total{decision=",
+        "fraud_http_requests_total{route=\"/v1/score\",status=\"200\"}",
+        "fraud_scoring_duration_seconds_bucket",
+        "fraud_feature_psi{feature=\"log_amount\"}",
+        "fraud_model_info{role=\"active\"",
+        "fraud_labels_total{label=\"fraud\"} 1",
+        "fraud_score_bucket",
+    ] {
+        assert!(text.contains(m), "{m} missing from /metrics");
+    }
+    let (st, api, _) = s.call("GET", "/openapi.json", Some(&key), None);
+    assert_eq!(st, 200);
+    assert!(api["paths"]["/v1/score"]["post"].is_object());
+    let (st, _, _) = s.call("GET", "/readyz", None, None);
+    assert_eq!(st, 200);
+    // The card number is nowhere: not in answers, files or the server's output.
+    drop(s);
+    for (path, bytes) in all_files(dir.path()) {
+        assert!(!contains(&bytes, CARD), "card number in {}", path.display());
+        assert!(
+            !contains(&bytes, &key) || path.ends_with("dev-api-key"),
+            "API key in {}",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn bad_requests_get_problem_details() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(
+        dir.path(),
+        "[limits]\nmax_body_bytes = 2048\nmax_batch = 2\n",
+    )
+    .unwrap();
+    let key = s.key();
+    let send = |body: &[u8], ct: &str| {
+        s.try_request(
+            "POST",
+            "/v1/score",
+            Some(&key),
+            &[("Content-Type", ct)],
+            body,
+        )
+        .unwrap()
+    };
+    let cases: Vec<(Vec<u8>, &str, u16, &str)> = vec![
+        (b"{not json".to_vec(), "application/json", 400, "body"),
+        (vec![0xff, 0xfe, b'{'], "application/json", 400, "body"),
+        (b"[]".to_vec(), "application/json", 400, "body"),
+        (b"".to_vec(), "application/json", 400, "body"),
+        (
+            tx("x", "-5").to_string().into_bytes(),
+            "application/json",
+            422,
+            "amount",
+        ),
+        (
+            tx("x", "NaN").to_string().into_bytes(),
+            "application/json",
+            422,
+            "amount",
+        ),
+        (
+            tx("x", "1e400").to_string().into_bytes(),
+            "application/json",
+            422,
+            "amount",
+        ),
+        (
+            {
+                let mut t = tx("x", "5");
+                t["currency"] = json!("XXQ");
+                t.to_string().into_bytes()
+            },
+            "application/json",
+            422,
+            "currency",
+        ),
+        (
+            {
+                let mut t = tx("x", "5");
+                t["timestamp"] = json!("1890-01-01T00:00:00Z");
+                t.to_string().into_bytes()
+            },
+            "application/json",
+            422,
+            "timestamp",
+        ),
+        (
+            {
+                let mut t = tx("x", "5");
+                t["cvv"] = json!("123");
+                t.to_string().into_bytes()
+            },
+            "application/json",
+            422,
+            "cvv",
+        ),
+        (
+            {
+                let mut t = tx("x", "5");
+                t["colour"] = json!("red");
+                t.to_string().into_bytes()
+            },
+            "application/json",
+            400,
+            "body",
+        ),
+        (
+            {
+                let mut t = tx("x", "5");
+                t["latitude"] = json!("4111111111111111");
+                t.to_string().into_bytes()
+            },
+            "application/json",
+            400,
+            "body",
+        ),
+        (
+            {
+                let mut t = tx("x", "5");
+                t["card_number"] = json!("4111111111111112");
+                t.to_string().into_bytes()
+            },
+            "application/json",
+            422,
+            "card_number",
+        ),
+        (
+            format!("{{\"a\":\"{}\"}}", "x".repeat(4096)).into_bytes(),
+            "application/json",
+            413,
+            "",
+        ),
+        (tx("x", "5").to_string().into_bytes(), "text/plain", 415, ""),
+        ("[".repeat(3000).into_bytes(), "application/json", 413, ""),
+        (
+            "[".repeat(1500).into_bytes(),
+            "application/json",
+            400,
+            "body",
+        ),
+    ];
+    for (i, (body, ct, want, field)) in cases.iter().enumerate() {
+        let (st, h, b) = send(body, ct);
+        assert_eq!(st, *want, "case {i}: {}", String::from_utf8_lossy(&b));
+        assert_eq!(
+            header(&h, "content-type"),
+            Some("application/problem+json"),
+            "case {i}"
+        );
+        let p: Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(p["status"], *want);
+        assert!(!p["detail"].as_str().unwrap().is_empty());
+        if !field.is_empty() {
+            assert_eq!(p["errors"][0]["field"], *field, "case {i}: {p}");
+        }
+        assert!(
+            !contains(&b, CARD) && !contains(&b, "4111111111111112"),
+            "case {i} echoes a card number"
+        );
+    }
+    // Batches over the limit; unknown endpoints; the server still scores afterwards.
+    let (st, p, _) = s.call(
+        "POST",
+        "/v1/score/batch",
+        Some(&key),
+        Some(&json!({"transactions": [tx("a", "1"), tx("b", "1"), tx("c", "1")]})),
+    );
+    assert_eq!(st, 413, "{p}");
+    let (st, _, _) = s.call("GET", "/v1/nothing", Some(&key), None);
+    assert_eq!(st, 404);
+    let (st, v, _) = s.call("POST", "/v1/score", Some(&key), Some(&tx("good", "10.00")));
+    assert_eq!(st, 200, "{v}");
+}
+
+fn write_keys(dir: &Path, keys: &[(&str, &str, &[&str])]) -> PathBuf {
+    let list: Vec<Value> = keys
+        .iter()
+        .map(|(name, secret, roles)| {
+            let h: String = Sha256::digest(secret.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            json!({"name": name, "roles": roles, "sha256": h, "created": "2026-01-01T00:00:00Z"})
+        })
+        .collect();
+    let p = dir.join("keys.json");
+    std::fs::write(&p, json!({"keys": list}).to_string()).unwrap();
+    p
+}
+
+#[test]
+fn every_endpoint_checks_the_key_and_its_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = write_keys(
+        dir.path(),
+        &[
+            ("checkout", "fsk_score", &["score"]),
+            ("analyst", "fsk_analyst", &["analyst"]),
+            ("ops", "fsk_admin", &["admin"]),
+        ],
+    );
+    let s = start(
+        dir.path(),
+        &format!("keys_file = {:?}\n", keys.to_str().unwrap()),
+    )
+    .unwrap();
+    assert!(!dir.path().join("data/dev-api-key").exists());
+    let (st, v, _) = s.call(
+        "POST",
+        "/v1/score",
+        Some("fsk_score"),
+        Some(&tx("k1", "5.00")),
+    );
+    assert_eq!(st, 200, "{v}");
+    let endpoints: [(&str, &str, Option<Value>, &[&str]); 8] = [
+        (
+            "POST",
+            "/v1/score",
+            Some(tx("k2", "5.00")),
+            &["fsk_score", "fsk_admin"],
+        ),
+        (
+            "POST",
+            "/v1/score/batch",
+            Some(json!({"transactions": []})),
+            &["fsk_score", "fsk_admin"],
+        ),
+        (
+            "POST",
+            "/v1/labels",
+            Some(json!({"labels": []})),
+            &["fsk_analyst", "fsk_admin"],
+        ),
+        (
+            "GET",
+            "/v1/decisions/k1",
+            None,
+            &["fsk_analyst", "fsk_admin"],
+        ),
+        ("DELETE", "/v1/models/shadow", None, &["fsk_admin"]),
+        ("GET", "/metrics", None, &["fsk_analyst", "fsk_admin"]),
+        (
+            "GET",
+            "/openapi.json",
+            None,
+            &["fsk_score", "fsk_analyst", "fsk_admin"],
+        ),
+        ("POST", "/v1/models?role=shadow", None, &["fsk_admin"]),
+    ];
+    for (i, (method, path, body, allowed)) in endpoints.iter().enumerate() {
+        for key in [
+            None,
+            Some("fsk_wrong"),
+            Some("fsk_score"),
+            Some("fsk_analyst"),
+            Some("fsk_admin"),
+        ] {
+            let body = match (*path, body) {
+                ("/v1/score", Some(b)) => {
+                    let mut b = b.clone();
+                    b["transaction_id"] = json!(format!("k2-{i}-{}", key.unwrap_or("none")));
+                    Some(b)
+                }
+                _ => body.clone(),
+            };
+            let (st, v, _) = s.call(method, path, key, body.as_ref());
+            let want_ok = key.is_some_and(|k| allowed.contains(&k));
+            match key {
+                None | Some("fsk_wrong") => assert_eq!(st, 401, "{method} {path} {key:?}: {v}"),
+                _ if want_ok => {
+                    assert!(st != 401 && st != 403, "{method} {path} {key:?}: {st} {v}")
+                }
+                _ => assert_eq!(st, 403, "{method} {path} {key:?}: {v}"),
+            }
+        }
+    }
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(s.call("GET", path, None, None).0, 200);
+    }
+}
+
+#[test]
+fn models_can_be_swapped_and_shadowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), "").unwrap();
+    let key = s.key();
+    let model =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/demo/model.fgb"))
+            .unwrap();
+    let (st, h, b) = s
+        .try_request(
+            "POST",
+            "/v1/models?role=shadow",
+            Some(&key),
+            &[("Content-Type", "application/octet-stream")],
+            &model,
+        )
+        .unwrap();
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&b));
+    let _ = h;
+    let (st, v, _) = s.call("POST", "/v1/score", Some(&key), Some(&tx("s1", "50.00")));
+    assert_eq!(st, 200, "{v}");
+    let (_, rec, _) = s.call("GET", "/v1/decisions/s1", Some(&key), None);
+    assert_eq!(rec["shadow"]["model_version"], v["model_version"]);
+    assert_eq!(rec["shadow"]["score"], v["score"]);
+    // A broken artifact is refused and the active model keeps deciding.
+    let (st, _, b) = s
+        .try_request(
+            "POST",
+            "/v1/models",
+            Some(&key),
+            &[("Content-Type", "application/octet-stream")],
+            b"not a model",
+        )
+        .unwrap();
+    assert_eq!(st, 422, "{}", String::from_utf8_lossy(&b));
+    let (st, _, _) = s.call("POST", "/v1/score", Some(&key), Some(&tx("s2", "50.00")));
+    assert_eq!(st, 200);
+    let (st, _, _) = s.call("DELETE", "/v1/models/shadow", Some(&key), None);
+    assert_eq!(st, 204);
+    let (_, v, _) = s.call("POST", "/v1/score", Some(&key), Some(&tx("s3", "50.00")));
+    let (_, rec, _) = s.call("GET", "/v1/decisions/s3", Some(&key), None);
+    assert!(rec["shadow"].is_null(), "{v}");
+}
+
+#[test]
+fn rules_lists_and_rate_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = r#"
+[limits]
+rate_per_key = 2.0
+burst_per_key = 8.0
+
+[[rules]]
+name = "big_online_amount"
+when = "tx.amount > 1000.0 && tx.channel == 'ecommerce'"
+action = "decline"
+
+[[rules]]
+name = "many_recent_uses"
+when = "features.card_txn_count_10m >= 3.0"
+action = "review"
+
+[lists.block]
+devices = ["stolen-phone"]
+"#;
+    let s = start(dir.path(), cfg).unwrap();
+    let key = s.key();
+    let (_, v, _) = s.call("POST", "/v1/score", Some(&key), Some(&tx("r1", "1500.00")));
+    assert_eq!(v["decision"], "decline", "{v}");
+    assert_eq!(v["rules_fired"], json!(["big_online_amount"]));
+    let mut blocked = tx("r2", "5.00");
+    blocked["device_id"] = json!("stolen-phone");
+    let (_, v, _) = s.call("POST", "/v1/score", Some(&key), Some(&blocked));
+    assert_eq!(v["decision"], "decline");
+    assert_eq!(v["rules_fired"], json!(["block_list:device"]));
+    // The burst is spent: 429 with Retry-After.
+    let mut limited = None;
+    for i in 0..10 {
+        let (st, v, h) = s.call(
+            "POST",
+            "/v1/score",
+            Some(&key),
+            Some(&tx(&format!("r3-{i}"), "5.00")),
+        );
+        if st == 429 {
+            limited = Some((v, header(&h, "retry-after").map(str::to_string)));
+            break;
+        }
+    }
+    let (p, retry) = limited.expect("no 429 after the burst");
+    assert!(retry.is_some());
+    assert_eq!(p["status"], 429);
+}
+
+#[test]
+fn bad_configuration_stops_start_up_naming_the_setting() {
+    let cases = [
+        ("[limits]\nmax_batch = 0\n", "limits.max_batch"),
+        ("[thresholds]\nreview = 0.9\ndecline = 0.5\n", "thresholds.review"),
+        ("[[rules]]\nname = \"x\"\nwhen = \"score >\"\naction = \"decline\"\n", "rules[0]"),
+        ("[[rules]]\nname = \"x\"\nwhen = \"features.no_such_feature > 1.0\"\naction = \"decline\"\n", "rules[0]"),
+        ("[[rules]]\nname = \"x\"\nwhen = \"score\"\naction = \"decline\"\n", "rules[0]"),
+        ("[[rules]]\nname = \"x\"\nwhen = \"score > 0.5\"\naction = \"block\"\n", "rules[0].action"),
+        ("[state]\nbackend = \"etcd\"\n", "state.backend"),
+        ("colour = \"red\"\n", "unknown field `colour`"),
+        ("model = \"/nonexistent/model.fgb\"\n", "config: model"),
+    ];
+    for (cfg, want) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let err = start(dir.path(), cfg)
+            .err()
+            .expect("started with a bad config");
+        assert!(err.contains(want), "{cfg}: {err}");
+    }
+}
+
+#[test]
+fn answered_decisions_survive_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), "").unwrap();
+    let key = s.key();
+    let mut answered = Vec::new();
+    for i in 0..20 {
+        let (st, v, _) = s.call(
+            "POST",
+            "/v1/score",
+            Some(&key),
+            Some(&tx(&format!("c{i}"), "20.00")),
+        );
+        assert_eq!(st, 200);
+        answered.push(v);
+    }
+    let mut s = s;
+    s.child.kill().unwrap(); // SIGKILL
+    s.child.wait().unwrap();
+    drop(s);
+    let s = start(dir.path(), "").unwrap();
+    assert_eq!(s.key(), key, "the development key is kept across restarts");
+    for v in &answered {
+        let id = v["transaction_id"].as_str().unwrap();
+        let (st, rec, _) = s.call("GET", &format!("/v1/decisions/{id}"), Some(&key), None);
+        assert_eq!(st, 200, "{id} lost");
+        assert_eq!(rec["response"]["score"], v["score"]);
+    }
+    // State came back too: the card's count includes the 20 before the kill.
+    let mut next = tx("after", "20.00");
+    next["timestamp"] = json!("2024-05-01T10:00:01Z");
+    let (_, _, _) = s.call("POST", "/v1/score", Some(&key), Some(&next));
+    let (_, rec, _) = s.call("GET", "/v1/decisions/after", Some(&key), None);
+    assert_eq!(rec["features"]["card_txn_count_10m"], 20.0);
+}
