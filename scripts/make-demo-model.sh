@@ -34,7 +34,7 @@ $fraud train --input "$work/train.csv" --valid "$work/valid.csv" --label is_frau
     --exclude transaction_id,timestamp,card_token,fraud_scenario \
     --categorical channel,mcc \
     --feature-spec fraud-core/src/features/default_spec.toml \
-    --param num_iterations=400 --param learning_rate=0.05 --param num_leaves=31 \
+    --param num_iterations=400 --param learning_rate=0.05 --param num_leaves=31 --param max_depth=6 \
     --param early_stopping_round=40 --param seed=42 --param num_threads=2 \
     -o datasets/demo/model.fgb
 rm -rf datasets/demo/report

@@ -23,6 +23,9 @@ struct PathElement {
 #[derive(Debug, Clone)]
 pub struct Explainer {
     ensemble: Ensemble,
+    /// Per tree: its leaves' weight tables, or `None` when too large (the tree is then
+    /// explained by the recursive algorithm).
+    tables: Vec<Option<TreeTable>>,
     bias: f64,
     scale: f64,
     max_depth: usize,
@@ -92,8 +95,14 @@ impl Explainer {
         if let Some(lin) = &ensemble.linear {
             bias += lin.expected_value();
         }
+        let tables = ensemble
+            .trees
+            .iter()
+            .map(|t| TreeTable::new(t, scale))
+            .collect();
         Ok(Explainer {
             ensemble: ensemble.clone(),
+            tables,
             bias,
             scale,
             max_depth,
@@ -129,8 +138,14 @@ impl Explainer {
         out.fill(0.0);
         let d = self.max_depth + 2;
         let mut path = vec![PathElement::default(); (d + 1) * (d + 2) / 2 + d];
-        for tree in &self.ensemble.trees {
+        let mut goes_left = Vec::new();
+        let mut lanes = vec![0.0; LANES * m];
+        for (tree, table) in self.ensemble.trees.iter().zip(&self.tables) {
             if tree.nodes.len() == 1 {
+                continue;
+            }
+            if let Some(t) = table {
+                t.add(tree, row, &mut goes_left, &mut lanes);
                 continue;
             }
             let mut walk = Walk {
@@ -140,6 +155,44 @@ impl Explainer {
                 scale: self.scale,
             };
             walk.recurse(0, &mut path, 0, 0, 1.0, 1.0, -1);
+        }
+        for lane in lanes.chunks_exact(m.max(1)) {
+            for (o, v) in out[..m].iter_mut().zip(lane) {
+                *o += v;
+            }
+        }
+        if let Some(lin) = &self.ensemble.linear {
+            for (f, o) in out[..m].iter_mut().enumerate() {
+                *o += lin.contribution(f, row[f]);
+            }
+        }
+        out[m] = self.bias;
+        Ok(())
+    }
+
+    /// The same contributions by the recursive algorithm alone (no tables): the reference
+    /// the tables are checked against.
+    pub fn contributions_recursive(&self, row: &[f64], out: &mut [f64]) -> Result<(), ModelError> {
+        let m = self.ensemble.features.len();
+        if row.len() != m || out.len() != m + 1 {
+            return Err(ModelError::RowLength {
+                found: row.len(),
+                expected: m,
+            });
+        }
+        out.fill(0.0);
+        let d = self.max_depth + 2;
+        let mut path = vec![PathElement::default(); (d + 1) * (d + 2) / 2 + d];
+        for tree in &self.ensemble.trees {
+            if tree.nodes.len() > 1 {
+                let mut walk = Walk {
+                    tree,
+                    row,
+                    phi: &mut out[..m],
+                    scale: self.scale,
+                };
+                walk.recurse(0, &mut path, 0, 0, 1.0, 1.0, -1);
+            }
         }
         if let Some(lin) = &self.ensemble.linear {
             for (f, o) in out[..m].iter_mut().enumerate() {
@@ -153,6 +206,138 @@ impl Explainer {
     /// The model explained.
     pub fn ensemble(&self) -> &Ensemble {
         &self.ensemble
+    }
+}
+
+/// Accumulators of [`TreeTable::add`].
+const LANES: usize = 4;
+
+/// Largest table of one tree, in coefficients (beyond: the recursive algorithm).
+const MAX_TABLE: usize = 1 << 17;
+
+/// The precomputed weights of one tree's leaves. In path-dependent TreeSHAP a leaf's share
+/// of each feature's contribution depends on the row only through which of the path's unique
+/// features the row follows towards the leaf (their "one" fractions, 0 or 1); the cover
+/// fractions are fixed. So every pattern of a leaf's `k` unique path features is computed
+/// once, at load, and scoring only looks the pattern up. Everything is in flat arrays, leaf
+/// after leaf, for locality.
+#[derive(Debug, Clone, Default)]
+struct TreeTable {
+    /// Per leaf: (first condition, number of conditions, first feature slot, k, first
+    /// coefficient).
+    leaves: Vec<(u32, u16, u32, u8, u32)>,
+    /// Path conditions: (node, the leaf is on its left, feature slot).
+    conds: Vec<(u32, bool, u8)>,
+    /// Unique path features of each leaf, by slot.
+    features: Vec<u32>,
+    /// Per leaf, `2^k x k` coefficients: for pattern `p` (bit `s` set when the row follows
+    /// the path at every node of slot `s`) the contribution of slot `s` is `coef[p * k + s]`.
+    coef: Vec<f64>,
+}
+
+impl TreeTable {
+    fn new(tree: &super::Tree, scale: f64) -> Option<TreeTable> {
+        let mut t = TreeTable::default();
+        if tree.nodes.len() == 1 {
+            return Some(t);
+        }
+        let mut stack: Vec<(usize, Vec<(u32, bool)>)> = vec![(0, Vec::new())];
+        while let Some((i, path)) = stack.pop() {
+            match &tree.nodes[i] {
+                Node::Split(s) => {
+                    let mut l = path.clone();
+                    l.push((i as u32, true));
+                    stack.push((s.left as usize, l));
+                    let mut r = path;
+                    r.push((i as u32, false));
+                    stack.push((s.right as usize, r));
+                }
+                Node::Leaf { value, .. } => {
+                    let mut features: Vec<u32> = Vec::new();
+                    let mut zero: Vec<f64> = Vec::new();
+                    let first_cond = t.conds.len();
+                    for &(n, left) in &path {
+                        let Node::Split(s) = &tree.nodes[n as usize] else {
+                            return None;
+                        };
+                        let child = if left { s.left } else { s.right } as usize;
+                        let frac = cover(&tree.nodes[child]) / s.cover;
+                        let slot = match features.iter().position(|&f| f == s.feature) {
+                            Some(k) => k,
+                            None => {
+                                features.push(s.feature);
+                                zero.push(1.0);
+                                features.len() - 1
+                            }
+                        };
+                        zero[slot] *= frac;
+                        t.conds.push((n, left, slot as u8));
+                    }
+                    let k = features.len();
+                    if k > 16 || path.len() > usize::from(u16::MAX) {
+                        return None;
+                    }
+                    let first_coef = t.coef.len();
+                    if first_coef + (1usize << k) * k > MAX_TABLE {
+                        return None;
+                    }
+                    t.coef.resize(first_coef + (1 << k) * k, 0.0);
+                    let mut buf = vec![PathElement::default(); k + 2];
+                    for p in 0..(1usize << k) {
+                        extend(&mut buf, 0, 1.0, 1.0, -1);
+                        for s in 0..k {
+                            let one = if p >> s & 1 == 1 { 1.0 } else { 0.0 };
+                            extend(&mut buf, s + 1, zero[s], one, s as i64);
+                        }
+                        for i in 1..=k {
+                            let el = buf[i];
+                            let w = unwound_sum(&buf, k, i);
+                            t.coef[first_coef + p * k + el.feature as usize] =
+                                w * (el.one_fraction - el.zero_fraction) * value * scale;
+                        }
+                    }
+                    t.leaves.push((
+                        first_cond as u32,
+                        path.len() as u16,
+                        t.features.len() as u32,
+                        k as u8,
+                        first_coef as u32,
+                    ));
+                    t.features.extend_from_slice(&features);
+                }
+            }
+        }
+        Some(t)
+    }
+
+    /// Adds this tree's contributions for `row` to `phi`: `LANES` accumulators of the
+    /// features, one after the other.
+    fn add(&self, tree: &super::Tree, row: &[f64], goes_left: &mut Vec<bool>, phi: &mut [f64]) {
+        goes_left.clear();
+        goes_left.extend(tree.nodes.iter().map(|n| match n {
+            Node::Split(s) => s.goes_left(row.get(s.feature as usize).copied().unwrap_or(f64::NAN)),
+            Node::Leaf { .. } => false,
+        }));
+        // Four accumulators, leaf after leaf: additions to the same feature do not wait on
+        // each other.
+        let m = phi.len() / LANES;
+        for (j, &(c0, nc, f0, k, k0)) in self.leaves.iter().enumerate() {
+            let lane = (j % LANES) * m;
+            let k = usize::from(k);
+            let mut p = (1usize << k) - 1;
+            for &(n, left, slot) in &self.conds[c0 as usize..c0 as usize + usize::from(nc)] {
+                if goes_left[n as usize] != left {
+                    p &= !(1usize << slot);
+                }
+            }
+            let c = &self.coef[k0 as usize + p * k..k0 as usize + (p + 1) * k];
+            for (s, &f) in self.features[f0 as usize..f0 as usize + k]
+                .iter()
+                .enumerate()
+            {
+                phi[lane + f as usize] += c[s];
+            }
+        }
     }
 }
 
