@@ -285,9 +285,9 @@ impl TreeTable {
                     let mut buf = vec![PathElement::default(); k + 2];
                     for p in 0..(1usize << k) {
                         extend(&mut buf, 0, 1.0, 1.0, -1);
-                        for s in 0..k {
+                        for (s, &z) in zero.iter().enumerate() {
                             let one = if p >> s & 1 == 1 { 1.0 } else { 0.0 };
-                            extend(&mut buf, s + 1, zero[s], one, s as i64);
+                            extend(&mut buf, s + 1, z, one, s as i64);
                         }
                         for i in 1..=k {
                             let el = buf[i];
