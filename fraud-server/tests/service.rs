@@ -698,3 +698,84 @@ fn answered_decisions_survive_a_kill() {
     let (_, rec, _) = s.call("GET", "/v1/decisions/after", Some(&key), None);
     assert_eq!(rec["features"]["card_txn_count_10m"], 20.0);
 }
+
+#[test]
+fn serves_tls_1_2_and_newer_when_configured() {
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("key.pem"), cert.key_pair.serialize_pem()).unwrap();
+    let cfg = format!(
+        "[tls]\ncert = {:?}\nkey = {:?}\n",
+        dir.path().join("cert.pem").to_str().unwrap(),
+        dir.path().join("key.pem").to_str().unwrap()
+    );
+    // start() probes /healthz in plain HTTP: that fails against TLS, so wait for the port.
+    let port = free_port();
+    std::fs::write(dir.path().join("fraud.toml"), &cfg).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fraud"))
+        .args(["serve", "--bind", &format!("127.0.0.1:{port}"), "--config"])
+        .arg(dir.path().join("fraud.toml"))
+        .env("FRAUD_DATA_DIR", dir.path().join("data"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client = |versions: &[&'static rustls::SupportedProtocolVersion]| {
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(versions)
+                .unwrap()
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth(),
+        )
+    };
+    let get = |cfg: Arc<rustls::ClientConfig>| -> std::io::Result<String> {
+        let mut sock = TcpStream::connect(("127.0.0.1", port))?;
+        sock.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut conn = rustls::ClientConnection::new(cfg, name).map_err(std::io::Error::other)?;
+        let mut tls = rustls::Stream::new(&mut conn, &mut sock);
+        tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        let mut out = Vec::new();
+        let _ = tls.read_to_end(&mut out);
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut answer = Err(std::io::Error::other("not started"));
+    while Instant::now() < deadline {
+        answer = get(client(&[&rustls::version::TLS13]));
+        if answer.as_ref().is_ok_and(|a| a.starts_with("HTTP/1.1 200")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let a = answer.unwrap();
+    assert!(a.starts_with("HTTP/1.1 200") && a.contains("\"ok\""), "{a}");
+    let a = get(client(&[&rustls::version::TLS12])).unwrap();
+    assert!(a.starts_with("HTTP/1.1 200"), "TLS 1.2: {a}");
+    // Plain HTTP on the TLS port gets no answer.
+    let mut plain = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = plain.read_to_end(&mut buf);
+    assert!(!String::from_utf8_lossy(&buf).contains("\"ok\""));
+    let _ = child.kill();
+    let _ = child.wait();
+    // A key that does not match is a start-up error naming the setting.
+    let other = rcgen::generate_simple_self_signed(vec!["x".to_string()]).unwrap();
+    std::fs::write(dir.path().join("key.pem"), other.key_pair.serialize_pem()).unwrap();
+    let err = start(dir.path(), &cfg)
+        .err()
+        .expect("started with a mismatched key");
+    assert!(err.contains("config: tls"), "{err}");
+}

@@ -199,6 +199,41 @@ fn snapshots(store: Option<Arc<MemoryStore>>) {
     });
 }
 
+/// The rustls server configuration of `[tls]`: TLS 1.3 and 1.2 only, the certificate chain
+/// and private key from PEM files.
+pub fn tls_config(t: &config::TlsConfig) -> anyhow::Result<rustls::ServerConfig> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&t.cert)
+        .with_context(|| format!("config: tls.cert: cannot read {}", t.cert.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| {
+            format!(
+                "config: tls.cert: {} is not a PEM certificate chain",
+                t.cert.display()
+            )
+        })?;
+    if certs.is_empty() {
+        anyhow::bail!(
+            "config: tls.cert: {} holds no certificate",
+            t.cert.display()
+        );
+    }
+    let key = PrivateKeyDer::from_pem_file(&t.key).with_context(|| {
+        format!(
+            "config: tls.key: {} is not a PEM private key",
+            t.key.display()
+        )
+    })?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .context("config: tls: protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("config: tls: the key does not match the certificate")
+}
+
 /// Runs `fraud serve`.
 pub fn run(a: Args) -> anyhow::Result<()> {
     let file = a
@@ -210,13 +245,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         cfg.bind = b;
         cfg.check()?;
     }
-    if let Some(tls) = &cfg.tls {
-        anyhow::bail!(
-            "config: tls: TLS termination (cert {}, key {}) is not built into this version yet; put the service behind a TLS proxy or remove [tls]",
-            tls.cert.display(),
-            tls.key.display()
-        );
-    }
+    let tls = cfg.tls.as_ref().map(tls_config).transpose()?;
     let service = build(&cfg)?;
     let engine = service.state.engine.clone();
     let model = engine.model.load();
@@ -250,10 +279,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .backlog(2048)
         .client_request_timeout(Duration::from_secs(5))
         .client_disconnect_timeout(Duration::from_secs(2))
-        .keep_alive(Duration::from_secs(30))
-        .bind(&bind)
-        .with_context(|| format!("config: bind: cannot listen on {bind}"))?;
-        println!("listening on http://{bind}");
+        .keep_alive(Duration::from_secs(30));
+        let (server, scheme) = match tls {
+            Some(t) => (server.bind_rustls_0_23(&bind, t), "https"),
+            None => (server.bind(&bind), "http"),
+        };
+        let server = server.with_context(|| format!("config: bind: cannot listen on {bind}"))?;
+        println!("listening on {scheme}://{bind}");
         server.run().await.context("server")
     })
 }
