@@ -779,3 +779,105 @@ fn serves_tls_1_2_and_newer_when_configured() {
         .expect("started with a mismatched key");
     assert!(err.contains("config: tls"), "{err}");
 }
+
+#[test]
+fn sheds_load_past_its_capacity_with_503_and_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), "[limits]\nmax_in_flight = 1\n").unwrap();
+    let key = s.key();
+    let port = s.port;
+    let threads: Vec<_> = (0..24)
+        .map(|i| {
+            let key = key.clone();
+            std::thread::spawn(move || {
+                let body = tx(&format!("o{i}"), "10.00").to_string();
+                let mut sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                let req = format!("POST /v1/score HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                sock.write_all(req.as_bytes()).unwrap();
+                let mut out = Vec::new();
+                sock.read_to_end(&mut out).unwrap();
+                String::from_utf8_lossy(&out).into_owned()
+            })
+        })
+        .collect();
+    let answers: Vec<String> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let ok = answers
+        .iter()
+        .filter(|a| a.starts_with("HTTP/1.1 200"))
+        .count();
+    let shed: Vec<&String> = answers
+        .iter()
+        .filter(|a| a.starts_with("HTTP/1.1 503"))
+        .collect();
+    assert_eq!(ok + shed.len(), answers.len(), "{answers:?}");
+    assert!(
+        ok >= 1 && !shed.is_empty(),
+        "{ok} answered, {} shed",
+        shed.len()
+    );
+    assert!(shed
+        .iter()
+        .all(|a| a.to_ascii_lowercase().contains("retry-after: 1")));
+    // It recovers by itself.
+    let (st, _, _) = s.call(
+        "POST",
+        "/v1/score",
+        Some(&key),
+        Some(&tx("after-load", "10.00")),
+    );
+    assert_eq!(st, 200);
+}
+
+#[test]
+fn scores_with_entity_state_in_redis() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let Ok(mut redis) = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--bind",
+            "127.0.0.1",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+    else {
+        panic!("redis-server is not installed (the test command installs it)");
+    };
+    let cfg = format!("[state]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{port}/\"\nredis_timeout_ms = 500\n");
+    let mut server = None;
+    for _ in 0..50 {
+        match start(dir.path(), &cfg) {
+            Ok(s) => {
+                server = Some(s);
+                break;
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+    let s = server.expect("service with redis did not start");
+    let key = s.key();
+    let (st, v, _) = s.call("POST", "/v1/score", Some(&key), Some(&tx("rd1", "10.00")));
+    assert_eq!(st, 200, "{v}");
+    let mut second = tx("rd2", "10.00");
+    second["timestamp"] = json!("2024-05-01T10:02:00Z");
+    let (st, _, _) = s.call("POST", "/v1/score", Some(&key), Some(&second));
+    assert_eq!(st, 200);
+    let (_, rec, _) = s.call("GET", "/v1/decisions/rd2", Some(&key), None);
+    assert_eq!(rec["features"]["card_txn_count_10m"], 1.0);
+    assert_eq!(s.call("GET", "/readyz", None, None).0, 200);
+    // Redis gone: not ready, and scoring answers 503, never hangs.
+    let _ = redis.kill();
+    let _ = redis.wait();
+    assert_eq!(s.call("GET", "/readyz", None, None).0, 503);
+    let started = Instant::now();
+    let (st, p, h) = s.call("POST", "/v1/score", Some(&key), Some(&tx("rd3", "10.00")));
+    assert_eq!(st, 503, "{p}");
+    assert!(header(&h, "retry-after").is_some());
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
