@@ -32,17 +32,26 @@ pub struct AppState {
     buckets: Mutex<HashMap<String, Bucket>>,
     /// Limits.
     pub limits: super::config::Limits,
+    /// Score on the HTTP worker itself (nothing blocks: no fsync, no network); otherwise on
+    /// the blocking pool.
+    pub inline: bool,
 }
 
 impl AppState {
     /// The state of a service.
-    pub fn new(engine: Arc<Engine>, keys: Keys, limits: super::config::Limits) -> Self {
+    pub fn new(
+        engine: Arc<Engine>,
+        keys: Keys,
+        limits: super::config::Limits,
+        inline: bool,
+    ) -> Self {
         AppState {
             engine,
             keys,
             in_flight: AtomicUsize::new(0),
             buckets: Mutex::new(HashMap::new()),
             limits,
+            inline,
         }
     }
 
@@ -219,8 +228,12 @@ async fn score(app: Data, req: HttpRequest, payload: web::Payload) -> HttpRespon
         let caller = app.authorize(&req, Some(Role::Score))?;
         json_content(&req)?;
         let bytes = body(payload, app.limits.max_body_bytes).await?;
-        let engine = app.engine.clone();
-        let answer = blocking(move || engine.score(&bytes, &caller.name)).await?;
+        let answer = if app.inline {
+            app.engine.score(&bytes, &caller.name)?
+        } else {
+            let engine = app.engine.clone();
+            blocking(move || engine.score(&bytes, &caller.name)).await?
+        };
         Ok(ok_json(&answer))
     }
     .await;

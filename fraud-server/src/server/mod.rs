@@ -180,7 +180,14 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
         cfg.limits.workers
     };
     Ok(Service {
-        state: http::AppState::new(engine, keys, cfg.limits.clone()),
+        state: http::AppState::new(
+            engine,
+            keys,
+            cfg.limits.clone(),
+            cfg.state.backend == "memory"
+                && cfg.state.durability == "write"
+                && cfg.log_durability == "write",
+        ),
         dev_key,
         bind: cfg.bind.clone(),
         workers,
