@@ -3,7 +3,7 @@
 # from Debian's packages; a Python venv with XGBoost, LightGBM and pytest, under .venv), checks
 # formatting and lints, runs the Rust tests (those that need Redis start their own
 # redis-server on a free local port), then the Python parity tests against the freshly built
-# `fraud` binary.
+# `fraud` binary, then builds the `fraudscore` Python package and runs its tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -40,5 +40,9 @@ cargo test --workspace --locked
 
 step "Python parity tests (real XGBoost / LightGBM against the fraud binary)"
 FRAUD_BIN="$root/target/debug/fraud" .venv/bin/python -m pytest -q fraud-core/tests/parity
+
+step "Python package fraudscore (built with maturin into .venv, then its pytest suite)"
+.venv/bin/python -m pip install --quiet ./fraud-py
+.venv/bin/python -m pytest -q fraud-py/tests
 
 step "all tests passed"

@@ -37,6 +37,15 @@ use serde::Serialize;
 
 pub use world::{City, Customer, Kind, Terminal, World, CITIES, HOME_COUNTRY};
 
+/// A `YYYY-MM-DD` date.
+pub fn parse_date(s: &str) -> Option<time::Date> {
+    time::Date::parse(
+        s.trim(),
+        time::macros::format_description!("[year]-[month]-[day]"),
+    )
+    .ok()
+}
+
 /// Names of the scenarios, by number (0 is genuine).
 pub const SCENARIO_NAMES: [&str; 7] = [
     "genuine",

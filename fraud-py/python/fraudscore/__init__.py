@@ -1,0 +1,159 @@
+"""fraudscore: the fraud scoring engine from Python.
+
+The same compiled tree models, exact TreeSHAP explanations, metrics and simulated data as the
+``fraud`` service and command line, with numpy and pandas in and out.
+
+>>> import fraudscore
+>>> model = fraudscore.Model.load("model.fgb")
+>>> proba = model.predict(df)            # numpy array, pandas or polars DataFrame
+>>> contributions = model.explain(df)    # one column per feature, then the bias
+
+Modules: :mod:`fraudscore.metrics` (ROC-AUC, average precision, recall at a false-positive
+rate, precision at k, card precision at k per day, population stability index) and
+:mod:`fraudscore.datasets` (the transaction simulator and public-format loaders).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from . import _fraudscore
+from . import datasets, metrics
+
+__all__ = ["Model", "from_xgboost", "from_lightgbm", "metrics", "datasets", "__version__"]
+__version__: str = _fraudscore.__version__
+
+
+def _columns(x: Any) -> list[str] | None:
+    """Column names of a pandas or polars DataFrame, else None."""
+    cols = getattr(x, "columns", None)
+    if cols is None or isinstance(x, np.ndarray):
+        return None
+    return [str(c) for c in cols]
+
+
+class Model:
+    """A gradient-boosted tree model, compiled for exact and fast prediction.
+
+    Load one with :meth:`Model.load`, or import one with :func:`from_xgboost` /
+    :func:`from_lightgbm`. ``X`` may be a 2-D numpy array (float64 or float32, C or Fortran
+    order; C-ordered float64 is read in place), a pandas DataFrame or a polars DataFrame
+    (columns matched to the model's features by name, extra columns ignored).
+    """
+
+    __slots__ = ("_m",)
+
+    def __init__(self, native: Any) -> None:
+        self._m = native
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> "Model":
+        """Loads a model artifact (``.fgb``) written by ``fraud train``, ``fraud import`` or
+        :meth:`save`. Raises FileNotFoundError if absent, ValueError if not a valid model."""
+        return cls(_fraudscore._Model.load(os.fspath(path)))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Model":
+        """A model from the bytes of an artifact."""
+        return cls(_fraudscore._Model.from_bytes(bytes(data)))
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Writes the model artifact to ``path``."""
+        self._m.save(os.fspath(path))
+
+    def to_bytes(self) -> bytes:
+        """The artifact's bytes."""
+        return self._m.to_bytes()
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Feature names, in the model's column order."""
+        return list(self._m.feature_names)
+
+    @property
+    def categorical_features(self) -> list[str]:
+        """Features split as categories."""
+        return list(self._m.categorical_features)
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """Source, creation time, training summary (parameters, importance, ...), feature
+        spec."""
+        return json.loads(self._m.metadata_json)
+
+    @property
+    def num_trees(self) -> int:
+        """Number of trees."""
+        return int(self._m.num_trees)
+
+    def _matrix(self, X: Any) -> np.ndarray:
+        names = _columns(X)
+        if names is not None:
+            missing = [f for f in self.feature_names if f not in names]
+            if missing:
+                raise KeyError(f"X has no column {missing[0]!r} (the model needs {len(self.feature_names)} features; missing: {missing[:5]})")
+            if hasattr(X, "select") and not hasattr(X, "loc"):  # polars
+                X = X.select(self.feature_names).to_numpy()
+            else:
+                X = X[self.feature_names].to_numpy(dtype=np.float64, na_value=np.nan)
+        arr = np.asarray(X)
+        if arr.ndim == 1:
+            raise ValueError(f"X must be 2-D (rows x {len(self.feature_names)} features); got a 1-D array (use X.reshape(1, -1) for one row)")
+        if arr.ndim != 2:
+            raise ValueError(f"X must be 2-D; got {arr.ndim} dimensions")
+        if arr.dtype not in (np.float64, np.float32):
+            try:
+                arr = arr.astype(np.float64)
+            except (TypeError, ValueError) as e:
+                raise TypeError(f"X must hold numbers: {e}") from None
+        return arr
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Probability of fraud for each row (float64 array)."""
+        return self._m.predict(self._matrix(X))
+
+    def predict_margin(self, X: Any) -> np.ndarray:
+        """Raw margin (log-odds) for each row."""
+        return self._m.predict_margin(self._matrix(X))
+
+    def explain(self, X: Any) -> Any:
+        """Exact TreeSHAP contributions to the margin: one column per feature, then
+        ``bias``; each row sums to its margin. A DataFrame when ``X`` is a pandas DataFrame,
+        else a numpy array of shape (rows, features + 1)."""
+        out = self._m.explain(self._matrix(X))
+        if _columns(X) is not None and hasattr(X, "loc"):
+            import pandas as pd
+
+            return pd.DataFrame(out, columns=[*self.feature_names, "bias"], index=X.index)
+        return out
+
+    def __repr__(self) -> str:
+        return f"Model({self.num_trees} trees, {len(self.feature_names)} features, source={self.metadata.get('source')!r})"
+
+
+def from_xgboost(booster_or_path: Any) -> Model:
+    """Imports an XGBoost model: an ``xgboost.Booster`` (or sklearn wrapper) or the path of
+    a JSON model file. Predictions are identical to XGBoost's."""
+    if isinstance(booster_or_path, (str, os.PathLike)):
+        with open(booster_or_path, "rb") as f:
+            data = f.read()
+    else:
+        booster = booster_or_path.get_booster() if hasattr(booster_or_path, "get_booster") else booster_or_path
+        data = bytes(booster.save_raw("json"))
+    return Model(_fraudscore._Model.from_xgboost_json(data))
+
+
+def from_lightgbm(booster_or_path: Any) -> Model:
+    """Imports a LightGBM model: a ``lightgbm.Booster`` (or sklearn wrapper) or the path of a
+    text model file. Predictions are identical to LightGBM's."""
+    if isinstance(booster_or_path, (str, os.PathLike)):
+        with open(booster_or_path, encoding="utf-8") as f:
+            text = f.read()
+    else:
+        booster = booster_or_path.booster_ if hasattr(booster_or_path, "booster_") else booster_or_path
+        text = booster.model_to_string()
+    return Model(_fraudscore._Model.from_lightgbm_text(text))

@@ -1,0 +1,471 @@
+//! `fraudscore._fraudscore`: the native half of the Python package. The Python modules in
+//! `python/fraudscore/` wrap it (DataFrames, names, docstrings); this file maps numpy arrays
+//! to the engine without copying where their layout allows, releases the GIL while the
+//! engine works, and turns every engine error into a Python exception of a fitting type.
+
+use std::path::PathBuf;
+
+use fraud_core::model::{Artifact, CompiledModel, Explainer};
+use numpy::ndarray::{Array2, ArrayView2, Axis};
+use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2};
+use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+fn value_err(e: impl std::fmt::Display) -> PyErr {
+    PyValueError::new_err(e.to_string())
+}
+
+/// A model artifact, compiled for prediction.
+#[pyclass(name = "_Model", module = "fraudscore._fraudscore", frozen)]
+struct PyModel {
+    artifact: Artifact,
+    compiled: CompiledModel,
+    explainer: std::sync::OnceLock<Result<Explainer, String>>,
+}
+
+/// Rows of a 2-D float array, whatever its dtype (float64 or float32) and order.
+enum Rows<'py> {
+    F64(PyReadonlyArray2<'py, f64>),
+    F32(PyReadonlyArray2<'py, f32>),
+}
+
+impl<'py> Rows<'py> {
+    fn extract(x: &Bound<'py, PyAny>) -> PyResult<Self> {
+        if let Ok(a) = x.extract::<PyReadonlyArray2<'py, f64>>() {
+            return Ok(Rows::F64(a));
+        }
+        if let Ok(a) = x.extract::<PyReadonlyArray2<'py, f32>>() {
+            return Ok(Rows::F32(a));
+        }
+        Err(PyTypeError::new_err(
+            "X must be a 2-D numpy array of float64 or float32",
+        ))
+    }
+
+    fn shape(&self) -> (usize, usize) {
+        let s = match self {
+            Rows::F64(a) => a.as_array().shape().to_vec(),
+            Rows::F32(a) => a.as_array().shape().to_vec(),
+        };
+        (s[0], s[1])
+    }
+}
+
+/// Calls `f` with blocks of contiguous float64 rows: the array itself when it is C-ordered
+/// float64, otherwise copies of at most 4,096 rows.
+fn with_blocks<T: Copy + Into<f64> + Send + Sync>(
+    view: ArrayView2<'_, T>,
+    mut f: impl FnMut(usize, &[f64]) -> Result<(), String>,
+) -> Result<(), String> {
+    let m = view.ncols();
+    let mut buf = Vec::with_capacity(4096 * m);
+    let mut start = 0;
+    for block in view.axis_chunks_iter(Axis(0), 4096) {
+        buf.clear();
+        for row in block.rows() {
+            buf.extend(row.iter().map(|&v| v.into()));
+        }
+        f(start, &buf)?;
+        start += block.nrows();
+    }
+    Ok(())
+}
+
+impl PyModel {
+    fn new(artifact: Artifact) -> PyResult<Self> {
+        let compiled = CompiledModel::new(&artifact.ensemble).map_err(value_err)?;
+        Ok(PyModel {
+            artifact,
+            compiled,
+            explainer: std::sync::OnceLock::new(),
+        })
+    }
+
+    fn check_width(&self, cols: usize) -> PyResult<()> {
+        let m = self.compiled.num_features();
+        if cols != m {
+            return Err(PyValueError::new_err(format!(
+                "X has {cols} columns; the model has {m} features"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Margins of every row.
+    fn margins(&self, py: Python<'_>, x: &Bound<'_, PyAny>) -> PyResult<Vec<f64>> {
+        let rows = Rows::extract(x)?;
+        let (n, m) = rows.shape();
+        self.check_width(m)?;
+        let mut out = vec![0.0; n];
+        let model = &self.compiled;
+        let result = match &rows {
+            Rows::F64(a) => {
+                let view = a.as_array();
+                match view.as_slice() {
+                    // C-ordered float64: read in place.
+                    Some(all) => py.allow_threads(|| {
+                        model
+                            .predict_margin_batch(all, &mut out)
+                            .map_err(|e| e.to_string())
+                    }),
+                    None => py.allow_threads(|| {
+                        with_blocks(view, |start, block| {
+                            let k = block.len() / m.max(1);
+                            model
+                                .predict_margin_batch(block, &mut out[start..start + k])
+                                .map_err(|e| e.to_string())
+                        })
+                    }),
+                }
+            }
+            Rows::F32(a) => {
+                let view = a.as_array();
+                py.allow_threads(|| {
+                    with_blocks(view, |start, block| {
+                        let k = block.len() / m.max(1);
+                        model
+                            .predict_margin_batch(block, &mut out[start..start + k])
+                            .map_err(|e| e.to_string())
+                    })
+                })
+            }
+        };
+        result.map_err(value_err)?;
+        Ok(out)
+    }
+}
+
+#[pymethods]
+impl PyModel {
+    /// Loads a model artifact file.
+    #[staticmethod]
+    fn load(path: PathBuf) -> PyResult<Self> {
+        if !path.exists() {
+            return Err(PyFileNotFoundError::new_err(format!(
+                "no model file at {}",
+                path.display()
+            )));
+        }
+        let artifact = Artifact::load(&path).map_err(|e| {
+            PyValueError::new_err(format!("{} is not a valid model: {e}", path.display()))
+        })?;
+        PyModel::new(artifact)
+    }
+
+    /// A model from the bytes of an artifact.
+    #[staticmethod]
+    fn from_bytes(bytes: &[u8]) -> PyResult<Self> {
+        let artifact = Artifact::from_bytes(bytes)
+            .map_err(|e| PyValueError::new_err(format!("not a valid model: {e}")))?;
+        PyModel::new(artifact)
+    }
+
+    /// Imports an XGBoost JSON model (the bytes of `save_raw("json")` or a `.json` file).
+    #[staticmethod]
+    fn from_xgboost_json(bytes: &[u8]) -> PyResult<Self> {
+        let artifact = fraud_core::model::xgboost::import_bytes(bytes)
+            .map_err(|e| PyValueError::new_err(format!("cannot import the XGBoost model: {e}")))?;
+        PyModel::new(artifact)
+    }
+
+    /// Imports a LightGBM text model (`model_to_string()` or a `.txt` file).
+    #[staticmethod]
+    fn from_lightgbm_text(text: &str) -> PyResult<Self> {
+        let artifact = fraud_core::model::lightgbm::import_str(text)
+            .map_err(|e| PyValueError::new_err(format!("cannot import the LightGBM model: {e}")))?;
+        PyModel::new(artifact)
+    }
+
+    /// Writes the artifact.
+    fn save(&self, path: PathBuf) -> PyResult<()> {
+        self.artifact
+            .save(&path)
+            .map_err(|e| PyOSError::new_err(format!("cannot write {}: {e}", path.display())))
+    }
+
+    /// The artifact's bytes.
+    fn to_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let b = self.artifact.to_bytes().map_err(value_err)?;
+        Ok(PyBytes::new(py, &b))
+    }
+
+    /// Feature names, in column order.
+    #[getter]
+    fn feature_names(&self) -> Vec<String> {
+        self.artifact
+            .ensemble
+            .feature_names()
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    }
+
+    /// Categorical features, by name.
+    #[getter]
+    fn categorical_features(&self) -> Vec<String> {
+        self.artifact
+            .ensemble
+            .features
+            .iter()
+            .filter(|f| !matches!(f.kind, fraud_core::model::FeatureKind::Numeric))
+            .map(|f| f.name.clone())
+            .collect()
+    }
+
+    /// The metadata, as JSON.
+    #[getter]
+    fn metadata_json(&self) -> PyResult<String> {
+        serde_json::to_string(&self.artifact.metadata).map_err(value_err)
+    }
+
+    /// Number of trees.
+    #[getter]
+    fn num_trees(&self) -> usize {
+        self.compiled.num_trees()
+    }
+
+    /// Raw margins of a 2-D float array.
+    fn predict_margin<'py>(
+        &self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyArray1<f64>>> {
+        Ok(self.margins(py, x)?.into_pyarray(py))
+    }
+
+    /// Probabilities of a 2-D float array.
+    fn predict<'py>(
+        &self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyArray1<f64>>> {
+        let mut m = self.margins(py, x)?;
+        for v in &mut m {
+            *v = self.compiled.probability(*v);
+        }
+        Ok(m.into_pyarray(py))
+    }
+
+    /// TreeSHAP contributions: one column per feature, then the bias (they sum to the margin).
+    fn explain<'py>(
+        &self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyArray2<f64>>> {
+        let rows = Rows::extract(x)?;
+        let (n, m) = rows.shape();
+        self.check_width(m)?;
+        let explainer = self
+            .explainer
+            .get_or_init(|| Explainer::new(&self.artifact.ensemble).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| PyValueError::new_err(format!("cannot explain this model: {e}")))?;
+        let mut out = Array2::<f64>::zeros((n, m + 1));
+        let fill = |out: &mut Array2<f64>, start: usize, block: &[f64]| -> Result<(), String> {
+            for (i, row) in block.chunks_exact(m.max(1)).enumerate() {
+                let mut target = out.row_mut(start + i);
+                let slice = target
+                    .as_slice_mut()
+                    .ok_or_else(|| "output is not contiguous".to_string())?;
+                explainer
+                    .contributions(row, slice)
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        };
+        let result = match &rows {
+            Rows::F64(a) => {
+                let view = a.as_array();
+                py.allow_threads(|| with_blocks(view, |s, b| fill(&mut out, s, b)))
+            }
+            Rows::F32(a) => {
+                let view = a.as_array();
+                py.allow_threads(|| with_blocks(view, |s, b| fill(&mut out, s, b)))
+            }
+        };
+        result.map_err(value_err)?;
+        Ok(out.into_pyarray(py))
+    }
+}
+
+fn vec1(a: &PyReadonlyArray1<'_, f64>) -> Vec<f64> {
+    a.as_array().iter().copied().collect()
+}
+
+/// ROC-AUC.
+#[pyfunction]
+#[pyo3(signature = (scores, labels, weights=None))]
+fn roc_auc(
+    scores: PyReadonlyArray1<'_, f64>,
+    labels: PyReadonlyArray1<'_, f64>,
+    weights: Option<PyReadonlyArray1<'_, f64>>,
+) -> PyResult<f64> {
+    let w = weights.as_ref().map(vec1);
+    fraud_core::eval::roc_auc(&vec1(&scores), &vec1(&labels), w.as_deref()).map_err(value_err)
+}
+
+/// Average precision.
+#[pyfunction]
+#[pyo3(signature = (scores, labels, weights=None))]
+fn average_precision(
+    scores: PyReadonlyArray1<'_, f64>,
+    labels: PyReadonlyArray1<'_, f64>,
+    weights: Option<PyReadonlyArray1<'_, f64>>,
+) -> PyResult<f64> {
+    let w = weights.as_ref().map(vec1);
+    fraud_core::eval::average_precision(&vec1(&scores), &vec1(&labels), w.as_deref())
+        .map_err(value_err)
+}
+
+/// Recall when at most `fpr` of negatives are flagged.
+#[pyfunction]
+#[pyo3(signature = (scores, labels, fpr, weights=None))]
+fn recall_at_fpr(
+    scores: PyReadonlyArray1<'_, f64>,
+    labels: PyReadonlyArray1<'_, f64>,
+    fpr: f64,
+    weights: Option<PyReadonlyArray1<'_, f64>>,
+) -> PyResult<f64> {
+    let w = weights.as_ref().map(vec1);
+    fraud_core::eval::recall_at_fpr(&vec1(&scores), &vec1(&labels), w.as_deref(), fpr)
+        .map_err(value_err)
+}
+
+/// Precision among the `k` highest scores.
+#[pyfunction]
+fn precision_at_k(
+    scores: PyReadonlyArray1<'_, f64>,
+    labels: PyReadonlyArray1<'_, f64>,
+    k: usize,
+) -> PyResult<f64> {
+    fraud_core::eval::precision_at_k(&vec1(&scores), &vec1(&labels), k).map_err(value_err)
+}
+
+/// Card precision at top-k per day: (mean, [(day, precision), ...]).
+#[pyfunction]
+fn card_precision_at_k(
+    scores: PyReadonlyArray1<'_, f64>,
+    labels: PyReadonlyArray1<'_, f64>,
+    cards: Vec<String>,
+    days: Vec<i64>,
+    k: usize,
+) -> PyResult<(f64, Vec<(i64, f64)>)> {
+    let r = fraud_core::eval::card_precision_at_k_per_day(
+        &vec1(&scores),
+        &vec1(&labels),
+        &cards,
+        &days,
+        k,
+    )
+    .map_err(value_err)?;
+    Ok((r.mean, r.days))
+}
+
+/// Population stability index of `actual` against the distribution of `expected` (ten
+/// quantile bins of `expected`, plus missing values).
+#[pyfunction]
+fn population_stability_index(
+    expected: PyReadonlyArray1<'_, f64>,
+    actual: PyReadonlyArray1<'_, f64>,
+) -> PyResult<f64> {
+    let r = fraud_core::eval::Reference::of(expected.as_array().iter().copied());
+    let mut counts = vec![0u64; r.shares.len()];
+    for &v in actual.as_array() {
+        counts[r.bin(v)] += 1;
+    }
+    if counts.iter().sum::<u64>() == 0 {
+        return Err(PyValueError::new_err("actual is empty"));
+    }
+    Ok(r.psi(&counts))
+}
+
+/// Generated transactions as CSV bytes, and the summary as JSON.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (customers, days, seed, terminals=None, start=None, scenarios=None, label_delay_days=3.0))]
+fn generate_csv<'py>(
+    py: Python<'py>,
+    customers: u32,
+    days: u32,
+    seed: u64,
+    terminals: Option<u32>,
+    start: Option<String>,
+    scenarios: Option<Vec<String>>,
+    label_delay_days: f64,
+) -> PyResult<(Bound<'py, PyBytes>, String)> {
+    let mut cfg = fraud_datasets::SimConfig::with_customers(customers, days, seed);
+    if let Some(t) = terminals {
+        cfg.terminals = t;
+    }
+    if let Some(s) = start {
+        cfg.start = fraud_datasets::sim::parse_date(&s).ok_or_else(|| {
+            PyValueError::new_err(format!("start `{s}` is not a YYYY-MM-DD date"))
+        })?;
+    }
+    if let Some(list) = scenarios {
+        cfg.scenarios = fraud_datasets::Scenarios::only(&list).map_err(value_err)?;
+    }
+    cfg.label_delay_days = label_delay_days;
+    let sim = fraud_datasets::Simulator::new(cfg).map_err(value_err)?;
+    let (bytes, summary) = py.allow_threads(|| {
+        let mut out = Vec::new();
+        sim.write_csv(&mut out).map(|s| (out, s))
+    })?;
+    let summary = serde_json::to_string(&summary).map_err(value_err)?;
+    Ok((PyBytes::new(py, &bytes), summary))
+}
+
+/// A public data set converted into the project's CSV (bytes).
+#[pyfunction]
+#[pyo3(signature = (format, path, legit_weight=1.0, currency="USD".to_string(), key=None))]
+fn convert_csv<'py>(
+    py: Python<'py>,
+    format: &str,
+    path: PathBuf,
+    legit_weight: f64,
+    currency: String,
+    key: Option<Vec<u8>>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    use fraud_datasets::loaders;
+    let fmt: loaders::Format = format.parse().map_err(value_err)?;
+    let tokenizer = key
+        .map(|k| fraud_core::pii::Tokenizer::new(&k))
+        .transpose()
+        .map_err(value_err)?;
+    let opts = loaders::Options {
+        tokenizer,
+        legit_weight,
+        currency,
+        ..loaders::Options::default()
+    };
+    if !path.exists() {
+        return Err(PyFileNotFoundError::new_err(format!(
+            "no file at {}",
+            path.display()
+        )));
+    }
+    let out = py.allow_threads(|| {
+        let input = loaders::open(&path)?;
+        let mut out = Vec::new();
+        loaders::convert(fmt, input, &mut out, &opts).map(|_| out)
+    });
+    let out = out.map_err(|e| PyValueError::new_err(format!("{}: {e}", path.display())))?;
+    Ok(PyBytes::new(py, &out))
+}
+
+/// The native module.
+#[pymodule]
+fn _fraudscore(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyModel>()?;
+    m.add_function(wrap_pyfunction!(roc_auc, m)?)?;
+    m.add_function(wrap_pyfunction!(average_precision, m)?)?;
+    m.add_function(wrap_pyfunction!(recall_at_fpr, m)?)?;
+    m.add_function(wrap_pyfunction!(precision_at_k, m)?)?;
+    m.add_function(wrap_pyfunction!(card_precision_at_k, m)?)?;
+    m.add_function(wrap_pyfunction!(population_stability_index, m)?)?;
+    m.add_function(wrap_pyfunction!(generate_csv, m)?)?;
+    m.add_function(wrap_pyfunction!(convert_csv, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

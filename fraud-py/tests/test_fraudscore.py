@@ -1,0 +1,199 @@
+"""The fraudscore package against the real libraries: imported XGBoost and LightGBM models
+predict and explain exactly as their libraries do; inputs of every supported kind; the
+errors a user meets; metrics against scikit-learn; the simulator and loaders."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import fraudscore
+from fraudscore import metrics
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+
+
+def data(n: int = 3000, m: int = 6, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, m))
+    x[rng.random((n, m)) < 0.05] = np.nan
+    logit = 1.5 * np.nan_to_num(x[:, 0]) - np.nan_to_num(x[:, 1]) * np.nan_to_num(x[:, 2]) - 2
+    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(float)
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def xgb_pair():
+    xgb = pytest.importorskip("xgboost")
+    x, y = data()
+    names = [f"f{i}" for i in range(x.shape[1])]
+    booster = xgb.train({"objective": "binary:logistic", "max_depth": 4, "eta": 0.3, "nthread": 2, "seed": 1},
+                        xgb.DMatrix(x, label=y, feature_names=names), num_boost_round=30)
+    return booster, fraudscore.from_xgboost(booster), x, names
+
+
+def test_xgboost_import_predicts_and_explains_exactly(xgb_pair):
+    import xgboost as xgb
+
+    booster, model, x, names = xgb_pair
+    d = xgb.DMatrix(x, feature_names=names)
+    assert model.feature_names == names
+    np.testing.assert_allclose(model.predict(x), booster.predict(d), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(model.predict_margin(x), booster.predict(d, output_margin=True), atol=1e-5)
+    contrib = model.explain(x)
+    assert contrib.shape == (x.shape[0], x.shape[1] + 1)
+    np.testing.assert_allclose(contrib, booster.predict(d, pred_contribs=True), atol=1e-5)
+    np.testing.assert_allclose(contrib.sum(axis=1), model.predict_margin(x), atol=1e-5)
+
+
+def test_lightgbm_import_predicts_exactly(tmp_path):
+    lgb = pytest.importorskip("lightgbm")
+    x, y = data(seed=3)
+    booster = lgb.train({"objective": "binary", "num_leaves": 15, "verbose": -1, "num_threads": 2, "seed": 1},
+                        lgb.Dataset(x, label=y), num_boost_round=25)
+    model = fraudscore.from_lightgbm(booster)
+    np.testing.assert_allclose(model.predict(x), booster.predict(x), atol=1e-6)
+    np.testing.assert_allclose(model.explain(x), booster.predict(x, pred_contrib=True), atol=1e-5)
+    path = tmp_path / "model.txt"
+    booster.save_model(str(path))
+    np.testing.assert_array_equal(fraudscore.from_lightgbm(path).predict(x), model.predict(x))
+
+
+def test_every_input_layout_gives_the_same_answer(xgb_pair):
+    _, model, x, names = xgb_pair
+    want = model.predict(x)
+    np.testing.assert_array_equal(model.predict(np.asfortranarray(x)), want)
+    np.testing.assert_array_equal(model.predict(x[::1, :].copy(order="C")), want)
+    np.testing.assert_array_equal(model.predict(x.astype(np.float32)), model.predict(x.astype(np.float32).astype(np.float64)))
+    np.testing.assert_array_equal(model.predict(x[::2]), want[::2])  # strided view
+    df = pd.DataFrame(x, columns=names)
+    shuffled = df[names[::-1]].assign(extra=1.0)
+    np.testing.assert_array_equal(model.predict(shuffled), want)
+    explained = model.explain(shuffled)
+    assert list(explained.columns) == [*names, "bias"]
+    assert (explained.index == df.index).all()
+    # Threads share a model; the GIL is released while it works.
+    out = [None] * 4
+    def work(i: int) -> None:
+        out[i] = model.predict(x)
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for o in out:
+        np.testing.assert_array_equal(o, want)
+
+
+def test_errors_are_python_exceptions_with_clear_messages(xgb_pair, tmp_path):
+    _, model, x, names = xgb_pair
+    with pytest.raises(ValueError, match="X has 3 columns; the model has 6 features"):
+        model.predict(x[:, :3])
+    with pytest.raises(ValueError, match="1-D"):
+        model.predict(x[0])
+    with pytest.raises(KeyError, match="f5"):
+        model.predict(pd.DataFrame(x[:, :5], columns=names[:5]))
+    with pytest.raises(TypeError):
+        model.predict(np.array([["a"] * 6]))
+    with pytest.raises(FileNotFoundError):
+        fraudscore.Model.load(tmp_path / "absent.fgb")
+    bad = tmp_path / "bad.fgb"
+    bad.write_bytes(b"not a model at all")
+    with pytest.raises(ValueError, match="not a valid model"):
+        fraudscore.Model.load(bad)
+    good = tmp_path / "good.fgb"
+    model.save(good)
+    damaged = bytearray(good.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    bad.write_bytes(bytes(damaged))
+    with pytest.raises(ValueError):
+        fraudscore.Model.load(bad)
+    with pytest.raises(ValueError, match="XGBoost"):
+        fraudscore._fraudscore._Model.from_xgboost_json(b"{}")
+
+
+def test_save_load_and_metadata(xgb_pair, tmp_path):
+    _, model, x, _ = xgb_pair
+    p = tmp_path / "m.fgb"
+    model.save(p)
+    again = fraudscore.Model.load(p)
+    np.testing.assert_array_equal(again.predict(x), model.predict(x))
+    assert fraudscore.Model.from_bytes(model.to_bytes()).feature_names == model.feature_names
+    assert model.metadata["source"].startswith("xgboost")
+    assert model.num_trees == 30
+    assert "30 trees" in repr(model)
+
+
+def test_demo_model_scores_simulated_data():
+    model = fraudscore.Model.load(os.path.join(ROOT, "datasets", "demo", "model.fgb"))
+    assert len(model.feature_names) == 44
+    assert model.metadata["feature_spec"] is not None
+    assert "channel" in model.categorical_features
+
+
+def test_metrics_match_scikit_learn():
+    sk = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(5)
+    y = (rng.random(2000) < 0.1).astype(float)
+    s = np.round(rng.random(2000) * 0.5 + 0.4 * y, 2)  # ties on purpose
+    w = rng.random(2000) + 0.5
+    assert metrics.roc_auc(y, s) == pytest.approx(sk.roc_auc_score(y, s), abs=1e-12)
+    assert metrics.average_precision(y, s) == pytest.approx(sk.average_precision_score(y, s), abs=1e-12)
+    assert metrics.roc_auc(y, s, w) == pytest.approx(sk.roc_auc_score(y, s, sample_weight=w), abs=1e-12)
+    fpr, tpr, thr = sk.roc_curve(y, s)
+    assert metrics.recall_at_fpr(y, s, 0.05) == pytest.approx(tpr[fpr <= 0.05].max(), abs=1e-12)
+    order = np.argsort(-s, kind="stable")
+    assert metrics.precision_at_k(y, s, 100) == pytest.approx(y[order[:100]].mean(), abs=0.02)
+    mean, per_day = metrics.card_precision_at_k([1, 0, 0, 1], [0.9, 0.8, 0.1, 0.2], ["a", "b", "c", "c"], [0, 0, 0, 1], 2)
+    assert per_day == [(0, 0.5), (1, 0.5)] and mean == 0.5
+    assert metrics.population_stability_index(rng.normal(size=5000), rng.normal(size=5000)) < 0.05
+    assert metrics.population_stability_index(rng.normal(size=5000), rng.normal(2, 1, size=5000)) > 0.25
+    with pytest.raises(ValueError, match="0 or 1"):
+        metrics.roc_auc([0, 2], [0.1, 0.2])
+    with pytest.raises(ValueError, match="1-D"):
+        metrics.roc_auc([[0, 1]], [[0.1, 0.2]])
+
+
+def test_simulator_is_deterministic_and_labelled():
+    a, summary = fraudscore.datasets.generate(300, 20, seed=4, return_summary=True)
+    b = fraudscore.datasets.generate(300, 20, seed=4)
+    pd.testing.assert_frame_equal(a, b)
+    assert len(a) == summary["transactions"]
+    assert int(a["is_fraud"].sum()) == summary["frauds"]
+    assert set(a["fraud_scenario"].unique()) <= set(range(7))
+    assert (a.loc[a.is_fraud == 1, "fraud_reported_at"].notna()).all()
+    c = fraudscore.datasets.generate(300, 20, seed=5)
+    assert not a.equals(c)
+    only = fraudscore.datasets.generate(300, 20, seed=4, scenarios=["card_testing"])
+    assert set(only.loc[only.is_fraud == 1, "fraud_scenario"]) == {4}
+    with pytest.raises(ValueError, match="unknown fraud scenario"):
+        fraudscore.datasets.generate(10, 2, scenarios=["nope"])
+    with pytest.raises(ValueError, match="days"):
+        fraudscore.datasets.generate(10, 0)
+
+
+def test_loaders_read_public_formats(tmp_path):
+    fixtures = os.path.join(ROOT, "datasets", "tests", "fixtures")
+    ps = fraudscore.datasets.load("paysim", os.path.join(fixtures, "paysim_small.csv.gz"), legit_weight=2.0)
+    assert len(ps) == 6 and ps["is_fraud"].sum() == 3
+    assert ps.loc[ps.is_fraud == 0, "weight"].eq(2.0).all()
+    sp = fraudscore.datasets.load("sparkov", os.path.join(fixtures, "sparkov_small.csv"), key=b"k" * 32)
+    cards = open(os.path.join(fixtures, "sparkov_cards.txt")).read().split()
+    assert not sp.astype(str).apply(lambda col: col.str.contains("|".join(cards))).any().any()
+    assert sp["card_token"].str.startswith("tok_").all()
+    with pytest.raises(ValueError, match="not a ULB"):
+        fraudscore.datasets.load("ulb", os.path.join(fixtures, "paysim_small.csv"))
+    with pytest.raises(ValueError, match="tokenization key"):
+        fraudscore.datasets.load("sparkov", os.path.join(fixtures, "sparkov_small.csv"))
+    with pytest.raises(FileNotFoundError):
+        fraudscore.datasets.load("ulb", tmp_path / "absent.csv")
+
+
+def test_help_is_useful():
+    assert "TreeSHAP" in fraudscore.Model.explain.__doc__
+    assert fraudscore.metrics.card_precision_at_k.__doc__
+    assert os.path.exists(os.path.join(os.path.dirname(fraudscore.__file__), "py.typed"))
