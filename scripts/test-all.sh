@@ -43,6 +43,6 @@ FRAUD_BIN="$root/target/debug/fraud" .venv/bin/python -m pytest -q fraud-core/te
 
 step "Python package fraudscore (built with maturin into .venv, then its pytest suite)"
 .venv/bin/python -m pip install --quiet ./fraud-py
-.venv/bin/python -m pytest -q fraud-py/tests
+FRAUD_BIN="$root/target/debug/fraud" .venv/bin/python -m pytest -q fraud-py/tests
 
 step "all tests passed"

@@ -454,6 +454,133 @@ fn convert_csv<'py>(
     Ok(PyBytes::new(py, &out))
 }
 
+/// Trains a gradient-boosted model: (model, best iteration, [(feature, splits, gain)]).
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (x, y, weights, names, categorical, params, valid=None, threads=0))]
+fn train<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArray2<'py, f64>,
+    y: PyReadonlyArray1<'py, f64>,
+    weights: Option<PyReadonlyArray1<'py, f64>>,
+    names: Vec<String>,
+    categorical: Vec<String>,
+    params: Vec<(String, String)>,
+    valid: Option<(PyReadonlyArray2<'py, f64>, PyReadonlyArray1<'py, f64>)>,
+    threads: usize,
+) -> PyResult<(PyModel, Option<usize>, Vec<(String, u64, f64)>)> {
+    use fraud_core::data::Matrix;
+    use fraud_core::train::{Dataset, Params};
+    let matrix = |a: &PyReadonlyArray2<'py, f64>| -> PyResult<Matrix> {
+        let v = a.as_array();
+        if v.ncols() != names.len() {
+            return Err(PyValueError::new_err(format!(
+                "X has {} columns for {} feature names",
+                v.ncols(),
+                names.len()
+            )));
+        }
+        Ok(Matrix {
+            columns: names.clone(),
+            values: v.iter().copied().collect(),
+        })
+    };
+    let train_x = matrix(&x)?;
+    let labels = vec1(&y);
+    let w = weights.as_ref().map(vec1);
+    let valid = match &valid {
+        Some((vx, vy)) => Some((matrix(vx)?, vec1(vy))),
+        None => None,
+    };
+    let mut p = Params::from_pairs(std::iter::empty::<&str>()).map_err(value_err)?;
+    for (k, v) in &params {
+        p.set(k, v).map_err(value_err)?;
+    }
+    let trained = py.allow_threads(|| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(|e| e.to_string())?;
+        pool.install(|| {
+            let data = Dataset {
+                features: &train_x,
+                labels: &labels,
+                weights: w.as_deref(),
+            };
+            let v = valid.as_ref().map(|(m, l)| Dataset {
+                features: m,
+                labels: l,
+                weights: None,
+            });
+            fraud_core::train::train(&data, v.as_ref(), &categorical, &p, &mut |_| {})
+                .map_err(|e| e.to_string())
+        })
+    });
+    let trained = trained.map_err(value_err)?;
+    let importance = trained
+        .importance
+        .iter()
+        .map(|i| (i.feature.clone(), i.splits, i.gain))
+        .collect();
+    Ok((
+        PyModel::new(trained.artifact)?,
+        trained.best_iteration,
+        importance,
+    ))
+}
+
+/// Offline replay of a history (CSV bytes with the transaction columns): the features the
+/// service would have computed for each transaction at its time: (names, rows x features).
+#[pyfunction]
+#[pyo3(signature = (csv, spec=None, labels=None))]
+fn replay<'py>(
+    py: Python<'py>,
+    csv: &[u8],
+    spec: Option<String>,
+    labels: Option<Vec<(String, bool, Option<i64>)>>,
+) -> PyResult<(Vec<String>, Bound<'py, PyArray2<f64>>)> {
+    use fraud_core::features::{replay_flat, Extractor, FeatureSpec};
+    let spec = match spec {
+        Some(text) => FeatureSpec::from_toml(&text).map_err(value_err)?,
+        None => FeatureSpec::default_spec(),
+    };
+    let extractor = Extractor::new(spec).map_err(value_err)?;
+    // A one-off key: tokens only group a card's rows within this call.
+    let mut key = Vec::with_capacity(32);
+    for i in 0..4u64 {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(i);
+        key.extend_from_slice(&h.finish().to_le_bytes());
+    }
+    let tokenizer = fraud_core::pii::Tokenizer::new(&key).map_err(value_err)?;
+    let mut history = fraud_core::transaction::read_history(csv, &tokenizer)
+        .map_err(|e| PyValueError::new_err(format!("transactions: {e}")))?
+        .transactions;
+    if let Some(list) = labels {
+        let map: std::collections::HashMap<String, (bool, Option<i64>)> =
+            list.into_iter().map(|(id, f, at)| (id, (f, at))).collect();
+        for tx in &mut history {
+            match map.get(&tx.transaction_id) {
+                Some(&(f, at)) => {
+                    tx.is_fraud = Some(f);
+                    tx.fraud_reported_at_us = at;
+                }
+                None => {
+                    tx.is_fraud = None;
+                    tx.fraud_reported_at_us = None;
+                }
+            }
+        }
+    }
+    let names = extractor.names().to_vec();
+    let m = names.len();
+    let flat = py.allow_threads(|| replay_flat(&extractor, &history));
+    let rows = history.len();
+    let arr = Array2::from_shape_vec((rows, m), flat).map_err(value_err)?;
+    Ok((names, arr.into_pyarray(py)))
+}
+
 /// The native module.
 #[pymodule]
 fn _fraudscore(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -466,6 +593,8 @@ fn _fraudscore(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(population_stability_index, m)?)?;
     m.add_function(wrap_pyfunction!(generate_csv, m)?)?;
     m.add_function(wrap_pyfunction!(convert_csv, m)?)?;
+    m.add_function(wrap_pyfunction!(train, m)?)?;
+    m.add_function(wrap_pyfunction!(replay, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

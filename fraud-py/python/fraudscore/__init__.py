@@ -8,7 +8,9 @@ The same compiled tree models, exact TreeSHAP explanations, metrics and simulate
 >>> proba = model.predict(df)            # numpy array, pandas or polars DataFrame
 >>> contributions = model.explain(df)    # one column per feature, then the bias
 
-Modules: :mod:`fraudscore.metrics` (ROC-AUC, average precision, recall at a false-positive
+Also :class:`GBDTClassifier` (a scikit-learn estimator on the engine's trainer) and
+:func:`fraudscore.features.replay` (the service's features, offline). Modules:
+:mod:`fraudscore.metrics` (ROC-AUC, average precision, recall at a false-positive
 rate, precision at k, card precision at k per day, population stability index) and
 :mod:`fraudscore.datasets` (the transaction simulator and public-format loaders).
 """
@@ -22,9 +24,18 @@ from typing import Any
 import numpy as np
 
 from . import _fraudscore
-from . import datasets, metrics
+from . import datasets, features, metrics
 
-__all__ = ["Model", "from_xgboost", "from_lightgbm", "metrics", "datasets", "__version__"]
+__all__ = ["Model", "GBDTClassifier", "from_xgboost", "from_lightgbm", "metrics", "datasets", "features", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    # The estimator needs scikit-learn: imported on first use.
+    if name == "GBDTClassifier":
+        from .sklearn import GBDTClassifier
+
+        return GBDTClassifier
+    raise AttributeError(f"module 'fraudscore' has no attribute {name!r}")
 __version__: str = _fraudscore.__version__
 
 
@@ -130,6 +141,10 @@ class Model:
 
             return pd.DataFrame(out, columns=[*self.feature_names, "bias"], index=X.index)
         return out
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        # Pickles as the artifact's bytes.
+        return (Model.from_bytes, (self.to_bytes(),))
 
     def __repr__(self) -> str:
         return f"Model({self.num_trees} trees, {len(self.feature_names)} features, source={self.metadata.get('source')!r})"

@@ -1,0 +1,104 @@
+"""GBDTClassifier as scikit-learn expects it, and features.replay identical to the service's
+`fraud features`."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+
+sk = pytest.importorskip("sklearn")
+from sklearn.base import clone  # noqa: E402
+from sklearn.model_selection import cross_val_score  # noqa: E402
+from sklearn.pipeline import Pipeline  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
+from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+
+import fraudscore  # noqa: E402
+from fraudscore import GBDTClassifier  # noqa: E402
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+FRAUD = os.environ.get("FRAUD_BIN", os.path.join(ROOT, "target", "debug", "fraud"))
+
+
+@parametrize_with_checks([GBDTClassifier(n_estimators=10, random_state=0)])
+def test_scikit_learn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+def make(n=3000, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 6))
+    y = (X[:, 0] + X[:, 1] * X[:, 2] + rng.normal(scale=0.5, size=n) > 1).astype(int)
+    return X, y
+
+
+def test_pipeline_cross_validation_clone_and_pickle():
+    X, y = make()
+    pipe = Pipeline([("scale", StandardScaler()), ("gbdt", GBDTClassifier(n_estimators=40, random_state=1))])
+    scores = cross_val_score(pipe, X, y, cv=3, scoring="roc_auc")
+    assert scores.min() > 0.9
+    est = GBDTClassifier(n_estimators=30, learning_rate=0.2)
+    c = clone(est)
+    assert c.get_params() == est.get_params() and c is not est
+    c.set_params(num_leaves=7)
+    assert c.num_leaves == 7
+    c.fit(X, y)
+    again = pickle.loads(pickle.dumps(c))
+    np.testing.assert_array_equal(again.predict_proba(X), c.predict_proba(X))
+    assert c.feature_importances_.shape == (6,) and abs(c.feature_importances_.sum() - 1) < 1e-9
+    assert list(c.classes_) == [0, 1]
+    np.testing.assert_array_equal(c.predict(X), (c.predict_proba(X)[:, 1] > 0.5).astype(int))
+
+
+def test_early_stopping_on_eval_set_and_same_seed_same_model():
+    X, y = make(4000, 2)
+    a = GBDTClassifier(n_estimators=500, learning_rate=0.3, early_stopping_rounds=10, random_state=3)
+    a.fit(X[:3000], y[:3000], eval_set=[(X[3000:], y[3000:])])
+    assert a.best_iteration_ is not None and a.best_iteration_ < 500
+    assert a.model_.num_trees == a.best_iteration_
+    b = GBDTClassifier(n_estimators=500, learning_rate=0.3, early_stopping_rounds=10, random_state=3)
+    b.fit(X[:3000], y[:3000], eval_set=[(X[3000:], y[3000:])])
+    assert a.model_.to_bytes() == b.model_.to_bytes() or np.array_equal(a.predict_proba(X), b.predict_proba(X))
+    # The fitted model explains like any other.
+    contrib = a.model_.explain(X[:10])
+    np.testing.assert_allclose(contrib.sum(axis=1), a.decision_function(X[:10]), atol=1e-5)
+
+
+def test_dataframes_and_categorical_columns():
+    X, y = make(2000, 4)
+    df = pd.DataFrame(X, columns=[f"c{i}" for i in range(6)])
+    df["c5"] = np.random.default_rng(0).integers(0, 4, len(df)).astype(float)
+    est = GBDTClassifier(n_estimators=20).fit(df, y, categorical_features=["c5"])
+    assert list(est.feature_names_in_) == list(df.columns)
+    assert est.model_.feature_names == list(df.columns)
+    assert est.model_.categorical_features == ["c5"]
+    with pytest.raises(ValueError, match="binary"):
+        GBDTClassifier().fit(X, np.arange(len(X)) % 3)
+
+
+def test_replay_is_the_services_feature_pipeline(tmp_path):
+    if not os.path.exists(FRAUD):
+        pytest.fail(f"the fraud binary is not at {FRAUD} (set FRAUD_BIN)")
+    sample = os.path.join(ROOT, "datasets", "samples", "transactions.csv")
+    out = tmp_path / "features.csv"
+    subprocess.run([FRAUD, "features", "--input", sample, "--output", str(out)], check=True, capture_output=True)
+    want = pd.read_csv(out)
+    tx = pd.read_csv(sample, dtype=str, keep_default_na=False).replace("", np.nan)
+    got = fraudscore.features.replay(tx)
+    assert list(got.columns) == list(want.columns[1:])
+    np.testing.assert_allclose(got.to_numpy(), want.iloc[:, 1:].to_numpy(dtype=float), rtol=1e-12, atol=1e-12, equal_nan=True)
+    # Labels given separately replace the history's own.
+    labels = tx.loc[tx.is_fraud == "1", ["transaction_id"]].assign(is_fraud=1, reported_at="2018-04-02T00:00:00Z")
+    with_labels = fraudscore.features.replay(tx, labels=labels)
+    assert with_labels.shape == got.shape
+    with pytest.raises(KeyError):
+        fraudscore.features.replay(tx, labels=labels.drop(columns=["is_fraud"]))
+    with pytest.raises(ValueError, match="row 1"):
+        fraudscore.features.replay(tx.assign(amount="-3"))
+    with pytest.raises(TypeError):
+        fraudscore.features.replay(tx.to_numpy())
