@@ -454,6 +454,9 @@ fn convert_csv<'py>(
     Ok(PyBytes::new(py, &out))
 }
 
+/// What [`train`] returns: the model, the best iteration, and (feature, splits, gain).
+type Trained = (PyModel, Option<usize>, Vec<(String, u64, f64)>);
+
 /// Trains a gradient-boosted model: (model, best iteration, [(feature, splits, gain)]).
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
@@ -468,7 +471,7 @@ fn train<'py>(
     params: Vec<(String, String)>,
     valid: Option<(PyReadonlyArray2<'py, f64>, PyReadonlyArray1<'py, f64>)>,
     threads: usize,
-) -> PyResult<(PyModel, Option<usize>, Vec<(String, u64, f64)>)> {
+) -> PyResult<Trained> {
     use fraud_core::data::Matrix;
     use fraud_core::train::{Dataset, Params};
     let matrix = |a: &PyReadonlyArray2<'py, f64>| -> PyResult<Matrix> {
