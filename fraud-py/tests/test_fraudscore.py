@@ -197,3 +197,47 @@ def test_help_is_useful():
     assert "TreeSHAP" in fraudscore.Model.explain.__doc__
     assert fraudscore.metrics.card_precision_at_k.__doc__
     assert os.path.exists(os.path.join(os.path.dirname(fraudscore.__file__), "py.typed"))
+
+
+def test_plots_draw_real_charts():
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from fraudscore import plot
+
+    rng = np.random.default_rng(2)
+    y = (rng.random(1000) < 0.2).astype(int)
+    s = np.clip(rng.random(1000) * 0.6 + 0.3 * y, 0, 1)
+    for draw in (plot.roc_curve, plot.precision_recall_curve, plot.score_distribution):
+        ax = draw(y, s)
+        buf = io.BytesIO()
+        ax.figure.savefig(buf, format="png")
+        assert buf.getvalue().startswith(b"\x89PNG") and len(buf.getvalue()) > 5000
+        assert ax.get_title()
+        plt.close(ax.figure)
+    ax = plot.feature_importance(["a", "b", "c"], [0.2, 0.5, 0.3])
+    # Largest at the top: bars from the bottom are a (0.2), c (0.3), b (0.5).
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "c", "b"]
+    assert [round(p.get_width(), 3) for p in ax.patches] == [0.2, 0.3, 0.5]
+    plt.close(ax.figure)
+    x, _ = data(50)
+    model = fraudscore.from_xgboost(pytest.importorskip("xgboost").train(
+        {"objective": "binary:logistic", "max_depth": 2}, pytest.importorskip("xgboost").DMatrix(x, label=(x[:, 0] > 0).astype(float)), 5))
+    contrib = model.explain(pd.DataFrame(x, columns=model.feature_names))
+    ax = plot.shap_summary(contrib.iloc[[0]])
+    assert len(ax.patches) == 6
+    plt.close(ax.figure)
+    with pytest.raises(ValueError, match="both classes"):
+        plot.roc_curve([0, 0], [0.1, 0.2])
+    with pytest.raises(ValueError, match="one transaction"):
+        plot.shap_summary(contrib.iloc[:2])
+
+
+def test_polars_input_matched_by_name(xgb_pair):
+    pl = pytest.importorskip("polars")
+    _, model, x, names = xgb_pair
+    frame = pl.DataFrame({n: x[:, i] for i, n in enumerate(names)}).select(names[::-1])
+    np.testing.assert_array_equal(model.predict(frame), model.predict(x))

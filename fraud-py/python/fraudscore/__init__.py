@@ -8,8 +8,9 @@ The same compiled tree models, exact TreeSHAP explanations, metrics and simulate
 >>> proba = model.predict(df)            # numpy array, pandas or polars DataFrame
 >>> contributions = model.explain(df)    # one column per feature, then the bias
 
-Also :class:`GBDTClassifier` (a scikit-learn estimator on the engine's trainer) and
-:func:`fraudscore.features.replay` (the service's features, offline). Modules:
+Also :class:`GBDTClassifier` (a scikit-learn estimator on the engine's trainer),
+:func:`fraudscore.features.replay` (the service's features, offline) and
+:mod:`fraudscore.plot` (charts; matplotlib is an optional extra). Modules:
 :mod:`fraudscore.metrics` (ROC-AUC, average precision, recall at a false-positive
 rate, precision at k, card precision at k per day, population stability index) and
 :mod:`fraudscore.datasets` (the transaction simulator and public-format loaders).
