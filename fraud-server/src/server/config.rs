@@ -269,7 +269,8 @@ impl Config {
             "FRAUD_LOG_DURABILITY" => self.log_durability = v.to_string(),
             k if k.starts_with("FRAUD_CONFIG") || k == "FRAUD_TOKENIZATION_KEY" => {}
             k if k.starts_with("FRAUD_") => {
-                return Err(bad(k, "unknown FRAUD_ environment setting"));
+                // Not an error: other tools use the prefix too (FRAUD_BIN in the tests).
+                eprintln!("warning: {k} is not a setting of the service; ignored");
             }
             _ => {}
         }
