@@ -103,6 +103,10 @@ impl PyModel {
             Rows::F64(a) => {
                 let view = a.as_array();
                 match view.as_slice() {
+                    // A few rows: no thread pool, no GIL release; the call is the cost.
+                    Some(all) if n <= 64 => model
+                        .predict_margin_batch_serial(all, &mut out)
+                        .map_err(|e| e.to_string()),
                     // C-ordered float64: read in place.
                     Some(all) => py.allow_threads(|| {
                         model

@@ -103,6 +103,8 @@ class Model:
         return int(self._m.num_trees)
 
     def _matrix(self, X: Any) -> np.ndarray:
+        if type(X) is np.ndarray and X.ndim == 2 and (X.dtype == np.float64 or X.dtype == np.float32):
+            return X  # the common case, checked first: a single row is scored in microseconds
         names = _columns(X)
         if names is not None:
             missing = [f for f in self.feature_names if f not in names]
