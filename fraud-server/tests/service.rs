@@ -882,3 +882,199 @@ fn scores_with_entity_state_in_redis() {
     assert!(header(&h, "retry-after").is_some());
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+fn fraud_cli(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_fraud"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn keys_are_created_listed_revoked_and_access_is_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let keys = dir.path().join("keys.json");
+    let k = |args: &[&str]| {
+        let mut all = vec!["keys"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&[
+            "--keys-file",
+            keys.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ]);
+        fraud_cli(&all)
+    };
+    let out = k(&["create", "--role", "score", "--name", "checkout"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let secret = text
+        .lines()
+        .find(|l| l.starts_with("fsk_"))
+        .unwrap()
+        .to_string();
+    let out = k(&[
+        "create",
+        "--role",
+        "analyst,admin",
+        "--name",
+        "ops",
+        "--expires",
+        "2999-01-01",
+    ]);
+    let ops = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with("fsk_"))
+        .unwrap()
+        .to_string();
+    assert!(
+        !std::fs::read_to_string(&keys).unwrap().contains(&secret),
+        "a key stored in clear"
+    );
+    assert!(
+        !k(&["create", "--role", "score", "--name", "checkout"])
+            .status
+            .success(),
+        "duplicate name"
+    );
+    assert!(!k(&["create", "--role", "root", "--name", "x"])
+        .status
+        .success());
+    let s = start(
+        dir.path(),
+        &format!("keys_file = {:?}\n", keys.to_str().unwrap()),
+    )
+    .unwrap();
+    for i in 0..3 {
+        let (st, _, _) = s.call(
+            "POST",
+            "/v1/score",
+            Some(&secret),
+            Some(&tx(&format!("a{i}"), "5.00")),
+        );
+        assert_eq!(st, 200);
+    }
+    let (st, _, _) = s.call("GET", "/v1/decisions/a1", Some(&ops), None);
+    assert_eq!(st, 200);
+    let list = String::from_utf8_lossy(&k(&["list"]).stdout).to_string();
+    let row = list.lines().find(|l| l.starts_with("checkout\t")).unwrap();
+    assert!(
+        row.contains("\tscore\t") && row.contains("\tactive\t") && row.ends_with("\t3\t0"),
+        "{list}"
+    );
+    let row = list.lines().find(|l| l.starts_with("ops\t")).unwrap();
+    assert!(
+        row.contains("2999-01-01") && row.ends_with("\t0\t1"),
+        "{list}"
+    );
+    let access = fraud_cli(&[
+        "audit",
+        "access",
+        "--since",
+        "2000-01-01",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    let access = String::from_utf8_lossy(&access.stdout).to_string();
+    assert!(
+        access
+            .lines()
+            .any(|l| l.contains("\tops\tread decision a1")),
+        "{access}"
+    );
+    drop(s);
+    assert!(k(&["revoke", "--name", "checkout"]).status.success());
+    let s = start(
+        dir.path(),
+        &format!("keys_file = {:?}\n", keys.to_str().unwrap()),
+    )
+    .unwrap();
+    let (st, _, _) = s.call("POST", "/v1/score", Some(&secret), Some(&tx("a9", "5.00")));
+    assert_eq!(st, 401, "a revoked key still works");
+}
+
+#[test]
+fn audit_verify_names_the_altered_removed_or_cut_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), "").unwrap();
+    let key = s.key();
+    for i in 0..6 {
+        s.call(
+            "POST",
+            "/v1/score",
+            Some(&key),
+            Some(&tx(&format!("v{i}"), "5.00")),
+        );
+    }
+    drop(s);
+    let log_dir = dir.path().join("data/log");
+    let log = log_dir.join("decisions.log");
+    let verify = |extra: &[&str]| {
+        let mut args = vec!["audit", "verify", log_dir.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let o = fraud_cli(&args);
+        (
+            o.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        )
+    };
+    let (ok, msg) = verify(&[]);
+    assert!(ok && msg.contains("intact, 6 records"), "{msg}");
+    let head = String::from_utf8_lossy(
+        &fraud_cli(&["audit", "head", dir.path().join("data").to_str().unwrap()]).stdout,
+    )
+    .to_string();
+    let head_hash = head.split_whitespace().nth(1).unwrap().to_string();
+    let original = std::fs::read(&log).unwrap();
+    let lines: Vec<&[u8]> = original.split_inclusive(|&b| b == b'\n').collect();
+    // One byte changed in record 4 (inside its JSON, a digit of the score).
+    let mut edited = original.clone();
+    let start4: usize = lines[..3].iter().map(|l| l.len()).sum();
+    let at = start4
+        + lines[3]
+            .windows(8)
+            .position(|w| w == b"\"score\":")
+            .unwrap()
+        + 9;
+    edited[at] = if edited[at] == b'1' { b'2' } else { b'1' };
+    std::fs::write(&log, &edited).unwrap();
+    let (ok, msg) = verify(&[]);
+    assert!(!ok && msg.contains("record 4 was altered"), "{msg}");
+    // Record 3 removed.
+    let removed: Vec<u8> = lines
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 2)
+        .flat_map(|(_, l)| l.to_vec())
+        .collect();
+    std::fs::write(&log, &removed).unwrap();
+    let (ok, msg) = verify(&[]);
+    assert!(!ok && msg.contains("records 3 to 3 were removed"), "{msg}");
+    // Records 2 and 3 swapped.
+    let mut swapped: Vec<&[u8]> = lines.clone();
+    swapped.swap(1, 2);
+    std::fs::write(&log, swapped.concat()).unwrap();
+    let (ok, msg) = verify(&[]);
+    assert!(!ok && msg.contains("record"), "{msg}");
+    // Cut in the middle of the last record.
+    std::fs::write(&log, &original[..original.len() - 10]).unwrap();
+    let (ok, msg) = verify(&[]);
+    assert!(!ok && msg.contains("record 6 is cut short"), "{msg}");
+    // The last record removed whole: only the published head tells.
+    let without_last: usize = lines[..5].iter().map(|l| l.len()).sum();
+    std::fs::write(&log, &original[..without_last]).unwrap();
+    assert!(verify(&[]).0);
+    let (ok, msg) = verify(&["--head", &head_hash]);
+    assert!(!ok && msg.contains("not in the log"), "{msg}");
+    std::fs::write(&log, &original).unwrap();
+    assert!(verify(&["--head", &head_hash]).0);
+}

@@ -1,5 +1,6 @@
 //! Subcommands of the `fraud` tool.
 
+mod audit;
 mod bench;
 mod convert;
 mod evaluate;
@@ -7,6 +8,7 @@ mod features;
 mod generate;
 mod import;
 mod inspect;
+mod keys;
 mod predict;
 mod report;
 mod train;
@@ -51,6 +53,10 @@ enum Command {
     /// Run the scoring service (with no configuration: 127.0.0.1:8080, the demo model,
     /// durable state under ./fraud-data, a development API key).
     Serve(crate::server::Args),
+    /// Verify the decision log's hash chain, print its head, review access.
+    Audit(audit::Args),
+    /// Create, list and revoke API keys.
+    Keys(keys::Args),
 }
 
 /// The model, the CSV it reads and the worker threads: shared by predict, bench, evaluate.
@@ -90,6 +96,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Convert(a) => convert::run(a),
         Command::Report(a) => report::run(a),
         Command::Serve(a) => crate::server::run(a),
+        Command::Audit(a) => audit::run(a),
+        Command::Keys(a) => keys::run(a),
     }
 }
 

@@ -112,6 +112,100 @@ fn decision_id(kind: &str, data: &serde_json::Value) -> Option<String> {
         .flatten()
 }
 
+/// What a scan of a log found.
+#[derive(Debug, Clone)]
+pub struct Scan {
+    /// Whole records in chain.
+    pub records: u64,
+    /// Hash of the last whole record (the head to publish).
+    pub head: String,
+    /// Bytes of whole records.
+    pub good_bytes: u64,
+    /// Bytes after them: a record cut short (a crash mid-write, or truncation).
+    pub torn_bytes: u64,
+}
+
+/// Checks the chain of a log's bytes, calling `visit(offset, record)` for each whole record.
+/// The first record that was altered, removed, reordered or is not a record stops the scan
+/// with an error naming it; a cut-short last record is reported in `torn_bytes`.
+pub fn scan(
+    bytes: &[u8],
+    path: &Path,
+    mut visit: impl FnMut(u64, &Record),
+) -> Result<Scan, LogError> {
+    let (mut seq, mut last_hash, mut good) = (0u64, GENESIS.to_string(), 0usize);
+    let mut pos = 0usize;
+    while pos < bytes.len() {
+        let Some(nl) = bytes[pos..].iter().position(|&b| b == b'\n') else {
+            break;
+        };
+        let line = &bytes[pos..pos + nl];
+        let expected = seq + 1;
+        let damaged = |reason: String| LogError::Damaged {
+            path: path.to_path_buf(),
+            line: expected,
+            reason,
+        };
+        let (h, body) =
+            split(line).ok_or_else(|| damaged(format!("record {expected} is not a log record")))?;
+        let rec: Record = serde_json::from_slice(body)
+            .map_err(|_| damaged(format!("record {expected} was altered (not valid JSON)")))?;
+        if rec.seq > expected {
+            return Err(damaged(format!(
+                "records {expected} to {} were removed",
+                rec.seq - 1
+            )));
+        }
+        if rec.seq < expected {
+            return Err(damaged(format!(
+                "record {} appears again after record {seq}: reordered or duplicated",
+                rec.seq
+            )));
+        }
+        if rec.prev != last_hash {
+            return Err(damaged(format!(
+                "record {expected} does not follow record {seq} (its previous hash differs): altered or reordered"
+            )));
+        }
+        if hash(&last_hash, body) != h {
+            return Err(damaged(format!(
+                "record {expected} was altered (its hash does not match its content)"
+            )));
+        }
+        visit(pos as u64, &rec);
+        seq = rec.seq;
+        last_hash = h.to_string();
+        pos += nl + 1;
+        good = pos;
+    }
+    Ok(Scan {
+        records: seq,
+        head: last_hash,
+        good_bytes: good as u64,
+        torn_bytes: (bytes.len() - good) as u64,
+    })
+}
+
+/// The log file of a directory: `DIR/decisions.log`, or `DIR/log/decisions.log` for a data
+/// directory.
+pub fn log_file(dir: &Path) -> PathBuf {
+    let direct = dir.join("decisions.log");
+    if direct.exists() || !dir.join("log").is_dir() {
+        direct
+    } else {
+        dir.join("log").join("decisions.log")
+    }
+}
+
+/// Reads and verifies a whole log without changing it.
+pub fn verify_file(path: &Path, mut visit: impl FnMut(u64, &Record)) -> Result<Scan, LogError> {
+    let bytes = std::fs::read(path).map_err(|source| LogError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    scan(&bytes, path, &mut visit)
+}
+
 impl DecisionLog {
     /// Opens (creating) `<dir>/decisions.log`, verifying the chain.
     pub fn open(dir: &Path, sync: bool) -> Result<Self, LogError> {
@@ -130,37 +224,12 @@ impl DecisionLog {
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(io)?;
         let mut index = HashMap::new();
-        let (mut seq, mut last_hash, mut good) = (0u64, GENESIS.to_string(), 0usize);
-        let mut line_no = 0u64;
-        let mut pos = 0usize;
-        while pos < bytes.len() {
-            line_no += 1;
-            let Some(nl) = bytes[pos..].iter().position(|&b| b == b'\n') else {
-                break; // torn tail: cut below
-            };
-            let line = &bytes[pos..pos + nl];
-            let damaged = |reason: &str| LogError::Damaged {
-                path: path.clone(),
-                line: line_no,
-                reason: reason.to_string(),
-            };
-            let (h, body) = split(line).ok_or_else(|| damaged("not a log record"))?;
-            if hash(&last_hash, body) != h {
-                return Err(damaged("hash does not match: the record was changed"));
-            }
-            let rec: Record =
-                serde_json::from_slice(body).map_err(|_| damaged("record is not valid JSON"))?;
-            if rec.prev != last_hash || rec.seq != seq + 1 {
-                return Err(damaged("record is out of chain"));
-            }
+        let scan = scan(&bytes, &path, |offset, rec| {
             if let Some(id) = decision_id(&rec.kind, &rec.data) {
-                index.insert(id, pos as u64);
+                index.insert(id, offset);
             }
-            seq = rec.seq;
-            last_hash = h.to_string();
-            pos += nl + 1;
-            good = pos;
-        }
+        })?;
+        let (seq, last_hash, good) = (scan.records, scan.head.clone(), scan.good_bytes as usize);
         if good < bytes.len() {
             file.set_len(good as u64).map_err(io)?;
             file.sync_all().map_err(io)?;

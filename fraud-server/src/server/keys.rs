@@ -162,6 +162,80 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
+/// The records of a keys file (an absent file has none).
+pub fn read_records(path: &Path) -> Result<Vec<KeyRecord>, KeyError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str::<KeysFile>(&text)
+            .map(|f| f.keys)
+            .map_err(|e| KeyError::Invalid {
+                path: path.to_path_buf(),
+                reason: format!("not a keys file: {e}"),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(source) => Err(KeyError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+fn write_records(path: &Path, keys: Vec<KeyRecord>) -> Result<(), KeyError> {
+    let json = serde_json::to_vec_pretty(&KeysFile { keys }).map_err(|e| KeyError::Invalid {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| KeyError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    }
+    write_private(path, &json).map_err(|source| KeyError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Adds a key named `name` with `roles` to the keys file; returns the secret (shown once).
+pub fn add_key(
+    path: &Path,
+    name: &str,
+    roles: Vec<Role>,
+    expires: Option<String>,
+) -> Result<String, KeyError> {
+    let mut keys = read_records(path)?;
+    if name.trim().is_empty() || keys.iter().any(|k| k.name == name) {
+        return Err(KeyError::Invalid {
+            path: path.to_path_buf(),
+            reason: format!("a key named `{name}` exists already (or the name is empty)"),
+        });
+    }
+    let secret = new_secret()?;
+    keys.push(KeyRecord {
+        name: name.to_string(),
+        roles,
+        sha256: hex(&Sha256::digest(secret.as_bytes())),
+        created: now_rfc3339(),
+        expires,
+        revoked: false,
+    });
+    write_records(path, keys)?;
+    Ok(secret)
+}
+
+/// Marks the key named `name` revoked.
+pub fn revoke_key(path: &Path, name: &str) -> Result<(), KeyError> {
+    let mut keys = read_records(path)?;
+    let Some(k) = keys.iter_mut().find(|k| k.name == name) else {
+        return Err(KeyError::Invalid {
+            path: path.to_path_buf(),
+            reason: format!("no key named `{name}`"),
+        });
+    };
+    k.revoked = true;
+    write_records(path, keys)
+}
+
 impl Keys {
     /// Loads a keys file.
     pub fn load(path: &Path) -> Result<Keys, KeyError> {

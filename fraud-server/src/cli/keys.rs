@@ -1,0 +1,136 @@
+//! `fraud keys`: create, list and revoke the service's API keys. Only the SHA-256 of a key is
+//! stored; the key itself is printed once, at creation. `list` shows, for an access review,
+//! each key's roles, creation, expiry, last use and request counts (from the decision log).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use crate::server::decisions::{log_file, verify_file};
+use crate::server::keys::{self, Role};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Create a key; prints it once (it cannot be shown again).
+    Create {
+        /// score, analyst or admin (repeatable, or comma-separated).
+        #[arg(long, value_delimiter = ',', required = true)]
+        role: Vec<String>,
+        /// Who or what uses it (unique).
+        #[arg(long)]
+        name: String,
+        /// Expiry: YYYY-MM-DD or RFC 3339 (never when absent).
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// Every key with roles, creation, expiry, last use and request counts.
+    List,
+    /// Revoke a key by name.
+    Revoke {
+        /// The key's name.
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Command,
+    /// The keys file (default: `<data dir>/keys.json`).
+    #[arg(long, global = true)]
+    keys_file: Option<PathBuf>,
+    /// The data directory (for the default keys file and the usage in the log).
+    #[arg(long, global = true, default_value = "fraud-data")]
+    data_dir: PathBuf,
+}
+
+fn parse_role(s: &str) -> anyhow::Result<Role> {
+    match s.trim() {
+        "score" => Ok(Role::Score),
+        "analyst" => Ok(Role::Analyst),
+        "admin" => Ok(Role::Admin),
+        other => anyhow::bail!("--role `{other}`: expected score, analyst or admin"),
+    }
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let path = a
+        .keys_file
+        .clone()
+        .unwrap_or_else(|| a.data_dir.join("keys.json"));
+    match a.command {
+        Command::Create {
+            role,
+            name,
+            expires,
+        } => {
+            let roles = role
+                .iter()
+                .map(|r| parse_role(r))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let expires = match expires {
+                None => None,
+                Some(e) => Some(expiry(&e)?),
+            };
+            let secret = keys::add_key(&path, &name, roles, expires)?;
+            super::emit(&format!(
+                "created key `{name}` in {}\n{secret}\nstore it now: it is not kept and cannot be shown again\n",
+                path.display()
+            ))
+        }
+        Command::Revoke { name } => {
+            keys::revoke_key(&path, &name)?;
+            super::emit(&format!("revoked key `{name}` in {}\n", path.display()))
+        }
+        Command::List => {
+            let records = keys::read_records(&path)?;
+            // Usage from the decision log: requests recorded per key and the last one.
+            let mut usage: BTreeMap<String, (u64, u64, String)> = BTreeMap::new();
+            let log = log_file(&a.data_dir);
+            if log.exists() {
+                verify_file(&log, |_, rec| {
+                    let u = usage.entry(rec.key.clone()).or_default();
+                    if rec.kind == "access" {
+                        u.1 += 1;
+                    } else {
+                        u.0 += 1;
+                    }
+                    u.2 = rec.at.clone();
+                })
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .context("usage from the decision log")?;
+            }
+            let mut out = String::from("name\troles\tcreated\texpires\tstatus\tlast use\trecorded requests\tdecision reads\n");
+            for r in &records {
+                let roles: Vec<&str> = r.roles.iter().map(|x| x.name()).collect();
+                let (n, reads, last) = usage.get(&r.name).cloned().unwrap_or_default();
+                out.push_str(&format!(
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
+                    r.name,
+                    roles.join(","),
+                    r.created,
+                    r.expires.as_deref().unwrap_or("never"),
+                    if r.revoked { "revoked" } else { "active" },
+                    if last.is_empty() { "never" } else { &last },
+                    n,
+                    reads
+                ));
+            }
+            super::emit(&out)
+        }
+    }
+}
+
+fn expiry(s: &str) -> anyhow::Result<String> {
+    let rfc = time::format_description::well_known::Rfc3339;
+    let t = match time::OffsetDateTime::parse(s, &rfc) {
+        Ok(t) => t,
+        Err(_) => time::Date::parse(s, time::macros::format_description!("[year]-[month]-[day]"))
+            .with_context(|| format!("--expires `{s}` is neither YYYY-MM-DD nor an RFC 3339 time"))?
+            .midnight()
+            .assume_utc(),
+    };
+    Ok(t.format(&rfc)?)
+}
