@@ -1078,3 +1078,37 @@ fn audit_verify_names_the_altered_removed_or_cut_record() {
     std::fs::write(&log, &original).unwrap();
     assert!(verify(&["--head", &head_hash]).0);
 }
+
+#[test]
+fn production_mode_refuses_to_start_without_tls_keys_and_a_tokenization_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = start(dir.path(), "production = true\n")
+        .err()
+        .expect("started in production without TLS");
+    assert!(
+        err.contains("config: tls: production mode needs TLS"),
+        "{err}"
+    );
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("key.pem"), cert.key_pair.serialize_pem()).unwrap();
+    let tls = format!(
+        "production = true\n[tls]\ncert = {:?}\nkey = {:?}\n",
+        dir.path().join("cert.pem").to_str().unwrap(),
+        dir.path().join("key.pem").to_str().unwrap()
+    );
+    let err = start(dir.path(), &tls)
+        .err()
+        .expect("started without a keys file");
+    assert!(err.contains("config: keys_file"), "{err}");
+    let keys = write_keys(dir.path(), &[("a", "fsk_a", &["admin"])]);
+    let cfg = format!("keys_file = {:?}\n{tls}", keys.to_str().unwrap());
+    let err = start(dir.path(), &cfg)
+        .err()
+        .expect("started without a tokenization key");
+    assert!(err.contains("config: tokenization_key_file"), "{err}");
+    assert!(
+        !dir.path().join("data/dev-api-key").exists(),
+        "a development key in production"
+    );
+}

@@ -183,6 +183,9 @@ pub struct Config {
     pub log_durability: String,
     /// TLS; plain HTTP when absent.
     pub tls: Option<TlsConfig>,
+    /// Production mode: refuses to start without TLS, a tokenization key (file or
+    /// FRAUD_TOKENIZATION_KEY) and a keys file; no development key is ever created.
+    pub production: bool,
 }
 
 impl Default for Config {
@@ -203,6 +206,7 @@ impl Default for Config {
             reasons: 5,
             log_durability: "sync".into(),
             tls: None,
+            production: false,
         }
     }
 }
@@ -267,6 +271,13 @@ impl Config {
             "FRAUD_RATE_PER_KEY" => self.limits.rate_per_key = num(key)?,
             "FRAUD_WORKERS" => self.limits.workers = int(key)?,
             "FRAUD_LOG_DURABILITY" => self.log_durability = v.to_string(),
+            "FRAUD_PRODUCTION" => {
+                self.production = match v.trim() {
+                    "1" | "true" | "yes" => true,
+                    "0" | "false" | "no" | "" => false,
+                    other => return Err(bad(key, format!("`{other}` is not true or false"))),
+                }
+            }
             k if k.starts_with("FRAUD_CONFIG") || k == "FRAUD_TOKENIZATION_KEY" => {}
             k if k.starts_with("FRAUD_") => {
                 // Not an error: other tools use the prefix too (FRAUD_BIN in the tests).
@@ -347,6 +358,28 @@ impl Config {
                 "limits.rate_per_key",
                 "rate must be > 0 and burst_per_key >= 1",
             ));
+        }
+        if self.production {
+            if self.tls.is_none() {
+                return Err(bad(
+                    "tls",
+                    "production mode needs TLS: set [tls] cert and key",
+                ));
+            }
+            if self.keys_file.is_none() {
+                return Err(bad(
+                    "keys_file",
+                    "production mode needs a keys file (fraud keys create ...); no development key is made",
+                ));
+            }
+            if self.tokenization_key_file.is_none()
+                && std::env::var_os("FRAUD_TOKENIZATION_KEY").is_none()
+            {
+                return Err(bad(
+                    "tokenization_key_file",
+                    "production mode needs a tokenization key: a file, or FRAUD_TOKENIZATION_KEY",
+                ));
+            }
         }
         if self.reasons > 50 {
             return Err(bad("reasons", "must be at most 50"));

@@ -35,6 +35,10 @@ pub struct Args {
     /// TOML config file (also FRAUD_CONFIG).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Production mode (also `production = true`, FRAUD_PRODUCTION=1): refuses to start
+    /// without TLS, a tokenization key and a keys file.
+    #[arg(long)]
+    production: bool,
 }
 
 /// The tokenization key: the configured file, else FRAUD_TOKENIZATION_KEY (hex), else the
@@ -250,8 +254,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut cfg = Config::load(file.as_deref(), std::env::vars())?;
     if let Some(b) = a.bind {
         cfg.bind = b;
-        cfg.check()?;
     }
+    if a.production {
+        cfg.production = true;
+    }
+    cfg.check()?;
     let tls = cfg.tls.as_ref().map(tls_config).transpose()?;
     let service = build(&cfg)?;
     let engine = service.state.engine.clone();
