@@ -1112,3 +1112,110 @@ fn production_mode_refuses_to_start_without_tls_keys_and_a_tokenization_key() {
         "a development key in production"
     );
 }
+
+/// A Luhn-valid 16-digit number from `seed`.
+fn card_number(seed: u64) -> String {
+    let mut digits: Vec<u32> = format!(
+        "4{:014}",
+        seed.wrapping_mul(2_862_933_555_777_941_757) % 100_000_000_000_000
+    )
+    .chars()
+    .map(|c| c.to_digit(10).unwrap())
+    .collect();
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, &d)| {
+            if i % 2 == 0 {
+                let x = d * 2;
+                if x > 9 {
+                    x - 9
+                } else {
+                    x
+                }
+            } else {
+                d
+            }
+        })
+        .sum();
+    digits.push((10 - sum % 10) % 10);
+    digits
+        .iter()
+        .map(|d| char::from_digit(*d, 10).unwrap())
+        .collect()
+}
+
+#[test]
+fn thousands_of_card_numbers_leave_no_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), "[limits]\nmax_batch = 100\n").unwrap();
+    let key = s.key();
+    let cards: Vec<String> = (0..2000u64).map(card_number).collect();
+    let mut answers = Vec::new();
+    // Batches of valid cards, single scores, and near-misses (one digit off: invalid).
+    for (b, chunk) in cards[..1500].chunks(100).enumerate() {
+        let txs: Vec<Value> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let mut t = tx(&format!("b{b}-{i}"), "12.00");
+                t["card_number"] = json!(c);
+                t
+            })
+            .collect();
+        let (st, v, _) = s.call(
+            "POST",
+            "/v1/score/batch",
+            Some(&key),
+            Some(&json!({"transactions": txs})),
+        );
+        assert_eq!(st, 200);
+        answers.push(v.to_string());
+    }
+    for (i, c) in cards[1500..].iter().enumerate() {
+        let mut t = tx(&format!("s{i}"), "30.00");
+        t["card_number"] = json!(if i % 5 == 0 {
+            // Luhn broken: refused, and the refusal does not echo it.
+            let mut b = c.clone().into_bytes();
+            b[15] = if b[15] == b'9' { b'0' } else { b[15] + 1 };
+            String::from_utf8(b).unwrap()
+        } else {
+            c.clone()
+        });
+        let (_, v, _) = s.call("POST", "/v1/score", Some(&key), Some(&t));
+        answers.push(v.to_string());
+        if i % 50 == 0 {
+            let (_, rec, _) = s.call("GET", &format!("/v1/decisions/s{i}"), Some(&key), None);
+            answers.push(rec.to_string());
+        }
+    }
+    let (_, _, m) = s
+        .try_request("GET", "/metrics", Some(&key), &[], b"")
+        .unwrap();
+    answers.push(String::from_utf8_lossy(&m).to_string());
+    drop(s);
+    // Every run of 12 to 19 digits anywhere (answers, files): none may be one of the cards.
+    fn digit_runs(bytes: &[u8], out: &mut std::collections::HashSet<Vec<u8>>) {
+        for run in bytes.split(|b| !b.is_ascii_digit()) {
+            if (12..=19).contains(&run.len()) {
+                out.insert(run.to_vec());
+            }
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for a in &answers {
+        digit_runs(a.as_bytes(), &mut seen);
+    }
+    for (_, bytes) in all_files(dir.path()) {
+        digit_runs(&bytes, &mut seen);
+    }
+    let mut masks = 0;
+    let joined = answers.join("\n");
+    for c in &cards {
+        assert!(!seen.contains(c.as_bytes()), "a card number was found");
+        let mask = format!("{}******{}", &c[..6], &c[12..]);
+        masks += usize::from(joined.contains(&mask));
+    }
+    assert!(masks > 1500, "masks are shown instead ({masks})");
+}
