@@ -296,7 +296,7 @@ fn bad_requests_get_problem_details() {
     let s = start(
         dir.path(),
         // OS-buffered durability: the service scores on its HTTP workers (the inline path).
-        "log_durability = \"write\"\n[state]\ndurability = \"write\"\n[limits]\nmax_body_bytes = 2048\nmax_batch = 2\n",
+        "log_durability = \"write\"\n[limits]\nmax_body_bytes = 2048\nmax_batch = 2\n",
     )
     .unwrap();
     let key = s.key();

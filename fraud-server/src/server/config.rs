@@ -86,14 +86,12 @@ pub struct Lists {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StateConfig {
-    /// `memory` (durable under the data directory) or `redis`.
+    /// `memory` (in this process, rebuilt from the decision log at start) or `redis`.
     pub backend: String,
     /// Redis URL for the `redis` backend.
     pub redis_url: Option<String>,
     /// Redis command timeout in milliseconds.
     pub redis_timeout_ms: u64,
-    /// Memory backend: `sync` (fsync before answering) or `write` (OS buffers).
-    pub durability: String,
 }
 
 impl Default for StateConfig {
@@ -102,7 +100,6 @@ impl Default for StateConfig {
             backend: "memory".into(),
             redis_url: None,
             redis_timeout_ms: 50,
-            durability: "sync".into(),
         }
     }
 }
@@ -329,9 +326,6 @@ impl Config {
                     format!("`{other}` is not memory or redis"),
                 ))
             }
-        }
-        if !["sync", "write"].contains(&self.state.durability.as_str()) {
-            return Err(bad("state.durability", "must be sync or write"));
         }
         if !["sync", "write"].contains(&self.log_durability.as_str()) {
             return Err(bad("log_durability", "must be sync or write"));

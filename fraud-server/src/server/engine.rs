@@ -304,6 +304,41 @@ fn sample_transaction() -> Transaction {
     Transaction::from_raw(raw, &tk).unwrap_or_else(|_| unreachable!("valid sample"))
 }
 
+/// Applies one decision-log record to entity state, as it was applied when it was written:
+/// the memory state is rebuilt this way at start, so it always equals a replay of the log.
+pub fn replay_record(
+    extractor: &Extractor,
+    store: &dyn StateStore,
+    rec: &super::decisions::Record,
+) -> Result<(), String> {
+    let tx = || -> Result<Transaction, String> {
+        serde_json::from_value(rec.data["transaction"].clone())
+            .map_err(|e| format!("record {}: the recorded transaction: {e}", rec.seq))
+    };
+    match rec.kind.as_str() {
+        "decision" => {
+            store
+                .step(extractor, &tx()?)
+                .map_err(|e| format!("record {}: {e}", rec.seq))?;
+        }
+        "label" => {
+            let tx = tx()?;
+            let obs = extractor.observe(&tx);
+            let event = LabelEvent {
+                id: obs.point.id,
+                ts: tx.timestamp_us,
+                is_fraud: rec.data["is_fraud"].as_bool().unwrap_or(false),
+                known_at: rec.data["known_at_us"].as_i64().unwrap_or(tx.timestamp_us),
+            };
+            store
+                .label(extractor, &obs, &event)
+                .map_err(|e| format!("record {}: {e}", rec.seq))?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 /// Everything scoring needs, shared by the HTTP workers.
 pub struct Engine {
     /// The feature pipeline.
@@ -573,7 +608,12 @@ impl Engine {
             .append(
                 "label",
                 caller,
-                &json!({"transaction_id": id, "is_fraud": is_fraud, "known_at_us": known_at}),
+                &json!({
+                    "transaction_id": id,
+                    "is_fraud": is_fraud,
+                    "known_at_us": known_at,
+                    "transaction": rec.data["transaction"],
+                }),
             )
             .map_err(Problem::from_log)?;
         self.metrics.label(is_fraud);

@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use fraud_core::features::durable::Durability;
 use fraud_core::features::{Extractor, FeatureSpec, MemoryStore, StateStore};
 use fraud_core::model::Artifact;
 use fraud_core::pii::Tokenizer;
@@ -96,8 +95,8 @@ pub struct Service {
     pub bind: String,
     /// HTTP workers.
     pub workers: usize,
-    /// The memory store, to snapshot now and then.
-    pub memory: Option<Arc<MemoryStore>>,
+    /// Decision-log records replayed into the memory state at start.
+    pub replayed: u64,
 }
 
 /// Builds the service of `cfg` (everything but the listening socket).
@@ -132,7 +131,8 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
     };
     let policy = engine::Policy::new(cfg, extractor.names()).map_err(anyhow::Error::msg)?;
     let (tokenizer, _) = tokenizer(cfg)?;
-    let mut memory = None;
+    // Memory state is derived from the decision log (rebuilt below): one fsync per answer,
+    // and the state always equals a replay of what was recorded.
     let store: Arc<dyn StateStore> = match cfg.state.backend.as_str() {
         "redis" => {
             let url = cfg.state.redis_url.as_deref().unwrap_or_default();
@@ -145,22 +145,28 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
                 .context("config: state.redis_url")?,
             )
         }
-        _ => {
-            let durability = if cfg.state.durability == "sync" {
-                Durability::Sync
-            } else {
-                Durability::Write
-            };
-            let m = Arc::new(
-                MemoryStore::open(&cfg.data_dir.join("state"), &extractor, durability)
-                    .context("entity state")?,
-            );
-            memory = Some(m.clone());
-            m
-        }
+        _ => Arc::new(MemoryStore::new()),
     };
-    let log =
-        decisions::DecisionLog::open(&cfg.data_dir.join("log"), cfg.log_durability == "sync")?;
+    let log_dir = cfg.data_dir.join("log");
+    let log = decisions::DecisionLog::open(&log_dir, cfg.log_durability == "sync")?;
+    let replayed = if cfg.state.backend == "memory" {
+        let mut failure = None;
+        let mut n = 0u64;
+        decisions::verify_file(&log_dir.join("decisions.log"), |_, rec| {
+            if failure.is_none() {
+                n += 1;
+                if let Err(e) = engine::replay_record(&extractor, store.as_ref(), rec) {
+                    failure = Some(e);
+                }
+            }
+        })?;
+        if let Some(e) = failure {
+            anyhow::bail!("cannot rebuild entity state from the decision log: {e}");
+        }
+        n
+    } else {
+        0
+    };
     let (keys, dev_key) = match &cfg.keys_file {
         Some(p) => (keys::Keys::load(p)?, None),
         None => {
@@ -188,26 +194,13 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
             engine,
             keys,
             cfg.limits.clone(),
-            cfg.state.backend == "memory"
-                && cfg.state.durability == "write"
-                && cfg.log_durability == "write",
+            cfg.state.backend == "memory" && cfg.log_durability == "write",
         ),
         dev_key,
         bind: cfg.bind.clone(),
         workers,
-        memory,
+        replayed,
     })
-}
-
-/// Snapshots the memory store now and then, so that restarts replay a short log.
-fn snapshots(store: Option<Arc<MemoryStore>>) {
-    let Some(store) = store else { return };
-    std::thread::spawn(move || loop {
-        std::thread::sleep(Duration::from_secs(300));
-        if let Err(e) = store.snapshot() {
-            eprintln!("warning: state snapshot failed: {e}");
-        }
-    });
 }
 
 /// The rustls server configuration of `[tls]`: TLS 1.3 and 1.2 only, the certificate chain
@@ -264,12 +257,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let engine = service.state.engine.clone();
     let model = engine.model.load();
     println!(
-        "fraud-server {}: model {} ({}), {} features, state {}, data in {}",
+        "fraud-server {}: model {} ({}), {} features, state {} ({} log records replayed), data in {}",
         env!("CARGO_PKG_VERSION"),
         model.version,
         model.origin,
         engine.extractor.names().len(),
         cfg.state.backend,
+        service.replayed,
         cfg.data_dir.display()
     );
     match &service.dev_key {
@@ -279,7 +273,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         ),
         None => println!("API keys: {} loaded", service.state.keys.len()),
     }
-    snapshots(service.memory.clone());
     let bind = service.bind.clone();
     let workers = service.workers;
     let state = actix_web::web::Data::new(service.state);
