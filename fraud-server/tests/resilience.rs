@@ -1,0 +1,179 @@
+//! Crash under load: the real server is killed with SIGKILL at random moments while clients
+//! score; after each restart every answered decision is in the log, the chain verifies, the
+//! entity state holds every answered transaction, and scoring resumes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    key: &str,
+    body: &str,
+) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+fn start(dir: &Path, port: u16) -> Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_fraud"))
+        .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+        .env("FRAUD_DATA_DIR", dir.join("data"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if http(port, "GET", "/healthz", "", "").is_ok_and(|r| r.0 == 200) {
+            return child;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("server did not start");
+}
+
+fn body(id: &str, card: u32, second: u32) -> String {
+    format!(
+        "{{\"transaction_id\":\"{id}\",\"timestamp\":\"2024-05-01T10:{:02}:{:02}Z\",\"amount\":\"12.50\",\"currency\":\"EUR\",\"card_token\":\"tok_{card:032x}\",\"mcc\":\"5411\",\"channel\":\"card_present\"}}",
+        second / 60 % 60,
+        second % 60
+    )
+}
+
+#[test]
+fn sigkill_under_load_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut server = start(dir.path(), port);
+    let key = std::fs::read_to_string(dir.path().join("data/dev-api-key"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let acked: Arc<Mutex<Vec<(String, u32)>>> = Arc::default();
+    let mut sent_total = 0usize;
+    let mut seed = 0x5eed_u64;
+    for round in 0..3u32 {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let clients: Vec<_> = (0..6u32)
+            .map(|c| {
+                let (stop, acked, key, sent) =
+                    (stop.clone(), acked.clone(), key.clone(), sent.clone());
+                std::thread::spawn(move || {
+                    let mut i = 0u32;
+                    while !stop.load(Ordering::Relaxed) {
+                        let id = format!("r{round}-c{c}-{i}");
+                        // Card 0 is used by everyone: its count checks the state.
+                        let card = if i % 4 == 0 { 0 } else { 1 + c };
+                        sent.fetch_add(1, Ordering::Relaxed);
+                        if let Ok((200, _)) = http(
+                            port,
+                            "POST",
+                            "/v1/score",
+                            &key,
+                            &body(&id, card, round * 60 + i % 60),
+                        ) {
+                            acked.lock().unwrap().push((id, card));
+                        }
+                        i += 1;
+                    }
+                })
+            })
+            .collect();
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        std::thread::sleep(Duration::from_millis(300 + (seed >> 33) % 700));
+        server.kill().unwrap(); // SIGKILL, mid-load
+        server.wait().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        for c in clients {
+            c.join().unwrap();
+        }
+        sent_total += sent.load(Ordering::Relaxed);
+        // The log verifies (a torn last record is allowed before the restart cuts it).
+        let restarted = Instant::now();
+        server = start(dir.path(), port);
+        let recovery = restarted.elapsed();
+        let verify = Command::new(env!("CARGO_BIN_EXE_fraud"))
+            .args(["audit", "verify"])
+            .arg(dir.path().join("data/log"))
+            .output()
+            .unwrap();
+        assert!(
+            verify.status.success(),
+            "round {round}: {}",
+            String::from_utf8_lossy(&verify.stderr)
+        );
+        // Every answered decision is there.
+        let acked_now = acked.lock().unwrap().clone();
+        assert!(
+            acked_now.len() > 20 * (round as usize + 1),
+            "too little load: {}",
+            acked_now.len()
+        );
+        for (id, _) in &acked_now {
+            let (st, _) = http(port, "GET", &format!("/v1/decisions/{id}"), &key, "").unwrap();
+            assert_eq!(st, 200, "round {round}: acknowledged {id} is lost");
+        }
+        // Scoring resumes, and card 0's state holds every answered use (and no more than
+        // were sent).
+        let probe = format!("probe-{round}");
+        let (st, _) = http(
+            port,
+            "POST",
+            "/v1/score",
+            &key,
+            &body(&probe, 0, 59 * 60 + 59),
+        )
+        .unwrap();
+        assert_eq!(st, 200);
+        let (_, rec) = http(port, "GET", &format!("/v1/decisions/{probe}"), &key, "").unwrap();
+        let rec: serde_json::Value = serde_json::from_str(&rec).unwrap();
+        let count = rec["features"]["card_txn_count_24h"].as_f64().unwrap() as usize;
+        let acked_card0 = acked_now.iter().filter(|(_, c)| *c == 0).count() + round as usize;
+        assert!(
+            count >= acked_card0 && count <= sent_total + round as usize,
+            "round {round}: state {count}, answered {acked_card0}"
+        );
+        eprintln!(
+            "round {round}: sent {sent_total} in all, acknowledged {}, lost 0, restart to healthy in {} ms",
+            acked_now.len(),
+            recovery.as_millis()
+        );
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+}
