@@ -49,7 +49,7 @@ fn http(
 }
 
 fn start(dir: &Path, port: u16) -> Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_fraud"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fraud"))
         .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
         .env("FRAUD_DATA_DIR", dir.join("data"))
         .stdout(Stdio::null())
@@ -63,6 +63,8 @@ fn start(dir: &Path, port: u16) -> Child {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("server did not start");
 }
 
