@@ -1219,3 +1219,80 @@ fn thousands_of_card_numbers_leave_no_trace() {
     }
     assert!(masks > 1500, "masks are shown instead ({masks})");
 }
+
+#[test]
+fn redis_outage_degrades_then_recovers_by_itself() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let redis_at = |port: u16| {
+        Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--bind",
+                "127.0.0.1",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is not installed (the test command installs it)")
+    };
+    let mut redis = redis_at(port);
+    let cfg = format!("[state]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{port}/\"\nredis_timeout_ms = 300\non_unavailable = \"degrade\"\n");
+    let mut server = None;
+    for _ in 0..50 {
+        if let Ok(s) = start(dir.path(), &cfg) {
+            server = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let s = server.expect("service with redis did not start");
+    let key = s.key();
+    let at = |i: u32| {
+        let mut t = tx(&format!("o{i}"), "10.00");
+        t["timestamp"] = json!(format!("2024-05-01T10:{:02}:00Z", i));
+        t
+    };
+    let (st, v, _) = s.call("POST", "/v1/score", Some(&key), Some(&at(0)));
+    assert_eq!(st, 200, "{v}");
+    assert!(v.get("degraded").is_none());
+    let _ = redis.kill();
+    let _ = redis.wait();
+    // Down: answered within the timeout, with stateless features, flagged.
+    let started = Instant::now();
+    let (st, v, _) = s.call("POST", "/v1/score", Some(&key), Some(&at(1)));
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["degraded"], true);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let (_, rec, _) = s.call("GET", "/v1/decisions/o1", Some(&key), None);
+    assert!(rec["features"]["card_txn_count_10m"].is_null(), "{rec}");
+    // Back: normal answers again, with no restart of the service.
+    let mut redis = redis_at(port);
+    let mut normal = None;
+    for i in 2..40 {
+        std::thread::sleep(Duration::from_millis(100));
+        let (st, v, _) = s.call("POST", "/v1/score", Some(&key), Some(&at(i)));
+        if st == 200 && v.get("degraded").is_none() {
+            normal = Some(i);
+            break;
+        }
+    }
+    let i = normal.expect("the service did not return to normal when Redis came back");
+    let (_, _, m) = s
+        .try_request("GET", "/metrics", Some(&key), &[], b"")
+        .unwrap();
+    let text = String::from_utf8_lossy(&m).to_string();
+    let degraded: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("fraud_degraded_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("fraud_degraded_total in /metrics");
+    // o1, and any attempt made before redis-server listened again.
+    assert!(degraded >= 1 && degraded < u64::from(i), "{degraded}");
+    let _ = redis.kill();
+    let _ = redis.wait();
+}

@@ -206,26 +206,40 @@ impl RedisStore {
     /// is dropped rather than returned.
     fn with<T>(
         &self,
-        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+        f: impl Fn(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
         let pooled = self
             .pool
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .pop();
-        let mut conn = match pooled {
-            Some(c) => c,
+        let fresh = || -> Result<redis::Connection, StoreError> {
+            let c = self
+                .client
+                .get_connection_with_timeout(self.timeout)
+                .map_err(err)?;
+            c.set_read_timeout(Some(self.timeout)).map_err(err)?;
+            c.set_write_timeout(Some(self.timeout)).map_err(err)?;
+            Ok(c)
+        };
+        let (conn, out) = match pooled {
+            Some(mut c) => match f(&mut c) {
+                // A pooled connection that Redis closed (a restart): the command never ran,
+                // so it is sent once more on a new connection.
+                Err(e) if e.is_connection_dropped() || e.is_connection_refusal() => {
+                    drop(c);
+                    let mut c = fresh()?;
+                    let out = f(&mut c).map_err(err)?;
+                    (c, out)
+                }
+                r => (c, r.map_err(err)?),
+            },
             None => {
-                let c = self
-                    .client
-                    .get_connection_with_timeout(self.timeout)
-                    .map_err(err)?;
-                c.set_read_timeout(Some(self.timeout)).map_err(err)?;
-                c.set_write_timeout(Some(self.timeout)).map_err(err)?;
-                c
+                let mut c = fresh()?;
+                let out = f(&mut c).map_err(err)?;
+                (c, out)
             }
         };
-        let out = f(&mut conn).map_err(err)?;
         self.pool
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -92,6 +92,9 @@ pub struct StateConfig {
     pub redis_url: Option<String>,
     /// Redis command timeout in milliseconds.
     pub redis_timeout_ms: u64,
+    /// When entity state cannot be reached: `refuse` (503 with Retry-After) or `degrade`
+    /// (score with the stateless features only; the answer says `"degraded": true`).
+    pub on_unavailable: String,
 }
 
 impl Default for StateConfig {
@@ -100,6 +103,7 @@ impl Default for StateConfig {
             backend: "memory".into(),
             redis_url: None,
             redis_timeout_ms: 50,
+            on_unavailable: "refuse".into(),
         }
     }
 }
@@ -326,6 +330,9 @@ impl Config {
                     format!("`{other}` is not memory or redis"),
                 ))
             }
+        }
+        if !["refuse", "degrade"].contains(&self.state.on_unavailable.as_str()) {
+            return Err(bad("state.on_unavailable", "must be refuse or degrade"));
         }
         if !["sync", "write"].contains(&self.log_durability.as_str()) {
             return Err(bad("log_durability", "must be sync or write"));

@@ -359,6 +359,8 @@ pub struct Engine {
     pub metrics: Metrics,
     /// Reasons per answer.
     pub reasons: usize,
+    /// Score with stateless features when entity state is unreachable.
+    pub degrade: bool,
     /// Transactions being scored (a second request with the same id waits its turn out).
     busy: Mutex<HashSet<String>>,
 }
@@ -455,6 +457,7 @@ impl Engine {
             log,
             metrics,
             reasons,
+            degrade: false,
             busy: Mutex::new(HashSet::new()),
         }
     }
@@ -490,10 +493,17 @@ impl Engine {
             return Ok(answer);
         }
         let model = self.model.load_full();
-        let features = self
-            .store
-            .step(&self.extractor, &tx)
-            .map_err(|e| Problem::unavailable(format!("entity state: {e}")))?;
+        let (features, degraded) = match self.store.step(&self.extractor, &tx) {
+            Ok(f) => (f, false),
+            Err(_) if self.degrade => {
+                // Entity state unreachable: the stateless features only, flagged.
+                let mut row = self.extractor.empty_row();
+                self.extractor.stateless_into(&tx, &mut row);
+                self.metrics.degraded();
+                (row, true)
+            }
+            Err(e) => return Err(Problem::unavailable(format!("entity state: {e}"))),
+        };
         let verdict = judge(&model, &features, self.reasons)?;
         let mut fired = Vec::new();
         let mut decision = self.policy.threshold(verdict.score);
@@ -546,6 +556,9 @@ impl Engine {
             "model_version": model.version,
             "card_mask": tx.card.mask,
         });
+        if degraded {
+            response["degraded"] = json!(true);
+        }
         // The minimised event: no IP address, no e-mail.
         let mut kept = tx.clone();
         kept.ip = None;

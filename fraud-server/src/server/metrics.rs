@@ -92,6 +92,7 @@ struct Inner {
     drift: Option<Drift>,
     shed: u64,
     limited: u64,
+    degraded: u64,
 }
 
 /// The service's metrics.
@@ -150,6 +151,11 @@ impl Metrics {
         } else {
             g.limited += 1;
         }
+    }
+
+    /// A transaction scored without entity state.
+    pub fn degraded(&self) {
+        self.lock().degraded += 1;
     }
 
     /// The active (role `active`) or shadow model changed; drift restarts for the active one.
@@ -213,6 +219,8 @@ impl Metrics {
             "fraud_requests_refused_total{{reason=\"rate_limited\"}} {}",
             g.limited
         );
+        s.push_str("# HELP fraud_degraded_total Transactions scored with stateless features only (entity state unreachable).\n# TYPE fraud_degraded_total counter\n");
+        let _ = writeln!(s, "fraud_degraded_total {}", g.degraded);
         s.push_str("# HELP fraud_model_info The models in use.\n# TYPE fraud_model_info gauge\n");
         for (role, v) in &g.models {
             let _ = writeln!(s, "fraud_model_info{{role=\"{role}\",version=\"{v}\"}} 1");

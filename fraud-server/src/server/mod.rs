@@ -174,7 +174,7 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
             (k, Some(path))
         }
     };
-    let engine = Arc::new(engine::Engine::new(
+    let mut engine = engine::Engine::new(
         extractor,
         store,
         tokenizer,
@@ -183,7 +183,9 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
         policy,
         log,
         cfg.reasons,
-    ));
+    );
+    engine.degrade = cfg.state.on_unavailable == "degrade";
+    let engine = Arc::new(engine);
     let workers = if cfg.limits.workers == 0 {
         std::thread::available_parallelism().map_or(2, |n| n.get())
     } else {
