@@ -1296,3 +1296,44 @@ fn redis_outage_degrades_then_recovers_by_itself() {
     let _ = redis.kill();
     let _ = redis.wait();
 }
+
+#[test]
+fn header_floods_and_slow_senders_do_not_stop_the_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), "").unwrap();
+    let key = s.key();
+    // 500 headers, then one header of 64 KiB: refused, the server stays up.
+    let many: Vec<(String, String)> = (0..500)
+        .map(|i| (format!("X-Flood-{i}"), "y".repeat(20)))
+        .collect();
+    let refs: Vec<(&str, &str)> = many.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    // Refused with 431 / 400, or the connection closed: refused too.
+    if let Ok((st, _, _)) = s.try_request("GET", "/healthz", None, &refs, b"") {
+        assert!(st == 431 || st == 400, "{st}");
+    }
+    let big = "z".repeat(20 * 1024);
+    let (st, h, _) = s
+        .try_request("GET", "/healthz", None, &[("X-Big", big.as_str())], b"")
+        .unwrap();
+    assert_eq!(st, 431);
+    assert_eq!(header(&h, "content-type"), Some("application/problem+json"));
+    // Forty clients that send half a request and stall do not keep others out.
+    let stalled: Vec<TcpStream> = (0..40)
+        .map(|_| {
+            let mut c = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+            c.write_all(b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n")
+                .unwrap();
+            c
+        })
+        .collect();
+    let started = Instant::now();
+    let (st, v, _) = s.call(
+        "POST",
+        "/v1/score",
+        Some(&key),
+        Some(&tx("after-flood", "10.00")),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    drop(stalled);
+}

@@ -124,6 +124,8 @@ pub struct Limits {
     pub burst_per_key: f64,
     /// HTTP worker threads (0: one per core).
     pub workers: usize,
+    /// Largest total size of a request's headers, bytes (beyond: 431).
+    pub max_header_bytes: usize,
 }
 
 impl Default for Limits {
@@ -135,6 +137,7 @@ impl Default for Limits {
             rate_per_key: 5_000.0,
             burst_per_key: 10_000.0,
             workers: 0,
+            max_header_bytes: 16 * 1024,
         }
     }
 }
@@ -346,6 +349,9 @@ impl Config {
         }
         if l.max_batch == 0 || l.max_batch > 10_000 {
             return Err(bad("limits.max_batch", "must be between 1 and 10,000"));
+        }
+        if l.max_header_bytes < 1024 {
+            return Err(bad("limits.max_header_bytes", "must be at least 1024"));
         }
         if l.max_in_flight == 0 {
             return Err(bad("limits.max_in_flight", "must be at least 1"));

@@ -660,3 +660,57 @@ impl Engine {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn policy(when: &str) -> Result<Policy, String> {
+        let cfg = Config {
+            rules: vec![crate::server::config::RuleConfig {
+                name: "r".into(),
+                when: when.to_string(),
+                action: "review".into(),
+            }],
+            ..Config::default()
+        };
+        let names: Vec<String> = vec!["card_txn_count_1h".into(), "log_amount".into()];
+        Policy::new(&cfg, &names)
+    }
+
+    #[test]
+    fn rules_are_checked_when_loaded() {
+        assert!(policy("score > 0.5 && features.card_txn_count_1h >= 3.0").is_ok());
+        assert!(policy("tx.amount > 100.0 && tx.channel == 'ecommerce'").is_ok());
+        for bad in [
+            "score >",
+            "features.nope > 1.0",
+            "score",
+            "tx.amount + 1",
+            "",
+        ] {
+            let e = policy(bad).err().unwrap_or_default();
+            assert!(e.contains("rules[0]"), "{bad}: {e}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        /// Arbitrary rule text never panics: it loads or is refused with a message.
+        #[test]
+        fn arbitrary_rules_never_panic(s in "\\PC{0,80}") {
+            let _ = policy(&s);
+        }
+
+        /// Rule-shaped text: operators, names and literals in any order.
+        #[test]
+        fn rule_shaped_text_never_panics(parts in prop::collection::vec(prop::sample::select(vec![
+            "score", "features.card_txn_count_1h", "tx.amount", "tx.channel", ">", "<=", "==", "&&",
+            "||", "!", "(", ")", "0.5", "3", "'x'", "size(", "in", "[", "]", ",", "null", "true",
+            ".", "1e308", "-", "/", "0",
+        ]), 0..16)) {
+            let _ = policy(&parts.join(" "));
+        }
+    }
+}

@@ -535,6 +535,31 @@ async fn not_found(req: HttpRequest) -> HttpResponse {
     ))
 }
 
+/// Refuses requests whose headers exceed `limits.max_header_bytes` (431), before routing.
+pub async fn header_guard(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    let limit = req
+        .app_data::<Data>()
+        .map_or(16 * 1024, |a| a.limits.max_header_bytes);
+    let size: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if size > limit {
+        let p = Problem::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request header fields too large",
+            format!("the headers take {size} bytes; at most {limit}"),
+        );
+        let resp = actix_web::ResponseError::error_response(&p);
+        return Ok(req.into_response(resp).map_into_right_body());
+    }
+    next.call(req).await.map(|r| r.map_into_left_body())
+}
+
 /// The routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/score", web::post().to(score))

@@ -282,6 +282,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let server = actix_web::HttpServer::new(move || {
             actix_web::App::new()
                 .app_data(state.clone())
+                .wrap(actix_web::middleware::from_fn(http::header_guard))
                 .configure(http::routes)
         })
         .workers(workers)
