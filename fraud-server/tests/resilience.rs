@@ -179,3 +179,154 @@ fn sigkill_under_load_loses_nothing_acknowledged() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+fn post_bytes(port: u16, path: &str, key: &str, body: &[u8]) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {key}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes())?;
+    s.write_all(body)?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((
+        status,
+        out.split_once("\r\n\r\n")
+            .map(|x| x.1.to_string())
+            .unwrap_or_default(),
+    ))
+}
+
+#[test]
+fn sigkill_during_model_reloads_keeps_a_valid_model() {
+    let dir = tempfile::tempdir().unwrap();
+    // A second model with the demo model's features: trained on the committed sample.
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/samples/transactions.csv");
+    let f = dir.path().join("f.csv");
+    let fraud = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_fraud"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    fraud(&[
+        "features",
+        "--input",
+        sample.to_str().unwrap(),
+        "--output",
+        f.to_str().unwrap(),
+        "--keep",
+        "is_fraud",
+    ]);
+    let other = dir.path().join("other.fgb");
+    fraud(&[
+        "train",
+        "--input",
+        f.to_str().unwrap(),
+        "--label",
+        "is_fraud",
+        "--exclude",
+        "transaction_id",
+        "--param",
+        "num_iterations=5",
+        "-o",
+        other.to_str().unwrap(),
+    ]);
+    let models = [
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/demo/model.fgb"))
+            .unwrap(),
+        std::fs::read(&other).unwrap(),
+    ];
+    let port = free_port();
+    let mut server = start(dir.path(), port);
+    let key = std::fs::read_to_string(dir.path().join("data/dev-api-key"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let mut versions = std::collections::HashSet::new();
+    for round in 0..3u32 {
+        let stop = Arc::new(AtomicBool::new(false));
+        let uploader = {
+            let (stop, key, models) = (stop.clone(), key.clone(), models.clone());
+            std::thread::spawn(move || {
+                let mut done = Vec::new();
+                let mut i = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    let role = if i % 3 == 2 { "shadow" } else { "active" };
+                    if let Ok((200, b)) = post_bytes(
+                        port,
+                        &format!("/v1/models?role={role}"),
+                        &key,
+                        &models[i % 2],
+                    ) {
+                        let v: serde_json::Value = serde_json::from_str(&b).unwrap();
+                        done.push((role, v["model_version"].as_str().unwrap().to_string()));
+                    }
+                    i += 1;
+                }
+                done
+            })
+        };
+        std::thread::sleep(Duration::from_millis(700 + 300 * u64::from(round)));
+        server.kill().unwrap();
+        server.wait().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        let done = uploader.join().unwrap();
+        assert!(!done.is_empty(), "no upload went through");
+        for (_, v) in &done {
+            versions.insert(v.clone());
+        }
+        server = start(dir.path(), port);
+        let (st, b) = http(
+            port,
+            "POST",
+            "/v1/score",
+            &key,
+            &body(&format!("m{round}"), 1, round),
+        )
+        .unwrap();
+        assert_eq!(st, 200, "{b}");
+        let answer: serde_json::Value = serde_json::from_str(&b).unwrap();
+        // The active model is the last acknowledged active upload, or one whose upload was
+        // recorded but not answered before the kill: one of the two models either way.
+        let active = answer["model_version"].as_str().unwrap().to_string();
+        assert!(
+            versions.contains(&active),
+            "round {round}: active {active} was never uploaded"
+        );
+        // Exactly the last active model the log records.
+        let log = std::fs::read_to_string(dir.path().join("data/log/decisions.log")).unwrap();
+        let recorded = log
+            .lines()
+            .rev()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l[65..]).ok())
+            .find(|r| r["kind"] == "model" && r["data"]["role"] == "active")
+            .map(|r| r["data"]["model_version"].as_str().unwrap().to_string());
+        assert_eq!(Some(active.clone()), recorded, "round {round}");
+        if let Some((_, v)) = done.iter().rev().find(|(r, _)| *r == "active") {
+            // The last acknowledged upload is recorded at or before the recorded one.
+            assert!(log.contains(v.as_str()));
+        }
+        let verify = Command::new(env!("CARGO_BIN_EXE_fraud"))
+            .args(["audit", "verify"])
+            .arg(dir.path().join("data/log"))
+            .output()
+            .unwrap();
+        assert!(
+            verify.status.success(),
+            "{}",
+            String::from_utf8_lossy(&verify.stderr)
+        );
+    }
+    assert_eq!(versions.len(), 2);
+    let _ = server.kill();
+    let _ = server.wait();
+}

@@ -339,6 +339,20 @@ pub fn replay_record(
     Ok(())
 }
 
+/// Writes `bytes` to `dir/name` atomically and durably (temporary file, fsync, rename, fsync
+/// of the directory).
+fn persist(dir: &std::path::Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, dir.join(name))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// Everything scoring needs, shared by the HTTP workers.
 pub struct Engine {
     /// The feature pipeline.
@@ -361,6 +375,8 @@ pub struct Engine {
     pub reasons: usize,
     /// Score with stateless features when entity state is unreachable.
     pub degrade: bool,
+    /// Where uploaded models are kept (`<data dir>/models`).
+    pub models_dir: Option<std::path::PathBuf>,
     /// Transactions being scored (a second request with the same id waits its turn out).
     busy: Mutex<HashSet<String>>,
 }
@@ -458,6 +474,7 @@ impl Engine {
             metrics,
             reasons,
             degrade: false,
+            models_dir: None,
             busy: Mutex::new(HashSet::new()),
         }
     }
@@ -637,17 +654,37 @@ impl Engine {
     pub fn install(
         &self,
         model: Option<LoadedModel>,
+        bytes: Option<&[u8]>,
         shadow: bool,
         caller: &str,
     ) -> Result<(), Problem> {
+        // The artifact is on disk (written, fsynced, renamed) before the record that names it,
+        // so a restart always finds the model the log says is in use.
+        let file = match (&model, bytes, &self.models_dir) {
+            (Some(m), Some(b), Some(dir)) => {
+                let name = format!("{}.fgb", m.version);
+                persist(dir, &name, b)
+                    .map_err(|e| Problem::unavailable(format!("cannot store the model: {e}")))?;
+                Some(format!("models/{name}"))
+            }
+            _ => None,
+        };
         let what = json!({
             "role": if shadow { "shadow" } else { "active" },
             "model_version": model.as_ref().map(|m| m.version.clone()),
             "origin": model.as_ref().map(|m| m.origin.clone()),
+            "file": file,
         });
         self.log
             .append("model", caller, &what)
             .map_err(Problem::from_log)?;
+        self.swap(model, shadow);
+        Ok(())
+    }
+
+    /// Makes `model` active or the shadow, without recording it (start-up restores what the
+    /// log recorded).
+    pub fn swap(&self, model: Option<LoadedModel>, shadow: bool) {
         if shadow {
             self.metrics
                 .model("shadow", model.as_ref().map(|m| m.version.as_str()), None);
@@ -657,7 +694,6 @@ impl Engine {
                 .model("active", Some(&m.version), m.drift.clone());
             self.model.store(Arc::new(m));
         }
-        Ok(())
     }
 }
 

@@ -452,7 +452,7 @@ async fn models(
             let loaded = LoadedModel::new(&artifact, &engine.extractor, "uploaded")
                 .map_err(|e| Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid model", e))?;
             let version = loaded.version.clone();
-            engine.install(Some(loaded), shadow, &caller.name)?;
+            engine.install(Some(loaded), Some(&bytes), shadow, &caller.name)?;
             Ok(version)
         })
         .await?;
@@ -470,7 +470,7 @@ async fn remove_shadow(app: Data, req: HttpRequest) -> HttpResponse {
     let r = async {
         let caller = app.authorize(&req, Some(Role::Admin))?;
         let engine = app.engine.clone();
-        blocking(move || engine.install(None, true, &caller.name)).await?;
+        blocking(move || engine.install(None, None, true, &caller.name)).await?;
         Ok(HttpResponse::NoContent().finish())
     }
     .await;

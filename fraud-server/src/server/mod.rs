@@ -149,24 +149,27 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
     };
     let log_dir = cfg.data_dir.join("log");
     let log = decisions::DecisionLog::open(&log_dir, cfg.log_durability == "sync")?;
-    let replayed = if cfg.state.backend == "memory" {
-        let mut failure = None;
-        let mut n = 0u64;
-        decisions::verify_file(&log_dir.join("decisions.log"), |_, rec| {
-            if failure.is_none() {
-                n += 1;
-                if let Err(e) = engine::replay_record(&extractor, store.as_ref(), rec) {
-                    failure = Some(e);
-                }
-            }
-        })?;
-        if let Some(e) = failure {
-            anyhow::bail!("cannot rebuild entity state from the decision log: {e}");
+    // One pass over the log: the memory state is rebuilt, and the models last installed
+    // (uploads are kept under <data dir>/models) are found.
+    let memory = cfg.state.backend == "memory";
+    let mut failure = None;
+    let mut replayed = 0u64;
+    let mut installed: [Option<Option<String>>; 2] = [None, None];
+    decisions::verify_file(&log_dir.join("decisions.log"), |_, rec| {
+        if rec.kind == "model" {
+            let slot = usize::from(rec.data["role"] == "shadow");
+            installed[slot] = Some(rec.data["file"].as_str().map(str::to_string));
         }
-        n
-    } else {
-        0
-    };
+        if memory && failure.is_none() {
+            replayed += 1;
+            if let Err(e) = engine::replay_record(&extractor, store.as_ref(), rec) {
+                failure = Some(e);
+            }
+        }
+    })?;
+    if let Some(e) = failure {
+        anyhow::bail!("cannot rebuild entity state from the decision log: {e}");
+    }
     let (keys, dev_key) = match &cfg.keys_file {
         Some(p) => (keys::Keys::load(p)?, None),
         None => {
@@ -185,6 +188,31 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
         cfg.reasons,
     );
     engine.degrade = cfg.state.on_unavailable == "degrade";
+    engine.models_dir = Some(cfg.data_dir.join("models"));
+    for (slot, shadow) in [(0usize, false), (1, true)] {
+        match &installed[slot] {
+            // An uploaded model named by the log: restored.
+            Some(Some(file)) => {
+                let path = cfg.data_dir.join(file);
+                let artifact = Artifact::load(&path).with_context(|| {
+                    format!(
+                        "the model the decision log names as in use, {}",
+                        path.display()
+                    )
+                })?;
+                let loaded = engine::LoadedModel::new(
+                    &artifact,
+                    &engine.extractor,
+                    &path.display().to_string(),
+                )
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                engine.swap(Some(loaded), shadow);
+            }
+            // The shadow was removed.
+            Some(None) if shadow => engine.swap(None, true),
+            _ => {}
+        }
+    }
     let engine = Arc::new(engine);
     let workers = if cfg.limits.workers == 0 {
         std::thread::available_parallelism().map_or(2, |n| n.get())
