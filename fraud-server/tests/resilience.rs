@@ -330,3 +330,95 @@ fn sigkill_during_model_reloads_keeps_a_valid_model() {
     let _ = server.kill();
     let _ = server.wait();
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn overload_is_shed_with_bounded_memory_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path()).unwrap();
+    let port = free_port();
+    let cfg = dir.path().join("fraud.toml");
+    std::fs::write(&cfg, "[limits]\nmax_in_flight = 4\n").unwrap();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_fraud"))
+        .args(["serve", "--bind", &format!("127.0.0.1:{port}"), "--config"])
+        .arg(&cfg)
+        .env("FRAUD_DATA_DIR", dir.path().join("data"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http(port, "GET", "/healthz", "", "").map_or(true, |r| r.0 != 200) {
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let key = std::fs::read_to_string(dir.path().join("data/dev-api-key"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let before = rss_kib(server.id());
+    let results: Arc<Mutex<Vec<(u16, Duration)>>> = Arc::default();
+    let threads: Vec<_> = (0..48u32)
+        .map(|t| {
+            let (key, results) = (key.clone(), results.clone());
+            std::thread::spawn(move || {
+                for i in 0..40u32 {
+                    let started = Instant::now();
+                    let st = http(
+                        port,
+                        "POST",
+                        "/v1/score",
+                        &key,
+                        &body(&format!("ov{t}-{i}"), t, i),
+                    )
+                    .map_or(0, |r| r.0);
+                    results.lock().unwrap().push((st, started.elapsed()));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let after = rss_kib(server.id());
+    let r = results.lock().unwrap().clone();
+    let ok: Vec<Duration> = r.iter().filter(|x| x.0 == 200).map(|x| x.1).collect();
+    let shed = r.iter().filter(|x| x.0 == 503).count();
+    assert_eq!(ok.len() + shed, r.len(), "only 200 and 503 expected");
+    assert!(
+        shed > 0 && !ok.is_empty(),
+        "{} answered, {shed} shed",
+        ok.len()
+    );
+    let mut sorted = ok.clone();
+    sorted.sort();
+    let p99 = sorted[sorted.len() * 99 / 100];
+    // Debug build, 2 vCPUs shared with 48 client threads: accepted requests stay fast.
+    assert!(
+        p99 < Duration::from_millis(500),
+        "p99 of accepted requests {p99:?}"
+    );
+    assert!(
+        after < before + 100 * 1024,
+        "memory grew from {before} to {after} KiB"
+    );
+    // Recovers by itself.
+    let (st, _) = http(port, "POST", "/v1/score", &key, &body("ov-after", 1, 1)).unwrap();
+    assert_eq!(st, 200);
+    eprintln!(
+        "overload: {} answered, {shed} shed, p99 of answered {p99:?}, RSS {before} -> {after} KiB",
+        ok.len()
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+}
