@@ -49,10 +49,23 @@ fn http(
 }
 
 fn start(dir: &Path, port: u16) -> Child {
+    start_with(dir, port, "")
+}
+
+/// Starts the server with `config`; its output goes to `dir/server.out` (appended).
+fn start_with(dir: &Path, port: u16, config: &str) -> Child {
+    let cfg = dir.join("fraud.toml");
+    std::fs::write(&cfg, config).unwrap();
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.out"))
+        .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_fraud"))
-        .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+        .args(["serve", "--bind", &format!("127.0.0.1:{port}"), "--config"])
+        .arg(&cfg)
         .env("FRAUD_DATA_DIR", dir.join("data"))
-        .stdout(Stdio::null())
+        .stdout(Stdio::from(out))
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -78,9 +91,42 @@ fn body(id: &str, card: u32, second: u32) -> String {
 
 #[test]
 fn sigkill_under_load_loses_nothing_acknowledged() {
+    crash_rounds("");
+}
+
+/// The same with a snapshot of the state every 20 ms: kills land during snapshot writes too,
+/// and restarts start from a snapshot and replay only the log after it.
+#[test]
+fn sigkill_during_snapshots_loses_nothing_acknowledged() {
+    let dir = crash_rounds("[state]\nsnapshot_interval_ms = 20\n");
+    let out = std::fs::read_to_string(dir.path().join("server.out")).unwrap();
+    let replayed: Vec<u64> = out
+        .lines()
+        .filter_map(|l| {
+            l.split(" log records replayed")
+                .next()?
+                .rsplit('(')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    let records = std::fs::read_to_string(dir.path().join("data/log/decisions.log"))
+        .unwrap()
+        .lines()
+        .count() as u64;
+    assert!(replayed.len() >= 3, "{out}");
+    eprintln!("records replayed at each start: {replayed:?}, of {records} in the log");
+    assert!(
+        replayed[1..].iter().any(|&r| r < records / 2),
+        "restarts did not use a snapshot: {replayed:?} of {records}"
+    );
+}
+
+fn crash_rounds(config: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut server = start(dir.path(), port);
+    let mut server = start_with(dir.path(), port, config);
     let key = std::fs::read_to_string(dir.path().join("data/dev-api-key"))
         .unwrap()
         .trim()
@@ -127,7 +173,7 @@ fn sigkill_under_load_loses_nothing_acknowledged() {
         sent_total += sent.load(Ordering::Relaxed);
         // The log verifies (a torn last record is allowed before the restart cuts it).
         let restarted = Instant::now();
-        server = start(dir.path(), port);
+        server = start_with(dir.path(), port, config);
         let recovery = restarted.elapsed();
         let verify = Command::new(env!("CARGO_BIN_EXE_fraud"))
             .args(["audit", "verify"])
@@ -178,6 +224,7 @@ fn sigkill_under_load_loses_nothing_acknowledged() {
     }
     let _ = server.kill();
     let _ = server.wait();
+    dir
 }
 
 fn post_bytes(port: u16, path: &str, key: &str, body: &[u8]) -> std::io::Result<(u16, String)> {

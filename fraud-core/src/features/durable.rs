@@ -383,3 +383,66 @@ fn read_segment(
     }
     Ok(())
 }
+
+/// Writes a standalone state file: every entity of `shards` and a caller's `tag` (e.g. the
+/// position in another log the state corresponds to). Atomic: a temporary file, fsync,
+/// rename, fsync of the directory; a crash leaves the previous file whole.
+pub(crate) fn write_state_file(
+    path: &Path,
+    ex: &Extractor,
+    tag: u64,
+    shards: &[Shard],
+) -> Result<(), StoreError> {
+    let mut entities = Vec::new();
+    for sh in shards {
+        for e in Entity::ALL {
+            for (k, s) in &sh.maps[e.index()] {
+                entities.push((e, Cow::Borrowed(k.as_str()), Cow::Borrowed(s)));
+            }
+        }
+    }
+    let body = postcard::to_allocvec(&SnapshotBody { entities })
+        .map_err(|e| corrupt(path, e.to_string()))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp).map_err(io(&tmp))?;
+    let mut head = header(SNAP_MAGIC, &spec_fingerprint(ex));
+    head.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    head.extend_from_slice(&Sha256::digest(&body));
+    head.extend_from_slice(&tag.to_le_bytes());
+    f.write_all(&head).map_err(io(&tmp))?;
+    f.write_all(&body).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(io(path))?;
+    sync_dir(dir)
+}
+
+/// Reads a state file written by [`write_state_file`]: its tag, and every entity given to
+/// `restore`. Refuses a file of another spec, or damaged.
+pub(crate) fn read_state_file(
+    path: &Path,
+    ex: &Extractor,
+    restore: &mut dyn FnMut(Entity, String, EntityState),
+) -> Result<u64, StoreError> {
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    check_header(path, &bytes, SNAP_MAGIC, &spec_fingerprint(ex), dir)?;
+    let rest = &bytes[HEADER..];
+    if rest.len() < 48 {
+        return Err(corrupt(path, "cut short"));
+    }
+    let len = u64::from_le_bytes(rest[..8].try_into().unwrap_or([0; 8])) as usize;
+    let tag = u64::from_le_bytes(rest[40..48].try_into().unwrap_or([0; 8]));
+    let body = &rest[48..];
+    if body.len() != len || Sha256::digest(body)[..] != rest[8..40] {
+        return Err(corrupt(path, "checksum mismatch"));
+    }
+    let snap: SnapshotBody<'_> =
+        postcard::from_bytes(body).map_err(|e| corrupt(path, e.to_string()))?;
+    for (e, k, s) in snap.entities {
+        restore(e, k.into_owned(), s.into_owned());
+    }
+    Ok(tag)
+}

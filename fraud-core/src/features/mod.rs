@@ -24,7 +24,7 @@ pub use spec::{
     SpecError, Stateless, WindowGroup, DEFAULT_RETENTION, DEFAULT_SPEC, MAX_DISTINCT_FIELDS,
 };
 pub use state::{EntityState, LabelEvent, Observation, Point};
-pub use store::{MemoryStore, StateStore, StoreError};
+pub use store::{MemoryStore, StateCopy, StateStore, StoreError};
 
 use crate::transaction::Transaction;
 use state::{Event, Keeping};

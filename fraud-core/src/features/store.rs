@@ -110,6 +110,19 @@ pub struct StoreStats {
     pub heap_bytes: usize,
 }
 
+/// A copy of a [`MemoryStore`]'s state (see [`MemoryStore::copy`]).
+pub struct StateCopy {
+    shards: Vec<Shard>,
+}
+
+impl StateCopy {
+    /// Writes the copy to `path` atomically with a caller's `tag` (for instance the position
+    /// in a log the state corresponds to); [`MemoryStore::load_state`] reads it back.
+    pub fn write(&self, path: &Path, ex: &Extractor, tag: u64) -> Result<(), StoreError> {
+        super::durable::write_state_file(path, ex, tag, &self.shards)
+    }
+}
+
 /// The in-memory store: sharded, bounded, optionally durable.
 #[derive(Debug)]
 pub struct MemoryStore {
@@ -243,6 +256,30 @@ impl MemoryStore {
         let seq = log.rotate()?;
         drop(guards);
         log.write_snapshot(seq, &copy)
+    }
+
+    /// A consistent copy of the whole state, to write with [`StateCopy::write`] after the
+    /// caller has released whatever keeps writers out.
+    pub fn copy(&self) -> StateCopy {
+        let guards: Vec<MutexGuard<'_, Shard>> = self.shards.iter().map(lock).collect();
+        StateCopy {
+            shards: guards.iter().map(|g| (**g).clone()).collect(),
+        }
+    }
+
+    /// A store holding the state of a file written by [`StateCopy::write`], and its tag.
+    pub fn load_state(path: &Path, ex: &Extractor) -> Result<(Self, u64), StoreError> {
+        let store = Self::new();
+        let hasher = store.hasher.clone();
+        let mut shards = vec![Shard::default(); SHARDS];
+        let tag = super::durable::read_state_file(path, ex, &mut |e, k, s| {
+            let i = shard_of(&hasher, e, &k);
+            shards[i].maps[e.index()].insert(k, s);
+        })?;
+        for (m, s) in store.shards.iter().zip(shards) {
+            *lock(m) = s;
+        }
+        Ok((store, tag))
     }
 
     /// Every entity of one kind with its state (for tests and tools).

@@ -92,6 +92,9 @@ pub struct StateConfig {
     pub redis_url: Option<String>,
     /// Redis command timeout in milliseconds.
     pub redis_timeout_ms: u64,
+    /// Memory backend: milliseconds between snapshots of the state (restarts replay only
+    /// the log after the last one); 0: never.
+    pub snapshot_interval_ms: u64,
     /// When entity state cannot be reached: `refuse` (503 with Retry-After) or `degrade`
     /// (score with the stateless features only; the answer says `"degraded": true`).
     pub on_unavailable: String,
@@ -104,6 +107,7 @@ impl Default for StateConfig {
             redis_url: None,
             redis_timeout_ms: 50,
             on_unavailable: "refuse".into(),
+            snapshot_interval_ms: 300_000,
         }
     }
 }

@@ -371,4 +371,9 @@ impl DecisionLog {
             at += n as u64;
         }
     }
+
+    /// Records written so far (the seq of the last one).
+    pub fn records(&self) -> u64 {
+        self.written.load(Ordering::Acquire)
+    }
 }

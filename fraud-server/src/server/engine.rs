@@ -377,6 +377,11 @@ pub struct Engine {
     pub degrade: bool,
     /// Where uploaded models are kept (`<data dir>/models`).
     pub models_dir: Option<std::path::PathBuf>,
+    /// The memory store, when that is the backend (for snapshots).
+    pub memory: Option<Arc<fraud_core::features::MemoryStore>>,
+    /// Held shared while a transaction updates state and the log; held exclusively for the
+    /// instant a snapshot copies the state, so the copy matches a log position exactly.
+    cut: std::sync::RwLock<()>,
     /// Transactions being scored (a second request with the same id waits its turn out).
     busy: Mutex<HashSet<String>>,
 }
@@ -475,6 +480,8 @@ impl Engine {
             reasons,
             degrade: false,
             models_dir: None,
+            memory: None,
+            cut: std::sync::RwLock::new(()),
             busy: Mutex::new(HashSet::new()),
         }
     }
@@ -510,6 +517,10 @@ impl Engine {
             return Ok(answer);
         }
         let model = self.model.load_full();
+        let cut = self
+            .cut
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (features, degraded) = match self.store.step(&self.extractor, &tx) {
             Ok(f) => (f, false),
             Err(_) if self.degrade => {
@@ -597,6 +608,7 @@ impl Engine {
         self.log
             .append("decision", caller, &record)
             .map_err(Problem::from_log)?;
+        drop(cut);
         let elapsed = started.elapsed();
         response["elapsed_us"] = json!(elapsed.as_micros() as u64);
         self.metrics.scored(
@@ -631,6 +643,10 @@ impl Engine {
             is_fraud,
             known_at,
         };
+        let _cut = self
+            .cut
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.store
             .label(&self.extractor, &obs, &event)
             .map_err(|e| Problem::unavailable(format!("entity state: {e}")))?;
@@ -680,6 +696,24 @@ impl Engine {
             .map_err(Problem::from_log)?;
         self.swap(model, shadow);
         Ok(())
+    }
+
+    /// Writes a snapshot of the memory state to `path`, tagged with the number of log
+    /// records it contains; returns that number (None without a memory store).
+    pub fn snapshot(&self, path: &std::path::Path) -> Result<Option<u64>, String> {
+        let Some(memory) = &self.memory else {
+            return Ok(None);
+        };
+        let (copy, records) = {
+            let _all = self
+                .cut
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            (memory.copy(), self.log.records())
+        };
+        copy.write(path, &self.extractor, records)
+            .map_err(|e| e.to_string())?;
+        Ok(Some(records))
     }
 
     /// Makes `model` active or the shadow, without recording it (start-up restores what the

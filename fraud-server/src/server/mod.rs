@@ -131,8 +131,11 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
     };
     let policy = engine::Policy::new(cfg, extractor.names()).map_err(anyhow::Error::msg)?;
     let (tokenizer, _) = tokenizer(cfg)?;
-    // Memory state is derived from the decision log (rebuilt below): one fsync per answer,
-    // and the state always equals a replay of what was recorded.
+    // Memory state is derived from the decision log (rebuilt below from the last snapshot and
+    // the records after it): one fsync per answer, and the state always equals a replay of
+    // what was recorded.
+    let mut snapshot_tag = 0u64;
+    let mut memory: Option<Arc<MemoryStore>> = None;
     let store: Arc<dyn StateStore> = match cfg.state.backend.as_str() {
         "redis" => {
             let url = cfg.state.redis_url.as_deref().unwrap_or_default();
@@ -145,13 +148,31 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
                 .context("config: state.redis_url")?,
             )
         }
-        _ => Arc::new(MemoryStore::new()),
+        _ => {
+            // The last snapshot, if whole and of this spec; otherwise the whole log.
+            let snap = cfg.data_dir.join("state").join("state.bin");
+            let (m, tag) = if snap.exists() {
+                match MemoryStore::load_state(&snap, &extractor) {
+                    Ok(x) => x,
+                    Err(e) => {
+                        eprintln!("warning: state snapshot {} not used ({e}); replaying the whole decision log", snap.display());
+                        (MemoryStore::new(), 0)
+                    }
+                }
+            } else {
+                (MemoryStore::new(), 0)
+            };
+            snapshot_tag = tag;
+            let m = Arc::new(m);
+            memory = Some(m.clone());
+            m
+        }
     };
     let log_dir = cfg.data_dir.join("log");
     let log = decisions::DecisionLog::open(&log_dir, cfg.log_durability == "sync")?;
     // One pass over the log: the memory state is rebuilt, and the models last installed
     // (uploads are kept under <data dir>/models) are found.
-    let memory = cfg.state.backend == "memory";
+    let replay = cfg.state.backend == "memory";
     let mut failure = None;
     let mut replayed = 0u64;
     let mut installed: [Option<Option<String>>; 2] = [None, None];
@@ -160,7 +181,7 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
             let slot = usize::from(rec.data["role"] == "shadow");
             installed[slot] = Some(rec.data["file"].as_str().map(str::to_string));
         }
-        if memory && failure.is_none() {
+        if replay && rec.seq > snapshot_tag && failure.is_none() {
             replayed += 1;
             if let Err(e) = engine::replay_record(&extractor, store.as_ref(), rec) {
                 failure = Some(e);
@@ -189,6 +210,7 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
     );
     engine.degrade = cfg.state.on_unavailable == "degrade";
     engine.models_dir = Some(cfg.data_dir.join("models"));
+    engine.memory = memory;
     for (slot, shadow) in [(0usize, false), (1, true)] {
         match &installed[slot] {
             // An uploaded model named by the log: restored.
@@ -231,6 +253,19 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
         workers,
         replayed,
     })
+}
+
+/// Snapshots the memory state every `interval`, so that a restart replays a short log.
+fn snapshots(engine: Arc<engine::Engine>, dir: PathBuf, interval: Duration) {
+    if interval.is_zero() || engine.memory.is_none() {
+        return;
+    }
+    std::thread::spawn(move || loop {
+        std::thread::sleep(interval);
+        if let Err(e) = engine.snapshot(&dir.join("state.bin")) {
+            eprintln!("warning: state snapshot failed: {e}");
+        }
+    });
 }
 
 /// The rustls server configuration of `[tls]`: TLS 1.3 and 1.2 only, the certificate chain
@@ -303,6 +338,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         ),
         None => println!("API keys: {} loaded", service.state.keys.len()),
     }
+    snapshots(
+        engine.clone(),
+        cfg.data_dir.join("state"),
+        Duration::from_millis(cfg.state.snapshot_interval_ms),
+    );
     let bind = service.bind.clone();
     let workers = service.workers;
     let state = actix_web::web::Data::new(service.state);
