@@ -197,14 +197,14 @@ fn crash_rounds(config: &str) -> tempfile::TempDir {
             assert_eq!(st, 200, "round {round}: acknowledged {id} is lost");
         }
         // Scoring resumes, and card 0's state holds every answered use (and no more than
-        // were sent).
+        // were sent). Each probe is a second later than the last, so earlier probes count.
         let probe = format!("probe-{round}");
         let (st, _) = http(
             port,
             "POST",
             "/v1/score",
             &key,
-            &body(&probe, 0, 59 * 60 + 59),
+            &body(&probe, 0, 59 * 60 + round),
         )
         .unwrap();
         assert_eq!(st, 200);
