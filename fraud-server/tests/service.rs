@@ -1337,3 +1337,59 @@ fn header_floods_and_slow_senders_do_not_stop_the_service() {
     assert!(started.elapsed() < Duration::from_secs(2));
     drop(stalled);
 }
+
+#[test]
+fn insider_watch_throttles_a_key_reading_far_more_than_usual() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(
+        dir.path(),
+        "[insider]\nwindow_s = 60.0\nmin_reads = 5.0\nfactor = 3.0\n",
+    )
+    .unwrap();
+    let key = s.key();
+    let (st, _, _) = s.call("POST", "/v1/score", Some(&key), Some(&tx("w1", "5.00")));
+    assert_eq!(st, 200);
+    for _ in 0..5 {
+        let (st, _, _) = s.call("GET", "/v1/decisions/w1", Some(&key), None);
+        assert_eq!(st, 200);
+    }
+    let (st, p, h) = s.call("GET", "/v1/decisions/w1", Some(&key), None);
+    assert_eq!(st, 429, "{p}");
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("far above its usual rate"),
+        "{p}"
+    );
+    assert!(header(&h, "retry-after").is_some());
+    let (st, _, _) = s.call("GET", "/v1/decisions/w1", Some(&key), None);
+    assert_eq!(st, 429);
+    // Scoring is not affected; one alert is recorded and counted.
+    let (st, _, _) = s.call("POST", "/v1/score", Some(&key), Some(&tx("w2", "5.00")));
+    assert_eq!(st, 200);
+    let (_, _, m) = s
+        .try_request("GET", "/metrics", Some(&key), &[], b"")
+        .unwrap();
+    let m = String::from_utf8_lossy(&m).to_string();
+    assert!(
+        m.contains("fraud_insider_alerts_total 1") && m.contains("fraud_insider_throttled_total 2"),
+        "{m}"
+    );
+    drop(s);
+    let access = fraud_cli(&[
+        "audit",
+        "access",
+        "--since",
+        "2000-01-01",
+        "--data-dir",
+        dir.path().join("data").to_str().unwrap(),
+    ]);
+    let access = String::from_utf8_lossy(&access.stdout).to_string();
+    assert_eq!(
+        access.lines().filter(|l| l.contains("\talert ")).count(),
+        1,
+        "{access}"
+    );
+    assert!(start(dir.path(), "[insider]\nfactor = 0.5\n").is_err());
+}

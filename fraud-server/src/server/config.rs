@@ -191,6 +191,8 @@ pub struct Config {
     pub log_durability: String,
     /// TLS; plain HTTP when absent.
     pub tls: Option<TlsConfig>,
+    /// The insider watch: thresholds on each key's rate of decision reads.
+    pub insider: super::watch::WatchConfig,
     /// Production mode: refuses to start without TLS, a tokenization key (file or
     /// FRAUD_TOKENIZATION_KEY) and a keys file; no development key is ever created.
     pub production: bool,
@@ -214,6 +216,7 @@ impl Default for Config {
             reasons: 5,
             log_durability: "sync".into(),
             tls: None,
+            insider: super::watch::WatchConfig::default(),
             production: false,
         }
     }
@@ -391,6 +394,19 @@ impl Config {
                     "production mode needs a tokenization key: a file, or FRAUD_TOKENIZATION_KEY",
                 ));
             }
+        }
+        let w = &self.insider;
+        if w.window_s.is_nan()
+            || w.window_s < 0.001
+            || w.min_reads.is_nan()
+            || w.min_reads < 1.0
+            || w.factor.is_nan()
+            || w.factor < 1.0
+        {
+            return Err(bad(
+                "insider",
+                "window_s must be > 0, min_reads >= 1 and factor >= 1",
+            ));
         }
         if self.reasons > 50 {
             return Err(bad("reasons", "must be at most 50"));

@@ -377,6 +377,8 @@ pub struct Engine {
     pub degrade: bool,
     /// Where uploaded models are kept (`<data dir>/models`).
     pub models_dir: Option<std::path::PathBuf>,
+    /// The insider watch over decision reads.
+    pub watch: super::watch::Watch,
     /// The memory store, when that is the backend (for snapshots).
     pub memory: Option<Arc<fraud_core::features::MemoryStore>>,
     /// Held shared while a transaction updates state and the log; held exclusively for the
@@ -481,6 +483,7 @@ impl Engine {
             degrade: false,
             models_dir: None,
             memory: None,
+            watch: super::watch::Watch::new(super::watch::WatchConfig::default()),
             cut: std::sync::RwLock::new(()),
             busy: Mutex::new(HashSet::new()),
         }

@@ -381,6 +381,38 @@ async fn decision(app: Data, req: HttpRequest, id: web::Path<String>) -> HttpRes
         let caller = app.authorize(&req, Some(Role::Analyst))?;
         let engine = app.engine.clone();
         let id = id.into_inner();
+        if let super::watch::Verdict::Throttle {
+            retry_after,
+            reads,
+            limit,
+            alert,
+        } = engine.watch.read(&caller.name, Instant::now())
+        {
+            engine.metrics.insider(alert);
+            if alert {
+                let (e, who) = (engine.clone(), caller.name.clone());
+                blocking(move || {
+                    e.log
+                        .append(
+                            "alert",
+                            &who,
+                            &json!({"reason": "decision reads far above this key's usual rate", "reads": reads, "limit": limit}),
+                        )
+                        .map_err(Problem::from_log)
+                })
+                .await?;
+            }
+            return Err(Problem {
+                retry_after: Some(retry_after),
+                ..Problem::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many decision reads",
+                    format!(
+                        "this key read {reads} decision records in this window, far above its usual rate; reads are paused for {retry_after} s and the security team is alerted"
+                    ),
+                )
+            });
+        }
         let rec = blocking(move || {
             let rec = engine.log.decision(&id).map_err(Problem::from_log)?;
             if rec.is_some() {

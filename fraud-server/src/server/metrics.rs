@@ -93,6 +93,8 @@ struct Inner {
     shed: u64,
     limited: u64,
     degraded: u64,
+    alerts: u64,
+    watched: u64,
 }
 
 /// The service's metrics.
@@ -150,6 +152,15 @@ impl Metrics {
             g.shed += 1;
         } else {
             g.limited += 1;
+        }
+    }
+
+    /// A read refused by the insider watch (`alert`: the first of its window).
+    pub fn insider(&self, alert: bool) {
+        let mut g = self.lock();
+        g.watched += 1;
+        if alert {
+            g.alerts += 1;
         }
     }
 
@@ -221,6 +232,10 @@ impl Metrics {
         );
         s.push_str("# HELP fraud_degraded_total Transactions scored with stateless features only (entity state unreachable).\n# TYPE fraud_degraded_total counter\n");
         let _ = writeln!(s, "fraud_degraded_total {}", g.degraded);
+        s.push_str("# HELP fraud_insider_alerts_total Keys caught reading decision records far above their usual rate (one per key and window).\n# TYPE fraud_insider_alerts_total counter\n");
+        let _ = writeln!(s, "fraud_insider_alerts_total {}", g.alerts);
+        s.push_str("# HELP fraud_insider_throttled_total Decision reads refused by the insider watch.\n# TYPE fraud_insider_throttled_total counter\n");
+        let _ = writeln!(s, "fraud_insider_throttled_total {}", g.watched);
         s.push_str("# HELP fraud_model_info The models in use.\n# TYPE fraud_model_info gauge\n");
         for (role, v) in &g.models {
             let _ = writeln!(s, "fraud_model_info{{role=\"{role}\",version=\"{v}\"}} 1");

@@ -10,6 +10,7 @@ pub mod keys;
 pub mod metrics;
 pub mod openapi;
 pub mod problem;
+pub mod watch;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -235,6 +236,7 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
             _ => {}
         }
     }
+    engine.watch = watch::Watch::new(cfg.insider.clone());
     let engine = Arc::new(engine);
     let workers = if cfg.limits.workers == 0 {
         std::thread::available_parallelism().map_or(2, |n| n.get())
