@@ -371,6 +371,19 @@ impl StateStore for RedisStore {
         Ok(n > 0)
     }
 
+    fn rename(&self, entity: Entity, from: &str, to: &str) -> Result<bool, StoreError> {
+        let (a, b) = (self.key(entity, from), self.key(entity, to));
+        // RENAMENX keeps the TTL; a missing source is "nothing to move", not a failure.
+        let moved: i64 =
+            self.with(
+                |c| match redis::cmd("RENAMENX").arg(&a).arg(&b).query::<i64>(c) {
+                    Err(e) if e.code() == Some("ERR") => Ok(0),
+                    r => r,
+                },
+            )?;
+        Ok(moved == 1)
+    }
+
     fn get(&self, entity: Entity, key: &str) -> Result<Option<EntityState>, StoreError> {
         let k = self.key(entity, key);
         let fields: Vec<Option<Vec<u8>>> = self.with(|c| {

@@ -77,6 +77,10 @@ pub trait StateStore: Send + Sync {
     /// The state of one entity, if held.
     fn get(&self, entity: Entity, key: &str) -> Result<Option<EntityState>, StoreError>;
 
+    /// Moves the state of entity `from` to `to` (a card token re-keyed under a new
+    /// tokenization key) when `to` holds nothing yet. Returns whether anything moved.
+    fn rename(&self, entity: Entity, from: &str, to: &str) -> Result<bool, StoreError>;
+
     /// Computes all features of `tx` and records it: the online path.
     fn step(&self, ex: &Extractor, tx: &Transaction) -> Result<Vec<f64>, StoreError> {
         let obs = ex.observe(tx);
@@ -447,5 +451,51 @@ impl StateStore for MemoryStore {
                 .get(key)
                 .cloned(),
         )
+    }
+
+    fn rename(&self, entity: Entity, from: &str, to: &str) -> Result<bool, StoreError> {
+        let (a, b) = (self.shard(entity, from), self.shard(entity, to));
+        let moved = {
+            // Both shards, in index order (the order every writer takes them in).
+            let (lo, hi) = (a.min(b), a.max(b));
+            let mut first = lock(&self.shards[lo]);
+            let mut second = (hi != lo).then(|| lock(&self.shards[hi]));
+            let e = entity.index();
+            let (src, dst): (&mut Shard, &mut Shard) = match second.as_deref_mut() {
+                None => {
+                    if first.maps[e].contains_key(to) {
+                        return Ok(false);
+                    }
+                    let Some(state) = first.maps[e].remove(from) else {
+                        return Ok(false);
+                    };
+                    first.maps[e].insert(to.to_string(), state);
+                    return self.renamed();
+                }
+                Some(s2) if a == lo => (&mut *first, s2),
+                Some(s2) => (s2, &mut *first),
+            };
+            if dst.maps[e].contains_key(to) {
+                false
+            } else if let Some(state) = src.maps[e].remove(from) {
+                dst.maps[e].insert(to.to_string(), state);
+                true
+            } else {
+                false
+            }
+        };
+        if moved {
+            self.renamed()
+        } else {
+            Ok(false)
+        }
+    }
+}
+
+impl MemoryStore {
+    /// After a rename, a durable store takes a snapshot (its log has no rename record).
+    fn renamed(&self) -> Result<bool, StoreError> {
+        self.snapshot()?;
+        Ok(true)
     }
 }

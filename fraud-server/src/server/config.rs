@@ -175,6 +175,9 @@ pub struct Config {
     /// Tokenization key file (32 bytes or more); else FRAUD_TOKENIZATION_KEY (hex); else, in
     /// development, `<data_dir>/tokenization.key`, created once.
     pub tokenization_key_file: Option<PathBuf>,
+    /// Earlier tokenization keys (files), newest first: a card seen under one of them has its
+    /// history moved to its token under the current key the next time its number arrives.
+    pub previous_tokenization_key_files: Vec<PathBuf>,
     /// Decision thresholds.
     pub thresholds: Thresholds,
     /// Rules, evaluated in order; the strictest action wins.
@@ -208,6 +211,7 @@ impl Default for Config {
             feature_spec: None,
             keys_file: None,
             tokenization_key_file: None,
+            previous_tokenization_key_files: Vec::new(),
             thresholds: Thresholds::default(),
             rules: Vec::new(),
             lists: Lists::default(),

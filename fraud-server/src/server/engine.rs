@@ -321,6 +321,14 @@ pub fn replay_record(
                 .step(extractor, &tx()?)
                 .map_err(|e| format!("record {}: {e}", rec.seq))?;
         }
+        "migrate" => {
+            let (from, to) = (rec.data["from"].as_str(), rec.data["to"].as_str());
+            if let (Some(from), Some(to)) = (from, to) {
+                store
+                    .rename(fraud_core::features::Entity::Card, from, to)
+                    .map_err(|e| format!("record {}: {e}", rec.seq))?;
+            }
+        }
         "label" => {
             let tx = tx()?;
             let obs = extractor.observe(&tx);
@@ -377,6 +385,8 @@ pub struct Engine {
     pub degrade: bool,
     /// Where uploaded models are kept (`<data dir>/models`).
     pub models_dir: Option<std::path::PathBuf>,
+    /// Earlier tokenization keys, newest first (card history migrates from them).
+    pub previous_keys: Vec<Tokenizer>,
     /// The insider watch over decision reads.
     pub watch: super::watch::Watch,
     /// The memory store, when that is the backend (for snapshots).
@@ -483,6 +493,7 @@ impl Engine {
             degrade: false,
             models_dir: None,
             memory: None,
+            previous_keys: Vec::new(),
             watch: super::watch::Watch::new(super::watch::WatchConfig::default()),
             cut: std::sync::RwLock::new(()),
             busy: Mutex::new(HashSet::new()),
@@ -524,6 +535,7 @@ impl Engine {
             .cut
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.migrate_card(bytes, &tx, caller)?;
         let (features, degraded) = match self.store.step(&self.extractor, &tx) {
             Ok(f) => (f, false),
             Err(_) if self.degrade => {
@@ -698,6 +710,55 @@ impl Engine {
             .append("model", caller, &what)
             .map_err(Problem::from_log)?;
         self.swap(model, shadow);
+        Ok(())
+    }
+
+    /// Key rotation: when the card number arrives and its token under the current key has no
+    /// history, history held under its token for an earlier key is moved to it (and the move
+    /// is recorded, so a replay of the log repeats it).
+    fn migrate_card(&self, bytes: &[u8], tx: &Transaction, caller: &str) -> Result<(), Problem> {
+        if self.previous_keys.is_empty() {
+            return Ok(());
+        }
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+            return Ok(());
+        };
+        let Some(Ok(card)) = v
+            .get("card_number")
+            .and_then(Value::as_str)
+            .map(fraud_core::pii::CardNumber::parse)
+        else {
+            return Ok(());
+        };
+        let entity = fraud_core::features::Entity::Card;
+        let unavailable = |e: fraud_core::features::StoreError| {
+            Problem::unavailable(format!("entity state: {e}"))
+        };
+        if self
+            .store
+            .get(entity, &tx.card.token)
+            .map_err(unavailable)?
+            .is_some()
+        {
+            return Ok(());
+        }
+        for old in &self.previous_keys {
+            let from = old.token(&card);
+            if self
+                .store
+                .rename(entity, &from, &tx.card.token)
+                .map_err(unavailable)?
+            {
+                self.log
+                    .append(
+                        "migrate",
+                        caller,
+                        &json!({"entity": "card", "from": from, "to": tx.card.token}),
+                    )
+                    .map_err(Problem::from_log)?;
+                break;
+            }
+        }
         Ok(())
     }
 

@@ -237,6 +237,18 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
         }
     }
     engine.watch = watch::Watch::new(cfg.insider.clone());
+    for (i, p) in cfg.previous_tokenization_key_files.iter().enumerate() {
+        let key = std::fs::read(p).with_context(|| {
+            format!(
+                "config: previous_tokenization_key_files[{i}]: cannot read {}",
+                p.display()
+            )
+        })?;
+        engine.previous_keys.push(
+            Tokenizer::new(&key)
+                .with_context(|| format!("config: previous_tokenization_key_files[{i}]"))?,
+        );
+    }
     let engine = Arc::new(engine);
     let workers = if cfg.limits.workers == 0 {
         std::thread::available_parallelism().map_or(2, |n| n.get())
