@@ -1105,6 +1105,17 @@ fn production_mode_refuses_to_start_without_tls_keys_and_a_tokenization_key() {
     let cfg = format!("keys_file = {:?}\n{tls}", keys.to_str().unwrap());
     let err = start(dir.path(), &cfg)
         .err()
+        .expect("started without an encryption key");
+    assert!(err.contains("config: encryption_key_file"), "{err}");
+    let enc = dir.path().join("enc.key");
+    std::fs::write(&enc, [3u8; 32]).unwrap();
+    let cfg = format!(
+        "keys_file = {:?}\nencryption_key_file = {:?}\n{tls}",
+        keys.to_str().unwrap(),
+        enc.to_str().unwrap()
+    );
+    let err = start(dir.path(), &cfg)
+        .err()
         .expect("started without a tokenization key");
     assert!(err.contains("config: tokenization_key_file"), "{err}");
     assert!(
@@ -1474,4 +1485,65 @@ fn tokenization_key_rotation_keeps_card_history() {
     let log = std::fs::read_to_string(dir.path().join("data/log/decisions.log")).unwrap();
     assert_eq!(log.matches("\"kind\":\"migrate\"").count(), 1);
     assert!(!log.contains("5555555555554444"));
+}
+
+#[test]
+fn decision_log_and_snapshots_are_encrypted_at_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("enc.key");
+    std::fs::write(&key, [5u8; 32]).unwrap();
+    let cfg = format!(
+        "encryption_key_file = {:?}\n[state]\nsnapshot_interval_ms = 50\n",
+        key.to_str().unwrap()
+    );
+    let s = start(dir.path(), &cfg).unwrap();
+    let api = s.key();
+    for i in 0..3 {
+        let mut t = tx(&format!("secret-tx-{i}"), "42.00");
+        t["timestamp"] = json!(format!("2024-05-01T10:0{i}:00Z"));
+        t["merchant_id"] = json!("merchant-with-a-name");
+        assert_eq!(s.call("POST", "/v1/score", Some(&api), Some(&t)).0, 200);
+    }
+    let (st, rec, _) = s.call("GET", "/v1/decisions/secret-tx-2", Some(&api), None);
+    assert_eq!(st, 200);
+    assert_eq!(rec["features"]["card_txn_count_24h"], 2.0);
+    std::thread::sleep(Duration::from_millis(300)); // a snapshot or two
+    drop(s);
+    let log = std::fs::read(dir.path().join("data/log/decisions.log")).unwrap();
+    let snap = std::fs::read(dir.path().join("data/state/state.bin")).unwrap();
+    for (name, bytes) in [("log", &log), ("snapshot", &snap)] {
+        for plain in ["secret-tx-", "merchant-with-a-name", "tok_", "411111"] {
+            assert!(!contains(bytes, plain), "{plain} in clear in the {name}");
+        }
+    }
+    // The chain verifies without the key.
+    let v = fraud_cli(&[
+        "audit",
+        "verify",
+        dir.path().join("data/log").to_str().unwrap(),
+    ]);
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    // A restart with the key: snapshot and log decrypted, history intact.
+    let s = start(dir.path(), &cfg).unwrap();
+    let mut t = tx("secret-tx-3", "42.00");
+    t["timestamp"] = json!("2024-05-01T10:03:00Z");
+    assert_eq!(s.call("POST", "/v1/score", Some(&api), Some(&t)).0, 200);
+    let (_, rec, _) = s.call("GET", "/v1/decisions/secret-tx-3", Some(&api), None);
+    assert_eq!(rec["features"]["card_txn_count_24h"], 3.0);
+    drop(s);
+    // Another key cannot read it; a key kept in the data directory is refused.
+    std::fs::write(&key, [6u8; 32]).unwrap();
+    let err = start(dir.path(), &cfg)
+        .err()
+        .expect("started with the wrong key");
+    assert!(err.contains("encryption key"), "{err}");
+    let inside = dir.path().join("data/enc.key");
+    std::fs::write(&inside, [5u8; 32]).unwrap();
+    let err = start(
+        dir.path(),
+        &format!("encryption_key_file = {:?}\n", inside.to_str().unwrap()),
+    )
+    .err()
+    .expect("started with the key inside the data directory");
+    assert!(err.contains("inside the data directory"), "{err}");
 }

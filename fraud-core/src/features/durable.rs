@@ -384,15 +384,14 @@ fn read_segment(
     Ok(())
 }
 
-/// Writes a standalone state file: every entity of `shards` and a caller's `tag` (e.g. the
-/// position in another log the state corresponds to). Atomic: a temporary file, fsync,
-/// rename, fsync of the directory; a crash leaves the previous file whole.
-pub(crate) fn write_state_file(
-    path: &Path,
+/// The bytes of a standalone state: every entity of `shards` and a caller's `tag` (e.g. the
+/// position in another log the state corresponds to), with the spec's fingerprint and a
+/// checksum.
+pub(crate) fn state_bytes(
     ex: &Extractor,
     tag: u64,
     shards: &[Shard],
-) -> Result<(), StoreError> {
+) -> Result<Vec<u8>, StoreError> {
     let mut entities = Vec::new();
     for sh in shards {
         for e in Entity::ALL {
@@ -402,33 +401,39 @@ pub(crate) fn write_state_file(
         }
     }
     let body = postcard::to_allocvec(&SnapshotBody { entities })
-        .map_err(|e| corrupt(path, e.to_string()))?;
+        .map_err(|e| corrupt(Path::new("state"), e.to_string()))?;
+    let mut out = header(SNAP_MAGIC, &spec_fingerprint(ex));
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend_from_slice(&Sha256::digest(&body));
+    out.extend_from_slice(&tag.to_le_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file, fsync, rename, fsync of the
+/// directory; a crash leaves the previous file whole.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let tmp = path.with_extension("tmp");
     let mut f = File::create(&tmp).map_err(io(&tmp))?;
-    let mut head = header(SNAP_MAGIC, &spec_fingerprint(ex));
-    head.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    head.extend_from_slice(&Sha256::digest(&body));
-    head.extend_from_slice(&tag.to_le_bytes());
-    f.write_all(&head).map_err(io(&tmp))?;
-    f.write_all(&body).map_err(io(&tmp))?;
+    f.write_all(bytes).map_err(io(&tmp))?;
     f.sync_all().map_err(io(&tmp))?;
     drop(f);
     std::fs::rename(&tmp, path).map_err(io(path))?;
     sync_dir(dir)
 }
 
-/// Reads a state file written by [`write_state_file`]: its tag, and every entity given to
-/// `restore`. Refuses a file of another spec, or damaged.
-pub(crate) fn read_state_file(
+/// Reads state bytes made by [`state_bytes`]: its tag, and every entity given to `restore`.
+/// `path` names the source in errors. Refuses another spec's state, or damaged bytes.
+pub(crate) fn read_state_bytes(
+    bytes: &[u8],
     path: &Path,
     ex: &Extractor,
     restore: &mut dyn FnMut(Entity, String, EntityState),
 ) -> Result<u64, StoreError> {
-    let bytes = std::fs::read(path).map_err(io(path))?;
     let dir = path.parent().unwrap_or(Path::new("."));
-    check_header(path, &bytes, SNAP_MAGIC, &spec_fingerprint(ex), dir)?;
+    check_header(path, bytes, SNAP_MAGIC, &spec_fingerprint(ex), dir)?;
     let rest = &bytes[HEADER..];
     if rest.len() < 48 {
         return Err(corrupt(path, "cut short"));

@@ -123,7 +123,12 @@ impl StateCopy {
     /// Writes the copy to `path` atomically with a caller's `tag` (for instance the position
     /// in a log the state corresponds to); [`MemoryStore::load_state`] reads it back.
     pub fn write(&self, path: &Path, ex: &Extractor, tag: u64) -> Result<(), StoreError> {
-        super::durable::write_state_file(path, ex, tag, &self.shards)
+        super::durable::write_atomic(path, &self.to_bytes(ex, tag)?)
+    }
+
+    /// The copy as bytes (to seal, or store elsewhere) with a caller's `tag`.
+    pub fn to_bytes(&self, ex: &Extractor, tag: u64) -> Result<Vec<u8>, StoreError> {
+        super::durable::state_bytes(ex, tag, &self.shards)
     }
 }
 
@@ -273,10 +278,24 @@ impl MemoryStore {
 
     /// A store holding the state of a file written by [`StateCopy::write`], and its tag.
     pub fn load_state(path: &Path, ex: &Extractor) -> Result<(Self, u64), StoreError> {
+        let bytes = std::fs::read(path).map_err(|source| StoreError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_state_bytes(&bytes, path, ex)
+    }
+
+    /// A store holding the state of [`StateCopy::to_bytes`], and its tag (`path` names the
+    /// source in errors).
+    pub fn from_state_bytes(
+        bytes: &[u8],
+        path: &Path,
+        ex: &Extractor,
+    ) -> Result<(Self, u64), StoreError> {
         let store = Self::new();
         let hasher = store.hasher.clone();
         let mut shards = vec![Shard::default(); SHARDS];
-        let tag = super::durable::read_state_file(path, ex, &mut |e, k, s| {
+        let tag = super::durable::read_state_bytes(bytes, path, ex, &mut |e, k, s| {
             let i = shard_of(&hasher, e, &k);
             shards[i].maps[e.index()].insert(k, s);
         })?;

@@ -32,6 +32,9 @@ pub enum Command {
         /// The data directory.
         #[arg(long, default_value = "fraud-data")]
         data_dir: PathBuf,
+        /// The encryption key file, for an encrypted log (ids are shown as sealed without it).
+        #[arg(long)]
+        encryption_key_file: Option<PathBuf>,
     },
 }
 
@@ -95,7 +98,21 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             let scan = verify_file(&path, |_, _| {}).map_err(|e| anyhow::anyhow!("{e}"))?;
             super::emit(&format!("{} {}\n", scan.records, scan.head))
         }
-        Command::Access { since, data_dir } => {
+        Command::Access {
+            since,
+            data_dir,
+            encryption_key_file,
+        } => {
+            let sealer = match &encryption_key_file {
+                None => None,
+                Some(p) => Some(
+                    crate::server::seal::Sealer::new(
+                        &std::fs::read(p)
+                            .with_context(|| format!("cannot read {}", p.display()))?,
+                    )
+                    .map_err(anyhow::Error::msg)?,
+                ),
+            };
             let from = since_time(&since)?;
             let path = log_file(&data_dir);
             let rfc = time::format_description::well_known::Rfc3339;
@@ -103,6 +120,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             verify_file(&path, |_, rec| {
                 if rec.kind == "decision" || rec.kind == "label" {
                     return;
+                }
+                let mut rec = rec.clone();
+                if rec.sealed.is_some() && rec.unseal(sealer.as_ref()).is_err() {
+                    rec.data = serde_json::json!({"transaction_id": "(sealed)"});
                 }
                 let at = time::OffsetDateTime::parse(&rec.at, &rfc).ok();
                 if at.is_some_and(|t| t >= from) {

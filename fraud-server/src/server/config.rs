@@ -175,6 +175,9 @@ pub struct Config {
     /// Tokenization key file (32 bytes or more); else FRAUD_TOKENIZATION_KEY (hex); else, in
     /// development, `<data_dir>/tokenization.key`, created once.
     pub tokenization_key_file: Option<PathBuf>,
+    /// The key (32 bytes, a file outside the data directory) that encrypts the decision
+    /// log's records and the state snapshots (AES-256-GCM); clear files when absent.
+    pub encryption_key_file: Option<PathBuf>,
     /// Earlier tokenization keys (files), newest first: a card seen under one of them has its
     /// history moved to its token under the current key the next time its number arrives.
     pub previous_tokenization_key_files: Vec<PathBuf>,
@@ -212,6 +215,7 @@ impl Default for Config {
             keys_file: None,
             tokenization_key_file: None,
             previous_tokenization_key_files: Vec::new(),
+            encryption_key_file: None,
             thresholds: Thresholds::default(),
             rules: Vec::new(),
             lists: Lists::default(),
@@ -276,6 +280,7 @@ impl Config {
             "FRAUD_FEATURE_SPEC" => self.feature_spec = Some(PathBuf::from(v)),
             "FRAUD_KEYS_FILE" => self.keys_file = Some(PathBuf::from(v)),
             "FRAUD_TOKENIZATION_KEY_FILE" => self.tokenization_key_file = Some(PathBuf::from(v)),
+            "FRAUD_ENCRYPTION_KEY_FILE" => self.encryption_key_file = Some(PathBuf::from(v)),
             "FRAUD_REVIEW_THRESHOLD" => self.thresholds.review = num(key)?,
             "FRAUD_DECLINE_THRESHOLD" => self.thresholds.decline = num(key)?,
             "FRAUD_STATE_BACKEND" => self.state.backend = v.to_string(),
@@ -388,6 +393,12 @@ impl Config {
                 return Err(bad(
                     "keys_file",
                     "production mode needs a keys file (fraud keys create ...); no development key is made",
+                ));
+            }
+            if self.encryption_key_file.is_none() {
+                return Err(bad(
+                    "encryption_key_file",
+                    "production mode encrypts its files at rest: set a key file outside the data directory",
                 ));
             }
             if self.tokenization_key_file.is_none()

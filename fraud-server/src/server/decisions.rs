@@ -50,6 +50,8 @@ struct Body<'a> {
     at: &'a str,
     key: &'a str,
     data: &'a serde_json::Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sealed: Option<&'a str>,
 }
 
 /// A record read back.
@@ -65,8 +67,30 @@ pub struct Record {
     pub at: String,
     /// Name of the API key that asked.
     pub key: String,
-    /// The record's content.
+    /// The record's content (null while sealed).
     pub data: serde_json::Value,
+    /// The content encrypted (AES-256-GCM, base64) when the log is encrypted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<String>,
+}
+
+impl Record {
+    /// Decrypts a sealed record's content into `data` (a no-op for a clear record).
+    pub fn unseal(&mut self, sealer: Option<&super::seal::Sealer>) -> Result<(), String> {
+        let Some(text) = self.sealed.take() else {
+            return Ok(());
+        };
+        let Some(s) = sealer else {
+            return Err(format!(
+                "record {} is encrypted: the encryption key is needed",
+                self.seq
+            ));
+        };
+        let plain = s.open_text(&text, &self.seq.to_le_bytes())?;
+        self.data = serde_json::from_slice(&plain)
+            .map_err(|e| format!("record {}: decrypted content is not JSON: {e}", self.seq))?;
+        Ok(())
+    }
 }
 
 struct Inner {
@@ -80,6 +104,7 @@ struct Inner {
 /// The open log.
 pub struct DecisionLog {
     path: PathBuf,
+    sealer: Option<super::seal::Sealer>,
     inner: Mutex<Inner>,
     sync_file: File,
     read_file: File,
@@ -208,7 +233,11 @@ pub fn verify_file(path: &Path, mut visit: impl FnMut(u64, &Record)) -> Result<S
 
 impl DecisionLog {
     /// Opens (creating) `<dir>/decisions.log`, verifying the chain.
-    pub fn open(dir: &Path, sync: bool) -> Result<Self, LogError> {
+    pub fn open(
+        dir: &Path,
+        sync: bool,
+        sealer: Option<super::seal::Sealer>,
+    ) -> Result<Self, LogError> {
         let path = dir.join("decisions.log");
         let io = |source| LogError::Io {
             path: path.clone(),
@@ -224,11 +253,24 @@ impl DecisionLog {
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(io)?;
         let mut index = HashMap::new();
+        let mut sealed_error = None;
         let scan = scan(&bytes, &path, |offset, rec| {
+            let mut rec = rec.clone();
+            if let Err(e) = rec.unseal(sealer.as_ref()) {
+                sealed_error.get_or_insert(e);
+                return;
+            }
             if let Some(id) = decision_id(&rec.kind, &rec.data) {
                 index.insert(id, offset);
             }
         })?;
+        if let Some(reason) = sealed_error {
+            return Err(LogError::Damaged {
+                path: path.clone(),
+                line: 0,
+                reason,
+            });
+        }
         let (seq, last_hash, good) = (scan.records, scan.head.clone(), scan.good_bytes as usize);
         if good < bytes.len() {
             file.set_len(good as u64).map_err(io)?;
@@ -250,6 +292,7 @@ impl DecisionLog {
             written: AtomicU64::new(seq),
             sync,
             path,
+            sealer,
         })
     }
 
@@ -271,13 +314,25 @@ impl DecisionLog {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let seq = g.seq + 1;
+            let sealed = match &self.sealer {
+                Some(sl) => Some(
+                    sl.seal_text(data.to_string().as_bytes(), &seq.to_le_bytes())
+                        .map_err(|e| self.io(std::io::Error::other(e)))?,
+                ),
+                None => None,
+            };
             let body = serde_json::to_vec(&Body {
                 seq,
                 prev: &g.last_hash,
                 kind,
                 at: &at,
                 key,
-                data,
+                data: if sealed.is_some() {
+                    &serde_json::Value::Null
+                } else {
+                    data
+                },
+                sealed: sealed.as_deref(),
             })
             .map_err(|e| self.io(std::io::Error::other(e)))?;
             let h = hash(&g.last_hash, &body);
@@ -341,13 +396,18 @@ impl DecisionLog {
             line: 0,
             reason: format!("record at byte {offset} is not a log record"),
         })?;
-        serde_json::from_slice(body)
-            .map(Some)
-            .map_err(|_| LogError::Damaged {
+        let mut rec: Record = serde_json::from_slice(body).map_err(|_| LogError::Damaged {
+            path: self.path.clone(),
+            line: 0,
+            reason: format!("record at byte {offset} is not valid JSON"),
+        })?;
+        rec.unseal(self.sealer.as_ref())
+            .map_err(|reason| LogError::Damaged {
                 path: self.path.clone(),
-                line: 0,
-                reason: format!("record at byte {offset} is not valid JSON"),
-            })
+                line: rec.seq,
+                reason,
+            })?;
+        Ok(Some(rec))
     }
 
     fn read_line(&self, offset: u64) -> Result<Vec<u8>, LogError> {

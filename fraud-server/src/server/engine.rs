@@ -385,6 +385,8 @@ pub struct Engine {
     pub degrade: bool,
     /// Where uploaded models are kept (`<data dir>/models`).
     pub models_dir: Option<std::path::PathBuf>,
+    /// Encrypts the state snapshots, when configured.
+    pub sealer: Option<super::seal::Sealer>,
     /// Earlier tokenization keys, newest first (card history migrates from them).
     pub previous_keys: Vec<Tokenizer>,
     /// The insider watch over decision reads.
@@ -494,6 +496,7 @@ impl Engine {
             models_dir: None,
             memory: None,
             previous_keys: Vec::new(),
+            sealer: None,
             watch: super::watch::Watch::new(super::watch::WatchConfig::default()),
             cut: std::sync::RwLock::new(()),
             busy: Mutex::new(HashSet::new()),
@@ -775,8 +778,19 @@ impl Engine {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             (memory.copy(), self.log.records())
         };
-        copy.write(path, &self.extractor, records)
+        let bytes = copy
+            .to_bytes(&self.extractor, records)
             .map_err(|e| e.to_string())?;
+        let bytes = match &self.sealer {
+            Some(s) => s.seal(&bytes, b"state")?,
+            None => bytes,
+        };
+        let dir = path.parent().unwrap_or(std::path::Path::new("."));
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "state.bin".into());
+        persist(dir, &name, &bytes).map_err(|e| e.to_string())?;
         Ok(Some(records))
     }
 

@@ -10,6 +10,7 @@ pub mod keys;
 pub mod metrics;
 pub mod openapi;
 pub mod problem;
+pub mod seal;
 pub mod watch;
 
 use std::path::{Path, PathBuf};
@@ -135,6 +136,28 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
     // Memory state is derived from the decision log (rebuilt below from the last snapshot and
     // the records after it): one fsync per answer, and the state always equals a replay of
     // what was recorded.
+    let sealer = match &cfg.encryption_key_file {
+        None => None,
+        Some(p) => {
+            let inside = match (p.canonicalize(), cfg.data_dir.canonicalize()) {
+                (Ok(k), Ok(d)) => k.starts_with(d),
+                _ => false,
+            };
+            if inside {
+                anyhow::bail!(
+                    "config: encryption_key_file: {} is inside the data directory; keep the key apart from the data it protects",
+                    p.display()
+                );
+            }
+            let key = std::fs::read(p).with_context(|| {
+                format!("config: encryption_key_file: cannot read {}", p.display())
+            })?;
+            Some(
+                seal::Sealer::new(&key)
+                    .map_err(|e| anyhow::anyhow!("config: encryption_key_file: {e}"))?,
+            )
+        }
+    };
     let mut snapshot_tag = 0u64;
     let mut memory: Option<Arc<MemoryStore>> = None;
     let store: Arc<dyn StateStore> = match cfg.state.backend.as_str() {
@@ -152,8 +175,16 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
         _ => {
             // The last snapshot, if whole and of this spec; otherwise the whole log.
             let snap = cfg.data_dir.join("state").join("state.bin");
+            let load = |snap: &std::path::Path| -> anyhow::Result<(MemoryStore, u64)> {
+                let bytes = std::fs::read(snap)?;
+                let bytes = match &sealer {
+                    Some(s) => s.open(&bytes, b"state").map_err(anyhow::Error::msg)?,
+                    None => bytes,
+                };
+                Ok(MemoryStore::from_state_bytes(&bytes, snap, &extractor)?)
+            };
             let (m, tag) = if snap.exists() {
-                match MemoryStore::load_state(&snap, &extractor) {
+                match load(&snap) {
                     Ok(x) => x,
                     Err(e) => {
                         eprintln!("warning: state snapshot {} not used ({e}); replaying the whole decision log", snap.display());
@@ -170,7 +201,7 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
         }
     };
     let log_dir = cfg.data_dir.join("log");
-    let log = decisions::DecisionLog::open(&log_dir, cfg.log_durability == "sync")?;
+    let log = decisions::DecisionLog::open(&log_dir, cfg.log_durability == "sync", sealer.clone())?;
     // One pass over the log: the memory state is rebuilt, and the models last installed
     // (uploads are kept under <data dir>/models) are found.
     let replay = cfg.state.backend == "memory";
@@ -178,6 +209,12 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
     let mut replayed = 0u64;
     let mut installed: [Option<Option<String>>; 2] = [None, None];
     decisions::verify_file(&log_dir.join("decisions.log"), |_, rec| {
+        let mut rec = rec.clone();
+        if let Err(e) = rec.unseal(sealer.as_ref()) {
+            failure.get_or_insert(e);
+            return;
+        }
+        let rec = &rec;
         if rec.kind == "model" {
             let slot = usize::from(rec.data["role"] == "shadow");
             installed[slot] = Some(rec.data["file"].as_str().map(str::to_string));
@@ -212,6 +249,7 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
     engine.degrade = cfg.state.on_unavailable == "degrade";
     engine.models_dir = Some(cfg.data_dir.join("models"));
     engine.memory = memory;
+    engine.sealer = sealer;
     for (slot, shadow) in [(0usize, false), (1, true)] {
         match &installed[slot] {
             // An uploaded model named by the log: restored.
