@@ -55,7 +55,13 @@ fn start(dir: &Path, port: u16) -> Child {
 /// Starts the server with `config`; its output goes to `dir/server.out` (appended).
 fn start_with(dir: &Path, port: u16, config: &str) -> Child {
     let cfg = dir.join("fraud.toml");
-    std::fs::write(&cfg, config).unwrap();
+    // These tests read back every acknowledged decision: far above the insider watch's
+    // default rate, on purpose.
+    std::fs::write(
+        &cfg,
+        format!("{config}\n[insider]\nmin_reads = 1000000000.0\n"),
+    )
+    .unwrap();
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
