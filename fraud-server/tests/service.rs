@@ -1547,3 +1547,58 @@ fn decision_log_and_snapshots_are_encrypted_at_rest() {
     .expect("started with the key inside the data directory");
     assert!(err.contains("inside the data directory"), "{err}");
 }
+
+#[test]
+fn an_entity_is_erased_from_state_and_stays_erased_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), "").unwrap();
+    let key = s.key();
+    let at = |id: &str, minute: u32| {
+        let mut t = tx(id, "10.00");
+        t["timestamp"] = json!(format!("2024-05-01T10:{minute:02}:00Z"));
+        t["customer_id"] = json!("customer-to-forget");
+        t
+    };
+    let since = |s: &Server, id: &str| {
+        let (_, rec, _) = s.call("GET", &format!("/v1/decisions/{id}"), Some(&key), None);
+        rec["features"]["customer_seconds_since_last"].clone()
+    };
+    s.call("POST", "/v1/score", Some(&key), Some(&at("e0", 0)));
+    s.call("POST", "/v1/score", Some(&key), Some(&at("e1", 1)));
+    assert_eq!(since(&s, "e1"), 60.0);
+    let (st, v, _) = s.call(
+        "DELETE",
+        "/v1/entities/customer/customer-to-forget",
+        Some(&key),
+        None,
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["erased"], true);
+    let (st, _, _) = s.call("DELETE", "/v1/entities/planet/x", Some(&key), None);
+    assert_eq!(st, 400);
+    s.call("POST", "/v1/score", Some(&key), Some(&at("e2", 2)));
+    assert!(
+        since(&s, "e2").is_null(),
+        "the customer's history survived the erasure"
+    );
+    drop(s);
+    // After a restart the log is replayed: the erasure is replayed too.
+    let s = start(dir.path(), "").unwrap();
+    s.call("POST", "/v1/score", Some(&key), Some(&at("e3", 3)));
+    assert_eq!(since(&s, "e3"), 60.0, "only e2 came after the erasure");
+    drop(s);
+    let log = std::fs::read_to_string(dir.path().join("data/log/decisions.log")).unwrap();
+    let erase_line = log
+        .lines()
+        .find(|l| l.contains("\"kind\":\"erase\""))
+        .unwrap();
+    assert!(!erase_line.contains("customer-to-forget"));
+    let keys = write_keys(dir.path(), &[("checkout", "fsk_c", &["score"])]);
+    let s = start(
+        dir.path(),
+        &format!("keys_file = {:?}\n", keys.to_str().unwrap()),
+    )
+    .unwrap();
+    let (st, _, _) = s.call("DELETE", "/v1/entities/customer/x", Some("fsk_c"), None);
+    assert_eq!(st, 403);
+}

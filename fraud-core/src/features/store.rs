@@ -81,6 +81,11 @@ pub trait StateStore: Send + Sync {
     /// tokenization key) when `to` holds nothing yet. Returns whether anything moved.
     fn rename(&self, entity: Entity, from: &str, to: &str) -> Result<bool, StoreError>;
 
+    /// The store as a [`MemoryStore`], when it is one (for tools that list its entities).
+    fn as_memory(&self) -> Option<&MemoryStore> {
+        None
+    }
+
     /// Computes all features of `tx` and records it: the online path.
     fn step(&self, ex: &Extractor, tx: &Transaction) -> Result<Vec<f64>, StoreError> {
         let obs = ex.observe(tx);
@@ -470,6 +475,10 @@ impl StateStore for MemoryStore {
                 .get(key)
                 .cloned(),
         )
+    }
+
+    fn as_memory(&self) -> Option<&MemoryStore> {
+        Some(self)
     }
 
     fn rename(&self, entity: Entity, from: &str, to: &str) -> Result<bool, StoreError> {

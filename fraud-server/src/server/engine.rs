@@ -321,6 +321,26 @@ pub fn replay_record(
                 .step(extractor, &tx()?)
                 .map_err(|e| format!("record {}: {e}", rec.seq))?;
         }
+        "erase" => {
+            // The id is not in the log: the entity is found among those held by its hash.
+            let kind = rec.data["entity"].as_str().unwrap_or("");
+            let want = rec.data["key_sha256"].as_str().unwrap_or("");
+            if let Some(entity) = fraud_core::features::Entity::ALL
+                .iter()
+                .copied()
+                .find(|e| e.name() == kind)
+            {
+                if let Some(memory) = store.as_memory() {
+                    for (key, _) in memory.entities(entity) {
+                        if erase_hash(kind, &key) == want {
+                            memory
+                                .erase(entity, &key)
+                                .map_err(|e| format!("record {}: {e}", rec.seq))?;
+                        }
+                    }
+                }
+            }
+        }
         "migrate" => {
             let (from, to) = (rec.data["from"].as_str(), rec.data["to"].as_str());
             if let (Some(from), Some(to)) = (from, to) {
@@ -359,6 +379,15 @@ fn persist(dir: &std::path::Path, name: &str, bytes: &[u8]) -> std::io::Result<(
     drop(f);
     std::fs::rename(&tmp, dir.join(name))?;
     std::fs::File::open(dir)?.sync_all()
+}
+
+/// How an erased entity is named in the log: SHA-256 of its kind and id.
+fn erase_hash(kind: &str, id: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(format!("erase:{kind}:{id}").as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Everything scoring needs, shared by the HTTP workers.
@@ -763,6 +792,37 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Erases one entity (GDPR): its state is removed, and an `erase` record (naming the
+    /// entity by a hash, not its id) makes every later replay of the log remove it again.
+    pub fn erase(&self, kind: &str, id: &str, caller: &str) -> Result<bool, Problem> {
+        let Some(entity) = fraud_core::features::Entity::ALL
+            .iter()
+            .copied()
+            .find(|e| e.name() == kind)
+        else {
+            return Err(Problem::bad_field(
+                "kind",
+                format!("`{kind}` is not an entity (card, customer, merchant, terminal, device, ip, email)"),
+            ));
+        };
+        let _cut = self
+            .cut
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let held = self
+            .store
+            .erase(entity, id)
+            .map_err(|e| Problem::unavailable(format!("entity state: {e}")))?;
+        self.log
+            .append(
+                "erase",
+                caller,
+                &json!({"entity": kind, "key_sha256": erase_hash(kind, id), "held": held}),
+            )
+            .map_err(Problem::from_log)?;
+        Ok(held)
     }
 
     /// Writes a snapshot of the memory state to `path`, tagged with the number of log

@@ -509,6 +509,19 @@ async fn remove_shadow(app: Data, req: HttpRequest) -> HttpResponse {
     finish(&app, "/v1/models/shadow", started, r)
 }
 
+async fn erase(app: Data, req: HttpRequest, path: web::Path<(String, String)>) -> HttpResponse {
+    let started = Instant::now();
+    let r = async {
+        let caller = app.authorize(&req, Some(Role::Admin))?;
+        let (kind, id) = path.into_inner();
+        let engine = app.engine.clone();
+        let held = blocking(move || engine.erase(&kind, &id, &caller.name)).await?;
+        Ok(ok_json(&json!({ "erased": held })))
+    }
+    .await;
+    finish(&app, "/v1/entities/{kind}/{id}", started, r)
+}
+
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
@@ -600,6 +613,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/v1/decisions/{id}", web::get().to(decision))
         .route("/v1/models", web::post().to(models))
         .route("/v1/models/shadow", web::delete().to(remove_shadow))
+        .route("/v1/entities/{kind}/{id}", web::delete().to(erase))
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics))
