@@ -1602,3 +1602,38 @@ fn an_entity_is_erased_from_state_and_stays_erased_after_a_restart() {
     let (st, _, _) = s.call("DELETE", "/v1/entities/customer/x", Some("fsk_c"), None);
     assert_eq!(st, 403);
 }
+
+#[test]
+fn idle_entities_past_the_retention_are_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), "[state]\nsnapshot_interval_ms = 50\n").unwrap();
+    let key = s.key();
+    let cards = |s: &Server| -> u64 {
+        let (_, _, m) = s
+            .try_request("GET", "/metrics", Some(&key), &[], b"")
+            .unwrap();
+        String::from_utf8_lossy(&m)
+            .lines()
+            .find_map(|l| l.strip_prefix("fraud_state_entities{kind=\"card\"} "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap()
+    };
+    let mut old = tx("old", "10.00");
+    old["timestamp"] = json!("2024-01-01T10:00:00Z");
+    old["card_number"] = json!("5555555555554444");
+    assert_eq!(s.call("POST", "/v1/score", Some(&key), Some(&old)).0, 200);
+    let mut recent = tx("recent", "10.00");
+    recent["timestamp"] = json!("2024-01-20T10:00:00Z");
+    assert_eq!(
+        s.call("POST", "/v1/score", Some(&key), Some(&recent)).0,
+        200
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(cards(&s), 2, "both within the 90-day retention");
+    let mut later = tx("later", "10.00");
+    later["timestamp"] = json!("2024-05-01T10:00:00Z");
+    assert_eq!(s.call("POST", "/v1/score", Some(&key), Some(&later)).0, 200);
+    std::thread::sleep(Duration::from_millis(300));
+    // The first card was idle for 121 days: dropped; the other (same card as `later`) kept.
+    assert_eq!(cards(&s), 1);
+}

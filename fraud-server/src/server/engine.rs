@@ -414,6 +414,8 @@ pub struct Engine {
     pub degrade: bool,
     /// Where uploaded models are kept (`<data dir>/models`).
     pub models_dir: Option<std::path::PathBuf>,
+    /// The latest transaction time seen (microseconds): the clock of retention.
+    pub latest_us: std::sync::atomic::AtomicI64,
     /// Encrypts the state snapshots, when configured.
     pub sealer: Option<super::seal::Sealer>,
     /// Earlier tokenization keys, newest first (card history migrates from them).
@@ -526,6 +528,7 @@ impl Engine {
             memory: None,
             previous_keys: Vec::new(),
             sealer: None,
+            latest_us: std::sync::atomic::AtomicI64::new(i64::MIN),
             watch: super::watch::Watch::new(super::watch::WatchConfig::default()),
             cut: std::sync::RwLock::new(()),
             busy: Mutex::new(HashSet::new()),
@@ -568,6 +571,8 @@ impl Engine {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.migrate_card(bytes, &tx, caller)?;
+        self.latest_us
+            .fetch_max(tx.timestamp_us, std::sync::atomic::Ordering::Relaxed);
         let (features, degraded) = match self.store.step(&self.extractor, &tx) {
             Ok(f) => (f, false),
             Err(_) if self.degrade => {
@@ -823,6 +828,17 @@ impl Engine {
             )
             .map_err(Problem::from_log)?;
         Ok(held)
+    }
+
+    /// Retention: drops the entities idle for longer than the spec's retention before the
+    /// latest transaction time (their state could change no feature any more). Returns how
+    /// many were dropped.
+    pub fn evict_idle(&self) -> usize {
+        let now = self.latest_us.load(std::sync::atomic::Ordering::Relaxed);
+        match (&self.memory, now) {
+            (Some(m), now) if now > i64::MIN => m.evict_idle(&self.extractor, now),
+            _ => 0,
+        }
     }
 
     /// Writes a snapshot of the memory state to `path`, tagged with the number of log

@@ -551,9 +551,18 @@ async fn readyz(app: Data) -> HttpResponse {
 async fn metrics(app: Data, req: HttpRequest) -> HttpResponse {
     let started = Instant::now();
     let r = app.authorize(&req, Some(Role::Analyst)).map(|_| {
+        let mut text = app.engine.metrics.render();
+        if let Some(m) = &app.engine.memory {
+            use std::fmt::Write as _;
+            let st = m.stats();
+            text.push_str("# HELP fraud_state_entities Entities held in memory, by kind (idle ones past the retention are dropped).\n# TYPE fraud_state_entities gauge\n");
+            for e in fraud_core::features::Entity::ALL {
+                let _ = writeln!(text, "fraud_state_entities{{kind=\"{}\"}} {}", e.name(), st.entities[e.index()]);
+            }
+        }
         HttpResponse::Ok()
             .content_type("text/plain; version=0.0.4")
-            .body(app.engine.metrics.render())
+            .body(text)
     });
     finish(&app, "/metrics", started, r)
 }

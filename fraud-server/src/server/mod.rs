@@ -314,6 +314,7 @@ fn snapshots(engine: Arc<engine::Engine>, dir: PathBuf, interval: Duration) {
     }
     std::thread::spawn(move || loop {
         std::thread::sleep(interval);
+        engine.evict_idle();
         if let Err(e) = engine.snapshot(&dir.join("state.bin")) {
             eprintln!("warning: state snapshot failed: {e}");
         }
