@@ -44,16 +44,6 @@ pub struct Args {
     command: Command,
 }
 
-fn since_time(s: &str) -> anyhow::Result<time::OffsetDateTime> {
-    let rfc = time::format_description::well_known::Rfc3339;
-    if let Ok(t) = time::OffsetDateTime::parse(s, &rfc) {
-        return Ok(t);
-    }
-    let d = time::Date::parse(s, time::macros::format_description!("[year]-[month]-[day]"))
-        .with_context(|| format!("--since `{s}` is neither YYYY-MM-DD nor an RFC 3339 time"))?;
-    Ok(d.midnight().assume_utc())
-}
-
 pub fn run(a: Args) -> anyhow::Result<()> {
     match a.command {
         Command::Verify { dir, head } => {
@@ -113,7 +103,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                     .map_err(anyhow::Error::msg)?,
                 ),
             };
-            let from = since_time(&since)?;
+            let from = super::day_or_time("--since", &since)?;
             let path = log_file(&data_dir);
             let rfc = time::format_description::well_known::Rfc3339;
             let mut lines = Vec::new();

@@ -135,27 +135,7 @@ fn kept_columns(path: &std::path::Path, keep: &[String]) -> anyhow::Result<Vec<V
     if let Some(k) = keep.iter().find(|k| *k == "card_number") {
         anyhow::bail!("--keep {k}: card numbers are never written");
     }
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut reader = csv::Reader::from_reader(std::io::BufReader::with_capacity(1 << 20, file));
-    let header = reader.headers()?.clone();
-    let at: Vec<usize> = keep
-        .iter()
-        .map(|k| {
-            header
-                .iter()
-                .position(|h| h.trim() == k)
-                .with_context(|| format!("--keep: column `{k}` is not in {}", path.display()))
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let mut out = vec![Vec::new(); keep.len()];
-    for row in reader.records() {
-        let row = row.with_context(|| format!("cannot read {}", path.display()))?;
-        for (c, &i) in at.iter().enumerate() {
-            out[c].push(row.get(i).unwrap_or("").to_string());
-        }
-    }
-    Ok(out)
+    super::evaluate::read_text_columns(path, keep).context("--keep")
 }
 
 fn csv_field(s: &str) -> String {

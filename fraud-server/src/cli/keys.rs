@@ -124,13 +124,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 }
 
 fn expiry(s: &str) -> anyhow::Result<String> {
-    let rfc = time::format_description::well_known::Rfc3339;
-    let t = match time::OffsetDateTime::parse(s, &rfc) {
-        Ok(t) => t,
-        Err(_) => time::Date::parse(s, time::macros::format_description!("[year]-[month]-[day]"))
-            .with_context(|| format!("--expires `{s}` is neither YYYY-MM-DD nor an RFC 3339 time"))?
-            .midnight()
-            .assume_utc(),
-    };
-    Ok(t.format(&rfc)?)
+    let t = super::day_or_time("--expires", s)?;
+    Ok(t.format(&time::format_description::well_known::Rfc3339)?)
 }

@@ -169,3 +169,15 @@ pub(crate) fn tokenizer(key_file: Option<&std::path::Path>) -> anyhow::Result<To
     }
     Tokenizer::new(&key).context("tokenization key")
 }
+
+/// A command-line time: RFC 3339, or a day (`YYYY-MM-DD`, its midnight UTC). `flag` names
+/// the option in the error.
+fn day_or_time(flag: &str, s: &str) -> anyhow::Result<time::OffsetDateTime> {
+    let rfc = time::format_description::well_known::Rfc3339;
+    if let Ok(t) = time::OffsetDateTime::parse(s, &rfc) {
+        return Ok(t);
+    }
+    let d = time::Date::parse(s, time::macros::format_description!("[year]-[month]-[day]"))
+        .with_context(|| format!("{flag} `{s}` is neither YYYY-MM-DD nor an RFC 3339 time"))?;
+    Ok(d.midnight().assume_utc())
+}

@@ -232,11 +232,14 @@ pub fn verify_file(path: &Path, mut visit: impl FnMut(u64, &Record)) -> Result<S
 }
 
 impl DecisionLog {
-    /// Opens (creating) `<dir>/decisions.log`, verifying the chain.
+    /// Opens (creating) `<dir>/decisions.log`, verifying the chain and handing every record
+    /// (decrypted) to `visit` in order: the one read of the log at start-up also rebuilds
+    /// what derives from it.
     pub fn open(
         dir: &Path,
         sync: bool,
         sealer: Option<super::seal::Sealer>,
+        mut visit: impl FnMut(&Record),
     ) -> Result<Self, LogError> {
         let path = dir.join("decisions.log");
         let io = |source| LogError::Io {
@@ -263,6 +266,7 @@ impl DecisionLog {
             if let Some(id) = decision_id(&rec.kind, &rec.data) {
                 index.insert(id, offset);
             }
+            visit(&rec);
         })?;
         if let Some(reason) = sealed_error {
             return Err(LogError::Damaged {

@@ -201,31 +201,29 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
         }
     };
     let log_dir = cfg.data_dir.join("log");
-    let log = decisions::DecisionLog::open(&log_dir, cfg.log_durability == "sync", sealer.clone())?;
-    // One pass over the log: the memory state is rebuilt, and the models last installed
-    // (uploads are kept under <data dir>/models) are found.
+    // One pass over the log as it opens: the memory state is rebuilt, and the models last
+    // installed (uploads are kept under <data dir>/models) are found.
     let replay = cfg.state.backend == "memory";
     let mut failure = None;
     let mut replayed = 0u64;
     let mut installed: [Option<Option<String>>; 2] = [None, None];
-    decisions::verify_file(&log_dir.join("decisions.log"), |_, rec| {
-        let mut rec = rec.clone();
-        if let Err(e) = rec.unseal(sealer.as_ref()) {
-            failure.get_or_insert(e);
-            return;
-        }
-        let rec = &rec;
-        if rec.kind == "model" {
-            let slot = usize::from(rec.data["role"] == "shadow");
-            installed[slot] = Some(rec.data["file"].as_str().map(str::to_string));
-        }
-        if replay && rec.seq > snapshot_tag && failure.is_none() {
-            replayed += 1;
-            if let Err(e) = engine::replay_record(&extractor, store.as_ref(), rec) {
-                failure = Some(e);
+    let log = decisions::DecisionLog::open(
+        &log_dir,
+        cfg.log_durability == "sync",
+        sealer.clone(),
+        |rec| {
+            if rec.kind == "model" {
+                let slot = usize::from(rec.data["role"] == "shadow");
+                installed[slot] = Some(rec.data["file"].as_str().map(str::to_string));
             }
-        }
-    })?;
+            if replay && rec.seq > snapshot_tag && failure.is_none() {
+                replayed += 1;
+                if let Err(e) = engine::replay_record(&extractor, store.as_ref(), rec) {
+                    failure = Some(e);
+                }
+            }
+        },
+    )?;
     if let Some(e) = failure {
         anyhow::bail!("cannot rebuild entity state from the decision log: {e}");
     }
