@@ -412,7 +412,7 @@ pub(crate) fn state_bytes(
 
 /// Writes `bytes` to `path` atomically: a temporary file, fsync, rename, fsync of the
 /// directory; a crash leaves the previous file whole.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let tmp = path.with_extension("tmp");

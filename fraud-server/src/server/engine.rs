@@ -367,20 +367,6 @@ pub fn replay_record(
     Ok(())
 }
 
-/// Writes `bytes` to `dir/name` atomically and durably (temporary file, fsync, rename, fsync
-/// of the directory).
-fn persist(dir: &std::path::Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, dir.join(name))?;
-    std::fs::File::open(dir)?.sync_all()
-}
-
 /// How an erased entity is named in the log: SHA-256 of its kind and id.
 fn erase_hash(kind: &str, id: &str) -> String {
     use sha2::Digest;
@@ -731,7 +717,7 @@ impl Engine {
         let file = match (&model, bytes, &self.models_dir) {
             (Some(m), Some(b), Some(dir)) => {
                 let name = format!("{}.fgb", m.version);
-                persist(dir, &name, b)
+                fraud_core::features::durable::write_atomic(&dir.join(&name), b)
                     .map_err(|e| Problem::unavailable(format!("cannot store the model: {e}")))?;
                 Some(format!("models/{name}"))
             }
@@ -861,12 +847,7 @@ impl Engine {
             Some(s) => s.seal(&bytes, b"state")?,
             None => bytes,
         };
-        let dir = path.parent().unwrap_or(std::path::Path::new("."));
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "state.bin".into());
-        persist(dir, &name, &bytes).map_err(|e| e.to_string())?;
+        fraud_core::features::durable::write_atomic(path, &bytes).map_err(|e| e.to_string())?;
         Ok(Some(records))
     }
 
