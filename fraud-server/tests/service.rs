@@ -245,7 +245,7 @@ fn scores_records_and_reads_back_in_development_mode() {
         Some(&json!({"labels": [{"transaction_id": "t2", "is_fraud": true}, {"transaction_id": "zz", "is_fraud": false}]})),
     );
     assert_eq!(st, 200, "{l}");
-    assert_eq!(l, json!({"accepted": 1, "unknown": ["zz"]}));
+    assert_eq!(l, json!({"accepted": 1, "unknown": ["zz"], "erased": []}));
     // Batch: in order, one result each, errors in place.
     let batch = json!({"transactions": [tx("b1", "10.00"), tx("b2", "-1"), tx("b3", "12.50")]});
     let (st, b, _) = s.call("POST", "/v1/score/batch", Some(&key), Some(&batch));
@@ -1566,6 +1566,14 @@ fn an_entity_is_erased_from_state_and_stays_erased_after_a_restart() {
     s.call("POST", "/v1/score", Some(&key), Some(&at("e0", 0)));
     s.call("POST", "/v1/score", Some(&key), Some(&at("e1", 1)));
     assert_eq!(since(&s, "e1"), 60.0);
+    let customer_of = |s: &Server, id: &str| {
+        let (_, rec, _) = s.call("GET", &format!("/v1/decisions/{id}"), Some(&key), None);
+        rec
+    };
+    assert_eq!(
+        customer_of(&s, "e0")["transaction"]["customer_id"],
+        "customer-to-forget"
+    );
     let (st, v, _) = s.call(
         "DELETE",
         "/v1/entities/customer/customer-to-forget",
@@ -1576,17 +1584,40 @@ fn an_entity_is_erased_from_state_and_stays_erased_after_a_restart() {
     assert_eq!(v["erased"], true);
     let (st, _, _) = s.call("DELETE", "/v1/entities/planet/x", Some(&key), None);
     assert_eq!(st, 400);
+    // The records written before the erasure can no longer name the customer (its key was
+    // destroyed); the rest of them is intact.
+    let e0 = customer_of(&s, "e0");
+    assert!(e0["transaction"]["customer_id"].is_null(), "{e0}");
+    assert_eq!(e0["erased_fields"], json!(["transaction.customer_id"]));
+    assert_eq!(e0["transaction"]["merchant_id"], "M1");
+    assert!(e0["transaction"]["card"]["token"].is_string());
     s.call("POST", "/v1/score", Some(&key), Some(&at("e2", 2)));
     assert!(
         since(&s, "e2").is_null(),
         "the customer's history survived the erasure"
+    );
+    // A use after the erasure is a new entity, readable in its own record.
+    assert_eq!(
+        customer_of(&s, "e2")["transaction"]["customer_id"],
+        "customer-to-forget"
     );
     drop(s);
     // After a restart the log is replayed: the erasure is replayed too.
     let s = start(dir.path(), "").unwrap();
     s.call("POST", "/v1/score", Some(&key), Some(&at("e3", 3)));
     assert_eq!(since(&s, "e3"), 60.0, "only e2 came after the erasure");
+    assert!(customer_of(&s, "e1")["transaction"]["customer_id"].is_null());
     drop(s);
+    // No file holds the id in clear, and the chain is intact.
+    for (path, bytes) in all_files(&dir.path().join("data")) {
+        assert!(
+            !contains(&bytes, "customer-to-forget"),
+            "{} holds the id",
+            path.display()
+        );
+    }
+    let out = fraud_cli(&["audit", "verify", dir.path().join("data").to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
     let log = std::fs::read_to_string(dir.path().join("data/log/decisions.log")).unwrap();
     let erase_line = log
         .lines()
@@ -1636,4 +1667,116 @@ fn idle_entities_past_the_retention_are_dropped() {
     std::thread::sleep(Duration::from_millis(300));
     // The first card was idle for 121 days: dropped; the other (same card as `later`) kept.
     assert_eq!(cards(&s), 1);
+}
+
+#[test]
+fn an_erased_card_is_unreadable_in_earlier_records_and_cannot_be_labelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), "").unwrap();
+    let key = s.key();
+    let (_, first, _) = s.call("POST", "/v1/score", Some(&key), Some(&tx("c0", "12.00")));
+    let (_, rec, _) = s.call("GET", "/v1/decisions/c0", Some(&key), None);
+    let token = rec["transaction"]["card"]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(rec["response"]["card_mask"], first["card_mask"]);
+    let (st, v, _) = s.call(
+        "DELETE",
+        &format!("/v1/entities/card/{token}"),
+        Some(&key),
+        None,
+    );
+    assert_eq!(st, 200, "{v}");
+    let (st, rec, _) = s.call("GET", "/v1/decisions/c0", Some(&key), None);
+    assert_eq!(st, 200);
+    assert!(rec["transaction"]["card"]["token"].is_null(), "{rec}");
+    assert!(rec["response"]["card_mask"].is_null(), "{rec}");
+    assert_eq!(rec["response"]["decision"], first["decision"]);
+    let (st, v, _) = s.call(
+        "POST",
+        "/v1/labels",
+        Some(&key),
+        Some(&json!({"labels": [{"transaction_id": "c0", "is_fraud": true}]})),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["accepted"], 0, "{v}");
+    assert_eq!(v["erased"], json!(["c0"]), "{v}");
+    drop(s);
+    // The whole state rebuilt from the log alone (snapshot removed): the erased card's
+    // records are skipped, and the service starts and scores.
+    let _ = std::fs::remove_file(dir.path().join("data/state/state.bin"));
+    let s = start(dir.path(), "").unwrap();
+    assert_eq!(
+        s.call("POST", "/v1/score", Some(&key), Some(&tx("c1", "13.00")))
+            .0,
+        200
+    );
+    let (_, rec, _) = s.call("GET", "/v1/decisions/c1", Some(&key), None);
+    assert!(
+        rec["features"]["card_seconds_since_last"].is_null(),
+        "the erased card's history came back: {rec}"
+    );
+}
+
+#[test]
+fn retention_removes_old_log_segments_and_the_chain_still_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "retention = \"2s\"\nretention_check_s = 1\nlog_segment_bytes = 2048\n";
+    let s = start(dir.path(), config).unwrap();
+    let key = s.key();
+    let log_dir = dir.path().join("data/log");
+    for i in 0..12 {
+        let mut t = tx(&format!("old{i}"), "10.00");
+        t["timestamp"] = json!(format!("2024-05-01T10:{i:02}:00Z"));
+        assert_eq!(s.call("POST", "/v1/score", Some(&key), Some(&t)).0, 200);
+    }
+    let segments = || std::fs::read_dir(&log_dir).unwrap().count();
+    assert!(segments() > 3, "the log was not split into segments");
+    assert_eq!(s.call("GET", "/v1/decisions/old0", Some(&key), None).0, 200);
+    // Past the retention period, the closed segments go; a retention record says which.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while s.call("GET", "/v1/decisions/old0", Some(&key), None).0 != 404 {
+        assert!(Instant::now() < deadline, "old records were never removed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut t = tx("new", "10.00");
+    t["timestamp"] = json!("2024-05-01T10:30:00Z");
+    let (st, _, _) = s.call("POST", "/v1/score", Some(&key), Some(&t));
+    assert_eq!(st, 200);
+    let (_, rec, _) = s.call("GET", "/v1/decisions/new", Some(&key), None);
+    assert_eq!(
+        rec["features"]["card_seconds_since_last"],
+        19.0 * 60.0,
+        "the state lost the card's history: {rec}"
+    );
+    let out = fraud_cli(&["audit", "verify", log_dir.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{out:?}");
+    assert!(text.contains("removed by retention"), "{text}");
+    drop(s);
+    // A restart keeps the state (from the snapshot retention wrote) and the chain.
+    let s = start(dir.path(), config).unwrap();
+    let mut t = tx("after", "10.00");
+    t["timestamp"] = json!("2024-05-01T10:31:00Z");
+    s.call("POST", "/v1/score", Some(&key), Some(&t));
+    let (_, rec, _) = s.call("GET", "/v1/decisions/after", Some(&key), None);
+    assert_eq!(rec["features"]["card_seconds_since_last"], 60.0, "{rec}");
+    drop(s);
+    // Removing the oldest segment by hand is seen: no retention record accounts for it.
+    let mut files: Vec<_> = std::fs::read_dir(&log_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("decisions-"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no closed segment left");
+    std::fs::remove_file(&files[0]).unwrap();
+    let out = fraud_cli(&["audit", "verify", log_dir.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success());
+    assert!(
+        err.contains("no retention record accounts for them") || err.contains("were removed"),
+        "{err}"
+    );
 }

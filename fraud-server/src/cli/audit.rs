@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::server::decisions::{log_file, verify_file};
+use crate::server::decisions::{log_dir, verify_dir};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -47,25 +47,21 @@ pub struct Args {
 pub fn run(a: Args) -> anyhow::Result<()> {
     match a.command {
         Command::Verify { dir, head } => {
-            let path = log_file(&dir);
             let mut seen_head = head.is_none();
-            let mut hashes = 0u64;
+            let mut records = 0u64;
             let want = head.as_deref().map(str::trim).unwrap_or("");
-            let bytes =
-                std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-            // The hash of each record is the first 64 bytes of its line.
-            let scan = crate::server::decisions::scan(&bytes, &path, |offset, _| {
-                hashes += 1;
-                let at = offset as usize;
-                if !seen_head && bytes.get(at..at + 64).is_some_and(|h| h == want.as_bytes()) {
+            let scan = verify_dir(&dir, |pos, _| {
+                records += 1;
+                if !seen_head && pos.hash == want {
                     seen_head = true;
                 }
             })
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let place = log_dir(&dir);
             if scan.torn_bytes > 0 {
                 anyhow::bail!(
                     "{}: record {} is cut short ({} bytes): the log was truncated or a write was interrupted",
-                    path.display(),
+                    place.display(),
                     scan.records + 1,
                     scan.torn_bytes
                 );
@@ -73,19 +69,27 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             if !seen_head {
                 anyhow::bail!(
                     "{}: the published head {want} is not in the log: records were removed from its end",
-                    path.display()
+                    place.display()
                 );
             }
+            let kept = if scan.first > 1 {
+                format!(
+                    " (records 1 to {} removed by retention, as recorded)",
+                    scan.first - 1
+                )
+            } else {
+                String::new()
+            };
             super::emit(&format!(
-                "{}: intact, {} records, head {}\n",
-                path.display(),
-                hashes,
+                "{}: intact, {} records in {} segment(s){kept}, head {}\n",
+                place.display(),
+                records,
+                scan.files.len(),
                 scan.head
             ))
         }
         Command::Head { dir } => {
-            let path = log_file(&dir);
-            let scan = verify_file(&path, |_, _| {}).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let scan = verify_dir(&dir, |_, _| {}).map_err(|e| anyhow::anyhow!("{e}"))?;
             super::emit(&format!("{} {}\n", scan.records, scan.head))
         }
         Command::Access {
@@ -104,10 +108,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 ),
             };
             let from = super::day_or_time("--since", &since)?;
-            let path = log_file(&data_dir);
             let rfc = time::format_description::well_known::Rfc3339;
             let mut lines = Vec::new();
-            verify_file(&path, |_, rec| {
+            verify_dir(&data_dir, |_, rec| {
                 if rec.kind == "decision" || rec.kind == "label" {
                     return;
                 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::server::decisions::{log_file, verify_file};
+use crate::server::decisions::{log_dir, segment_files, verify_dir};
 use crate::server::keys::{self, Role};
 
 #[derive(Debug, clap::Subcommand)]
@@ -88,9 +88,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             let records = keys::read_records(&path)?;
             // Usage from the decision log: requests recorded per key and the last one.
             let mut usage: BTreeMap<String, (u64, u64, String)> = BTreeMap::new();
-            let log = log_file(&a.data_dir);
-            if log.exists() {
-                verify_file(&log, |_, rec| {
+            let log = log_dir(&a.data_dir);
+            if segment_files(&log).is_ok_and(|f| !f.is_empty()) {
+                verify_dir(&log, |_, rec| {
                     let u = usage.entry(rec.key.clone()).or_default();
                     if rec.kind == "access" {
                         u.1 += 1;

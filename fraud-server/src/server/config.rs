@@ -195,6 +195,15 @@ pub struct Config {
     pub reasons: usize,
     /// Decision log durability: `sync` (fsync, grouped, before each answer) or `write`.
     pub log_durability: String,
+    /// How long decision-log records are kept (`400d`, `36h`, `90m`, `30s`); kept forever
+    /// when absent. Whole segments are removed once their newest record is older (and a state
+    /// snapshot holds them); a `retention` record names what was removed.
+    pub retention: Option<String>,
+    /// Size at which the decision log's open segment is closed (a new UTC day closes it
+    /// too). Retention removes whole segments.
+    pub log_segment_bytes: u64,
+    /// How often retention runs, in seconds.
+    pub retention_check_s: u64,
     /// TLS; plain HTTP when absent.
     pub tls: Option<TlsConfig>,
     /// The insider watch: thresholds on each key's rate of decision reads.
@@ -223,6 +232,9 @@ impl Default for Config {
             limits: Limits::default(),
             reasons: 5,
             log_durability: "sync".into(),
+            retention: None,
+            log_segment_bytes: 64 << 20,
+            retention_check_s: 60,
             tls: None,
             insider: super::watch::WatchConfig::default(),
             production: false,
@@ -291,6 +303,7 @@ impl Config {
             "FRAUD_RATE_PER_KEY" => self.limits.rate_per_key = num(key)?,
             "FRAUD_WORKERS" => self.limits.workers = int(key)?,
             "FRAUD_LOG_DURABILITY" => self.log_durability = v.to_string(),
+            "FRAUD_RETENTION" => self.retention = Some(v.to_string()),
             "FRAUD_PRODUCTION" => {
                 self.production = match v.trim() {
                     "1" | "true" | "yes" => true,
@@ -355,6 +368,15 @@ impl Config {
         }
         if !["sync", "write"].contains(&self.log_durability.as_str()) {
             return Err(bad("log_durability", "must be sync or write"));
+        }
+        if let Some(r) = &self.retention {
+            parse_period(r).map_err(|e| bad("retention", e))?;
+        }
+        if self.log_segment_bytes < 1024 {
+            return Err(bad("log_segment_bytes", "must be at least 1024"));
+        }
+        if self.retention_check_s == 0 {
+            return Err(bad("retention_check_s", "must be at least 1"));
         }
         let l = &self.limits;
         if l.max_body_bytes < 256 || l.max_body_bytes > 64 << 20 {
@@ -428,4 +450,29 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Parses a period such as `400d`, `36h`, `90m` or `30s` into seconds.
+pub fn parse_period(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let unit = t.chars().last().unwrap_or(' ');
+    let mult = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => {
+            return Err(format!(
+                "`{s}`: expected a number and s, m, h or d, e.g. 400d"
+            ))
+        }
+    };
+    let n: u64 = t[..t.len() - 1]
+        .parse()
+        .map_err(|_| format!("`{s}`: expected a number and s, m, h or d, e.g. 400d"))?;
+    if n == 0 {
+        return Err(format!("`{s}`: must be longer than zero"));
+    }
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{s}`: too long"))
 }

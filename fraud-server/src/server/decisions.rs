@@ -1,4 +1,5 @@
-//! The decision log: append-only, hash-chained, durable before the answer.
+//! The decision log: append-only, hash-chained, durable before the answer, kept in segments
+//! that retention can remove.
 //!
 //! One line per record, `<sha256 hex> <json>\n`, where the JSON holds `seq`, `prev` (the hash
 //! of the previous record), `kind` (`decision`, `label`, `model`, ...), `at`, `key` (the API
@@ -6,8 +7,15 @@
 //! written. With `sync` durability a record is fsynced (grouped with the records written
 //! meanwhile) before `append` returns, so every answered request survives a crash.
 //!
-//! On start the whole chain is verified. A torn last line (a crash mid-write) is cut off;
-//! damage anywhere else stops the start with the line number.
+//! Records go to `decisions.log`; when it reaches the segment size, or a new UTC day begins,
+//! it is closed as `decisions-<first seq, 20 digits>.log` and a new one begins. The chain runs
+//! on across segments. Retention removes whole closed segments, oldest first, after writing a
+//! `retention` record (in clear, even in an encrypted log) that names each one removed by its
+//! first and last seq and last hash: a log that starts after record 1 verifies only when such
+//! a record accounts for every missing record, so removing records any other way is seen.
+//!
+//! On start the whole chain is verified. A torn last line of the open segment (a crash
+//! mid-write) is cut off; damage anywhere else stops the start with the record named.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -93,24 +101,56 @@ impl Record {
     }
 }
 
+/// A closed segment.
+#[derive(Debug, Clone)]
+struct Closed {
+    first: u64,
+    last: u64,
+    last_hash: String,
+    last_at: String,
+    path: PathBuf,
+}
+
 struct Inner {
     file: File,
     len: u64,
     seq: u64,
     last_hash: String,
-    index: HashMap<String, u64>,
+    last_at: String,
+    /// Seq of the first record of the open segment (`seq + 1` while it is empty).
+    active_first: u64,
+    /// UTC day (`YYYY-MM-DD`) of the open segment's first record.
+    active_day: String,
+    closed: Vec<Closed>,
+    /// Transaction id -> (first seq of its segment, byte offset).
+    index: HashMap<String, (u64, u64)>,
 }
 
 /// The open log.
 pub struct DecisionLog {
+    dir: PathBuf,
     path: PathBuf,
     sealer: Option<super::seal::Sealer>,
     inner: Mutex<Inner>,
-    sync_file: File,
-    read_file: File,
+    /// The open segment, for fsync (replaced when a segment is closed).
+    sync_file: arc_swap::ArcSwap<File>,
+    /// Read handles by the first seq of their segment.
+    readers: Mutex<HashMap<u64, std::sync::Arc<File>>>,
     synced: Mutex<u64>,
     written: AtomicU64,
     sync: bool,
+    segment_bytes: u64,
+    vault: Option<std::sync::Arc<super::vault::Vault>>,
+}
+
+/// The open segment's file name.
+pub const ACTIVE: &str = "decisions.log";
+
+/// Kinds whose data is never sealed (they hold nothing personal and verification reads them).
+const CLEAR_KINDS: &[&str] = &["retention"];
+
+fn segment_name(first: u64) -> String {
+    format!("decisions-{first:020}.log")
 }
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -140,134 +180,378 @@ fn decision_id(kind: &str, data: &serde_json::Value) -> Option<String> {
 /// What a scan of a log found.
 #[derive(Debug, Clone)]
 pub struct Scan {
-    /// Whole records in chain.
+    /// Seq of the last whole record.
     pub records: u64,
+    /// Seq of the first record kept (1 unless retention removed older segments).
+    pub first: u64,
     /// Hash of the last whole record (the head to publish).
     pub head: String,
-    /// Bytes of whole records.
-    pub good_bytes: u64,
     /// Bytes after them: a record cut short (a crash mid-write, or truncation).
     pub torn_bytes: u64,
+    /// Segment files read, oldest first.
+    pub files: Vec<PathBuf>,
 }
 
-/// Checks the chain of a log's bytes, calling `visit(offset, record)` for each whole record.
-/// The first record that was altered, removed, reordered or is not a record stops the scan
-/// with an error naming it; a cut-short last record is reported in `torn_bytes`.
-pub fn scan(
-    bytes: &[u8],
-    path: &Path,
-    mut visit: impl FnMut(u64, &Record),
-) -> Result<Scan, LogError> {
-    let (mut seq, mut last_hash, mut good) = (0u64, GENESIS.to_string(), 0usize);
-    let mut pos = 0usize;
-    while pos < bytes.len() {
-        let Some(nl) = bytes[pos..].iter().position(|&b| b == b'\n') else {
-            break;
-        };
-        let line = &bytes[pos..pos + nl];
-        let expected = seq + 1;
-        let damaged = |reason: String| LogError::Damaged {
-            path: path.to_path_buf(),
-            line: expected,
-            reason,
-        };
-        let (h, body) =
-            split(line).ok_or_else(|| damaged(format!("record {expected} is not a log record")))?;
-        let rec: Record = serde_json::from_slice(body)
-            .map_err(|_| damaged(format!("record {expected} was altered (not valid JSON)")))?;
-        if rec.seq > expected {
-            return Err(damaged(format!(
-                "records {expected} to {} were removed",
-                rec.seq - 1
-            )));
+/// Where a visited record is.
+#[derive(Debug, Clone, Copy)]
+pub struct Pos<'a> {
+    /// First seq of the record's segment.
+    pub segment: u64,
+    /// Byte offset of its line in the segment.
+    pub offset: u64,
+    /// Its hash.
+    pub hash: &'a str,
+}
+
+/// The chain as read so far, across segments.
+struct Chain {
+    seq: u64,
+    last_hash: String,
+    /// The first record read: its seq and previous hash.
+    first: Option<(u64, String)>,
+    /// Segments that `retention` records say were removed: (first, last, last hash).
+    removed: Vec<(u64, u64, String)>,
+}
+
+impl Chain {
+    fn new() -> Self {
+        Chain {
+            seq: 0,
+            last_hash: GENESIS.to_string(),
+            first: None,
+            removed: Vec::new(),
         }
-        if rec.seq < expected {
-            return Err(damaged(format!(
-                "record {} appears again after record {seq}: reordered or duplicated",
-                rec.seq
-            )));
-        }
-        if rec.prev != last_hash {
-            return Err(damaged(format!(
-                "record {expected} does not follow record {seq} (its previous hash differs): altered or reordered"
-            )));
-        }
-        if hash(&last_hash, body) != h {
-            return Err(damaged(format!(
-                "record {expected} was altered (its hash does not match its content)"
-            )));
-        }
-        visit(pos as u64, &rec);
-        seq = rec.seq;
-        last_hash = h.to_string();
-        pos += nl + 1;
-        good = pos;
     }
+
+    /// Reads the records of one segment's bytes; returns (bytes of whole records, first seq
+    /// in it).
+    fn read(
+        &mut self,
+        bytes: &[u8],
+        path: &Path,
+        visit: &mut dyn FnMut(Pos<'_>, &Record),
+    ) -> Result<(usize, Option<u64>), LogError> {
+        let (mut pos, mut good, mut first_here) = (0usize, 0usize, None);
+        while pos < bytes.len() {
+            let Some(nl) = bytes[pos..].iter().position(|&b| b == b'\n') else {
+                break;
+            };
+            let line = &bytes[pos..pos + nl];
+            let expected = self.seq + 1;
+            let damaged = |reason: String| LogError::Damaged {
+                path: path.to_path_buf(),
+                line: expected,
+                reason,
+            };
+            let (h, body) = split(line)
+                .ok_or_else(|| damaged(format!("record {expected} is not a log record")))?;
+            let rec: Record = serde_json::from_slice(body)
+                .map_err(|_| damaged(format!("record {expected} was altered (not valid JSON)")))?;
+            if self.first.is_none() {
+                // The oldest record kept: record 1, or one after segments retention removed
+                // (accounted for at the end).
+                self.first = Some((rec.seq, rec.prev.clone()));
+                if rec.seq > 1 {
+                    self.seq = rec.seq - 1;
+                    self.last_hash = rec.prev.clone();
+                }
+            }
+            let expected = self.seq + 1;
+            if rec.seq > expected {
+                return Err(damaged(format!(
+                    "records {expected} to {} were removed",
+                    rec.seq - 1
+                )));
+            }
+            if rec.seq < expected {
+                return Err(damaged(format!(
+                    "record {} appears again after record {}: reordered or duplicated",
+                    rec.seq, self.seq
+                )));
+            }
+            if rec.prev != self.last_hash {
+                return Err(damaged(format!(
+                    "record {expected} does not follow record {} (its previous hash differs): altered or reordered",
+                    self.seq
+                )));
+            }
+            if hash(&self.last_hash, body) != h {
+                return Err(damaged(format!(
+                    "record {expected} was altered (its hash does not match its content)"
+                )));
+            }
+            if rec.kind == "retention" {
+                for s in rec.data["segments"].as_array().into_iter().flatten() {
+                    if let (Some(f), Some(l), Some(lh)) = (
+                        s["first"].as_u64(),
+                        s["last"].as_u64(),
+                        s["last_hash"].as_str(),
+                    ) {
+                        self.removed.push((f, l, lh.to_string()));
+                    }
+                }
+            }
+            first_here.get_or_insert(rec.seq);
+            visit(
+                Pos {
+                    segment: first_here.unwrap_or(rec.seq),
+                    offset: pos as u64,
+                    hash: h,
+                },
+                &rec,
+            );
+            self.seq = rec.seq;
+            self.last_hash = h.to_string();
+            pos += nl + 1;
+            good = pos;
+        }
+        Ok((good, first_here))
+    }
+
+    /// A log that starts after record 1 must have a `retention` record for what is missing.
+    fn check_start(&self, path: &Path) -> Result<(), LogError> {
+        match &self.first {
+            Some((1, prev)) if prev != GENESIS => Err(LogError::Damaged {
+                path: path.to_path_buf(),
+                line: 1,
+                reason: "record 1 does not start the chain (its previous hash is not zero)".into(),
+            }),
+            Some((s, prev)) if *s > 1 => {
+                let accounted = self
+                    .removed
+                    .iter()
+                    .any(|(_, last, last_hash)| *last == s - 1 && last_hash == prev);
+                if accounted {
+                    Ok(())
+                } else {
+                    Err(LogError::Damaged {
+                        path: path.to_path_buf(),
+                        line: *s,
+                        reason: format!(
+                            "records 1 to {} were removed and no retention record accounts for them",
+                            s - 1
+                        ),
+                    })
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The log directory of `dir`: `dir` itself when it holds log segments, else `dir/log` (a
+/// data directory).
+pub fn log_dir(dir: &Path) -> PathBuf {
+    let holds = |d: &Path| {
+        d.join(ACTIVE).exists()
+            || segment_files(d).is_ok_and(|files| files.iter().any(|(f, _)| f.is_some()))
+    };
+    if !holds(dir) && dir.join("log").is_dir() {
+        dir.join("log")
+    } else {
+        dir.to_path_buf()
+    }
+}
+
+/// The segment files of a log directory, oldest first: closed ones with their first seq,
+/// then the open one (`None`).
+pub fn segment_files(dir: &Path) -> std::io::Result<Vec<(Option<u64>, PathBuf)>> {
+    let mut closed = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(n) = name
+            .strip_prefix("decisions-")
+            .and_then(|s| s.strip_suffix(".log"))
+        {
+            if let Ok(first) = n.parse::<u64>() {
+                closed.push((Some(first), entry.path()));
+            }
+        }
+    }
+    closed.sort();
+    let active = dir.join(ACTIVE);
+    if active.exists() {
+        closed.push((None, active));
+    }
+    Ok(closed)
+}
+
+/// Reads and verifies a whole log directory (every segment, one at a time) without changing
+/// it, calling `visit` for each record. A cut-short record at the end of the open segment is
+/// reported in `torn_bytes`; anywhere else it is damage.
+pub fn verify_dir(dir: &Path, mut visit: impl FnMut(Pos<'_>, &Record)) -> Result<Scan, LogError> {
+    let dir = log_dir(dir);
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| LogError::Io { path, source }
+    };
+    let files = segment_files(&dir).map_err(io(&dir))?;
+    if files.is_empty() {
+        return Err(LogError::Io {
+            path: dir.join(ACTIVE),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no decision log here"),
+        });
+    }
+    let mut chain = Chain::new();
+    let mut torn = 0u64;
+    for (named, path) in &files {
+        let bytes = std::fs::read(path).map_err(io(path))?;
+        let (g, first) = chain.read(&bytes, path, &mut visit)?;
+        check_segment(path, *named, first, g, bytes.len())?;
+        torn = (bytes.len() - g) as u64;
+    }
+    let last = files.last().map(|f| f.1.clone()).unwrap_or_default();
+    chain.check_start(&last)?;
     Ok(Scan {
-        records: seq,
-        head: last_hash,
-        good_bytes: good as u64,
-        torn_bytes: (bytes.len() - good) as u64,
+        records: chain.seq,
+        first: chain.first.as_ref().map_or(1, |f| f.0),
+        head: chain.last_hash,
+        torn_bytes: torn,
+        files: files.into_iter().map(|f| f.1).collect(),
     })
 }
 
-/// The log file of a directory: `DIR/decisions.log`, or `DIR/log/decisions.log` for a data
-/// directory.
-pub fn log_file(dir: &Path) -> PathBuf {
-    let direct = dir.join("decisions.log");
-    if direct.exists() || !dir.join("log").is_dir() {
-        direct
-    } else {
-        dir.join("log").join("decisions.log")
+/// A closed segment must be whole, non-empty and start at the seq in its name.
+fn check_segment(
+    path: &Path,
+    named: Option<u64>,
+    first: Option<u64>,
+    good: usize,
+    len: usize,
+) -> Result<(), LogError> {
+    let Some(named) = named else {
+        return Ok(());
+    };
+    let damaged = |reason: String| LogError::Damaged {
+        path: path.to_path_buf(),
+        line: named,
+        reason,
+    };
+    if first != Some(named) {
+        return Err(damaged(format!(
+            "segment named for record {named} starts with {}: renamed or replaced",
+            first.map_or("no record".to_string(), |f| format!("record {f}"))
+        )));
     }
+    if good < len {
+        return Err(damaged(format!(
+            "closed segment ends in a record cut short ({} bytes)",
+            len - good
+        )));
+    }
+    Ok(())
 }
 
-/// Reads and verifies a whole log without changing it.
-pub fn verify_file(path: &Path, mut visit: impl FnMut(u64, &Record)) -> Result<Scan, LogError> {
-    let bytes = std::fs::read(path).map_err(|source| LogError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    scan(&bytes, path, &mut visit)
+fn utc_day(at: &str) -> &str {
+    at.get(..10).unwrap_or(at)
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir).and_then(|d| d.sync_all())
+}
+
+/// What retention removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Removed {
+    /// Segments removed.
+    pub segments: usize,
+    /// The last record removed (0: none).
+    pub through: u64,
 }
 
 impl DecisionLog {
-    /// Opens (creating) `<dir>/decisions.log`, verifying the chain and handing every record
+    /// Opens (creating) the log in `dir`, verifying the chain and handing every record
     /// (decrypted) to `visit` in order: the one read of the log at start-up also rebuilds
-    /// what derives from it.
+    /// what derives from it. Segments close at `segment_bytes` (or a new UTC day).
     pub fn open(
         dir: &Path,
         sync: bool,
         sealer: Option<super::seal::Sealer>,
+        segment_bytes: u64,
+        vault: Option<std::sync::Arc<super::vault::Vault>>,
         mut visit: impl FnMut(&Record),
     ) -> Result<Self, LogError> {
-        let path = dir.join("decisions.log");
-        let io = |source| LogError::Io {
-            path: path.clone(),
-            source,
+        let path = dir.join(ACTIVE);
+        let io = |p: &Path| {
+            let p = p.to_path_buf();
+            move |source| LogError::Io { path: p, source }
         };
-        std::fs::create_dir_all(dir).map_err(io)?;
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
         let mut file = std::fs::OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
             .open(&path)
-            .map_err(io)?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(io)?;
+            .map_err(io(&path))?;
+        let files = segment_files(dir).map_err(io(dir))?;
         let mut index = HashMap::new();
         let mut sealed_error = None;
-        let scan = scan(&bytes, &path, |offset, rec| {
-            let mut rec = rec.clone();
-            if let Err(e) = rec.unseal(sealer.as_ref()) {
-                sealed_error.get_or_insert(e);
-                return;
+        let mut chain = Chain::new();
+        let mut closed = Vec::new();
+        let mut readers = HashMap::new();
+        let (mut good, mut active_len, mut last_at, mut active_day) =
+            (0usize, 0usize, String::new(), String::new());
+        let mut active_found = None;
+        for (named, p) in &files {
+            let bytes = if named.is_none() {
+                let mut b = Vec::new();
+                file.read_to_end(&mut b).map_err(io(p))?;
+                b
+            } else {
+                std::fs::read(p).map_err(io(p))?
+            };
+            let (mut file_last_at, mut file_first_at) = (String::new(), None::<String>);
+            let (g, first) = chain.read(&bytes, p, &mut |pos, rec| {
+                file_last_at.clone_from(&rec.at);
+                file_first_at.get_or_insert_with(|| rec.at.clone());
+                let mut rec = rec.clone();
+                if let Err(e) = rec.unseal(sealer.as_ref()) {
+                    sealed_error.get_or_insert(e);
+                    return;
+                }
+                if let Some(v) = &vault {
+                    v.touch(&rec.data, rec.seq);
+                    v.reveal(&mut rec.data);
+                }
+                if let Some(id) = decision_id(&rec.kind, &rec.data) {
+                    index.insert(id, (pos.segment, pos.offset));
+                }
+                visit(&rec);
+            })?;
+            check_segment(p, *named, first, g, bytes.len())?;
+            if !file_last_at.is_empty() {
+                last_at = file_last_at;
             }
-            if let Some(id) = decision_id(&rec.kind, &rec.data) {
-                index.insert(id, offset);
+            match named {
+                Some(f) => {
+                    closed.push(Closed {
+                        first: *f,
+                        last: chain.seq,
+                        last_hash: chain.last_hash.clone(),
+                        last_at: last_at.clone(),
+                        path: p.clone(),
+                    });
+                    readers.insert(*f, std::sync::Arc::new(File::open(p).map_err(io(p))?));
+                }
+                None => {
+                    good = g;
+                    active_len = bytes.len();
+                    active_day = file_first_at
+                        .as_deref()
+                        .map(|a| utc_day(a).to_string())
+                        .unwrap_or_default();
+                    active_found = first;
+                }
             }
-            visit(&rec);
-        })?;
+        }
         if let Some(reason) = sealed_error {
             return Err(LogError::Damaged {
                 path: path.clone(),
@@ -275,28 +559,39 @@ impl DecisionLog {
                 reason,
             });
         }
-        let (seq, last_hash, good) = (scan.records, scan.head.clone(), scan.good_bytes as usize);
-        if good < bytes.len() {
-            file.set_len(good as u64).map_err(io)?;
-            file.sync_all().map_err(io)?;
+        chain.check_start(&path)?;
+        if good < active_len {
+            file.set_len(good as u64).map_err(io(&path))?;
+            file.sync_all().map_err(io(&path))?;
         }
-        let sync_file = file.try_clone().map_err(io)?;
-        let read_file = File::open(&path).map_err(io)?;
+        let active_first = active_found.unwrap_or(chain.seq + 1);
+        readers.insert(
+            active_first,
+            std::sync::Arc::new(File::open(&path).map_err(io(&path))?),
+        );
+        let sync_file = file.try_clone().map_err(io(&path))?;
         Ok(DecisionLog {
             inner: Mutex::new(Inner {
                 file,
                 len: good as u64,
-                seq,
-                last_hash,
+                seq: chain.seq,
+                last_hash: chain.last_hash,
+                last_at,
+                active_first,
+                active_day,
+                closed,
                 index,
             }),
-            sync_file,
-            read_file,
-            synced: Mutex::new(seq),
-            written: AtomicU64::new(seq),
+            sync_file: arc_swap::ArcSwap::from_pointee(sync_file),
+            readers: Mutex::new(readers),
+            synced: Mutex::new(chain.seq),
+            written: AtomicU64::new(chain.seq),
             sync,
+            dir: dir.to_path_buf(),
             path,
             sealer,
+            segment_bytes: segment_bytes.max(1),
+            vault,
         })
     }
 
@@ -307,23 +602,73 @@ impl DecisionLog {
         }
     }
 
+    /// Closes the open segment (fsynced, renamed for its first seq) and opens a new one.
+    fn rotate(&self, g: &mut Inner) -> Result<(), LogError> {
+        self.sync_vault()?;
+        g.file.sync_all().map_err(|e| self.io(e))?;
+        let closed_path = self.dir.join(segment_name(g.active_first));
+        std::fs::rename(&self.path, &closed_path).map_err(|e| self.io(e))?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&self.path)
+            .map_err(|e| self.io(e))?;
+        // The new name and the new file must be durable before records go into it.
+        sync_dir(&self.dir).map_err(|e| self.io(e))?;
+        let reader = File::open(&self.path).map_err(|e| self.io(e))?;
+        self.sync_file.store(std::sync::Arc::new(
+            file.try_clone().map_err(|e| self.io(e))?,
+        ));
+        self.readers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(g.seq + 1, std::sync::Arc::new(reader));
+        g.closed.push(Closed {
+            first: g.active_first,
+            last: g.seq,
+            last_hash: g.last_hash.clone(),
+            last_at: g.last_at.clone(),
+            path: closed_path,
+        });
+        g.file = file;
+        g.len = 0;
+        g.active_first = g.seq + 1;
+        g.active_day.clear();
+        Ok(())
+    }
+
     /// Appends a record and, with sync durability, makes it durable. Returns its seq.
     pub fn append(&self, kind: &str, key: &str, data: &serde_json::Value) -> Result<u64, LogError> {
-        let at = time::OffsetDateTime::now_utc()
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default();
+        let at = now_rfc3339();
+        // Entity fields encrypted under their entities' keys (erasure destroys a key).
+        let protected;
+        let (data, refs) = match &self.vault {
+            Some(v) if !CLEAR_KINDS.contains(&kind) => {
+                let mut d = data.clone();
+                let refs = v
+                    .protect(&mut d)
+                    .map_err(|e| self.io(std::io::Error::other(e.to_string())))?;
+                protected = d;
+                (&protected, refs)
+            }
+            _ => (data, Vec::new()),
+        };
         let seq = {
             let mut g = self
                 .inner
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if g.len > 0 && (g.len >= self.segment_bytes || g.active_day != utc_day(&at)) {
+                self.rotate(&mut g)?;
+            }
             let seq = g.seq + 1;
             let sealed = match &self.sealer {
-                Some(sl) => Some(
+                Some(sl) if !CLEAR_KINDS.contains(&kind) => Some(
                     sl.seal_text(data.to_string().as_bytes(), &seq.to_le_bytes())
                         .map_err(|e| self.io(std::io::Error::other(e)))?,
                 ),
-                None => None,
+                _ => None,
             };
             let body = serde_json::to_vec(&Body {
                 seq,
@@ -352,13 +697,20 @@ impl DecisionLog {
                 return Err(self.io(e));
             }
             if let Some(id) = decision_id(kind, data) {
-                let offset = g.len;
-                g.index.insert(id, offset);
+                let at = (g.active_first, g.len);
+                g.index.insert(id, at);
+            }
+            if g.len == 0 {
+                g.active_day = utc_day(&at).to_string();
             }
             g.len += line.len() as u64;
             g.seq = seq;
             g.last_hash = h;
+            g.last_at = at;
             self.written.store(seq, Ordering::Release);
+            if let Some(v) = &self.vault {
+                v.touch_refs(&refs, seq);
+            }
             seq
         };
         if self.sync {
@@ -377,14 +729,95 @@ impl DecisionLog {
             return Ok(());
         }
         let upto = self.written.load(Ordering::Acquire);
-        self.sync_file.sync_data().map_err(|e| self.io(e))?;
+        // The entity keys first: no durable record may use a key that is not.
+        self.sync_vault()?;
+        // A segment closed meanwhile was fsynced as it closed.
+        self.sync_file.load().sync_data().map_err(|e| self.io(e))?;
         *synced = upto;
         Ok(())
     }
 
+    fn sync_vault(&self) -> Result<(), LogError> {
+        match &self.vault {
+            Some(v) => v
+                .sync()
+                .map_err(|e| self.io(std::io::Error::other(e.to_string()))),
+            None => Ok(()),
+        }
+    }
+
+    /// Retention: removes the closed segments whose every record was written before
+    /// `before` and is at most record `through` (what a state snapshot already holds). A
+    /// `retention` record naming them is written (and made durable) first; then the files are
+    /// deleted, oldest first. Decisions in them can no longer be read back.
+    pub fn remove_before(
+        &self,
+        before: time::OffsetDateTime,
+        through: u64,
+        key: &str,
+    ) -> Result<Removed, LogError> {
+        let rfc = time::format_description::well_known::Rfc3339;
+        let expired: Vec<Closed> = {
+            let g = self
+                .inner
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            g.closed
+                .iter()
+                .take_while(|c| {
+                    c.last <= through
+                        && time::OffsetDateTime::parse(&c.last_at, &rfc).is_ok_and(|t| t < before)
+                })
+                .cloned()
+                .collect()
+        };
+        let Some(last) = expired.last() else {
+            return Ok(Removed::default());
+        };
+        let segments: Vec<serde_json::Value> = expired
+            .iter()
+            .map(|c| {
+                serde_json::json!({"first": c.first, "last": c.last, "last_hash": c.last_hash,
+                    "last_at": c.last_at})
+            })
+            .collect();
+        let before_text = before.format(&rfc).unwrap_or_default();
+        self.append(
+            "retention",
+            key,
+            &serde_json::json!({"older_than": before_text, "segments": segments}),
+        )?;
+        if !self.sync {
+            self.sync_to(self.records())?;
+        }
+        for c in &expired {
+            match std::fs::remove_file(&c.path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(self.io(e)),
+            }
+            self.readers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&c.first);
+        }
+        sync_dir(&self.dir).map_err(|e| self.io(e))?;
+        let removed: std::collections::HashSet<u64> = expired.iter().map(|c| c.first).collect();
+        let mut g = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        g.closed.retain(|c| !removed.contains(&c.first));
+        g.index.retain(|_, (seg, _)| !removed.contains(seg));
+        Ok(Removed {
+            segments: expired.len(),
+            through: last.last,
+        })
+    }
+
     /// The recorded decision of a transaction.
     pub fn decision(&self, transaction_id: &str) -> Result<Option<Record>, LogError> {
-        let offset = {
+        let (segment, offset) = {
             let g = self
                 .inner
                 .lock()
@@ -394,16 +827,16 @@ impl DecisionLog {
                 None => return Ok(None),
             }
         };
-        let line = self.read_line(offset)?;
+        let line = self.read_line(segment, offset)?;
         let (_, body) = split(&line).ok_or_else(|| LogError::Damaged {
             path: self.path.clone(),
             line: 0,
-            reason: format!("record at byte {offset} is not a log record"),
+            reason: format!("record at byte {offset} of segment {segment} is not a log record"),
         })?;
         let mut rec: Record = serde_json::from_slice(body).map_err(|_| LogError::Damaged {
             path: self.path.clone(),
             line: 0,
-            reason: format!("record at byte {offset} is not valid JSON"),
+            reason: format!("record at byte {offset} of segment {segment} is not valid JSON"),
         })?;
         rec.unseal(self.sealer.as_ref())
             .map_err(|reason| LogError::Damaged {
@@ -411,19 +844,30 @@ impl DecisionLog {
                 line: rec.seq,
                 reason,
             })?;
+        if let Some(v) = &self.vault {
+            v.reveal(&mut rec.data);
+        }
         Ok(Some(rec))
     }
 
-    fn read_line(&self, offset: u64) -> Result<Vec<u8>, LogError> {
+    fn read_line(&self, segment: u64, offset: u64) -> Result<Vec<u8>, LogError> {
         use std::os::unix::fs::FileExt;
+        let file = self
+            .readers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&segment)
+            .cloned()
+            .ok_or_else(|| LogError::Damaged {
+                path: self.path.clone(),
+                line: 0,
+                reason: format!("segment {segment} is not open"),
+            })?;
         let mut out = Vec::new();
         let mut buf = [0u8; 8192];
         let mut at = offset;
         loop {
-            let n = self
-                .read_file
-                .read_at(&mut buf, at)
-                .map_err(|e| self.io(e))?;
+            let n = file.read_at(&mut buf, at).map_err(|e| self.io(e))?;
             if n == 0 {
                 return Ok(out);
             }

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use fraud_core::features::{Extractor, LabelEvent, StateStore};
+use fraud_core::features::{Entity, Extractor, Field, LabelEvent, StateStore};
 use fraud_core::model::{Artifact, CompiledModel, Explainer};
 use fraud_core::pii::Tokenizer;
 use fraud_core::transaction::Transaction;
@@ -306,74 +306,97 @@ fn sample_transaction() -> Transaction {
 
 /// Applies one decision-log record to entity state, as it was applied when it was written:
 /// the memory state is rebuilt this way at start, so it always equals a replay of the log.
+/// A record whose card was erased (its key destroyed) changes nothing; an `erase` record
+/// whose key still exists (a stop between the record and the key's destruction) erases the
+/// entity again and returns the key ref, to be destroyed once a snapshot holds the state.
 pub fn replay_record(
     extractor: &Extractor,
     store: &dyn StateStore,
     rec: &super::decisions::Record,
-) -> Result<(), String> {
-    let tx = || -> Result<Transaction, String> {
+    vault: Option<&super::vault::Vault>,
+) -> Result<Option<String>, String> {
+    let tx = || -> Result<Option<Transaction>, String> {
+        if rec.data["transaction"]["card"]["token"].is_null() {
+            return Ok(None);
+        }
         serde_json::from_value(rec.data["transaction"].clone())
+            .map(Some)
             .map_err(|e| format!("record {}: the recorded transaction: {e}", rec.seq))
     };
     match rec.kind.as_str() {
         "decision" => {
-            store
-                .step(extractor, &tx()?)
-                .map_err(|e| format!("record {}: {e}", rec.seq))?;
+            if let Some(tx) = tx()? {
+                store
+                    .step(extractor, &tx)
+                    .map_err(|e| format!("record {}: {e}", rec.seq))?;
+            }
         }
         "erase" => {
-            // The id is not in the log: the entity is found among those held by its hash.
             let kind = rec.data["entity"].as_str().unwrap_or("");
-            let want = rec.data["key_sha256"].as_str().unwrap_or("");
-            if let Some(entity) = fraud_core::features::Entity::ALL
-                .iter()
-                .copied()
-                .find(|e| e.name() == kind)
-            {
+            // The id is not in the log: while its key exists, the entity is found among
+            // those held by the hash the key is filed under.
+            let key_ref = rec.data["key_ref"].as_str();
+            let want = key_ref.and_then(|r| vault.and_then(|v| v.entity_of(r)));
+            let entity = Entity::ALL.iter().copied().find(|e| e.name() == kind);
+            if let (Some(want), Some(entity)) = (want, entity) {
                 if let Some(memory) = store.as_memory() {
                     for (key, _) in memory.entities(entity) {
-                        if erase_hash(kind, &key) == want {
+                        if super::vault::entity_hash(kind, &key) == want {
                             memory
                                 .erase(entity, &key)
                                 .map_err(|e| format!("record {}: {e}", rec.seq))?;
                         }
                     }
                 }
+                return Ok(key_ref.map(str::to_string));
             }
         }
         "migrate" => {
             let (from, to) = (rec.data["from"].as_str(), rec.data["to"].as_str());
             if let (Some(from), Some(to)) = (from, to) {
                 store
-                    .rename(fraud_core::features::Entity::Card, from, to)
+                    .rename(Entity::Card, from, to)
                     .map_err(|e| format!("record {}: {e}", rec.seq))?;
             }
         }
         "label" => {
-            let tx = tx()?;
-            let obs = extractor.observe(&tx);
-            let event = LabelEvent {
-                id: obs.point.id,
-                ts: tx.timestamp_us,
-                is_fraud: rec.data["is_fraud"].as_bool().unwrap_or(false),
-                known_at: rec.data["known_at_us"].as_i64().unwrap_or(tx.timestamp_us),
-            };
-            store
-                .label(extractor, &obs, &event)
-                .map_err(|e| format!("record {}: {e}", rec.seq))?;
+            if let Some(tx) = tx()? {
+                let obs = extractor.observe(&tx);
+                let event = LabelEvent {
+                    id: obs.point.id,
+                    ts: tx.timestamp_us,
+                    is_fraud: rec.data["is_fraud"].as_bool().unwrap_or(false),
+                    known_at: rec.data["known_at_us"].as_i64().unwrap_or(tx.timestamp_us),
+                };
+                store
+                    .label(extractor, &obs, &event)
+                    .map_err(|e| format!("record {}: {e}", rec.seq))?;
+            }
         }
         _ => {}
     }
-    Ok(())
+    Ok(None)
 }
 
-/// How an erased entity is named in the log: SHA-256 of its kind and id.
-fn erase_hash(kind: &str, id: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(format!("erase:{kind}:{id}").as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+/// Whether the feature spec reads a field of the transaction that the decision log would
+/// otherwise leave out (IP address, e-mail): then it is kept, encrypted under its entity's
+/// key, so that replaying the log rebuilds the same state.
+fn spec_reads(extractor: &Extractor, entity: Entity, field: Field) -> bool {
+    let spec = extractor.spec();
+    extractor.entities().any(|e| e == entity)
+        || spec.first_seen.iter().any(|f| f.field == field)
+        || spec.distinct.iter().any(|d| d.field == field)
+}
+
+/// What became of a label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Labelled {
+    /// Applied and recorded.
+    Applied,
+    /// No decision of that transaction is recorded (or retention removed it).
+    Unknown,
+    /// The transaction's card was erased: its decision can no longer be labelled.
+    Erased,
 }
 
 /// Everything scoring needs, shared by the HTTP workers.
@@ -410,6 +433,13 @@ pub struct Engine {
     pub watch: super::watch::Watch,
     /// The memory store, when that is the backend (for snapshots).
     pub memory: Option<Arc<fraud_core::features::MemoryStore>>,
+    /// Per-entity keys of the decision log's entity fields (erasure destroys one).
+    pub vault: Option<Arc<super::vault::Vault>>,
+    /// Where the memory state's snapshot is written (`<data dir>/state/state.bin`).
+    pub snapshot_path: Option<std::path::PathBuf>,
+    /// Whether the decision log keeps the IP address and e-mail (the spec reads them).
+    keep_ip: bool,
+    keep_email: bool,
     /// Held shared while a transaction updates state and the log; held exclusively for the
     /// instant a snapshot copies the state, so the copy matches a log position exactly.
     cut: std::sync::RwLock<()>,
@@ -494,6 +524,8 @@ impl Engine {
         log: DecisionLog,
         reasons: usize,
     ) -> Self {
+        let keep_ip = spec_reads(&extractor, Entity::Ip, Field::Ip);
+        let keep_email = spec_reads(&extractor, Entity::Email, Field::Email);
         let metrics = Metrics::default();
         metrics.model("active", Some(&model.version), model.drift.clone());
         if let Some(s) = &shadow {
@@ -516,6 +548,10 @@ impl Engine {
             sealer: None,
             latest_us: std::sync::atomic::AtomicI64::new(i64::MIN),
             watch: super::watch::Watch::new(super::watch::WatchConfig::default()),
+            vault: None,
+            snapshot_path: None,
+            keep_ip,
+            keep_email,
             cut: std::sync::RwLock::new(()),
             busy: Mutex::new(HashSet::new()),
         }
@@ -625,10 +661,14 @@ impl Engine {
         if degraded {
             response["degraded"] = json!(true);
         }
-        // The minimised event: no IP address, no e-mail.
+        // The minimised event: no IP address, no e-mail, unless the features read them.
         let mut kept = tx.clone();
-        kept.ip = None;
-        kept.email = None;
+        if !self.keep_ip {
+            kept.ip = None;
+        }
+        if !self.keep_email {
+            kept.email = None;
+        }
         let named: serde_json::Map<String, Value> = self
             .extractor
             .names()
@@ -659,17 +699,20 @@ impl Engine {
         Ok(response)
     }
 
-    /// Applies one label: `Ok(false)` when no decision of that transaction is recorded.
+    /// Applies one label to the recorded decision of transaction `id`.
     pub fn label(
         &self,
         id: &str,
         is_fraud: bool,
         known_at_us: Option<i64>,
         caller: &str,
-    ) -> Result<bool, Problem> {
+    ) -> Result<Labelled, Problem> {
         let Some(rec) = self.log.decision(id).map_err(Problem::from_log)? else {
-            return Ok(false);
+            return Ok(Labelled::Unknown);
         };
+        if rec.data["transaction"]["card"]["token"].is_null() {
+            return Ok(Labelled::Erased);
+        }
         let tx: Transaction = serde_json::from_value(rec.data["transaction"].clone())
             .map_err(|e| Problem::internal(format!("recorded transaction: {e}")))?;
         let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000;
@@ -701,7 +744,7 @@ impl Engine {
             )
             .map_err(Problem::from_log)?;
         self.metrics.label(is_fraud);
-        Ok(true)
+        Ok(Labelled::Applied)
     }
 
     /// Makes `model` active or the shadow (`None` removes the shadow).
@@ -785,35 +828,74 @@ impl Engine {
         Ok(())
     }
 
-    /// Erases one entity (GDPR): its state is removed, and an `erase` record (naming the
-    /// entity by a hash, not its id) makes every later replay of the log remove it again.
+    /// Erases one entity (GDPR): its state is removed; an `erase` record is written (naming
+    /// the entity's key by its random ref, not the id); the memory state is snapshotted so
+    /// that no restart needs the records before it; then the entity's key is destroyed, which
+    /// leaves every earlier record unable to name it.
     pub fn erase(&self, kind: &str, id: &str, caller: &str) -> Result<bool, Problem> {
-        let Some(entity) = fraud_core::features::Entity::ALL
-            .iter()
-            .copied()
-            .find(|e| e.name() == kind)
-        else {
+        let Some(entity) = Entity::ALL.iter().copied().find(|e| e.name() == kind) else {
             return Err(Problem::bad_field(
                 "kind",
                 format!("`{kind}` is not an entity (card, customer, merchant, terminal, device, ip, email)"),
             ));
         };
-        let _cut = self
-            .cut
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let held = self
-            .store
-            .erase(entity, id)
-            .map_err(|e| Problem::unavailable(format!("entity state: {e}")))?;
-        self.log
-            .append(
-                "erase",
-                caller,
-                &json!({"entity": kind, "key_sha256": erase_hash(kind, id), "held": held}),
-            )
-            .map_err(Problem::from_log)?;
-        Ok(held)
+        let key_ref = self.vault.as_ref().and_then(|v| v.key_ref(kind, id));
+        let held = {
+            let _cut = self
+                .cut
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let held = self
+                .store
+                .erase(entity, id)
+                .map_err(|e| Problem::unavailable(format!("entity state: {e}")))?;
+            self.log
+                .append(
+                    "erase",
+                    caller,
+                    &json!({"entity": kind, "key_ref": key_ref, "held": held}),
+                )
+                .map_err(Problem::from_log)?;
+            held
+        };
+        let logged = key_ref.is_some();
+        if let Some(r) = key_ref {
+            self.shred(&[r]).map_err(Problem::internal)?;
+        }
+        Ok(held || logged)
+    }
+
+    /// Destroys entity keys once the memory state no longer needs the records they open: a
+    /// snapshot is written first (the state is then never rebuilt from before it).
+    pub fn shred(&self, refs: &[String]) -> Result<usize, String> {
+        let Some(vault) = &self.vault else {
+            return Ok(0);
+        };
+        if let Some(path) = &self.snapshot_path {
+            self.snapshot(path)?;
+        }
+        vault.destroy(refs).map_err(|e| e.to_string())
+    }
+
+    /// Retention: removes decision-log segments whose records are all older than
+    /// `period_s` (wall clock), once a state snapshot holds them, and the entity keys only
+    /// they used. Returns (segments, keys) removed.
+    pub fn retain(&self, period_s: u64) -> Result<(usize, usize), String> {
+        let before = time::OffsetDateTime::now_utc()
+            - time::Duration::seconds(i64::try_from(period_s).unwrap_or(i64::MAX / 2));
+        let through = match &self.snapshot_path {
+            Some(path) if self.memory.is_some() => self.snapshot(path)?.unwrap_or(0),
+            _ => self.log.records(),
+        };
+        let removed = self
+            .log
+            .remove_before(before, through, "retention")
+            .map_err(|e| e.to_string())?;
+        let keys = match (&self.vault, removed.through) {
+            (Some(v), t) if t > 0 => v.drop_unused(t).map_err(|e| e.to_string())?,
+            _ => 0,
+        };
+        Ok((removed.segments, keys))
     }
 
     /// Retention: drops the entities idle for longer than the spec's retention before the

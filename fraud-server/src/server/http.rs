@@ -356,20 +356,22 @@ async fn labels(app: Data, req: HttpRequest, payload: web::Payload) -> HttpRespo
             parsed.push((l.transaction_id, l.is_fraud, at));
         }
         let engine = app.engine.clone();
-        let (accepted, unknown) = blocking(move || {
+        let (accepted, unknown, erased) = blocking(move || {
             let mut accepted = 0usize;
-            let mut unknown = Vec::new();
+            let (mut unknown, mut erased) = (Vec::new(), Vec::new());
             for (id, fraud, at) in parsed {
-                if engine.label(&id, fraud, at, &caller.name)? {
-                    accepted += 1;
-                } else {
-                    unknown.push(id);
+                match engine.label(&id, fraud, at, &caller.name)? {
+                    super::engine::Labelled::Applied => accepted += 1,
+                    super::engine::Labelled::Unknown => unknown.push(id),
+                    super::engine::Labelled::Erased => erased.push(id),
                 }
             }
-            Ok((accepted, unknown))
+            Ok((accepted, unknown, erased))
         })
         .await?;
-        Ok(ok_json(&json!({ "accepted": accepted, "unknown": unknown })))
+        Ok(ok_json(
+            &json!({ "accepted": accepted, "unknown": unknown, "erased": erased }),
+        ))
     }
     .await;
     finish(&app, "/v1/labels", started, r)
@@ -439,6 +441,7 @@ async fn decision(app: Data, req: HttpRequest, id: web::Path<String>) -> HttpRes
                 "transaction": rec.data["transaction"],
                 "features": rec.data["features"],
                 "shadow": rec.data["shadow"],
+                "erased_fields": rec.data.get("erased_fields").cloned().unwrap_or(json!([])),
             }))),
         }
     }

@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod problem;
 pub mod seal;
+pub mod vault;
 pub mod watch;
 
 use std::path::{Path, PathBuf};
@@ -207,10 +208,14 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
     let mut failure = None;
     let mut replayed = 0u64;
     let mut installed: [Option<Option<String>>; 2] = [None, None];
+    let vault = Arc::new(vault::Vault::open(&cfg.data_dir, sealer.clone())?);
+    let mut pending_shred = Vec::new();
     let log = decisions::DecisionLog::open(
         &log_dir,
         cfg.log_durability == "sync",
         sealer.clone(),
+        cfg.log_segment_bytes,
+        Some(vault.clone()),
         |rec| {
             if rec.kind == "model" {
                 let slot = usize::from(rec.data["role"] == "shadow");
@@ -218,8 +223,10 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
             }
             if replay && rec.seq > snapshot_tag && failure.is_none() {
                 replayed += 1;
-                if let Err(e) = engine::replay_record(&extractor, store.as_ref(), rec) {
-                    failure = Some(e);
+                match engine::replay_record(&extractor, store.as_ref(), rec, Some(&vault)) {
+                    Ok(Some(key_ref)) => pending_shred.push(key_ref),
+                    Ok(None) => {}
+                    Err(e) => failure = Some(e),
                 }
             }
         },
@@ -248,6 +255,8 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
     engine.models_dir = Some(cfg.data_dir.join("models"));
     engine.memory = memory;
     engine.sealer = sealer;
+    engine.vault = Some(vault);
+    engine.snapshot_path = Some(cfg.data_dir.join("state").join("state.bin"));
     for (slot, shadow) in [(0usize, false), (1, true)] {
         match &installed[slot] {
             // An uploaded model named by the log: restored.
@@ -284,6 +293,12 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
             Tokenizer::new(&key)
                 .with_context(|| format!("config: previous_tokenization_key_files[{i}]"))?,
         );
+    }
+    if !pending_shred.is_empty() {
+        // Erasures recorded before a stop that came before their keys were destroyed.
+        engine
+            .shred(&pending_shred)
+            .map_err(|e| anyhow::anyhow!("finishing an erasure: {e}"))?;
     }
     let engine = Arc::new(engine);
     let workers = if cfg.limits.workers == 0 {
@@ -394,6 +409,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         cfg.data_dir.join("state"),
         Duration::from_millis(cfg.state.snapshot_interval_ms),
     );
+    if let Some(r) = &cfg.retention {
+        let period =
+            config::parse_period(r).map_err(|e| anyhow::anyhow!("config: retention: {e}"))?;
+        retention(
+            engine.clone(),
+            period,
+            Duration::from_secs(cfg.retention_check_s),
+        );
+    }
     let bind = service.bind.clone();
     let workers = service.workers;
     let state = actix_web::web::Data::new(service.state);
@@ -417,4 +441,19 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         println!("listening on {scheme}://{bind}");
         server.run().await.context("server")
     })
+}
+
+/// Removes decision-log segments (and the entity keys only they used) older than the
+/// retention period, every `every`.
+fn retention(engine: Arc<engine::Engine>, period_s: u64, every: Duration) {
+    std::thread::spawn(move || loop {
+        match engine.retain(period_s) {
+            Ok((0, _)) => {}
+            Ok((segments, keys)) => println!(
+                "retention: removed {segments} decision-log segment(s) and {keys} entity key(s) older than {period_s} s"
+            ),
+            Err(e) => eprintln!("warning: retention failed: {e}"),
+        }
+        std::thread::sleep(every);
+    });
 }

@@ -63,7 +63,7 @@ pub fn document() -> Value {
                 "BatchResult": {"type": "object", "properties": {"results": {"type": "array", "items": {"oneOf": [{"$ref": "#/components/schemas/Decision"}, {"type": "object", "properties": {"error": {"type": "object"}}}]}}}},
                 "Labels": {"type": "object", "required": ["labels"], "properties": {"labels": {"type": "array", "items": {"type": "object", "required": ["transaction_id", "is_fraud"],
                     "properties": {"transaction_id": {"type": "string"}, "is_fraud": {"type": "boolean"}, "reported_at": {"type": "string", "format": "date-time"}}}}}},
-                "LabelResult": {"type": "object", "properties": {"accepted": {"type": "integer"}, "unknown": {"type": "array", "items": {"type": "string"}}}},
+                "LabelResult": {"type": "object", "properties": {"accepted": {"type": "integer"}, "unknown": {"type": "array", "items": {"type": "string"}}, "erased": {"type": "array", "items": {"type": "string"}}}},
                 "DecisionRecord": {"type": "object", "properties": {"seq": {"type": "integer"}, "recorded_at": {"type": "string"}, "key": {"type": "string"},
                     "response": {"$ref": "#/components/schemas/Decision"}, "transaction": {"type": "object"}, "features": {"type": "object"}, "shadow": {"type": ["object", "null"]}}},
                 "Problem": {"type": "object", "properties": {"type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"}, "detail": {"type": "string"},

@@ -1,0 +1,537 @@
+//! Erasure by crypto-shredding: every entity (card, customer, merchant, terminal, device, IP,
+//! e-mail) named in a decision-log record gets its own random key, and the fields naming it
+//! are encrypted with that key (AES-256-GCM) before the record is written. Erasing the entity
+//! destroys its key: the records written before stay in the hash chain, byte for byte, but
+//! nothing in them can name the entity again.
+//!
+//! Keys live in `<data dir>/vault/keys`, one line each: `<key ref> <entity hash> <key>`, where
+//! the entity hash is SHA-256 of its kind and id (to find the key of an id) and the key is
+//! base64, sealed with the encryption key when one is configured. New keys are appended and
+//! fsynced before the log record that uses them is (see [`Vault::sync`]); destroying one
+//! rewrites the file without it (atomically) and fsyncs it. Keys that no record kept any
+//! longer uses are dropped by retention the same way.
+//!
+//! In a record, a protected field holds `shred1:<key ref>:<base64 of nonce + ciphertext>`;
+//! when the key is gone it reads back as `null`, and the record lists the field under
+//! `erased_fields`.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use base64::Engine as _;
+use serde_json::Value;
+
+use super::seal::Sealer;
+
+const PREFIX: &str = "shred1:";
+
+/// Which fields of a record name which entity, and where that entity's id is read.
+/// (kind, id pointer, protected pointers)
+const FIELDS: &[(&str, &str, &[&str])] = &[
+    (
+        "card",
+        "/transaction/card/token",
+        &[
+            "/transaction/card/token",
+            "/transaction/card/mask",
+            "/response/card_mask",
+        ],
+    ),
+    // A card migrated to its token under a new tokenization key: both tokens are the card's.
+    ("card", "/to", &["/from", "/to"]),
+    (
+        "customer",
+        "/transaction/customer_id",
+        &["/transaction/customer_id"],
+    ),
+    (
+        "merchant",
+        "/transaction/merchant_id",
+        &["/transaction/merchant_id"],
+    ),
+    (
+        "terminal",
+        "/transaction/terminal_id",
+        &["/transaction/terminal_id"],
+    ),
+    (
+        "device",
+        "/transaction/device_id",
+        &["/transaction/device_id"],
+    ),
+    ("ip", "/transaction/ip", &["/transaction/ip"]),
+    ("email", "/transaction/email", &["/transaction/email"]),
+];
+
+/// Why the vault cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    /// Reading or writing the key file failed.
+    #[error("entity key vault {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The key file is damaged or sealed with another key.
+    #[error("entity key vault {path}: line {line}: {reason}")]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Encryption failed.
+    #[error("entity key vault: {0}")]
+    Crypto(String),
+}
+
+struct EntityKey {
+    key_ref: String,
+    entity: String,
+    raw: [u8; 32],
+    cipher: Sealer,
+    /// The last log record that uses it (0: none seen yet).
+    last_seq: AtomicU64,
+}
+
+struct Inner {
+    file: File,
+    by_entity: HashMap<String, Arc<EntityKey>>,
+    by_ref: HashMap<String, Arc<EntityKey>>,
+}
+
+/// The per-entity keys.
+pub struct Vault {
+    path: PathBuf,
+    sealer: Option<Sealer>,
+    inner: Mutex<Inner>,
+    dirty: AtomicBool,
+}
+
+/// How an entity is named where its id must not be: SHA-256 of its kind and id.
+pub fn entity_hash(kind: &str, id: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(format!("erase:{kind}:{id}").as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn b64() -> base64::engine::GeneralPurpose {
+    base64::engine::general_purpose::STANDARD
+}
+
+impl Vault {
+    /// Opens (creating) `<data dir>/vault/keys`; `sealer` wraps the keys at rest.
+    pub fn open(data_dir: &Path, sealer: Option<Sealer>) -> Result<Self, VaultError> {
+        let dir = data_dir.join("vault");
+        let path = dir.join("keys");
+        let io = |source| VaultError::Io {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(io(e)),
+        };
+        let mut by_entity = HashMap::new();
+        let mut by_ref = HashMap::new();
+        let whole = text.rfind('\n').map_or(0, |i| i + 1);
+        for (i, line) in text[..whole].lines().enumerate() {
+            let damaged = |reason: String| VaultError::Damaged {
+                path: path.clone(),
+                line: i + 1,
+                reason,
+            };
+            let mut parts = line.split(' ');
+            let (Some(key_ref), Some(entity), Some(key), None) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                return Err(damaged("not `<ref> <entity> <key>`".into()));
+            };
+            let raw = match (key.strip_prefix("s:"), &sealer) {
+                (Some(sealed), Some(s)) => {
+                    s.open_text(sealed, key_ref.as_bytes()).map_err(damaged)?
+                }
+                (Some(_), None) => {
+                    return Err(damaged(
+                        "the keys are sealed: the encryption key is needed".into(),
+                    ))
+                }
+                (None, _) => b64()
+                    .decode(key)
+                    .map_err(|_| damaged("the key is not base64".into()))?,
+            };
+            let raw: [u8; 32] = raw
+                .try_into()
+                .map_err(|_| damaged("the key is not 32 bytes".into()))?;
+            let k = Arc::new(EntityKey {
+                key_ref: key_ref.to_string(),
+                entity: entity.to_string(),
+                cipher: Sealer::new(&raw).map_err(VaultError::Crypto)?,
+                raw,
+                last_seq: AtomicU64::new(0),
+            });
+            by_entity.insert(k.entity.clone(), k.clone());
+            by_ref.insert(k.key_ref.clone(), k);
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io)?;
+        if whole < text.len() {
+            // A key line cut short by a crash: no record that was made durable uses it.
+            file.set_len(whole as u64).map_err(io)?;
+            file.sync_all().map_err(io)?;
+        }
+        file.flush().map_err(io)?;
+        Ok(Vault {
+            path,
+            sealer,
+            inner: Mutex::new(Inner {
+                file,
+                by_entity,
+                by_ref,
+            }),
+            dirty: AtomicBool::new(false),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn line(&self, k: &EntityKey) -> Result<String, VaultError> {
+        let key = match &self.sealer {
+            Some(s) => format!(
+                "s:{}",
+                s.seal_text(&k.raw, k.key_ref.as_bytes())
+                    .map_err(VaultError::Crypto)?
+            ),
+            None => b64().encode(k.raw),
+        };
+        Ok(format!("{} {} {key}\n", k.key_ref, k.entity))
+    }
+
+    /// The key of an entity, made (and written) on first use.
+    fn key_for(&self, kind: &str, id: &str) -> Result<Arc<EntityKey>, VaultError> {
+        let entity = entity_hash(kind, id);
+        let mut g = self.lock();
+        if let Some(k) = g.by_entity.get(&entity) {
+            return Ok(k.clone());
+        }
+        let mut raw = [0u8; 32];
+        let mut r = [0u8; 12];
+        getrandom::fill(&mut raw)
+            .and_then(|()| getrandom::fill(&mut r))
+            .map_err(|_| VaultError::Crypto("no randomness from the OS".into()))?;
+        let key_ref: String = r.iter().map(|b| format!("{b:02x}")).collect();
+        let k = Arc::new(EntityKey {
+            key_ref,
+            entity,
+            cipher: Sealer::new(&raw).map_err(VaultError::Crypto)?,
+            raw,
+            last_seq: AtomicU64::new(0),
+        });
+        let line = self.line(&k)?;
+        g.file
+            .write_all(line.as_bytes())
+            .map_err(|source| VaultError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        self.dirty.store(true, Ordering::Release);
+        g.by_entity.insert(k.entity.clone(), k.clone());
+        g.by_ref.insert(k.key_ref.clone(), k.clone());
+        Ok(k)
+    }
+
+    /// Makes the keys written so far durable (called before the log's fsync, so that no
+    /// durable record uses a key that is not).
+    pub fn sync(&self) -> Result<(), VaultError> {
+        if self.dirty.swap(false, Ordering::AcqRel) {
+            let file = self
+                .lock()
+                .file
+                .try_clone()
+                .map_err(|source| VaultError::Io {
+                    path: self.path.clone(),
+                    source,
+                })?;
+            if let Err(source) = file.sync_data() {
+                self.dirty.store(true, Ordering::Release);
+                return Err(VaultError::Io {
+                    path: self.path.clone(),
+                    source,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Encrypts the entity fields of a record's data in place, each under its entity's key;
+    /// returns the key refs used.
+    pub fn protect(&self, data: &mut Value) -> Result<Vec<String>, VaultError> {
+        let mut used = Vec::new();
+        for (kind, id_at, fields) in FIELDS {
+            let Some(id) = data
+                .pointer(id_at)
+                .and_then(Value::as_str)
+                .map(str::to_string)
+            else {
+                continue;
+            };
+            let key = self.key_for(kind, &id)?;
+            for f in *fields {
+                if let Some(v) = data.pointer_mut(f) {
+                    if let Some(s) = v.as_str() {
+                        let sealed = key
+                            .cipher
+                            .seal(s.as_bytes(), f.as_bytes())
+                            .map_err(VaultError::Crypto)?;
+                        *v = Value::String(format!(
+                            "{PREFIX}{}:{}",
+                            key.key_ref,
+                            b64().encode(sealed)
+                        ));
+                    }
+                }
+            }
+            used.push(key.key_ref.clone());
+        }
+        Ok(used)
+    }
+
+    /// Decrypts a record's protected fields in place; a field whose key was destroyed
+    /// becomes `null` and is listed under `erased_fields`.
+    pub fn reveal(&self, data: &mut Value) {
+        let mut erased = Vec::new();
+        for (_, _, fields) in FIELDS {
+            for f in *fields {
+                let Some(v) = data.pointer_mut(f) else {
+                    continue;
+                };
+                let Some((key_ref, sealed)) = v
+                    .as_str()
+                    .and_then(|s| s.strip_prefix(PREFIX))
+                    .and_then(|s| s.split_once(':'))
+                else {
+                    continue;
+                };
+                let key = self.lock().by_ref.get(key_ref).cloned();
+                let plain = key.and_then(|k| {
+                    let bytes = b64().decode(sealed).ok()?;
+                    let plain = k.cipher.open(&bytes, f.as_bytes()).ok()?;
+                    String::from_utf8(plain).ok()
+                });
+                match plain {
+                    Some(p) => *v = Value::String(p),
+                    None => {
+                        *v = Value::Null;
+                        erased.push(Value::String(f.trim_start_matches('/').replace('/', ".")));
+                    }
+                }
+            }
+        }
+        if !erased.is_empty() {
+            if let Some(obj) = data.as_object_mut() {
+                obj.insert("erased_fields".into(), Value::Array(erased));
+            }
+        }
+    }
+
+    /// Notes that record `seq` uses the keys of `data` (a record as written).
+    pub fn touch(&self, data: &Value, seq: u64) {
+        let g = self.lock();
+        for (_, id_at, _) in FIELDS {
+            let key_ref = data
+                .pointer(id_at)
+                .and_then(Value::as_str)
+                .and_then(|s| s.strip_prefix(PREFIX))
+                .and_then(|s| s.split_once(':'))
+                .map(|(r, _)| r);
+            if let Some(k) = key_ref.and_then(|r| g.by_ref.get(r)) {
+                k.last_seq.fetch_max(seq, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Notes that record `seq` uses the keys `refs`.
+    pub fn touch_refs(&self, refs: &[String], seq: u64) {
+        let g = self.lock();
+        for r in refs {
+            if let Some(k) = g.by_ref.get(r) {
+                k.last_seq.fetch_max(seq, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The key ref of an entity, if it has a key.
+    pub fn key_ref(&self, kind: &str, id: &str) -> Option<String> {
+        self.lock()
+            .by_entity
+            .get(&entity_hash(kind, id))
+            .map(|k| k.key_ref.clone())
+    }
+
+    /// The entity hash a key ref belongs to, while the key exists.
+    pub fn entity_of(&self, key_ref: &str) -> Option<String> {
+        self.lock().by_ref.get(key_ref).map(|k| k.entity.clone())
+    }
+
+    /// Destroys keys: the file is rewritten without them (atomically, fsynced). Returns how
+    /// many were destroyed.
+    pub fn destroy(&self, refs: &[String]) -> Result<usize, VaultError> {
+        let mut g = self.lock();
+        let mut n = 0;
+        for r in refs {
+            if let Some(k) = g.by_ref.remove(r) {
+                g.by_entity.remove(&k.entity);
+                n += 1;
+            }
+        }
+        if n > 0 {
+            self.rewrite(&mut g)?;
+        }
+        Ok(n)
+    }
+
+    /// Retention: destroys the keys whose last use is record `through` or earlier (the
+    /// records using them were removed). Returns how many.
+    pub fn drop_unused(&self, through: u64) -> Result<usize, VaultError> {
+        let old: Vec<String> = self
+            .lock()
+            .by_ref
+            .values()
+            .filter(|k| {
+                let last = k.last_seq.load(Ordering::Relaxed);
+                last > 0 && last <= through
+            })
+            .map(|k| k.key_ref.clone())
+            .collect();
+        self.destroy(&old)
+    }
+
+    fn rewrite(&self, g: &mut Inner) -> Result<(), VaultError> {
+        let mut text = String::new();
+        let mut keys: Vec<&Arc<EntityKey>> = g.by_ref.values().collect();
+        keys.sort_by(|a, b| a.key_ref.cmp(&b.key_ref));
+        for k in keys {
+            text.push_str(&self.line(k)?);
+        }
+        let io = |source| VaultError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        fraud_core::features::durable::write_atomic(&self.path, text.as_bytes())
+            .map_err(|e| io(std::io::Error::other(e.to_string())))?;
+        g.file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .map_err(io)?;
+        self.dirty.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    /// Number of keys held.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.lock().by_ref.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn record() -> Value {
+        json!({
+            "transaction_id": "t1",
+            "transaction": {"card": {"token": "tok_a", "mask": "411111******1111"},
+                "customer_id": "C1", "merchant_id": "M1", "device_id": null},
+            "response": {"card_mask": "411111******1111"},
+        })
+    }
+
+    #[test]
+    fn protects_reveals_and_shreds() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let v = Vault::open(dir.path(), None).unwrap_or_else(|e| panic!("{e}"));
+        let mut r = record();
+        let used = v.protect(&mut r).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(used.len(), 3);
+        let text = r.to_string();
+        for clear in ["tok_a", "411111", "C1", "M1"] {
+            assert!(!text.contains(clear), "{clear} in {text}");
+        }
+        assert_eq!(r["transaction_id"], "t1");
+        let mut back = r.clone();
+        v.reveal(&mut back);
+        assert_eq!(back, record());
+        // Another process sees the same keys.
+        v.sync().unwrap_or_else(|e| panic!("{e}"));
+        let again = Vault::open(dir.path(), None).unwrap_or_else(|e| panic!("{e}"));
+        let mut back = r.clone();
+        again.reveal(&mut back);
+        assert_eq!(back, record());
+        // Shredding the customer: only its field is gone, for good.
+        let cref = v.key_ref("customer", "C1").unwrap_or_default();
+        assert_eq!(v.destroy(&[cref]).ok(), Some(1));
+        let reopened = Vault::open(dir.path(), None).unwrap_or_else(|e| panic!("{e}"));
+        let mut back = r.clone();
+        reopened.reveal(&mut back);
+        assert_eq!(back["transaction"]["customer_id"], Value::Null);
+        assert_eq!(back["transaction"]["merchant_id"], "M1");
+        assert_eq!(back["erased_fields"], json!(["transaction.customer_id"]));
+        assert!(reopened.key_ref("customer", "C1").is_none());
+        // A new use of the same id gets a new key.
+        let mut r2 = record();
+        reopened.protect(&mut r2).unwrap_or_else(|e| panic!("{e}"));
+        assert!(reopened.key_ref("customer", "C1").is_some());
+    }
+
+    #[test]
+    fn sealed_keys_need_the_encryption_key() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let s = Sealer::new(&[3u8; 32]).unwrap_or_else(|e| panic!("{e}"));
+        let v = Vault::open(dir.path(), Some(s.clone())).unwrap_or_else(|e| panic!("{e}"));
+        let mut r = record();
+        v.protect(&mut r).unwrap_or_else(|e| panic!("{e}"));
+        let text = std::fs::read_to_string(dir.path().join("vault/keys")).unwrap_or_default();
+        assert!(text.lines().all(|l| l.contains(" s:")), "{text}");
+        assert!(Vault::open(dir.path(), None).is_err());
+        assert!(Vault::open(dir.path(), Some(s)).is_ok());
+    }
+
+    #[test]
+    fn retention_drops_keys_last_used_before() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let v = Vault::open(dir.path(), None).unwrap_or_else(|e| panic!("{e}"));
+        let mut r = record();
+        let used = v.protect(&mut r).unwrap_or_else(|e| panic!("{e}"));
+        v.touch_refs(&used, 5);
+        let mut r2 = json!({"transaction": {"card": {"token": "tok_b"}}});
+        let used2 = v.protect(&mut r2).unwrap_or_else(|e| panic!("{e}"));
+        v.touch(&r2, 9);
+        assert_eq!(used2.len(), 1);
+        assert_eq!(v.drop_unused(5).ok(), Some(3));
+        assert_eq!(v.len(), 1);
+        let mut back = r2.clone();
+        v.reveal(&mut back);
+        assert_eq!(back["transaction"]["card"]["token"], "tok_b");
+    }
+}
