@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Runs every test of the project on a fresh machine: installs what it needs (redis-server
-# from Debian's packages; a Python venv with XGBoost, LightGBM and pytest, under .venv), checks
+# Runs every test of the project on a fresh machine: installs what it needs (redis-server and
+# chromium from Debian's packages; a Python venv with XGBoost, LightGBM, Playwright and
+# pytest, under .venv), checks
 # formatting and lints, runs the Rust tests (those that need Redis start their own
 # redis-server on a free local port), then the Python parity tests against the freshly built
-# `fraud` binary, then builds the `fraudscore` Python package and runs its tests.
+# `fraud` binary, then builds the `fraudscore` Python package and runs its tests, then drives
+# the review console in headless Chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -11,13 +13,17 @@ export CARGO_TERM_COLOR=never
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "redis-server (Debian package)"
-if ! command -v redis-server >/dev/null 2>&1; then
+step "redis-server and chromium (Debian packages)"
+missing=""
+command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
+[ -x /usr/bin/chromium ] || missing="$missing chromium"
+if [ -n "$missing" ]; then
     sudo=""
     if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
     export DEBIAN_FRONTEND=noninteractive
     $sudo apt-get update -qq
-    $sudo apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+    # shellcheck disable=SC2086
+    $sudo apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
 # The tests start their own servers; the one the package may have started is not used.
 redis-server --version
@@ -44,5 +50,10 @@ FRAUD_BIN="$root/target/debug/fraud" .venv/bin/python -m pytest -q fraud-core/te
 step "Python package fraudscore (built with maturin into .venv, then its pytest suite)"
 .venv/bin/python -m pip install --quiet ./fraud-py
 FRAUD_BIN="$root/target/debug/fraud" .venv/bin/python -m pytest -q fraud-py/tests
+
+step "Review console end to end (headless Chromium driven by Playwright)"
+FRAUD_BIN="$root/target/debug/fraud" CHROMIUM=/usr/bin/chromium \
+    .venv/bin/python -m pytest -q fraud-server/tests/console
+echo "screenshots: $root/target/console-screenshots/"
 
 step "all tests passed"

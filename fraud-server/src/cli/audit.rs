@@ -3,8 +3,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
-
 use crate::server::decisions::{log_dir, verify_dir};
 
 #[derive(Debug, clap::Subcommand)]
@@ -99,13 +97,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         } => {
             let sealer = match &encryption_key_file {
                 None => None,
-                Some(p) => Some(
-                    crate::server::seal::Sealer::new(
-                        &std::fs::read(p)
-                            .with_context(|| format!("cannot read {}", p.display()))?,
-                    )
-                    .map_err(anyhow::Error::msg)?,
-                ),
+                Some(p) => {
+                    Some(crate::server::seal::Sealer::from_file(p).map_err(anyhow::Error::msg)?)
+                }
             };
             let from = super::day_or_time("--since", &since)?;
             let rfc = time::format_description::well_known::Rfc3339;

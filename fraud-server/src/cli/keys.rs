@@ -24,7 +24,7 @@ pub enum Command {
         #[arg(long)]
         expires: Option<String>,
     },
-    /// Every key with roles, creation, expiry, last use and request counts.
+    /// Every key and console user with roles, creation, expiry, last use and request counts.
     List,
     /// Revoke a key by name.
     Revoke {
@@ -41,6 +41,9 @@ pub struct Args {
     /// The keys file (default: `<data dir>/keys.json`).
     #[arg(long, global = true)]
     keys_file: Option<PathBuf>,
+    /// The console users file (default: `<data dir>/users.json`), listed too.
+    #[arg(long, global = true)]
+    users_file: Option<PathBuf>,
     /// The data directory (for the default keys file and the usage in the log).
     #[arg(long, global = true, default_value = "fraud-data")]
     data_dir: PathBuf,
@@ -113,6 +116,21 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                     r.created,
                     r.expires.as_deref().unwrap_or("never"),
                     if r.revoked { "revoked" } else { "active" },
+                    if last.is_empty() { "never" } else { &last },
+                    n,
+                    reads
+                ));
+            }
+            // Console users: their actions are recorded under `console:<name>`.
+            let users_path = super::users::users_path(&a.users_file, &a.data_dir);
+            for u in crate::server::users::read_records(&users_path)? {
+                let key = format!("console:{}", u.name);
+                let (n, reads, last) = usage.get(&key).cloned().unwrap_or_default();
+                out.push_str(&format!(
+                    "{key}\t{} (console user)\t{}\tnever\t{}\t{}\t{}\t{}\n",
+                    u.role.name(),
+                    u.created,
+                    if u.disabled { "disabled" } else { "active" },
                     if last.is_empty() { "never" } else { &last },
                     n,
                     reads

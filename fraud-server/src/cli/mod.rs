@@ -12,6 +12,7 @@ mod keys;
 mod predict;
 mod report;
 mod train;
+mod users;
 
 use std::path::PathBuf;
 
@@ -57,6 +58,8 @@ enum Command {
     Audit(audit::Args),
     /// Create, list and revoke API keys.
     Keys(keys::Args),
+    /// Create, list, disable and enable review-console users.
+    Users(users::Args),
 }
 
 /// The model, the CSV it reads and the worker threads: shared by predict, bench, evaluate.
@@ -98,6 +101,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(a) => crate::server::run(a),
         Command::Audit(a) => audit::run(a),
         Command::Keys(a) => keys::run(a),
+        Command::Users(a) => users::run(a),
     }
 }
 

@@ -82,6 +82,73 @@ pub struct Lists {
     pub block: ListConfig,
 }
 
+/// The review console (`/console/`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Serve the console.
+    pub enabled: bool,
+    /// Users file; `<data_dir>/users.json` when absent.
+    pub users_file: Option<PathBuf>,
+    /// A session ends after this long without a request (seconds).
+    pub idle_timeout_s: u64,
+    /// A session ends this long after login whatever happens (seconds).
+    pub absolute_timeout_s: u64,
+    /// Wrong logins in a row before a lock-out.
+    pub max_failures: u32,
+    /// How long a lock-out lasts (seconds).
+    pub lockout_s: u64,
+    /// Transaction fields an `analyst` sees (admins see every recorded field). The masked
+    /// card, amount, time, score, reasons and rules are always shown. Known fields:
+    /// customer_id, merchant_id, mcc, terminal_id, channel, card_country, merchant_country,
+    /// ip, ip_country, device_id, email, latitude, longitude.
+    pub analyst_fields: Vec<String>,
+    /// Cases per queue page.
+    pub page_size: usize,
+}
+
+/// Transaction fields the console can show.
+pub const CONSOLE_FIELDS: &[&str] = &[
+    "customer_id",
+    "merchant_id",
+    "mcc",
+    "terminal_id",
+    "channel",
+    "card_country",
+    "merchant_country",
+    "ip",
+    "ip_country",
+    "device_id",
+    "email",
+    "latitude",
+    "longitude",
+];
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            enabled: true,
+            users_file: None,
+            idle_timeout_s: 900,
+            absolute_timeout_s: 8 * 3600,
+            max_failures: 5,
+            lockout_s: 900,
+            analyst_fields: [
+                "merchant_id",
+                "mcc",
+                "terminal_id",
+                "channel",
+                "card_country",
+                "merchant_country",
+                "ip_country",
+            ]
+            .map(String::from)
+            .to_vec(),
+            page_size: 50,
+        }
+    }
+}
+
 /// Where entity state lives.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -208,6 +275,8 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// The insider watch: thresholds on each key's rate of decision reads.
     pub insider: super::watch::WatchConfig,
+    /// The review console.
+    pub console: ConsoleConfig,
     /// Production mode: refuses to start without TLS, a tokenization key (file or
     /// FRAUD_TOKENIZATION_KEY) and a keys file; no development key is ever created.
     pub production: bool,
@@ -237,6 +306,7 @@ impl Default for Config {
             retention_check_s: 60,
             tls: None,
             insider: super::watch::WatchConfig::default(),
+            console: ConsoleConfig::default(),
             production: false,
         }
     }
@@ -443,6 +513,29 @@ impl Config {
             return Err(bad(
                 "insider",
                 "window_s must be > 0, min_reads >= 1 and factor >= 1",
+            ));
+        }
+        let c = &self.console;
+        if let Some(f) = c
+            .analyst_fields
+            .iter()
+            .find(|f| !CONSOLE_FIELDS.contains(&f.as_str()))
+        {
+            return Err(bad(
+                "console.analyst_fields",
+                format!("`{f}` is not one of {}", CONSOLE_FIELDS.join(", ")),
+            ));
+        }
+        if c.idle_timeout_s == 0 || c.absolute_timeout_s < c.idle_timeout_s {
+            return Err(bad(
+                "console.idle_timeout_s",
+                "must be > 0 and at most console.absolute_timeout_s",
+            ));
+        }
+        if c.max_failures == 0 || c.page_size == 0 || c.page_size > 500 {
+            return Err(bad(
+                "console",
+                "max_failures must be >= 1 and page_size between 1 and 500",
             ));
         }
         if self.reasons > 50 {

@@ -30,7 +30,8 @@ pub struct LoadedModel {
     /// Model column `i` is feature `columns[i]` of the extractor's row.
     columns: Vec<usize>,
     names: Vec<String>,
-    drift: Option<Drift>,
+    /// Drift counters against the training reference (None without a reference).
+    pub drift: Option<Drift>,
 }
 
 impl LoadedModel {
@@ -388,6 +389,12 @@ fn spec_reads(extractor: &Extractor, entity: Entity, field: Field) -> bool {
         || spec.distinct.iter().any(|d| d.field == field)
 }
 
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
 /// What became of a label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Labelled {
@@ -433,6 +440,8 @@ pub struct Engine {
     pub watch: super::watch::Watch,
     /// The memory store, when that is the backend (for snapshots).
     pub memory: Option<Arc<fraud_core::features::MemoryStore>>,
+    /// The review queue and the console's overview figures.
+    pub cases: super::cases::Cases,
     /// Per-entity keys of the decision log's entity fields (erasure destroys one).
     pub vault: Option<Arc<super::vault::Vault>>,
     /// Where the memory state's snapshot is written (`<data dir>/state/state.bin`).
@@ -548,6 +557,7 @@ impl Engine {
             sealer: None,
             latest_us: std::sync::atomic::AtomicI64::new(i64::MIN),
             watch: super::watch::Watch::new(super::watch::WatchConfig::default()),
+            cases: super::cases::Cases::default(),
             vault: None,
             snapshot_path: None,
             keep_ip,
@@ -683,10 +693,12 @@ impl Engine {
             "features": named,
             "shadow": shadow,
         });
-        self.log
+        let seq = self
+            .log
             .append("decision", caller, &record)
             .map_err(Problem::from_log)?;
         drop(cut);
+        self.cases.record("decision", seq, &now_rfc3339(), &record);
         let elapsed = started.elapsed();
         response["elapsed_us"] = json!(elapsed.as_micros() as u64);
         self.metrics.scored(
@@ -743,6 +755,7 @@ impl Engine {
                 }),
             )
             .map_err(Problem::from_log)?;
+        self.cases.close(id);
         self.metrics.label(is_fraud);
         Ok(Labelled::Applied)
     }

@@ -162,16 +162,17 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
-/// The records of a keys file (an absent file has none).
-pub fn read_records(path: &Path) -> Result<Vec<KeyRecord>, KeyError> {
+/// Reads a JSON file (`what` names it in errors); an absent file is `T::default()`.
+pub fn read_json<T: serde::de::DeserializeOwned + Default>(
+    path: &Path,
+    what: &str,
+) -> Result<T, KeyError> {
     match std::fs::read_to_string(path) {
-        Ok(text) => serde_json::from_str::<KeysFile>(&text)
-            .map(|f| f.keys)
-            .map_err(|e| KeyError::Invalid {
-                path: path.to_path_buf(),
-                reason: format!("not a keys file: {e}"),
-            }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Ok(text) => serde_json::from_str::<T>(&text).map_err(|e| KeyError::Invalid {
+            path: path.to_path_buf(),
+            reason: format!("not a {what}: {e}"),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
         Err(source) => Err(KeyError::Io {
             path: path.to_path_buf(),
             source,
@@ -179,8 +180,9 @@ pub fn read_records(path: &Path) -> Result<Vec<KeyRecord>, KeyError> {
     }
 }
 
-fn write_records(path: &Path, keys: Vec<KeyRecord>) -> Result<(), KeyError> {
-    let json = serde_json::to_vec_pretty(&KeysFile { keys }).map_err(|e| KeyError::Invalid {
+/// Writes `value` as JSON to `path`, readable by the owner only, creating its directory.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), KeyError> {
+    let json = serde_json::to_vec_pretty(value).map_err(|e| KeyError::Invalid {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
@@ -194,6 +196,15 @@ fn write_records(path: &Path, keys: Vec<KeyRecord>) -> Result<(), KeyError> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// The records of a keys file (an absent file has none).
+pub fn read_records(path: &Path) -> Result<Vec<KeyRecord>, KeyError> {
+    read_json::<KeysFile>(path, "keys file").map(|f| f.keys)
+}
+
+fn write_records(path: &Path, keys: Vec<KeyRecord>) -> Result<(), KeyError> {
+    write_json(path, &KeysFile { keys })
 }
 
 /// Adds a key named `name` with `roles` to the keys file; returns the secret (shown once).

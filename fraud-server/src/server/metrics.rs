@@ -112,6 +112,20 @@ impl Metrics {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// The population stability index of each feature with a reference, now.
+    pub fn drift_psi(&self) -> Vec<(String, f64)> {
+        let g = self.lock();
+        g.drift
+            .as_ref()
+            .map(|d| {
+                d.features
+                    .iter()
+                    .map(|(n, r, counts)| (n.clone(), r.psi(counts)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// One HTTP request answered.
     pub fn request(&self, route: &str, status: u16, seconds: f64) {
         let mut g = self.lock();

@@ -2,7 +2,9 @@
 //! the HTTP API. Start-up checks everything it can (config, model, feature spec, rules, keys,
 //! state, log) and stops with a message naming what is wrong.
 
+pub mod cases;
 pub mod config;
+pub mod console;
 pub mod decisions;
 pub mod engine;
 pub mod http;
@@ -11,6 +13,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod problem;
 pub mod seal;
+pub mod users;
 pub mod vault;
 pub mod watch;
 
@@ -100,6 +103,8 @@ pub struct Service {
     pub workers: usize,
     /// Decision-log records replayed into the memory state at start.
     pub replayed: u64,
+    /// The review console, when enabled.
+    pub console: Option<actix_web::web::Data<console::Console>>,
 }
 
 /// Builds the service of `cfg` (everything but the listening socket).
@@ -210,6 +215,7 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
     let mut installed: [Option<Option<String>>; 2] = [None, None];
     let vault = Arc::new(vault::Vault::open(&cfg.data_dir, sealer.clone())?);
     let mut pending_shred = Vec::new();
+    let review_cases = cases::Cases::default();
     let log = decisions::DecisionLog::open(
         &log_dir,
         cfg.log_durability == "sync",
@@ -221,6 +227,7 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
                 let slot = usize::from(rec.data["role"] == "shadow");
                 installed[slot] = Some(rec.data["file"].as_str().map(str::to_string));
             }
+            review_cases.record(&rec.kind, rec.seq, &rec.at, &rec.data);
             if replay && rec.seq > snapshot_tag && failure.is_none() {
                 replayed += 1;
                 match engine::replay_record(&extractor, store.as_ref(), rec, Some(&vault)) {
@@ -256,6 +263,7 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
     engine.memory = memory;
     engine.sealer = sealer;
     engine.vault = Some(vault);
+    engine.cases = review_cases;
     engine.snapshot_path = Some(cfg.data_dir.join("state").join("state.bin"));
     for (slot, shadow) in [(0usize, false), (1, true)] {
         match &installed[slot] {
@@ -301,6 +309,28 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
             .map_err(|e| anyhow::anyhow!("finishing an erasure: {e}"))?;
     }
     let engine = Arc::new(engine);
+    let console = if cfg.console.enabled {
+        let path = cfg
+            .console
+            .users_file
+            .clone()
+            .unwrap_or_else(|| cfg.data_dir.join("users.json"));
+        let users = users::Users::open(
+            &path,
+            engine.sealer.clone(),
+            users::LoginPolicy {
+                max_failures: cfg.console.max_failures,
+                lockout: Duration::from_secs(cfg.console.lockout_s),
+            },
+        )
+        .context("config: console.users_file")?;
+        Some(actix_web::web::Data::new(
+            console::Console::new(engine.clone(), users, cfg.console.clone())
+                .map_err(anyhow::Error::msg)?,
+        ))
+    } else {
+        None
+    };
     let workers = if cfg.limits.workers == 0 {
         std::thread::available_parallelism().map_or(2, |n| n.get())
     } else {
@@ -317,6 +347,7 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
         bind: cfg.bind.clone(),
         workers,
         replayed,
+        console,
     })
 }
 
@@ -420,12 +451,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     let bind = service.bind.clone();
     let workers = service.workers;
+    let console = service.console.clone();
     let state = actix_web::web::Data::new(service.state);
     actix_web::rt::System::new().block_on(async move {
         let server = actix_web::HttpServer::new(move || {
-            actix_web::App::new()
-                .app_data(state.clone())
-                .wrap(actix_web::middleware::from_fn(http::header_guard))
+            let mut app = actix_web::App::new().app_data(state.clone());
+            if let Some(c) = &console {
+                app = app.app_data(c.clone()).configure(console::routes);
+            }
+            app.wrap(actix_web::middleware::from_fn(http::header_guard))
                 .configure(http::routes)
         })
         .workers(workers)

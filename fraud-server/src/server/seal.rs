@@ -34,6 +34,13 @@ impl Sealer {
             .map_err(|e| e.to_string())
     }
 
+    /// A sealer from a key file (exactly 32 bytes).
+    pub fn from_file(path: &std::path::Path) -> Result<Self, String> {
+        let key =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        Sealer::new(&key).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
     /// Seals `plain` (with `aad`, authenticated but not secret).
     pub fn seal(&self, plain: &[u8], aad: &[u8]) -> Result<Vec<u8>, String> {
         let mut nonce = [0u8; 12];
