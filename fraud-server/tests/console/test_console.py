@@ -330,3 +330,85 @@ def test_a_user_opening_far_more_cases_than_usual_is_paused(service, browser):
     assert "paused" in page.inner_text("main")
     log = (service.data / "log" / "decisions.log").read_text()
     assert '"kind":"alert"' in log and '"key":"console:carol"' in log
+
+
+def test_minimised_fields_and_session_expiry(tmp_path, browser):
+    """A second service: analysts see only the merchant category, and sessions end after two
+    idle seconds."""
+    data = tmp_path / "data"
+    secret = create_user(data, "dana", "analyst")
+    erin = create_user(data, "erin", "analyst")
+    port = free_port()
+    cfg = tmp_path / "fraud.toml"
+    cfg.write_text(
+        f'bind = "127.0.0.1:{port}"\n[thresholds]\nreview = 0.0\ndecline = 0.999\n'
+        '[console]\nanalyst_fields = ["mcc"]\nidle_timeout_s = 2\nabsolute_timeout_s = 4\n'
+    )
+    with open(tmp_path / "serve.log", "w") as out:
+        proc = subprocess.Popen(
+            [FRAUD, "serve", "--config", str(cfg)],
+            env={**os.environ, "FRAUD_DATA_DIR": str(data)},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            base = f"http://localhost:{port}"
+            deadline = time.time() + 30
+            while True:
+                try:
+                    urllib.request.urlopen(base + "/healthz", timeout=2)
+                    break
+                except Exception:
+                    assert proc.poll() is None and time.time() < deadline
+                    time.sleep(0.1)
+            key = (data / "dev-api-key").read_text().strip()
+            tx = {
+                "transaction_id": "m-1", "timestamp": "2024-05-01T10:00:00Z", "amount": "5.00",
+                "currency": "EUR", "card_number": "4111111111111111", "customer_id": "cust-9",
+                "merchant_id": "merchant-secret", "mcc": "5411", "terminal_id": "term-secret",
+                "card_country": "BE", "merchant_country": "FR", "ip_country": "NL",
+            }
+            req = urllib.request.Request(
+                base + "/v1/score", data=json.dumps(tx).encode(), method="POST",
+                headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+            )
+            urllib.request.urlopen(req, timeout=10).read()
+            page = browser.new_context().new_page()
+            page.goto(base + "/console/login")
+            page.fill("#name", "dana")
+            page.fill("#password", PASSWORD)
+            page.fill("#code", code(secret))
+            page.click("button[type=submit]")
+            page.wait_for_load_state()
+            html = page.content()
+            for hidden in ["merchant-secret", "term-secret", "cust-9", "BE", "NL"]:
+                assert hidden not in page.inner_text("table.queue"), hidden
+            assert "5411" in html
+            page.goto(base + "/console/cases/m-1")
+            text = page.inner_text("main")
+            for hidden in ["merchant-secret", "term-secret", "cust-9"]:
+                assert hidden not in text, hidden
+            assert "5411" in text
+            # Active use keeps the session; idleness past 2 s ends it.
+            time.sleep(1.0)
+            page.goto(base + "/console/")
+            assert page.url.endswith("/console/")
+            time.sleep(2.5)
+            page.goto(base + "/console/")
+            assert page.url.endswith("/console/login"), "an idle session survived"
+            # However active, a session ends 4 s after login.
+            page.fill("#name", "erin")
+            page.fill("#password", PASSWORD)
+            page.fill("#code", code(erin))
+            page.click("button[type=submit]")
+            page.wait_for_load_state()
+            assert page.url.endswith("/console/")
+            ends = []
+            for _ in range(6):
+                time.sleep(1.0)
+                page.goto(base + "/console/")
+                ends.append(page.url.endswith("/console/login"))
+            assert ends[0] is False and ends[-1] is True, ends
+        finally:
+            proc.kill()
+            proc.wait()

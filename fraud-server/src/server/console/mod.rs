@@ -383,13 +383,18 @@ impl Console {
         let tx = &rec["transaction"];
         let resp = &rec["response"];
         let id = rec["transaction_id"].as_str().unwrap_or("").to_string();
-        let mut countries = format!(
-            "{} → {}",
-            tx["card_country"].as_str().unwrap_or("?"),
-            tx["merchant_country"].as_str().unwrap_or("?")
-        );
-        if let Some(c) = tx["ip_country"].as_str() {
-            countries.push_str(&format!(", IP {c}"));
+        let shown = |field: &str| {
+            if self.sees(role, field) {
+                tx[field].as_str().unwrap_or("?").to_string()
+            } else {
+                "·".to_string()
+            }
+        };
+        let mut countries = format!("{} → {}", shown("card_country"), shown("merchant_country"));
+        if self.sees(role, "ip_country") {
+            if let Some(c) = tx["ip_country"].as_str() {
+                countries.push_str(&format!(", IP {c}"));
+            }
         }
         Row {
             href: format!("/console/cases/{}", encode(&id)),
@@ -402,7 +407,11 @@ impl Console {
             } else {
                 "(hidden)".into()
             },
-            mcc: text(&tx["mcc"]),
+            mcc: if self.sees(role, "mcc") {
+                text(&tx["mcc"])
+            } else {
+                "(hidden)".into()
+            },
             countries,
             score: format!("{:.3}", resp["score"].as_f64().unwrap_or(0.0)),
             reasons: bars(&resp["reasons"]).into_iter().take(3).collect(),
