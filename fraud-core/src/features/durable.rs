@@ -283,8 +283,8 @@ impl Log {
         let mut entities = Vec::new();
         for sh in shards {
             for e in Entity::ALL {
-                for (k, s) in &sh.maps[e.index()] {
-                    entities.push((e, Cow::Borrowed(k.as_str()), Cow::Borrowed(s)));
+                for (k, s) in sh.maps[e.index()].iter() {
+                    entities.push((e, Cow::Borrowed(k), Cow::Borrowed(s)));
                 }
             }
         }
@@ -395,8 +395,8 @@ pub(crate) fn state_bytes(
     let mut entities = Vec::new();
     for sh in shards {
         for e in Entity::ALL {
-            for (k, s) in &sh.maps[e.index()] {
-                entities.push((e, Cow::Borrowed(k.as_str()), Cow::Borrowed(s)));
+            for (k, s) in sh.maps[e.index()].iter() {
+                entities.push((e, Cow::Borrowed(k), Cow::Borrowed(s)));
             }
         }
     }

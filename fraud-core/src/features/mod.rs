@@ -575,7 +575,8 @@ pub fn replay(extractor: &Extractor, history: &[Transaction]) -> Vec<Vec<f64>> {
 pub fn replay_flat(extractor: &Extractor, history: &[Transaction]) -> Vec<f64> {
     let n = history.len();
     let m = extractor.names.len();
-    let mut out = vec![f64::NAN; n * m];
+    // Zeroed pages come from the OS lazily; the rows are filled in parallel below.
+    let mut out = vec![0.0f64; n * m];
     if n == 0 || m == 0 {
         return out;
     }
@@ -587,44 +588,37 @@ pub fn replay_flat(extractor: &Extractor, history: &[Transaction]) -> Vec<f64> {
     // bits to be mixed up), remembered fields their fingerprints.
     let nf = extractor.fields.len();
     let np = extractor.plans.len();
+    // One parallel pass over the transactions: compact rows, field fingerprints, entity
+    // keys, and the stateless features (written straight into the output).
     let mut points: Vec<Compact> = Vec::with_capacity(n);
-    let mut fields: Vec<Option<u64>> = vec![None; n * nf];
-    let mut keys: Vec<u128> = vec![0; n * np];
+    let mut fields: Vec<Option<u64>> = vec![None; n * nf.max(1)];
+    let mut keys: Vec<u128> = vec![0; n * np.max(1)];
     history
         .par_iter()
-        .map(|tx| Compact {
-            ts: tx.timestamp_us,
-            amount: tx.amount.as_f64(),
-            location: tx.location,
-            fraud_known_at: fraud_known_at(tx),
-            id: spec::hash_bytes(tx.transaction_id.as_bytes()),
+        .zip(fields.par_chunks_mut(nf.max(1)))
+        .zip(keys.par_chunks_mut(np.max(1)))
+        .zip(out.par_chunks_mut(m))
+        .map(|(((tx, f), k), row)| {
+            for (slot, field) in f.iter_mut().zip(&extractor.fields) {
+                *slot = field.fingerprint(tx);
+            }
+            for (slot, plan) in k.iter_mut().zip(&extractor.plans) {
+                *slot = plan
+                    .entity
+                    .key(tx)
+                    .map_or(0, |key| xxhash_rust::xxh3::xxh3_128(key.as_bytes()).max(1));
+            }
+            row.fill(f64::NAN);
+            extractor.stateless_into(tx, row);
+            Compact {
+                ts: tx.timestamp_us,
+                amount: tx.amount.as_f64(),
+                location: tx.location,
+                fraud_known_at: fraud_known_at(tx),
+                id: spec::hash_bytes(tx.transaction_id.as_bytes()),
+            }
         })
         .collect_into_vec(&mut points);
-    if nf > 0 {
-        fields
-            .par_chunks_mut(nf)
-            .zip(history.par_iter())
-            .for_each(|(f, tx)| {
-                for (slot, field) in f.iter_mut().zip(&extractor.fields) {
-                    *slot = field.fingerprint(tx);
-                }
-            });
-    }
-    if np > 0 {
-        keys.par_chunks_mut(np)
-            .zip(history.par_iter())
-            .for_each(|(k, tx)| {
-                for (slot, plan) in k.iter_mut().zip(&extractor.plans) {
-                    *slot = plan
-                        .entity
-                        .key(tx)
-                        .map_or(0, |key| xxhash_rust::xxh3::xxh3_128(key.as_bytes()).max(1));
-                }
-            });
-    }
-    out.par_chunks_mut(m)
-        .zip(history.par_iter())
-        .for_each(|(row, tx)| extractor.stateless_into(tx, row));
     let parts = (rayon::current_num_threads() * 4).clamp(1, 256);
     let mut tasks: Vec<(usize, Vec<u32>)> = Vec::new();
     for pi in 0..np {
@@ -650,7 +644,7 @@ pub fn replay_flat(extractor: &Extractor, history: &[Transaction]) -> Vec<f64> {
             let width = plan.outputs.len();
             let mut vals = Vec::with_capacity(rows.len() * width);
             let mut row = vec![f64::NAN; m];
-            let mut states: HashMap<u128, EntityState, ahash::RandomState> = HashMap::default();
+            let mut states: HashMap<u128, EntityState, store::Prehashed> = HashMap::default();
             for &i in &rows {
                 let i = i as usize;
                 let c = &points[i];
@@ -678,15 +672,34 @@ pub fn replay_flat(extractor: &Extractor, history: &[Transaction]) -> Vec<f64> {
             (pi, rows, vals)
         })
         .collect();
-    for (pi, rows, vals) in results {
-        let outputs = &extractor.plans[pi].outputs;
-        for (&i, v) in rows.iter().zip(vals.chunks_exact(outputs.len().max(1))) {
-            let row = &mut out[i as usize * m..][..m];
-            for (&o, &x) in outputs.iter().zip(v) {
-                row[o] = x;
+    // Where each row's values are, per plan: (result, position); then every row gathers
+    // its values, rows in parallel.
+    let locs: Vec<Vec<(u32, u32)>> = (0..np)
+        .into_par_iter()
+        .map(|pi| {
+            let mut loc = vec![(u32::MAX, 0u32); n];
+            for (r, (p, rows, _)) in results.iter().enumerate() {
+                if *p == pi {
+                    for (k, &i) in rows.iter().enumerate() {
+                        loc[i as usize] = (r as u32, k as u32);
+                    }
+                }
+            }
+            loc
+        })
+        .collect();
+    out.par_chunks_mut(m).enumerate().for_each(|(i, row)| {
+        for (pi, loc) in locs.iter().enumerate() {
+            let (r, k) = loc[i];
+            if let Some((_, _, vals)) = results.get(r as usize) {
+                let outputs = &extractor.plans[pi].outputs;
+                let w = outputs.len();
+                for (&o, &x) in outputs.iter().zip(&vals[k as usize * w..][..w]) {
+                    row[o] = x;
+                }
             }
         }
-    }
+    });
     out
 }
 

@@ -148,15 +148,17 @@ impl EntityState {
             // 0 marks a missing value; a real fingerprint of 0 becomes 1.
             *v = p.fields[f.index()].map_or(0, |x| x.max(1));
         }
-        let at = self.events.partition_point(|e| e.ts <= t);
-        self.events.insert(
-            at,
-            Event {
-                ts: t,
-                amount: p.amount,
-                values,
-            },
-        );
+        let event = Event {
+            ts: t,
+            amount: p.amount,
+            values,
+        };
+        if self.events.back().is_none_or(|e| e.ts <= t) {
+            self.events.push_back(event);
+        } else {
+            let at = self.events.partition_point(|e| e.ts <= t);
+            self.events.insert(at, event);
+        }
         self.prune(t - k.horizon_us.max(1));
         if let Some((lat, lon)) = p.location {
             self.locate(t, lat, lon);
@@ -219,6 +221,9 @@ impl EntityState {
             return;
         };
         let limit = oldest.min(newest);
+        if self.events.get(1).is_none_or(|e| e.ts >= limit) {
+            return;
+        }
         let old = self.events.partition_point(|e| e.ts < limit);
         if old >= 2 {
             self.events.drain(..old - 1);
@@ -250,9 +255,28 @@ impl EntityState {
             .copied()
     }
 
+    /// Number of events before `t` (events arrive mostly in time order: the newest is
+    /// checked first, before a binary search).
+    fn before(&self, t: i64) -> usize {
+        match self.events.back() {
+            None => 0,
+            Some(e) if e.ts < t => self.events.len(),
+            Some(_) => self.events.partition_point(|e| e.ts < t),
+        }
+    }
+
+    /// Number of events before `from`, the oldest checked first (windows usually start
+    /// before it once the state is pruned).
+    fn from(&self, from: i64) -> usize {
+        match self.events.front() {
+            Some(e) if e.ts < from => self.events.partition_point(|e| e.ts < from),
+            _ => 0,
+        }
+    }
+
     /// The latest timestamp before `t`.
     pub(crate) fn last_before(&self, t: i64) -> Option<i64> {
-        let end = self.events.partition_point(|e| e.ts < t);
+        let end = self.before(t);
         end.checked_sub(1).map(|i| self.events[i].ts)
     }
 
@@ -273,16 +297,15 @@ impl EntityState {
         from: i64,
         to: i64,
     ) -> impl DoubleEndedIterator<Item = &Event> + Clone {
-        let start = self.events.partition_point(|e| e.ts < from);
-        let end = self.events.partition_point(|e| e.ts < to);
+        let end = self.before(to);
+        let start = self.from(from).min(end);
         self.events.range(start..end)
     }
 
     /// Number of events in `[from, to)`.
     pub(crate) fn count_in(&self, from: i64, to: i64) -> usize {
-        let start = self.events.partition_point(|e| e.ts < from);
-        let end = self.events.partition_point(|e| e.ts < to);
-        end.saturating_sub(start)
+        let end = self.before(to);
+        end.saturating_sub(self.from(from))
     }
 
     /// Number of fraud labels on transactions in `[from, to)` known at or before `known_by`.

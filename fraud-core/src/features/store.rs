@@ -99,7 +99,100 @@ pub trait StateStore: Send + Sync {
 /// Number of shards of a [`MemoryStore`]: enough that threads rarely wait on each other.
 pub const SHARDS: usize = 64;
 
-type Map = hashbrown::HashMap<String, EntityState, ahash::RandomState>;
+/// Entities of one kind, found by a 128-bit keyed hash of their key (XXH3 with a seed drawn
+/// per store, so outside keys cannot be chosen to collide): a lookup compares the hash in the
+/// table and never touches the key's bytes, which are kept beside the state only to list and
+/// snapshot the entities.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Map {
+    map: hashbrown::HashMap<u128, (Box<str>, EntityState), Prehashed>,
+}
+
+/// Uses the low 64 bits of an already uniform 128-bit hash as the table's hash.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Prehashed;
+
+/// The hasher of [`Prehashed`].
+#[derive(Debug, Default)]
+pub(crate) struct PrehashedHasher(u64);
+
+impl std::hash::BuildHasher for Prehashed {
+    type Hasher = PrehashedHasher;
+    fn build_hasher(&self) -> PrehashedHasher {
+        PrehashedHasher(0)
+    }
+}
+
+impl std::hash::Hasher for PrehashedHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.0 = v as u64;
+    }
+}
+
+impl Map {
+    pub(crate) fn get(&self, h: u128) -> Option<&EntityState> {
+        self.map.get(&h).map(|(_, s)| s)
+    }
+
+    /// The state of `key` (hash `h`), made empty when absent.
+    pub(crate) fn entry(&mut self, h: u128, key: &str) -> &mut EntityState {
+        &mut self
+            .map
+            .entry(h)
+            .or_insert_with(|| (key.into(), EntityState::default()))
+            .1
+    }
+
+    pub(crate) fn remove(&mut self, h: u128) -> Option<EntityState> {
+        self.map.remove(&h).map(|(_, s)| s)
+    }
+
+    pub(crate) fn insert(&mut self, h: u128, key: &str, s: EntityState) {
+        self.map.insert(h, (key.into(), s));
+    }
+
+    pub(crate) fn contains(&self, h: u128) -> bool {
+        self.map.contains_key(&h)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    fn capacity(&self) -> usize {
+        self.map.capacity()
+    }
+
+    fn shrink_to_fit(&mut self) {
+        self.map.shrink_to_fit();
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&EntityState) -> bool) {
+        self.map.retain(|_, (_, s)| keep(s));
+    }
+
+    /// Every entity: its key and state.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &EntityState)> {
+        self.map.values().map(|(k, s)| (&**k, s))
+    }
+}
+
+/// The 128-bit hash an entity is held under; its high bits choose the shard.
+fn key_hash(seed: u64, e: Entity, key: &str) -> u128 {
+    xxhash_rust::xxh3::xxh3_128_with_seed(key.as_bytes(), seed ^ (e.index() as u64 + 1))
+}
+
+fn shard_of(h: u128) -> usize {
+    ((h >> 64) as u64 % SHARDS as u64) as usize
+}
 
 /// One lock's worth of entities.
 #[derive(Debug, Clone, Default)]
@@ -141,7 +234,7 @@ impl StateCopy {
 #[derive(Debug)]
 pub struct MemoryStore {
     shards: Box<[Mutex<Shard>]>,
-    hasher: ahash::RandomState,
+    seed: u64,
     log: Option<Log>,
 }
 
@@ -162,7 +255,7 @@ impl MemoryStore {
     pub fn new() -> Self {
         MemoryStore {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-            hasher: ahash::RandomState::new(),
+            seed: ahash::RandomState::new().hash_one(0u8),
             log: None,
         }
     }
@@ -174,16 +267,16 @@ impl MemoryStore {
     pub fn open(dir: &Path, ex: &Extractor, durability: Durability) -> Result<Self, StoreError> {
         let mut store = Self::new();
         let shards = std::cell::RefCell::new(vec![Shard::default(); SHARDS]);
-        let hasher = store.hasher.clone();
+        let seed = store.seed;
         let log = Log::open(
             dir,
             ex,
             durability,
             &mut |e, k, s| {
-                let i = shard_of(&hasher, e, &k);
-                shards.borrow_mut()[i].maps[e.index()].insert(k, s);
+                let h = key_hash(seed, e, &k);
+                shards.borrow_mut()[shard_of(h)].maps[e.index()].insert(h, &k, s);
             },
-            &mut |rec| apply_record(ex, &mut shards.borrow_mut(), &hasher, rec),
+            &mut |rec| apply_record(ex, &mut shards.borrow_mut(), seed, rec),
         )?;
         let shards = shards.into_inner();
         for (m, s) in store.shards.iter().zip(shards) {
@@ -193,8 +286,10 @@ impl MemoryStore {
         Ok(store)
     }
 
-    fn shard(&self, e: Entity, key: &str) -> usize {
-        shard_of(&self.hasher, e, key)
+    /// The hash of an entity key and its shard.
+    fn locate(&self, e: Entity, key: &str) -> (u128, usize) {
+        let h = key_hash(self.seed, e, key);
+        (h, shard_of(h))
     }
 
     /// Locks the shards of the observation's entities, in index order (so two threads never
@@ -206,7 +301,7 @@ impl MemoryStore {
     ) -> Vec<(usize, MutexGuard<'_, Shard>)> {
         let mut idx: Vec<usize> = ex
             .entities()
-            .filter_map(|e| obs.key(e).map(|k| self.shard(e, k)))
+            .filter_map(|e| obs.key(e).map(|k| self.locate(e, k).1))
             .collect();
         idx.sort_unstable();
         idx.dedup();
@@ -224,7 +319,7 @@ impl MemoryStore {
             let mut g = lock(m);
             for map in g.maps.iter_mut() {
                 let before = map.len();
-                map.retain(|_, s| s.touched() >= oldest);
+                map.retain(|s| s.touched() >= oldest);
                 dropped += before - map.len();
                 if map.capacity() > 4 * map.len().max(16) {
                     map.shrink_to_fit();
@@ -241,8 +336,8 @@ impl MemoryStore {
             let g = lock(m);
             for (i, map) in g.maps.iter().enumerate() {
                 st.entities[i] += map.len();
-                // Table: one control byte plus one (String, EntityState) slot per bucket.
-                let slot = std::mem::size_of::<(String, EntityState)>() + 1;
+                // Table: one control byte plus one (hash, (key, EntityState)) slot per bucket.
+                let slot = std::mem::size_of::<(u128, (Box<str>, EntityState))>() + 1;
                 st.heap_bytes += if map.capacity() == 0 {
                     0
                 } else {
@@ -250,7 +345,7 @@ impl MemoryStore {
                 };
                 for (k, s) in map.iter() {
                     st.events += s.events.len();
-                    st.heap_bytes += k.capacity() + s.heap_bytes();
+                    st.heap_bytes += k.len() + s.heap_bytes();
                 }
             }
         }
@@ -298,11 +393,11 @@ impl MemoryStore {
         ex: &Extractor,
     ) -> Result<(Self, u64), StoreError> {
         let store = Self::new();
-        let hasher = store.hasher.clone();
+        let seed = store.seed;
         let mut shards = vec![Shard::default(); SHARDS];
         let tag = super::durable::read_state_bytes(bytes, path, ex, &mut |e, k, s| {
-            let i = shard_of(&hasher, e, &k);
-            shards[i].maps[e.index()].insert(k, s);
+            let h = key_hash(seed, e, &k);
+            shards[shard_of(h)].maps[e.index()].insert(h, &k, s);
         })?;
         for (m, s) in store.shards.iter().zip(shards) {
             *lock(m) = s;
@@ -318,7 +413,7 @@ impl MemoryStore {
             out.extend(
                 g.maps[entity.index()]
                     .iter()
-                    .map(|(k, s)| (k.clone(), s.clone())),
+                    .map(|(k, s)| (k.to_string(), s.clone())),
             );
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -342,19 +437,14 @@ impl MemoryStore {
     }
 }
 
-fn shard_of(h: &ahash::RandomState, e: Entity, key: &str) -> usize {
-    (h.hash_one((e.index() as u8, key)) % SHARDS as u64) as usize
-}
-
 /// Applies one log record to shards during recovery.
-fn apply_record(ex: &Extractor, shards: &mut [Shard], h: &ahash::RandomState, rec: LogRecord<'_>) {
-    let shard = |e: Entity, k: &str| shard_of(h, e, k);
+fn apply_record(ex: &Extractor, shards: &mut [Shard], seed: u64, rec: LogRecord<'_>) {
     match rec {
         LogRecord::Step(obs) => {
             for e in ex.entities() {
                 if let Some(k) = obs.key(e) {
-                    let i = shard(e, k);
-                    let s = shards[i].maps[e.index()].entry_ref(k).or_default();
+                    let h = key_hash(seed, e, k);
+                    let s = shards[shard_of(h)].maps[e.index()].entry(h, k);
                     ex.record(e, s, &obs.point);
                 }
             }
@@ -362,15 +452,15 @@ fn apply_record(ex: &Extractor, shards: &mut [Shard], h: &ahash::RandomState, re
         LogRecord::Label(obs, l) => {
             for e in ex.entities() {
                 if let (Some(k), true) = (obs.key(e), ex.keeps_labels(e)) {
-                    let i = shard(e, k);
-                    let s = shards[i].maps[e.index()].entry_ref(k).or_default();
+                    let h = key_hash(seed, e, k);
+                    let s = shards[shard_of(h)].maps[e.index()].entry(h, k);
                     ex.label(e, s, &l);
                 }
             }
         }
         LogRecord::Erase(e, k) => {
-            let i = shard(e, &k);
-            shards[i].maps[e.index()].remove(k.as_ref());
+            let h = key_hash(seed, e, &k);
+            shards[shard_of(h)].maps[e.index()].remove(h);
         }
     }
 }
@@ -397,8 +487,9 @@ impl StateStore for MemoryStore {
             for e in ex.entities() {
                 match obs.key(e) {
                     Some(k) => {
-                        if let Some(sh) = guard_of(&mut guards, self.shard(e, k)) {
-                            let s = sh.maps[e.index()].entry_ref(k).or_default();
+                        let (h, i) = self.locate(e, k);
+                        if let Some(sh) = guard_of(&mut guards, i) {
+                            let s = sh.maps[e.index()].entry(h, k);
                             ex.entity_into(e, &obs.point, Some(s), row);
                             ex.record(e, s, &obs.point);
                         }
@@ -421,8 +512,9 @@ impl StateStore for MemoryStore {
         for e in ex.entities() {
             match obs.key(e) {
                 Some(k) => {
-                    let g = lock(&self.shards[self.shard(e, k)]);
-                    ex.entity_into(e, &obs.point, g.maps[e.index()].get(k), row);
+                    let (h, i) = self.locate(e, k);
+                    let g = lock(&self.shards[i]);
+                    ex.entity_into(e, &obs.point, g.maps[e.index()].get(h), row);
                 }
                 None => ex.entity_into(e, &obs.point, None, row),
             }
@@ -440,8 +532,9 @@ impl StateStore for MemoryStore {
             let mut guards = self.lock_for(ex, obs);
             for e in ex.entities().filter(|e| ex.keeps_labels(*e)) {
                 if let Some(k) = obs.key(e) {
-                    if let Some(sh) = guard_of(&mut guards, self.shard(e, k)) {
-                        let s = sh.maps[e.index()].entry_ref(k).or_default();
+                    let (h, i) = self.locate(e, k);
+                    if let Some(sh) = guard_of(&mut guards, i) {
+                        let s = sh.maps[e.index()].entry(h, k);
                         ex.label(e, s, label);
                     }
                 }
@@ -453,8 +546,9 @@ impl StateStore for MemoryStore {
 
     fn erase(&self, entity: Entity, key: &str) -> Result<bool, StoreError> {
         let (held, upto) = {
-            let mut g = lock(&self.shards[self.shard(entity, key)]);
-            let held = g.maps[entity.index()].remove(key).is_some();
+            let (h, i) = self.locate(entity, key);
+            let mut g = lock(&self.shards[i]);
+            let held = g.maps[entity.index()].remove(h).is_some();
             let upto = if held {
                 self.append(|| LogRecord::Erase(entity, key.to_string().into()))?
             } else {
@@ -470,11 +564,8 @@ impl StateStore for MemoryStore {
     }
 
     fn get(&self, entity: Entity, key: &str) -> Result<Option<EntityState>, StoreError> {
-        Ok(
-            lock(&self.shards[self.shard(entity, key)]).maps[entity.index()]
-                .get(key)
-                .cloned(),
-        )
+        let (h, i) = self.locate(entity, key);
+        Ok(lock(&self.shards[i]).maps[entity.index()].get(h).cloned())
     }
 
     fn as_memory(&self) -> Option<&MemoryStore> {
@@ -482,7 +573,7 @@ impl StateStore for MemoryStore {
     }
 
     fn rename(&self, entity: Entity, from: &str, to: &str) -> Result<bool, StoreError> {
-        let (a, b) = (self.shard(entity, from), self.shard(entity, to));
+        let ((hf, a), (ht, b)) = (self.locate(entity, from), self.locate(entity, to));
         let moved = {
             // Both shards, in index order (the order every writer takes them in).
             let (lo, hi) = (a.min(b), a.max(b));
@@ -491,22 +582,22 @@ impl StateStore for MemoryStore {
             let e = entity.index();
             let (src, dst): (&mut Shard, &mut Shard) = match second.as_deref_mut() {
                 None => {
-                    if first.maps[e].contains_key(to) {
+                    if first.maps[e].contains(ht) {
                         return Ok(false);
                     }
-                    let Some(state) = first.maps[e].remove(from) else {
+                    let Some(state) = first.maps[e].remove(hf) else {
                         return Ok(false);
                     };
-                    first.maps[e].insert(to.to_string(), state);
+                    first.maps[e].insert(ht, to, state);
                     return self.renamed();
                 }
                 Some(s2) if a == lo => (&mut *first, s2),
                 Some(s2) => (s2, &mut *first),
             };
-            if dst.maps[e].contains_key(to) {
+            if dst.maps[e].contains(ht) {
                 false
-            } else if let Some(state) = src.maps[e].remove(from) {
-                dst.maps[e].insert(to.to_string(), state);
+            } else if let Some(state) = src.maps[e].remove(hf) {
+                dst.maps[e].insert(ht, to, state);
                 true
             } else {
                 false
