@@ -223,9 +223,11 @@ const MAX_TABLE: usize = 1 << 17;
 /// after leaf, for locality.
 #[derive(Debug, Clone, Default)]
 struct TreeTable {
-    /// Per leaf: (first condition, number of conditions, first feature slot, k, first
-    /// coefficient).
-    leaves: Vec<(u32, u16, u32, u8, u32)>,
+    /// Per leaf, or per pair of sibling leaves: (first condition, number of conditions,
+    /// first feature slot, k, first coefficient, pair). A pair's last condition is at their
+    /// parent: its table is indexed by `2 * pattern + goes_left(parent)` and holds the sum of
+    /// both leaves' contributions (one lookup instead of two).
+    leaves: Vec<(u32, u16, u32, u8, u32, bool)>,
     /// Path conditions: (node, the leaf is on its left, feature slot).
     conds: Vec<(u32, bool, u8)>,
     /// Unique path features of each leaf, by slot.
@@ -304,12 +306,77 @@ impl TreeTable {
                         t.features.len() as u32,
                         k as u8,
                         first_coef as u32,
+                        false,
                     ));
                     t.features.extend_from_slice(&features);
                 }
             }
         }
-        Some(t)
+        Some(t.paired())
+    }
+
+    /// Merges sibling leaves (the same path but for the direction at their parent, so the
+    /// same features in the same slots) into one entry.
+    fn paired(self) -> TreeTable {
+        let mut out = TreeTable {
+            conds: self.conds.clone(),
+            features: self.features.clone(),
+            ..TreeTable::default()
+        };
+        let mut j = 0;
+        while j < self.leaves.len() {
+            let a = self.leaves[j];
+            let sibling = self.leaves.get(j + 1).copied().filter(|b| {
+                let (ca, cb) = (a.0 as usize, b.0 as usize);
+                let n = usize::from(a.1);
+                n > 0
+                    && a.1 == b.1
+                    && a.3 == b.3
+                    && self.conds[ca..ca + n - 1] == self.conds[cb..cb + n - 1]
+                    && self.conds[ca + n - 1].0 == self.conds[cb + n - 1].0
+                    && self.conds[ca + n - 1].1 != self.conds[cb + n - 1].1
+                    && self.features[a.2 as usize..a.2 as usize + usize::from(a.3)]
+                        == self.features[b.2 as usize..b.2 as usize + usize::from(b.3)]
+            });
+            let k = usize::from(a.3);
+            let first = out.coef.len();
+            match sibling {
+                Some(b) => {
+                    // `l` is the leaf on the parent's left.
+                    let n = usize::from(a.1);
+                    let (l, r) = if self.conds[a.0 as usize + n - 1].1 {
+                        (a, b)
+                    } else {
+                        (b, a)
+                    };
+                    let slot = usize::from(self.conds[a.0 as usize + n - 1].2);
+                    out.coef.resize(first + (2usize << k) * k, 0.0);
+                    for q in 0..(1usize << k) {
+                        for g in 0..2usize {
+                            // The row goes left (g = 1): the left leaf's path is followed at
+                            // the parent, the right leaf's is not.
+                            let pl = q & !(usize::from(g == 0) << slot);
+                            let pr = q & !(usize::from(g == 1) << slot);
+                            for s in 0..k {
+                                let v = f64::from(self.coef[l.4 as usize + pl * k + s])
+                                    + f64::from(self.coef[r.4 as usize + pr * k + s]);
+                                out.coef[first + (q * 2 + g) * k + s] = v as f32;
+                            }
+                        }
+                    }
+                    out.leaves.push((l.0, l.1, l.2, l.3, first as u32, true));
+                    j += 2;
+                }
+                None => {
+                    let n = (1usize << k) * k;
+                    out.coef
+                        .extend_from_slice(&self.coef[a.4 as usize..a.4 as usize + n]);
+                    out.leaves.push((a.0, a.1, a.2, a.3, first as u32, false));
+                    j += 1;
+                }
+            }
+        }
+        out
     }
 
     /// Adds this tree's contributions for `row` to `phi`: `LANES` accumulators of the
@@ -323,14 +390,24 @@ impl TreeTable {
         // Four accumulators, leaf after leaf: additions to the same feature do not wait on
         // each other.
         let m = phi.len() / LANES;
-        for (j, &(c0, nc, f0, k, k0)) in self.leaves.iter().enumerate() {
+        for (j, &(c0, nc, f0, k, k0, pair)) in self.leaves.iter().enumerate() {
             let lane = (j % LANES) * m;
             let k = usize::from(k);
             let mut p = (1usize << k) - 1;
+            let conds = &self.conds[c0 as usize..c0 as usize + usize::from(nc)];
+            let shared = if pair {
+                &conds[..conds.len() - 1]
+            } else {
+                conds
+            };
             // Branch-free: whether the row follows the path is as good as random.
-            for &(n, left, slot) in &self.conds[c0 as usize..c0 as usize + usize::from(nc)] {
+            for &(n, left, slot) in shared {
                 let off = usize::from(goes_left[n as usize] != left);
                 p &= !(off << slot);
+            }
+            if pair {
+                let parent = conds[conds.len() - 1].0 as usize;
+                p = p * 2 + usize::from(goes_left[parent]);
             }
             let c = &self.coef[k0 as usize + p * k..k0 as usize + (p + 1) * k];
             for (s, &f) in self.features[f0 as usize..f0 as usize + k]
@@ -650,5 +727,50 @@ mod tests {
         // Expected value 0.5 + (1 x -1 + 3 x 1) / 4 = 1.0; x = 0.1 goes left: -1 - 0.5.
         assert_eq!(phi, [-1.5, 1.0]);
         assert!(ex.contributions(&[0.1, 0.2], &mut phi).is_err());
+    }
+
+    #[test]
+    fn tables_match_the_recursion_on_the_demo_model() {
+        // 138 trees of depth 6: most leaves are explained in sibling pairs.
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../datasets/demo/model.fgb");
+        let model = crate::model::Artifact::load(path).unwrap().ensemble;
+        let ex = Explainer::new(&model).unwrap();
+        // Values around every threshold a feature is split on, and missing ones.
+        let m = model.features.len();
+        let mut cuts: Vec<Vec<f64>> = vec![vec![f64::NAN]; m];
+        for tree in &model.trees {
+            for node in &tree.nodes {
+                if let Node::Split(s) = node {
+                    let t = match &s.test {
+                        crate::model::ensemble::Test::Less(t)
+                        | crate::model::ensemble::Test::LessEqual(t) => *t,
+                        crate::model::ensemble::Test::LessF32(t) => f64::from(*t),
+                        crate::model::ensemble::Test::Categories(_) => 1.0,
+                    };
+                    cuts[s.feature as usize].extend([t - 1e-3, t, t + 1e-3]);
+                }
+            }
+        }
+        let mut state = 99u64;
+        let mut pick = |n: usize| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) as usize % n
+        };
+        let (mut phi, mut reference) = (vec![0.0; m + 1], vec![0.0; m + 1]);
+        for r in 0..300 {
+            let row: Vec<f64> = cuts.iter().map(|c| c[pick(c.len())]).collect();
+            ex.contributions(&row, &mut phi).unwrap();
+            ex.contributions_recursive(&row, &mut reference).unwrap();
+            for f in 0..=m {
+                assert!(
+                    (phi[f] - reference[f]).abs() < 1e-5,
+                    "row {r} feature {f}: tables {} vs recursion {}",
+                    phi[f],
+                    reference[f]
+                );
+            }
+        }
     }
 }

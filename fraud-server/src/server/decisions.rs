@@ -604,8 +604,13 @@ impl DecisionLog {
 
     /// Closes the open segment (fsynced, renamed for its first seq) and opens a new one.
     fn rotate(&self, g: &mut Inner) -> Result<(), LogError> {
-        self.sync_vault()?;
-        g.file.sync_all().map_err(|e| self.io(e))?;
+        // With `sync` durability every record is fsynced already (this is cheap); with
+        // `write`, records are left to the OS as they always are, and a closed segment's
+        // fsync (tens of megabytes) would stall every request behind it.
+        if self.sync {
+            self.sync_vault()?;
+            g.file.sync_all().map_err(|e| self.io(e))?;
+        }
         let closed_path = self.dir.join(segment_name(g.active_first));
         std::fs::rename(&self.path, &closed_path).map_err(|e| self.io(e))?;
         let file = std::fs::OpenOptions::new()
@@ -640,20 +645,34 @@ impl DecisionLog {
 
     /// Appends a record and, with sync durability, makes it durable. Returns its seq.
     pub fn append(&self, kind: &str, key: &str, data: &serde_json::Value) -> Result<u64, LogError> {
+        self.append_cow(kind, key, std::borrow::Cow::Borrowed(data))
+    }
+
+    /// [`DecisionLog::append`] taking the record by value (no copy is made to protect it).
+    pub fn append_owned(
+        &self,
+        kind: &str,
+        key: &str,
+        data: serde_json::Value,
+    ) -> Result<u64, LogError> {
+        self.append_cow(kind, key, std::borrow::Cow::Owned(data))
+    }
+
+    fn append_cow(
+        &self,
+        kind: &str,
+        key: &str,
+        mut data: std::borrow::Cow<'_, serde_json::Value>,
+    ) -> Result<u64, LogError> {
         let at = now_rfc3339();
         // Entity fields encrypted under their entities' keys (erasure destroys a key).
-        let protected;
-        let (data, refs) = match &self.vault {
-            Some(v) if !CLEAR_KINDS.contains(&kind) => {
-                let mut d = data.clone();
-                let refs = v
-                    .protect(&mut d)
-                    .map_err(|e| self.io(std::io::Error::other(e.to_string())))?;
-                protected = d;
-                (&protected, refs)
-            }
-            _ => (data, Vec::new()),
+        let refs = match &self.vault {
+            Some(v) if !CLEAR_KINDS.contains(&kind) => v
+                .protect(data.to_mut())
+                .map_err(|e| self.io(std::io::Error::other(e.to_string())))?,
+            _ => Vec::new(),
         };
+        let data: &serde_json::Value = &data;
         let seq = {
             let mut g = self
                 .inner

@@ -693,12 +693,18 @@ impl Engine {
             "features": named,
             "shadow": shadow,
         });
+        // What the review queue needs of it (the record itself goes to the log).
+        let summary = json!({
+            "transaction_id": tx.transaction_id,
+            "response": {"decision": decision.name(), "score": verdict.score},
+            "transaction": {"timestamp_us": tx.timestamp_us, "mcc": tx.mcc},
+        });
         let seq = self
             .log
-            .append("decision", caller, &record)
+            .append_owned("decision", caller, record)
             .map_err(Problem::from_log)?;
         drop(cut);
-        self.cases.record("decision", seq, &now_rfc3339(), &record);
+        self.cases.record("decision", seq, &now_rfc3339(), &summary);
         let elapsed = started.elapsed();
         response["elapsed_us"] = json!(elapsed.as_micros() as u64);
         self.metrics.scored(
