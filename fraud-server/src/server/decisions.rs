@@ -519,7 +519,9 @@ impl DecisionLog {
                 }
                 if let Some(v) = &vault {
                     v.touch(&rec.data, rec.seq);
+                    let written = rec.data.clone();
                     v.reveal(&mut rec.data);
+                    v.restore(&written, &rec.data);
                 }
                 if let Some(id) = decision_id(&rec.kind, &rec.data) {
                     index.insert(id, (pos.segment, pos.offset));
@@ -608,7 +610,6 @@ impl DecisionLog {
         // `write`, records are left to the OS as they always are, and a closed segment's
         // fsync (tens of megabytes) would stall every request behind it.
         if self.sync {
-            self.sync_vault()?;
             g.file.sync_all().map_err(|e| self.io(e))?;
         }
         let closed_path = self.dir.join(segment_name(g.active_first));
@@ -748,21 +749,10 @@ impl DecisionLog {
             return Ok(());
         }
         let upto = self.written.load(Ordering::Acquire);
-        // The entity keys first: no durable record may use a key that is not.
-        self.sync_vault()?;
         // A segment closed meanwhile was fsynced as it closed.
         self.sync_file.load().sync_data().map_err(|e| self.io(e))?;
         *synced = upto;
         Ok(())
-    }
-
-    fn sync_vault(&self) -> Result<(), LogError> {
-        match &self.vault {
-            Some(v) => v
-                .sync()
-                .map_err(|e| self.io(std::io::Error::other(e.to_string()))),
-            None => Ok(()),
-        }
     }
 
     /// Retention: removes the closed segments whose every record was written before

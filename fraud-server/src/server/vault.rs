@@ -4,12 +4,15 @@
 //! destroys its key: the records written before stay in the hash chain, byte for byte, but
 //! nothing in them can name the entity again.
 //!
-//! Keys live in `<data dir>/vault/keys`, one line each: `<key ref> <entity hash> <key>`, where
-//! the entity hash is SHA-256 of its kind and id (to find the key of an id) and the key is
-//! base64, sealed with the encryption key when one is configured. New keys are appended and
-//! fsynced before the log record that uses them is (see [`Vault::sync`]); destroying one
-//! rewrites the file without it (atomically) and fsyncs it. Keys that no record kept any
-//! longer uses are dropped by retention the same way.
+//! Keys live in `<data dir>/vault/keys`: key lines `<key ref> <entity hash or -> <key>`
+//! (the key base64, sealed with the encryption key when one is configured) and assignment
+//! lines `= <key ref> <entity hash>`, the entity hash being SHA-256 of its kind and id (to
+//! find the key of an id). Keys are made in batches, written and fsynced before any is used;
+//! an entity seen for the first time takes one from the batch and its assignment is appended
+//! without an fsync of its own: a lost assignment is found again at start from the log's
+//! records (they name their key), so a durable record never lacks its key and a decision
+//! costs no extra fsync. Destroying a key rewrites the file without it (atomically) and
+//! fsyncs it. Keys that no record kept any longer uses are dropped by retention the same way.
 //!
 //! In a record, a protected field holds `shred1:<key ref>:<base64 of nonce + ciphertext>`;
 //! when the key is gone it reads back as `null`, and the record lists the field under
@@ -19,7 +22,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
@@ -95,7 +98,6 @@ pub enum VaultError {
 
 struct EntityKey {
     key_ref: String,
-    entity: String,
     raw: [u8; 32],
     cipher: Sealer,
     /// The last log record that uses it (0: none seen yet).
@@ -106,6 +108,34 @@ struct Inner {
     file: File,
     by_entity: HashMap<String, Arc<EntityKey>>,
     by_ref: HashMap<String, Arc<EntityKey>>,
+    /// Key ref -> the entity it is assigned to.
+    entity_of: HashMap<String, String>,
+    /// Keys made and durable, not yet assigned.
+    free: Vec<Arc<EntityKey>>,
+}
+
+/// Keys made (and fsynced) at a time.
+const BATCH: usize = 256;
+
+impl Inner {
+    fn assign(&mut self, key_ref: &str, entity: &str) -> Option<Arc<EntityKey>> {
+        let k = self.by_ref.get(key_ref)?.clone();
+        self.free.retain(|f| f.key_ref != key_ref);
+        if let Some(old) = self
+            .entity_of
+            .insert(key_ref.to_string(), entity.to_string())
+        {
+            if self
+                .by_entity
+                .get(&old)
+                .is_some_and(|x| x.key_ref == key_ref)
+            {
+                self.by_entity.remove(&old);
+            }
+        }
+        self.by_entity.insert(entity.to_string(), k.clone());
+        Some(k)
+    }
 }
 
 /// The per-entity keys.
@@ -113,7 +143,6 @@ pub struct Vault {
     path: PathBuf,
     sealer: Option<Sealer>,
     inner: Mutex<Inner>,
-    dirty: AtomicBool,
 }
 
 /// How an entity is named where its id must not be: SHA-256 of its kind and id.
@@ -144,8 +173,13 @@ impl Vault {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(e) => return Err(io(e)),
         };
-        let mut by_entity = HashMap::new();
-        let mut by_ref = HashMap::new();
+        let mut inner = Inner {
+            file: File::open("/dev/null").map_err(io)?,
+            by_entity: HashMap::new(),
+            by_ref: HashMap::new(),
+            entity_of: HashMap::new(),
+            free: Vec::new(),
+        };
         let whole = text.rfind('\n').map_or(0, |i| i + 1);
         for (i, line) in text[..whole].lines().enumerate() {
             let damaged = |reason: String| VaultError::Damaged {
@@ -154,11 +188,20 @@ impl Vault {
                 reason,
             };
             let mut parts = line.split(' ');
-            let (Some(key_ref), Some(entity), Some(key), None) =
+            let (Some(a), Some(b), Some(c), None) =
                 (parts.next(), parts.next(), parts.next(), parts.next())
             else {
-                return Err(damaged("not `<ref> <entity> <key>`".into()));
+                return Err(damaged(
+                    "not `<ref> <entity> <key>` or `= <ref> <entity>`".into(),
+                ));
             };
+            if a == "=" {
+                if inner.assign(b, c).is_none() {
+                    return Err(damaged(format!("assignment of an unknown key {b}")));
+                }
+                continue;
+            }
+            let (key_ref, entity, key) = (a, b, c);
             let raw = match (key.strip_prefix("s:"), &sealer) {
                 (Some(sealed), Some(s)) => {
                     s.open_text(sealed, key_ref.as_bytes()).map_err(damaged)?
@@ -177,13 +220,16 @@ impl Vault {
                 .map_err(|_| damaged("the key is not 32 bytes".into()))?;
             let k = Arc::new(EntityKey {
                 key_ref: key_ref.to_string(),
-                entity: entity.to_string(),
                 cipher: Sealer::new(&raw).map_err(VaultError::Crypto)?,
                 raw,
                 last_seq: AtomicU64::new(0),
             });
-            by_entity.insert(k.entity.clone(), k.clone());
-            by_ref.insert(k.key_ref.clone(), k);
+            inner.by_ref.insert(k.key_ref.clone(), k.clone());
+            if entity == "-" {
+                inner.free.push(k);
+            } else {
+                inner.assign(key_ref, entity);
+            }
         }
         let mut file = std::fs::OpenOptions::new()
             .create(true)
@@ -196,15 +242,11 @@ impl Vault {
             file.sync_all().map_err(io)?;
         }
         file.flush().map_err(io)?;
+        inner.file = file;
         Ok(Vault {
             path,
             sealer,
-            inner: Mutex::new(Inner {
-                file,
-                by_entity,
-                by_ref,
-            }),
-            dirty: AtomicBool::new(false),
+            inner: Mutex::new(inner),
         })
     }
 
@@ -214,7 +256,7 @@ impl Vault {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn line(&self, k: &EntityKey) -> Result<String, VaultError> {
+    fn line(&self, k: &EntityKey, entity: Option<&str>) -> Result<String, VaultError> {
         let key = match &self.sealer {
             Some(s) => format!(
                 "s:{}",
@@ -223,63 +265,96 @@ impl Vault {
             ),
             None => b64().encode(k.raw),
         };
-        Ok(format!("{} {} {key}\n", k.key_ref, k.entity))
+        Ok(format!("{} {} {key}\n", k.key_ref, entity.unwrap_or("-")))
     }
 
-    /// The key of an entity, made (and written) on first use.
+    /// The key of an entity: on first use, one of the durable batch, assigned to it.
     fn key_for(&self, kind: &str, id: &str) -> Result<Arc<EntityKey>, VaultError> {
         let entity = entity_hash(kind, id);
         let mut g = self.lock();
         if let Some(k) = g.by_entity.get(&entity) {
             return Ok(k.clone());
         }
-        let mut raw = [0u8; 32];
-        let mut r = [0u8; 12];
-        getrandom::fill(&mut raw)
-            .and_then(|()| getrandom::fill(&mut r))
-            .map_err(|_| VaultError::Crypto("no randomness from the OS".into()))?;
-        let key_ref: String = r.iter().map(|b| format!("{b:02x}")).collect();
-        let k = Arc::new(EntityKey {
-            key_ref,
-            entity,
-            cipher: Sealer::new(&raw).map_err(VaultError::Crypto)?,
-            raw,
-            last_seq: AtomicU64::new(0),
-        });
-        let line = self.line(&k)?;
+        if g.free.is_empty() {
+            self.make_batch(&mut g)?;
+        }
+        let Some(k) = g.free.pop() else {
+            return Err(VaultError::Crypto("no key could be made".into()));
+        };
+        let io = |source| VaultError::Io {
+            path: self.path.clone(),
+            source,
+        };
         g.file
-            .write_all(line.as_bytes())
-            .map_err(|source| VaultError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
-        self.dirty.store(true, Ordering::Release);
-        g.by_entity.insert(k.entity.clone(), k.clone());
-        g.by_ref.insert(k.key_ref.clone(), k.clone());
+            .write_all(format!("= {} {entity}\n", k.key_ref).as_bytes())
+            .map_err(io)?;
+        g.assign(&k.key_ref, &entity);
         Ok(k)
     }
 
-    /// Makes the keys written so far durable (called before the log's fsync, so that no
-    /// durable record uses a key that is not).
-    pub fn sync(&self) -> Result<(), VaultError> {
-        if self.dirty.swap(false, Ordering::AcqRel) {
-            let file = self
-                .lock()
-                .file
-                .try_clone()
-                .map_err(|source| VaultError::Io {
-                    path: self.path.clone(),
-                    source,
-                })?;
-            if let Err(source) = file.sync_data() {
-                self.dirty.store(true, Ordering::Release);
-                return Err(VaultError::Io {
-                    path: self.path.clone(),
-                    source,
-                });
-            }
+    /// Makes a batch of keys, written and fsynced before any is handed out.
+    fn make_batch(&self, g: &mut Inner) -> Result<(), VaultError> {
+        let mut text = String::new();
+        let mut made = Vec::with_capacity(BATCH);
+        let mut random = vec![0u8; BATCH * 44];
+        getrandom::fill(&mut random)
+            .map_err(|_| VaultError::Crypto("no randomness from the OS".into()))?;
+        for chunk in random.chunks_exact(44) {
+            let mut raw = [0u8; 32];
+            raw.copy_from_slice(&chunk[..32]);
+            let key_ref: String = chunk[32..].iter().map(|b| format!("{b:02x}")).collect();
+            let k = Arc::new(EntityKey {
+                key_ref,
+                cipher: Sealer::new(&raw).map_err(VaultError::Crypto)?,
+                raw,
+                last_seq: AtomicU64::new(0),
+            });
+            text.push_str(&self.line(&k, None)?);
+            made.push(k);
+        }
+        let io = |source| VaultError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        g.file.write_all(text.as_bytes()).map_err(io)?;
+        g.file.sync_data().map_err(io)?;
+        for k in made {
+            g.by_ref.insert(k.key_ref.clone(), k.clone());
+            g.free.push(k);
         }
         Ok(())
+    }
+
+    /// At start, for a record read from the log (`written` as stored, `revealed` decrypted):
+    /// the assignments its keys had are restored if the vault lost them (they are appended
+    /// without an fsync).
+    pub fn restore(&self, written: &Value, revealed: &Value) {
+        for (kind, id_at, _) in FIELDS {
+            let Some(key_ref) = written
+                .pointer(id_at)
+                .and_then(Value::as_str)
+                .and_then(|s| s.strip_prefix(PREFIX))
+                .and_then(|s| s.split_once(':'))
+                .map(|(r, _)| r)
+            else {
+                continue;
+            };
+            let Some(id) = revealed.pointer(id_at).and_then(Value::as_str) else {
+                continue;
+            };
+            let mut g = self.lock();
+            if g.entity_of.contains_key(key_ref) || !g.by_ref.contains_key(key_ref) {
+                continue;
+            }
+            let entity = entity_hash(kind, id);
+            if g.by_entity.contains_key(&entity) {
+                continue;
+            }
+            let line = format!("= {key_ref} {entity}\n");
+            if g.file.write_all(line.as_bytes()).is_ok() {
+                g.assign(key_ref, &entity);
+            }
+        }
     }
 
     /// Encrypts the entity fields of a record's data in place, each under its entity's key;
@@ -389,7 +464,7 @@ impl Vault {
 
     /// The entity hash a key ref belongs to, while the key exists.
     pub fn entity_of(&self, key_ref: &str) -> Option<String> {
-        self.lock().by_ref.get(key_ref).map(|k| k.entity.clone())
+        self.lock().entity_of.get(key_ref).cloned()
     }
 
     /// Destroys keys: the file is rewritten without them (atomically, fsynced). Returns how
@@ -398,8 +473,13 @@ impl Vault {
         let mut g = self.lock();
         let mut n = 0;
         for r in refs {
-            if let Some(k) = g.by_ref.remove(r) {
-                g.by_entity.remove(&k.entity);
+            if g.by_ref.remove(r).is_some() {
+                if let Some(entity) = g.entity_of.remove(r) {
+                    if g.by_entity.get(&entity).is_some_and(|k| &k.key_ref == r) {
+                        g.by_entity.remove(&entity);
+                    }
+                }
+                g.free.retain(|k| &k.key_ref != r);
                 n += 1;
             }
         }
@@ -430,7 +510,8 @@ impl Vault {
         let mut keys: Vec<&Arc<EntityKey>> = g.by_ref.values().collect();
         keys.sort_by(|a, b| a.key_ref.cmp(&b.key_ref));
         for k in keys {
-            text.push_str(&self.line(k)?);
+            let entity = g.entity_of.get(&k.key_ref).map(String::as_str);
+            text.push_str(&self.line(k, entity)?);
         }
         let io = |source| VaultError::Io {
             path: self.path.clone(),
@@ -442,14 +523,13 @@ impl Vault {
             .append(true)
             .open(&self.path)
             .map_err(io)?;
-        self.dirty.store(false, Ordering::Release);
         Ok(())
     }
 
-    /// Number of keys held.
+    /// Number of keys assigned to entities.
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.lock().by_ref.len()
+        self.lock().entity_of.len()
     }
 }
 
@@ -484,7 +564,6 @@ mod tests {
         v.reveal(&mut back);
         assert_eq!(back, record());
         // Another process sees the same keys.
-        v.sync().unwrap_or_else(|e| panic!("{e}"));
         let again = Vault::open(dir.path(), None).unwrap_or_else(|e| panic!("{e}"));
         let mut back = r.clone();
         again.reveal(&mut back);
@@ -513,7 +592,12 @@ mod tests {
         let mut r = record();
         v.protect(&mut r).unwrap_or_else(|e| panic!("{e}"));
         let text = std::fs::read_to_string(dir.path().join("vault/keys")).unwrap_or_default();
-        assert!(text.lines().all(|l| l.contains(" s:")), "{text}");
+        assert!(
+            text.lines()
+                .filter(|l| !l.starts_with('='))
+                .all(|l| l.contains(" s:")),
+            "{text}"
+        );
         assert!(Vault::open(dir.path(), None).is_err());
         assert!(Vault::open(dir.path(), Some(s)).is_ok());
     }
@@ -534,5 +618,44 @@ mod tests {
         let mut back = r2.clone();
         v.reveal(&mut back);
         assert_eq!(back["transaction"]["card"]["token"], "tok_b");
+    }
+
+    #[test]
+    fn keys_come_durable_in_batches_and_lost_assignments_are_restored_from_records() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let v = Vault::open(dir.path(), None).unwrap_or_else(|e| panic!("{e}"));
+        let mut r = record();
+        v.protect(&mut r).unwrap_or_else(|e| panic!("{e}"));
+        let cref = v.key_ref("customer", "customer-one");
+        assert!(cref.is_some());
+        // A crash lost the assignments (appended without an fsync), not the keys.
+        let path = dir.path().join("vault/keys");
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        assert_eq!(text.lines().filter(|l| !l.starts_with('=')).count(), BATCH);
+        let kept: String = text
+            .lines()
+            .filter(|l| !l.starts_with('='))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&path, kept).unwrap_or_else(|e| panic!("{e}"));
+        let again = Vault::open(dir.path(), None).unwrap_or_else(|e| panic!("{e}"));
+        assert!(again.key_ref("customer", "customer-one").is_none());
+        // The record still opens (its key is there), and reading it restores the assignment.
+        let mut back = r.clone();
+        again.reveal(&mut back);
+        assert_eq!(back, record());
+        again.restore(&r, &back);
+        assert_eq!(again.key_ref("customer", "customer-one"), cref);
+        // So a new record of the customer uses the same key, and erasure finds it.
+        let mut r2 = record();
+        again.protect(&mut r2).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            r2["transaction"]["customer_id"]
+                .as_str()
+                .map(|s| s.split(':').nth(1)),
+            r["transaction"]["customer_id"]
+                .as_str()
+                .map(|s| s.split(':').nth(1))
+        );
     }
 }
