@@ -519,9 +519,11 @@ impl DecisionLog {
                 }
                 if let Some(v) = &vault {
                     v.touch(&rec.data, rec.seq);
-                    let written = rec.data.clone();
+                    let lost = v.unassigned(&rec.data);
                     v.reveal(&mut rec.data);
-                    v.restore(&written, &rec.data);
+                    if !lost.is_empty() {
+                        v.restore(lost, &rec.data);
+                    }
                 }
                 if let Some(id) = decision_id(&rec.kind, &rec.data) {
                     index.insert(id, (pos.segment, pos.offset));

@@ -325,34 +325,42 @@ impl Vault {
         Ok(())
     }
 
-    /// At start, for a record read from the log (`written` as stored, `revealed` decrypted):
-    /// the assignments its keys had are restored if the vault lost them (they are appended
-    /// without an fsync).
-    pub fn restore(&self, written: &Value, revealed: &Value) {
-        for (kind, id_at, _) in FIELDS {
-            let Some(key_ref) = written
-                .pointer(id_at)
-                .and_then(Value::as_str)
-                .and_then(|s| s.strip_prefix(PREFIX))
-                .and_then(|s| s.split_once(':'))
-                .map(|(r, _)| r)
-            else {
-                continue;
-            };
+    /// At start, for a record read from the log as written: the keys it names that are not
+    /// assigned to any entity (the vault lost their assignment in a crash). Cheap when there
+    /// are none, the usual case.
+    pub fn unassigned(&self, written: &Value) -> Vec<(usize, String)> {
+        let g = self.lock();
+        FIELDS
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, id_at, _))| {
+                let key_ref = written
+                    .pointer(id_at)
+                    .and_then(Value::as_str)
+                    .and_then(|s| s.strip_prefix(PREFIX))
+                    .and_then(|s| s.split_once(':'))
+                    .map(|(r, _)| r)?;
+                (!g.entity_of.contains_key(key_ref) && g.by_ref.contains_key(key_ref))
+                    .then(|| (i, key_ref.to_string()))
+            })
+            .collect()
+    }
+
+    /// Restores those assignments from the record decrypted (appended without an fsync).
+    pub fn restore(&self, unassigned: Vec<(usize, String)>, revealed: &Value) {
+        for (i, key_ref) in unassigned {
+            let (kind, id_at, _) = FIELDS[i];
             let Some(id) = revealed.pointer(id_at).and_then(Value::as_str) else {
                 continue;
             };
-            let mut g = self.lock();
-            if g.entity_of.contains_key(key_ref) || !g.by_ref.contains_key(key_ref) {
-                continue;
-            }
             let entity = entity_hash(kind, id);
-            if g.by_entity.contains_key(&entity) {
+            let mut g = self.lock();
+            if g.entity_of.contains_key(&key_ref) || g.by_entity.contains_key(&entity) {
                 continue;
             }
             let line = format!("= {key_ref} {entity}\n");
             if g.file.write_all(line.as_bytes()).is_ok() {
-                g.assign(key_ref, &entity);
+                g.assign(&key_ref, &entity);
             }
         }
     }
@@ -641,10 +649,13 @@ mod tests {
         let again = Vault::open(dir.path(), None).unwrap_or_else(|e| panic!("{e}"));
         assert!(again.key_ref("customer", "customer-one").is_none());
         // The record still opens (its key is there), and reading it restores the assignment.
+        let lost = again.unassigned(&r);
+        assert_eq!(lost.len(), 3);
         let mut back = r.clone();
         again.reveal(&mut back);
         assert_eq!(back, record());
-        again.restore(&r, &back);
+        again.restore(lost, &back);
+        assert!(again.unassigned(&r).is_empty());
         assert_eq!(again.key_ref("customer", "customer-one"), cref);
         // So a new record of the customer uses the same key, and erasure finds it.
         let mut r2 = record();
