@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use hmac::{Hmac, Mac};
@@ -259,11 +259,18 @@ pub enum LoginRefusal {
     Disabled,
 }
 
-#[derive(Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Attempts {
     failures: u32,
-    locked_until: Option<Instant>,
+    /// Unix seconds.
+    locked_until: Option<u64>,
     last_step: Option<u64>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 struct Loaded {
@@ -274,6 +281,8 @@ struct Loaded {
 /// The users, as the service sees them.
 pub struct Users {
     path: PathBuf,
+    /// Lock-outs and the last code step used, per user (kept across restarts).
+    state_path: PathBuf,
     sealer: Option<Sealer>,
     policy: LoginPolicy,
     loaded: Mutex<Loaded>,
@@ -298,12 +307,24 @@ impl Users {
     ) -> Result<Self, UserError> {
         let users = read_records(path)?;
         let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        let state_path = path.with_extension("state.json");
+        let attempts = match std::fs::read(&state_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                eprintln!(
+                    "warning: {}: not read ({e}); lock-outs and used codes start afresh",
+                    state_path.display()
+                );
+                HashMap::new()
+            }),
+            Err(_) => HashMap::new(),
+        };
         Ok(Users {
             path: path.to_path_buf(),
+            state_path,
             sealer,
             policy,
             loaded: Mutex::new(Loaded { modified, users }),
-            attempts: Mutex::new(HashMap::new()),
+            attempts: Mutex::new(attempts),
         })
     }
 
@@ -338,21 +359,21 @@ impl Users {
         self.current().iter().any(|u| u.name == name && !u.disabled)
     }
 
-    /// Checks a login: password and one-time code, with lock-out and replay refusal.
+    /// Checks a login: password and one-time code, with lock-out and replay refusal. Only
+    /// existing users are tracked (a name that is no user could be anything); their state is
+    /// kept in `<users file>.state.json`, so a restart forgets neither a lock-out nor a used
+    /// code.
     pub fn login(&self, name: &str, password: &str, code: &str) -> Result<LoggedIn, LoginRefusal> {
-        let now = Instant::now();
+        let now = unix_now();
         {
-            let mut a = self
+            let a = self
                 .attempts
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let entry = a.entry(name.to_string()).or_default();
-            if let Some(until) = entry.locked_until {
+            if let Some(until) = a.get(name).and_then(|e| e.locked_until) {
                 if until > now {
-                    return Err(LoginRefusal::Locked((until - now).as_secs().max(1)));
+                    return Err(LoginRefusal::Locked(until - now));
                 }
-                entry.locked_until = None;
-                entry.failures = 0;
             }
         }
         let users = self.current();
@@ -365,47 +386,63 @@ impl Users {
                 .verify_password(password.as_bytes(), &h)
                 .is_ok()
         });
+        let Some(user) = user else {
+            return Err(LoginRefusal::Wrong);
+        };
         let step = current_step();
-        let matched_step = user.filter(|_| password_ok).and_then(|u| {
-            let secret = self.secret(u)?;
-            let code = code.trim();
-            [step.saturating_sub(1), step, step + 1]
-                .into_iter()
-                .find(|&s| {
-                    let want = totp(&secret, s);
-                    !want.is_empty()
-                        && subtle::ConstantTimeEq::ct_eq(want.as_bytes(), code.as_bytes()).into()
-                })
-        });
+        let matched_step = password_ok
+            .then(|| self.secret(user))
+            .flatten()
+            .and_then(|secret| {
+                let code = code.trim();
+                [step.saturating_sub(1), step, step + 1]
+                    .into_iter()
+                    .find(|&s| {
+                        let want = totp(&secret, s);
+                        !want.is_empty()
+                            && subtle::ConstantTimeEq::ct_eq(want.as_bytes(), code.as_bytes())
+                                .into()
+                    })
+            });
         let mut a = self
             .attempts
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let entry = a.entry(name.to_string()).or_default();
-        let outcome = match (user, matched_step) {
-            (Some(u), Some(s)) if entry.last_step.is_some_and(|last| s <= last) => {
-                let _ = u;
-                Err(LoginRefusal::Replayed)
-            }
-            (Some(u), Some(_)) if u.disabled => Err(LoginRefusal::Disabled),
-            (Some(u), Some(s)) => {
+        if entry.locked_until.is_some_and(|u| u <= now) {
+            entry.locked_until = None;
+            entry.failures = 0;
+        }
+        let mut outcome = match matched_step {
+            Some(s) if entry.last_step.is_some_and(|last| s <= last) => Err(LoginRefusal::Replayed),
+            Some(_) if user.disabled => Err(LoginRefusal::Disabled),
+            Some(s) => {
                 entry.last_step = Some(s);
                 Ok(LoggedIn {
-                    name: u.name.clone(),
-                    role: u.role,
+                    name: user.name.clone(),
+                    role: user.role,
                 })
             }
-            _ => Err(LoginRefusal::Wrong),
+            None => Err(LoginRefusal::Wrong),
         };
         match &outcome {
             Ok(_) => entry.failures = 0,
             Err(_) => {
                 entry.failures += 1;
                 if entry.failures >= self.policy.max_failures {
-                    entry.locked_until = Some(now + self.policy.lockout);
-                    return Err(LoginRefusal::Locked(self.policy.lockout.as_secs().max(1)));
+                    let secs = self.policy.lockout.as_secs().max(1);
+                    entry.locked_until = Some(now + secs);
+                    outcome = Err(LoginRefusal::Locked(secs));
                 }
             }
+        }
+        let state = serde_json::to_vec(&*a).unwrap_or_default();
+        drop(a);
+        if let Err(e) = fraud_core::features::durable::write_atomic(&self.state_path, &state) {
+            eprintln!(
+                "warning: {}: not written ({e}); lock-outs and used codes would not survive a restart",
+                self.state_path.display()
+            );
         }
         outcome
     }
@@ -511,6 +548,25 @@ mod tests {
             users.login("alice", "correct horse battery", &next),
             Err(LoginRefusal::Locked(_))
         ));
+        // A restart forgets neither the lock-out nor the codes used.
+        let restarted = Users::open(
+            &path,
+            None,
+            LoginPolicy {
+                max_failures: 3,
+                lockout: Duration::from_secs(60),
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            restarted.login("alice", "correct horse battery", &next),
+            Err(LoginRefusal::Locked(_))
+        ));
+        // Names that are no user are not tracked.
+        let _ = restarted.login("4111111111111111", "whatever whatever", "123456");
+        let state =
+            std::fs::read_to_string(dir.path().join("users.state.json")).unwrap_or_default();
+        assert!(!state.contains("4111111111111111"), "{state}");
         // Disabled users cannot log in.
         set_disabled(&path, "alice", true).unwrap_or_else(|e| panic!("{e}"));
         assert!(!users.active("alice"));
