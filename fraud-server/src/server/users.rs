@@ -494,6 +494,14 @@ mod tests {
         assert!(unbase32("not base32!").is_none());
     }
 
+    fn open_users(path: &Path) -> Users {
+        let policy = LoginPolicy {
+            max_failures: 3,
+            lockout: Duration::from_secs(60),
+        };
+        Users::open(path, None, policy).unwrap_or_else(|e| panic!("{e}"))
+    }
+
     #[test]
     fn logins_need_both_factors_lock_out_and_refuse_replays() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -506,15 +514,7 @@ mod tests {
         assert!(create_user(&path, "carol", Role::Score, "long enough pass", None).is_err());
         let text = std::fs::read_to_string(&path).unwrap_or_default();
         assert!(!text.contains("correct horse"), "{text}");
-        let users = Users::open(
-            &path,
-            None,
-            LoginPolicy {
-                max_failures: 3,
-                lockout: Duration::from_secs(60),
-            },
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        let users = open_users(&path);
         let secret = unbase32(&e.secret).unwrap_or_default();
         let code = totp(&secret, current_step());
         assert_eq!(
@@ -549,15 +549,7 @@ mod tests {
             Err(LoginRefusal::Locked(_))
         ));
         // A restart forgets neither the lock-out nor the codes used.
-        let restarted = Users::open(
-            &path,
-            None,
-            LoginPolicy {
-                max_failures: 3,
-                lockout: Duration::from_secs(60),
-            },
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        let restarted = open_users(&path);
         assert!(matches!(
             restarted.login("alice", "correct horse battery", &next),
             Err(LoginRefusal::Locked(_))
