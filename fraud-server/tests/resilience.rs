@@ -95,6 +95,20 @@ fn body(id: &str, card: u32, second: u32) -> String {
     )
 }
 
+/// `fraud audit verify` passes on the data directory's log.
+fn assert_log_verifies(dir: &Path, when: &str) {
+    let verify = Command::new(env!("CARGO_BIN_EXE_fraud"))
+        .args(["audit", "verify"])
+        .arg(dir.join("data/log"))
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{when}: {}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+}
+
 #[test]
 fn sigkill_under_load_loses_nothing_acknowledged() {
     crash_rounds("");
@@ -181,16 +195,7 @@ fn crash_rounds(config: &str) -> tempfile::TempDir {
         let restarted = Instant::now();
         server = start_with(dir.path(), port, config);
         let recovery = restarted.elapsed();
-        let verify = Command::new(env!("CARGO_BIN_EXE_fraud"))
-            .args(["audit", "verify"])
-            .arg(dir.path().join("data/log"))
-            .output()
-            .unwrap();
-        assert!(
-            verify.status.success(),
-            "round {round}: {}",
-            String::from_utf8_lossy(&verify.stderr)
-        );
+        assert_log_verifies(dir.path(), &format!("round {round}"));
         // Every answered decision is there.
         let acked_now = acked.lock().unwrap().clone();
         assert!(
@@ -368,16 +373,7 @@ fn sigkill_during_model_reloads_keeps_a_valid_model() {
             // The last acknowledged upload is recorded at or before the recorded one.
             assert!(log.contains(v.as_str()));
         }
-        let verify = Command::new(env!("CARGO_BIN_EXE_fraud"))
-            .args(["audit", "verify"])
-            .arg(dir.path().join("data/log"))
-            .output()
-            .unwrap();
-        assert!(
-            verify.status.success(),
-            "{}",
-            String::from_utf8_lossy(&verify.stderr)
-        );
+        assert_log_verifies(dir.path(), "after the model reloads");
     }
     assert_eq!(versions.len(), 2);
     let _ = server.kill();

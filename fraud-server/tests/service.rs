@@ -830,11 +830,9 @@ fn sheds_load_past_its_capacity_with_503_and_retry_after() {
     assert_eq!(st, 200);
 }
 
-#[test]
-fn scores_with_entity_state_in_redis() {
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let Ok(mut redis) = Command::new("redis-server")
+/// A throw-away `redis-server` on `port` (no persistence, loopback only).
+fn redis_server(port: u16) -> std::process::Child {
+    Command::new("redis-server")
         .args([
             "--port",
             &port.to_string(),
@@ -847,9 +845,14 @@ fn scores_with_entity_state_in_redis() {
         ])
         .stdout(Stdio::null())
         .spawn()
-    else {
-        panic!("redis-server is not installed (the test command installs it)");
-    };
+        .expect("redis-server is not installed (the test command installs it)")
+}
+
+#[test]
+fn scores_with_entity_state_in_redis() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = redis_server(port);
     let cfg = format!("[state]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{port}/\"\nredis_timeout_ms = 500\n");
     let mut server = None;
     for _ in 0..50 {
@@ -1235,23 +1238,7 @@ fn thousands_of_card_numbers_leave_no_trace() {
 fn redis_outage_degrades_then_recovers_by_itself() {
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
-    let redis_at = |port: u16| {
-        Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--bind",
-                "127.0.0.1",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server is not installed (the test command installs it)")
-    };
-    let mut redis = redis_at(port);
+    let mut redis = redis_server(port);
     let cfg = format!("[state]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{port}/\"\nredis_timeout_ms = 300\non_unavailable = \"degrade\"\n");
     let mut server = None;
     for _ in 0..50 {
@@ -1282,7 +1269,7 @@ fn redis_outage_degrades_then_recovers_by_itself() {
     let (_, rec, _) = s.call("GET", "/v1/decisions/o1", Some(&key), None);
     assert!(rec["features"]["card_txn_count_10m"].is_null(), "{rec}");
     // Back: normal answers again, with no restart of the service.
-    let mut redis = redis_at(port);
+    let mut redis = redis_server(port);
     let mut normal = None;
     for i in 2..40 {
         std::thread::sleep(Duration::from_millis(100));

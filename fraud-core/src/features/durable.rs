@@ -280,15 +280,7 @@ impl Log {
     /// Writes snapshot `seq` (the state as of the start of segment `seq`), then deletes the
     /// older snapshots and segments it replaces.
     pub(crate) fn write_snapshot(&self, seq: u64, shards: &[Shard]) -> Result<(), StoreError> {
-        let mut entities = Vec::new();
-        for sh in shards {
-            for e in Entity::ALL {
-                for (k, s) in sh.maps[e.index()].iter() {
-                    entities.push((e, Cow::Borrowed(k), Cow::Borrowed(s)));
-                }
-            }
-        }
-        let body = postcard::to_allocvec(&SnapshotBody { entities })
+        let body = postcard::to_allocvec(&snapshot_body(shards))
             .map_err(|e| corrupt(&self.dir, e.to_string()))?;
         let path = snapshot_path(&self.dir, seq);
         let tmp = path.with_extension("tmp");
@@ -384,14 +376,8 @@ fn read_segment(
     Ok(())
 }
 
-/// The bytes of a standalone state: every entity of `shards` and a caller's `tag` (e.g. the
-/// position in another log the state corresponds to), with the spec's fingerprint and a
-/// checksum.
-pub(crate) fn state_bytes(
-    ex: &Extractor,
-    tag: u64,
-    shards: &[Shard],
-) -> Result<Vec<u8>, StoreError> {
+/// Every entity of the shards, borrowed, as snapshots store them.
+fn snapshot_body(shards: &[Shard]) -> SnapshotBody<'_> {
     let mut entities = Vec::new();
     for sh in shards {
         for e in Entity::ALL {
@@ -400,7 +386,18 @@ pub(crate) fn state_bytes(
             }
         }
     }
-    let body = postcard::to_allocvec(&SnapshotBody { entities })
+    SnapshotBody { entities }
+}
+
+/// The bytes of a standalone state: every entity of `shards` and a caller's `tag` (e.g. the
+/// position in another log the state corresponds to), with the spec's fingerprint and a
+/// checksum.
+pub(crate) fn state_bytes(
+    ex: &Extractor,
+    tag: u64,
+    shards: &[Shard],
+) -> Result<Vec<u8>, StoreError> {
+    let body = postcard::to_allocvec(&snapshot_body(shards))
         .map_err(|e| corrupt(Path::new("state"), e.to_string()))?;
     let mut out = header(SNAP_MAGIC, &spec_fingerprint(ex));
     out.extend_from_slice(&(body.len() as u64).to_le_bytes());

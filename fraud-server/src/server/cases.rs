@@ -50,6 +50,19 @@ impl Filter {
     }
 }
 
+/// The Unix hour of a record's RFC 3339 time (0 when it is not one).
+pub fn hour_of(at: &str) -> i64 {
+    time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+        .map_or(0, |t| t.unix_timestamp().div_euclid(3600))
+}
+
+/// The Unix hour now.
+pub fn hour_now() -> i64 {
+    time::OffsetDateTime::now_utc()
+        .unix_timestamp()
+        .div_euclid(3600)
+}
+
 /// Score histogram bins.
 pub const SCORE_BINS: usize = 20;
 
@@ -85,8 +98,8 @@ impl Cases {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Takes in one decision-log record (`data` decrypted).
-    pub fn record(&self, kind: &str, seq: u64, at: &str, data: &Value) {
+    /// Takes in one decision-log record (`data` decrypted), written in Unix hour `hour`.
+    pub fn record(&self, kind: &str, seq: u64, hour: i64, data: &Value) {
         match kind {
             "decision" => {
                 let response = &data["response"];
@@ -99,9 +112,6 @@ impl Cases {
                 let mcc = data["transaction"]["mcc"]
                     .as_u64()
                     .and_then(|m| u16::try_from(m).ok());
-                let hour =
-                    time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
-                        .map_or(0, |t| t.unix_timestamp().div_euclid(3600));
                 let mut g = self.lock();
                 if let Some(i) = outcome_index(decision) {
                     g.by_hour.entry(hour).or_default()[i] += 1;
@@ -214,7 +224,7 @@ mod tests {
     #[test]
     fn reviews_open_cases_labels_close_them_filters_apply() {
         let c = Cases::default();
-        let at = "2026-11-29T10:00:00Z";
+        let at = hour_of("2026-11-29T10:00:00Z");
         c.record("decision", 1, at, &decision("a", "review", 0.4, 5411, 100));
         c.record("decision", 2, at, &decision("b", "approve", 0.1, 5411, 200));
         c.record("decision", 3, at, &decision("c", "review", 0.6, 5999, 300));

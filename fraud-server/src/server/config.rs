@@ -107,21 +107,21 @@ pub struct ConsoleConfig {
     pub page_size: usize,
 }
 
-/// Transaction fields the console can show.
-pub const CONSOLE_FIELDS: &[&str] = &[
-    "customer_id",
-    "merchant_id",
-    "mcc",
-    "terminal_id",
-    "channel",
-    "card_country",
-    "merchant_country",
-    "ip",
-    "ip_country",
-    "device_id",
-    "email",
-    "latitude",
-    "longitude",
+/// Transaction fields the console can show: (name, label).
+pub const CONSOLE_FIELDS: &[(&str, &str)] = &[
+    ("customer_id", "Customer"),
+    ("merchant_id", "Merchant"),
+    ("mcc", "Category (MCC)"),
+    ("terminal_id", "Terminal"),
+    ("channel", "Channel"),
+    ("card_country", "Card country"),
+    ("merchant_country", "Merchant country"),
+    ("ip", "IP address"),
+    ("ip_country", "IP country"),
+    ("device_id", "Device"),
+    ("email", "E-mail"),
+    ("latitude", "Latitude"),
+    ("longitude", "Longitude"),
 ];
 
 impl Default for ConsoleConfig {
@@ -519,11 +519,18 @@ impl Config {
         if let Some(f) = c
             .analyst_fields
             .iter()
-            .find(|f| !CONSOLE_FIELDS.contains(&f.as_str()))
+            .find(|f| !CONSOLE_FIELDS.iter().any(|(n, _)| n == f))
         {
             return Err(bad(
                 "console.analyst_fields",
-                format!("`{f}` is not one of {}", CONSOLE_FIELDS.join(", ")),
+                format!(
+                    "`{f}` is not one of {}",
+                    CONSOLE_FIELDS
+                        .iter()
+                        .map(|(n, _)| *n)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
             ));
         }
         if c.idle_timeout_s == 0 || c.absolute_timeout_s < c.idle_timeout_s {

@@ -389,12 +389,6 @@ fn spec_reads(extractor: &Extractor, entity: Entity, field: Field) -> bool {
         || spec.distinct.iter().any(|d| d.field == field)
 }
 
-fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
-
 /// What became of a label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Labelled {
@@ -704,7 +698,8 @@ impl Engine {
             .append_owned("decision", caller, record)
             .map_err(Problem::from_log)?;
         drop(cut);
-        self.cases.record("decision", seq, &now_rfc3339(), &summary);
+        self.cases
+            .record("decision", seq, super::cases::hour_now(), &summary);
         let elapsed = started.elapsed();
         response["elapsed_us"] = json!(elapsed.as_micros() as u64);
         self.metrics.scored(

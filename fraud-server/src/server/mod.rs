@@ -227,7 +227,7 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
                 let slot = usize::from(rec.data["role"] == "shadow");
                 installed[slot] = Some(rec.data["file"].as_str().map(str::to_string));
             }
-            review_cases.record(&rec.kind, rec.seq, &rec.at, &rec.data);
+            review_cases.record(&rec.kind, rec.seq, cases::hour_of(&rec.at), &rec.data);
             if replay && rec.seq > snapshot_tag && failure.is_none() {
                 replayed += 1;
                 match engine::replay_record(&extractor, store.as_ref(), rec, Some(&vault)) {

@@ -154,6 +154,11 @@ pub fn entity_hash(kind: &str, id: &str) -> String {
         .collect()
 }
 
+/// A protected field's key ref and sealed value (`shred1:<ref>:<base64>`).
+fn envelope(v: &Value) -> Option<(&str, &str)> {
+    v.as_str()?.strip_prefix(PREFIX)?.split_once(':')
+}
+
 fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::STANDARD
 }
@@ -334,12 +339,7 @@ impl Vault {
             .iter()
             .enumerate()
             .filter_map(|(i, (_, id_at, _))| {
-                let key_ref = written
-                    .pointer(id_at)
-                    .and_then(Value::as_str)
-                    .and_then(|s| s.strip_prefix(PREFIX))
-                    .and_then(|s| s.split_once(':'))
-                    .map(|(r, _)| r)?;
+                let (key_ref, _) = envelope(written.pointer(id_at)?)?;
                 (!g.entity_of.contains_key(key_ref) && g.by_ref.contains_key(key_ref))
                     .then(|| (i, key_ref.to_string()))
             })
@@ -407,11 +407,7 @@ impl Vault {
                 let Some(v) = data.pointer_mut(f) else {
                     continue;
                 };
-                let Some((key_ref, sealed)) = v
-                    .as_str()
-                    .and_then(|s| s.strip_prefix(PREFIX))
-                    .and_then(|s| s.split_once(':'))
-                else {
+                let Some((key_ref, sealed)) = envelope(v) else {
                     continue;
                 };
                 let key = self.lock().by_ref.get(key_ref).cloned();
@@ -440,12 +436,7 @@ impl Vault {
     pub fn touch(&self, data: &Value, seq: u64) {
         let g = self.lock();
         for (_, id_at, _) in FIELDS {
-            let key_ref = data
-                .pointer(id_at)
-                .and_then(Value::as_str)
-                .and_then(|s| s.strip_prefix(PREFIX))
-                .and_then(|s| s.split_once(':'))
-                .map(|(r, _)| r);
+            let key_ref = data.pointer(id_at).and_then(envelope).map(|(r, _)| r);
             if let Some(k) = key_ref.and_then(|r| g.by_ref.get(r)) {
                 k.last_seq.fetch_max(seq, Ordering::Relaxed);
             }

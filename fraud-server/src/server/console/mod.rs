@@ -264,22 +264,6 @@ struct Field {
     value: String,
 }
 
-const FIELD_LABELS: &[(&str, &str)] = &[
-    ("customer_id", "Customer"),
-    ("merchant_id", "Merchant"),
-    ("mcc", "Category (MCC)"),
-    ("terminal_id", "Terminal"),
-    ("channel", "Channel"),
-    ("card_country", "Card country"),
-    ("merchant_country", "Merchant country"),
-    ("ip", "IP address"),
-    ("ip_country", "IP country"),
-    ("device_id", "Device"),
-    ("email", "E-mail"),
-    ("latitude", "Latitude"),
-    ("longitude", "Longitude"),
-];
-
 impl Console {
     /// The console over `engine`, with its users.
     pub fn new(engine: Arc<Engine>, users: Users, cfg: ConsoleConfig) -> Result<Self, String> {
@@ -712,7 +696,7 @@ async fn case_page(c: Data, req: HttpRequest, id: web::Path<String>) -> HttpResp
         ));
     }
     let (c2, who, tid) = (c.clone(), user.clone(), id.clone());
-    let rec = web::block(move || -> Result<Option<Value>, Problem> {
+    let rec = web::block(move || -> Result<Option<(String, Value)>, Problem> {
         let Some(rec) = c2.engine.log.decision(&tid).map_err(Problem::from_log)? else {
             return Ok(None);
         };
@@ -724,10 +708,10 @@ async fn case_page(c: Data, req: HttpRequest, id: web::Path<String>) -> HttpResp
             &who,
             &json!({"transaction_id": tid, "via": "console"}),
         )?;
-        Ok(Some(rec.data))
+        Ok(Some((rec.at, rec.data)))
     })
     .await;
-    let rec = match rec {
+    let (recorded_at, rec) = match rec {
         Ok(Ok(Some(r))) => r,
         Ok(Ok(None)) => {
             return c.stop(Stop::Message(
@@ -744,7 +728,7 @@ async fn case_page(c: Data, req: HttpRequest, id: web::Path<String>) -> HttpResp
     let resp = &rec["response"];
     let mut fields = Vec::new();
     let mut hidden = Vec::new();
-    for (name, label) in FIELD_LABELS {
+    for (name, label) in super::config::CONSOLE_FIELDS {
         if c.sees(role, name) {
             fields.push(Field {
                 label: (*label).to_string(),
@@ -763,9 +747,7 @@ async fn case_page(c: Data, req: HttpRequest, id: web::Path<String>) -> HttpResp
     // Aggregates: the recorded windowed features, grouped by entity.
     let mut groups: Vec<Aggregates> = Vec::new();
     if let Some(features) = rec["features"].as_object() {
-        for entity in [
-            "card", "customer", "terminal", "merchant", "device", "ip", "email",
-        ] {
+        for entity in fraud_core::features::Entity::ALL.map(|e| e.name()) {
             let prefix = format!("{entity}_");
             let rows: Vec<Field> = features
                 .iter()
@@ -782,23 +764,11 @@ async fn case_page(c: Data, req: HttpRequest, id: web::Path<String>) -> HttpResp
             if !rows.is_empty() {
                 groups.push(Aggregates {
                     entity: entity.to_string(),
-                    rows: rows
-                        .into_iter()
-                        .map(|f| Field {
-                            label: f.label,
-                            value: f.value,
-                        })
-                        .collect(),
+                    rows,
                 });
             }
         }
     }
-    let groups: Vec<minijinja::Value> = groups
-        .into_iter()
-        .map(|g| {
-            minijinja::context! { entity => g.entity, rows => g.rows.into_iter().map(|f| minijinja::context!{ name => f.label, value => f.value }).collect::<Vec<_>>() }
-        })
-        .collect();
     let status = match &case {
         Some(k) if k.escalated => "open, escalated",
         Some(_) => "open",
@@ -814,7 +784,7 @@ async fn case_page(c: Data, req: HttpRequest, id: web::Path<String>) -> HttpResp
             score => format!("{:.3}", resp["score"].as_f64().unwrap_or(0.0)),
             risk => text(&resp["risk_score"]), model_version => text(&resp["model_version"]),
             rules => resp["rules_fired"].as_array().map(|a| a.iter().filter_map(|r| r.as_str().map(String::from)).collect::<Vec<_>>()).unwrap_or_default(),
-            recorded_at => "at decision time",
+            recorded_at => recorded_at,
             time => utc(tx["timestamp_us"].as_i64().unwrap_or(0), true),
             card => card(tx), amount => amount(tx), fields => fields, hidden => hidden,
             reasons => bars(&resp["reasons"]), aggregates => groups,
@@ -869,7 +839,9 @@ async fn case_action(
         }
         let data = json!({"transaction_id": tid, "action": what});
         let seq = c2.record("case", &who, &data)?;
-        c2.engine.cases.record("case", seq, "", &data);
+        c2.engine
+            .cases
+            .record("case", seq, super::cases::hour_now(), &data);
         Ok(match what.as_str() {
             "fraud" => format!("Case {tid} confirmed as fraud."),
             "legit" => format!("Case {tid} marked legitimate."),
