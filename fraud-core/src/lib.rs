@@ -32,3 +32,20 @@ pub mod train;
 pub mod transaction;
 
 pub use model::{Artifact, ArtifactError, CompiledModel, Ensemble, ImportError, ModelError};
+
+/// Hints the CPU to load the cache line holding `p`; never faults, whatever `p` is.
+#[inline(always)]
+pub(crate) fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: SSE is part of the x86_64 baseline, and a prefetch is only a hint: it reads
+        // nothing and cannot fault, even for an address outside any allocation.
+        #[allow(unsafe_code)]
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(p.cast());
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}

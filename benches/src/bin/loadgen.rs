@@ -13,10 +13,7 @@
 //! (`elapsed_us` of the answers) at p50 / p99 / p99.9. `--find-max` raises the rate step by
 //! step and reports the highest rate held with end-to-end p99 under `--p99-ms` and no errors.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -131,132 +128,288 @@ fn body(seq: u64, cards: u64, run: u64) -> String {
     )
 }
 
-fn connect(host: &str) -> std::io::Result<(TcpStream, BufReader<TcpStream>)> {
-    let s = TcpStream::connect(host)?;
-    s.set_nodelay(true)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let r = BufReader::new(s.try_clone()?);
-    Ok((s, r))
+/// One keep-alive connection of the event loop.
+struct Conn {
+    stream: mio::net::TcpStream,
+    /// Index of this connection's next request in `schedule` order (every `connections`-th).
+    next: usize,
+    /// The request in flight: (its index, when it was due), and how much of it is written.
+    inflight: Option<(usize, Instant)>,
+    written: usize,
+    /// Bytes of the answer read so far.
+    buf: Vec<u8>,
 }
 
-/// Sends one request on a keep-alive connection; returns (status, elapsed_us of the answer).
-fn request(
-    w: &mut TcpStream,
-    r: &mut BufReader<TcpStream>,
-    host: &str,
-    key: &str,
-    body: &str,
-) -> std::io::Result<(u16, Option<u64>)> {
-    let req = format!(
-        "POST /v1/score HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    w.write_all(req.as_bytes())?;
-    let mut line = String::new();
-    r.read_line(&mut line)?;
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
+fn connect(addr: std::net::SocketAddr) -> std::io::Result<mio::net::TcpStream> {
+    // A blocking connect (refused at once when nothing listens), then non-blocking use.
+    let s = std::net::TcpStream::connect(addr)?;
+    s.set_nodelay(true)?;
+    s.set_nonblocking(true)?;
+    Ok(mio::net::TcpStream::from_std(s))
+}
+
+/// Parses one complete answer at the front of `buf`: (bytes it takes, status, `elapsed_us`).
+/// `None` while incomplete.
+fn parse_answer(buf: &[u8]) -> Result<Option<(usize, u16, Option<u64>)>, String> {
+    let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Ok(None);
+    };
+    let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| "head is not UTF-8")?;
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other("bad status line"))?;
+        .ok_or("bad status line")?;
     let mut len = 0usize;
-    loop {
-        line.clear();
-        r.read_line(&mut line)?;
-        if line == "\r\n" || line.is_empty() {
-            break;
-        }
+    for line in lines {
         if let Some((k, v)) = line.split_once(':') {
             if k.eq_ignore_ascii_case("content-length") {
-                len = v.trim().parse().unwrap_or(0);
+                len = v.trim().parse().map_err(|_| "bad content-length")?;
             }
         }
     }
-    let mut buf = vec![0u8; len];
-    r.read_exact(&mut buf)?;
-    let text = String::from_utf8_lossy(&buf);
-    let elapsed = text
-        .find("\"elapsed_us\":")
-        .and_then(|i| text[i + 13..].split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|d| d.parse().ok());
-    Ok((status, elapsed))
+    let total = head_end + 4 + len;
+    if buf.len() < total {
+        return Ok(None);
+    }
+    let body = &buf[head_end + 4..total];
+    let key = b"\"elapsed_us\":";
+    let elapsed = body
+        .windows(key.len())
+        .position(|w| w == key)
+        .and_then(|i| {
+            let digits: Vec<u8> = body[i + key.len()..]
+                .iter()
+                .copied()
+                .take_while(u8::is_ascii_digit)
+                .collect();
+            std::str::from_utf8(&digits).ok()?.parse().ok()
+        });
+    Ok(Some((total, status, elapsed)))
 }
 
-fn run(o: &Opts, rate: f64, run_id: u64) -> Run {
-    let seq = Arc::new(AtomicU64::new(0));
-    let per_conn = rate / o.connections as f64;
-    let interval = Duration::from_secs_f64(1.0 / per_conn);
-    let total = (rate * o.seconds) as u64;
-    let started = Instant::now() + Duration::from_millis(100);
-    let handles: Vec<_> = (0..o.connections)
-        .map(|c| {
-            let seq = seq.clone();
-            let host = o.host.clone();
-            let key = o.key.clone();
-            let cards = o.cards;
-            let offset = interval.mul_f64(c as f64 / o.connections as f64);
-            std::thread::spawn(move || {
-                let mut e2e = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
-                    .unwrap_or_else(|_| unreachable!());
-                let mut server = e2e.clone();
-                let (mut sent, mut ok, mut errors) = (0u64, 0u64, 0u64);
-                let mut conn = connect(&host).ok();
-                let mut due = started + offset;
-                loop {
-                    let n = seq.fetch_add(1, Ordering::Relaxed);
-                    if n >= total {
-                        break;
-                    }
-                    let now = Instant::now();
-                    if due > now {
-                        std::thread::sleep(due - now);
-                    }
-                    let b = body(n, cards, run_id);
-                    sent += 1;
-                    let result = match conn.as_mut() {
-                        Some((w, r)) => request(w, r, &host, &key, &b),
-                        None => Err(std::io::Error::other("not connected")),
-                    };
-                    match result {
-                        Ok((200, el)) => {
-                            ok += 1;
-                            if let Some(us) = el {
-                                let _ = server.record(us.max(1));
-                            }
-                        }
-                        Ok(_) => errors += 1,
-                        Err(_) => {
-                            errors += 1;
-                            conn = connect(&host).ok();
-                        }
-                    }
-                    let lat = Instant::now().saturating_duration_since(due).as_micros() as u64;
-                    let _ = e2e.record(lat.max(1));
-                    due += interval;
-                }
-                (sent, ok, errors, e2e, server)
-            })
+/// The wake-up timer of the event loop: a timerfd, for microsecond precision (epoll's own
+/// timeout counts in milliseconds).
+struct Timer {
+    fd: std::os::fd::OwnedFd,
+    armed: Option<Instant>,
+}
+
+impl Timer {
+    fn new() -> std::io::Result<Timer> {
+        use rustix::time::{timerfd_create, TimerfdClockId, TimerfdFlags};
+        let fd = timerfd_create(
+            TimerfdClockId::Monotonic,
+            TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
+        )?;
+        Ok(Timer { fd, armed: None })
+    }
+
+    /// Fires at `at` (at least one microsecond from now).
+    fn arm(&mut self, at: Instant) -> std::io::Result<()> {
+        use rustix::time::{timerfd_settime, Itimerspec, TimerfdTimerFlags, Timespec};
+        if self.armed == Some(at) {
+            return Ok(());
+        }
+        let d = at
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_micros(1));
+        let spec = Itimerspec {
+            it_interval: Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: Timespec {
+                tv_sec: d.as_secs() as i64,
+                tv_nsec: i64::from(d.subsec_nanos()),
+            },
+        };
+        timerfd_settime(&self.fd, TimerfdTimerFlags::empty(), &spec)?;
+        self.armed = Some(at);
+        Ok(())
+    }
+
+    fn drain(&mut self) {
+        let mut n = [0u8; 8];
+        let _ = rustix::io::read(&self.fd, &mut n);
+        self.armed = None;
+    }
+}
+
+/// Runs `rate` requests a second for `o.seconds` on `o.connections` connections, all driven
+/// by one thread (so the client takes as little as it can of the machine it shares with the
+/// server). Request `n` is due at `n / rate` seconds and goes on connection
+/// `n % connections`; a connection sends its next request when it is due and the previous
+/// one is answered, and its latency counts from when it was due.
+fn run(o: &Opts, rate: f64, run_id: u64) -> std::io::Result<Run> {
+    use std::net::ToSocketAddrs;
+    let addr = o
+        .host
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::other("the host has no address"))?;
+    let total = (rate * o.seconds) as usize;
+    // Every request built before the clock starts.
+    let requests: Vec<Vec<u8>> = (0..total as u64)
+        .map(|n| {
+            let b = body(n, o.cards, run_id);
+            format!(
+                "POST /v1/score HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
+                o.host,
+                o.key,
+                b.len()
+            )
+            .into_bytes()
         })
         .collect();
+    let mut poll = mio::Poll::new()?;
+    let mut events = mio::Events::with_capacity(1024);
+    let mut conns = Vec::with_capacity(o.connections);
+    for c in 0..o.connections {
+        let mut stream = connect(addr)?;
+        poll.registry().register(
+            &mut stream,
+            mio::Token(c),
+            mio::Interest::READABLE | mio::Interest::WRITABLE,
+        )?;
+        conns.push(Conn {
+            stream,
+            next: c,
+            inflight: None,
+            written: 0,
+            buf: Vec::with_capacity(4096),
+        });
+    }
+    let mut timer = Timer::new()?;
+    let timer_token = mio::Token(usize::MAX);
+    poll.registry().register(
+        &mut mio::unix::SourceFd(&std::os::fd::AsRawFd::as_raw_fd(&timer.fd)),
+        timer_token,
+        mio::Interest::READABLE,
+    )?;
     let mut out = Run {
         sent: 0,
         ok: 0,
         errors: 0,
-        e2e: Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| unreachable!()),
-        server: Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| unreachable!()),
+        e2e: Histogram::new_with_bounds(1, 60_000_000, 3).map_err(std::io::Error::other)?,
+        server: Histogram::new_with_bounds(1, 60_000_000, 3).map_err(std::io::Error::other)?,
         seconds: 0.0,
     };
-    for h in handles {
-        if let Ok((s, k, e, a, b)) = h.join() {
-            out.sent += s;
-            out.ok += k;
-            out.errors += e;
-            let _ = out.e2e.add(&a);
-            let _ = out.server.add(&b);
+    let started = Instant::now() + Duration::from_millis(100);
+    let due_of = |n: usize| started + Duration::from_secs_f64(n as f64 / rate);
+    let mut done = 0usize;
+    let mut chunk = vec![0u8; 64 * 1024];
+    while done < total {
+        // Send what is due on idle connections; find the next time something falls due.
+        let now = Instant::now();
+        let mut wake: Option<Instant> = None;
+        for (i, c) in conns.iter_mut().enumerate() {
+            if c.inflight.is_none() && c.next < total {
+                let due = due_of(c.next);
+                if due <= now {
+                    c.inflight = Some((c.next, due));
+                    c.written = 0;
+                    c.next += o.connections;
+                    out.sent += 1;
+                } else {
+                    wake = Some(wake.map_or(due, |w: Instant| w.min(due)));
+                }
+            }
+            if let Some((n, _)) = c.inflight {
+                let req = &requests[n];
+                while c.written < req.len() {
+                    match c.stream.write(&req[c.written..]) {
+                        Ok(k) => c.written += k,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(_) => {
+                            fail(c, i, &mut out, &mut done, addr, &poll)?;
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(w) = wake {
+            timer.arm(w)?;
+        }
+        poll.poll(&mut events, Some(Duration::from_secs(10)))?;
+        if events.is_empty() {
+            return Err(std::io::Error::other("no answer for 10 seconds"));
+        }
+        for ev in events.iter() {
+            if ev.token() == timer_token {
+                timer.drain();
+                continue;
+            }
+            let i = ev.token().0;
+            let c = &mut conns[i];
+            if !ev.is_readable() && !ev.is_read_closed() {
+                continue;
+            }
+            loop {
+                match c.stream.read(&mut chunk) {
+                    Ok(0) => {
+                        fail(c, i, &mut out, &mut done, addr, &poll)?;
+                        break;
+                    }
+                    Ok(k) => c.buf.extend_from_slice(&chunk[..k]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        fail(c, i, &mut out, &mut done, addr, &poll)?;
+                        break;
+                    }
+                }
+            }
+            match parse_answer(&c.buf) {
+                Ok(None) => {}
+                Ok(Some((used, status, elapsed))) => {
+                    c.buf.drain(..used);
+                    if let Some((_, due)) = c.inflight.take() {
+                        let lat = Instant::now().saturating_duration_since(due).as_micros() as u64;
+                        let _ = out.e2e.record(lat.max(1));
+                        done += 1;
+                        if status == 200 {
+                            out.ok += 1;
+                            if let Some(us) = elapsed {
+                                let _ = out.server.record(us.max(1));
+                            }
+                        } else {
+                            out.errors += 1;
+                        }
+                    }
+                }
+                Err(_) => fail(c, i, &mut out, &mut done, addr, &poll)?,
+            }
         }
     }
     out.seconds = started.elapsed().as_secs_f64();
-    out
+    Ok(out)
+}
+
+/// A connection failed: its request in flight counts as an error, and it reconnects.
+fn fail(
+    c: &mut Conn,
+    token: usize,
+    out: &mut Run,
+    done: &mut usize,
+    addr: std::net::SocketAddr,
+    poll: &mio::Poll,
+) -> std::io::Result<()> {
+    if let Some((_, due)) = c.inflight.take() {
+        let lat = Instant::now().saturating_duration_since(due).as_micros() as u64;
+        let _ = out.e2e.record(lat.max(1));
+        out.errors += 1;
+        *done += 1;
+    }
+    let _ = poll.registry().deregister(&mut c.stream);
+    c.buf.clear();
+    c.stream = connect(addr)?;
+    poll.registry().register(
+        &mut c.stream,
+        mio::Token(token),
+        mio::Interest::READABLE | mio::Interest::WRITABLE,
+    )
 }
 
 fn ms(us: u64) -> f64 {
@@ -281,20 +434,25 @@ fn report(rate: f64, r: &Run) {
     );
 }
 
+fn fatal(e: &std::io::Error) -> ! {
+    eprintln!("loadgen: {e}");
+    std::process::exit(1)
+}
+
 fn main() {
     let o = parse();
     let run_id = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     if !o.find_max {
-        let r = run(&o, o.rate, run_id);
+        let r = run(&o, o.rate, run_id).unwrap_or_else(|e| fatal(&e));
         report(o.rate, &r);
         return;
     }
     let mut best = None;
     let mut rate = o.start_rate;
     for k in 0..100u64 {
-        let r = run(&o, rate, run_id * 1000 + k);
+        let r = run(&o, rate, run_id * 1000 + k).unwrap_or_else(|e| fatal(&e));
         report(rate, &r);
         let held = r.errors == 0 && ms(r.e2e.value_at_quantile(0.99)) < o.p99_ms && r.ok == r.sent;
         if !held {

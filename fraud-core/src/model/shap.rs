@@ -139,13 +139,23 @@ impl Explainer {
         let d = self.max_depth + 2;
         let mut path = vec![PathElement::default(); (d + 1) * (d + 2) / 2 + d];
         let mut goes_left = Vec::new();
+        let mut offsets = Vec::new();
         let mut lanes = vec![0.0; LANES * m];
+        // Tables in two passes: first where every leaf's row is (prefetched), then the sums,
+        // by when the rows have arrived.
+        for (tree, table) in self.ensemble.trees.iter().zip(&self.tables) {
+            if let (Some(t), true) = (table, tree.nodes.len() > 1) {
+                t.offsets(tree, row, &mut goes_left, &mut offsets);
+            }
+        }
+        let mut at = 0;
         for (tree, table) in self.ensemble.trees.iter().zip(&self.tables) {
             if tree.nodes.len() == 1 {
                 continue;
             }
             if let Some(t) = table {
-                t.add(tree, row, &mut goes_left, &mut lanes);
+                t.accumulate(&offsets[at..at + t.leaves.len()], &mut lanes);
+                at += t.leaves.len();
                 continue;
             }
             let mut walk = Walk {
@@ -245,6 +255,7 @@ impl TreeTable {
         if tree.nodes.len() == 1 {
             return Some(t);
         }
+
         let mut stack: Vec<(usize, Vec<(u32, bool)>)> = vec![(0, Vec::new())];
         while let Some((i, path)) = stack.pop() {
             match &tree.nodes[i] {
@@ -379,19 +390,22 @@ impl TreeTable {
         out
     }
 
-    /// Adds this tree's contributions for `row` to `phi`: `LANES` accumulators of the
-    /// features, one after the other.
-    fn add(&self, tree: &super::Tree, row: &[f64], goes_left: &mut Vec<bool>, phi: &mut [f64]) {
+    /// Appends to `offsets` where each leaf's row of the table is for `row`, and prefetches
+    /// those rows: the tables of a model do not fit in a core's cache, and each lookup would
+    /// otherwise be a miss waited for in turn. [`TreeTable::accumulate`] reads them later.
+    fn offsets(
+        &self,
+        tree: &super::Tree,
+        row: &[f64],
+        goes_left: &mut Vec<bool>,
+        offsets: &mut Vec<u32>,
+    ) {
         goes_left.clear();
         goes_left.extend(tree.nodes.iter().map(|n| match n {
             Node::Split(s) => s.goes_left(row.get(s.feature as usize).copied().unwrap_or(f64::NAN)),
             Node::Leaf { .. } => false,
         }));
-        // Four accumulators, leaf after leaf: additions to the same feature do not wait on
-        // each other.
-        let m = phi.len() / LANES;
-        for (j, &(c0, nc, f0, k, k0, pair)) in self.leaves.iter().enumerate() {
-            let lane = (j % LANES) * m;
+        for &(c0, nc, _, k, k0, pair) in &self.leaves {
             let k = usize::from(k);
             let mut p = (1usize << k) - 1;
             let conds = &self.conds[c0 as usize..c0 as usize + usize::from(nc)];
@@ -409,7 +423,21 @@ impl TreeTable {
                 let parent = conds[conds.len() - 1].0 as usize;
                 p = p * 2 + usize::from(goes_left[parent]);
             }
-            let c = &self.coef[k0 as usize + p * k..k0 as usize + (p + 1) * k];
+            let at = k0 as usize + p * k;
+            crate::prefetch(self.coef.as_ptr().wrapping_add(at).cast());
+            offsets.push(at as u32);
+        }
+    }
+
+    /// Adds the table rows at `offsets` (one per leaf entry, from [`TreeTable::offsets`]) to
+    /// `phi`: `LANES` accumulators of the features, one after the other, so additions to the
+    /// same feature do not wait on each other.
+    fn accumulate(&self, offsets: &[u32], phi: &mut [f64]) {
+        let m = phi.len() / LANES;
+        for (j, (&(_, _, f0, k, _, _), &at)) in self.leaves.iter().zip(offsets).enumerate() {
+            let lane = (j % LANES) * m;
+            let k = usize::from(k);
+            let c = &self.coef[at as usize..at as usize + k];
             for (s, &f) in self.features[f0 as usize..f0 as usize + k]
                 .iter()
                 .enumerate()

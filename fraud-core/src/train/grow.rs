@@ -5,6 +5,7 @@
 //! Every parallel loop runs over features, and each feature's sums run in row order, so the
 //! result is the same bit for bit whatever the number of threads.
 
+use crate::prefetch;
 use rayon::prelude::*;
 
 use super::bins::{BinMapper, Binned, MISSING_BIN};
@@ -107,23 +108,6 @@ pub(crate) struct Grown {
 /// Rows ahead whose bins are prefetched while building a histogram (leaf rows are scattered,
 /// so the hardware prefetcher cannot guess them).
 const PREFETCH_AHEAD: usize = 64;
-
-/// Hints the CPU to load the cache line holding `p`; never faults, whatever `p` is.
-#[inline(always)]
-fn prefetch(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        // SAFETY: SSE is part of the x86_64 baseline, and a prefetch is only a hint: it reads
-        // nothing and cannot fault, even for an address outside any allocation.
-        #[allow(unsafe_code)]
-        unsafe {
-            _mm_prefetch::<_MM_HINT_T0>(p.cast());
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
 
 /// Splits sorted `rows` by `left`, keeping order on both sides. Large leaves are cut into
 /// fixed-size chunks partitioned in parallel and joined in order.
