@@ -49,3 +49,26 @@ pub(crate) fn prefetch(p: *const u8) {
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
 }
+
+/// Asks Linux to back the whole 2 MiB pages inside `buf` with transparent huge pages (where
+/// the system leaves it to each program, as Debian does): a large freshly allocated buffer
+/// then costs one page fault per 2 MiB instead of one per 4 KiB when first written. Only a
+/// hint: elsewhere, or when refused, nothing changes.
+pub(crate) fn huge_pages<T>(buf: &mut [T]) {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let start = (buf.as_mut_ptr() as usize).next_multiple_of(HUGE);
+        let end = (buf.as_mut_ptr() as usize + std::mem::size_of_val(buf)) / HUGE * HUGE;
+        if end > start {
+            // SAFETY: the range lies inside `buf`, which this function borrows mutably; the
+            // advice only changes how the kernel backs the pages, never their contents.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = buf;
+}

@@ -580,6 +580,7 @@ pub fn replay_flat(extractor: &Extractor, history: &[Transaction]) -> Vec<f64> {
     if n == 0 || m == 0 {
         return out;
     }
+    crate::huge_pages(&mut out);
     let mut order: Vec<u32> = (0..n as u32).collect();
     order.par_sort_by_key(|&i| history[i as usize].timestamp_us);
     // One pass over the transactions (in parallel) reads everything the state needs into
@@ -593,6 +594,9 @@ pub fn replay_flat(extractor: &Extractor, history: &[Transaction]) -> Vec<f64> {
     let mut points: Vec<Compact> = Vec::with_capacity(n);
     let mut fields: Vec<Option<u64>> = vec![None; n * nf.max(1)];
     let mut keys: Vec<u128> = vec![0; n * np.max(1)];
+    crate::huge_pages(points.spare_capacity_mut());
+    crate::huge_pages(&mut fields);
+    crate::huge_pages(&mut keys);
     history
         .par_iter()
         .zip(fields.par_chunks_mut(nf.max(1)))
@@ -645,7 +649,16 @@ pub fn replay_flat(extractor: &Extractor, history: &[Transaction]) -> Vec<f64> {
             let mut vals = Vec::with_capacity(rows.len() * width);
             let mut row = vec![f64::NAN; m];
             let mut states: HashMap<u128, EntityState, store::Prehashed> = HashMap::default();
-            for &i in &rows {
+            // The rows of a part are scattered over the arrays (every few rows, and unevenly):
+            // the ones a few steps ahead are asked for early, so the misses overlap.
+            const AHEAD: usize = 16;
+            for (j, &i) in rows.iter().enumerate() {
+                if let Some(&a) = rows.get(j + AHEAD) {
+                    let a = a as usize;
+                    crate::prefetch(points.as_ptr().wrapping_add(a).cast());
+                    crate::prefetch(fields.as_ptr().wrapping_add(a * nf).cast());
+                    crate::prefetch(keys.as_ptr().wrapping_add(a * np + pi).cast());
+                }
                 let i = i as usize;
                 let c = &points[i];
                 let mut p = Point {
