@@ -484,10 +484,22 @@ impl StateStore for MemoryStore {
     ) -> Result<(), StoreError> {
         let upto = {
             let mut guards = self.lock_for(ex, obs);
-            for e in ex.entities() {
+            // First every entity's state is found and its newest events asked for, so that
+            // their cache misses overlap; then the features, entity after entity.
+            let mut at = [(0u128, 0usize); Entity::ALL.len()];
+            for (slot, e) in at.iter_mut().zip(ex.entities()) {
+                if let Some(k) = obs.key(e) {
+                    *slot = self.locate(e, k);
+                    if let Some(s) =
+                        guard_of(&mut guards, slot.1).and_then(|sh| sh.maps[e.index()].get(slot.0))
+                    {
+                        s.prefetch();
+                    }
+                }
+            }
+            for (&(h, i), e) in at.iter().zip(ex.entities()) {
                 match obs.key(e) {
                     Some(k) => {
-                        let (h, i) = self.locate(e, k);
                         if let Some(sh) = guard_of(&mut guards, i) {
                             let s = sh.maps[e.index()].entry(h, k);
                             ex.entity_into(e, &obs.point, Some(s), row);
