@@ -154,8 +154,8 @@ impl Explainer {
                 continue;
             }
             if let Some(t) = table {
-                t.accumulate(&offsets[at..at + t.leaves.len()], &mut lanes);
-                at += t.leaves.len();
+                t.accumulate(&offsets[at..at + t.blocks.len()], &mut lanes);
+                at += t.blocks.len();
                 continue;
             }
             let mut walk = Walk {
@@ -229,24 +229,106 @@ const MAX_TABLE: usize = 1 << 17;
 /// of each feature's contribution depends on the row only through which of the path's unique
 /// features the row follows towards the leaf (their "one" fractions, 0 or 1); the cover
 /// fractions are fixed. So every pattern of a leaf's `k` unique path features is computed
-/// once, at load, and scoring only looks the pattern up. Everything is in flat arrays, leaf
-/// after leaf, for locality.
+/// once, at load, and scoring only looks the pattern up.
+///
+/// Leaves are looked up in blocks: a leaf alone, two sibling leaves (a pair) or the four
+/// leaves under one node whose children both split into two leaves (a quad). A block's
+/// leaves share the conditions above its root (the prefix); its table is indexed by the
+/// pattern of the prefix's unique features followed by the row's direction at each of the
+/// block's own splits (1, or 3 for a quad), and holds the sum of its leaves' contributions:
+/// one lookup per block instead of one per leaf (the lookups are what the time goes to, each
+/// a likely cache miss). Everything is in flat arrays, block after block, for locality.
 #[derive(Debug, Clone, Default)]
 struct TreeTable {
-    /// Per leaf, or per pair of sibling leaves: (first condition, number of conditions,
-    /// first feature slot, k, first coefficient, pair). A pair's last condition is at their
-    /// parent: its table is indexed by `2 * pattern + goes_left(parent)` and holds the sum of
-    /// both leaves' contributions (one lookup instead of two).
-    leaves: Vec<(u32, u16, u32, u8, u32, bool)>,
-    /// Path conditions: (node, the leaf is on its left, feature slot).
+    blocks: Vec<Block>,
+    /// Prefix conditions: (node, the block is on its left, prefix feature slot).
     conds: Vec<(u32, bool, u8)>,
-    /// Unique path features of each leaf, by slot.
+    /// Each block's features: the prefix's unique features by slot, then those of the
+    /// block's own splits not among them.
     features: Vec<u32>,
-    /// Per leaf, `2^k x k` coefficients: for pattern `p` (bit `s` set when the row follows
-    /// the path at every node of slot `s`) the contribution of slot `s` is `coef[p * k + s]`.
-    /// Stored in `f32`, as XGBoost computes TreeSHAP: half the memory, and the lookups are
-    /// what the time goes to.
+    /// Per block, `2^kp x 2^splits x k` coefficients (`kp` prefix features, `k` in all): for
+    /// index `i` (the prefix pattern, bit `s` set when the row follows the prefix at every
+    /// node of slot `s`, then the directions), the contribution of slot `s` is
+    /// `coef[i * k + s]`. Stored in `f32`, as XGBoost computes TreeSHAP: half the memory.
     coef: Vec<f32>,
+}
+
+/// One block of leaves of a [`TreeTable`].
+#[derive(Debug, Clone, Copy, Default)]
+struct Block {
+    /// First prefix condition and their number.
+    c0: u32,
+    nc: u16,
+    /// First feature and number of features (`k`).
+    f0: u32,
+    k: u8,
+    /// Number of prefix features (the pattern's bits).
+    kp: u8,
+    /// First coefficient.
+    k0: u32,
+    /// The block's own splits (root first), whose directions end the index.
+    splits: u8,
+    nodes: [u32; 3],
+}
+
+/// A leaf's own table, before the leaves are grouped into blocks.
+struct LeafTable {
+    path: Vec<(u32, bool)>,
+    features: Vec<u32>,
+    /// `2^k x k` contributions, indexed by the pattern of `features`.
+    coef: Vec<f64>,
+}
+
+impl LeafTable {
+    fn new(
+        tree: &super::Tree,
+        path: Vec<(u32, bool)>,
+        value: f64,
+        scale: f64,
+    ) -> Option<LeafTable> {
+        let mut features: Vec<u32> = Vec::new();
+        let mut zero: Vec<f64> = Vec::new();
+        for &(n, left) in &path {
+            let Node::Split(s) = &tree.nodes[n as usize] else {
+                return None;
+            };
+            let child = if left { s.left } else { s.right } as usize;
+            let frac = cover(&tree.nodes[child]) / s.cover;
+            let slot = match features.iter().position(|&f| f == s.feature) {
+                Some(k) => k,
+                None => {
+                    features.push(s.feature);
+                    zero.push(1.0);
+                    features.len() - 1
+                }
+            };
+            zero[slot] *= frac;
+        }
+        let k = features.len();
+        if k > 16 || (1usize << k) * k > MAX_TABLE {
+            return None;
+        }
+        let mut coef = vec![0.0; (1 << k) * k];
+        let mut buf = vec![PathElement::default(); k + 2];
+        for p in 0..(1usize << k) {
+            extend(&mut buf, 0, 1.0, 1.0, -1);
+            for (s, &z) in zero.iter().enumerate() {
+                let one = if p >> s & 1 == 1 { 1.0 } else { 0.0 };
+                extend(&mut buf, s + 1, z, one, s as i64);
+            }
+            for i in 1..=k {
+                let el = buf[i];
+                let w = unwound_sum(&buf, k, i);
+                coef[p * k + el.feature as usize] =
+                    w * (el.one_fraction - el.zero_fraction) * value * scale;
+            }
+        }
+        Some(LeafTable {
+            path,
+            features,
+            coef,
+        })
+    }
 }
 
 impl TreeTable {
@@ -255,142 +337,162 @@ impl TreeTable {
         if tree.nodes.len() == 1 {
             return Some(t);
         }
-
+        let leaf = |i: usize| matches!(tree.nodes[i], Node::Leaf { .. });
+        // Both children leaves: the node ends a pair.
+        let pair_root = |i: usize| match &tree.nodes[i] {
+            Node::Split(s) => leaf(s.left as usize) && leaf(s.right as usize),
+            Node::Leaf { .. } => false,
+        };
         let mut stack: Vec<(usize, Vec<(u32, bool)>)> = vec![(0, Vec::new())];
-        while let Some((i, path)) = stack.pop() {
+        while let Some((i, prefix)) = stack.pop() {
+            let splits: Vec<usize> = match &tree.nodes[i] {
+                Node::Leaf { .. } => Vec::new(),
+                Node::Split(_) if pair_root(i) => vec![i],
+                // Children each a leaf or a pair: one block of up to four leaves.
+                Node::Split(s)
+                    if [s.left, s.right]
+                        .iter()
+                        .all(|&c| leaf(c as usize) || pair_root(c as usize)) =>
+                {
+                    let mut b = vec![i];
+                    b.extend(
+                        [s.left, s.right]
+                            .iter()
+                            .map(|&c| c as usize)
+                            .filter(|&c| !leaf(c)),
+                    );
+                    b
+                }
+                Node::Split(s) => {
+                    let mut l = prefix.clone();
+                    l.push((i as u32, true));
+                    let mut r = prefix;
+                    r.push((i as u32, false));
+                    stack.push((s.right as usize, r));
+                    stack.push((s.left as usize, l));
+                    continue;
+                }
+            };
+            t.push_block(tree, &prefix, i, &splits, scale)?;
+        }
+        Some(t)
+    }
+
+    /// Adds the block rooted at node `top` under `prefix`, whose own splits are `splits`
+    /// (none: `top` is a leaf alone).
+    fn push_block(
+        &mut self,
+        tree: &super::Tree,
+        prefix: &[(u32, bool)],
+        top: usize,
+        splits: &[usize],
+        scale: f64,
+    ) -> Option<()> {
+        // The block's leaves, each with its path.
+        let mut leaves: Vec<LeafTable> = Vec::new();
+        let mut pending: Vec<(usize, Vec<(u32, bool)>)> = vec![(top, prefix.to_vec())];
+        while let Some((i, path)) = pending.pop() {
             match &tree.nodes[i] {
                 Node::Split(s) => {
                     let mut l = path.clone();
                     l.push((i as u32, true));
-                    stack.push((s.left as usize, l));
+                    pending.push((s.left as usize, l));
                     let mut r = path;
                     r.push((i as u32, false));
-                    stack.push((s.right as usize, r));
+                    pending.push((s.right as usize, r));
                 }
                 Node::Leaf { value, .. } => {
-                    let mut features: Vec<u32> = Vec::new();
-                    let mut zero: Vec<f64> = Vec::new();
-                    let first_cond = t.conds.len();
-                    for &(n, left) in &path {
-                        let Node::Split(s) = &tree.nodes[n as usize] else {
-                            return None;
-                        };
-                        let child = if left { s.left } else { s.right } as usize;
-                        let frac = cover(&tree.nodes[child]) / s.cover;
-                        let slot = match features.iter().position(|&f| f == s.feature) {
-                            Some(k) => k,
-                            None => {
-                                features.push(s.feature);
-                                zero.push(1.0);
-                                features.len() - 1
-                            }
-                        };
-                        zero[slot] *= frac;
-                        t.conds.push((n, left, slot as u8));
-                    }
-                    let k = features.len();
-                    if k > 16 || path.len() > usize::from(u16::MAX) {
-                        return None;
-                    }
-                    let first_coef = t.coef.len();
-                    if first_coef + (1usize << k) * k > MAX_TABLE {
-                        return None;
-                    }
-                    t.coef.resize(first_coef + (1 << k) * k, 0.0);
-                    let mut buf = vec![PathElement::default(); k + 2];
-                    for p in 0..(1usize << k) {
-                        extend(&mut buf, 0, 1.0, 1.0, -1);
-                        for (s, &z) in zero.iter().enumerate() {
-                            let one = if p >> s & 1 == 1 { 1.0 } else { 0.0 };
-                            extend(&mut buf, s + 1, z, one, s as i64);
-                        }
-                        for i in 1..=k {
-                            let el = buf[i];
-                            let w = unwound_sum(&buf, k, i);
-                            t.coef[first_coef + p * k + el.feature as usize] =
-                                (w * (el.one_fraction - el.zero_fraction) * value * scale) as f32;
-                        }
-                    }
-                    t.leaves.push((
-                        first_cond as u32,
-                        path.len() as u16,
-                        t.features.len() as u32,
-                        k as u8,
-                        first_coef as u32,
-                        false,
-                    ));
-                    t.features.extend_from_slice(&features);
+                    leaves.push(LeafTable::new(tree, path, *value, scale)?);
                 }
             }
         }
-        Some(t.paired())
-    }
-
-    /// Merges sibling leaves (the same path but for the direction at their parent, so the
-    /// same features in the same slots) into one entry.
-    fn paired(self) -> TreeTable {
-        let mut out = TreeTable {
-            conds: self.conds.clone(),
-            features: self.features.clone(),
-            ..TreeTable::default()
+        let feature_of = |n: u32| match &tree.nodes[n as usize] {
+            Node::Split(s) => s.feature,
+            Node::Leaf { .. } => u32::MAX,
         };
-        let mut j = 0;
-        while j < self.leaves.len() {
-            let a = self.leaves[j];
-            let sibling = self.leaves.get(j + 1).copied().filter(|b| {
-                let (ca, cb) = (a.0 as usize, b.0 as usize);
-                let n = usize::from(a.1);
-                n > 0
-                    && a.1 == b.1
-                    && a.3 == b.3
-                    && self.conds[ca..ca + n - 1] == self.conds[cb..cb + n - 1]
-                    && self.conds[ca + n - 1].0 == self.conds[cb + n - 1].0
-                    && self.conds[ca + n - 1].1 != self.conds[cb + n - 1].1
-                    && self.features[a.2 as usize..a.2 as usize + usize::from(a.3)]
-                        == self.features[b.2 as usize..b.2 as usize + usize::from(b.3)]
-            });
-            let k = usize::from(a.3);
-            let first = out.coef.len();
-            match sibling {
-                Some(b) => {
-                    // `l` is the leaf on the parent's left.
-                    let n = usize::from(a.1);
-                    let (l, r) = if self.conds[a.0 as usize + n - 1].1 {
-                        (a, b)
-                    } else {
-                        (b, a)
-                    };
-                    let slot = usize::from(self.conds[a.0 as usize + n - 1].2);
-                    out.coef.resize(first + (2usize << k) * k, 0.0);
-                    for q in 0..(1usize << k) {
-                        for g in 0..2usize {
-                            // The row goes left (g = 1): the left leaf's path is followed at
-                            // the parent, the right leaf's is not.
-                            let pl = q & !(usize::from(g == 0) << slot);
-                            let pr = q & !(usize::from(g == 1) << slot);
-                            for s in 0..k {
-                                let v = f64::from(self.coef[l.4 as usize + pl * k + s])
-                                    + f64::from(self.coef[r.4 as usize + pr * k + s]);
-                                out.coef[first + (q * 2 + g) * k + s] = v as f32;
+        // Prefix features by slot, then the block's own.
+        let mut features: Vec<u32> = Vec::new();
+        let mut conds = Vec::with_capacity(prefix.len());
+        for &(n, left) in prefix {
+            let f = feature_of(n);
+            let slot = match features.iter().position(|&g| g == f) {
+                Some(k) => k,
+                None => {
+                    features.push(f);
+                    features.len() - 1
+                }
+            };
+            conds.push((n, left, slot as u8));
+        }
+        let kp = features.len();
+        for &n in splits {
+            let f = feature_of(n as u32);
+            if !features.contains(&f) {
+                features.push(f);
+            }
+        }
+        let k = features.len();
+        let nb = splits.len();
+        if kp > 16 || prefix.len() > usize::from(u16::MAX) {
+            return None;
+        }
+        let rows = (1usize << kp) << nb;
+        let first = self.coef.len();
+        if first + rows * k > MAX_TABLE {
+            return None;
+        }
+        let mut sums = vec![0.0f64; rows * k];
+        for p in 0..(1usize << kp) {
+            for d in 0..(1usize << nb) {
+                // Direction bits, the root's first (most significant): 1 = left.
+                let goes_left = |n: u32| {
+                    let j = splits.iter().position(|&b| b as u32 == n).unwrap_or(0);
+                    d >> (nb - 1 - j) & 1 == 1
+                };
+                let index = (p << nb) | d;
+                for lt in &leaves {
+                    let mut q = 0usize;
+                    for (s, &f) in lt.features.iter().enumerate() {
+                        let mut on = match features[..kp].iter().position(|&g| g == f) {
+                            Some(ps) => p >> ps & 1 == 1,
+                            None => true,
+                        };
+                        for &(n, left) in &lt.path[prefix.len()..] {
+                            if feature_of(n) == f && goes_left(n) != left {
+                                on = false;
                             }
                         }
+                        q |= usize::from(on) << s;
                     }
-                    out.leaves.push((l.0, l.1, l.2, l.3, first as u32, true));
-                    j += 2;
-                }
-                None => {
-                    let n = (1usize << k) * k;
-                    out.coef
-                        .extend_from_slice(&self.coef[a.4 as usize..a.4 as usize + n]);
-                    out.leaves.push((a.0, a.1, a.2, a.3, first as u32, false));
-                    j += 1;
+                    let kl = lt.features.len();
+                    for (s, &f) in lt.features.iter().enumerate() {
+                        let u = features.iter().position(|&g| g == f).unwrap_or(0);
+                        sums[index * k + u] += lt.coef[q * kl + s];
+                    }
                 }
             }
         }
-        out
+        self.coef.extend(sums.iter().map(|&v| v as f32));
+        let mut nodes = [0u32; 3];
+        for (slot, &n) in nodes.iter_mut().zip(splits) {
+            *slot = n as u32;
+        }
+        self.blocks.push(Block {
+            c0: self.conds.len() as u32,
+            nc: prefix.len() as u16,
+            f0: self.features.len() as u32,
+            k: k as u8,
+            kp: kp as u8,
+            k0: first as u32,
+            splits: nb as u8,
+            nodes,
+        });
+        self.conds.extend(conds);
+        self.features.extend(features);
+        Some(())
     }
 
-    /// Appends to `offsets` where each leaf's row of the table is for `row`, and prefetches
+    /// Appends to `offsets` where each block's row of the table is for `row`, and prefetches
     /// those rows: the tables of a model do not fit in a core's cache, and each lookup would
     /// otherwise be a miss waited for in turn. [`TreeTable::accumulate`] reads them later.
     fn offsets(
@@ -405,40 +507,32 @@ impl TreeTable {
             Node::Split(s) => s.goes_left(row.get(s.feature as usize).copied().unwrap_or(f64::NAN)),
             Node::Leaf { .. } => false,
         }));
-        for &(c0, nc, _, k, k0, pair) in &self.leaves {
-            let k = usize::from(k);
-            let mut p = (1usize << k) - 1;
-            let conds = &self.conds[c0 as usize..c0 as usize + usize::from(nc)];
-            let shared = if pair {
-                &conds[..conds.len() - 1]
-            } else {
-                conds
-            };
+        for b in &self.blocks {
+            let mut p = (1usize << b.kp) - 1;
             // Branch-free: whether the row follows the path is as good as random.
-            for &(n, left, slot) in shared {
+            for &(n, left, slot) in &self.conds[b.c0 as usize..b.c0 as usize + usize::from(b.nc)] {
                 let off = usize::from(goes_left[n as usize] != left);
                 p &= !(off << slot);
             }
-            if pair {
-                let parent = conds[conds.len() - 1].0 as usize;
-                p = p * 2 + usize::from(goes_left[parent]);
+            for &n in &b.nodes[..usize::from(b.splits)] {
+                p = p * 2 + usize::from(goes_left[n as usize]);
             }
-            let at = k0 as usize + p * k;
+            let at = b.k0 as usize + p * usize::from(b.k);
             crate::prefetch(self.coef.as_ptr().wrapping_add(at).cast());
             offsets.push(at as u32);
         }
     }
 
-    /// Adds the table rows at `offsets` (one per leaf entry, from [`TreeTable::offsets`]) to
+    /// Adds the table rows at `offsets` (one per block, from [`TreeTable::offsets`]) to
     /// `phi`: `LANES` accumulators of the features, one after the other, so additions to the
     /// same feature do not wait on each other.
     fn accumulate(&self, offsets: &[u32], phi: &mut [f64]) {
         let m = phi.len() / LANES;
-        for (j, (&(_, _, f0, k, _, _), &at)) in self.leaves.iter().zip(offsets).enumerate() {
+        for (j, (b, &at)) in self.blocks.iter().zip(offsets).enumerate() {
             let lane = (j % LANES) * m;
-            let k = usize::from(k);
+            let k = usize::from(b.k);
             let c = &self.coef[at as usize..at as usize + k];
-            for (s, &f) in self.features[f0 as usize..f0 as usize + k]
+            for (s, &f) in self.features[b.f0 as usize..b.f0 as usize + k]
                 .iter()
                 .enumerate()
             {
