@@ -145,7 +145,7 @@ impl Explainer {
         // by when the rows have arrived.
         for (tree, table) in self.ensemble.trees.iter().zip(&self.tables) {
             if let (Some(t), true) = (table, tree.nodes.len() > 1) {
-                t.offsets(tree, row, &mut goes_left, &mut offsets);
+                t.offsets(row, &mut goes_left, &mut offsets);
             }
         }
         let mut at = 0;
@@ -251,6 +251,13 @@ struct TreeTable {
     /// node of slot `s`, then the directions), the contribution of slot `s` is
     /// `coef[i * k + s]`. Stored in `f32`, as XGBoost computes TreeSHAP: half the memory.
     coef: Vec<f32>,
+    /// The tree's splits in order, as `(feature, threshold, default_left)` for a test
+    /// `x < threshold` with NaN taking the default; conditions and blocks name splits by
+    /// their position here.
+    tests: Vec<(u32, f64, bool)>,
+    /// Splits of any other kind (categorical, zero as missing, ...): (position, split),
+    /// tested by [`super::Split::goes_left`] after the others.
+    other: Vec<(u32, super::Split)>,
 }
 
 /// One block of leaves of a [`TreeTable`].
@@ -337,6 +344,26 @@ impl TreeTable {
         if tree.nodes.len() == 1 {
             return Some(t);
         }
+        // Splits by position: conditions and blocks refer to them so.
+        let mut position = vec![u32::MAX; tree.nodes.len()];
+        for (i, n) in tree.nodes.iter().enumerate() {
+            if let Node::Split(sp) = n {
+                position[i] = t.tests.len() as u32;
+                let simple = match (&sp.missing, &sp.test) {
+                    (super::Missing::Nan, super::Test::Less(x)) => Some(*x),
+                    // x <= t exactly when x < the next double above t.
+                    (super::Missing::Nan, super::Test::LessEqual(x)) if *x < f64::INFINITY => {
+                        Some(x.next_up())
+                    }
+                    _ => None,
+                };
+                if simple.is_none() {
+                    t.other.push((t.tests.len() as u32, sp.clone()));
+                }
+                t.tests
+                    .push((sp.feature, simple.unwrap_or(f64::NAN), sp.default_left));
+            }
+        }
         let leaf = |i: usize| matches!(tree.nodes[i], Node::Leaf { .. });
         // Both children leaves: the node ends a pair.
         let pair_root = |i: usize| match &tree.nodes[i] {
@@ -373,7 +400,7 @@ impl TreeTable {
                     continue;
                 }
             };
-            t.push_block(tree, &prefix, i, &splits, scale)?;
+            t.push_block(tree, &position, &prefix, i, &splits, scale)?;
         }
         Some(t)
     }
@@ -383,6 +410,7 @@ impl TreeTable {
     fn push_block(
         &mut self,
         tree: &super::Tree,
+        position: &[u32],
         prefix: &[(u32, bool)],
         top: usize,
         splits: &[usize],
@@ -422,7 +450,7 @@ impl TreeTable {
                     features.len() - 1
                 }
             };
-            conds.push((n, left, slot as u8));
+            conds.push((position[n as usize], left, slot as u8));
         }
         let kp = features.len();
         for &n in splits {
@@ -475,7 +503,7 @@ impl TreeTable {
         self.coef.extend(sums.iter().map(|&v| v as f32));
         let mut nodes = [0u32; 3];
         for (slot, &n) in nodes.iter_mut().zip(splits) {
-            *slot = n as u32;
+            *slot = position[n];
         }
         self.blocks.push(Block {
             c0: self.conds.len() as u32,
@@ -495,18 +523,18 @@ impl TreeTable {
     /// Appends to `offsets` where each block's row of the table is for `row`, and prefetches
     /// those rows: the tables of a model do not fit in a core's cache, and each lookup would
     /// otherwise be a miss waited for in turn. [`TreeTable::accumulate`] reads them later.
-    fn offsets(
-        &self,
-        tree: &super::Tree,
-        row: &[f64],
-        goes_left: &mut Vec<bool>,
-        offsets: &mut Vec<u32>,
-    ) {
+    fn offsets(&self, row: &[f64], goes_left: &mut Vec<bool>, offsets: &mut Vec<u32>) {
+        // Every split's direction, by position: the plain numeric tests without a branch,
+        // then the others.
         goes_left.clear();
-        goes_left.extend(tree.nodes.iter().map(|n| match n {
-            Node::Split(s) => s.goes_left(row.get(s.feature as usize).copied().unwrap_or(f64::NAN)),
-            Node::Leaf { .. } => false,
+        goes_left.extend(self.tests.iter().map(|&(f, t, default_left)| {
+            let x = row.get(f as usize).copied().unwrap_or(f64::NAN);
+            (x < t) | (x.is_nan() & default_left)
         }));
+        for (j, sp) in &self.other {
+            goes_left[*j as usize] =
+                sp.goes_left(row.get(sp.feature as usize).copied().unwrap_or(f64::NAN));
+        }
         for b in &self.blocks {
             let mut p = (1usize << b.kp) - 1;
             // Branch-free: whether the row follows the path is as good as random.
