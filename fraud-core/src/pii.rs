@@ -125,9 +125,7 @@ impl Tokenizer {
         let tag = mac.finalize().into_bytes();
         let mut out = String::with_capacity(TOKEN_PREFIX.len() + 32);
         out.push_str(TOKEN_PREFIX);
-        for b in &tag[..16] {
-            out.push_str(&format!("{b:02x}"));
-        }
+        push_hex(&mut out, &tag[..16]);
         out
     }
 
@@ -156,9 +154,32 @@ pub fn is_token(s: &str) -> bool {
         .is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
+/// `bytes` as lowercase hexadecimal, two digits a byte.
+pub fn hex(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    push_hex(&mut out, bytes);
+    out
+}
+
+/// Appends `bytes` to `out` as lowercase hexadecimal (no formatting machinery: this runs
+/// several times for every scored transaction).
+pub fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for &b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_is_two_lowercase_digits_a_byte() {
+        assert_eq!(hex(&[0x00, 0x0f, 0x10, 0xab, 0xff]), "000f10abff");
+        assert_eq!(hex(&[]), "");
+    }
 
     const VISA: &str = "4111 1111 1111 1111";
 

@@ -278,7 +278,7 @@ impl Artifact {
     pub fn fingerprint(&self) -> Result<String, ArtifactError> {
         let bytes = self.to_bytes()?;
         let digest = Sha256::digest(&bytes[..bytes.len() - CHECKSUM]);
-        Ok(digest.iter().map(|b| format!("{b:02x}")).collect())
+        Ok(crate::pii::hex(&digest))
     }
 }
 

@@ -159,7 +159,7 @@ fn hash(prev: &str, body: &[u8]) -> String {
     let mut h = Sha256::new();
     h.update(prev.as_bytes());
     h.update(body);
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    fraud_core::pii::hex(&h.finalize())
 }
 
 /// Splits a line into (hash, body).

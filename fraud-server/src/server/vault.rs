@@ -148,10 +148,12 @@ pub struct Vault {
 /// How an entity is named where its id must not be: SHA-256 of its kind and id.
 pub fn entity_hash(kind: &str, id: &str) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(format!("erase:{kind}:{id}").as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    let mut h = sha2::Sha256::new();
+    h.update(b"erase:");
+    h.update(kind.as_bytes());
+    h.update(b":");
+    h.update(id.as_bytes());
+    fraud_core::pii::hex(&h.finalize())
 }
 
 /// A protected field's key ref and sealed value (`shred1:<ref>:<base64>`).
@@ -307,7 +309,7 @@ impl Vault {
         for chunk in random.chunks_exact(44) {
             let mut raw = [0u8; 32];
             raw.copy_from_slice(&chunk[..32]);
-            let key_ref: String = chunk[32..].iter().map(|b| format!("{b:02x}")).collect();
+            let key_ref = fraud_core::pii::hex(&chunk[32..]);
             let k = Arc::new(EntityKey {
                 key_ref,
                 cipher: Sealer::new(&raw).map_err(VaultError::Crypto)?,

@@ -72,14 +72,11 @@ fn random_token() -> Result<String, Stop> {
             "no randomness from the operating system".into(),
         )
     })?;
-    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+    Ok(fraud_core::pii::hex(&b))
 }
 
 fn digest(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    fraud_core::pii::hex(&Sha256::digest(token.as_bytes()))
 }
 
 fn same(a: &str, b: &str) -> bool {
