@@ -57,9 +57,54 @@ struct Body<'a> {
     kind: &'a str,
     at: &'a str,
     key: &'a str,
-    data: &'a serde_json::Value,
+    data: &'a Data<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     sealed: Option<&'a str>,
+}
+
+/// Named numbers written as one JSON object, NaN as `null`: a decision's features, written
+/// straight from the feature row (no JSON value per feature is built).
+#[derive(Debug, Clone, Copy)]
+pub struct Named<'a> {
+    /// The names, in order.
+    pub names: &'a [String],
+    /// One value per name.
+    pub values: &'a [f64],
+}
+
+impl Serialize for Named<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.names.len()))?;
+        for (n, v) in self.names.iter().zip(self.values) {
+            m.serialize_entry(n, &(!v.is_nan()).then_some(*v))?;
+        }
+        m.end()
+    }
+}
+
+/// A record's data: a JSON object, and optionally one more member written from [`Named`]
+/// values.
+struct Data<'a> {
+    value: &'a serde_json::Value,
+    extra: Option<(&'a str, Named<'a>)>,
+}
+
+impl Serialize for Data<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match (self.value.as_object(), &self.extra) {
+            (Some(obj), Some((name, named))) => {
+                let mut m = s.serialize_map(Some(obj.len() + 1))?;
+                for (k, v) in obj {
+                    m.serialize_entry(k, v)?;
+                }
+                m.serialize_entry(name, named)?;
+                m.end()
+            }
+            _ => self.value.serialize(s),
+        }
+    }
 }
 
 /// A record read back.
@@ -648,17 +693,26 @@ impl DecisionLog {
 
     /// Appends a record and, with sync durability, makes it durable. Returns its seq.
     pub fn append(&self, kind: &str, key: &str, data: &serde_json::Value) -> Result<u64, LogError> {
-        self.append_cow(kind, key, std::borrow::Cow::Borrowed(data))
+        self.append_cow(kind, key, std::borrow::Cow::Borrowed(data), None)
     }
 
-    /// [`DecisionLog::append`] taking the record by value (no copy is made to protect it).
-    pub fn append_owned(
+    /// [`DecisionLog::append`] taking the record by value (no copy is made to protect it),
+    /// with one more member of `data` (an object), `name`, written from `named` values. That
+    /// member is never protected by the vault: keep entity fields out of it.
+    pub fn append_with(
         &self,
         kind: &str,
         key: &str,
         data: serde_json::Value,
+        name: &str,
+        named: Named<'_>,
     ) -> Result<u64, LogError> {
-        self.append_cow(kind, key, std::borrow::Cow::Owned(data))
+        self.append_cow(
+            kind,
+            key,
+            std::borrow::Cow::Owned(data),
+            Some((name, named)),
+        )
     }
 
     fn append_cow(
@@ -666,6 +720,7 @@ impl DecisionLog {
         kind: &str,
         key: &str,
         mut data: std::borrow::Cow<'_, serde_json::Value>,
+        extra: Option<(&str, Named<'_>)>,
     ) -> Result<u64, LogError> {
         let at = now_rfc3339();
         // Entity fields encrypted under their entities' keys (erasure destroys a key).
@@ -675,7 +730,8 @@ impl DecisionLog {
                 .map_err(|e| self.io(std::io::Error::other(e.to_string())))?,
             _ => Vec::new(),
         };
-        let data: &serde_json::Value = &data;
+        let value: &serde_json::Value = &data;
+        let data = Data { value, extra };
         let seq = {
             let mut g = self
                 .inner
@@ -687,8 +743,12 @@ impl DecisionLog {
             let seq = g.seq + 1;
             let sealed = match &self.sealer {
                 Some(sl) if !CLEAR_KINDS.contains(&kind) => Some(
-                    sl.seal_text(data.to_string().as_bytes(), &seq.to_le_bytes())
-                        .map_err(|e| self.io(std::io::Error::other(e)))?,
+                    sl.seal_text(
+                        &serde_json::to_vec(&data)
+                            .map_err(|e| self.io(std::io::Error::other(e)))?,
+                        &seq.to_le_bytes(),
+                    )
+                    .map_err(|e| self.io(std::io::Error::other(e)))?,
                 ),
                 _ => None,
             };
@@ -699,9 +759,12 @@ impl DecisionLog {
                 at: &at,
                 key,
                 data: if sealed.is_some() {
-                    &serde_json::Value::Null
+                    &Data {
+                        value: &serde_json::Value::Null,
+                        extra: None,
+                    }
                 } else {
-                    data
+                    &data
                 },
                 sealed: sealed.as_deref(),
             })
@@ -718,7 +781,7 @@ impl DecisionLog {
                 let _ = g.file.set_len(len);
                 return Err(self.io(e));
             }
-            if let Some(id) = decision_id(kind, data) {
+            if let Some(id) = decision_id(kind, value) {
                 let at = (g.active_first, g.len);
                 g.index.insert(id, at);
             }

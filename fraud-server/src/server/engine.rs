@@ -673,18 +673,10 @@ impl Engine {
         if !self.keep_email {
             kept.email = None;
         }
-        let named: serde_json::Map<String, Value> = self
-            .extractor
-            .names()
-            .iter()
-            .zip(&features)
-            .map(|(n, v)| (n.clone(), if v.is_nan() { Value::Null } else { json!(v) }))
-            .collect();
         let record = json!({
             "transaction_id": tx.transaction_id,
             "response": response,
             "transaction": kept,
-            "features": named,
             "shadow": shadow,
         });
         // What the review queue needs of it (the record itself goes to the log).
@@ -695,7 +687,16 @@ impl Engine {
         });
         let seq = self
             .log
-            .append_owned("decision", caller, record)
+            .append_with(
+                "decision",
+                caller,
+                record,
+                "features",
+                super::decisions::Named {
+                    names: self.extractor.names(),
+                    values: &features,
+                },
+            )
             .map_err(Problem::from_log)?;
         drop(cut);
         self.cases
