@@ -599,6 +599,12 @@ impl Transaction {
     /// Parses and validates a JSON body. Sensitive authentication data (CVV, PIN, track) is
     /// refused by name without echoing it; other unknown fields are refused too.
     pub fn from_json(body: &[u8], tokenizer: &Tokenizer) -> Result<Self, TransactionError> {
+        // A well-formed body parses straight into the raw transaction (no sensitive field can
+        // be among its fields: unknown fields are refused). Anything else takes the slower
+        // path below, which says exactly what is wrong.
+        if let Ok(raw) = serde_json::from_slice::<RawTransaction>(body) {
+            return Self::from_raw(raw, tokenizer);
+        }
         let value: serde_json::Value = serde_json::from_slice(body)
             .map_err(|e| bad("body", format!("is not valid JSON: {}", json_error(&e))))?;
         let obj = value
