@@ -5,13 +5,19 @@
 //! ```text
 //! loadgen --url http://127.0.0.1:8080 --key-file fraud-data/dev-api-key \
 //!     [--rate 5000] [--seconds 10] [--connections 32] [--cards 10000]
-//!     [--find-max --p99-ms 2 --start-rate 1000 --step 1000]
+//!     [--find-max --p99-ms 2 --start-rate 1000 --step 1000] [--warmup 3]
 //! ```
 //!
 //! Prints, per run: requests sent, answered, errors (non-200 or I/O), achieved rate, the
 //! end-to-end p50 / p99 / p99.9 / max, and the server's own time per transaction
 //! (`elapsed_us` of the answers) at p50 / p99 / p99.9. `--find-max` raises the rate step by
 //! step and reports the highest rate held with end-to-end p99 under `--p99-ms` and no errors.
+//! `--warmup S` first sends S seconds of requests that are not counted (a fresh service
+//! meets every card, customer and terminal once: their keys and state are made then).
+//!
+//! One thread drives every connection (an event loop over non-blocking sockets, woken by a
+//! microsecond timer), and every request is built before the clock starts: the generator
+//! shares the machine with the server, and takes as little of it as it can.
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -26,13 +32,14 @@ struct Opts {
     connections: usize,
     cards: u64,
     find_max: bool,
+    warmup: f64,
     p99_ms: f64,
     start_rate: f64,
     step: f64,
 }
 
 fn usage(msg: &str) -> ! {
-    eprintln!("loadgen: {msg}\nusage: loadgen --url http://HOST:PORT --key-file FILE [--rate R] [--seconds S] [--connections C] [--cards N] [--find-max [--p99-ms 2] [--start-rate R] [--step R]]");
+    eprintln!("loadgen: {msg}\nusage: loadgen --url http://HOST:PORT --key-file FILE [--rate R] [--seconds S] [--connections C] [--cards N] [--find-max [--p99-ms 2] [--start-rate R] [--step R]] [--warmup S]");
     std::process::exit(2)
 }
 
@@ -47,6 +54,7 @@ fn parse() -> Opts {
         find_max: false,
         p99_ms: 2.0,
         start_rate: 2_000.0,
+        warmup: 0.0,
         step: 1_000.0,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -79,6 +87,7 @@ fn parse() -> Opts {
             "--p99-ms" => o.p99_ms = num(i),
             "--start-rate" => o.start_rate = num(i),
             "--step" => o.step = num(i),
+            "--warmup" => o.warmup = num(i),
             "--find-max" => {
                 o.find_max = true;
                 i += 1;
@@ -237,19 +246,19 @@ impl Timer {
     }
 }
 
-/// Runs `rate` requests a second for `o.seconds` on `o.connections` connections, all driven
+/// Runs `rate` requests a second for `seconds` on `o.connections` connections, all driven
 /// by one thread (so the client takes as little as it can of the machine it shares with the
 /// server). Request `n` is due at `n / rate` seconds and goes on connection
 /// `n % connections`; a connection sends its next request when it is due and the previous
 /// one is answered, and its latency counts from when it was due.
-fn run(o: &Opts, rate: f64, run_id: u64) -> std::io::Result<Run> {
+fn run(o: &Opts, rate: f64, seconds: f64, run_id: u64) -> std::io::Result<Run> {
     use std::net::ToSocketAddrs;
     let addr = o
         .host
         .to_socket_addrs()?
         .next()
         .ok_or_else(|| std::io::Error::other("the host has no address"))?;
-    let total = (rate * o.seconds) as usize;
+    let total = (rate * seconds) as usize;
     // Every request built before the clock starts.
     let requests: Vec<Vec<u8>> = (0..total as u64)
         .map(|n| {
@@ -444,15 +453,23 @@ fn main() {
     let run_id = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
+    if o.warmup > 0.0 {
+        // Not reported: the server meets its entities for the first time here (their keys
+        // are made, their state allocated), as a fresh service does once.
+        let rate = if o.find_max { o.start_rate } else { o.rate };
+        let r = run(&o, rate, o.warmup, run_id * 1000 + 999).unwrap_or_else(|e| fatal(&e));
+        print!("warm-up ({:.0} s, not counted): ", o.warmup);
+        report(rate, &r);
+    }
     if !o.find_max {
-        let r = run(&o, o.rate, run_id).unwrap_or_else(|e| fatal(&e));
+        let r = run(&o, o.rate, o.seconds, run_id).unwrap_or_else(|e| fatal(&e));
         report(o.rate, &r);
         return;
     }
     let mut best = None;
     let mut rate = o.start_rate;
     for k in 0..100u64 {
-        let r = run(&o, rate, run_id * 1000 + k).unwrap_or_else(|e| fatal(&e));
+        let r = run(&o, rate, o.seconds, run_id * 1000 + k).unwrap_or_else(|e| fatal(&e));
         report(rate, &r);
         let held = r.errors == 0 && ms(r.e2e.value_at_quantile(0.99)) < o.p99_ms && r.ok == r.sent;
         if !held {
