@@ -112,10 +112,15 @@ struct Inner {
     entity_of: HashMap<String, String>,
     /// Keys made and durable, not yet assigned.
     free: Vec<Arc<EntityKey>>,
+    /// A thread is making the next batch of keys.
+    refilling: bool,
 }
 
 /// Keys made (and fsynced) at a time.
 const BATCH: usize = 256;
+
+/// Below this many free keys, the next batch is made.
+const LOW: usize = 64;
 
 impl Inner {
     fn assign(&mut self, key_ref: &str, entity: &str) -> Option<Arc<EntityKey>> {
@@ -186,6 +191,7 @@ impl Vault {
             by_ref: HashMap::new(),
             entity_of: HashMap::new(),
             free: Vec::new(),
+            refilling: false,
         };
         let whole = text.rfind('\n').map_or(0, |i| i + 1);
         for (i, line) in text[..whole].lines().enumerate() {
@@ -276,31 +282,63 @@ impl Vault {
     }
 
     /// The key of an entity: on first use, one of the durable batch, assigned to it.
+    ///
+    /// New keys are made (and fsynced) outside the vault's lock, by the request that takes
+    /// the free list below [`LOW`]: it alone waits for the disk, while every other request
+    /// goes on with the keys left (a batch made under the lock stalled them all).
     fn key_for(&self, kind: &str, id: &str) -> Result<Arc<EntityKey>, VaultError> {
         let entity = entity_hash(kind, id);
-        let mut g = self.lock();
-        if let Some(k) = g.by_entity.get(&entity) {
-            return Ok(k.clone());
+        loop {
+            let refill = {
+                let mut g = self.lock();
+                if let Some(k) = g.by_entity.get(&entity) {
+                    return Ok(k.clone());
+                }
+                if let Some(k) = g.free.pop() {
+                    let io = |source| VaultError::Io {
+                        path: self.path.clone(),
+                        source,
+                    };
+                    g.file
+                        .write_all(format!("= {} {entity}\n", k.key_ref).as_bytes())
+                        .map_err(io)?;
+                    g.assign(&k.key_ref, &entity);
+                    let low = g.free.len() < LOW && !g.refilling;
+                    g.refilling |= low;
+                    drop(g);
+                    if low {
+                        self.refill()?;
+                    }
+                    return Ok(k);
+                }
+                // None left: make a batch, unless another thread is making one already.
+                let mine = !g.refilling;
+                g.refilling = true;
+                mine
+            };
+            if refill {
+                self.refill()?;
+            } else {
+                std::thread::sleep(std::time::Duration::from_micros(100));
+            }
         }
-        if g.free.is_empty() {
-            self.make_batch(&mut g)?;
-        }
-        let Some(k) = g.free.pop() else {
-            return Err(VaultError::Crypto("no key could be made".into()));
-        };
-        let io = |source| VaultError::Io {
-            path: self.path.clone(),
-            source,
-        };
-        g.file
-            .write_all(format!("= {} {entity}\n", k.key_ref).as_bytes())
-            .map_err(io)?;
-        g.assign(&k.key_ref, &entity);
-        Ok(k)
     }
 
-    /// Makes a batch of keys, written and fsynced before any is handed out.
-    fn make_batch(&self, g: &mut Inner) -> Result<(), VaultError> {
+    /// Makes a batch of keys: made without the lock, written under it, fsynced without it,
+    /// and only then handed out. Clears `refilling` however it ends.
+    fn refill(&self) -> Result<(), VaultError> {
+        let made = self.make_batch();
+        let mut g = self.lock();
+        g.refilling = false;
+        for k in made? {
+            g.by_ref.insert(k.key_ref.clone(), k.clone());
+            g.free.push(k);
+        }
+        Ok(())
+    }
+
+    /// A batch of keys, written to the keys file and fsynced.
+    fn make_batch(&self) -> Result<Vec<Arc<EntityKey>>, VaultError> {
         let mut text = String::new();
         let mut made = Vec::with_capacity(BATCH);
         let mut random = vec![0u8; BATCH * 44];
@@ -323,13 +361,13 @@ impl Vault {
             path: self.path.clone(),
             source,
         };
-        g.file.write_all(text.as_bytes()).map_err(io)?;
-        g.file.sync_data().map_err(io)?;
-        for k in made {
-            g.by_ref.insert(k.key_ref.clone(), k.clone());
-            g.free.push(k);
-        }
-        Ok(())
+        let file = {
+            let mut g = self.lock();
+            g.file.write_all(text.as_bytes()).map_err(io)?;
+            g.file.try_clone().map_err(io)?
+        };
+        file.sync_data().map_err(io)?;
+        Ok(made)
     }
 
     /// At start, for a record read from the log as written: the keys it names that are not
