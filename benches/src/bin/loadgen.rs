@@ -356,22 +356,29 @@ fn run(o: &Opts, rate: f64, seconds: f64, run_id: u64) -> std::io::Result<Run> {
             if !ev.is_readable() && !ev.is_read_closed() {
                 continue;
             }
+            // Read all there is; an answer that arrived just before the server closed the
+            // connection still counts.
+            let mut closed = false;
             loop {
                 match c.stream.read(&mut chunk) {
                     Ok(0) => {
-                        fail(c, i, &mut out, &mut done, addr, &poll)?;
+                        closed = true;
                         break;
                     }
                     Ok(k) => c.buf.extend_from_slice(&chunk[..k]),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(_) => {
-                        fail(c, i, &mut out, &mut done, addr, &poll)?;
+                        closed = true;
                         break;
                     }
                 }
             }
             match parse_answer(&c.buf) {
-                Ok(None) => {}
+                Ok(None) => {
+                    if closed {
+                        fail(c, i, &mut out, &mut done, addr, &poll)?;
+                    }
+                }
                 Ok(Some((used, status, elapsed))) => {
                     c.buf.drain(..used);
                     if let Some((_, due)) = c.inflight.take() {
@@ -386,6 +393,9 @@ fn run(o: &Opts, rate: f64, seconds: f64, run_id: u64) -> std::io::Result<Run> {
                         } else {
                             out.errors += 1;
                         }
+                    }
+                    if closed {
+                        fail(c, i, &mut out, &mut done, addr, &poll)?;
                     }
                 }
                 Err(_) => fail(c, i, &mut out, &mut done, addr, &poll)?,
