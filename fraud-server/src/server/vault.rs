@@ -166,6 +166,22 @@ fn envelope(v: &Value) -> Option<(&str, &str)> {
     v.as_str()?.strip_prefix(PREFIX)?.split_once(':')
 }
 
+/// The value at `path` (`/a/b/c`: object members, no escapes) in `v`. What
+/// `Value::pointer` does for the vault's fixed paths, without its per-step unescaping and
+/// allocation (it runs for every field of every record).
+fn at<'v>(v: &'v Value, path: &str) -> Option<&'v Value> {
+    path.split('/')
+        .skip(1)
+        .try_fold(v, |v, k| v.as_object()?.get(k))
+}
+
+/// [`at`], for changing the value.
+fn at_mut<'v>(v: &'v mut Value, path: &str) -> Option<&'v mut Value> {
+    path.split('/')
+        .skip(1)
+        .try_fold(v, |v, k| v.as_object_mut()?.get_mut(k))
+}
+
 fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::STANDARD
 }
@@ -379,7 +395,7 @@ impl Vault {
             .iter()
             .enumerate()
             .filter_map(|(i, (_, id_at, _))| {
-                let (key_ref, _) = envelope(written.pointer(id_at)?)?;
+                let (key_ref, _) = envelope(at(written, id_at)?)?;
                 (!g.entity_of.contains_key(key_ref) && g.by_ref.contains_key(key_ref))
                     .then(|| (i, key_ref.to_string()))
             })
@@ -390,7 +406,7 @@ impl Vault {
     pub fn restore(&self, unassigned: Vec<(usize, String)>, revealed: &Value) {
         for (i, key_ref) in unassigned {
             let (kind, id_at, _) = FIELDS[i];
-            let Some(id) = revealed.pointer(id_at).and_then(Value::as_str) else {
+            let Some(id) = at(revealed, id_at).and_then(Value::as_str) else {
                 continue;
             };
             let entity = entity_hash(kind, id);
@@ -410,16 +426,12 @@ impl Vault {
     pub fn protect(&self, data: &mut Value) -> Result<Vec<String>, VaultError> {
         let mut used = Vec::new();
         for (kind, id_at, fields) in FIELDS {
-            let Some(id) = data
-                .pointer(id_at)
-                .and_then(Value::as_str)
-                .map(str::to_string)
-            else {
+            let Some(id) = at(data, id_at).and_then(Value::as_str).map(str::to_string) else {
                 continue;
             };
             let key = self.key_for(kind, &id)?;
             for f in *fields {
-                if let Some(v) = data.pointer_mut(f) {
+                if let Some(v) = at_mut(data, f) {
                     if let Some(s) = v.as_str() {
                         let sealed = key
                             .cipher
@@ -444,7 +456,7 @@ impl Vault {
         let mut erased = Vec::new();
         for (_, _, fields) in FIELDS {
             for f in *fields {
-                let Some(v) = data.pointer_mut(f) else {
+                let Some(v) = at_mut(data, f) else {
                     continue;
                 };
                 let Some((key_ref, sealed)) = envelope(v) else {
@@ -476,7 +488,7 @@ impl Vault {
     pub fn touch(&self, data: &Value, seq: u64) {
         let g = self.lock();
         for (_, id_at, _) in FIELDS {
-            let key_ref = data.pointer(id_at).and_then(envelope).map(|(r, _)| r);
+            let key_ref = at(data, id_at).and_then(envelope).map(|(r, _)| r);
             if let Some(k) = key_ref.and_then(|r| g.by_ref.get(r)) {
                 k.last_seq.fetch_max(seq, Ordering::Relaxed);
             }
