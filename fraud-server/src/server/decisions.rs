@@ -216,45 +216,9 @@ fn split(line: &[u8]) -> Option<(&str, &[u8])> {
 }
 
 /// The transaction id a decision record is indexed by.
-/// Where each decision is (segment, offset), by transaction id: 256 tables chosen by a hash
-/// of the id, so that growing moves at most a 256th of the entries at once (one table grown
-/// from half a million entries to a million stalls its writer for milliseconds, and the
-/// index is written under the log's lock, by every scored request).
-struct Index {
-    shards: Vec<HashMap<String, (u64, u64)>>,
-}
-
-impl Default for Index {
-    fn default() -> Self {
-        Index {
-            shards: (0..256).map(|_| HashMap::new()).collect(),
-        }
-    }
-}
-
-impl Index {
-    fn shard(&self, id: &str) -> usize {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::hash::DefaultHasher::new();
-        id.hash(&mut h);
-        (h.finish() >> 56) as usize % self.shards.len()
-    }
-
-    fn insert(&mut self, id: String, at: (u64, u64)) {
-        let i = self.shard(&id);
-        self.shards[i].insert(id, at);
-    }
-
-    fn get(&self, id: &str) -> Option<&(u64, u64)> {
-        self.shards[self.shard(id)].get(id)
-    }
-
-    fn retain(&mut self, mut keep: impl FnMut(&(u64, u64)) -> bool) {
-        for s in &mut self.shards {
-            s.retain(|_, at| keep(at));
-        }
-    }
-}
+/// Where each decision is (segment, offset), by transaction id (written under the log's
+/// lock by every scored request: sharded, so that growing it never stalls that lock).
+type Index = super::sharded::Sharded<(u64, u64)>;
 
 fn decision_id(kind: &str, data: &serde_json::Value) -> Option<String> {
     (kind == "decision")
@@ -922,7 +886,7 @@ impl DecisionLog {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         g.closed.retain(|c| !removed.contains(&c.first));
-        g.index.retain(|&(seg, _)| !removed.contains(&seg));
+        g.index.retain(|_, (seg, _)| !removed.contains(seg));
         Ok(Removed {
             segments: expired.len(),
             through: last.last,

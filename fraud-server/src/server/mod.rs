@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod problem;
 pub mod seal;
+pub mod sharded;
 pub mod users;
 pub mod vault;
 pub mod watch;

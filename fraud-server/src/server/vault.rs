@@ -18,7 +18,6 @@
 //! when the key is gone it reads back as `null`, and the record lists the field under
 //! `erased_fields`.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -29,6 +28,7 @@ use base64::Engine as _;
 use serde_json::Value;
 
 use super::seal::Sealer;
+use super::sharded::Sharded;
 
 const PREFIX: &str = "shred1:";
 
@@ -106,10 +106,10 @@ struct EntityKey {
 
 struct Inner {
     file: File,
-    by_entity: HashMap<String, Arc<EntityKey>>,
-    by_ref: HashMap<String, Arc<EntityKey>>,
+    by_entity: Sharded<Arc<EntityKey>>,
+    by_ref: Sharded<Arc<EntityKey>>,
     /// Key ref -> the entity it is assigned to.
-    entity_of: HashMap<String, String>,
+    entity_of: Sharded<String>,
     /// Keys made and durable, not yet assigned.
     free: Vec<Arc<EntityKey>>,
     /// A thread is making the next batch of keys.
@@ -203,9 +203,9 @@ impl Vault {
         };
         let mut inner = Inner {
             file: File::open("/dev/null").map_err(io)?,
-            by_entity: HashMap::new(),
-            by_ref: HashMap::new(),
-            entity_of: HashMap::new(),
+            by_entity: Sharded::default(),
+            by_ref: Sharded::default(),
+            entity_of: Sharded::default(),
             free: Vec::new(),
             refilling: false,
         };
