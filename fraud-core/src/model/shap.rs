@@ -278,6 +278,24 @@ struct Block {
     nodes: [u32; 3],
 }
 
+/// The slot of feature `f` in `features`, appended when new.
+fn slot_of(features: &mut Vec<u32>, f: u32) -> usize {
+    features.iter().position(|&g| g == f).unwrap_or_else(|| {
+        features.push(f);
+        features.len() - 1
+    })
+}
+
+/// The children of split node `i` (`s`), left then right, each with the path to it: `path`
+/// and the direction taken at `i`.
+fn branches(i: usize, s: &super::Split, path: Vec<(u32, bool)>) -> [(usize, Vec<(u32, bool)>); 2] {
+    let mut l = path.clone();
+    l.push((i as u32, true));
+    let mut r = path;
+    r.push((i as u32, false));
+    [(s.left as usize, l), (s.right as usize, r)]
+}
+
 /// A leaf's own table, before the leaves are grouped into blocks.
 struct LeafTable {
     path: Vec<(u32, bool)>,
@@ -301,14 +319,8 @@ impl LeafTable {
             };
             let child = if left { s.left } else { s.right } as usize;
             let frac = cover(&tree.nodes[child]) / s.cover;
-            let slot = match features.iter().position(|&f| f == s.feature) {
-                Some(k) => k,
-                None => {
-                    features.push(s.feature);
-                    zero.push(1.0);
-                    features.len() - 1
-                }
-            };
+            let slot = slot_of(&mut features, s.feature);
+            zero.resize(features.len(), 1.0);
             zero[slot] *= frac;
         }
         let k = features.len();
@@ -391,12 +403,8 @@ impl TreeTable {
                     b
                 }
                 Node::Split(s) => {
-                    let mut l = prefix.clone();
-                    l.push((i as u32, true));
-                    let mut r = prefix;
-                    r.push((i as u32, false));
-                    stack.push((s.right as usize, r));
-                    stack.push((s.left as usize, l));
+                    // Left first.
+                    stack.extend(branches(i, s, prefix).into_iter().rev());
                     continue;
                 }
             };
@@ -421,14 +429,7 @@ impl TreeTable {
         let mut pending: Vec<(usize, Vec<(u32, bool)>)> = vec![(top, prefix.to_vec())];
         while let Some((i, path)) = pending.pop() {
             match &tree.nodes[i] {
-                Node::Split(s) => {
-                    let mut l = path.clone();
-                    l.push((i as u32, true));
-                    pending.push((s.left as usize, l));
-                    let mut r = path;
-                    r.push((i as u32, false));
-                    pending.push((s.right as usize, r));
-                }
+                Node::Split(s) => pending.extend(branches(i, s, path)),
                 Node::Leaf { value, .. } => {
                     leaves.push(LeafTable::new(tree, path, *value, scale)?);
                 }
@@ -442,14 +443,7 @@ impl TreeTable {
         let mut features: Vec<u32> = Vec::new();
         let mut conds = Vec::with_capacity(prefix.len());
         for &(n, left) in prefix {
-            let f = feature_of(n);
-            let slot = match features.iter().position(|&g| g == f) {
-                Some(k) => k,
-                None => {
-                    features.push(f);
-                    features.len() - 1
-                }
-            };
+            let slot = slot_of(&mut features, feature_of(n));
             conds.push((position[n as usize], left, slot as u8));
         }
         let kp = features.len();
