@@ -215,11 +215,11 @@ fn split(line: &[u8]) -> Option<(&str, &[u8])> {
     Some((std::str::from_utf8(&line[..64]).ok()?, &line[65..]))
 }
 
-/// The transaction id a decision record is indexed by.
 /// Where each decision is (segment, offset), by transaction id (written under the log's
 /// lock by every scored request: sharded, so that growing it never stalls that lock).
 type Index = super::sharded::Sharded<(u64, u64)>;
 
+/// The transaction id a decision record is indexed by.
 fn decision_id(kind: &str, data: &serde_json::Value) -> Option<String> {
     (kind == "decision")
         .then(|| data.get("transaction_id")?.as_str().map(str::to_string))
