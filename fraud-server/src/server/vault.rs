@@ -323,7 +323,10 @@ impl Vault {
                     g.refilling |= low;
                     drop(g);
                     if low {
-                        self.refill()?;
+                        // Ahead of need: this request has its key. A failure here leaves
+                        // the free list as it was, and the request that finds it empty
+                        // makes the batch again and reports the error.
+                        let _ = self.refill();
                     }
                     return Ok(k);
                 }
