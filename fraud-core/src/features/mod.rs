@@ -595,7 +595,6 @@ pub fn replay_flat(extractor: &Extractor, history: &[Transaction]) -> Vec<f64> {
     let mut fields: Vec<Option<u64>> = vec![None; n * nf.max(1)];
     let mut keys: Vec<u128> = vec![0; n * np.max(1)];
     crate::huge_pages(points.spare_capacity_mut());
-    crate::huge_pages(&mut fields);
     crate::huge_pages(&mut keys);
     history
         .par_iter()
