@@ -219,9 +219,15 @@ impl CategorySplit {
 
     /// Whether a (non-missing) value goes left.
     pub fn goes_left(&self, x: f64) -> bool {
+        self.goes_left_in(x, &self.categories)
+    }
+
+    /// Whether a (non-missing) value goes left, its code looked up in `categories`: this
+    /// split's set, sorted, or a copy of it kept where the caller reads it faster.
+    pub fn goes_left_in(&self, x: f64, categories: &[u32]) -> bool {
         let in_set = self
             .code(x)
-            .is_some_and(|c| self.categories.binary_search(&c).is_ok());
+            .is_some_and(|c| categories.binary_search(&c).is_ok());
         in_set == self.in_set_goes_left
     }
 }
@@ -230,6 +236,12 @@ impl Split {
     /// Whether the value `x` goes to the left child. This is the reference semantics that the
     /// compiled model reproduces.
     pub fn goes_left(&self, x: f64) -> bool {
+        self.goes_left_in(x, |c, x| c.goes_left(x))
+    }
+
+    /// [`Split::goes_left`] with a categorical test answered by `category(set, x)` (for a
+    /// caller that keeps the sets elsewhere).
+    pub fn goes_left_in(&self, x: f64, category: impl FnOnce(&CategorySplit, f64) -> bool) -> bool {
         let mut x = x;
         match self.missing {
             Missing::Nan => {
@@ -252,7 +264,7 @@ impl Split {
             Test::Less(t) => x < *t,
             Test::LessEqual(t) => x <= *t,
             Test::LessF32(t) => (x as f32) < *t,
-            Test::Categories(c) => c.goes_left(x),
+            Test::Categories(c) => category(c, x),
         }
     }
 }

@@ -255,9 +255,22 @@ struct TreeTable {
     /// `x < threshold` with NaN taking the default; conditions and blocks name splits by
     /// their position here.
     tests: Vec<(u32, f64, bool)>,
-    /// Splits of any other kind (categorical, zero as missing, ...): (position, split),
-    /// tested by [`super::Split::goes_left`] after the others.
-    other: Vec<(u32, super::Split)>,
+    /// Splits of any other kind (categorical, zero as missing, ...), tested by
+    /// [`super::Split::goes_left_in`] after the others.
+    other: Vec<Other>,
+    /// The category sets of the categorical splits among them, one after the other: a set
+    /// read here is near the others, not a separate allocation (a likely miss) each.
+    codes: Vec<u32>,
+}
+
+/// A split of [`TreeTable::other`].
+#[derive(Debug, Clone)]
+struct Other {
+    /// Its position among the tree's splits.
+    at: u32,
+    split: super::Split,
+    /// Its category set in [`TreeTable::codes`] (empty when not categorical).
+    codes: std::ops::Range<u32>,
 }
 
 /// One block of leaves of a [`TreeTable`].
@@ -361,19 +374,33 @@ impl TreeTable {
         for (i, n) in tree.nodes.iter().enumerate() {
             if let Node::Split(sp) = n {
                 position[i] = t.tests.len() as u32;
+                use super::{Missing, Test};
+                // As `x < threshold`, NaN taking the default: x <= t exactly when x < the
+                // next double above t; NaN read as zero goes where zero goes.
                 let simple = match (&sp.missing, &sp.test) {
-                    (super::Missing::Nan, super::Test::Less(x)) => Some(*x),
-                    // x <= t exactly when x < the next double above t.
-                    (super::Missing::Nan, super::Test::LessEqual(x)) if *x < f64::INFINITY => {
-                        Some(x.next_up())
+                    (Missing::Nan, Test::Less(x)) => Some((*x, sp.default_left)),
+                    (Missing::Nan, Test::LessEqual(x)) if *x < f64::INFINITY => {
+                        Some((x.next_up(), sp.default_left))
+                    }
+                    (Missing::NanAsZero, Test::Less(x)) => Some((*x, 0.0 < *x)),
+                    (Missing::NanAsZero, Test::LessEqual(x)) if *x < f64::INFINITY => {
+                        Some((x.next_up(), 0.0 <= *x))
                     }
                     _ => None,
                 };
                 if simple.is_none() {
-                    t.other.push((t.tests.len() as u32, sp.clone()));
+                    let c0 = t.codes.len() as u32;
+                    if let Test::Categories(c) = &sp.test {
+                        t.codes.extend(&c.categories);
+                    }
+                    t.other.push(Other {
+                        at: t.tests.len() as u32,
+                        split: sp.clone(),
+                        codes: c0..t.codes.len() as u32,
+                    });
                 }
-                t.tests
-                    .push((sp.feature, simple.unwrap_or(f64::NAN), sp.default_left));
+                let (threshold, default_left) = simple.unwrap_or((f64::NAN, sp.default_left));
+                t.tests.push((sp.feature, threshold, default_left));
             }
         }
         let leaf = |i: usize| matches!(tree.nodes[i], Node::Leaf { .. });
@@ -525,9 +552,13 @@ impl TreeTable {
             let x = row.get(f as usize).copied().unwrap_or(f64::NAN);
             (x < t) | (x.is_nan() & default_left)
         }));
-        for (j, sp) in &self.other {
-            goes_left[*j as usize] =
-                sp.goes_left(row.get(sp.feature as usize).copied().unwrap_or(f64::NAN));
+        for o in &self.other {
+            let x = row
+                .get(o.split.feature as usize)
+                .copied()
+                .unwrap_or(f64::NAN);
+            let codes = &self.codes[o.codes.start as usize..o.codes.end as usize];
+            goes_left[o.at as usize] = o.split.goes_left_in(x, |c, x| c.goes_left_in(x, codes));
         }
         for b in &self.blocks {
             let mut p = (1usize << b.kp) - 1;
@@ -879,19 +910,29 @@ mod tests {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../datasets/demo/model.fgb");
         let model = crate::model::Artifact::load(path).unwrap().ensemble;
         let ex = Explainer::new(&model).unwrap();
-        // Values around every threshold a feature is split on, and missing ones.
+        // Values around every threshold a feature is split on, every category in a set and
+        // one beside it, zero (NaN is read as zero by some splits) and missing values.
         let m = model.features.len();
-        let mut cuts: Vec<Vec<f64>> = vec![vec![f64::NAN]; m];
+        let mut cuts: Vec<Vec<f64>> = vec![vec![f64::NAN, 0.0]; m];
         for tree in &model.trees {
             for node in &tree.nodes {
                 if let Node::Split(s) = node {
-                    let t = match &s.test {
+                    let at = &mut cuts[s.feature as usize];
+                    match &s.test {
                         crate::model::ensemble::Test::Less(t)
-                        | crate::model::ensemble::Test::LessEqual(t) => *t,
-                        crate::model::ensemble::Test::LessF32(t) => f64::from(*t),
-                        crate::model::ensemble::Test::Categories(_) => 1.0,
-                    };
-                    cuts[s.feature as usize].extend([t - 1e-3, t, t + 1e-3]);
+                        | crate::model::ensemble::Test::LessEqual(t) => {
+                            at.extend([t - 1e-3, *t, t + 1e-3])
+                        }
+                        crate::model::ensemble::Test::LessF32(t) => {
+                            let t = f64::from(*t);
+                            at.extend([t - 1e-3, t, t + 1e-3])
+                        }
+                        crate::model::ensemble::Test::Categories(c) => at.extend(
+                            c.categories
+                                .iter()
+                                .flat_map(|&c| [f64::from(c), f64::from(c) + 1.0]),
+                        ),
+                    }
                 }
             }
         }
