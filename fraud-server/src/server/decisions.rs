@@ -50,6 +50,47 @@ pub enum LogError {
     },
 }
 
+/// A record's members before `data`.
+struct Head<'a> {
+    seq: u64,
+    prev: &'a str,
+    kind: &'a str,
+    at: &'a str,
+    key: &'a str,
+}
+
+/// Appends to `out` a record's body as [`Body`] serializes it, from `data` serialized
+/// already: the large part of a record is written before the log's lock is taken, only the
+/// rest (seq, prev) under it.
+fn write_body(
+    out: &mut Vec<u8>,
+    head: &Head<'_>,
+    data: &[u8],
+    sealed: Option<&str>,
+) -> Result<(), serde_json::Error> {
+    out.extend_from_slice(b"{\"seq\":");
+    serde_json::to_writer(&mut *out, &head.seq)?;
+    for (name, v) in [
+        (&b",\"prev\":"[..], head.prev),
+        (b",\"kind\":", head.kind),
+        (b",\"at\":", head.at),
+        (b",\"key\":", head.key),
+    ] {
+        out.extend_from_slice(name);
+        serde_json::to_writer(&mut *out, v)?;
+    }
+    out.extend_from_slice(b",\"data\":");
+    out.extend_from_slice(data);
+    if let Some(sealed) = sealed {
+        out.extend_from_slice(b",\"sealed\":");
+        serde_json::to_writer(&mut *out, sealed)?;
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+/// The body of a record, as [`write_body`] writes it (the reference it is tested against).
+#[cfg(test)]
 #[derive(Serialize)]
 struct Body<'a> {
     seq: u64,
@@ -735,7 +776,9 @@ impl DecisionLog {
             _ => Vec::new(),
         };
         let value: &serde_json::Value = &data;
-        let data = Data { value, extra };
+        // The large part of the record, written before the lock is taken.
+        let data = serde_json::to_vec(&Data { value, extra })
+            .map_err(|e| self.io(std::io::Error::other(e)))?;
         let seq = {
             let mut g = self
                 .inner
@@ -747,37 +790,29 @@ impl DecisionLog {
             let seq = g.seq + 1;
             let sealed = match &self.sealer {
                 Some(sl) if !CLEAR_KINDS.contains(&kind) => Some(
-                    sl.seal_text(
-                        &serde_json::to_vec(&data)
-                            .map_err(|e| self.io(std::io::Error::other(e)))?,
-                        &seq.to_le_bytes(),
-                    )
-                    .map_err(|e| self.io(std::io::Error::other(e)))?,
+                    sl.seal_text(&data, &seq.to_le_bytes())
+                        .map_err(|e| self.io(std::io::Error::other(e)))?,
                 ),
                 _ => None,
             };
-            let body = serde_json::to_vec(&Body {
-                seq,
-                prev: &g.last_hash,
-                kind,
-                at: &at,
-                key,
-                data: if sealed.is_some() {
-                    &Data {
-                        value: &serde_json::Value::Null,
-                        extra: None,
-                    }
-                } else {
-                    &data
+            // The line: hash, space, body, newline; the hash filled in once the body is.
+            let mut line = Vec::with_capacity(data.len() + 300);
+            line.extend_from_slice(&[b' '; 65]);
+            write_body(
+                &mut line,
+                &Head {
+                    seq,
+                    prev: &g.last_hash,
+                    kind,
+                    at: &at,
+                    key,
                 },
-                sealed: sealed.as_deref(),
-            })
+                if sealed.is_some() { b"null" } else { &data },
+                sealed.as_deref(),
+            )
             .map_err(|e| self.io(std::io::Error::other(e)))?;
-            let h = hash(&g.last_hash, &body);
-            let mut line = Vec::with_capacity(body.len() + 66);
-            line.extend_from_slice(h.as_bytes());
-            line.push(b' ');
-            line.extend_from_slice(&body);
+            let h = hash(&g.last_hash, &line[65..]);
+            line[..64].copy_from_slice(h.as_bytes());
             line.push(b'\n');
             if let Err(e) = g.file.write_all(&line) {
                 // Cut a partial write so that the chain stays whole.
@@ -961,5 +996,52 @@ impl DecisionLog {
     /// Records written so far (the seq of the last one).
     pub fn records(&self) -> u64 {
         self.written.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_written_as_serde_writes_them() {
+        let value = serde_json::json!({"a": [1, 2.5, null], "b": "x\"y\u{1}é"});
+        let data = Data {
+            value: &value,
+            extra: None,
+        };
+        let bytes = serde_json::to_vec(&data).unwrap_or_default();
+        for sealed in [None, Some("c2VhbGVk\"\\")] {
+            let (seq, prev, kind, at, key) = (u64::MAX, "00ff", "dec\"ision", "2026-01-01", "k\n");
+            let mut out = b"prefix".to_vec();
+            write_body(
+                &mut out,
+                &Head {
+                    seq,
+                    prev,
+                    kind,
+                    at,
+                    key,
+                },
+                &bytes,
+                sealed,
+            )
+            .unwrap_or_default();
+            let reference = serde_json::to_vec(&Body {
+                seq,
+                prev,
+                kind,
+                at,
+                key,
+                data: &data,
+                sealed,
+            })
+            .unwrap_or_default();
+            assert_eq!(
+                String::from_utf8_lossy(&out[6..]),
+                String::from_utf8_lossy(&reference)
+            );
+            assert_eq!(&out[..6], b"prefix");
+        }
     }
 }
