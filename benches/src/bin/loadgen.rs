@@ -5,7 +5,7 @@
 //! ```text
 //! loadgen --url http://127.0.0.1:8080 --key-file fraud-data/dev-api-key \
 //!     [--rate 5000] [--seconds 10] [--connections 32] [--cards 10000]
-//!     [--find-max --p99-ms 2 --start-rate 1000 --step 1000] [--warmup 3]
+//!     [--find-max --p99-ms 2 --start-rate 1000 --step 1000] [--warmup 3] [--timeline FILE]
 //! ```
 //!
 //! Prints, per run: requests sent, answered, errors (non-200 or I/O), achieved rate, the
@@ -14,6 +14,7 @@
 //! step and reports the highest rate held with end-to-end p99 under `--p99-ms` and no errors.
 //! `--warmup S` first sends S seconds of requests that are not counted (a fresh service
 //! meets every card, customer and terminal once: their keys and state are made then).
+//! `--timeline FILE` writes every answer's due time, end-to-end and server time as CSV.
 //!
 //! One thread drives every connection (an event loop over non-blocking sockets, woken by a
 //! microsecond timer), and every request is built before the clock starts: the generator
@@ -36,10 +37,12 @@ struct Opts {
     p99_ms: f64,
     start_rate: f64,
     step: f64,
+    /// Where to write one line per answer (`--timeline`).
+    timeline: Option<String>,
 }
 
 fn usage(msg: &str) -> ! {
-    eprintln!("loadgen: {msg}\nusage: loadgen --url http://HOST:PORT --key-file FILE [--rate R] [--seconds S] [--connections C] [--cards N] [--find-max [--p99-ms 2] [--start-rate R] [--step R]] [--warmup S]");
+    eprintln!("loadgen: {msg}\nusage: loadgen --url http://HOST:PORT --key-file FILE [--rate R] [--seconds S] [--connections C] [--cards N] [--find-max [--p99-ms 2] [--start-rate R] [--step R]] [--warmup S] [--timeline FILE]");
     std::process::exit(2)
 }
 
@@ -56,6 +59,7 @@ fn parse() -> Opts {
         start_rate: 2_000.0,
         warmup: 0.0,
         step: 1_000.0,
+        timeline: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -88,6 +92,7 @@ fn parse() -> Opts {
             "--start-rate" => o.start_rate = num(i),
             "--step" => o.step = num(i),
             "--warmup" => o.warmup = num(i),
+            "--timeline" => o.timeline = Some(val(i).to_string()),
             "--find-max" => {
                 o.find_max = true;
                 i += 1;
@@ -114,6 +119,8 @@ struct Run {
     e2e: Histogram<u64>,
     server: Histogram<u64>,
     seconds: f64,
+    /// Per answer: when it was due (us from the start), end-to-end and server us (0: none).
+    timeline: Vec<(u64, u64, u64)>,
 }
 
 fn body(seq: u64, cards: u64, run: u64) -> String {
@@ -304,6 +311,7 @@ fn run(o: &Opts, rate: f64, seconds: f64, run_id: u64) -> std::io::Result<Run> {
         e2e: Histogram::new_with_bounds(1, 60_000_000, 3).map_err(std::io::Error::other)?,
         server: Histogram::new_with_bounds(1, 60_000_000, 3).map_err(std::io::Error::other)?,
         seconds: 0.0,
+        timeline: Vec::new(),
     };
     let started = Instant::now() + Duration::from_millis(100);
     let due_of = |n: usize| started + Duration::from_secs_f64(n as f64 / rate);
@@ -365,7 +373,13 @@ fn run(o: &Opts, rate: f64, seconds: f64, run_id: u64) -> std::io::Result<Run> {
                         closed = true;
                         break;
                     }
-                    Ok(k) => c.buf.extend_from_slice(&chunk[..k]),
+                    Ok(k) => {
+                        c.buf.extend_from_slice(&chunk[..k]);
+                        // A short read took all there was: no second read to hear so.
+                        if k < chunk.len() {
+                            break;
+                        }
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(_) => {
                         closed = true;
@@ -385,6 +399,10 @@ fn run(o: &Opts, rate: f64, seconds: f64, run_id: u64) -> std::io::Result<Run> {
                         let lat = Instant::now().saturating_duration_since(due).as_micros() as u64;
                         let _ = out.e2e.record(lat.max(1));
                         done += 1;
+                        if o.timeline.is_some() {
+                            let at = due.saturating_duration_since(started).as_micros() as u64;
+                            out.timeline.push((at, lat, elapsed.unwrap_or(0)));
+                        }
                         if status == 200 {
                             out.ok += 1;
                             if let Some(us) = elapsed {
@@ -453,6 +471,22 @@ fn report(rate: f64, r: &Run) {
     );
 }
 
+/// With `--timeline FILE`, writes the run's answers there (the last run's, with
+/// `--find-max`): `due_us,e2e_us,server_us` per line, in the order they came, to see when
+/// the slow ones were.
+fn write_timeline(o: &Opts, r: &Run) {
+    let Some(path) = &o.timeline else {
+        return;
+    };
+    let mut text = String::from("due_us,e2e_us,server_us\n");
+    for (at, e2e, server) in &r.timeline {
+        text.push_str(&format!("{at},{e2e},{server}\n"));
+    }
+    if let Err(e) = std::fs::write(path, text) {
+        fatal(&std::io::Error::other(format!("{path}: {e}")));
+    }
+}
+
 fn fatal(e: &std::io::Error) -> ! {
     eprintln!("loadgen: {e}");
     std::process::exit(1)
@@ -474,6 +508,7 @@ fn main() {
     if !o.find_max {
         let r = run(&o, o.rate, o.seconds, run_id).unwrap_or_else(|e| fatal(&e));
         report(o.rate, &r);
+        write_timeline(&o, &r);
         return;
     }
     let mut best = None;
@@ -481,6 +516,7 @@ fn main() {
     for k in 0..100u64 {
         let r = run(&o, rate, o.seconds, run_id * 1000 + k).unwrap_or_else(|e| fatal(&e));
         report(rate, &r);
+        write_timeline(&o, &r);
         let held = r.errors == 0 && ms(r.e2e.value_at_quantile(0.99)) < o.p99_ms && r.ok == r.sent;
         if !held {
             break;

@@ -145,9 +145,23 @@ impl Inner {
 
 /// The per-entity keys.
 pub struct Vault {
+    shared: Arc<Shared>,
+}
+
+/// What a [`Vault`] shares with the thread that makes its next batch of keys.
+pub struct Shared {
     path: PathBuf,
     sealer: Option<Sealer>,
     inner: Mutex<Inner>,
+    /// Notified when a batch is made (or failed): requests that found no free key wait on it.
+    refilled: std::sync::Condvar,
+}
+
+impl std::ops::Deref for Vault {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
 }
 
 /// How an entity is named where its id must not be: SHA-256 of its kind and id.
@@ -184,6 +198,73 @@ fn at_mut<'v>(v: &'v mut Value, path: &str) -> Option<&'v mut Value> {
 
 fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::STANDARD
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn line(&self, k: &EntityKey, entity: Option<&str>) -> Result<String, VaultError> {
+        let key = match &self.sealer {
+            Some(s) => format!(
+                "s:{}",
+                s.seal_text(&k.raw, k.key_ref.as_bytes())
+                    .map_err(VaultError::Crypto)?
+            ),
+            None => b64().encode(k.raw),
+        };
+        Ok(format!("{} {} {key}\n", k.key_ref, entity.unwrap_or("-")))
+    }
+
+    /// Makes a batch of keys: made without the lock, written under it, fsynced without it,
+    /// and only then handed out. Clears `refilling` and wakes the waiters however it ends.
+    fn refill(&self) -> Result<(), VaultError> {
+        let made = self.make_batch();
+        let mut g = self.lock();
+        g.refilling = false;
+        self.refilled.notify_all();
+        for k in made? {
+            g.by_ref.insert(k.key_ref.clone(), k.clone());
+            g.free.push(k);
+        }
+        Ok(())
+    }
+
+    /// A batch of keys, written to the keys file and fsynced.
+    fn make_batch(&self) -> Result<Vec<Arc<EntityKey>>, VaultError> {
+        let mut text = String::new();
+        let mut made = Vec::with_capacity(BATCH);
+        let mut random = vec![0u8; BATCH * 44];
+        getrandom::fill(&mut random)
+            .map_err(|_| VaultError::Crypto("no randomness from the OS".into()))?;
+        for chunk in random.chunks_exact(44) {
+            let mut raw = [0u8; 32];
+            raw.copy_from_slice(&chunk[..32]);
+            let key_ref = fraud_core::pii::hex(&chunk[32..]);
+            let k = Arc::new(EntityKey {
+                key_ref,
+                cipher: Sealer::new(&raw).map_err(VaultError::Crypto)?,
+                raw,
+                last_seq: AtomicU64::new(0),
+            });
+            text.push_str(&self.line(&k, None)?);
+            made.push(k);
+        }
+        let io = |source| VaultError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let file = {
+            let mut g = self.lock();
+            g.file.write_all(text.as_bytes()).map_err(io)?;
+            g.file.try_clone().map_err(io)?
+        };
+        file.sync_data().map_err(io)?;
+        Ok(made)
+    }
 }
 
 impl Vault {
@@ -273,122 +354,76 @@ impl Vault {
         file.flush().map_err(io)?;
         inner.file = file;
         Ok(Vault {
-            path,
-            sealer,
-            inner: Mutex::new(inner),
+            shared: Arc::new(Shared {
+                path,
+                sealer,
+                inner: Mutex::new(inner),
+                refilled: std::sync::Condvar::new(),
+            }),
         })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn line(&self, k: &EntityKey, entity: Option<&str>) -> Result<String, VaultError> {
-        let key = match &self.sealer {
-            Some(s) => format!(
-                "s:{}",
-                s.seal_text(&k.raw, k.key_ref.as_bytes())
-                    .map_err(VaultError::Crypto)?
-            ),
-            None => b64().encode(k.raw),
-        };
-        Ok(format!("{} {} {key}\n", k.key_ref, entity.unwrap_or("-")))
     }
 
     /// The key of an entity: on first use, one of the durable batch, assigned to it.
     ///
-    /// New keys are made (and fsynced) outside the vault's lock, by the request that takes
-    /// the free list below [`LOW`]: it alone waits for the disk, while every other request
-    /// goes on with the keys left (a batch made under the lock stalled them all).
+    /// New keys are made (and fsynced) by a thread of their own, started by the request that
+    /// takes the free list below [`LOW`]: no request waits for them while keys are left (a
+    /// batch made by a request stalled every connection of its worker for milliseconds). A
+    /// request that finds none left waits for the batch being made, or makes one itself
+    /// when none is (and reports its error).
     fn key_for(&self, kind: &str, id: &str) -> Result<Arc<EntityKey>, VaultError> {
         let entity = entity_hash(kind, id);
-        loop {
-            let refill = {
-                let mut g = self.lock();
-                if let Some(k) = g.by_entity.get(&entity) {
-                    return Ok(k.clone());
-                }
-                if let Some(k) = g.free.pop() {
-                    let io = |source| VaultError::Io {
-                        path: self.path.clone(),
-                        source,
-                    };
-                    g.file
-                        .write_all(format!("= {} {entity}\n", k.key_ref).as_bytes())
-                        .map_err(io)?;
-                    g.assign(&k.key_ref, &entity);
-                    let low = g.free.len() < LOW && !g.refilling;
-                    g.refilling |= low;
-                    drop(g);
-                    if low {
-                        // Ahead of need: this request has its key. A failure here leaves
-                        // the free list as it was, and the request that finds it empty
-                        // makes the batch again and reports the error.
-                        let _ = self.refill();
-                    }
-                    return Ok(k);
-                }
-                // None left: make a batch, unless another thread is making one already.
-                let mine = !g.refilling;
-                g.refilling = true;
-                mine
-            };
-            if refill {
-                self.refill()?;
-            } else {
-                std::thread::sleep(std::time::Duration::from_micros(100));
-            }
-        }
-    }
-
-    /// Makes a batch of keys: made without the lock, written under it, fsynced without it,
-    /// and only then handed out. Clears `refilling` however it ends.
-    fn refill(&self) -> Result<(), VaultError> {
-        let made = self.make_batch();
         let mut g = self.lock();
-        g.refilling = false;
-        for k in made? {
-            g.by_ref.insert(k.key_ref.clone(), k.clone());
-            g.free.push(k);
+        loop {
+            if let Some(k) = g.by_entity.get(&entity) {
+                return Ok(k.clone());
+            }
+            if let Some(k) = g.free.pop() {
+                let io = |source| VaultError::Io {
+                    path: self.path.clone(),
+                    source,
+                };
+                g.file
+                    .write_all(format!("= {} {entity}\n", k.key_ref).as_bytes())
+                    .map_err(io)?;
+                g.assign(&k.key_ref, &entity);
+                if g.free.len() < LOW && !g.refilling {
+                    g.refilling = true;
+                    drop(g);
+                    self.refill_behind();
+                }
+                return Ok(k);
+            }
+            if g.refilling {
+                g = self
+                    .refilled
+                    .wait(g)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                continue;
+            }
+            // None left and none coming (the last batch failed): make one, or say why not.
+            g.refilling = true;
+            drop(g);
+            self.refill()?;
+            g = self.lock();
         }
-        Ok(())
     }
 
-    /// A batch of keys, written to the keys file and fsynced.
-    fn make_batch(&self) -> Result<Vec<Arc<EntityKey>>, VaultError> {
-        let mut text = String::new();
-        let mut made = Vec::with_capacity(BATCH);
-        let mut random = vec![0u8; BATCH * 44];
-        getrandom::fill(&mut random)
-            .map_err(|_| VaultError::Crypto("no randomness from the OS".into()))?;
-        for chunk in random.chunks_exact(44) {
-            let mut raw = [0u8; 32];
-            raw.copy_from_slice(&chunk[..32]);
-            let key_ref = fraud_core::pii::hex(&chunk[32..]);
-            let k = Arc::new(EntityKey {
-                key_ref,
-                cipher: Sealer::new(&raw).map_err(VaultError::Crypto)?,
-                raw,
-                last_seq: AtomicU64::new(0),
+    /// Makes the next batch on a thread of its own (here when no thread can be started).
+    /// A failure leaves the free list as it was: the request that finds it empty makes the
+    /// batch again and reports the error.
+    fn refill_behind(&self) {
+        let shared = self.shared.clone();
+        let started = std::thread::Builder::new()
+            .name("vault-keys".into())
+            .spawn(move || {
+                if let Err(e) = shared.refill() {
+                    eprintln!("warning: making the vault's next batch of keys failed: {e}");
+                }
             });
-            text.push_str(&self.line(&k, None)?);
-            made.push(k);
+        if started.is_err() {
+            let _ = self.refill();
         }
-        let io = |source| VaultError::Io {
-            path: self.path.clone(),
-            source,
-        };
-        let file = {
-            let mut g = self.lock();
-            g.file.write_all(text.as_bytes()).map_err(io)?;
-            g.file.try_clone().map_err(io)?
-        };
-        file.sync_data().map_err(io)?;
-        Ok(made)
     }
-
     /// At start, for a record read from the log as written: the keys it names that are not
     /// assigned to any entity (the vault lost their assignment in a crash). Cheap when there
     /// are none, the usual case.
@@ -714,5 +749,47 @@ mod tests {
                 .as_str()
                 .map(|s| s.split(':').nth(1))
         );
+    }
+
+    #[test]
+    fn keys_made_behind_the_requests_reach_every_entity_once() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let v = Vault::open(dir.path(), None).unwrap_or_else(|e| panic!("{e}"));
+        // Four threads, 1,200 new entities: batches are made behind them, and a thread that
+        // finds the free list empty waits for the batch in the making.
+        let refs: Vec<Vec<String>> = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..4)
+                .map(|t| {
+                    let v = &v;
+                    s.spawn(move || {
+                        (0..300)
+                            .map(|i| {
+                                let k = v
+                                    .key_for("customer", &format!("c{t}-{i}"))
+                                    .unwrap_or_else(|e| panic!("{e}"));
+                                k.key_ref.clone()
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .map(|h| h.join().unwrap_or_default())
+                .collect()
+        });
+        let all: std::collections::HashSet<&String> = refs.iter().flatten().collect();
+        assert_eq!(all.len(), 1_200, "one key per entity, none shared");
+        // Wait for a batch still in the making, then reopen: every assignment was kept.
+        while v.lock().refilling {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let again = Vault::open(dir.path(), None).unwrap_or_else(|e| panic!("{e}"));
+        for (t, keys) in refs.iter().enumerate() {
+            for (i, key_ref) in keys.iter().enumerate() {
+                let id = format!("c{t}-{i}");
+                assert_eq!(again.key_ref("customer", &id).as_ref(), Some(key_ref));
+            }
+        }
     }
 }
