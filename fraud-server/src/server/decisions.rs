@@ -773,7 +773,7 @@ impl DecisionLog {
             Some(v) if !CLEAR_KINDS.contains(&kind) => v
                 .protect(data.to_mut())
                 .map_err(|e| self.io(std::io::Error::other(e.to_string())))?,
-            _ => Vec::new(),
+            _ => Default::default(),
         };
         let value: &serde_json::Value = &data;
         // The large part of the record, written before the lock is taken.
@@ -833,7 +833,7 @@ impl DecisionLog {
             g.last_at = at;
             self.written.store(seq, Ordering::Release);
             if let Some(v) = &self.vault {
-                v.touch_refs(&refs, seq);
+                v.touch_used(&refs, seq);
             }
             seq
         };

@@ -143,6 +143,10 @@ impl Inner {
     }
 }
 
+/// The keys [`Vault::protect`] used for one record.
+#[derive(Default)]
+pub struct Used(Vec<Arc<EntityKey>>);
+
 /// The per-entity keys.
 pub struct Vault {
     shared: Arc<Shared>,
@@ -460,8 +464,8 @@ impl Vault {
     }
 
     /// Encrypts the entity fields of a record's data in place, each under its entity's key;
-    /// returns the key refs used.
-    pub fn protect(&self, data: &mut Value) -> Result<Vec<String>, VaultError> {
+    /// returns the keys used (for [`Vault::touch_used`] once the record has its seq).
+    pub fn protect(&self, data: &mut Value) -> Result<Used, VaultError> {
         let mut used = Vec::new();
         for (kind, id_at, fields) in FIELDS {
             let Some(id) = at(data, id_at).and_then(Value::as_str).map(str::to_string) else {
@@ -483,9 +487,9 @@ impl Vault {
                     }
                 }
             }
-            used.push(key.key_ref.clone());
+            used.push(key);
         }
-        Ok(used)
+        Ok(Used(used))
     }
 
     /// Decrypts a record's protected fields in place; a field whose key was destroyed
@@ -533,13 +537,10 @@ impl Vault {
         }
     }
 
-    /// Notes that record `seq` uses the keys `refs`.
-    pub fn touch_refs(&self, refs: &[String], seq: u64) {
-        let g = self.lock();
-        for r in refs {
-            if let Some(k) = g.by_ref.get(r) {
-                k.last_seq.fetch_max(seq, Ordering::Relaxed);
-            }
+    /// Notes that record `seq` uses the keys `used` (held, so found without the lock).
+    pub fn touch_used(&self, used: &Used, seq: u64) {
+        for k in &used.0 {
+            k.last_seq.fetch_max(seq, Ordering::Relaxed);
         }
     }
 
@@ -642,7 +643,7 @@ mod tests {
         let v = Vault::open(dir.path(), None).unwrap_or_else(|e| panic!("{e}"));
         let mut r = record();
         let used = v.protect(&mut r).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(used.len(), 3);
+        assert_eq!(used.0.len(), 3);
         let text = r.to_string();
         // (Ciphertext is base64: only values it cannot contain by chance are looked for.)
         for clear in ["tok_a", "411111******", "customer-one", "merchant-one"] {
@@ -697,11 +698,11 @@ mod tests {
         let v = Vault::open(dir.path(), None).unwrap_or_else(|e| panic!("{e}"));
         let mut r = record();
         let used = v.protect(&mut r).unwrap_or_else(|e| panic!("{e}"));
-        v.touch_refs(&used, 5);
+        v.touch_used(&used, 5);
         let mut r2 = json!({"transaction": {"card": {"token": "tok_b"}}});
         let used2 = v.protect(&mut r2).unwrap_or_else(|e| panic!("{e}"));
         v.touch(&r2, 9);
-        assert_eq!(used2.len(), 1);
+        assert_eq!(used2.0.len(), 1);
         assert_eq!(v.drop_unused(5).ok(), Some(3));
         assert_eq!(v.len(), 1);
         let mut back = r2.clone();
