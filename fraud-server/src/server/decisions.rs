@@ -208,8 +208,6 @@ struct Inner {
     /// UTC day (`YYYY-MM-DD`) of the open segment's first record.
     active_day: String,
     closed: Vec<Closed>,
-    /// Transaction id -> (first seq of its segment, byte offset).
-    index: Index,
 }
 
 /// The open log.
@@ -218,6 +216,10 @@ pub struct DecisionLog {
     path: PathBuf,
     sealer: Option<super::seal::Sealer>,
     inner: Mutex<Inner>,
+    /// Transaction id -> (first seq of its segment, byte offset). A lock of its own: a
+    /// request looking up its transaction id does not wait for another's record to be
+    /// written (taken after `inner` when both are).
+    index: Mutex<Index>,
     /// The open segment, for fsync (replaced when a segment is closed).
     sync_file: arc_swap::ArcSwap<File>,
     /// Read handles by the first seq of their segment.
@@ -674,8 +676,8 @@ impl DecisionLog {
                 active_first,
                 active_day,
                 closed,
-                index,
             }),
+            index: Mutex::new(index),
             sync_file: arc_swap::ArcSwap::from_pointee(sync_file),
             readers: Mutex::new(readers),
             synced: Mutex::new(chain.seq),
@@ -822,7 +824,10 @@ impl DecisionLog {
             }
             if let Some(id) = decision_id(kind, value) {
                 let at = (g.active_first, g.len);
-                g.index.insert(id, at);
+                self.index
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(id, at);
             }
             if g.len == 0 {
                 g.active_day = utc_day(&at).to_string();
@@ -921,7 +926,10 @@ impl DecisionLog {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         g.closed.retain(|c| !removed.contains(&c.first));
-        g.index.retain(|_, (seg, _)| !removed.contains(seg));
+        self.index
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|_, (seg, _)| !removed.contains(seg));
         Ok(Removed {
             segments: expired.len(),
             through: last.last,
@@ -931,11 +939,11 @@ impl DecisionLog {
     /// The recorded decision of a transaction.
     pub fn decision(&self, transaction_id: &str) -> Result<Option<Record>, LogError> {
         let (segment, offset) = {
-            let g = self
-                .inner
+            let index = self
+                .index
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            match g.index.get(transaction_id) {
+            match index.get(transaction_id) {
                 Some(&o) => o,
                 None => return Ok(None),
             }
