@@ -98,7 +98,7 @@ struct Body<'a> {
     kind: &'a str,
     at: &'a str,
     key: &'a str,
-    data: &'a Data<'a>,
+    data: &'a serde_json::Value,
     #[serde(skip_serializing_if = "Option::is_none")]
     sealed: Option<&'a str>,
 }
@@ -121,30 +121,6 @@ impl Serialize for Named<'_> {
             m.serialize_entry(n, &(!v.is_nan()).then_some(*v))?;
         }
         m.end()
-    }
-}
-
-/// A record's data: a JSON object, and optionally one more member written from [`Named`]
-/// values.
-struct Data<'a> {
-    value: &'a serde_json::Value,
-    extra: Option<(&'a str, Named<'a>)>,
-}
-
-impl Serialize for Data<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        match (self.value.as_object(), &self.extra) {
-            (Some(obj), Some((name, named))) => {
-                let mut m = s.serialize_map(Some(obj.len() + 1))?;
-                for (k, v) in obj {
-                    m.serialize_entry(k, v)?;
-                }
-                m.serialize_entry(name, named)?;
-                m.end()
-            }
-            _ => self.value.serialize(s),
-        }
     }
 }
 
@@ -740,47 +716,45 @@ impl DecisionLog {
 
     /// Appends a record and, with sync durability, makes it durable. Returns its seq.
     pub fn append(&self, kind: &str, key: &str, data: &serde_json::Value) -> Result<u64, LogError> {
-        self.append_cow(kind, key, std::borrow::Cow::Borrowed(data), None)
-    }
-
-    /// [`DecisionLog::append`] taking the record by value (no copy is made to protect it),
-    /// with one more member of `data` (an object), `name`, written from `named` values. That
-    /// member is never protected by the vault: keep entity fields out of it.
-    pub fn append_with(
-        &self,
-        kind: &str,
-        key: &str,
-        data: serde_json::Value,
-        name: &str,
-        named: Named<'_>,
-    ) -> Result<u64, LogError> {
-        self.append_cow(
-            kind,
-            key,
-            std::borrow::Cow::Owned(data),
-            Some((name, named)),
-        )
-    }
-
-    fn append_cow(
-        &self,
-        kind: &str,
-        key: &str,
-        mut data: std::borrow::Cow<'_, serde_json::Value>,
-        extra: Option<(&str, Named<'_>)>,
-    ) -> Result<u64, LogError> {
-        let at = now_rfc3339();
+        let mut data = std::borrow::Cow::Borrowed(data);
         // Entity fields encrypted under their entities' keys (erasure destroys a key).
-        let refs = match &self.vault {
+        let used = match &self.vault {
             Some(v) if !CLEAR_KINDS.contains(&kind) => v
                 .protect(data.to_mut())
                 .map_err(|e| self.io(std::io::Error::other(e.to_string())))?,
             _ => Default::default(),
         };
-        let value: &serde_json::Value = &data;
-        // The large part of the record, written before the lock is taken.
-        let data = serde_json::to_vec(&Data { value, extra })
-            .map_err(|e| self.io(std::io::Error::other(e)))?;
+        let bytes = serde_json::to_vec(&data).map_err(|e| self.io(std::io::Error::other(e)))?;
+        self.write(kind, key, bytes, decision_id(kind, &data), used)
+    }
+
+    /// Appends a record whose entity fields the caller has sealed already (with
+    /// [`super::vault::Vault::protect_entities`], which gave `used`), written from typed
+    /// values: no JSON value of it is built. `id` is the transaction id a decision is found
+    /// by. Returns its seq.
+    pub fn append_protected<T: Serialize>(
+        &self,
+        kind: &str,
+        key: &str,
+        data: &T,
+        id: Option<String>,
+        used: super::vault::Used,
+    ) -> Result<u64, LogError> {
+        let data = serde_json::to_vec(data).map_err(|e| self.io(std::io::Error::other(e)))?;
+        self.write(kind, key, data, id, used)
+    }
+
+    /// Writes a record of `data` (serialized, protected: the large part of a record is made
+    /// before the lock is taken) and, with sync durability, makes it durable.
+    fn write(
+        &self,
+        kind: &str,
+        key: &str,
+        data: Vec<u8>,
+        id: Option<String>,
+        used: super::vault::Used,
+    ) -> Result<u64, LogError> {
+        let at = now_rfc3339();
         let seq = {
             let mut g = self
                 .inner
@@ -822,7 +796,7 @@ impl DecisionLog {
                 let _ = g.file.set_len(len);
                 return Err(self.io(e));
             }
-            if let Some(id) = decision_id(kind, value) {
+            if let Some(id) = id {
                 let at = (g.active_first, g.len);
                 self.index
                     .lock()
@@ -838,7 +812,7 @@ impl DecisionLog {
             g.last_at = at;
             self.written.store(seq, Ordering::Release);
             if let Some(v) = &self.vault {
-                v.touch_used(&refs, seq);
+                v.touch_used(&used, seq);
             }
             seq
         };
@@ -1013,11 +987,7 @@ mod tests {
 
     #[test]
     fn bodies_are_written_as_serde_writes_them() {
-        let value = serde_json::json!({"a": [1, 2.5, null], "b": "x\"y\u{1}é"});
-        let data = Data {
-            value: &value,
-            extra: None,
-        };
+        let data = serde_json::json!({"a": [1, 2.5, null], "b": "x\"y\u{1}é"});
         let bytes = serde_json::to_vec(&data).unwrap_or_default();
         for sealed in [None, Some("c2VhbGVk\"\\")] {
             let (seq, prev, kind, at, key) = (u64::MAX, "00ff", "dec\"ision", "2026-01-01", "k\n");

@@ -665,20 +665,21 @@ impl Engine {
         if degraded {
             response["degraded"] = json!(true);
         }
-        // The minimised event: no IP address, no e-mail, unless the features read them.
-        let mut kept = tx.clone();
-        if !self.keep_ip {
-            kept.ip = None;
-        }
-        if !self.keep_email {
-            kept.email = None;
-        }
-        let record = json!({
-            "transaction_id": tx.transaction_id,
-            "response": response,
-            "transaction": kept,
-            "shadow": shadow,
-        });
+        // The record: the minimised event (no IP address, no e-mail, unless the features
+        // read them), its entity fields sealed under their entities' keys.
+        let mut transaction =
+            super::record::RecordTransaction::new(&tx, self.keep_ip, self.keep_email);
+        let mut card_mask = tx.card.mask.clone();
+        let used = match &self.vault {
+            Some(v) => {
+                super::record::protect(v, &mut transaction, &mut card_mask).map_err(|e| {
+                    Problem::unavailable(format!("the decision log cannot be written: {e}"))
+                })?
+            }
+            None => Default::default(),
+        };
+        let mut recorded = response.clone();
+        recorded["card_mask"] = json!(card_mask);
         // What the review queue needs of it (the record itself goes to the log).
         let summary = json!({
             "transaction_id": tx.transaction_id,
@@ -687,15 +688,21 @@ impl Engine {
         });
         let seq = self
             .log
-            .append_with(
+            .append_protected(
                 "decision",
                 caller,
-                record,
-                "features",
-                super::decisions::Named {
-                    names: self.extractor.names(),
-                    values: &features,
+                &super::record::DecisionRecord {
+                    response: &recorded,
+                    shadow: &shadow,
+                    transaction,
+                    transaction_id: &tx.transaction_id,
+                    features: super::decisions::Named {
+                        names: self.extractor.names(),
+                        values: &features,
+                    },
                 },
+                Some(tx.transaction_id.clone()),
+                used,
             )
             .map_err(Problem::from_log)?;
         drop(cut);

@@ -12,6 +12,7 @@ pub mod keys;
 pub mod metrics;
 pub mod openapi;
 pub mod problem;
+pub mod record;
 pub mod seal;
 pub mod sharded;
 pub mod users;

@@ -143,6 +143,25 @@ impl Inner {
     }
 }
 
+/// One entity's fields in a record built from typed values, for [`Vault::protect_entities`].
+pub struct EntityFields<'a> {
+    /// `card`, `customer`, ... as in [`FIELDS`].
+    pub kind: &'static str,
+    /// Its id (the clear value its key is found by).
+    pub id: String,
+    /// Its fields: (path in the record, value sealed in place; `None` is left alone).
+    pub fields: Vec<(&'static str, &'a mut Option<String>)>,
+}
+
+/// `plain`, the value at `path` of a record, sealed under `key`: `shred1:<ref>:<base64>`.
+fn sealed(key: &EntityKey, path: &str, plain: &str) -> Result<String, VaultError> {
+    let bytes = key
+        .cipher
+        .seal(plain.as_bytes(), path.as_bytes())
+        .map_err(VaultError::Crypto)?;
+    Ok(format!("{PREFIX}{}:{}", key.key_ref, b64().encode(bytes)))
+}
+
 /// The keys [`Vault::protect`] used for one record.
 #[derive(Default)]
 pub struct Used(Vec<Arc<EntityKey>>);
@@ -475,16 +494,26 @@ impl Vault {
             for f in *fields {
                 if let Some(v) = at_mut(data, f) {
                     if let Some(s) = v.as_str() {
-                        let sealed = key
-                            .cipher
-                            .seal(s.as_bytes(), f.as_bytes())
-                            .map_err(VaultError::Crypto)?;
-                        *v = Value::String(format!(
-                            "{PREFIX}{}:{}",
-                            key.key_ref,
-                            b64().encode(sealed)
-                        ));
+                        *v = Value::String(sealed(&key, f, s)?);
                     }
+                }
+            }
+            used.push(key);
+        }
+        Ok(Used(used))
+    }
+
+    /// [`Vault::protect`] for a record built from typed values rather than a JSON value: each
+    /// entity's fields are sealed in place under its key. The entities and paths must be
+    /// those [`FIELDS`] names for such a record (the path is bound into each seal, and
+    /// [`Vault::reveal`] finds the fields by it).
+    pub fn protect_entities(&self, entities: Vec<EntityFields<'_>>) -> Result<Used, VaultError> {
+        let mut used = Vec::with_capacity(entities.len());
+        for e in entities {
+            let key = self.key_for(e.kind, &e.id)?;
+            for (path, v) in e.fields {
+                if let Some(s) = v {
+                    *s = sealed(&key, path, s)?;
                 }
             }
             used.push(key);
