@@ -141,11 +141,12 @@ impl Explainer {
         let mut goes_left = Vec::new();
         let mut offsets = Vec::new();
         let mut lanes = vec![0.0; LANES * m];
+        let doubled = doubled(row);
         // Tables in two passes: first where every leaf's row is (prefetched), then the sums,
         // by when the rows have arrived.
         for (tree, table) in self.ensemble.trees.iter().zip(&self.tables) {
             if let (Some(t), true) = (table, tree.nodes.len() > 1) {
-                t.offsets(row, &mut goes_left, &mut offsets);
+                t.offsets(row, &doubled, &mut goes_left, &mut offsets);
             }
         }
         let mut at = 0;
@@ -225,6 +226,15 @@ const LANES: usize = 4;
 /// Largest table of one tree, in coefficients (beyond: the recursive algorithm).
 const MAX_TABLE: usize = 1 << 17;
 
+/// Each value of `row` twice: as it is, then with NaN read as -inf. A test `x < t` (`t`
+/// above -inf) of the first sends NaN right, of the second left: a split's direction is one
+/// comparison, whatever its default.
+fn doubled(row: &[f64]) -> Vec<f64> {
+    row.iter()
+        .flat_map(|&x| [x, if x.is_nan() { f64::NEG_INFINITY } else { x }])
+        .collect()
+}
+
 /// The precomputed weights of one tree's leaves. In path-dependent TreeSHAP a leaf's share
 /// of each feature's contribution depends on the row only through which of the path's unique
 /// features the row follows towards the leaf (their "one" fractions, 0 or 1); the cover
@@ -251,10 +261,11 @@ struct TreeTable {
     /// node of slot `s`, then the directions), the contribution of slot `s` is
     /// `coef[i * k + s]`. Stored in `f32`, as XGBoost computes TreeSHAP: half the memory.
     coef: Vec<f32>,
-    /// The tree's splits in order, as `(feature, threshold, default_left)` for a test
-    /// `x < threshold` with NaN taking the default; conditions and blocks name splits by
+    /// The tree's splits in order, as `(value, threshold)` for a test `x < threshold` of
+    /// the value at `value` of the row doubled (see [`doubled`]: `2 x feature`, or `2 x
+    /// feature + 1` for a split that sends NaN left); conditions and blocks name splits by
     /// their position here.
-    tests: Vec<(u32, f64, bool)>,
+    tests: Vec<(u32, f64)>,
     /// Splits of any other kind (categorical, zero as missing, ...), tested by
     /// [`super::Split::goes_left_in`] after the others.
     other: Vec<Other>,
@@ -387,7 +398,9 @@ impl TreeTable {
                         Some((x.next_up(), 0.0 <= *x))
                     }
                     _ => None,
-                };
+                }
+                // NaN read as -inf goes left only below a threshold above it.
+                .filter(|&(t, _)| t > f64::NEG_INFINITY);
                 if simple.is_none() {
                     let c0 = t.codes.len() as u32;
                     if let Test::Categories(c) = &sp.test {
@@ -399,8 +412,9 @@ impl TreeTable {
                         codes: c0..t.codes.len() as u32,
                     });
                 }
-                let (threshold, default_left) = simple.unwrap_or((f64::NAN, sp.default_left));
-                t.tests.push((sp.feature, threshold, default_left));
+                let (threshold, default_left) = simple.unwrap_or((f64::NAN, false));
+                t.tests
+                    .push((2 * sp.feature + u32::from(default_left), threshold));
             }
         }
         let leaf = |i: usize| matches!(tree.nodes[i], Node::Leaf { .. });
@@ -544,14 +558,21 @@ impl TreeTable {
     /// Appends to `offsets` where each block's row of the table is for `row`, and prefetches
     /// those rows: the tables of a model do not fit in a core's cache, and each lookup would
     /// otherwise be a miss waited for in turn. [`TreeTable::accumulate`] reads them later.
-    fn offsets(&self, row: &[f64], goes_left: &mut Vec<bool>, offsets: &mut Vec<u32>) {
-        // Every split's direction, by position: the plain numeric tests without a branch,
-        // then the others.
+    fn offsets(
+        &self,
+        row: &[f64],
+        doubled: &[f64],
+        goes_left: &mut Vec<bool>,
+        offsets: &mut Vec<u32>,
+    ) {
+        // Every split's direction, by position: the plain numeric tests (one comparison, NaN
+        // handled by which copy of the value is read), then the others.
         goes_left.clear();
-        goes_left.extend(self.tests.iter().map(|&(f, t, default_left)| {
-            let x = row.get(f as usize).copied().unwrap_or(f64::NAN);
-            (x < t) | (x.is_nan() & default_left)
-        }));
+        goes_left.extend(
+            self.tests
+                .iter()
+                .map(|&(v, t)| doubled.get(v as usize).is_some_and(|&x| x < t)),
+        );
         for o in &self.other {
             let x = row
                 .get(o.split.feature as usize)
