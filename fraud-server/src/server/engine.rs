@@ -469,7 +469,13 @@ impl Drop for BusyGuard<'_> {
 
 fn top_reasons(names: &[String], row: &[f64], phi: &[f64], k: usize) -> Vec<Value> {
     let mut order: Vec<usize> = (0..names.len()).collect();
-    order.sort_by(|&a, &b| phi[b].abs().total_cmp(&phi[a].abs()).then(a.cmp(&b)));
+    let by_size = |&a: &usize, &b: &usize| phi[b].abs().total_cmp(&phi[a].abs()).then(a.cmp(&b));
+    // The k largest, in order: no need to sort the rest.
+    if k < order.len() {
+        order.select_nth_unstable_by(k, by_size);
+        order.truncate(k);
+    }
+    order.sort_by(by_size);
     order
         .into_iter()
         .take(k)
@@ -610,7 +616,7 @@ impl Engine {
             }
             Err(e) => return Err(Problem::unavailable(format!("entity state: {e}"))),
         };
-        let verdict = judge(&model, &features, self.reasons)?;
+        let mut verdict = judge(&model, &features, self.reasons)?;
         let mut fired = Vec::new();
         let mut decision = self.policy.threshold(verdict.score);
         if let Some(list) = self.policy.block.hit(&tx) {
@@ -657,11 +663,12 @@ impl Engine {
             "decision": decision.name(),
             "score": verdict.score,
             "risk_score": risk,
-            "reasons": verdict.reasons,
             "rules_fired": fired,
             "model_version": model.version,
             "card_mask": tx.card.mask,
         });
+        // Moved in, not copied as `json!` would.
+        response["reasons"] = Value::Array(std::mem::take(&mut verdict.reasons));
         if degraded {
             response["degraded"] = json!(true);
         }
@@ -986,6 +993,36 @@ mod tests {
         };
         let names: Vec<String> = vec!["card_txn_count_1h".into(), "log_amount".into()];
         Policy::new(&cfg, &names)
+    }
+
+    #[test]
+    fn reasons_are_the_largest_contributions_in_order() {
+        let names: Vec<String> = (0..6).map(|i| format!("f{i}")).collect();
+        let row = [1.0, f64::NAN, 3.0, 4.0, 5.0, 6.0];
+        // The bias column last, never a reason; ties by feature order; zeros left out.
+        let phi = [0.1, -0.5, 0.5, 0.0, -0.05, 0.2, 9.0];
+        let picked = |k: usize| -> Vec<(String, Value)> {
+            top_reasons(&names, &row, &phi[..6], k)
+                .into_iter()
+                .map(|r| {
+                    (
+                        r["feature"].as_str().unwrap_or("").to_string(),
+                        r["value"].clone(),
+                    )
+                })
+                .collect()
+        };
+        let order = ["f1", "f2", "f5", "f0", "f4"];
+        for k in 0..=7 {
+            let got = picked(k);
+            let want: Vec<&str> = order.iter().take(k).copied().collect();
+            assert_eq!(
+                got.iter().map(|(f, _)| f.as_str()).collect::<Vec<_>>(),
+                want
+            );
+        }
+        assert_eq!(picked(1)[0].1, Value::Null);
+        assert_eq!(picked(2)[1].1, json!(3.0));
     }
 
     #[test]
