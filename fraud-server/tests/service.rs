@@ -830,22 +830,41 @@ fn sheds_load_past_its_capacity_with_503_and_retry_after() {
     assert_eq!(st, 200);
 }
 
-/// A throw-away `redis-server` on `port` (no persistence, loopback only).
-fn redis_server(port: u16) -> std::process::Child {
-    Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--bind",
-            "127.0.0.1",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server is not installed (the test command installs it)")
+/// A throw-away `redis-server` (no persistence, loopback only), stopped when dropped: a
+/// failed assertion must not leave it running.
+struct Redis(std::process::Child);
+
+impl Redis {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A [`Redis`] on `port`.
+fn redis_server(port: u16) -> Redis {
+    Redis(
+        Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--bind",
+                "127.0.0.1",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is not installed (the test command installs it)"),
+    )
 }
 
 #[test]
@@ -876,8 +895,7 @@ fn scores_with_entity_state_in_redis() {
     assert_eq!(rec["features"]["card_txn_count_10m"], 1.0);
     assert_eq!(s.call("GET", "/readyz", None, None).0, 200);
     // Redis gone: not ready, and scoring answers 503, never hangs.
-    let _ = redis.kill();
-    let _ = redis.wait();
+    redis.kill();
     assert_eq!(s.call("GET", "/readyz", None, None).0, 503);
     let started = Instant::now();
     let (st, p, h) = s.call("POST", "/v1/score", Some(&key), Some(&tx("rd3", "10.00")));
@@ -1258,8 +1276,7 @@ fn redis_outage_degrades_then_recovers_by_itself() {
     let (st, v, _) = s.call("POST", "/v1/score", Some(&key), Some(&at(0)));
     assert_eq!(st, 200, "{v}");
     assert!(v.get("degraded").is_none());
-    let _ = redis.kill();
-    let _ = redis.wait();
+    redis.kill();
     // Down: answered within the timeout, with stateless features, flagged.
     let started = Instant::now();
     let (st, v, _) = s.call("POST", "/v1/score", Some(&key), Some(&at(1)));
@@ -1291,8 +1308,7 @@ fn redis_outage_degrades_then_recovers_by_itself() {
         .expect("fraud_degraded_total in /metrics");
     // o1, and any attempt made before redis-server listened again.
     assert!(degraded >= 1 && degraded < u64::from(i), "{degraded}");
-    let _ = redis.kill();
-    let _ = redis.wait();
+    redis.kill();
 }
 
 #[test]
