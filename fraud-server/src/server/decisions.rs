@@ -728,6 +728,12 @@ impl DecisionLog {
         self.write(kind, key, bytes, decision_id(kind, &data), used)
     }
 
+    /// The vault that protects this log's records (the caller of
+    /// [`DecisionLog::append_protected`] seals with it).
+    pub fn vault(&self) -> Option<&super::vault::Vault> {
+        self.vault.as_deref()
+    }
+
     /// Appends a record whose entity fields the caller has sealed already (with
     /// [`super::vault::Vault::protect_entities`], which gave `used`), written from typed
     /// values: no JSON value of it is built. `id` is the transaction id a decision is found

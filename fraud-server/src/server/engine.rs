@@ -673,11 +673,11 @@ impl Engine {
             response["degraded"] = json!(true);
         }
         // The record: the minimised event (no IP address, no e-mail, unless the features
-        // read them), its entity fields sealed under their entities' keys.
+        // read them), its entity fields sealed under their entities' keys by the log's vault.
         let mut transaction =
             super::record::RecordTransaction::new(&tx, self.keep_ip, self.keep_email);
         let mut card_mask = tx.card.mask.clone();
-        let used = match &self.vault {
+        let used = match self.log.vault() {
             Some(v) => {
                 super::record::protect(v, &mut transaction, &mut card_mask).map_err(|e| {
                     Problem::unavailable(format!("the decision log cannot be written: {e}"))
