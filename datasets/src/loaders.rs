@@ -12,7 +12,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 
-use fraud_core::pii::{CardNumber, Tokenizer};
+use fraud_core::pii::{quoted, CardNumber, Tokenizer};
 use fraud_core::transaction::Amount;
 
 /// A public data set format.
@@ -197,15 +197,6 @@ fn locate(
         .collect())
 }
 
-/// A cell as shown in an error: short, and never when it could hold a card number.
-fn shown(s: &str) -> String {
-    if s.chars().filter(char::is_ascii_digit).count() >= 12 {
-        "(value not shown)".to_string()
-    } else {
-        format!("`{}`", s.chars().take(32).collect::<String>())
-    }
-}
-
 struct Row<'a> {
     n: u64,
     record: &'a csv::StringRecord,
@@ -228,7 +219,7 @@ impl Row<'_> {
         let s = self.cell(i);
         match s.parse::<f64>() {
             Ok(v) if v.is_finite() => Ok(v),
-            _ => Err(self.bad(column, format!("{} is not a finite number", shown(s)))),
+            _ => Err(self.bad(column, format!("{} is not a finite number", quoted(s)))),
         }
     }
 
@@ -236,7 +227,7 @@ impl Row<'_> {
         match self.cell(i) {
             "0" | "0.0" => Ok(false),
             "1" | "1.0" => Ok(true),
-            s => Err(self.bad(column, format!("{} is not 0 or 1", shown(s)))),
+            s => Err(self.bad(column, format!("{} is not 0 or 1", quoted(s)))),
         }
     }
 
@@ -393,11 +384,11 @@ fn paysim<R: Read, W: Write>(
         let step = row.cell(at[0]);
         let step: i64 = match step.parse() {
             Ok(v) if (1..=100_000).contains(&v) => v,
-            _ => return Err(row.bad("step", format!("{} is not an hour 1..100000", shown(step)))),
+            _ => return Err(row.bad("step", format!("{} is not an hour 1..100000", quoted(step)))),
         };
         let kind = row.cell(at[1]);
         if !["CASH_IN", "CASH_OUT", "DEBIT", "PAYMENT", "TRANSFER"].contains(&kind) {
-            return Err(row.bad("type", format!("{} is not a PaySim type", shown(kind))));
+            return Err(row.bad("type", format!("{} is not a PaySim type", quoted(kind))));
         }
         let amount = row.amount(at[2], "amount")?;
         let orig = row.text(at[3], "nameOrig")?;
@@ -502,7 +493,7 @@ fn sparkov<R: Read, W: Write>(
             .map_err(|_| {
                 row.bad(
                     NAMES[0],
-                    format!("{} is not `YYYY-MM-DD HH:MM:SS`", shown(when)),
+                    format!("{} is not `YYYY-MM-DD HH:MM:SS`", quoted(when)),
                 )
             })?
             .assume_utc()
@@ -519,7 +510,7 @@ fn sparkov<R: Read, W: Write>(
         let (mcc, channel) = sparkov_category(category).ok_or_else(|| {
             row.bad(
                 "category",
-                format!("{} is not a Sparkov category", shown(category)),
+                format!("{} is not a Sparkov category", quoted(category)),
             )
         })?;
         let amount = row.amount(at[4], "amt")?;

@@ -148,6 +148,15 @@ pub struct ProtectedCard {
     pub mask: Option<String>,
 }
 
+/// A value as an error message may quote it: in backticks, at most 32 characters, and not
+/// at all when it holds 12 or more digits (it could be, or contain, a card number).
+pub fn quoted(s: &str) -> String {
+    if s.chars().filter(char::is_ascii_digit).count() >= 12 {
+        return "(value not shown)".to_string();
+    }
+    format!("`{}`", s.chars().take(32).collect::<String>())
+}
+
 /// Whether `s` has the shape of a card token.
 pub fn is_token(s: &str) -> bool {
     s.strip_prefix(TOKEN_PREFIX)
@@ -174,6 +183,20 @@ pub fn push_hex(out: &mut String, bytes: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_quote_values_short_and_never_a_card_number() {
+        assert_eq!(quoted("EURO"), "`EURO`");
+        assert_eq!(quoted(&"x".repeat(40)), format!("`{}`", "x".repeat(32)));
+        for card in [
+            "4111111111111111",
+            "4111 1111 1111 1111",
+            "pan=411111111111",
+        ] {
+            assert_eq!(quoted(card), "(value not shown)");
+        }
+        assert_eq!(quoted("12345678901"), "`12345678901`");
+    }
 
     #[test]
     fn hex_is_two_lowercase_digits_a_byte() {

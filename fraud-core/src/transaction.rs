@@ -11,7 +11,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::pii::{is_token, CardNumber, ProtectedCard, Tokenizer};
+use crate::pii::{is_token, quoted, CardNumber, ProtectedCard, Tokenizer};
 
 /// A field that failed validation, and why. Never contains a card number.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -242,7 +242,7 @@ impl Amount {
             || !int.bytes().all(|b| b.is_ascii_digit())
             || !frac.bytes().all(|b| b.is_ascii_digit())
         {
-            return Err(format!("`{}` is not a plain decimal number", short(t)));
+            return Err(format!("{} is not a plain decimal number", quoted(t)));
         }
         let frac = frac.trim_end_matches('0');
         if frac.len() > exponent as usize {
@@ -280,15 +280,6 @@ impl Amount {
     pub fn as_f64(&self) -> f64 {
         self.minor as f64 / 10f64.powi(self.exponent as i32)
     }
-}
-
-/// A value as shown in an error: at most 32 characters, and never shown at all when it holds
-/// 12 or more digits (it could be, or contain, a card number).
-fn short(s: &str) -> String {
-    if s.chars().filter(char::is_ascii_digit).count() >= 12 {
-        return "(value not shown)".to_string();
-    }
-    s.chars().take(32).collect()
 }
 
 /// How the card was used.
@@ -418,7 +409,7 @@ pub const MAX_TIMESTAMP_US: i64 = 4_102_444_800_000_000;
 fn parse_time(field: &str, text: &str) -> Result<i64, TransactionError> {
     let t =
         time::OffsetDateTime::parse(text.trim(), &time::format_description::well_known::Rfc3339)
-            .map_err(|_| bad(field, format!("`{}` is not an RFC 3339 time", short(text))))?;
+            .map_err(|_| bad(field, format!("{} is not an RFC 3339 time", quoted(text))))?;
     let us = (t.unix_timestamp_nanos() / 1000) as i64;
     if !(MIN_TIMESTAMP_US..MAX_TIMESTAMP_US).contains(&us) {
         return Err(bad(field, "is before 1990 or after 2100"));
@@ -455,7 +446,7 @@ fn country(field: &str, v: Option<String>) -> Result<Option<String>, Transaction
             } else {
                 Err(bad(
                     field,
-                    format!("`{}` is not an ISO 3166-1 alpha-2 code", short(&s)),
+                    format!("{} is not an ISO 3166-1 alpha-2 code", quoted(&s)),
                 ))
             }
         }
@@ -481,7 +472,7 @@ impl Transaction {
         let exponent = currency_exponent(&currency).ok_or_else(|| {
             bad(
                 "currency",
-                format!("`{}` is not an ISO 4217 code", short(&currency)),
+                format!("{} is not an ISO 4217 code", quoted(&currency)),
             )
         })?;
         let amount_text = match raw.amount.ok_or_else(|| bad("amount", "is required"))? {
@@ -521,7 +512,7 @@ impl Transaction {
                 if t.len() != 4 || !t.bytes().all(|b| b.is_ascii_digit()) {
                     return Err(bad(
                         "mcc",
-                        format!("`{}` is not a 4-digit merchant category code", short(t)),
+                        format!("{} is not a 4-digit merchant category code", quoted(t)),
                     ));
                 }
                 t.parse().ok()
@@ -532,7 +523,7 @@ impl Transaction {
             Some(s) => Some(
                 s.trim()
                     .parse::<IpAddr>()
-                    .map_err(|_| bad("ip", format!("`{}` is not an IP address", short(&s))))?,
+                    .map_err(|_| bad("ip", format!("{} is not an IP address", quoted(&s))))?,
             ),
         };
         let email = match raw.email {
