@@ -29,6 +29,8 @@ pub struct Explainer {
     bias: f64,
     scale: f64,
     max_depth: usize,
+    /// Blocks of all the tables (one table row looked up per block).
+    blocks: usize,
 }
 
 fn cover(node: &Node) -> f64 {
@@ -95,17 +97,19 @@ impl Explainer {
         if let Some(lin) = &ensemble.linear {
             bias += lin.expected_value();
         }
-        let tables = ensemble
+        let tables: Vec<Option<TreeTable>> = ensemble
             .trees
             .iter()
             .map(|t| TreeTable::new(t, scale))
             .collect();
+        let blocks = tables.iter().flatten().map(|t| t.blocks.len()).sum();
         Ok(Explainer {
             ensemble: ensemble.clone(),
             tables,
             bias,
             scale,
             max_depth,
+            blocks,
         })
     }
 
@@ -137,9 +141,10 @@ impl Explainer {
         }
         out.fill(0.0);
         let d = self.max_depth + 2;
-        let mut path = vec![PathElement::default(); (d + 1) * (d + 2) / 2 + d];
+        // The recursion's buffer only for trees without tables (usually none).
+        let mut path = Vec::new();
         let mut goes_left = Vec::new();
-        let mut offsets = Vec::new();
+        let mut offsets = Vec::with_capacity(self.blocks);
         let mut lanes = vec![0.0; LANES * m];
         let doubled = doubled(row);
         // Tables in two passes: first where every leaf's row is (prefetched), then the sums,
@@ -159,6 +164,7 @@ impl Explainer {
                 at += t.blocks.len();
                 continue;
             }
+            path.resize((d + 1) * (d + 2) / 2 + d, PathElement::default());
             let mut walk = Walk {
                 tree,
                 row,
@@ -923,6 +929,72 @@ mod tests {
         // Expected value 0.5 + (1 x -1 + 3 x 1) / 4 = 1.0; x = 0.1 goes left: -1 - 0.5.
         assert_eq!(phi, [-1.5, 1.0]);
         assert!(ex.contributions(&[0.1, 0.2], &mut phi).is_err());
+    }
+
+    #[test]
+    fn trees_too_deep_for_tables_are_explained_by_the_recursion() {
+        // A chain of 18 splits on 18 features: its deepest leaves would need 2^18-row tables.
+        let m = 18usize;
+        let mut nodes = Vec::new();
+        for f in 0..m {
+            let at = nodes.len() as u32;
+            // Covers add up: a leaf of weight 1 on the left, the rest of the chain right.
+            let rest = (m - f + 1) as f64;
+            nodes.push(Node::Split(crate::model::Split {
+                feature: f as u32,
+                test: crate::model::Test::Less(0.5),
+                missing: crate::model::Missing::Nan,
+                default_left: f % 2 == 0,
+                left: at + 1,
+                right: at + 2,
+                cover: rest,
+            }));
+            nodes.push(Node::Leaf {
+                value: f as f64 / 10.0 - 0.7,
+                id: at + 1,
+                cover: 1.0,
+            });
+        }
+        nodes.push(Node::Leaf {
+            value: 2.0,
+            id: nodes.len() as u32,
+            cover: 1.0,
+        });
+        let e = crate::model::Ensemble {
+            features: (0..m)
+                .map(|i| crate::model::Feature {
+                    name: format!("x{i}"),
+                    kind: crate::model::FeatureKind::Numeric,
+                })
+                .collect(),
+            trees: vec![crate::model::Tree { nodes }],
+            base_margin: 0.0,
+            objective: crate::model::Objective::Logistic { scale: 1.0 },
+            accumulation: crate::model::Accumulation::F64,
+            average_output: false,
+            linear: None,
+        };
+        let ex = Explainer::new(&e).unwrap();
+        assert!(
+            ex.tables[0].is_none(),
+            "the chain should be too deep for tables"
+        );
+        let (mut phi, mut reference) = (vec![0.0; m + 1], vec![0.0; m + 1]);
+        for r in 0..20 {
+            let row: Vec<f64> = (0..m)
+                .map(|f| match (r + f) % 3 {
+                    0 => 0.9,
+                    1 => 0.1,
+                    _ => f64::NAN,
+                })
+                .collect();
+            ex.contributions(&row, &mut phi).unwrap();
+            ex.contributions_recursive(&row, &mut reference).unwrap();
+            assert_eq!(phi, reference);
+            let sum: f64 = phi.iter().sum();
+            let margin = e.reference_margin(&row);
+            assert!((sum - margin).abs() < 1e-9, "row {r}: {sum} vs {margin}");
+        }
     }
 
     #[test]
