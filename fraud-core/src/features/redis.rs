@@ -1,11 +1,11 @@
 //! The Redis backend of [`StateStore`]: several service replicas share entity state.
 //!
 //! Each entity is one Redis hash, `<prefix>:<kind>:<key>`, holding the same state as the
-//! memory backend in the byte layout of [`super::state::layout`]: `e` events, `l` located
+//! memory backend in the byte layout of `state::layout`: `e` events, `l` located
 //! transactions, `s` seen values, `f` fraud labels, `t` newest time. A transaction costs one
 //! round trip: one Lua script (run by its SHA-1, atomic on the server) returns the state of
 //! each of the transaction's entities as it was, and records the transaction in it with the
-//! same rules as [`EntityState::record`]; the features are then computed here, by the same code
+//! same rules as `EntityState::record`; the features are then computed here, by the same code
 //! as for the memory backend. Idle entities expire by themselves (a TTL of the retention on
 //! each hash, in wall-clock time). Every call is bounded by the configured timeout: a slow or
 //! absent server gives [`StoreError::Redis`], never a hang.

@@ -226,7 +226,7 @@ impl Explainer {
     }
 }
 
-/// Accumulators of [`TreeTable::add`].
+/// Accumulators of [`TreeTable::accumulate`].
 const LANES: usize = 4;
 
 /// Largest table of one tree, in coefficients (beyond: the recursive algorithm).

@@ -59,7 +59,7 @@ struct Head<'a> {
     key: &'a str,
 }
 
-/// Appends to `out` a record's body as [`Body`] serializes it, from `data` serialized
+/// Appends to `out` a record's body as serde would serialize it whole, from `data` serialized
 /// already: the large part of a record is written before the log's lock is taken, only the
 /// rest (seq, prev) under it.
 fn write_body(
