@@ -1,8 +1,8 @@
-//! The decision record, written from typed values: the transaction as the record holds it,
-//! its entity fields sealed under their entities' keys by the vault, the answer, the shadow
-//! model's and the features. No JSON value of the transaction is built: the record is what
-//! every scored request writes, and building, protecting and writing a JSON value of it cost
-//! more than the model did.
+//! The decision record, written from typed values: the transaction as the record holds it
+//! (its entity fields sealed under their entities' keys by the vault), the answer, the
+//! shadow model's verdict and the features. No JSON value of the transaction is built: the
+//! record is what every scored request writes, and building, protecting and writing a JSON
+//! value of it cost more than the model did.
 //!
 //! The record is the one [`super::vault::Vault::protect`] would make of the same content as
 //! a JSON value (the same members in the same order, the same fields sealed under the same
