@@ -166,7 +166,7 @@ fn crash_rounds(config: &str) -> tempfile::TempDir {
                     while !stop.load(Ordering::Relaxed) {
                         let id = format!("r{round}-c{c}-{i}");
                         // Card 0 is used by everyone: its count checks the state.
-                        let card = if i % 4 == 0 { 0 } else { 1 + c };
+                        let card = if i.is_multiple_of(4) { 0 } else { 1 + c };
                         sent.fetch_add(1, Ordering::Relaxed);
                         if let Ok((200, _)) = http(
                             port,

@@ -447,16 +447,16 @@ pub(crate) mod layout {
         frauds: &[u8],
         touched: &[u8],
     ) -> Result<EntityState, String> {
-        if events.len() % EVENT != 0 {
+        if !events.len().is_multiple_of(EVENT) {
             return Err(bad("events"));
         }
-        if located.len() % LOCATED != 0 || located.len() > 2 * LOCATED {
+        if !located.len().is_multiple_of(LOCATED) || located.len() > 2 * LOCATED {
             return Err(bad("located"));
         }
-        if seen.len() % SEEN != 0 {
+        if !seen.len().is_multiple_of(SEEN) {
             return Err(bad("seen"));
         }
-        if frauds.len() % FRAUD != 0 {
+        if !frauds.len().is_multiple_of(FRAUD) {
             return Err(bad("frauds"));
         }
         if !(touched.is_empty() || touched.len() == 8) {

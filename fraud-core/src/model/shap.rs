@@ -31,6 +31,7 @@ pub struct Explainer {
     max_depth: usize,
     /// Blocks of all the tables (one table row looked up per block).
     blocks: usize,
+    simd: Simd,
 }
 
 fn cover(node: &Node) -> f64 {
@@ -110,6 +111,7 @@ impl Explainer {
             scale,
             max_depth,
             blocks,
+            simd: Simd::detect(),
         })
     }
 
@@ -143,15 +145,15 @@ impl Explainer {
         let d = self.max_depth + 2;
         // The recursion's buffer only for trees without tables (usually none).
         let mut path = Vec::new();
-        let mut goes_left = Vec::new();
+        let mut words = Vec::new();
         let mut offsets = Vec::with_capacity(self.blocks);
-        let mut lanes = vec![0.0; LANES * m];
+        let mut sums = Vec::new();
         let doubled = doubled(row);
-        // Tables in two passes: first where every leaf's row is (prefetched), then the sums,
-        // by when the rows have arrived.
+        // Tables in two passes: first where every block's row is (prefetched), then the
+        // sums, by when the rows have arrived.
         for (tree, table) in self.ensemble.trees.iter().zip(&self.tables) {
             if let (Some(t), true) = (table, tree.nodes.len() > 1) {
-                t.offsets(row, &doubled, &mut goes_left, &mut offsets);
+                t.offsets(row, &doubled, &mut words, &mut offsets, self.simd);
             }
         }
         let mut at = 0;
@@ -160,8 +162,9 @@ impl Explainer {
                 continue;
             }
             if let Some(t) = table {
-                t.accumulate(&offsets[at..at + t.blocks.len()], &mut lanes);
-                at += t.blocks.len();
+                let n = t.blocks.len();
+                t.accumulate(&offsets[at..at + n], &mut out[..m], &mut sums, self.simd);
+                at += n;
                 continue;
             }
             path.resize((d + 1) * (d + 2) / 2 + d, PathElement::default());
@@ -172,11 +175,6 @@ impl Explainer {
                 scale: self.scale,
             };
             walk.recurse(0, &mut path, 0, 0, 1.0, 1.0, -1);
-        }
-        for lane in lanes.chunks_exact(m.max(1)) {
-            for (o, v) in out[..m].iter_mut().zip(lane) {
-                *o += v;
-            }
         }
         if let Some(lin) = &self.ensemble.linear {
             for (f, o) in out[..m].iter_mut().enumerate() {
@@ -226,11 +224,12 @@ impl Explainer {
     }
 }
 
-/// Accumulators of [`TreeTable::accumulate`].
-const LANES: usize = 4;
-
 /// Largest table of one tree, in coefficients (beyond: the recursive algorithm).
 const MAX_TABLE: usize = 1 << 17;
+
+/// Zeros after the last coefficient of a table: a vector load of a row's 16 lanes never
+/// reads past the end.
+const PAD: usize = 16;
 
 /// Each value of `row` twice: as it is, then with NaN read as -inf. A test `x < t` (`t`
 /// above -inf) of the first sends NaN right, of the second left: a split's direction is one
@@ -241,6 +240,43 @@ fn doubled(row: &[f64]) -> Vec<f64> {
         .collect()
 }
 
+/// What this CPU can do beyond the x86-64 baseline (the portable code gives the same bits).
+#[derive(Debug, Clone, Copy, Default)]
+struct Simd {
+    /// Bit extraction (`pext`) for the table indices.
+    bmi2: bool,
+    /// 16-lane vectors for the sums.
+    avx512: bool,
+}
+
+impl Simd {
+    fn detect() -> Simd {
+        #[cfg(target_arch = "x86_64")]
+        {
+            Simd {
+                bmi2: std::arch::is_x86_feature_detected!("bmi2"),
+                avx512: std::arch::is_x86_feature_detected!("avx512f"),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        Simd::default()
+    }
+}
+
+/// The bits of `x` selected by `mask`, packed at the bottom in their order (BMI2's `pext`,
+/// one bit at a time).
+fn pext_portable(x: u64, mut mask: u64) -> u64 {
+    let (mut out, mut bit) = (0u64, 1u64);
+    while mask != 0 {
+        if x & mask & mask.wrapping_neg() != 0 {
+            out |= bit;
+        }
+        bit <<= 1;
+        mask &= mask - 1;
+    }
+    out
+}
+
 /// The precomputed weights of one tree's leaves. In path-dependent TreeSHAP a leaf's share
 /// of each feature's contribution depends on the row only through which of the path's unique
 /// features the row follows towards the leaf (their "one" fractions, 0 or 1); the cover
@@ -249,28 +285,40 @@ fn doubled(row: &[f64]) -> Vec<f64> {
 ///
 /// Leaves are looked up in blocks: a leaf alone, two sibling leaves (a pair) or the four
 /// leaves under one node whose children both split into two leaves (a quad). A block's
-/// leaves share the conditions above its root (the prefix); its table is indexed by the
-/// pattern of the prefix's unique features followed by the row's direction at each of the
-/// block's own splits (1, or 3 for a quad), and holds the sum of its leaves' contributions:
-/// one lookup per block instead of one per leaf (the lookups are what the time goes to, each
-/// a likely cache miss). Everything is in flat arrays, block after block, for locality.
+/// leaves share the conditions above its root (the prefix); its table holds the sum of its
+/// leaves' contributions for every combination of the row following or not each prefix
+/// condition and of the row's direction at each of the block's own splits (1, or 3 for a
+/// quad): one lookup per block instead of one per leaf (the lookups are what the time goes
+/// to, each a likely cache miss). The row's index is read straight off the tree's split
+/// directions, one bit per split in 64-bit words: per word, the block's bits extracted
+/// (`pext`) after flipping those of the prefix conditions that go right. Everything is in
+/// flat arrays, block after block, for locality.
+///
+/// A block's row holds its own `k` features; the sums go through the tree's features (its
+/// slots) in `f32` accumulators, added to the contributions once per tree. With AVX-512 a
+/// block's row is moved to its slots by one permutation; the portable sums give the same
+/// bits.
 #[derive(Debug, Clone, Default)]
 struct TreeTable {
     blocks: Vec<Block>,
-    /// Prefix conditions: (node, the block is on its left, prefix feature slot).
-    conds: Vec<(u32, bool, u8)>,
-    /// Each block's features: the prefix's unique features by slot, then those of the
-    /// block's own splits not among them.
+    /// The bits each block's index is made of, block after block.
+    picks: Vec<Pick>,
+    /// Each block's features, as the tree's slots, block after block.
+    slots: Vec<u16>,
+    /// The feature of each of the tree's slots.
     features: Vec<u32>,
-    /// Per block, `2^kp x 2^splits x k` coefficients (`kp` prefix features, `k` in all): for
-    /// index `i` (the prefix pattern, bit `s` set when the row follows the prefix at every
-    /// node of slot `s`, then the directions), the contribution of slot `s` is
+    /// Per block, for trees of at most 32 slots whose blocks have at most 16 features each
+    /// (else empty): where its row's values go among the slots.
+    lanes: Vec<Lanes>,
+    /// Per block, `2^bits x k` coefficients (`bits` the block's index bits, `k` its
+    /// features): for index `i`, the contribution of the block's feature `s` is
     /// `coef[i * k + s]`. Stored in `f32`, as XGBoost computes TreeSHAP: half the memory.
+    /// [`PAD`] zeros at the end.
     coef: Vec<f32>,
     /// The tree's splits in order, as `(value, threshold)` for a test `x < threshold` of
     /// the value at `value` of the row doubled (see [`doubled`]: `2 x feature`, or `2 x
-    /// feature + 1` for a split that sends NaN left); conditions and blocks name splits by
-    /// their position here.
+    /// feature + 1` for a split that sends NaN left); split `i` is bit `i % 64` of
+    /// direction word `i / 64` (1: left).
     tests: Vec<(u32, f64)>,
     /// Splits of any other kind (categorical, zero as missing, ...), tested by
     /// [`super::Split::goes_left_in`] after the others.
@@ -293,19 +341,33 @@ struct Other {
 /// One block of leaves of a [`TreeTable`].
 #[derive(Debug, Clone, Copy, Default)]
 struct Block {
-    /// First prefix condition and their number.
-    c0: u32,
-    nc: u16,
-    /// First feature and number of features (`k`).
-    f0: u32,
-    k: u8,
-    /// Number of prefix features (the pattern's bits).
-    kp: u8,
     /// First coefficient.
     k0: u32,
-    /// The block's own splits (root first), whose directions end the index.
-    splits: u8,
-    nodes: [u32; 3],
+    /// First slot in [`TreeTable::slots`].
+    f0: u32,
+    /// First pick and their number.
+    p0: u32,
+    np: u8,
+    /// Number of features (`k`).
+    k: u8,
+}
+
+/// Bits of one direction word that make part of a block's index: `pext(word ^ flip, mask)`,
+/// `bits` of them. A prefix condition that goes right is flipped (1: the row follows it).
+#[derive(Debug, Clone, Copy, Default)]
+struct Pick {
+    mask: u64,
+    flip: u64,
+    word: u32,
+    bits: u8,
+}
+
+/// Where one block's row goes among a tree's (up to 32) slots: slot `t` takes lane `idx[t]`
+/// of the row when bit `t` of `mask` is set.
+#[derive(Debug, Clone, Copy, Default)]
+struct Lanes {
+    idx: [u8; 32],
+    mask: u32,
 }
 
 /// The slot of feature `f` in `features`, appended when new.
@@ -380,13 +442,22 @@ impl LeafTable {
     }
 }
 
+/// One bit of a block's index: the split at `position` and what the bit says there.
+#[derive(Debug, Clone, Copy)]
+enum IndexBit {
+    /// The row follows the prefix condition of the feature in slot `slot`.
+    Follows { slot: usize },
+    /// The row goes left at the block's own split `j` (its root first).
+    Left { j: usize },
+}
+
 impl TreeTable {
     fn new(tree: &super::Tree, scale: f64) -> Option<TreeTable> {
         let mut t = TreeTable::default();
         if tree.nodes.len() == 1 {
             return Some(t);
         }
-        // Splits by position: conditions and blocks refer to them so.
+        // Splits by position: blocks refer to them so.
         let mut position = vec![u32::MAX; tree.nodes.len()];
         for (i, n) in tree.nodes.iter().enumerate() {
             if let Node::Split(sp) = n {
@@ -457,6 +528,8 @@ impl TreeTable {
             };
             t.push_block(tree, &position, &prefix, i, &splits, scale)?;
         }
+        t.lanes = t.lanes();
+        t.coef.resize(t.coef.len() + PAD, 0.0);
         Some(t)
     }
 
@@ -488,26 +561,25 @@ impl TreeTable {
         };
         // Prefix features by slot, then the block's own.
         let mut features: Vec<u32> = Vec::new();
-        let mut conds = Vec::with_capacity(prefix.len());
+        // Every bit of the index by the position of its split.
+        let mut bits: Vec<(u32, IndexBit, bool)> = Vec::with_capacity(prefix.len() + 3);
         for &(n, left) in prefix {
             let slot = slot_of(&mut features, feature_of(n));
-            conds.push((position[n as usize], left, slot as u8));
+            bits.push((position[n as usize], IndexBit::Follows { slot }, !left));
         }
         let kp = features.len();
-        for &n in splits {
+        for (j, &n) in splits.iter().enumerate() {
             slot_of(&mut features, feature_of(n as u32));
+            bits.push((position[n], IndexBit::Left { j }, false));
         }
         let k = features.len();
         let nb = splits.len();
-        if kp > 16 || prefix.len() > usize::from(u16::MAX) {
+        if kp > 16 || bits.len() > 24 {
             return None;
         }
-        let rows = (1usize << kp) << nb;
-        let first = self.coef.len();
-        if first + rows * k > MAX_TABLE {
-            return None;
-        }
-        let mut sums = vec![0.0f64; rows * k];
+        // The sums by pattern: the prefix's slots followed (bit per slot), then the
+        // directions at the block's own splits.
+        let mut sums = vec![0.0f64; ((1usize << kp) << nb) * k];
         for p in 0..(1usize << kp) {
             for d in 0..(1usize << nb) {
                 // Direction bits, the root's first (most significant): 1 = left.
@@ -538,83 +610,232 @@ impl TreeTable {
                 }
             }
         }
-        self.coef.extend(sums.iter().map(|&v| v as f32));
-        let mut nodes = [0u32; 3];
-        for (slot, &n) in nodes.iter_mut().zip(splits) {
-            *slot = position[n];
+        // The index's bits: one pick per direction word (in word order, the first most
+        // significant), each the word's bits in order (the lowest least significant).
+        bits.sort_by_key(|&(pos, _, _)| (std::cmp::Reverse(pos / 64), pos % 64));
+        let rows = 1usize << bits.len();
+        let first = self.coef.len();
+        if first + rows * k > MAX_TABLE {
+            return None;
+        }
+        let p0 = self.picks.len();
+        for &(pos, _, flip) in bits.iter().rev() {
+            let word = pos / 64;
+            if self.picks.len() == p0 || self.picks.last().is_some_and(|p| p.word != word) {
+                self.picks.push(Pick {
+                    word,
+                    ..Pick::default()
+                });
+            }
+            let pick = self.picks.last_mut()?;
+            pick.mask |= 1 << (pos % 64);
+            pick.flip |= u64::from(flip) << (pos % 64);
+            pick.bits += 1;
+        }
+        for i in 0..rows {
+            let mut p = (1usize << kp) - 1;
+            let mut d = 0usize;
+            for (b, &(_, what, _)) in bits.iter().enumerate() {
+                let on = i >> b & 1 == 1;
+                match what {
+                    IndexBit::Follows { slot } if !on => p &= !(1 << slot),
+                    IndexBit::Left { j } if on => d |= 1 << (nb - 1 - j),
+                    _ => {}
+                }
+            }
+            let at = ((p << nb) | d) * k;
+            self.coef.extend(sums[at..at + k].iter().map(|&v| v as f32));
+        }
+        let f0 = self.slots.len() as u32;
+        for &f in &features {
+            let slot = slot_of(&mut self.features, f);
+            self.slots.push(u16::try_from(slot).ok()?);
         }
         self.blocks.push(Block {
-            c0: self.conds.len() as u32,
-            nc: prefix.len() as u16,
-            f0: self.features.len() as u32,
-            k: k as u8,
-            kp: kp as u8,
             k0: first as u32,
-            splits: nb as u8,
-            nodes,
+            f0,
+            p0: p0 as u32,
+            np: (self.picks.len() - p0) as u8,
+            k: k as u8,
         });
-        self.conds.extend(conds);
-        self.features.extend(features);
         Some(())
+    }
+
+    /// Where each block's row goes among the slots, when every block and the tree are
+    /// small enough for vectors.
+    fn lanes(&self) -> Vec<Lanes> {
+        if self.features.len() > 32 || self.blocks.iter().any(|b| b.k > 16) {
+            return Vec::new();
+        }
+        self.blocks
+            .iter()
+            .map(|b| {
+                let mut l = Lanes::default();
+                let slots = &self.slots[b.f0 as usize..b.f0 as usize + usize::from(b.k)];
+                for (s, &t) in slots.iter().enumerate() {
+                    l.idx[usize::from(t)] = s as u8;
+                    l.mask |= 1 << t;
+                }
+                l
+            })
+            .collect()
     }
 
     /// Appends to `offsets` where each block's row of the table is for `row`, and prefetches
     /// those rows: the tables of a model do not fit in a core's cache, and each lookup would
     /// otherwise be a miss waited for in turn. [`TreeTable::accumulate`] reads them later.
-    fn offsets(
+    #[inline(always)]
+    fn offsets_with(
         &self,
         row: &[f64],
         doubled: &[f64],
-        goes_left: &mut Vec<bool>,
+        words: &mut Vec<u64>,
         offsets: &mut Vec<u32>,
+        pext: impl Fn(u64, u64) -> u64,
     ) {
         // Every split's direction, by position: the plain numeric tests (one comparison, NaN
         // handled by which copy of the value is read), then the others.
-        goes_left.clear();
-        goes_left.extend(
-            self.tests
-                .iter()
-                .map(|&(v, t)| doubled.get(v as usize).is_some_and(|&x| x < t)),
-        );
+        words.clear();
+        words.extend(self.tests.chunks(64).map(|tests| {
+            tests.iter().enumerate().fold(0u64, |w, (i, &(v, t))| {
+                w | u64::from(doubled.get(v as usize).is_some_and(|&x| x < t)) << i
+            })
+        }));
         for o in &self.other {
             let x = row
                 .get(o.split.feature as usize)
                 .copied()
                 .unwrap_or(f64::NAN);
             let codes = &self.codes[o.codes.start as usize..o.codes.end as usize];
-            goes_left[o.at as usize] = o.split.goes_left_in(x, |c, x| c.goes_left_in(x, codes));
+            let left = o.split.goes_left_in(x, |c, x| c.goes_left_in(x, codes));
+            let (w, bit) = (o.at as usize / 64, 1u64 << (o.at % 64));
+            words[w] = if left {
+                words[w] | bit
+            } else {
+                words[w] & !bit
+            };
         }
         for b in &self.blocks {
-            let mut p = (1usize << b.kp) - 1;
-            // Branch-free: whether the row follows the path is as good as random.
-            for &(n, left, slot) in &self.conds[b.c0 as usize..b.c0 as usize + usize::from(b.nc)] {
-                let off = usize::from(goes_left[n as usize] != left);
-                p &= !(off << slot);
+            let mut index = 0u64;
+            for p in &self.picks[b.p0 as usize..b.p0 as usize + usize::from(b.np)] {
+                let w = words.get(p.word as usize).copied().unwrap_or(0);
+                index = index << p.bits | pext(w ^ p.flip, p.mask);
             }
-            for &n in &b.nodes[..usize::from(b.splits)] {
-                p = p * 2 + usize::from(goes_left[n as usize]);
-            }
-            let at = b.k0 as usize + p * usize::from(b.k);
+            let at = b.k0 as usize + index as usize * usize::from(b.k);
             crate::prefetch(self.coef.as_ptr().wrapping_add(at).cast());
             offsets.push(at as u32);
         }
     }
 
+    /// [`TreeTable::offsets_with`] with the CPU's `pext`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "bmi2")]
+    fn offsets_bmi2(
+        &self,
+        row: &[f64],
+        doubled: &[f64],
+        words: &mut Vec<u64>,
+        offsets: &mut Vec<u32>,
+    ) {
+        self.offsets_with(row, doubled, words, offsets, |x, m| {
+            std::arch::x86_64::_pext_u64(x, m)
+        })
+    }
+
+    fn offsets(
+        &self,
+        row: &[f64],
+        doubled: &[f64],
+        words: &mut Vec<u64>,
+        offsets: &mut Vec<u32>,
+        simd: Simd,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if simd.bmi2 {
+            // SAFETY: the CPU has BMI2 (`Simd::detect`).
+            #[allow(unsafe_code)]
+            unsafe {
+                self.offsets_bmi2(row, doubled, words, offsets)
+            };
+            return;
+        }
+        let _ = simd;
+        self.offsets_with(row, doubled, words, offsets, pext_portable);
+    }
+
     /// Adds the table rows at `offsets` (one per block, from [`TreeTable::offsets`]) to
-    /// `phi`: `LANES` accumulators of the features, one after the other, so additions to the
-    /// same feature do not wait on each other.
-    fn accumulate(&self, offsets: &[u32], phi: &mut [f64]) {
-        let m = phi.len() / LANES;
-        for (j, (b, &at)) in self.blocks.iter().zip(offsets).enumerate() {
-            let lane = (j % LANES) * m;
+    /// `phi`: summed per slot in `f32`, block after block, then each slot's sum added to
+    /// its feature.
+    fn accumulate(&self, offsets: &[u32], phi: &mut [f64], sums: &mut Vec<f32>, simd: Simd) {
+        sums.clear();
+        sums.resize(self.features.len().max(32), 0.0);
+        #[cfg(target_arch = "x86_64")]
+        if simd.avx512 && !self.lanes.is_empty() {
+            // SAFETY: the CPU has AVX-512F (`Simd::detect`).
+            #[allow(unsafe_code)]
+            unsafe {
+                self.sums_avx512(offsets, sums)
+            };
+        } else {
+            self.sums_portable(offsets, sums);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = simd;
+            self.sums_portable(offsets, sums);
+        }
+        for (&f, &s) in self.features.iter().zip(sums.iter()) {
+            phi[f as usize] += f64::from(s);
+        }
+    }
+
+    fn sums_portable(&self, offsets: &[u32], sums: &mut [f32]) {
+        for (b, &at) in self.blocks.iter().zip(offsets) {
             let k = usize::from(b.k);
-            let c = &self.coef[at as usize..at as usize + k];
-            for (s, &f) in self.features[b.f0 as usize..b.f0 as usize + k]
-                .iter()
-                .enumerate()
-            {
-                phi[lane + f as usize] += f64::from(c[s]);
+            let row = &self.coef[at as usize..at as usize + k];
+            for (&t, &c) in self.slots[b.f0 as usize..b.f0 as usize + k].iter().zip(row) {
+                sums[usize::from(t)] += c;
             }
+        }
+    }
+
+    /// [`TreeTable::sums_portable`] with one permutation and one addition per block and
+    /// 16 slots (the same additions in the same order: the same bits).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    fn sums_avx512(&self, offsets: &[u32], sums: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let wide = self.features.len() > 16;
+        let (mut lo, mut hi) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        for (&at, l) in offsets.iter().zip(&self.lanes) {
+            let row = &self.coef[at as usize..at as usize + 16];
+            // SAFETY: `row` holds 16 f32 (the table ends in `PAD` zeros); `l.idx` 32 bytes.
+            #[allow(unsafe_code)]
+            let (row, idx_lo, idx_hi) = unsafe {
+                (
+                    _mm512_loadu_ps(row.as_ptr()),
+                    _mm_loadu_si128(l.idx.as_ptr().cast()),
+                    _mm_loadu_si128(l.idx.as_ptr().add(16).cast()),
+                )
+            };
+            let part =
+                _mm512_maskz_permutexvar_ps(l.mask as u16, _mm512_cvtepu8_epi32(idx_lo), row);
+            lo = _mm512_add_ps(lo, part);
+            if wide {
+                let part = _mm512_maskz_permutexvar_ps(
+                    (l.mask >> 16) as u16,
+                    _mm512_cvtepu8_epi32(idx_hi),
+                    row,
+                );
+                hi = _mm512_add_ps(hi, part);
+            }
+        }
+        let sums = &mut sums[..32];
+        // SAFETY: `sums` holds 32 f32.
+        #[allow(unsafe_code)]
+        unsafe {
+            _mm512_storeu_ps(sums.as_mut_ptr(), lo);
+            _mm512_storeu_ps(sums.as_mut_ptr().add(16), hi);
         }
     }
 }
@@ -928,6 +1149,24 @@ mod tests {
         assert!(ex.contributions(&[0.1, 0.2], &mut phi).is_err());
     }
 
+    /// A model of the one tree `nodes` on `m` numeric features.
+    fn one_tree(m: usize, nodes: Vec<Node>) -> crate::model::Ensemble {
+        crate::model::Ensemble {
+            features: (0..m)
+                .map(|i| crate::model::Feature {
+                    name: format!("x{i}"),
+                    kind: crate::model::FeatureKind::Numeric,
+                })
+                .collect(),
+            trees: vec![crate::model::Tree { nodes }],
+            base_margin: 0.0,
+            objective: crate::model::Objective::Logistic { scale: 1.0 },
+            accumulation: crate::model::Accumulation::F64,
+            average_output: false,
+            linear: None,
+        }
+    }
+
     #[test]
     fn trees_too_deep_for_tables_are_explained_by_the_recursion() {
         // A chain of 18 splits on 18 features: its deepest leaves would need 2^18-row tables.
@@ -957,20 +1196,7 @@ mod tests {
             id: nodes.len() as u32,
             cover: 1.0,
         });
-        let e = crate::model::Ensemble {
-            features: (0..m)
-                .map(|i| crate::model::Feature {
-                    name: format!("x{i}"),
-                    kind: crate::model::FeatureKind::Numeric,
-                })
-                .collect(),
-            trees: vec![crate::model::Tree { nodes }],
-            base_margin: 0.0,
-            objective: crate::model::Objective::Logistic { scale: 1.0 },
-            accumulation: crate::model::Accumulation::F64,
-            average_output: false,
-            linear: None,
-        };
+        let e = one_tree(m, nodes);
         let ex = Explainer::new(&e).unwrap();
         assert!(
             ex.tables[0].is_none(),
@@ -991,6 +1217,89 @@ mod tests {
             let sum: f64 = phi.iter().sum();
             let margin = e.reference_margin(&row);
             assert!((sum - margin).abs() < 1e-9, "row {r}: {sum} vs {margin}");
+        }
+    }
+
+    /// Checks `row`'s contributions: the same bits from the portable code (`portable`, an
+    /// explainer without the CPU's vectors) and within 1e-5 of the recursion.
+    fn agree(ex: &Explainer, portable: &Explainer, row: &[f64], r: usize) {
+        let m = row.len();
+        let (mut phi, mut same, mut reference) =
+            (vec![0.0; m + 1], vec![0.0; m + 1], vec![0.0; m + 1]);
+        ex.contributions(row, &mut phi).unwrap();
+        portable.contributions(row, &mut same).unwrap();
+        assert_eq!(
+            phi.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            same.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            "row {r}"
+        );
+        ex.contributions_recursive(row, &mut reference).unwrap();
+        for f in 0..=m {
+            assert!(
+                (phi[f] - reference[f]).abs() < 1e-5,
+                "row {r} feature {f}: tables {} vs recursion {}",
+                phi[f],
+                reference[f]
+            );
+        }
+    }
+
+    #[test]
+    fn trees_of_more_than_64_splits_are_explained_by_tables() {
+        // A complete tree of depth 7 (127 splits, their directions in two words) on 5
+        // features, thresholds and covers from a seeded generator.
+        let mut state = 7u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let (splits, m) = (127usize, 5usize);
+        let mut nodes: Vec<Node> = Vec::new();
+        let leaf_cover: Vec<f64> = (0..=splits).map(|_| 1.0 + 9.0 * next()).collect();
+        // Covers bottom-up: node i's children are 2i + 1 and 2i + 2 (leaves from 127).
+        let mut covers = vec![0.0; 2 * splits + 1];
+        for i in (0..2 * splits + 1).rev() {
+            covers[i] = if i >= splits {
+                leaf_cover[i - splits]
+            } else {
+                covers[2 * i + 1] + covers[2 * i + 2]
+            };
+        }
+        for (i, &cover) in covers.iter().enumerate() {
+            nodes.push(if i < splits {
+                Node::Split(crate::model::Split {
+                    feature: ((i * 7 + i / 3) % m) as u32,
+                    test: crate::model::Test::Less(next()),
+                    missing: crate::model::Missing::Nan,
+                    default_left: i % 3 == 0,
+                    left: (2 * i + 1) as u32,
+                    right: (2 * i + 2) as u32,
+                    cover,
+                })
+            } else {
+                Node::Leaf {
+                    value: next() - 0.5,
+                    id: i as u32,
+                    cover,
+                }
+            });
+        }
+        let e = one_tree(m, nodes);
+        let ex = Explainer::new(&e).unwrap();
+        let table = ex.tables[0].as_ref().expect("the tree should have tables");
+        assert!(
+            table.blocks.iter().any(|b| b.np == 2),
+            "some block should read both words"
+        );
+        let mut portable = ex.clone();
+        portable.simd = Simd::default();
+        for r in 0..200 {
+            let row: Vec<f64> = (0..m)
+                .map(|_| if next() < 0.1 { f64::NAN } else { next() })
+                .collect();
+            agree(&ex, &portable, &row, r);
         }
     }
 
@@ -1033,19 +1342,12 @@ mod tests {
                 .wrapping_add(1_442_695_040_888_963_407);
             (state >> 33) as usize % n
         };
-        let (mut phi, mut reference) = (vec![0.0; m + 1], vec![0.0; m + 1]);
+        // The portable code gives the very same bits as the CPU's vectors and bit extraction.
+        let mut portable = ex.clone();
+        portable.simd = Simd::default();
         for r in 0..300 {
             let row: Vec<f64> = cuts.iter().map(|c| c[pick(c.len())]).collect();
-            ex.contributions(&row, &mut phi).unwrap();
-            ex.contributions_recursive(&row, &mut reference).unwrap();
-            for f in 0..=m {
-                assert!(
-                    (phi[f] - reference[f]).abs() < 1e-5,
-                    "row {r} feature {f}: tables {} vs recursion {}",
-                    phi[f],
-                    reference[f]
-                );
-            }
+            agree(&ex, &portable, &row, r);
         }
     }
 }

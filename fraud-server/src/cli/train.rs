@@ -192,7 +192,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 p.elapsed,
                 metric
             );
-        } else if p.iteration % 10 == 0 || p.iteration == p.total || p.iteration == 1 {
+        } else if p.iteration.is_multiple_of(10) || p.iteration == p.total || p.iteration == 1 {
             eprintln!(
                 "iteration {}/{}  elapsed {:.1}s{}",
                 p.iteration, p.total, p.elapsed, metric
