@@ -91,6 +91,21 @@ fn outcome_index(decision: &str) -> Option<usize> {
     }
 }
 
+/// What the review queue reads of one decision.
+#[derive(Debug, Clone, Copy)]
+pub struct Decided<'a> {
+    /// The transaction decided.
+    pub transaction_id: &'a str,
+    /// `approve`, `review` or `decline`.
+    pub decision: &'a str,
+    /// The model's probability.
+    pub score: f64,
+    /// The transaction's time (microseconds since the epoch).
+    pub timestamp_us: Option<i64>,
+    /// Its merchant category code.
+    pub mcc: Option<u16>,
+}
+
 impl Cases {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner
@@ -99,39 +114,48 @@ impl Cases {
     }
 
     /// Takes in one decision-log record (`data` decrypted), written in Unix hour `hour`.
+    /// Counts decision record `seq` (written in `hour`) and opens its case when it is a
+    /// review: what [`Cases::record`] reads of a decision record, from the values.
+    pub fn decision(&self, seq: u64, hour: i64, d: Decided<'_>) {
+        let mut g = self.lock();
+        if let Some(i) = outcome_index(d.decision) {
+            g.by_hour.entry(hour).or_default()[i] += 1;
+        }
+        let bin = ((d.score * SCORE_BINS as f64) as usize).min(SCORE_BINS - 1);
+        g.scores[bin] += 1;
+        if d.decision == "review" && !d.transaction_id.is_empty() {
+            g.by_id.insert(d.transaction_id.to_string(), seq);
+            g.open.insert(
+                seq,
+                Case {
+                    transaction_id: d.transaction_id.to_string(),
+                    seq,
+                    score: d.score,
+                    mcc: d.mcc,
+                    ts: d.timestamp_us.map_or(0, |us| us.div_euclid(1_000_000)),
+                    escalated: false,
+                },
+            );
+        }
+    }
+
     pub fn record(&self, kind: &str, seq: u64, hour: i64, data: &Value) {
         match kind {
             "decision" => {
                 let response = &data["response"];
-                let decision = response["decision"].as_str().unwrap_or("");
-                let score = response["score"].as_f64().unwrap_or(0.0);
-                let id = data["transaction_id"].as_str().unwrap_or("").to_string();
-                let ts = data["transaction"]["timestamp_us"]
-                    .as_i64()
-                    .map_or(0, |us| us.div_euclid(1_000_000));
-                let mcc = data["transaction"]["mcc"]
-                    .as_u64()
-                    .and_then(|m| u16::try_from(m).ok());
-                let mut g = self.lock();
-                if let Some(i) = outcome_index(decision) {
-                    g.by_hour.entry(hour).or_default()[i] += 1;
-                }
-                let bin = ((score * SCORE_BINS as f64) as usize).min(SCORE_BINS - 1);
-                g.scores[bin] += 1;
-                if decision == "review" && !id.is_empty() {
-                    g.by_id.insert(id.clone(), seq);
-                    g.open.insert(
-                        seq,
-                        Case {
-                            transaction_id: id,
-                            seq,
-                            score,
-                            mcc,
-                            ts,
-                            escalated: false,
-                        },
-                    );
-                }
+                self.decision(
+                    seq,
+                    hour,
+                    Decided {
+                        transaction_id: data["transaction_id"].as_str().unwrap_or(""),
+                        decision: response["decision"].as_str().unwrap_or(""),
+                        score: response["score"].as_f64().unwrap_or(0.0),
+                        timestamp_us: data["transaction"]["timestamp_us"].as_i64(),
+                        mcc: data["transaction"]["mcc"]
+                            .as_u64()
+                            .and_then(|m| u16::try_from(m).ok()),
+                    },
+                );
             }
             "label" => {
                 if let Some(id) = data["transaction_id"].as_str() {

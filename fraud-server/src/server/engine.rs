@@ -467,7 +467,7 @@ impl Drop for BusyGuard<'_> {
     }
 }
 
-fn top_reasons(names: &[String], row: &[f64], phi: &[f64], k: usize) -> Vec<Value> {
+fn top_reasons<'a>(names: &'a [String], row: &[f64], phi: &[f64], k: usize) -> Vec<Reason<'a>> {
     let mut order: Vec<usize> = (0..names.len()).collect();
     let by_size = |&a: &usize, &b: &usize| phi[b].abs().total_cmp(&phi[a].abs()).then(a.cmp(&b));
     // The k largest, in order: no need to sort the rest.
@@ -480,24 +480,50 @@ fn top_reasons(names: &[String], row: &[f64], phi: &[f64], k: usize) -> Vec<Valu
         .into_iter()
         .take(k)
         .filter(|&i| phi[i] != 0.0)
-        .map(|i| {
-            json!({
-                "feature": names[i],
-                "value": if row[i].is_nan() { Value::Null } else { json!(row[i]) },
-                "contribution": phi[i],
-            })
+        .map(|i| Reason {
+            contribution: phi[i],
+            feature: &names[i],
+            value: row[i],
         })
         .collect()
 }
 
-/// A model's verdict on one row.
-struct Verdict {
+/// One reason of an answer: a feature, its value (`null` when missing) and its
+/// contribution to the margin.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+struct Reason<'a> {
+    contribution: f64,
+    feature: &'a str,
+    value: f64,
+}
+
+/// The answer to one scored transaction, as sent and (without `elapsed_us`, its card mask
+/// sealed) as recorded. Fields in name order, as a JSON map holds them. A non-finite
+/// number (a missing value) is written `null`.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+struct Answer<'a> {
+    card_mask: Option<&'a str>,
+    decision: &'static str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    degraded: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    elapsed_us: Option<u64>,
+    model_version: &'a str,
+    reasons: &'a [Reason<'a>],
+    risk_score: i64,
+    rules_fired: &'a [String],
     score: f64,
-    reasons: Vec<Value>,
+    transaction_id: &'a str,
+}
+
+/// A model's verdict on one row.
+struct Verdict<'a> {
+    score: f64,
+    reasons: Vec<Reason<'a>>,
     row: Vec<f64>,
 }
 
-fn judge(m: &LoadedModel, features: &[f64], k: usize) -> Result<Verdict, Problem> {
+fn judge<'a>(m: &'a LoadedModel, features: &[f64], k: usize) -> Result<Verdict<'a>, Problem> {
     let row = m.row(features);
     let margin = m
         .compiled
@@ -567,8 +593,8 @@ impl Engine {
         }
     }
 
-    /// Scores one transaction (a JSON body) for `caller`: the answer, as recorded.
-    pub fn score(&self, bytes: &[u8], caller: &str) -> Result<Value, Problem> {
+    /// Scores one transaction (a JSON body) for `caller`: the answer (JSON), as recorded.
+    pub fn score(&self, bytes: &[u8], caller: &str) -> Result<String, Problem> {
         let started = std::time::Instant::now();
         let tx = Transaction::from_json(bytes, &self.tokenizer).map_err(Problem::invalid)?;
         // The same transaction id again: answer what was decided (idempotent retries).
@@ -595,7 +621,7 @@ impl Engine {
         {
             let mut answer = rec.data.get("response").cloned().unwrap_or(Value::Null);
             answer["replayed"] = json!(true);
-            return Ok(answer);
+            return Ok(answer.to_string());
         }
         let model = self.model.load_full();
         let cut = self
@@ -616,7 +642,7 @@ impl Engine {
             }
             Err(e) => return Err(Problem::unavailable(format!("entity state: {e}"))),
         };
-        let mut verdict = judge(&model, &features, self.reasons)?;
+        let verdict = judge(&model, &features, self.reasons)?;
         let mut fired = Vec::new();
         let mut decision = self.policy.threshold(verdict.score);
         if let Some(list) = self.policy.block.hit(&tx) {
@@ -657,21 +683,18 @@ impl Engine {
             }
             None => None,
         };
-        let risk = (verdict.score * 100.0).round() as i64;
-        let mut response = json!({
-            "transaction_id": tx.transaction_id,
-            "decision": decision.name(),
-            "score": verdict.score,
-            "risk_score": risk,
-            "rules_fired": fired,
-            "model_version": model.version,
-            "card_mask": tx.card.mask,
-        });
-        // Moved in, not copied as `json!` would.
-        response["reasons"] = Value::Array(std::mem::take(&mut verdict.reasons));
-        if degraded {
-            response["degraded"] = json!(true);
-        }
+        let mut answer = Answer {
+            card_mask: tx.card.mask.as_deref(),
+            decision: decision.name(),
+            degraded,
+            elapsed_us: None,
+            model_version: &model.version,
+            reasons: &verdict.reasons,
+            risk_score: (verdict.score * 100.0).round() as i64,
+            rules_fired: &fired,
+            score: verdict.score,
+            transaction_id: &tx.transaction_id,
+        };
         // The record: the minimised event (no IP address, no e-mail, unless the features
         // read them), its entity fields sealed under their entities' keys by the log's vault.
         let mut transaction =
@@ -685,14 +708,10 @@ impl Engine {
             }
             None => Default::default(),
         };
-        let mut recorded = response.clone();
-        recorded["card_mask"] = json!(card_mask);
-        // What the review queue needs of it (the record itself goes to the log).
-        let summary = json!({
-            "transaction_id": tx.transaction_id,
-            "response": {"decision": decision.name(), "score": verdict.score},
-            "transaction": {"timestamp_us": tx.timestamp_us, "mcc": tx.mcc},
-        });
+        let recorded = Answer {
+            card_mask: card_mask.as_deref(),
+            ..answer
+        };
         let seq = self
             .log
             .append_protected(
@@ -713,10 +732,21 @@ impl Engine {
             )
             .map_err(Problem::from_log)?;
         drop(cut);
-        self.cases
-            .record("decision", seq, super::cases::hour_now(), &summary);
+        self.cases.decision(
+            seq,
+            super::cases::hour_now(),
+            super::cases::Decided {
+                transaction_id: &tx.transaction_id,
+                decision: decision.name(),
+                score: verdict.score,
+                timestamp_us: Some(tx.timestamp_us),
+                mcc: tx.mcc,
+            },
+        );
         let elapsed = started.elapsed();
-        response["elapsed_us"] = json!(elapsed.as_micros() as u64);
+        answer.elapsed_us = Some(elapsed.as_micros() as u64);
+        let body = serde_json::to_string(&answer)
+            .map_err(|e| Problem::internal(format!("answer: {e}")))?;
         self.metrics.scored(
             elapsed.as_secs_f64(),
             decision.name(),
@@ -724,7 +754,7 @@ impl Engine {
             &model.version,
             &verdict.row,
         );
-        Ok(response)
+        Ok(body)
     }
 
     /// Applies one label to the recorded decision of transaction `id`.
@@ -1006,8 +1036,8 @@ mod tests {
                 .into_iter()
                 .map(|r| {
                     (
-                        r["feature"].as_str().unwrap_or("").to_string(),
-                        r["value"].clone(),
+                        r.feature.to_string(),
+                        json!(r).get("value").cloned().unwrap_or_default(),
                     )
                 })
                 .collect()
