@@ -159,7 +159,14 @@ fn sealed(key: &EntityKey, path: &str, plain: &str) -> Result<String, VaultError
         .cipher
         .seal(plain.as_bytes(), path.as_bytes())
         .map_err(VaultError::Crypto)?;
-    Ok(format!("{PREFIX}{}:{}", key.key_ref, b64().encode(bytes)))
+    // Written in place (not `format!`: this runs for every entity of every decision).
+    let mut out =
+        String::with_capacity(PREFIX.len() + key.key_ref.len() + 1 + bytes.len() * 4 / 3 + 4);
+    out.push_str(PREFIX);
+    out.push_str(&key.key_ref);
+    out.push(':');
+    b64().encode_string(bytes, &mut out);
+    Ok(out)
 }
 
 /// The keys [`Vault::protect`] used for one record.
