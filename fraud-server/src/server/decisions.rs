@@ -202,6 +202,8 @@ pub struct DecisionLog {
     readers: Mutex<HashMap<u64, std::sync::Arc<File>>>,
     synced: Mutex<u64>,
     written: AtomicU64,
+    /// A segment was closed and a new one opened since the directory was last fsynced.
+    dir_unsynced: std::sync::atomic::AtomicBool,
     sync: bool,
     segment_bytes: u64,
     vault: Option<std::sync::Arc<super::vault::Vault>>,
@@ -658,6 +660,7 @@ impl DecisionLog {
             readers: Mutex::new(readers),
             synced: Mutex::new(chain.seq),
             written: AtomicU64::new(chain.seq),
+            dir_unsynced: std::sync::atomic::AtomicBool::new(false),
             sync,
             dir: dir.to_path_buf(),
             path,
@@ -690,8 +693,10 @@ impl DecisionLog {
             .create(true)
             .open(&self.path)
             .map_err(|e| self.io(e))?;
-        // The new name and the new file must be durable before records go into it.
-        sync_dir(&self.dir).map_err(|e| self.io(e))?;
+        // The new names are made durable (the directory fsynced) before a record of the new
+        // segment is: by the next group commit (`sync_to`), outside this lock. With `write`
+        // durability records are left to the OS, and so are the names.
+        self.dir_unsynced.store(true, Ordering::Release);
         let reader = File::open(&self.path).map_err(|e| self.io(e))?;
         self.sync_file.store(std::sync::Arc::new(
             file.try_clone().map_err(|e| self.io(e))?,
@@ -838,6 +843,12 @@ impl DecisionLog {
             return Ok(());
         }
         let upto = self.written.load(Ordering::Acquire);
+        if self.dir_unsynced.swap(false, Ordering::AcqRel) {
+            if let Err(e) = sync_dir(&self.dir) {
+                self.dir_unsynced.store(true, Ordering::Release);
+                return Err(self.io(e));
+            }
+        }
         // A segment closed meanwhile was fsynced as it closed.
         self.sync_file.load().sync_data().map_err(|e| self.io(e))?;
         *synced = upto;
