@@ -2,7 +2,11 @@
 //! tree ensembles", algorithm 2, path-dependent): how much each feature moved one row's margin
 //! away from the model's expected margin. The same algorithm as XGBoost's `pred_contribs` and
 //! LightGBM's `pred_contrib`, computed in `f64` over the covers (training weights) stored in
-//! the trees.
+//! the trees. Most trees are explained from tables made once per model (each leaf's weights
+//! for every pattern of the row's path, kept in `f32` and summed per tree in `f32`, as
+//! XGBoost does, then per feature in `f64`); a tree too deep for tables by the recursion.
+//! Where the CPU has them, BMI2 and AVX-512 find and add the table rows; the portable code
+//! gives the same bits.
 //!
 //! The contributions and the bias sum to the row's margin. A model's linear term (the logistic
 //! baseline) contributes `weight x value` per feature, its intercept goes to the bias.
