@@ -198,10 +198,11 @@ pub enum Missing {
     NanAsZero,
 }
 
-impl CategorySplit {
-    /// The category code of `x`, or `None` when `x` is no valid code. `x` must not be NaN.
-    pub fn code(&self, x: f64) -> Option<u32> {
-        match self.cast {
+impl CategoryCast {
+    /// The category code of `x` under this cast, or `None` when `x` is no valid code. `x`
+    /// must not be NaN.
+    pub fn code(self, x: f64) -> Option<u32> {
+        match self {
             CategoryCast::XgboostF32 => {
                 let c = x as f32;
                 if !(0.0..XGBOOST_MAX_CATEGORY).contains(&c) {
@@ -215,6 +216,13 @@ impl CategorySplit {
                 u32::try_from(c).ok()
             }
         }
+    }
+}
+
+impl CategorySplit {
+    /// The category code of `x`, or `None` when `x` is no valid code. `x` must not be NaN.
+    pub fn code(&self, x: f64) -> Option<u32> {
+        self.cast.code(x)
     }
 
     /// Whether a (non-missing) value goes left.

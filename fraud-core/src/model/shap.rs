@@ -36,6 +36,72 @@ pub struct Explainer {
     /// Blocks of all the tables (one table row looked up per block).
     blocks: usize,
     simd: Simd,
+    /// The categorical features whose splits the tables test as bit sets.
+    categories: Vec<Categorical>,
+}
+
+/// A categorical feature whose every split (NaN missing) casts values the same way and whose
+/// sets hold at most 64 codes between them: per row its value becomes one small number
+/// (the code's place among `codes`), and each split's set is a 64-bit mask of places.
+#[derive(Debug, Clone)]
+struct Categorical {
+    feature: u32,
+    cast: super::CategoryCast,
+    /// Every code of any of its sets, sorted.
+    codes: Vec<u32>,
+}
+
+/// [`Categorical::place`] of a missing value.
+const CAT_MISSING: u8 = 255;
+/// [`Categorical::place`] of a value in no set.
+const CAT_NONE: u8 = 254;
+
+impl Categorical {
+    /// The categorical features of `ensemble` that qualify (see [`Categorical`]).
+    fn of(ensemble: &Ensemble) -> Vec<Categorical> {
+        use super::{Missing, Test};
+        let mut found: Vec<Option<Categorical>> = vec![None; ensemble.features.len()];
+        let mut refused = vec![false; ensemble.features.len()];
+        for tree in &ensemble.trees {
+            for node in &tree.nodes {
+                let Node::Split(s) = node else { continue };
+                let Test::Categories(c) = &s.test else {
+                    continue;
+                };
+                let f = s.feature as usize;
+                if f >= found.len() || refused[f] {
+                    continue;
+                }
+                let entry = found[f].get_or_insert_with(|| Categorical {
+                    feature: s.feature,
+                    cast: c.cast,
+                    codes: Vec::new(),
+                });
+                entry.codes.extend(&c.categories);
+                entry.codes.sort_unstable();
+                entry.codes.dedup();
+                if s.missing != Missing::Nan || entry.cast != c.cast || entry.codes.len() > 64 {
+                    refused[f] = true;
+                }
+            }
+        }
+        found
+            .into_iter()
+            .zip(refused)
+            .filter_map(|(c, refused)| c.filter(|_| !refused))
+            .collect()
+    }
+
+    /// Where `x` is among the codes ([`CAT_MISSING`], [`CAT_NONE`]).
+    fn place(&self, x: f64) -> u8 {
+        if x.is_nan() {
+            return CAT_MISSING;
+        }
+        self.cast
+            .code(x)
+            .and_then(|c| self.codes.binary_search(&c).ok())
+            .map_or(CAT_NONE, |i| i as u8)
+    }
 }
 
 fn cover(node: &Node) -> f64 {
@@ -102,10 +168,11 @@ impl Explainer {
         if let Some(lin) = &ensemble.linear {
             bias += lin.expected_value();
         }
+        let categories = Categorical::of(ensemble);
         let tables: Vec<Option<TreeTable>> = ensemble
             .trees
             .iter()
-            .map(|t| TreeTable::new(t, scale))
+            .map(|t| TreeTable::new(t, scale, &categories))
             .collect();
         let blocks = tables.iter().flatten().map(|t| t.blocks.len()).sum();
         Ok(Explainer {
@@ -116,6 +183,7 @@ impl Explainer {
             max_depth,
             blocks,
             simd: Simd::detect(),
+            categories,
         })
     }
 
@@ -153,11 +221,16 @@ impl Explainer {
         let mut offsets = Vec::with_capacity(self.blocks);
         let mut sums = Vec::new();
         let doubled = doubled(row);
+        let places: Vec<u8> = self
+            .categories
+            .iter()
+            .map(|c| c.place(row[c.feature as usize]))
+            .collect();
         // Tables in two passes: first where every block's row is (prefetched), then the
         // sums, by when the rows have arrived.
         for (tree, table) in self.ensemble.trees.iter().zip(&self.tables) {
             if let (Some(t), true) = (table, tree.nodes.len() > 1) {
-                t.offsets(row, &doubled, &mut words, &mut offsets, self.simd);
+                t.offsets(row, &doubled, &places, &mut words, &mut offsets, self.simd);
             }
         }
         let mut at = 0;
@@ -324,12 +397,26 @@ struct TreeTable {
     /// feature + 1` for a split that sends NaN left); split `i` is bit `i % 64` of
     /// direction word `i / 64` (1: left).
     tests: Vec<(u32, f64)>,
-    /// Splits of any other kind (categorical, zero as missing, ...), tested by
-    /// [`super::Split::goes_left_in`] after the others.
+    /// Category splits tested as bit sets (see [`Categorical`]), after the numeric tests.
+    sets: Vec<SetSplit>,
+    /// Splits of any other kind (other category splits, zero as missing, ...), tested by
+    /// [`super::Split::goes_left_in`] after those.
     other: Vec<Other>,
     /// The category sets of the categorical splits among them, one after the other: a set
     /// read here is near the others, not a separate allocation (a likely miss) each.
     codes: Vec<u32>,
+}
+
+/// A split of [`TreeTable::sets`]: left when the row's place for `category` (an index of
+/// the explainer's categorical features) is in `mask` (or not, as `in_set_goes_left` says);
+/// a missing value goes to the default.
+#[derive(Debug, Clone, Copy)]
+struct SetSplit {
+    at: u32,
+    category: u8,
+    mask: u64,
+    in_set_goes_left: bool,
+    default_left: bool,
 }
 
 /// A split of [`TreeTable::other`].
@@ -456,7 +543,7 @@ enum IndexBit {
 }
 
 impl TreeTable {
-    fn new(tree: &super::Tree, scale: f64) -> Option<TreeTable> {
+    fn new(tree: &super::Tree, scale: f64, categories: &[Categorical]) -> Option<TreeTable> {
         let mut t = TreeTable::default();
         if tree.nodes.len() == 1 {
             return Some(t);
@@ -482,7 +569,29 @@ impl TreeTable {
                 }
                 // NaN read as -inf goes left only below a threshold above it.
                 .filter(|&(t, _)| t > f64::NEG_INFINITY);
-                if simple.is_none() {
+                // A category set as a mask of places, for a feature that has them.
+                let set = match &sp.test {
+                    Test::Categories(c) => categories
+                        .iter()
+                        .position(|g| g.feature == sp.feature)
+                        .and_then(|i| {
+                            let g = &categories[i];
+                            let mask = c.categories.iter().try_fold(0u64, |m, code| {
+                                g.codes.binary_search(code).ok().map(|p| m | 1 << p)
+                            })?;
+                            Some(SetSplit {
+                                at: t.tests.len() as u32,
+                                category: u8::try_from(i).ok()?,
+                                mask,
+                                in_set_goes_left: c.in_set_goes_left,
+                                default_left: sp.default_left,
+                            })
+                        }),
+                    _ => None,
+                };
+                if let Some(set) = set {
+                    t.sets.push(set);
+                } else if simple.is_none() {
                     let c0 = t.codes.len() as u32;
                     if let Test::Categories(c) = &sp.test {
                         t.codes.extend(&c.categories);
@@ -693,6 +802,7 @@ impl TreeTable {
         &self,
         row: &[f64],
         doubled: &[f64],
+        places: &[u8],
         words: &mut Vec<u64>,
         offsets: &mut Vec<u32>,
         pext: impl Fn(u64, u64) -> u64,
@@ -705,6 +815,24 @@ impl TreeTable {
                 w | u64::from(doubled.get(v as usize).is_some_and(|&x| x < t)) << i
             })
         }));
+        for c in &self.sets {
+            let place = places
+                .get(usize::from(c.category))
+                .copied()
+                .unwrap_or(CAT_NONE);
+            let in_set = place < 64 && c.mask >> place & 1 == 1;
+            let left = if place == CAT_MISSING {
+                c.default_left
+            } else {
+                in_set == c.in_set_goes_left
+            };
+            let (w, bit) = (c.at as usize / 64, 1u64 << (c.at % 64));
+            words[w] = if left {
+                words[w] | bit
+            } else {
+                words[w] & !bit
+            };
+        }
         for o in &self.other {
             let x = row
                 .get(o.split.feature as usize)
@@ -738,10 +866,11 @@ impl TreeTable {
         &self,
         row: &[f64],
         doubled: &[f64],
+        places: &[u8],
         words: &mut Vec<u64>,
         offsets: &mut Vec<u32>,
     ) {
-        self.offsets_with(row, doubled, words, offsets, |x, m| {
+        self.offsets_with(row, doubled, places, words, offsets, |x, m| {
             std::arch::x86_64::_pext_u64(x, m)
         })
     }
@@ -750,6 +879,7 @@ impl TreeTable {
         &self,
         row: &[f64],
         doubled: &[f64],
+        places: &[u8],
         words: &mut Vec<u64>,
         offsets: &mut Vec<u32>,
         simd: Simd,
@@ -759,12 +889,12 @@ impl TreeTable {
             // SAFETY: the CPU has BMI2 (`Simd::detect`).
             #[allow(unsafe_code)]
             unsafe {
-                self.offsets_bmi2(row, doubled, words, offsets)
+                self.offsets_bmi2(row, doubled, places, words, offsets)
             };
             return;
         }
         let _ = simd;
-        self.offsets_with(row, doubled, words, offsets, pext_portable);
+        self.offsets_with(row, doubled, places, words, offsets, pext_portable);
     }
 
     /// Adds the table rows at `offsets` (one per block, from [`TreeTable::offsets`]) to
@@ -1308,11 +1438,75 @@ mod tests {
     }
 
     #[test]
+    fn category_splits_as_bit_sets_and_otherwise_agree() {
+        // Feature 0's sets hold 70 codes between them (too many for a bit set: tested as
+        // sets of codes), feature 1's three (a bit set); XGBoost's cast for both.
+        let split = |feature: u32, codes: Vec<u32>, in_left: bool, left: u32, cover: f64| {
+            Node::Split(crate::model::Split {
+                feature,
+                test: crate::model::Test::Categories(crate::model::CategorySplit {
+                    categories: codes,
+                    in_set_goes_left: in_left,
+                    cast: crate::model::CategoryCast::XgboostF32,
+                }),
+                missing: crate::model::Missing::Nan,
+                default_left: feature == 1,
+                left,
+                right: left + 1,
+                cover,
+            })
+        };
+        let leaf = |id: u32, value: f64, cover: f64| Node::Leaf { value, id, cover };
+        let nodes = vec![
+            split(0, (0..70).map(|c| c * 2).collect(), false, 1, 10.0),
+            split(1, vec![1, 4, 9], true, 3, 6.0),
+            split(1, vec![4], false, 5, 4.0),
+            leaf(3, 0.5, 2.0),
+            leaf(4, -0.25, 4.0),
+            leaf(5, 1.0, 1.0),
+            leaf(6, -1.0, 3.0),
+        ];
+        let e = one_tree(2, nodes);
+        let ex = Explainer::new(&e).unwrap();
+        assert_eq!(ex.categories.len(), 1, "feature 1 only");
+        let t = ex.tables[0].as_ref().unwrap();
+        assert_eq!((t.sets.len(), t.other.len()), (2, 1));
+        let mut portable = ex.clone();
+        portable.simd = Simd::default();
+        let values = [
+            f64::NAN,
+            -1.0,
+            0.0,
+            1.0,
+            1.5,
+            3.0,
+            4.0,
+            4.99,
+            9.0,
+            10.0,
+            139.0,
+            140.0,
+            1e9,
+        ];
+        let mut r = 0;
+        for &a in &values {
+            for &b in &values {
+                agree(&ex, &portable, &[a, b], r);
+                r += 1;
+            }
+        }
+    }
+
+    #[test]
     fn tables_match_the_recursion_on_the_demo_model() {
         // 138 trees of depth 6: most leaves are explained in blocks of two to four.
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../datasets/demo/model.fgb");
         let model = crate::model::Artifact::load(path).unwrap().ensemble;
         let ex = Explainer::new(&model).unwrap();
+        // Its category splits (channel, merchant category) are all tested as bit sets.
+        let tables = || ex.tables.iter().flatten();
+        assert_eq!(ex.categories.len(), 2);
+        assert!(tables().all(|t| t.other.is_empty()) && tables().any(|t| !t.sets.is_empty()));
         // Values around every threshold a feature is split on, every category in a set and
         // one beside it, zero (NaN is read as zero by some splits) and missing values.
         let m = model.features.len();
