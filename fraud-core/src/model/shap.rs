@@ -1440,7 +1440,8 @@ mod tests {
     #[test]
     fn category_splits_as_bit_sets_and_otherwise_agree() {
         // Feature 0's sets hold 70 codes between them (too many for a bit set: tested as
-        // sets of codes), feature 1's three (a bit set); XGBoost's cast for both.
+        // sets of codes), feature 1's 64 (a bit set, every bit used; 1000 the last);
+        // XGBoost's cast for both.
         let split = |feature: u32, codes: Vec<u32>, in_left: bool, left: u32, cover: f64| {
             Node::Split(crate::model::Split {
                 feature,
@@ -1459,7 +1460,13 @@ mod tests {
         let leaf = |id: u32, value: f64, cover: f64| Node::Leaf { value, id, cover };
         let nodes = vec![
             split(0, (0..70).map(|c| c * 2).collect(), false, 1, 10.0),
-            split(1, vec![1, 4, 9], true, 3, 6.0),
+            split(
+                1,
+                (0..62).map(|c| c * 3).chain([1000]).collect(),
+                true,
+                3,
+                6.0,
+            ),
             split(1, vec![4], false, 5, 4.0),
             leaf(3, 0.5, 2.0),
             leaf(4, -0.25, 4.0),
@@ -1486,6 +1493,9 @@ mod tests {
             10.0,
             139.0,
             140.0,
+            183.0,
+            1000.0,
+            1001.0,
             1e9,
         ];
         let mut r = 0;
