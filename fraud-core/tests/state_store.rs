@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::{history, Ev, RedisServer};
@@ -113,13 +112,8 @@ fn online(store: &dyn StateStore, ex: &Extractor, h: &[Transaction]) -> Vec<Vec<
     out
 }
 
-fn redis() -> &'static RedisServer {
-    static SERVER: OnceLock<RedisServer> = OnceLock::new();
-    SERVER.get_or_init(RedisServer::start)
-}
-
-fn redis_store(prefix: &str) -> RedisStore {
-    let s = RedisStore::open(&redis().url(), prefix, Duration::from_secs(2)).unwrap();
+fn redis_store(server: &RedisServer, prefix: &str) -> RedisStore {
+    let s = RedisStore::open(&server.url(), prefix, Duration::from_secs(2)).unwrap();
     s.clear().unwrap();
     s
 }
@@ -182,15 +176,17 @@ proptest! {
     }
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(40))]
-
-    #[test]
-    fn redis_backend_equals_memory_backend(ev in events()) {
+/// 40 random histories through one `redis-server`, owned by the test (a server in a
+/// static would never be dropped, and so never stopped).
+#[test]
+fn redis_backend_equals_memory_backend() {
+    let server = RedisServer::start();
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(40));
+    let result = runner.run(&events(), |ev| {
         let h = history(&sorted(ev));
         let ex = spec();
         let mem = MemoryStore::new();
-        let red = redis_store("prop");
+        let red = redis_store(&server, "prop");
         let a = online(&mem, &ex, &h);
         let b = online(&red, &ex, &h);
         for (i, (x, y)) in a.iter().zip(&b).enumerate() {
@@ -200,7 +196,10 @@ proptest! {
         for e in [Entity::Card, Entity::Customer, Entity::Terminal] {
             for (k, s) in mem.entities(e) {
                 let r = red.get(e, &k).unwrap().expect("entity in redis");
-                prop_assert_eq!(r.normalized(ex.retention_us()), s.normalized(ex.retention_us()));
+                prop_assert_eq!(
+                    r.normalized(ex.retention_us()),
+                    s.normalized(ex.retention_us())
+                );
             }
         }
         // Peeking changes nothing.
@@ -210,6 +209,10 @@ proptest! {
         mem.peek(&ex, &obs, &mut p1).unwrap();
         red.peek(&ex, &obs, &mut p2).unwrap();
         prop_assert!(same_bits(&p1, &p2));
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
     }
 }
 
