@@ -331,13 +331,36 @@ impl Simd {
         #[cfg(target_arch = "x86_64")]
         {
             Simd {
-                bmi2: std::arch::is_x86_feature_detected!("bmi2"),
+                bmi2: std::arch::is_x86_feature_detected!("bmi2") && fast_pext(),
                 avx512: std::arch::is_x86_feature_detected!("avx512f"),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
         Simd::default()
     }
+}
+
+/// Whether `pext` is one fast instruction here: AMD's (and Hygon's) processors before Zen 3
+/// (family 0x19) run it in microcode, tens of cycles a bit, slower than the portable code.
+#[cfg(target_arch = "x86_64")]
+fn fast_pext() -> bool {
+    use std::arch::x86_64::__cpuid;
+    let v = __cpuid(0);
+    let vendor = [v.ebx, v.edx, v.ecx];
+    // "AuthenticAMD", "HygonGenuine".
+    let amd = vendor == [0x6874_7541, 0x6974_6e65, 0x444d_4163]
+        || vendor == [0x6f67_7948, 0x6e65_476e, 0x656e_6975];
+    if !amd {
+        return true;
+    }
+    let eax = __cpuid(1).eax;
+    let base = (eax >> 8) & 0xf;
+    let family = if base == 0xf {
+        base + ((eax >> 20) & 0xff)
+    } else {
+        base
+    };
+    family >= 0x19
 }
 
 /// The bits of `x` selected by `mask`, packed at the bottom in their order (BMI2's `pext`,
