@@ -113,7 +113,6 @@ impl Cases {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Takes in one decision-log record (`data` decrypted), written in Unix hour `hour`.
     /// Counts decision record `seq` (written in `hour`) and opens its case when it is a
     /// review: what [`Cases::record`] reads of a decision record, from the values.
     pub fn decision(&self, seq: u64, hour: i64, d: Decided<'_>) {
@@ -139,6 +138,7 @@ impl Cases {
         }
     }
 
+    /// Takes in one decision-log record (`data` decrypted), written in Unix hour `hour`.
     pub fn record(&self, kind: &str, seq: u64, hour: i64, data: &Value) {
         match kind {
             "decision" => {
