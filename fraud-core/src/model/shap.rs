@@ -226,11 +226,16 @@ impl Explainer {
             .iter()
             .map(|c| c.place(row[c.feature as usize]))
             .collect();
+        let read = RowRead {
+            row,
+            doubled: &doubled,
+            places: &places,
+        };
         // Tables in two passes: first where every block's row is (prefetched), then the
         // sums, by when the rows have arrived.
         for (tree, table) in self.ensemble.trees.iter().zip(&self.tables) {
             if let (Some(t), true) = (table, tree.nodes.len() > 1) {
-                t.offsets(row, &doubled, &places, &mut words, &mut offsets, self.simd);
+                t.offsets(&read, &mut words, &mut offsets, self.simd);
             }
         }
         let mut at = 0;
@@ -375,6 +380,24 @@ fn pext_portable(x: u64, mut mask: u64) -> u64 {
         mask &= mask - 1;
     }
     out
+}
+
+/// One row as the tables read it: its values, the values doubled (see [`doubled`]) and its
+/// categorical features' places (see [`Categorical::place`]).
+struct RowRead<'a> {
+    row: &'a [f64],
+    doubled: &'a [f64],
+    places: &'a [u8],
+}
+
+/// Sets the direction bit of split `at` (1: left) in `words`.
+fn set_direction(words: &mut [u64], at: u32, left: bool) {
+    let (w, bit) = (at as usize / 64, 1u64 << (at % 64));
+    words[w] = if left {
+        words[w] | bit
+    } else {
+        words[w] & !bit
+    };
 }
 
 /// The precomputed weights of one tree's leaves. In path-dependent TreeSHAP a leaf's share
@@ -823,9 +846,7 @@ impl TreeTable {
     #[inline(always)]
     fn offsets_with(
         &self,
-        row: &[f64],
-        doubled: &[f64],
-        places: &[u8],
+        read: &RowRead<'_>,
         words: &mut Vec<u64>,
         offsets: &mut Vec<u32>,
         pext: impl Fn(u64, u64) -> u64,
@@ -835,11 +856,12 @@ impl TreeTable {
         words.clear();
         words.extend(self.tests.chunks(64).map(|tests| {
             tests.iter().enumerate().fold(0u64, |w, (i, &(v, t))| {
-                w | u64::from(doubled.get(v as usize).is_some_and(|&x| x < t)) << i
+                w | u64::from(read.doubled.get(v as usize).is_some_and(|&x| x < t)) << i
             })
         }));
         for c in &self.sets {
-            let place = places
+            let place = read
+                .places
                 .get(usize::from(c.category))
                 .copied()
                 .unwrap_or(CAT_NONE);
@@ -849,26 +871,17 @@ impl TreeTable {
             } else {
                 in_set == c.in_set_goes_left
             };
-            let (w, bit) = (c.at as usize / 64, 1u64 << (c.at % 64));
-            words[w] = if left {
-                words[w] | bit
-            } else {
-                words[w] & !bit
-            };
+            set_direction(words, c.at, left);
         }
         for o in &self.other {
-            let x = row
+            let x = read
+                .row
                 .get(o.split.feature as usize)
                 .copied()
                 .unwrap_or(f64::NAN);
             let codes = &self.codes[o.codes.start as usize..o.codes.end as usize];
             let left = o.split.goes_left_in(x, |c, x| c.goes_left_in(x, codes));
-            let (w, bit) = (o.at as usize / 64, 1u64 << (o.at % 64));
-            words[w] = if left {
-                words[w] | bit
-            } else {
-                words[w] & !bit
-            };
+            set_direction(words, o.at, left);
         }
         for b in &self.blocks {
             let mut index = 0u64;
@@ -885,24 +898,15 @@ impl TreeTable {
     /// [`TreeTable::offsets_with`] with the CPU's `pext`.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "bmi2")]
-    fn offsets_bmi2(
-        &self,
-        row: &[f64],
-        doubled: &[f64],
-        places: &[u8],
-        words: &mut Vec<u64>,
-        offsets: &mut Vec<u32>,
-    ) {
-        self.offsets_with(row, doubled, places, words, offsets, |x, m| {
+    fn offsets_bmi2(&self, read: &RowRead<'_>, words: &mut Vec<u64>, offsets: &mut Vec<u32>) {
+        self.offsets_with(read, words, offsets, |x, m| {
             std::arch::x86_64::_pext_u64(x, m)
         })
     }
 
     fn offsets(
         &self,
-        row: &[f64],
-        doubled: &[f64],
-        places: &[u8],
+        read: &RowRead<'_>,
         words: &mut Vec<u64>,
         offsets: &mut Vec<u32>,
         simd: Simd,
@@ -912,12 +916,12 @@ impl TreeTable {
             // SAFETY: the CPU has BMI2 (`Simd::detect`).
             #[allow(unsafe_code)]
             unsafe {
-                self.offsets_bmi2(row, doubled, places, words, offsets)
+                self.offsets_bmi2(read, words, offsets)
             };
             return;
         }
         let _ = simd;
-        self.offsets_with(row, doubled, places, words, offsets, pext_portable);
+        self.offsets_with(read, words, offsets, pext_portable);
     }
 
     /// Adds the table rows at `offsets` (one per block, from [`TreeTable::offsets`]) to
