@@ -192,10 +192,10 @@ pub struct DecisionLog {
     path: PathBuf,
     sealer: Option<super::seal::Sealer>,
     inner: Mutex<Inner>,
-    /// Transaction id -> (first seq of its segment, byte offset). A lock of its own: a
-    /// request looking up its transaction id does not wait for another's record to be
-    /// written (taken after `inner` when both are).
-    index: Mutex<Index>,
+    /// Transaction id -> (first seq of its segment, byte offset). Locks of its own, one per
+    /// table: a request looking up its transaction id does not wait for another's record to
+    /// be written, nor (but for one chance in 256) for another's lookup.
+    index: super::sharded::Locked<(u64, u64)>,
     /// The open segment, for fsync (replaced when a segment is closed).
     sync_file: arc_swap::ArcSwap<File>,
     /// Read handles by the first seq of their segment.
@@ -236,8 +236,8 @@ fn split(line: &[u8]) -> Option<(&str, &[u8])> {
     Some((std::str::from_utf8(&line[..64]).ok()?, &line[65..]))
 }
 
-/// Where each decision is (segment, offset), by transaction id (written under the log's
-/// lock by every scored request: sharded, so that growing it never stalls that lock).
+/// Where each decision is (segment, offset), by transaction id, as read at start-up (then a
+/// lock per table: written by every scored request).
 type Index = super::sharded::Sharded<(u64, u64)>;
 
 /// The transaction id a decision record is indexed by.
@@ -655,7 +655,7 @@ impl DecisionLog {
                 active_day,
                 closed,
             }),
-            index: Mutex::new(index),
+            index: index.into(),
             sync_file: arc_swap::ArcSwap::from_pointee(sync_file),
             readers: Mutex::new(readers),
             synced: Mutex::new(chain.seq),
@@ -766,7 +766,7 @@ impl DecisionLog {
         used: super::vault::Used,
     ) -> Result<u64, LogError> {
         let at = now_rfc3339();
-        let seq = {
+        let (seq, place) = {
             let mut g = self
                 .inner
                 .lock()
@@ -807,13 +807,7 @@ impl DecisionLog {
                 let _ = g.file.set_len(len);
                 return Err(self.io(e));
             }
-            if let Some(id) = id {
-                let at = (g.active_first, g.len);
-                self.index
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .insert(id, at);
-            }
+            let place = (g.active_first, g.len);
             if g.len == 0 {
                 g.active_day = utc_day(&at).to_string();
             }
@@ -825,8 +819,13 @@ impl DecisionLog {
             if let Some(v) = &self.vault {
                 v.touch_used(&used, seq);
             }
-            seq
+            (seq, place)
         };
+        // Indexed once written, outside the log's lock: until then the decision is not
+        // answered, and no other request scores the same id meanwhile (the engine's busy set).
+        if let Some(id) = id {
+            self.index.insert(id, place);
+        }
         if self.sync {
             self.sync_to(seq)?;
         }
@@ -917,10 +916,7 @@ impl DecisionLog {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         g.closed.retain(|c| !removed.contains(&c.first));
-        self.index
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .retain(|_, (seg, _)| !removed.contains(seg));
+        self.index.retain(|_, (seg, _)| !removed.contains(seg));
         Ok(Removed {
             segments: expired.len(),
             through: last.last,
@@ -929,15 +925,8 @@ impl DecisionLog {
 
     /// The recorded decision of a transaction.
     pub fn decision(&self, transaction_id: &str) -> Result<Option<Record>, LogError> {
-        let (segment, offset) = {
-            let index = self
-                .index
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            match index.get(transaction_id) {
-                Some(&o) => o,
-                None => return Ok(None),
-            }
+        let Some((segment, offset)) = self.index.get(transaction_id) else {
+            return Ok(None);
         };
         let line = self.read_line(segment, offset)?;
         let (_, body) = split(&line).ok_or_else(|| LogError::Damaged {

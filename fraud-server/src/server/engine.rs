@@ -5,7 +5,7 @@
 //! beside the active one and never decides.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use fraud_core::features::{Entity, Extractor, Field, LabelEvent, StateStore};
@@ -447,23 +447,18 @@ pub struct Engine {
     /// instant a snapshot copies the state, so the copy matches a log position exactly.
     cut: std::sync::RwLock<()>,
     /// Transactions being scored (a second request with the same id waits its turn out).
-    busy: Mutex<HashSet<String>>,
+    busy: super::sharded::Locked<()>,
 }
 
 /// Releases a transaction id from the busy set.
 struct BusyGuard<'a> {
     engine: &'a Engine,
-    id: String,
+    id: &'a str,
 }
 
 impl Drop for BusyGuard<'_> {
     fn drop(&mut self) {
-        let mut g = self
-            .engine
-            .busy
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        g.remove(&self.id);
+        self.engine.busy.remove(self.id);
     }
 }
 
@@ -589,7 +584,7 @@ impl Engine {
             keep_ip,
             keep_email,
             cut: std::sync::RwLock::new(()),
-            busy: Mutex::new(HashSet::new()),
+            busy: Default::default(),
         }
     }
 
@@ -598,21 +593,15 @@ impl Engine {
         let started = std::time::Instant::now();
         let tx = Transaction::from_json(bytes, &self.tokenizer).map_err(Problem::invalid)?;
         // The same transaction id again: answer what was decided (idempotent retries).
-        let _guard = {
-            let mut g = self
-                .busy
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if !g.insert(tx.transaction_id.clone()) {
-                return Err(Problem::conflict(format!(
-                    "transaction `{}` is being scored by another request",
-                    tx.transaction_id
-                )));
-            }
-            BusyGuard {
-                engine: self,
-                id: tx.transaction_id.clone(),
-            }
+        if !self.busy.insert_new(&tx.transaction_id, ()) {
+            return Err(Problem::conflict(format!(
+                "transaction `{}` is being scored by another request",
+                tx.transaction_id
+            )));
+        }
+        let _guard = BusyGuard {
+            engine: self,
+            id: &tx.transaction_id,
         };
         if let Some(rec) = self
             .log
