@@ -654,6 +654,7 @@ fn bad_configuration_stops_start_up_naming_the_setting() {
         ("[state]\nbackend = \"etcd\"\n", "state.backend"),
         ("colour = \"red\"\n", "unknown field `colour`"),
         ("model = \"/nonexistent/model.fgb\"\n", "config: model"),
+        ("[limits]\npin_workers = 2\n", "pin_workers"),
     ];
     for (cfg, want) in cases {
         let dir = tempfile::tempdir().unwrap();
@@ -661,6 +662,53 @@ fn bad_configuration_stops_start_up_naming_the_setting() {
             .err()
             .expect("started with a bad config");
         assert!(err.contains(want), "{cfg}: {err}");
+    }
+}
+
+#[test]
+fn pinned_workers_each_run_on_one_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), "[limits]\nworkers = 2\npin_workers = true\n").unwrap();
+    let key = s.key();
+    let (st, _, _) = s.call("POST", "/v1/score", Some(&key), Some(&tx("p1", "9.00")));
+    assert_eq!(st, 200);
+    let out = std::fs::read_to_string(&s.out).unwrap();
+    assert_eq!(out.matches("HTTP worker pinned to CPU").count(), 2, "{out}");
+    // Each worker thread may run on one CPU, a CPU of its own when there are two; the main
+    // thread and the acceptor on every CPU they could before.
+    let pid = s.child.id();
+    let allowed = |status: &Path| -> Option<String> {
+        let status = std::fs::read_to_string(status).ok()?;
+        let cpus = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?;
+        Some(cpus.trim().to_string())
+    };
+    let threads: Vec<(String, String)> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| {
+            let t = t.unwrap().path();
+            let comm = std::fs::read_to_string(t.join("comm")).ok()?;
+            Some((comm.trim().to_string(), allowed(&t.join("status"))?))
+        })
+        .collect();
+    let main = allowed(Path::new(&format!("/proc/{pid}/status"))).unwrap();
+    let mut workers: Vec<usize> = threads
+        .iter()
+        .filter(|(comm, _)| comm.starts_with("actix-rt|system"))
+        .map(|(_, cpus)| cpus.parse().unwrap_or_else(|_| panic!("worker on {cpus}")))
+        .collect();
+    workers.sort();
+    workers.dedup();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(workers.len(), cpus.min(2), "{threads:?}");
+    if cpus > 1 {
+        assert!(main.parse::<usize>().is_err(), "main thread pinned: {main}");
+    }
+    for (comm, allowed) in &threads {
+        if comm.starts_with("actix-server") {
+            assert_eq!(allowed, &main, "{comm}");
+        }
     }
 }
 

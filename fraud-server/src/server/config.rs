@@ -195,6 +195,10 @@ pub struct Limits {
     pub burst_per_key: f64,
     /// HTTP worker threads (0: one per core).
     pub workers: usize,
+    /// Pins each HTTP worker thread to one CPU of those the process may use, in turn (Linux;
+    /// elsewhere a warning). For a machine or container given to the service: a worker is
+    /// never moved, nor put beside another worker while a CPU is free.
+    pub pin_workers: bool,
     /// Largest total size of a request's headers, bytes (beyond: 431).
     pub max_header_bytes: usize,
 }
@@ -208,6 +212,7 @@ impl Default for Limits {
             rate_per_key: 5_000.0,
             burst_per_key: 10_000.0,
             workers: 0,
+            pin_workers: false,
             max_header_bytes: 16 * 1024,
         }
     }
@@ -313,13 +318,32 @@ impl Default for Config {
 }
 
 /// `toml`'s error as "setting: reason" (its message names the key and line).
-fn toml_error(path: &Path, e: &toml::de::Error) -> ConfigError {
-    let msg = e.message().to_string();
-    let setting = e
-        .span()
-        .map(|s| format!("{} (byte {})", path.display(), s.start))
-        .unwrap_or_else(|| path.display().to_string());
-    bad(setting, msg)
+/// A file that does not read as a configuration: the setting's path (`limits.workers`) when
+/// the error is in one, and where in the file.
+fn toml_error(
+    path: &Path,
+    text: &str,
+    e: &serde_path_to_error::Error<toml::de::Error>,
+) -> ConfigError {
+    let inner = e.inner();
+    let place = match inner.span() {
+        Some(s) => {
+            let before = text.get(..s.start).unwrap_or(text);
+            format!(
+                "{} line {}",
+                path.display(),
+                before.matches('\n').count() + 1
+            )
+        }
+        None => path.display().to_string(),
+    };
+    let setting = e.path().to_string();
+    let setting = if setting.is_empty() || setting == "." {
+        place
+    } else {
+        format!("{setting} ({place})")
+    };
+    bad(setting, inner.message().to_string())
 }
 
 impl Config {
@@ -333,7 +357,8 @@ impl Config {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .map_err(|e| bad(p.display().to_string(), format!("cannot read: {e}")))?;
-                toml::from_str(&text).map_err(|e| toml_error(p, &e))?
+                serde_path_to_error::deserialize(toml::Deserializer::new(&text))
+                    .map_err(|e| toml_error(p, &text, &e))?
             }
         };
         for (k, v) in vars {
@@ -348,6 +373,13 @@ impl Config {
             v.trim()
                 .parse::<f64>()
                 .map_err(|_| bad(k, format!("`{v}` is not a number")))
+        };
+        let flag = |k: &str| -> Result<bool, ConfigError> {
+            match v.trim() {
+                "1" | "true" | "yes" => Ok(true),
+                "0" | "false" | "no" | "" => Ok(false),
+                other => Err(bad(k, format!("`{other}` is not true or false"))),
+            }
         };
         let int = |k: &str| -> Result<usize, ConfigError> {
             v.trim()
@@ -374,13 +406,8 @@ impl Config {
             "FRAUD_WORKERS" => self.limits.workers = int(key)?,
             "FRAUD_LOG_DURABILITY" => self.log_durability = v.to_string(),
             "FRAUD_RETENTION" => self.retention = Some(v.to_string()),
-            "FRAUD_PRODUCTION" => {
-                self.production = match v.trim() {
-                    "1" | "true" | "yes" => true,
-                    "0" | "false" | "no" | "" => false,
-                    other => return Err(bad(key, format!("`{other}` is not true or false"))),
-                }
-            }
+            "FRAUD_PIN_WORKERS" => self.limits.pin_workers = flag(key)?,
+            "FRAUD_PRODUCTION" => self.production = flag(key)?,
             k if k.starts_with("FRAUD_CONFIG") || k == "FRAUD_TOKENIZATION_KEY" => {}
             k if k.starts_with("FRAUD_") => {
                 // Not an error: other tools use the prefix too (FRAUD_BIN in the tests).

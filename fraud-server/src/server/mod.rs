@@ -11,6 +11,7 @@ pub mod http;
 pub mod keys;
 pub mod metrics;
 pub mod openapi;
+pub mod pin;
 pub mod problem;
 pub mod record;
 pub mod seal;
@@ -103,6 +104,8 @@ pub struct Service {
     pub bind: String,
     /// HTTP workers.
     pub workers: usize,
+    /// Each HTTP worker pinned to a CPU.
+    pub pin_workers: bool,
     /// Decision-log records replayed into the memory state at start.
     pub replayed: u64,
     /// The review console, when enabled.
@@ -348,6 +351,7 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
         dev_key,
         bind: cfg.bind.clone(),
         workers,
+        pin_workers: cfg.limits.pin_workers,
         replayed,
         console,
     })
@@ -453,10 +457,36 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     let bind = service.bind.clone();
     let workers = service.workers;
+    let pins = if service.pin_workers {
+        match pin::Pins::new() {
+            Ok(p) => {
+                if workers > p.cpus().len() {
+                    eprintln!(
+                        "warning: limits.pin_workers: {workers} workers on {} CPUs: some share one",
+                        p.cpus().len()
+                    );
+                }
+                Some(Arc::new(p))
+            }
+            Err(e) => {
+                eprintln!("warning: limits.pin_workers: {e}; workers not pinned");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let console = service.console.clone();
     let state = actix_web::web::Data::new(service.state);
     actix_web::rt::System::new().block_on(async move {
         let server = actix_web::HttpServer::new(move || {
+            // Called on each worker's thread as it starts.
+            if let Some(p) = &pins {
+                match p.pin_this_thread() {
+                    Ok(cpu) => println!("HTTP worker pinned to CPU {cpu}"),
+                    Err(e) => eprintln!("warning: limits.pin_workers: {e}"),
+                }
+            }
             let mut app = actix_web::App::new().app_data(state.clone());
             if let Some(c) = &console {
                 app = app.app_data(c.clone()).configure(console::routes);
