@@ -200,20 +200,7 @@ impl Explainer {
     /// Writes the contribution of each feature to `row`'s margin into `out[..features]` and
     /// the bias into `out[features]`.
     pub fn contributions(&self, row: &[f64], out: &mut [f64]) -> Result<(), ModelError> {
-        let m = self.ensemble.features.len();
-        if row.len() != m {
-            return Err(ModelError::RowLength {
-                found: row.len(),
-                expected: m,
-            });
-        }
-        if out.len() != m + 1 {
-            return Err(ModelError::RowLength {
-                found: out.len(),
-                expected: m + 1,
-            });
-        }
-        out.fill(0.0);
+        let m = self.lengths(row, out)?;
         let d = self.max_depth + 2;
         // The recursion's buffer only for trees without tables (usually none).
         let mut path = Vec::new();
@@ -250,53 +237,67 @@ impl Explainer {
                 continue;
             }
             path.resize((d + 1) * (d + 2) / 2 + d, PathElement::default());
-            let mut walk = Walk {
-                tree,
-                row,
-                phi: &mut out[..m],
-                scale: self.scale,
-            };
-            walk.recurse(0, &mut path, 0, 0, 1.0, 1.0, -1);
+            self.recurse(tree, row, &mut out[..m], &mut path);
         }
-        if let Some(lin) = &self.ensemble.linear {
-            for (f, o) in out[..m].iter_mut().enumerate() {
-                *o += lin.contribution(f, row[f]);
-            }
-        }
-        out[m] = self.bias;
+        self.finish(row, out);
         Ok(())
     }
 
-    /// The same contributions by the recursive algorithm alone (no tables): the reference
-    /// the tables are checked against.
-    pub fn contributions_recursive(&self, row: &[f64], out: &mut [f64]) -> Result<(), ModelError> {
+    /// Checks the lengths of a row and of its output; zeroes the output. Returns the number
+    /// of features.
+    fn lengths(&self, row: &[f64], out: &mut [f64]) -> Result<usize, ModelError> {
         let m = self.ensemble.features.len();
-        if row.len() != m || out.len() != m + 1 {
+        if row.len() != m {
             return Err(ModelError::RowLength {
                 found: row.len(),
                 expected: m,
             });
         }
-        out.fill(0.0);
-        let d = self.max_depth + 2;
-        let mut path = vec![PathElement::default(); (d + 1) * (d + 2) / 2 + d];
-        for tree in &self.ensemble.trees {
-            if tree.nodes.len() > 1 {
-                let mut walk = Walk {
-                    tree,
-                    row,
-                    phi: &mut out[..m],
-                    scale: self.scale,
-                };
-                walk.recurse(0, &mut path, 0, 0, 1.0, 1.0, -1);
-            }
+        if out.len() != m + 1 {
+            return Err(ModelError::RowLength {
+                found: out.len(),
+                expected: m + 1,
+            });
         }
+        out.fill(0.0);
+        Ok(m)
+    }
+
+    /// Adds one tree's contributions by the recursive algorithm (`path`: its buffer, sized
+    /// for the deepest tree).
+    fn recurse(&self, tree: &super::Tree, row: &[f64], phi: &mut [f64], path: &mut [PathElement]) {
+        let mut walk = Walk {
+            tree,
+            row,
+            phi,
+            scale: self.scale,
+        };
+        walk.recurse(0, path, 0, 0, 1.0, 1.0, -1);
+    }
+
+    /// Adds the linear term's contributions and writes the bias.
+    fn finish(&self, row: &[f64], out: &mut [f64]) {
+        let m = out.len() - 1;
         if let Some(lin) = &self.ensemble.linear {
             for (f, o) in out[..m].iter_mut().enumerate() {
                 *o += lin.contribution(f, row[f]);
             }
         }
         out[m] = self.bias;
+    }
+
+    /// The same contributions by the recursive algorithm alone (no tables): the reference
+    /// the tables are checked against.
+    pub fn contributions_recursive(&self, row: &[f64], out: &mut [f64]) -> Result<(), ModelError> {
+        let m = self.lengths(row, out)?;
+        let d = self.max_depth + 2;
+        let mut path = vec![PathElement::default(); (d + 1) * (d + 2) / 2 + d];
+        for tree in &self.ensemble.trees {
+            if tree.nodes.len() > 1 {
+                self.recurse(tree, row, &mut out[..m], &mut path);
+            }
+        }
+        self.finish(row, out);
         Ok(())
     }
 
@@ -1531,6 +1532,25 @@ mod tests {
                 agree(&ex, &portable, &[a, b], r);
                 r += 1;
             }
+        }
+    }
+
+    #[test]
+    fn rows_and_outputs_of_the_wrong_length_are_refused_by_both_algorithms() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../datasets/demo/model.fgb");
+        let model = crate::model::Artifact::load(path).unwrap().ensemble;
+        let ex = Explainer::new(&model).unwrap();
+        let m = model.features.len();
+        let length = |r: Result<(), ModelError>| match r {
+            Err(ModelError::RowLength { found, expected }) => (found, expected),
+            other => panic!("{other:?}"),
+        };
+        for run in [Explainer::contributions, Explainer::contributions_recursive] {
+            let mut out = vec![0.0; m + 1];
+            assert_eq!(length(run(&ex, &vec![0.0; m - 1], &mut out)), (m - 1, m));
+            let mut short = vec![0.0; m];
+            assert_eq!(length(run(&ex, &vec![0.0; m], &mut short)), (m, m + 1));
+            assert!(run(&ex, &vec![0.0; m], &mut out).is_ok());
         }
     }
 
