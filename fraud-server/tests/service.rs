@@ -310,85 +310,37 @@ fn bad_requests_get_problem_details() {
         )
         .unwrap()
     };
+    // A good transaction with one field set to `v`.
+    let with = |k: &str, v: &str| {
+        let mut t = tx("x", "5");
+        t[k] = json!(v);
+        t.to_string().into_bytes()
+    };
     let cases: Vec<(Vec<u8>, &str, u16, &str)> = vec![
         (b"{not json".to_vec(), "application/json", 400, "body"),
         (vec![0xff, 0xfe, b'{'], "application/json", 400, "body"),
         (b"[]".to_vec(), "application/json", 400, "body"),
         (b"".to_vec(), "application/json", 400, "body"),
+        (with("amount", "-5"), "application/json", 422, "amount"),
+        (with("amount", "NaN"), "application/json", 422, "amount"),
+        (with("amount", "1e400"), "application/json", 422, "amount"),
+        (with("currency", "XXQ"), "application/json", 422, "currency"),
         (
-            tx("x", "-5").to_string().into_bytes(),
-            "application/json",
-            422,
-            "amount",
-        ),
-        (
-            tx("x", "NaN").to_string().into_bytes(),
-            "application/json",
-            422,
-            "amount",
-        ),
-        (
-            tx("x", "1e400").to_string().into_bytes(),
-            "application/json",
-            422,
-            "amount",
-        ),
-        (
-            {
-                let mut t = tx("x", "5");
-                t["currency"] = json!("XXQ");
-                t.to_string().into_bytes()
-            },
-            "application/json",
-            422,
-            "currency",
-        ),
-        (
-            {
-                let mut t = tx("x", "5");
-                t["timestamp"] = json!("1890-01-01T00:00:00Z");
-                t.to_string().into_bytes()
-            },
+            with("timestamp", "1890-01-01T00:00:00Z"),
             "application/json",
             422,
             "timestamp",
         ),
+        (with("cvv", "123"), "application/json", 422, "cvv"),
+        (with("colour", "red"), "application/json", 400, "body"),
         (
-            {
-                let mut t = tx("x", "5");
-                t["cvv"] = json!("123");
-                t.to_string().into_bytes()
-            },
-            "application/json",
-            422,
-            "cvv",
-        ),
-        (
-            {
-                let mut t = tx("x", "5");
-                t["colour"] = json!("red");
-                t.to_string().into_bytes()
-            },
+            with("latitude", "4111111111111111"),
             "application/json",
             400,
             "body",
         ),
         (
-            {
-                let mut t = tx("x", "5");
-                t["latitude"] = json!("4111111111111111");
-                t.to_string().into_bytes()
-            },
-            "application/json",
-            400,
-            "body",
-        ),
-        (
-            {
-                let mut t = tx("x", "5");
-                t["card_number"] = json!("4111111111111112");
-                t.to_string().into_bytes()
-            },
+            with("card_number", "4111111111111112"),
             "application/json",
             422,
             "card_number",
