@@ -317,7 +317,6 @@ impl Default for Config {
     }
 }
 
-/// `toml`'s error as "setting: reason" (its message names the key and line).
 /// A file that does not read as a configuration: the setting's path (`limits.workers`) when
 /// the error is in one, and where in the file.
 fn toml_error(
