@@ -1166,6 +1166,17 @@ mod tests {
         }
     }
 
+    /// Asserts every contribution (and the bias) of the tables within `tol` of the recursion's.
+    fn tables_near_recursion(phi: &[f64], reference: &[f64], tol: f64, r: usize) {
+        assert_eq!(phi.len(), reference.len());
+        for (f, (t, want)) in phi.iter().zip(reference).enumerate() {
+            assert!(
+                (t - want).abs() < tol,
+                "row {r} feature {f}: tables {t} vs recursion {want}"
+            );
+        }
+    }
+
     fn factorial(n: u32) -> f64 {
         (1..=n).map(f64::from).product()
     }
@@ -1220,14 +1231,7 @@ mod tests {
                 (sum - margin).abs() < 1e-6,
                 "row {r}: tables {sum} vs {margin}"
             );
-            for f in 0..=m {
-                assert!(
-                    (phi[f] - reference[f]).abs() < 1e-6,
-                    "row {r} feature {f}: tables {} vs recursion {}",
-                    phi[f],
-                    reference[f]
-                );
-            }
+            tables_near_recursion(&phi, &reference, 1e-6, r);
             for f in 0..m {
                 let mut want = 0.0;
                 for set in 0u32..(1 << m) {
@@ -1396,14 +1400,7 @@ mod tests {
             "row {r}"
         );
         ex.contributions_recursive(row, &mut reference).unwrap();
-        for f in 0..=m {
-            assert!(
-                (phi[f] - reference[f]).abs() < 1e-5,
-                "row {r} feature {f}: tables {} vs recursion {}",
-                phi[f],
-                reference[f]
-            );
-        }
+        tables_near_recursion(&phi, &reference, 1e-5, r);
     }
 
     #[test]
