@@ -18,7 +18,7 @@ use super::vault::{EntityFields, Used, Vault, VaultError};
 /// A decision record's data. Members in the order of the sorted keys of the JSON object
 /// it used to be, then the features.
 #[derive(Serialize)]
-pub struct DecisionRecord<'a, R = Value> {
+pub struct DecisionRecord<'a, R> {
     /// The answer, its card mask sealed.
     pub response: &'a R,
     /// The shadow model's verdict.
