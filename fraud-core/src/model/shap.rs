@@ -1166,6 +1166,17 @@ mod tests {
         }
     }
 
+    /// A seeded 64-bit linear congruential generator: its successive states.
+    fn lcg(seed: u64) -> impl FnMut() -> u64 {
+        let mut state = seed;
+        move || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            state
+        }
+    }
+
     /// Asserts every contribution (and the bias) of the tables within `tol` of the recursion's.
     fn tables_near_recursion(phi: &[f64], reference: &[f64], tol: f64, r: usize) {
         assert_eq!(phi.len(), reference.len());
@@ -1185,13 +1196,8 @@ mod tests {
     #[allow(clippy::needless_range_loop)]
     fn matches_brute_force_shapley_values_and_sums_to_the_margin() {
         let (n, m) = (3_000usize, 4usize);
-        let mut state = 12_345u64;
-        let mut next = || {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            (state >> 11) as f64 / (1u64 << 53) as f64
-        };
+        let mut draw = lcg(12_345u64);
+        let mut next = || (draw() >> 11) as f64 / (1u64 << 53) as f64;
         let mut values = Vec::with_capacity(n * m);
         let mut labels = Vec::with_capacity(n);
         for _ in 0..n {
@@ -1407,13 +1413,8 @@ mod tests {
     fn trees_of_more_than_64_splits_are_explained_by_tables() {
         // A complete tree of depth 7 (127 splits, their directions in two words) on 5
         // features, thresholds and covers from a seeded generator.
-        let mut state = 7u64;
-        let mut next = || {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            (state >> 11) as f64 / (1u64 << 53) as f64
-        };
+        let mut draw = lcg(7u64);
+        let mut next = || (draw() >> 11) as f64 / (1u64 << 53) as f64;
         let (splits, m) = (127usize, 5usize);
         let mut nodes: Vec<Node> = Vec::new();
         let leaf_cover: Vec<f64> = (0..=splits).map(|_| 1.0 + 9.0 * next()).collect();
@@ -1587,13 +1588,8 @@ mod tests {
                 }
             }
         }
-        let mut state = 99u64;
-        let mut pick = |n: usize| {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            (state >> 33) as usize % n
-        };
+        let mut draw = lcg(99);
+        let mut pick = |n: usize| (draw() >> 33) as usize % n;
         // The portable code gives the very same bits as the CPU's vectors and bit extraction.
         let mut portable = ex.clone();
         portable.simd = Simd::default();
