@@ -198,7 +198,7 @@ pub fn transactions(
                 ),
                 amount: Some(Decimal::Text(format!("{amount:.2}"))),
                 currency: Some("EUR".into()),
-                card_number: Some(format!("{body}{check}")),
+                card_number: Some(format!("{body}{check}").into()),
                 customer_id: Some(format!("cust{card}")),
                 terminal_id: Some(format!("term{}", rng.below(terminals))),
                 device_id: Some(format!("dev{}", card % (cards / 2 + 1))),

@@ -26,6 +26,7 @@
 pub mod data;
 pub mod eval;
 pub mod features;
+pub mod json;
 pub mod model;
 pub mod pii;
 pub mod train;

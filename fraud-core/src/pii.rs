@@ -82,12 +82,153 @@ impl CardNumber {
         Ok(CardNumber(digits))
     }
 
-    /// First 6 and last 4 digits, the rest as `*`.
+    /// The card's mask: never more than the first 6 and the last 4 digits, and always at
+    /// least 6 digits hidden (a 16-digit number shows 6 and 4; a 12-digit one 2 and 4).
     pub fn mask(&self) -> String {
-        let d = &self.0;
-        let n = d.len();
-        format!("{}{}{}", &d[..6], "*".repeat(n - 10), &d[n - 4..])
+        mask_digits(&self.0)
     }
+}
+
+/// The mask of a string of digits: at most the first 6 and the last 4 shown, at least 6
+/// hidden as `*` (the last 4 are shown first, then up to 6 leading ones).
+pub fn mask_digits(d: &str) -> String {
+    let n = d.len();
+    let shown = n.saturating_sub(6).min(10);
+    let last = shown.min(4);
+    let first = shown - last;
+    let mut out = String::with_capacity(n);
+    out.push_str(d.get(..first).unwrap_or(""));
+    out.extend(std::iter::repeat_n('*', n - shown));
+    out.push_str(d.get(n - last..).unwrap_or(""));
+    out
+}
+
+/// Shortest and longest card numbers looked for in free text (ISO/IEC 7812 numbers of 13 to
+/// 19 digits).
+const PAN_MIN: usize = 13;
+const PAN_MAX: usize = 19;
+
+/// The spans (byte ranges) of `s` that hold a card number: a run of 13 to 19 digits that
+/// passes the Luhn check, the digits possibly separated by single spaces, dashes, dots or
+/// slashes ("4111 1111-1111 1111"). Within a longer run of digits every window of 13 to 19
+/// digits is checked, so a card number glued to other digits is found too.
+pub fn card_number_spans(s: &str) -> Vec<std::ops::Range<usize>> {
+    let b = s.as_bytes();
+    let mut spans = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if !b[i].is_ascii_digit() {
+            i += 1;
+            continue;
+        }
+        // One run: digits, with single separators between them.
+        let mut digits: Vec<usize> = Vec::new();
+        let mut j = i;
+        while j < b.len() {
+            if b[j].is_ascii_digit() {
+                digits.push(j);
+                j += 1;
+            } else if matches!(b[j], b' ' | b'-' | b'.' | b'/' | b'\t')
+                && b.get(j + 1).is_some_and(u8::is_ascii_digit)
+            {
+                j += 1;
+            } else {
+                break;
+            }
+        }
+        if digits.len() >= PAN_MIN {
+            let values: Vec<u8> = digits.iter().map(|&k| b[k] - b'0').collect();
+            let mut start_hidden: Option<usize> = None;
+            let mut end_hidden = 0usize;
+            for len in PAN_MIN..=PAN_MAX.min(values.len()) {
+                for start in 0..=values.len() - len {
+                    if luhn_digits(&values[start..start + len]) {
+                        start_hidden = Some(start_hidden.map_or(start, |h| h.min(start)));
+                        end_hidden = end_hidden.max(start + len);
+                    }
+                }
+            }
+            if let Some(first) = start_hidden {
+                spans.push(digits[first]..digits[end_hidden - 1] + 1);
+            }
+        }
+        i = j;
+    }
+    spans
+}
+
+fn luhn_digits(d: &[u8]) -> bool {
+    let mut sum = 0u32;
+    for (i, &v) in d.iter().rev().enumerate() {
+        let mut v = u32::from(v);
+        if i % 2 == 1 {
+            v *= 2;
+            if v > 9 {
+                v -= 9;
+            }
+        }
+        sum += v;
+    }
+    sum.is_multiple_of(10)
+}
+
+/// Whether `s` holds a card number anywhere (see [`card_number_spans`]) or data shaped like a
+/// magnetic stripe's track (`;PAN=YYMM...`, `%BPAN^NAME^YYMM...`).
+pub fn holds_card_data(s: &str) -> bool {
+    !card_number_spans(s).is_empty() || looks_like_track(s)
+}
+
+/// Track 1 (`%B` + digits + `^`) or track 2 (12+ digits, `=` or `D`, 4+ digits) shaped data.
+fn looks_like_track(s: &str) -> bool {
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i].is_ascii_digit() {
+            let start = i;
+            while i < b.len() && b[i].is_ascii_digit() {
+                i += 1;
+            }
+            let run = i - start;
+            if run >= 12 && i < b.len() {
+                let sep = b[i];
+                let after = b[i + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
+                if (sep == b'=' || sep == b'D' || sep == b'd') && after >= 4 {
+                    return true;
+                }
+                if sep == b'^' && start >= 1 && matches!(b[start - 1], b'B' | b'b') {
+                    return true;
+                }
+            }
+        } else {
+            i += 1;
+        }
+    }
+    false
+}
+
+/// `s` with every card number (see [`card_number_spans`]) replaced by `[card number
+/// removed]`: the one sanitizer every error message, log line and metric label passes
+/// through at the edge.
+pub fn redact(s: &str) -> std::borrow::Cow<'_, str> {
+    let spans = card_number_spans(s);
+    if spans.is_empty() && !looks_like_track(s) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    if spans.is_empty() {
+        return std::borrow::Cow::Owned("[card data removed]".to_string());
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut at = 0;
+    for r in spans {
+        out.push_str(&s[at..r.start]);
+        out.push_str("[card number removed]");
+        at = r.end;
+    }
+    out.push_str(&s[at..]);
+    if looks_like_track(&out) {
+        return std::borrow::Cow::Owned("[card data removed]".to_string());
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// A tokenization key with the HMAC-SHA-256 it keys.
@@ -127,6 +268,18 @@ impl Tokenizer {
         out.push_str(TOKEN_PREFIX);
         push_hex(&mut out, &tag[..16]);
         out
+    }
+
+    /// HMAC-SHA-256 of `bytes` under the tokenization key, as hex: a fingerprint of data that
+    /// may hold personal fields (e.g. a request, to recognise a retry) which reveals nothing
+    /// without the key. Domain-separated from card tokens.
+    pub fn fingerprint(&self, bytes: &[u8]) -> String {
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.key) else {
+            unreachable!("HMAC accepts keys of any length")
+        };
+        mac.update(b"fingerprint\0");
+        mac.update(bytes);
+        hex(&mac.finalize().into_bytes())
     }
 
     /// Token and mask of a card; the raw number is dropped (and wiped) by the caller.
@@ -196,6 +349,58 @@ mod tests {
             assert_eq!(quoted(card), "(value not shown)");
         }
         assert_eq!(quoted("12345678901"), "`12345678901`");
+    }
+
+    #[test]
+    fn masks_hide_at_least_six_digits() {
+        let m = |d: &str| mask_digits(d);
+        assert_eq!(m("4111111111111111"), "411111******1111");
+        assert_eq!(m("675971123403340"), "67597******3340");
+        assert_eq!(m("675971113340"), "67******3340");
+        assert_eq!(m("6759711233405"), "675******3405");
+        assert_eq!(m("4111111111111111111"), "411111*********1111");
+        for n in 12..=19 {
+            let d: String = "1234567890123456789".chars().take(n).collect();
+            let masked = m(&d);
+            let hidden = masked.chars().filter(|&c| c == '*').count();
+            assert!(hidden >= 6, "{masked}");
+            assert!(n - hidden <= 10, "{masked}");
+            assert_eq!(masked.len(), n);
+        }
+        assert_eq!(
+            CardNumber::parse("6759 7111 3344").map(|c| c.mask()),
+            Ok("67******3344".into())
+        );
+    }
+
+    #[test]
+    fn card_numbers_are_found_in_any_spacing_and_removed() {
+        for text in [
+            "4556405440559871",
+            "invalid type: integer `4556405440559871`, expected a string",
+            "unknown field `4556-4054-4055-9871`",
+            "id 4556 4054 4055 9871 here",
+            "x4556.4054.4055.9871y",
+            "99994556405440559871000",
+            "378282246310005",
+        ] {
+            assert!(holds_card_data(text), "{text}");
+            let clean = redact(text);
+            assert!(!clean.contains("4556"), "{clean}");
+            assert!(!holds_card_data(&clean), "{clean}");
+        }
+        assert!(holds_card_data(";4556405440559872=25121010000000000000?"));
+        assert!(holds_card_data("%B4556405440559872^DOE/JOHN^2512101"));
+        for text in [
+            "order 12345",
+            "1234567890",
+            "2024-05-01T10:00:00Z",
+            "4556405440559872",
+            "t-1-2-3",
+        ] {
+            assert!(!holds_card_data(text), "{text}");
+            assert_eq!(redact(text), text);
+        }
     }
 
     #[test]

@@ -21,12 +21,34 @@ pub struct TransactionError {
     pub field: String,
     /// What is wrong.
     pub message: String,
+    /// The body is not well-formed (not JSON, not an object, a name given twice): a
+    /// malformed request (HTTP 400) rather than an invalid value (422).
+    pub malformed: bool,
 }
 
 fn bad(field: &str, message: impl Into<String>) -> TransactionError {
     TransactionError {
         field: field.to_string(),
         message: message.into(),
+        malformed: field == "body",
+    }
+}
+
+/// The error for a value that holds a card number (or card track data) in a field other
+/// than `card_number`: the field is named, the value never.
+fn card_data_in(field: &str) -> TransactionError {
+    bad(
+        field,
+        "holds what looks like a card number or card track data; a card number is accepted only in `card_number`, where it is tokenized, never stored",
+    )
+}
+
+/// Refuses a value that holds card data (see [`crate::pii::holds_card_data`]) in `field`.
+pub fn refuse_card_data(field: &str, value: &str) -> Result<(), TransactionError> {
+    if crate::pii::holds_card_data(value) {
+        Err(card_data_in(field))
+    } else {
+        Ok(())
     }
 }
 
@@ -322,8 +344,8 @@ pub struct RawTransaction {
     pub amount: Option<Decimal>,
     /// ISO 4217 code.
     pub currency: Option<String>,
-    /// Raw card number (tokenized at once).
-    pub card_number: Option<String>,
+    /// Raw card number (tokenized at once; wiped from memory when dropped).
+    pub card_number: Option<zeroize::Zeroizing<String>>,
     /// Card token, when the caller tokenized already.
     pub card_token: Option<String>,
     /// Customer id.
@@ -431,6 +453,7 @@ fn id(field: &str, v: Option<String>) -> Result<Option<String>, TransactionError
             if s.chars().any(char::is_control) {
                 return Err(bad(field, "contains control characters"));
             }
+            refuse_card_data(field, &s)?;
             Ok(Some(s))
         }
     }
@@ -529,6 +552,7 @@ impl Transaction {
         let email = match raw.email {
             None => None,
             Some(e) => {
+                refuse_card_data("email", &e)?;
                 let e = e.trim().to_lowercase();
                 let valid = e.len() <= 254
                     && e.split_once('@')
@@ -596,8 +620,27 @@ impl Transaction {
         if let Ok(raw) = serde_json::from_slice::<RawTransaction>(body) {
             return Self::from_raw(raw, tokenizer);
         }
-        let value: serde_json::Value = serde_json::from_slice(body)
+        let mut value: serde_json::Value = serde_json::from_slice(body)
             .map_err(|e| bad("body", format!("is not valid JSON: {}", json_error(&e))))?;
+        let checked = Self::from_value(&value, body, tokenizer);
+        wipe(&mut value);
+        checked
+    }
+
+    /// The slow path of [`Transaction::from_json`]: `value` is `body` parsed.
+    fn from_value(
+        value: &serde_json::Value,
+        body: &[u8],
+        tokenizer: &Tokenizer,
+    ) -> Result<Self, TransactionError> {
+        if let Some(path) = crate::json::duplicate_name(body) {
+            let mut e = bad(
+                &crate::pii::redact(&path),
+                "is given twice in the same object; each name may appear once",
+            );
+            e.malformed = true;
+            return Err(e);
+        }
         let obj = value
             .as_object()
             .ok_or_else(|| bad("body", "must be a JSON object"))?;
@@ -610,12 +653,29 @@ impl Transaction {
                 ));
             }
         }
-        let raw: RawTransaction = serde_json::from_value(value).map_err(|e| {
+        let raw = RawTransaction::deserialize(value).map_err(|e| {
             // serde names the field in its message ("unknown field `x`", "missing field");
             // a quoted value ("invalid type: string \"...\"") could be a card number: hidden.
             bad("body", without_quoted_values(&e.to_string()))
         })?;
         Self::from_raw(raw, tokenizer)
+    }
+}
+
+/// Overwrites every string of `v` (a parsed body may hold a card number) before it is freed.
+pub fn wipe(v: &mut serde_json::Value) {
+    use zeroize::Zeroize;
+    match v {
+        serde_json::Value::String(s) => s.zeroize(),
+        serde_json::Value::Array(a) => a.iter_mut().for_each(wipe),
+        serde_json::Value::Object(o) => {
+            let values = std::mem::take(o);
+            for (mut k, mut x) in values {
+                k.zeroize();
+                wipe(&mut x);
+            }
+        }
+        _ => {}
     }
 }
 
@@ -629,7 +689,7 @@ fn without_quoted_values(msg: &str) -> String {
             out.push_str("\"(value not shown)\"");
         }
     }
-    out.chars().take(200).collect()
+    crate::pii::redact(&out).chars().take(200).collect()
 }
 
 /// A JSON syntax error without the input text (which could hold a card number).

@@ -24,7 +24,8 @@ fn main() {
         if broken_pipe {
             return;
         }
-        eprintln!("error: {e:#}");
+        // The last sanitizer: no card number reaches the terminal or a log collector.
+        eprintln!("error: {}", fraud_core::pii::redact(&format!("{e:#}")));
         std::process::exit(1);
     }
 }

@@ -182,8 +182,16 @@ fn crash_rounds(config: &str) -> tempfile::TempDir {
                 })
             })
             .collect();
+        // Killed under load once this round has answered enough (the event the checks
+        // below need, however slow the machine), then at a random moment a little later.
+        let want = 25 * (round as usize + 1);
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while acked.lock().unwrap().len() < want {
+            assert!(Instant::now() < deadline, "round {round}: too little load");
+            std::thread::sleep(Duration::from_millis(10));
+        }
         seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-        std::thread::sleep(Duration::from_millis(300 + (seed >> 33) % 700));
+        std::thread::sleep(Duration::from_millis((seed >> 33) % 300));
         server.kill().unwrap(); // SIGKILL, mid-load
         server.wait().unwrap();
         stop.store(true, Ordering::Relaxed);
@@ -312,6 +320,10 @@ fn sigkill_during_model_reloads_keeps_a_valid_model() {
     let mut versions = std::collections::HashSet::new();
     for round in 0..3u32 {
         let stop = Arc::new(AtomicBool::new(false));
+        // Each acknowledged upload is announced, so the kill waits for uploads to have gone
+        // through (a debug build on a loaded machine takes seconds for one), never a fixed
+        // time.
+        let (acked, uploads) = std::sync::mpsc::channel::<()>();
         let uploader = {
             let (stop, key, models) = (stop.clone(), key.clone(), models.clone());
             std::thread::spawn(move || {
@@ -327,13 +339,20 @@ fn sigkill_during_model_reloads_keeps_a_valid_model() {
                     ) {
                         let v: serde_json::Value = serde_json::from_str(&b).unwrap();
                         done.push((role, v["model_version"].as_str().unwrap().to_string()));
+                        let _ = acked.send(());
                     }
                     i += 1;
                 }
                 done
             })
         };
-        std::thread::sleep(Duration::from_millis(700 + 300 * u64::from(round)));
+        // Killed after 1, 2, then 3 acknowledged uploads of this round, while the next one
+        // is being sent or installed.
+        for _ in 0..=round {
+            uploads
+                .recv_timeout(Duration::from_secs(300))
+                .expect("no upload went through in 300 s");
+        }
         server.kill().unwrap();
         server.wait().unwrap();
         stop.store(true, Ordering::Relaxed);

@@ -122,7 +122,8 @@ fn snapshot_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("snapshot-{seq:010}.bin"))
 }
 
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+/// Flushes a directory's entries (a rename or a new file in it) to disk.
+pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
@@ -407,13 +408,30 @@ pub(crate) fn state_bytes(
     Ok(out)
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file, fsync, rename, fsync of the
+/// Creates (or truncates) `path` for writing, readable and writable by the owner only (0600
+/// on Unix, whatever the umask).
+pub fn create_private(path: &Path) -> std::io::Result<File> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        opts.mode(0o600);
+        let f = opts.open(path)?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        Ok(f)
+    }
+    #[cfg(not(unix))]
+    opts.open(path)
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file (0600), fsync, rename, fsync of the
 /// directory; a crash leaves the previous file whole.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp).map_err(io(&tmp))?;
+    let mut f = create_private(&tmp).map_err(io(&tmp))?;
     f.write_all(bytes).map_err(io(&tmp))?;
     f.sync_all().map_err(io(&tmp))?;
     drop(f);

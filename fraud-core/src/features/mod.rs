@@ -789,7 +789,7 @@ mod tests {
             ),
             amount: Some(Decimal::Text(amount.into())),
             currency: Some("EUR".into()),
-            card_number: Some(card.into()),
+            card_number: Some(card.to_string().into()),
             customer_id: Some(customer.into()),
             ..Default::default()
         };

@@ -99,16 +99,25 @@ fn lockstep_depth(leaves: &[(u32, f64)], (penalty, step): (f64, f64)) -> u32 {
             0.5f64.powi(d as i32)
         }
     };
+    // Leaf weight by depth, then suffix sums: the cost of every lock-step depth in one pass
+    // over the depths (not depths x leaves, which a deep chain-shaped tree makes huge).
+    let mut by_depth = vec![0.0f64; max as usize + 1];
+    for &l in leaves {
+        by_depth[l.0 as usize] += weight(l);
+    }
+    // For `lock`: the weight of leaves deeper than it, and their weighted depth.
+    let (mut w_deeper, mut wd_deeper) = (0.0f64, 0.0f64);
+    let mut costs = vec![0.0f64; max as usize + 1];
+    for lock in (0..=max).rev() {
+        costs[lock as usize] =
+            lock as f64 + w_deeper * (penalty - step * lock as f64) + step * wd_deeper;
+        w_deeper += by_depth[lock as usize];
+        wd_deeper += by_depth[lock as usize] * lock as f64;
+    }
     let mut best = (f64::INFINITY, max);
-    for lock in 0..=max {
-        let cost = lock as f64
-            + leaves
-                .iter()
-                .filter(|l| l.0 > lock)
-                .map(|&l| weight(l) * (penalty + step * (l.0 - lock) as f64))
-                .sum::<f64>();
+    for (lock, &cost) in costs.iter().enumerate() {
         if cost < best.0 {
-            best = (cost, lock);
+            best = (cost, lock as u32);
         }
     }
     best.1

@@ -340,7 +340,86 @@ impl Tree {
     }
 }
 
+/// What one model may cost, checked before a model is compiled or explained where models
+/// come from outside (an import, an upload): prediction walks at most `max_tree_depth` steps
+/// a tree, and TreeSHAP keeps `(d + 1)(d + 2) / 2` path elements for a tree of depth `d`
+/// (about 1 MiB at the default depth of 256), so these bound the time and memory of every
+/// request. The defaults hold every model XGBoost and LightGBM train with their own limits
+/// (XGBoost's `max_depth` up to 20 with full trees, LightGBM's `num_leaves` up to 131,072).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelLimits {
+    /// Deepest leaf of any tree (root alone: 0).
+    pub max_tree_depth: usize,
+    /// Nodes (splits and leaves) of one tree.
+    pub max_tree_nodes: usize,
+    /// Nodes of all trees together.
+    pub max_model_nodes: usize,
+}
+
+impl Default for ModelLimits {
+    fn default() -> Self {
+        ModelLimits {
+            max_tree_depth: 256,
+            max_tree_nodes: 1 << 22,
+            max_model_nodes: 1 << 26,
+        }
+    }
+}
+
 impl Ensemble {
+    /// Checks the model against `limits`; the error names the limit exceeded. Linear in the
+    /// number of nodes, without recursion (a tree may be a chain 100,000 deep).
+    pub fn check_limits(&self, limits: &ModelLimits) -> Result<(), ModelError> {
+        let mut total = 0usize;
+        for (t, tree) in self.trees.iter().enumerate() {
+            let n = tree.nodes.len();
+            if n > limits.max_tree_nodes {
+                return Err(ModelError::TooLarge {
+                    limit: "limits.max_tree_nodes",
+                    max: limits.max_tree_nodes,
+                    what: format!("the node count of tree {t}"),
+                    found: n,
+                });
+            }
+            total = total.saturating_add(n);
+            if total > limits.max_model_nodes {
+                return Err(ModelError::TooLarge {
+                    limit: "limits.max_model_nodes",
+                    max: limits.max_model_nodes,
+                    what: format!("the node count of trees 0 to {t}"),
+                    found: total,
+                });
+            }
+            // Depth by an explicit stack; a node reached twice (not a tree) stops the walk,
+            // which `validate` reports.
+            let mut depth = vec![usize::MAX; n];
+            let mut stack = vec![(0usize, 0usize)];
+            while let Some((i, d)) = stack.pop() {
+                let Some(slot) = depth.get_mut(i) else {
+                    continue;
+                };
+                if *slot != usize::MAX {
+                    continue;
+                }
+                *slot = d;
+                if d > limits.max_tree_depth {
+                    return Err(ModelError::TooLarge {
+                        limit: "limits.max_tree_depth",
+                        max: limits.max_tree_depth,
+                        what: format!("the depth of tree {t}"),
+                        found: d,
+                    });
+                }
+                if let Node::Split(s) = &tree.nodes[i] {
+                    stack.push((s.left as usize, d + 1));
+                    stack.push((s.right as usize, d + 1));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Number of input features.
     pub fn num_features(&self) -> usize {
         self.features.len()

@@ -243,6 +243,7 @@ pub fn import_str(text: &str) -> Result<Artifact, ImportError> {
         linear: None,
     };
     ensemble.validate()?;
+    ensemble.check_limits(&super::ModelLimits::default())?;
     let version = header.get("version").map_or("unknown", |(v, _)| v);
     let mut artifact = Artifact::new(ensemble, format!("lightgbm {version}"));
     artifact.metadata.attributes = trailer_attributes(&trailer);

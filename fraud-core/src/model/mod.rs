@@ -18,7 +18,7 @@ pub use artifact::{
 pub use compiled::CompiledModel;
 pub use ensemble::{
     Accumulation, CategoryCast, CategorySplit, Ensemble, EnsembleStats, Feature, FeatureKind,
-    LinearTerm, Missing, Node, Objective, Split, Test, Tree,
+    LinearTerm, Missing, ModelLimits, Node, Objective, Split, Test, Tree,
 };
 pub use shap::Explainer;
 
@@ -34,6 +34,18 @@ pub enum ModelError {
         /// Features of the model.
         expected: usize,
         /// Values in the row.
+        found: usize,
+    },
+    /// The model is larger than a limit allows (see [`ModelLimits`]).
+    #[error("model exceeds {limit} = {max}: {what} is {found}")]
+    TooLarge {
+        /// The limit's setting name (`limits.max_tree_depth`, ...).
+        limit: &'static str,
+        /// Its value.
+        max: usize,
+        /// What exceeds it (`tree 0 depth`, ...).
+        what: String,
+        /// The model's figure.
         found: usize,
     },
     /// A batch buffer does not hold `rows * features` values.

@@ -342,6 +342,7 @@ fn convert(learner: Learner) -> Result<(Ensemble, BTreeMap<String, String>), Imp
         linear: None,
     };
     ensemble.validate()?;
+    ensemble.check_limits(&super::ModelLimits::default())?;
     let attributes = learner
         .attributes
         .into_iter()

@@ -38,7 +38,7 @@ pub fn history(events: &[Ev]) -> Vec<Transaction> {
                     cents % 100
                 ))),
                 currency: Some("EUR".into()),
-                card_number: Some(CARDS[card].into()),
+                card_number: Some(CARDS[card].to_string().into()),
                 customer_id: Some(format!("c{}", card % 2)),
                 device_id: (device < 3).then(|| format!("d{device}")),
                 terminal_id: Some(format!("term{terminal}")),

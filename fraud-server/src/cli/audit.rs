@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use crate::server::decisions::{log_dir, verify_dir};
+use crate::server::heads::{self, HeadSigner, HeadVerifier};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -16,11 +17,28 @@ pub enum Command {
         /// A head hash published earlier (`fraud audit head`).
         #[arg(long)]
         head: Option<String>,
+        /// The Ed25519 public key of the service's `audit_signing_key_file` (64 hex digits,
+        /// or a file holding them): every signed head in the log must verify with it and
+        /// match the chain, and at least one must be there. Without the signing key nobody
+        /// can rewrite the records up to the last signed head.
+        #[arg(long)]
+        public_key: Option<String>,
     },
-    /// Print the current head: the number of records and the hash of the last one.
+    /// Print the current head: the number of records and the hash of the last one (with
+    /// --signing-key, a signature of it to publish).
     Head {
         /// The log directory or the data directory.
         dir: PathBuf,
+        /// Signs the head with this Ed25519 key file (the service's audit_signing_key_file).
+        #[arg(long)]
+        signing_key: Option<PathBuf>,
+    },
+    /// Make an Ed25519 signing key for the decision log's heads (mode 0600) and print its
+    /// public key. Keep the file outside the data directory.
+    Keygen {
+        /// Where to write the key (refused if it exists).
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Who read which decision records (and the other admin actions), from the log.
     Access {
@@ -44,17 +62,59 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     match a.command {
-        Command::Verify { dir, head } => {
+        Command::Verify {
+            dir,
+            head,
+            public_key,
+        } => {
             let mut seen_head = head.is_none();
             let mut records = 0u64;
             let want = head.as_deref().map(str::trim).unwrap_or("");
-            let scan = verify_dir(&dir, |pos, _| {
+            let verifier = public_key
+                .as_deref()
+                .map(HeadVerifier::parse)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--public-key: {e}"))?;
+            // (seq of the last good signed head, first bad signed head)
+            let mut signed: (u64, Option<String>) = (0, None);
+            let scan = verify_dir(&dir, |pos, rec| {
                 records += 1;
                 if !seen_head && pos.hash == want {
                     seen_head = true;
                 }
+                if let (Some(v), true) = (&verifier, rec.kind == heads::KIND) {
+                    if signed.1.is_some() {
+                        return;
+                    }
+                    let n = rec.data["records"].as_u64();
+                    let h = rec.data["head"].as_str().unwrap_or("");
+                    let sig = rec.data["signature"].as_str().unwrap_or("");
+                    if n != Some(rec.seq - 1) || h != rec.prev {
+                        signed.1 = Some(format!(
+                            "record {}: a signed head that does not match the chain before it",
+                            rec.seq
+                        ));
+                    } else if !v.verify(rec.seq - 1, h, sig) {
+                        signed.1 = Some(format!(
+                            "record {}: the signed head does not verify with public key {}",
+                            rec.seq,
+                            v.public_hex()
+                        ));
+                    } else {
+                        signed.0 = rec.seq;
+                    }
+                }
             })
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+            if let Some(bad) = signed.1 {
+                anyhow::bail!("{}: {bad}", log_dir(&dir).display());
+            }
+            if verifier.is_some() && signed.0 == 0 {
+                anyhow::bail!(
+                    "{}: no signed head verifies with this public key: the log cannot be shown to be the service's",
+                    log_dir(&dir).display()
+                );
+            }
             let place = log_dir(&dir);
             if scan.torn_bytes > 0 {
                 anyhow::bail!(
@@ -78,17 +138,52 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             } else {
                 String::new()
             };
+            let signed_note = if verifier.is_some() {
+                format!(
+                    "; signed through record {} ({} record(s) after the last signed head)",
+                    signed.0,
+                    scan.records.saturating_sub(signed.0)
+                )
+            } else {
+                String::new()
+            };
             super::emit(&format!(
-                "{}: intact, {} records in {} segment(s){kept}, head {}\n",
+                "{}: intact, {} records in {} segment(s){kept}, head {}{signed_note}\n",
                 place.display(),
                 records,
                 scan.files.len(),
                 scan.head
             ))
         }
-        Command::Head { dir } => {
+        Command::Head { dir, signing_key } => {
             let scan = verify_dir(&dir, |_, _| {}).map_err(|e| anyhow::anyhow!("{e}"))?;
-            super::emit(&format!("{} {}\n", scan.records, scan.head))
+            let mut out = format!("{} {}\n", scan.records, scan.head);
+            if let Some(p) = signing_key {
+                let signer =
+                    HeadSigner::from_file(&p).map_err(|e| anyhow::anyhow!("--signing-key: {e}"))?;
+                out.push_str(&format!(
+                    "signature {}\npublic-key {}\n",
+                    signer.sign(scan.records, &scan.head),
+                    signer.public_hex()
+                ));
+            }
+            super::emit(&out)
+        }
+        Command::Keygen { out } => {
+            if out.exists() {
+                anyhow::bail!("{} exists already; not overwritten", out.display());
+            }
+            let (signer, seed) = HeadSigner::generate().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut text = fraud_core::pii::hex(&seed);
+            text.push('\n');
+            let written = crate::server::keys::write_private(&out, text.as_bytes());
+            zeroize::Zeroize::zeroize(&mut text);
+            written.map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
+            super::emit(&format!(
+                "wrote {} (mode 0600; keep it outside the data directory)\npublic-key {}\n",
+                out.display(),
+                signer.public_hex()
+            ))
         }
         Command::Access {
             since,

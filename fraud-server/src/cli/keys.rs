@@ -79,13 +79,18 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             };
             let secret = keys::add_key(&path, &name, roles, expires)?;
             super::emit(&format!(
-                "created key `{name}` in {}\n{secret}\nstore it now: it is not kept and cannot be shown again\n",
-                path.display()
+                "created key `{name}` in {}\n{secret}\nstore it now: it is not kept and cannot be shown again\nrunning services using this keys file accept it within {} s\n",
+                path.display(),
+                keys::RELOAD_EVERY.as_secs().max(1) + 1
             ))
         }
         Command::Revoke { name } => {
             keys::revoke_key(&path, &name)?;
-            super::emit(&format!("revoked key `{name}` in {}\n", path.display()))
+            super::emit(&format!(
+                "revoked key `{name}` in {}\nrunning services using this keys file refuse it within {} s (they re-read the file when it changes; no restart needed)\n",
+                path.display(),
+                keys::RELOAD_EVERY.as_secs().max(1) + 1
+            ))
         }
         Command::List => {
             let records = keys::read_records(&path)?;

@@ -158,20 +158,12 @@ pub(crate) fn tokenizer(key_file: Option<&std::path::Path>) -> anyhow::Result<To
             .context("FRAUD_TOKENIZATION_KEY must be hexadecimal")?;
         return Tokenizer::new(&key).context("FRAUD_TOKENIZATION_KEY");
     }
-    // A one-off key: tokens stay inside this process.
-    use std::hash::{BuildHasher, Hasher};
-    let mut key = Vec::with_capacity(32);
-    for i in 0..4u64 {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(i);
-        h.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos()),
-        );
-        key.extend_from_slice(&h.finish().to_le_bytes());
-    }
-    Tokenizer::new(&key).context("tokenization key")
+    // A one-off key from the operating system's generator: tokens stay inside this process.
+    let mut key = zeroize::Zeroizing::new([0u8; 32]);
+    getrandom::fill(key.as_mut_slice()).map_err(|_| {
+        anyhow::anyhow!("no randomness from the operating system for a one-off tokenization key")
+    })?;
+    Tokenizer::new(key.as_slice()).context("tokenization key")
 }
 
 /// A command-line time: RFC 3339, or a day (`YYYY-MM-DD`, its midnight UTC). `flag` names

@@ -201,6 +201,26 @@ pub struct Limits {
     pub pin_workers: bool,
     /// Largest total size of a request's headers, bytes (beyond: 431).
     pub max_header_bytes: usize,
+    /// Deepest tree a model may have (uploads and configured models; 422 beyond).
+    pub max_tree_depth: usize,
+    /// Most nodes in one tree of a model.
+    pub max_tree_nodes: usize,
+    /// Most nodes in all the trees of a model.
+    pub max_model_nodes: usize,
+    /// Largest model upload, bytes (streamed to disk, never held whole in memory; 413
+    /// beyond).
+    pub max_model_bytes: u64,
+}
+
+impl Limits {
+    /// The model limits of these settings.
+    pub fn model(&self) -> fraud_core::model::ModelLimits {
+        fraud_core::model::ModelLimits {
+            max_tree_depth: self.max_tree_depth,
+            max_tree_nodes: self.max_tree_nodes,
+            max_model_nodes: self.max_model_nodes,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -214,6 +234,10 @@ impl Default for Limits {
             workers: 0,
             pin_workers: false,
             max_header_bytes: 16 * 1024,
+            max_tree_depth: fraud_core::model::ModelLimits::default().max_tree_depth,
+            max_tree_nodes: fraud_core::model::ModelLimits::default().max_tree_nodes,
+            max_model_nodes: fraud_core::model::ModelLimits::default().max_model_nodes,
+            max_model_bytes: 512 << 20,
         }
     }
 }
@@ -253,6 +277,12 @@ pub struct Config {
     /// Earlier tokenization keys (files), newest first: a card seen under one of them has its
     /// history moved to its token under the current key the next time its number arrives.
     pub previous_tokenization_key_files: Vec<PathBuf>,
+    /// Ed25519 key (a file outside the data directory) that signs the decision log's head
+    /// into the chain at start and every `audit_sign_interval_s` (see `fraud audit keygen`,
+    /// `fraud audit verify --public-key`). Required in production mode.
+    pub audit_signing_key_file: Option<PathBuf>,
+    /// Seconds between signed heads while records arrive.
+    pub audit_sign_interval_s: u64,
     /// Decision thresholds.
     pub thresholds: Thresholds,
     /// Rules, evaluated in order; the strictest action wins.
@@ -299,6 +329,8 @@ impl Default for Config {
             tokenization_key_file: None,
             previous_tokenization_key_files: Vec::new(),
             encryption_key_file: None,
+            audit_signing_key_file: None,
+            audit_sign_interval_s: 60,
             thresholds: Thresholds::default(),
             rules: Vec::new(),
             lists: Lists::default(),
@@ -343,6 +375,44 @@ fn toml_error(
         format!("{setting} ({place})")
     };
     bad(setting, inner.message().to_string())
+}
+
+/// A secret file for production: it exists, group and others cannot read or write it, and
+/// it is not inside the data directory (whoever takes a copy of the data must not get the
+/// keys with it).
+fn check_secret_file(name: &str, path: &Path, data_dir: &Path) -> Result<(), ConfigError> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| bad(name, format!("cannot read {}: {e}", path.display())))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(bad(
+                name,
+                format!(
+                    "{} can be read or written by group or others (mode {mode:o}); production mode needs it private: chmod 600 it",
+                    path.display()
+                ),
+            ));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = meta;
+    let inside = match (path.canonicalize(), data_dir.canonicalize()) {
+        (Ok(k), Ok(d)) => k.starts_with(d),
+        _ => false,
+    };
+    if inside {
+        return Err(bad(
+            name,
+            format!(
+                "{} is inside the data directory; production mode keeps keys apart from the data they protect",
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 impl Config {
@@ -394,6 +464,7 @@ impl Config {
             "FRAUD_KEYS_FILE" => self.keys_file = Some(PathBuf::from(v)),
             "FRAUD_TOKENIZATION_KEY_FILE" => self.tokenization_key_file = Some(PathBuf::from(v)),
             "FRAUD_ENCRYPTION_KEY_FILE" => self.encryption_key_file = Some(PathBuf::from(v)),
+            "FRAUD_AUDIT_SIGNING_KEY_FILE" => self.audit_signing_key_file = Some(PathBuf::from(v)),
             "FRAUD_REVIEW_THRESHOLD" => self.thresholds.review = num(key)?,
             "FRAUD_DECLINE_THRESHOLD" => self.thresholds.decline = num(key)?,
             "FRAUD_STATE_BACKEND" => self.state.backend = v.to_string(),
@@ -487,6 +558,24 @@ impl Config {
         if l.max_header_bytes < 1024 {
             return Err(bad("limits.max_header_bytes", "must be at least 1024"));
         }
+        if l.max_tree_depth == 0 || l.max_tree_depth > 4096 {
+            return Err(bad("limits.max_tree_depth", "must be between 1 and 4096"));
+        }
+        if l.max_tree_nodes == 0 || l.max_tree_nodes > 1 << 24 {
+            return Err(bad(
+                "limits.max_tree_nodes",
+                "must be between 1 and 16,777,216",
+            ));
+        }
+        if l.max_model_nodes < l.max_tree_nodes {
+            return Err(bad(
+                "limits.max_model_nodes",
+                "must be at least limits.max_tree_nodes",
+            ));
+        }
+        if l.max_model_bytes < 1024 {
+            return Err(bad("limits.max_model_bytes", "must be at least 1024"));
+        }
         if l.max_in_flight == 0 {
             return Err(bad("limits.max_in_flight", "must be at least 1"));
         }
@@ -527,6 +616,44 @@ impl Config {
                     "production mode needs a tokenization key: a file, or FRAUD_TOKENIZATION_KEY",
                 ));
             }
+            if self.audit_signing_key_file.is_none() {
+                return Err(bad(
+                    "audit_signing_key_file",
+                    "production mode signs the decision log's head: make a key outside the data directory with `fraud audit keygen --out FILE`",
+                ));
+            }
+            // Every secret: readable by its owner only, and apart from the data it protects.
+            let mut secrets: Vec<(String, &Path)> = vec![
+                (
+                    "keys_file".into(),
+                    self.keys_file.as_deref().unwrap_or(Path::new("")),
+                ),
+                (
+                    "encryption_key_file".into(),
+                    self.encryption_key_file.as_deref().unwrap_or(Path::new("")),
+                ),
+                (
+                    "audit_signing_key_file".into(),
+                    self.audit_signing_key_file
+                        .as_deref()
+                        .unwrap_or(Path::new("")),
+                ),
+            ];
+            if let Some(p) = &self.tokenization_key_file {
+                secrets.push(("tokenization_key_file".into(), p));
+            }
+            for (i, p) in self.previous_tokenization_key_files.iter().enumerate() {
+                secrets.push((format!("previous_tokenization_key_files[{i}]"), p));
+            }
+            if let Some(t) = &self.tls {
+                secrets.push(("tls.key".into(), &t.key));
+            }
+            for (name, path) in secrets {
+                check_secret_file(&name, path, &self.data_dir)?;
+            }
+        }
+        if self.audit_sign_interval_s == 0 {
+            return Err(bad("audit_sign_interval_s", "must be at least 1"));
         }
         let w = &self.insider;
         if w.window_s.is_nan()

@@ -207,13 +207,15 @@ pub struct DecisionLog {
     sync: bool,
     segment_bytes: u64,
     vault: Option<std::sync::Arc<super::vault::Vault>>,
+    /// Seq of the last signed head written by this process (0: none yet).
+    signed_through: AtomicU64,
 }
 
 /// The open segment's file name.
 pub const ACTIVE: &str = "decisions.log";
 
 /// Kinds whose data is never sealed (they hold nothing personal and verification reads them).
-const CLEAR_KINDS: &[&str] = &["retention"];
+const CLEAR_KINDS: &[&str] = &["retention", "recovery", super::heads::KIND];
 
 fn segment_name(first: u64) -> String {
     format!("decisions-{first:020}.log")
@@ -634,9 +636,28 @@ impl DecisionLog {
             });
         }
         chain.check_start(&path)?;
+        let mut torn = None;
         if good < active_len {
+            // Kept aside (private) for forensics, then cut off; the recovery is recorded in
+            // the chain below.
+            let mut dropped = vec![0u8; active_len - good];
+            {
+                use std::io::{Seek, SeekFrom};
+                file.seek(SeekFrom::Start(good as u64)).map_err(io(&path))?;
+                file.read_exact(&mut dropped).map_err(io(&path))?;
+            }
+            let aside = dir.join(format!("torn-{:020}.bin", chain.seq + 1));
+            fraud_core::features::durable::write_atomic(&aside, &dropped)
+                .map_err(|e| io(&aside)(std::io::Error::other(e.to_string())))?;
             file.set_len(good as u64).map_err(io(&path))?;
             file.sync_all().map_err(io(&path))?;
+            torn = Some(serde_json::json!({
+                "reason": "the last record of the open segment was cut short (a crash or a full disk mid-write); its bytes were removed from the log at start",
+                "after_seq": chain.seq,
+                "dropped_bytes": dropped.len(),
+                "dropped_sha256": fraud_core::pii::hex(&Sha256::digest(&dropped)),
+                "kept_as": aside.file_name().map(|n| n.to_string_lossy().to_string()),
+            }));
         }
         let active_first = active_found.unwrap_or(chain.seq + 1);
         readers.insert(
@@ -644,7 +665,7 @@ impl DecisionLog {
             std::sync::Arc::new(File::open(&path).map_err(io(&path))?),
         );
         let sync_file = file.try_clone().map_err(io(&path))?;
-        Ok(DecisionLog {
+        let log = DecisionLog {
             inner: Mutex::new(Inner {
                 file,
                 len: good as u64,
@@ -667,7 +688,18 @@ impl DecisionLog {
             sealer,
             segment_bytes: segment_bytes.max(1),
             vault,
-        })
+            signed_through: AtomicU64::new(0),
+        };
+        if let Some(what) = torn {
+            let seq = log.append("recovery", "system", &what)?;
+            eprintln!(
+                "warning: decision log {}: a record cut short after record {} ({} bytes) was removed; recorded as record {seq}",
+                log.path.display(),
+                what["after_seq"],
+                what["dropped_bytes"]
+            );
+        }
+        Ok(log)
     }
 
     fn io(&self, source: std::io::Error) -> LogError {
@@ -765,6 +797,54 @@ impl DecisionLog {
         id: Option<String>,
         used: super::vault::Used,
     ) -> Result<u64, LogError> {
+        self.write_with(kind, key, |_, _| Ok(data), id, used)
+            .map(|w| w.unwrap_or_default())
+    }
+
+    /// Appends a signed head: the record count and head hash before it, signed with
+    /// `signer` (read and written under the log's lock, so nothing comes between). Nothing
+    /// is written when no record came since the last signed head; returns its seq otherwise.
+    pub fn append_signed_head(
+        &self,
+        signer: &super::heads::HeadSigner,
+    ) -> Result<Option<u64>, LogError> {
+        self.write_with(
+            super::heads::KIND,
+            "system",
+            |seq, prev| {
+                let records = seq - 1;
+                let last = self.signed_through.load(Ordering::Acquire);
+                if records == last && last > 0 {
+                    return Err(None);
+                }
+                let data = serde_json::json!({
+                    "records": records,
+                    "head": prev,
+                    "public_key": signer.public_hex(),
+                    "signature": signer.sign(records, prev),
+                });
+                serde_json::to_vec(&data).map_err(|e| Some(self.io(std::io::Error::other(e))))
+            },
+            None,
+            Default::default(),
+        )
+        .inspect(|w| {
+            if let Some(seq) = w {
+                self.signed_through.store(*seq, Ordering::Release);
+            }
+        })
+    }
+
+    /// Writes a record whose data `make` builds from its seq and the previous hash, under
+    /// the log's lock (`Err(None)` from `make`: nothing to write).
+    fn write_with(
+        &self,
+        kind: &str,
+        key: &str,
+        make: impl FnOnce(u64, &str) -> Result<Vec<u8>, Option<LogError>>,
+        id: Option<String>,
+        used: super::vault::Used,
+    ) -> Result<Option<u64>, LogError> {
         let at = now_rfc3339();
         let (seq, place) = {
             let mut g = self
@@ -775,6 +855,11 @@ impl DecisionLog {
                 self.rotate(&mut g)?;
             }
             let seq = g.seq + 1;
+            let data = match make(seq, &g.last_hash) {
+                Ok(d) => d,
+                Err(None) => return Ok(None),
+                Err(Some(e)) => return Err(e),
+            };
             let sealed = match &self.sealer {
                 Some(sl) if !CLEAR_KINDS.contains(&kind) => Some(
                     sl.seal_text(&data, &seq.to_le_bytes())
@@ -829,7 +914,7 @@ impl DecisionLog {
         if self.sync {
             self.sync_to(seq)?;
         }
-        Ok(seq)
+        Ok(Some(seq))
     }
 
     /// Group commit: one fsync covers every record written before it started.

@@ -35,9 +35,18 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
-    /// Checks that `extractor` produces every feature of the model, compiles it and prepares
-    /// its explainer.
-    pub fn new(artifact: &Artifact, extractor: &Extractor, origin: &str) -> Result<Self, String> {
+    /// Checks the model against `limits` (its cost per request) and that `extractor`
+    /// produces every feature of it, compiles it and prepares its explainer.
+    pub fn new(
+        artifact: &Artifact,
+        extractor: &Extractor,
+        origin: &str,
+        limits: &fraud_core::model::ModelLimits,
+    ) -> Result<Self, String> {
+        artifact
+            .ensemble
+            .check_limits(limits)
+            .map_err(|e| e.to_string())?;
         let names: Vec<String> = artifact
             .ensemble
             .feature_names()
@@ -603,11 +612,28 @@ impl Engine {
             engine: self,
             id: &tx.transaction_id,
         };
+        let request = serde_json::to_vec(&tx)
+            .map(|b| self.tokenizer.fingerprint(&b))
+            .map_err(|e| Problem::internal(format!("request: {e}")))?;
         if let Some(rec) = self
             .log
             .decision(&tx.transaction_id)
             .map_err(Problem::from_log)?
         {
+            // A transaction id is an idempotency key scoped to the API key that used it: the
+            // same key with the same body gets the recorded answer; anything else learns
+            // nothing of it.
+            let same_request = rec
+                .data
+                .get("request")
+                .and_then(Value::as_str)
+                .is_none_or(|r| r == request);
+            if rec.key != caller || !same_request {
+                return Err(Problem::conflict(format!(
+                    "transaction id `{}` was used already by another request; a transaction id identifies one transaction (retries must send the same body with the same API key)",
+                    tx.transaction_id
+                )));
+            }
             let mut answer = rec.data.get("response").cloned().unwrap_or(Value::Null);
             answer["replayed"] = json!(true);
             return Ok(answer.to_string());
@@ -715,6 +741,7 @@ impl Engine {
                         names: self.extractor.names(),
                         values: &features,
                     },
+                    request: &request,
                 },
                 Some(tx.transaction_id.clone()),
                 used,
@@ -795,20 +822,25 @@ impl Engine {
         Ok(Labelled::Applied)
     }
 
-    /// Makes `model` active or the shadow (`None` removes the shadow).
+    /// Makes `model` active or the shadow (`None` removes the shadow). `staged` is the
+    /// uploaded artifact's file, written and fsynced under the models directory: it is
+    /// renamed to `<version>.fgb` there before the record that names it, so a restart always
+    /// finds the model the log says is in use.
     pub fn install(
         &self,
         model: Option<LoadedModel>,
-        bytes: Option<&[u8]>,
+        staged: Option<&std::path::Path>,
         shadow: bool,
         caller: &str,
     ) -> Result<(), Problem> {
-        // The artifact is on disk (written, fsynced, renamed) before the record that names it,
-        // so a restart always finds the model the log says is in use.
-        let file = match (&model, bytes, &self.models_dir) {
-            (Some(m), Some(b), Some(dir)) => {
+        let file = match (&model, staged, &self.models_dir) {
+            (Some(m), Some(from), Some(dir)) => {
                 let name = format!("{}.fgb", m.version);
-                fraud_core::features::durable::write_atomic(&dir.join(&name), b)
+                std::fs::rename(from, dir.join(&name))
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| {
+                        fraud_core::features::durable::sync_dir(dir).map_err(|e| e.to_string())
+                    })
                     .map_err(|e| Problem::unavailable(format!("cannot store the model: {e}")))?;
                 Some(format!("models/{name}"))
             }

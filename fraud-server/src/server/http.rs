@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use super::engine::{Engine, LoadedModel};
-use super::keys::{Caller, Keys, Role};
+use super::keys::{Caller, LiveKeys, Role};
 use super::problem::Problem;
 
 /// Per-key token bucket.
@@ -25,8 +25,8 @@ struct Bucket {
 pub struct AppState {
     /// The scoring engine.
     pub engine: Arc<Engine>,
-    /// API keys.
-    pub keys: Keys,
+    /// API keys (re-read when their file changes).
+    pub keys: Arc<LiveKeys>,
     /// Requests being processed.
     in_flight: AtomicUsize,
     buckets: Mutex<HashMap<String, Bucket>>,
@@ -41,7 +41,7 @@ impl AppState {
     /// The state of a service.
     pub fn new(
         engine: Arc<Engine>,
-        keys: Keys,
+        keys: Arc<LiveKeys>,
         limits: super::config::Limits,
         inline: bool,
     ) -> Self {
@@ -147,20 +147,60 @@ impl Drop for InFlight<'_> {
 
 type Data = web::Data<AppState>;
 
+/// A request body, overwritten with zeros when dropped (it may hold a card number).
+pub(crate) struct Body(web::BytesMut);
+
+impl std::ops::Deref for Body {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Body {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        // The whole allocation, not only the bytes in use (growth copies left earlier
+        // prefixes in freed buffers: `wipe_chunk` and the capacity below avoid most).
+        self.0.as_mut().zeroize();
+    }
+}
+
+/// Overwrites a received chunk once copied, when nothing else shares it.
+fn wipe_chunk(chunk: web::Bytes) {
+    use zeroize::Zeroize;
+    if let Ok(mut m) = chunk.try_into_mut() {
+        m.as_mut().zeroize();
+    }
+}
+
 /// Reads the body up to `limit` bytes (413 beyond).
-async fn body(mut payload: web::Payload, limit: usize) -> Result<web::BytesMut, Problem> {
-    let mut buf = web::BytesMut::new();
+async fn body(mut payload: web::Payload, limit: usize) -> Result<Body, Problem> {
+    let mut buf = Body(web::BytesMut::with_capacity(limit.min(64 * 1024)));
     while let Some(chunk) = payload.next().await {
         let chunk =
             chunk.map_err(|e| Problem::bad_field("body", format!("cannot be read: {e}")))?;
-        if buf.len() + chunk.len() > limit {
+        if buf.0.len() + chunk.len() > limit {
+            wipe_chunk(chunk);
             return Err(Problem::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload too large",
                 format!("the body exceeds {limit} bytes"),
             ));
         }
-        buf.extend_from_slice(&chunk);
+        if buf.0.len() + chunk.len() > buf.0.capacity() {
+            // Grow into a fresh buffer and wipe the old one (BytesMut would free it as is).
+            let mut bigger = web::BytesMut::with_capacity(
+                (buf.0.len() + chunk.len())
+                    .max(buf.0.capacity() * 2)
+                    .min(limit),
+            );
+            bigger.extend_from_slice(&buf.0);
+            let old = std::mem::replace(&mut buf.0, bigger);
+            drop(Body(old));
+        }
+        buf.0.extend_from_slice(&chunk);
+        wipe_chunk(chunk);
     }
     Ok(buf)
 }
@@ -294,15 +334,7 @@ async fn score_batch(app: Data, req: HttpRequest, payload: web::Payload) -> Http
                 .map(
                     |raw| match engine.score(raw.get().as_bytes(), &caller.name) {
                         Ok(answer) => answer,
-                        Err(p) => json!({
-                            "error": {
-                                "status": p.status.as_u16(),
-                                "title": p.title,
-                                "detail": p.detail,
-                                "field": p.field,
-                            }
-                        })
-                        .to_string(),
+                        Err(p) => p.batch_entry().to_string(),
                     },
                 )
                 .collect::<Vec<String>>())
@@ -343,6 +375,12 @@ async fn labels(app: Data, req: HttpRequest, payload: web::Payload) -> HttpRespo
         struct Labels {
             labels: Vec<Label>,
         }
+        if let Some(path) = fraud_core::json::duplicate_name(&bytes) {
+            return Err(Problem::bad_field(
+                &path,
+                "is given twice in the same object; each name may appear once",
+            ));
+        }
         let list: Labels = serde_json::from_slice(&bytes).map_err(|e| {
             Problem::bad_field(
                 "labels",
@@ -354,6 +392,8 @@ async fn labels(app: Data, req: HttpRequest, payload: web::Payload) -> HttpRespo
         })?;
         let mut parsed = Vec::with_capacity(list.labels.len());
         for (i, l) in list.labels.into_iter().enumerate() {
+            let field = format!("labels[{i}].transaction_id");
+            fraud_core::transaction::refuse_card_data(&field, &l.transaction_id).map_err(Problem::invalid)?;
             let at = match &l.reported_at {
                 None => None,
                 Some(t) => Some(
@@ -470,6 +510,52 @@ struct ModelQuery {
     role: Option<String>,
 }
 
+/// An uploaded model being received: a private file under the models directory, removed
+/// unless installed.
+struct Staged {
+    path: std::path::PathBuf,
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Streams an upload to a staged file (never whole in memory), up to `limit` bytes (413
+/// beyond), and fsyncs it.
+async fn stage_upload(
+    mut payload: web::Payload,
+    dir: &std::path::Path,
+    limit: u64,
+) -> Result<Staged, Problem> {
+    use std::io::Write as _;
+    let store = |e: std::io::Error| Problem::unavailable(format!("cannot store the upload: {e}"));
+    std::fs::create_dir_all(dir).map_err(store)?;
+    let mut id = [0u8; 8];
+    getrandom::fill(&mut id).map_err(|_| Problem::internal("no randomness from the OS"))?;
+    let staged = Staged {
+        path: dir.join(format!(".upload-{}.tmp", fraud_core::pii::hex(&id))),
+    };
+    let mut file = fraud_core::features::durable::create_private(&staged.path).map_err(store)?;
+    let mut received = 0u64;
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| Problem::bad_field("body", format!("cannot be read: {e}")))?;
+        received += chunk.len() as u64;
+        if received > limit {
+            return Err(Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload too large",
+                format!("the model exceeds limits.max_model_bytes ({limit} bytes)"),
+            ));
+        }
+        file.write_all(&chunk).map_err(store)?;
+    }
+    file.sync_all().map_err(store)?;
+    Ok(staged)
+}
+
 async fn models(
     app: Data,
     req: HttpRequest,
@@ -478,6 +564,7 @@ async fn models(
 ) -> HttpResponse {
     let started = Instant::now();
     let r = async {
+        let _slot = app.admit()?;
         let caller = app.authorize(&req, Some(Role::Admin))?;
         let shadow = match q.role.as_deref() {
             None | Some("active") => false,
@@ -485,24 +572,65 @@ async fn models(
             Some(other) => {
                 return Err(Problem::bad_field(
                     "role",
-                    format!("`{other}` is not active or shadow"),
+                    format!("{} is not active or shadow", fraud_core::pii::quoted(other)),
                 ))
             }
         };
-        let bytes = body(payload, 512 << 20).await?;
+        let dir = app
+            .engine
+            .models_dir
+            .clone()
+            .ok_or_else(|| Problem::internal("no models directory"))?;
+        let staged = stage_upload(payload, &dir, app.limits.max_model_bytes).await?;
         let engine = app.engine.clone();
+        let limits = app.limits.model();
         let version = blocking(move || {
-            let artifact = fraud_core::model::Artifact::from_bytes(&bytes).map_err(|e| {
-                Problem::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid model",
-                    format!("not a valid model artifact: {e}"),
-                )
-            })?;
-            let loaded = LoadedModel::new(&artifact, &engine.extractor, "uploaded")
-                .map_err(|e| Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid model", e))?;
+            let invalid = |detail: String| {
+                Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid model", detail)
+            };
+            // A file that does not start as an artifact is refused before it is read.
+            let mut head = [0u8; 8];
+            let n = {
+                use std::io::Read as _;
+                let mut f = std::fs::File::open(&staged.path)
+                    .map_err(|e| Problem::unavailable(format!("cannot read the upload: {e}")))?;
+                let mut n = 0;
+                while n < head.len() {
+                    match f.read(&mut head[n..]) {
+                        Ok(0) => break,
+                        Ok(k) => n += k,
+                        Err(e) => {
+                            return Err(Problem::unavailable(format!(
+                                "cannot read the upload: {e}"
+                            )))
+                        }
+                    }
+                }
+                n
+            };
+            if head[..n] != fraud_core::model::ARTIFACT_MAGIC[..] {
+                let e = fraud_core::model::Artifact::from_bytes(&head[..n])
+                    .err()
+                    .map_or_else(|| "not a model artifact".to_string(), |e| e.to_string());
+                return Err(invalid(format!("not a valid model artifact: {e}")));
+            }
+            let artifact = {
+                let bytes = std::fs::read(&staged.path)
+                    .map_err(|e| Problem::unavailable(format!("cannot read the upload: {e}")))?;
+                fraud_core::model::Artifact::from_bytes(&bytes)
+                    .map_err(|e| invalid(format!("not a valid model artifact: {e}")))?
+            };
+            // The model's cost is checked before anything is compiled: a chain-shaped tree
+            // 100,000 deep is refused here, in milliseconds.
+            artifact
+                .ensemble
+                .check_limits(&limits)
+                .map_err(|e| invalid(e.to_string()))?;
+            let loaded = LoadedModel::new(&artifact, &engine.extractor, "uploaded", &limits)
+                .map_err(invalid)?;
+            drop(artifact);
             let version = loaded.version.clone();
-            engine.install(Some(loaded), Some(&bytes), shadow, &caller.name)?;
+            engine.install(Some(loaded), Some(&staged.path), shadow, &caller.name)?;
             Ok(version)
         })
         .await?;
@@ -532,12 +660,103 @@ async fn erase(app: Data, req: HttpRequest, path: web::Path<(String, String)>) -
     let r = async {
         let caller = app.authorize(&req, Some(Role::Admin))?;
         let (kind, id) = path.into_inner();
+        if kind == "card" && !fraud_core::pii::is_token(&id) {
+            return Err(Problem {
+                field: Some("id".into()),
+                ..Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid erasure",
+                    "a card is named here by its token (tok_ and 32 hex digits); to erase a card holder by card number, send it in the body of POST /v1/entities/erase",
+                )
+            });
+        }
         let engine = app.engine.clone();
         let held = blocking(move || engine.erase(&kind, &id, &caller.name)).await?;
         Ok(ok_json(&json!({ "erased": held })))
     }
     .await;
     finish(&app, "/v1/entities/{kind}/{id}", started, r)
+}
+
+/// The body of `POST /v1/entities/erase`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Erasure {
+    kind: String,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    card_number: Option<zeroize::Zeroizing<String>>,
+}
+
+/// Erasure with the entity named in the body: the only way to erase a card holder by card
+/// number (tokenized on arrival under the current and every earlier tokenization key).
+async fn erase_by_body(app: Data, req: HttpRequest, payload: web::Payload) -> HttpResponse {
+    let started = Instant::now();
+    let r = async {
+        let _slot = app.admit()?;
+        let caller = app.authorize(&req, Some(Role::Admin))?;
+        json_content(&req)?;
+        let bytes = body(payload, app.limits.max_body_bytes).await?;
+        if let Some(path) = fraud_core::json::duplicate_name(&bytes) {
+            return Err(Problem::bad_field(
+                &path,
+                "is given twice in the same object; each name may appear once",
+            ));
+        }
+        let e: Erasure = serde_json::from_slice(&bytes).map_err(|e| {
+            Problem::bad_field(
+                "body",
+                format!(
+                    "must be {{\"kind\": \"card\", \"card_number\"}} or {{\"kind\", \"id\"}}: {e}"
+                ),
+            )
+        })?;
+        let invalid = |field: &str, detail: &str| Problem {
+            field: Some(field.to_string()),
+            ..Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid erasure", detail)
+        };
+        let engine = app.engine.clone();
+        let (ids, mask) = match (e.kind.as_str(), e.card_number, e.id) {
+            (_, Some(_), Some(_)) => {
+                return Err(invalid("card_number", "send card_number or id, not both"))
+            }
+            ("card", Some(number), None) => {
+                let card = fraud_core::pii::CardNumber::parse(&number)
+                    .map_err(|err| invalid("card_number", &err.to_string()))?;
+                let mut ids = vec![engine.tokenizer.token(&card)];
+                ids.extend(engine.previous_keys.iter().map(|k| k.token(&card)));
+                (ids, Some(card.mask()))
+            }
+            ("card", None, Some(id)) if fraud_core::pii::is_token(&id) => (vec![id], None),
+            ("card", None, _) => {
+                return Err(invalid(
+                    "card_number",
+                    "a card is erased by its card_number (or its token as id)",
+                ))
+            }
+            (_, Some(_), None) => {
+                return Err(invalid("card_number", "is accepted only with kind `card`"))
+            }
+            (_, None, None) => return Err(invalid("id", "is required")),
+            (_, None, Some(id)) => {
+                fraud_core::transaction::refuse_card_data("id", &id).map_err(Problem::invalid)?;
+                (vec![id], None)
+            }
+        };
+        let kind = e.kind;
+        let held = blocking(move || {
+            let mut held = false;
+            for id in &ids {
+                held |= engine.erase(&kind, id, &caller.name)?;
+            }
+            Ok(held)
+        })
+        .await?;
+        Ok(ok_json(&json!({ "erased": held, "card_mask": mask })))
+    }
+    .await;
+    finish(&app, "/v1/entities/erase", started, r)
 }
 
 async fn healthz() -> HttpResponse {
@@ -607,7 +826,18 @@ async fn not_found(req: HttpRequest) -> HttpResponse {
     ))
 }
 
-/// Refuses requests whose headers exceed `limits.max_header_bytes` (431), before routing.
+/// Whether a URL part, raw or percent-decoded (`+` as a space), holds card data.
+fn url_holds_card_data(part: &str) -> bool {
+    if part.is_empty() {
+        return false;
+    }
+    let decoded: Vec<u8> = percent_encoding::percent_decode_str(&part.replace('+', " ")).collect();
+    fraud_core::pii::holds_card_data(part)
+        || fraud_core::pii::holds_card_data(&String::from_utf8_lossy(&decoded))
+}
+
+/// Refuses, before routing, requests whose headers exceed `limits.max_header_bytes` (431) and
+/// requests with a card number anywhere in their URL (400, without echo).
 pub async fn header_guard(
     req: actix_web::dev::ServiceRequest,
     next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
@@ -629,6 +859,15 @@ pub async fn header_guard(
         let resp = actix_web::ResponseError::error_response(&p);
         return Ok(req.into_response(resp).map_into_right_body());
     }
+    if url_holds_card_data(req.uri().path()) || url_holds_card_data(req.query_string()) {
+        let p = Problem::new(
+            StatusCode::BAD_REQUEST,
+            "card number in URL",
+            "the URL holds what looks like a card number; card numbers are never accepted in a URL (URLs are logged by proxies and browsers): send it in the request body",
+        );
+        let resp = actix_web::ResponseError::error_response(&p);
+        return Ok(req.into_response(resp).map_into_right_body());
+    }
     next.call(req).await.map(|r| r.map_into_left_body())
 }
 
@@ -640,6 +879,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/v1/decisions/{id}", web::get().to(decision))
         .route("/v1/models", web::post().to(models))
         .route("/v1/models/shadow", web::delete().to(remove_shadow))
+        .route("/v1/entities/erase", web::post().to(erase_by_body))
         .route("/v1/entities/{kind}/{id}", web::delete().to(erase))
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))

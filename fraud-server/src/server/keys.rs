@@ -1,6 +1,7 @@
 //! API keys: each has a name, roles and optionally an expiry; only the SHA-256 of the key is
-//! stored, and a presented key is compared in constant time. Roles: `score` (score and
-//! batch), `analyst` (read masked decisions, send labels), `admin` (models and the rest).
+//! stored, and a presented key is compared in constant time. Roles, separate (a key may hold
+//! several; none implies another): `score` (score and batch), `analyst` (read masked
+//! decisions, send labels, metrics), `admin` (models, erasure).
 //!
 //! Keys file (JSON): `{"keys": [{"name", "roles", "sha256", "created", "expires",
 //! "revoked"}]}`. In development mode (no keys file configured) the service creates one key
@@ -97,9 +98,10 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// Whether the caller has `role` (admin has every role).
+    /// Whether the caller has `role`. Roles are separate (least privilege): `admin` does
+    /// not imply `score` or `analyst`; a key that needs several holds several.
     pub fn may(&self, role: Role) -> bool {
-        self.roles.contains(&role) || self.roles.contains(&Role::Admin)
+        self.roles.contains(&role)
     }
 }
 
@@ -112,6 +114,99 @@ struct Entry {
 /// The loaded keys.
 pub struct Keys {
     entries: Vec<Entry>,
+}
+
+/// How often the running service looks at its keys file: a key created, revoked or given an
+/// expiry takes effect within this time (expiry itself is checked on every request).
+pub const RELOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What identifies a version of a file on disk (a rewrite changes one of them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    modified: Option<std::time::SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    let m = std::fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(&m);
+    #[cfg(not(unix))]
+    let inode = 0;
+    Some(Stamp {
+        modified: m.modified().ok(),
+        len: m.len(),
+        inode,
+    })
+}
+
+/// The keys of a running service, re-read from their file when it changes (`fraud keys
+/// create` / `revoke` write it atomically): no restart is needed for a key change.
+pub struct LiveKeys {
+    keys: arc_swap::ArcSwap<Keys>,
+    path: PathBuf,
+    seen: std::sync::Mutex<Option<Stamp>>,
+}
+
+impl LiveKeys {
+    /// The keys of `path`, loaded now.
+    pub fn open(path: &Path) -> Result<LiveKeys, KeyError> {
+        let seen = stamp(path);
+        let keys = Keys::load(path)?;
+        Ok(LiveKeys {
+            keys: arc_swap::ArcSwap::from_pointee(keys),
+            path: path.to_path_buf(),
+            seen: std::sync::Mutex::new(seen),
+        })
+    }
+
+    /// Re-reads the file if it changed since last read; `Ok(true)` when new keys are in use.
+    /// A file that cannot be read or parsed leaves the keys in use unchanged (and is tried
+    /// again at the next change).
+    pub fn reload(&self) -> Result<bool, KeyError> {
+        let now = stamp(&self.path);
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *seen == now {
+            return Ok(false);
+        }
+        *seen = now;
+        let keys = Keys::load(&self.path)?;
+        self.keys.store(std::sync::Arc::new(keys));
+        Ok(true)
+    }
+
+    /// Checks the file every [`RELOAD_EVERY`] on a thread of its own, for the life of the
+    /// process.
+    pub fn watch(self: std::sync::Arc<Self>) {
+        std::thread::spawn(move || loop {
+            std::thread::sleep(RELOAD_EVERY);
+            match self.reload() {
+                Ok(true) => println!(
+                    "API keys: {} reloaded ({} keys)",
+                    self.path.display(),
+                    self.len()
+                ),
+                Ok(false) => {}
+                Err(e) => {
+                    eprintln!("warning: API keys not reloaded, the previous ones stay in use: {e}")
+                }
+            }
+        });
+    }
+
+    /// The caller a bearer key belongs to, if valid now.
+    pub fn authenticate(&self, presented: &str) -> Option<Caller> {
+        self.keys.load().authenticate(presented)
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.keys.load().len()
+    }
 }
 
 fn now_rfc3339() -> String {
@@ -177,7 +272,9 @@ pub fn read_json<T: serde::de::DeserializeOwned + Default>(
     }
 }
 
-/// Writes `value` as JSON to `path`, readable by the owner only, creating its directory.
+/// Writes `value` as JSON to `path`, readable by the owner only, creating its directory;
+/// atomically (a temporary file renamed over it), since running services re-read these files
+/// when they change.
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), KeyError> {
     let json = serde_json::to_vec_pretty(value).map_err(|e| KeyError::Invalid {
         path: path.to_path_buf(),
@@ -189,10 +286,13 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), KeyError> 
             source,
         })?;
     }
-    write_private(path, &json).map_err(|source| KeyError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    let tmp = path.with_extension("json.tmp");
+    write_private(&tmp, &json)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|source| KeyError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 /// The records of a keys file (an absent file has none).
@@ -284,8 +384,9 @@ impl Keys {
     }
 
     /// The development key: reuses `<dir>/dev-api-key` when `<dir>/keys.json` knows it,
-    /// otherwise creates a key with every role. Returns the keys and the key file's path.
-    pub fn development(dir: &Path) -> Result<(Keys, PathBuf), KeyError> {
+    /// otherwise creates a key with every role. Returns the keys file's path and the key
+    /// file's path.
+    pub fn development(dir: &Path) -> Result<(PathBuf, PathBuf), KeyError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| KeyError::Io {
@@ -328,7 +429,8 @@ impl Keys {
             write_private(&keys_path, &json).map_err(io(&keys_path))?;
             write_private(&key_path, format!("{secret}\n").as_bytes()).map_err(io(&key_path))?;
         }
-        Ok((Keys::load(&keys_path)?, key_path))
+        Keys::load(&keys_path)?;
+        Ok((keys_path, key_path))
     }
 
     /// The caller a bearer key belongs to, if valid now.

@@ -7,6 +7,7 @@ pub mod config;
 pub mod console;
 pub mod decisions;
 pub mod engine;
+pub mod heads;
 pub mod http;
 pub mod keys;
 pub mod metrics;
@@ -112,10 +113,51 @@ pub struct Service {
     pub console: Option<actix_web::web::Data<console::Console>>,
 }
 
+/// Every file the service creates from now on is private to its user (0600, directories
+/// 0700), whatever umask it was started with.
+pub fn private_umask() {
+    #[cfg(target_os = "linux")]
+    {
+        rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    }
+}
+
+/// Makes everything under `dir` private to its owner: files 0600, directories 0700 (files
+/// an older version or another tool left readable to others). Symbolic links are not
+/// followed.
+pub fn make_private(dir: &Path) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::symlink_metadata(dir)
+            .with_context(|| format!("cannot read {}", dir.display()))?;
+        if meta.file_type().is_symlink() {
+            return Ok(());
+        }
+        let mode = if meta.is_dir() { 0o700 } else { 0o600 };
+        if meta.permissions().mode() & 0o777 != mode {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+                .with_context(|| format!("cannot make {} private", dir.display()))?;
+        }
+        if meta.is_dir() {
+            for e in
+                std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?
+            {
+                make_private(
+                    &e.with_context(|| format!("cannot read {}", dir.display()))?
+                        .path(),
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Builds the service of `cfg` (everything but the listening socket).
 pub fn build(cfg: &Config) -> anyhow::Result<Service> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("config: data_dir: cannot create {}", cfg.data_dir.display()))?;
+    make_private(&cfg.data_dir).context("config: data_dir")?;
     let (artifact, origin) = load_artifact(cfg.model.as_deref(), "model")?;
     let spec = match &cfg.feature_spec {
         Some(p) => FeatureSpec::from_toml(
@@ -130,14 +172,15 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
             .unwrap_or_else(FeatureSpec::default_spec),
     };
     let extractor = Extractor::new(spec).context("feature spec")?;
-    let model = engine::LoadedModel::new(&artifact, &extractor, &origin)
+    let model_limits = cfg.limits.model();
+    let model = engine::LoadedModel::new(&artifact, &extractor, &origin, &model_limits)
         .map_err(|e| anyhow::anyhow!("config: model ({origin}): {e}"))?;
     let shadow = match &cfg.shadow_model {
         None => None,
         Some(p) => {
             let (a, o) = load_artifact(Some(p), "shadow_model")?;
             Some(
-                engine::LoadedModel::new(&a, &extractor, &o)
+                engine::LoadedModel::new(&a, &extractor, &o, &model_limits)
                     .map_err(|e| anyhow::anyhow!("config: shadow_model: {e}"))?,
             )
         }
@@ -247,10 +290,10 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
         anyhow::bail!("cannot rebuild entity state from the decision log: {e}");
     }
     let (keys, dev_key) = match &cfg.keys_file {
-        Some(p) => (keys::Keys::load(p)?, None),
+        Some(p) => (Arc::new(keys::LiveKeys::open(p)?), None),
         None => {
-            let (k, path) = keys::Keys::development(&cfg.data_dir)?;
-            (k, Some(path))
+            let (keys_path, path) = keys::Keys::development(&cfg.data_dir)?;
+            (Arc::new(keys::LiveKeys::open(&keys_path)?), Some(path))
         }
     };
     let mut engine = engine::Engine::new(
@@ -281,10 +324,20 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
                         path.display()
                     )
                 })?;
+                // A model over the limits (lowered since, or stored by an older version that
+                // did not check them) must not take the service down at every start.
+                if let Err(e) = artifact.ensemble.check_limits(&model_limits) {
+                    eprintln!(
+                        "warning: the uploaded model {} that the decision log names is not used: {e}; the configured model serves",
+                        path.display()
+                    );
+                    continue;
+                }
                 let loaded = engine::LoadedModel::new(
                     &artifact,
                     &engine.extractor,
                     &path.display().to_string(),
+                    &model_limits,
                 )
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
                 engine.swap(Some(loaded), shadow);
@@ -420,6 +473,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         cfg.production = true;
     }
     cfg.check()?;
+    private_umask();
     let tls = cfg.tls.as_ref().map(tls_config).transpose()?;
     let service = build(&cfg)?;
     let engine = service.state.engine.clone();
@@ -440,6 +494,24 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             p.display()
         ),
         None => println!("API keys: {} loaded", service.state.keys.len()),
+    }
+    service.state.keys.clone().watch();
+    if let Some(p) = &cfg.audit_signing_key_file {
+        let signer = heads::HeadSigner::from_file(p)
+            .map_err(|e| anyhow::anyhow!("config: audit_signing_key_file: {e}"))?;
+        engine
+            .log
+            .append_signed_head(&signer)
+            .context("signing the decision log's head")?;
+        println!(
+            "decision log heads signed (Ed25519 public key {})",
+            signer.public_hex()
+        );
+        sign_heads(
+            engine.clone(),
+            signer,
+            Duration::from_secs(cfg.audit_sign_interval_s),
+        );
     }
     snapshots(
         engine.clone(),
@@ -507,6 +579,16 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         println!("listening on {scheme}://{bind}");
         server.run().await.context("server")
     })
+}
+
+/// Signs the decision log's head every `every` while records arrive.
+fn sign_heads(engine: Arc<engine::Engine>, signer: heads::HeadSigner, every: Duration) {
+    std::thread::spawn(move || loop {
+        std::thread::sleep(every);
+        if let Err(e) = engine.log.append_signed_head(&signer) {
+            eprintln!("warning: signing the decision log's head failed: {e}");
+        }
+    });
 }
 
 /// Removes decision-log segments (and the entity keys only they used) older than the

@@ -41,7 +41,7 @@ impl Problem {
 
     /// 400 for a body that is not valid input, naming the field.
     pub fn invalid(e: fraud_core::transaction::TransactionError) -> Self {
-        let status = if e.field == "body" {
+        let status = if e.malformed {
             StatusCode::BAD_REQUEST
         } else {
             StatusCode::UNPROCESSABLE_ENTITY
@@ -88,20 +88,49 @@ impl Problem {
     }
 }
 
+impl Problem {
+    /// The detail as sent: every card number removed (the one sanitizer at the edge: serde's
+    /// messages, ids and paths quoted in a detail pass through it).
+    pub fn public_detail(&self) -> String {
+        fraud_core::pii::redact(&self.detail).into_owned()
+    }
+
+    /// The field as sent (a field name can be a card number sent as an unknown field).
+    pub fn public_field(&self) -> Option<String> {
+        self.field
+            .as_deref()
+            .map(|f| fraud_core::pii::redact(f).into_owned())
+    }
+
+    /// The error as one entry of a batch answer: `{"error": {status, title, detail, field}}`,
+    /// sanitized as a whole answer is.
+    pub fn batch_entry(&self) -> serde_json::Value {
+        json!({
+            "error": {
+                "status": self.status.as_u16(),
+                "title": self.title,
+                "detail": self.public_detail(),
+                "field": self.public_field(),
+            }
+        })
+    }
+}
+
 impl ResponseError for Problem {
     fn status_code(&self) -> StatusCode {
         self.status
     }
 
     fn error_response(&self) -> HttpResponse {
+        let detail = self.public_detail();
         let mut body = json!({
             "type": "about:blank",
             "title": self.title,
             "status": self.status.as_u16(),
-            "detail": self.detail,
+            "detail": detail,
         });
-        if let Some(f) = &self.field {
-            body["errors"] = json!([{ "field": f, "reason": self.detail }]);
+        if let Some(f) = self.public_field() {
+            body["errors"] = json!([{ "field": f, "reason": detail }]);
         }
         let mut r = HttpResponse::build(self.status);
         r.content_type("application/problem+json");

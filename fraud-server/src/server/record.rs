@@ -29,6 +29,9 @@ pub struct DecisionRecord<'a, R> {
     pub transaction_id: &'a str,
     /// The feature row, by name.
     pub features: Named<'a>,
+    /// Keyed fingerprint of the validated request: a retry with the same body from the
+    /// same key is answered from the record; anything else with this id is refused.
+    pub request: &'a str,
 }
 
 /// A transaction as a decision record holds it: entity fields as strings (sealed once
@@ -174,6 +177,7 @@ mod tests {
             "response": response,
             "transaction": kept,
             "shadow": null,
+            "request": "r1",
         });
         v["features"] = json!({ names[0].clone(): 1.5, names[1].clone(): null });
         v
@@ -206,6 +210,7 @@ mod tests {
                     names: &names,
                     values: &values,
                 },
+                request: "r1",
             };
             let text = serde_json::to_string(&record).unwrap_or_default();
             let mut new: Value = serde_json::from_str(&text).unwrap_or_default();

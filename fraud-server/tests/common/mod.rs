@@ -1,0 +1,254 @@
+//! The test client shared by the service's integration tests: `fraud serve` started for
+//! real on a free port with its own data directory, and plain HTTP/1.1 requests to it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+pub const CARD: &str = "4111111111111111";
+
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
+    pub dir: PathBuf,
+    pub out: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `fraud serve` with `config` (TOML, may be empty) in `dir`; waits for /healthz.
+pub fn start(dir: &Path, config: &str) -> Result<Server, String> {
+    start_in(dir, config, None)
+}
+
+/// [`start`] with the process's umask set to `umask` (octal) first.
+pub fn start_with_umask(dir: &Path, config: &str, umask: &str) -> Result<Server, String> {
+    start_in(dir, config, Some(umask))
+}
+
+fn start_in(dir: &Path, config: &str, umask: Option<&str>) -> Result<Server, String> {
+    std::fs::create_dir_all(dir).unwrap();
+    let port = free_port();
+    let cfg = dir.join("fraud.toml");
+    std::fs::write(&cfg, config).unwrap();
+    let out = dir.join(format!("server-{port}.log"));
+    let log = std::fs::File::create(&out).unwrap();
+    let bin = env!("CARGO_BIN_EXE_fraud");
+    let mut cmd = match umask {
+        None => Command::new(bin),
+        Some(m) => {
+            let mut c = Command::new("sh");
+            c.args(["-c", &format!("umask {m} && exec \"$0\" \"$@\""), bin]);
+            c
+        }
+    };
+    let child = cmd
+        .args(["serve", "--bind", &format!("127.0.0.1:{port}"), "--config"])
+        .arg(&cfg)
+        .env("FRAUD_DATA_DIR", dir.join("data"))
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap();
+    let mut s = Server {
+        child,
+        port,
+        dir: dir.to_path_buf(),
+        out,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = s.child.try_wait() {
+            return Err(std::fs::read_to_string(&s.out).unwrap_or_default());
+        }
+        if let Ok(r) = s.try_request("GET", "/healthz", None, &[], b"") {
+            if r.0 == 200 {
+                return Ok(s);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err("server did not start".into())
+}
+
+pub type Response = (u16, Vec<(String, String)>, Vec<u8>);
+
+impl Server {
+    pub fn key(&self) -> String {
+        std::fs::read_to_string(self.dir.join("data/dev-api-key"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    pub fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<Response> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+        if let Some(k) = key {
+            req.push_str(&format!("Authorization: Bearer {k}\r\n"));
+        }
+        for (h, v) in headers {
+            req.push_str(&format!("{h}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes())?;
+        s.write_all(body)?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw)?;
+        let split = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or_else(|| std::io::Error::other("no header end"))?;
+        let head = String::from_utf8_lossy(&raw[..split]).to_string();
+        let mut lines = head.lines();
+        let status: u16 = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| std::io::Error::other("no status"))?;
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        Ok((status, headers, raw[split + 4..].to_vec()))
+    }
+
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<&Value>,
+    ) -> (u16, Value, Vec<(String, String)>) {
+        let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+        let (status, headers, body) = self
+            .try_request(
+                method,
+                path,
+                key,
+                &[("Content-Type", "application/json")],
+                &bytes,
+            )
+            .unwrap();
+        let v = serde_json::from_slice(&body)
+            .unwrap_or(Value::String(String::from_utf8_lossy(&body).into()));
+        (status, v, headers)
+    }
+}
+
+pub fn tx(id: &str, amount: &str) -> Value {
+    json!({
+        "transaction_id": id, "timestamp": "2024-05-01T10:00:00Z", "amount": amount,
+        "currency": "EUR", "card_number": CARD, "customer_id": "C1", "merchant_id": "M1",
+        "mcc": "5411", "terminal_id": "T1", "channel": "ecommerce", "card_country": "BE",
+        "merchant_country": "BE", "ip": "10.0.0.1", "ip_country": "BE", "device_id": "d1",
+        "email": "c1@example.com"
+    })
+}
+
+pub fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    h.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+/// Every file under `dir`, recursively, as bytes.
+pub fn all_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(all_files(&p));
+        } else {
+            out.push((p.clone(), std::fs::read(&p).unwrap()));
+        }
+    }
+    out
+}
+
+pub fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+/// Writes a keys file of (name, secret, roles) to `dir/keys.json`.
+pub fn write_keys(dir: &Path, keys: &[(&str, &str, &[&str])]) -> PathBuf {
+    let list: Vec<Value> = keys
+        .iter()
+        .map(|(name, secret, roles)| {
+            let h: String = Sha256::digest(secret.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            json!({"name": name, "roles": roles, "sha256": h, "created": "2026-01-01T00:00:00Z"})
+        })
+        .collect();
+    let p = dir.join("keys.json");
+    std::fs::write(&p, json!({"keys": list}).to_string()).unwrap();
+    p
+}
+
+/// Runs the `fraud` command with `args`.
+pub fn fraud_cli(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_fraud"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Runs `fraud audit verify DIR` with `extra` options: (success, stdout and stderr).
+pub fn audit_verify(dir: &Path, extra: &[&str]) -> (bool, String) {
+    let mut args = vec!["audit", "verify", dir.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let o = fraud_cli(&args);
+    (
+        o.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
+}
+
+/// A service on its defaults in a new temporary directory, and its development key.
+pub fn dev_service() -> (tempfile::TempDir, Server, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), "").unwrap();
+    let key = s.key();
+    (dir, s, key)
+}
+
+/// Asserts that no file under `dir` holds any of `needles`.
+pub fn assert_no_file_holds(dir: &Path, needles: &[&str]) {
+    for (path, bytes) in all_files(dir) {
+        for n in needles {
+            assert!(!contains(&bytes, n), "{n} in {}", path.display());
+        }
+    }
+}
