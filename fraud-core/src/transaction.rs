@@ -958,4 +958,17 @@ mod tests {
         );
         assert!(Transaction::from_json(body.as_bytes(), &tk()).is_err());
     }
+
+    #[test]
+    fn wipe_clears_every_string() {
+        let mut v: serde_json::Value = serde_json::from_str(
+            r#"{"card_number": "4111111111111111", "x": [{"y": "secret"}], "n": 1}"#,
+        )
+        .unwrap_or_default();
+        wipe(&mut v);
+        let text = v.to_string();
+        for gone in ["4111", "secret", "card_number"] {
+            assert!(!text.contains(gone), "{text}");
+        }
+    }
 }

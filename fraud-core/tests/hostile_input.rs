@@ -155,3 +155,64 @@ proptest! {
         }
     }
 }
+
+/// A LightGBM model whose one tree is a chain `depth` splits deep (leaf i on the left of
+/// split i, the next split on the right).
+fn lightgbm_chain(depth: usize) -> String {
+    let list = |f: &dyn Fn(usize) -> String, n: usize| (0..n).map(f).collect::<Vec<_>>().join(" ");
+    format!(
+        "tree\nversion=v4\nnum_class=1\nnum_tree_per_iteration=1\nlabel_index=0\n\
+         max_feature_idx=0\nobjective=binary sigmoid:1\nfeature_names=x\n\
+         feature_infos=[0:{depth}]\n\nTree=0\nnum_leaves={}\nnum_cat=0\nsplit_feature={}\n\
+         threshold={}\ndecision_type={}\nleft_child={}\nright_child={}\nleaf_value={}\n\
+         leaf_count={}\ninternal_count={}\nis_linear=0\nshrinkage=1\n\n\nend of trees\n",
+        depth + 1,
+        list(&|_| "0".into(), depth),
+        list(&|i| format!("{i}.5"), depth),
+        list(&|_| "2".into(), depth),
+        list(&|i| format!("-{}", i + 1), depth),
+        list(
+            &|i| if i + 1 < depth {
+                format!("{}", i + 1)
+            } else {
+                format!("-{}", depth + 1)
+            },
+            depth
+        ),
+        list(&|i| format!("0.{i}"), depth + 1),
+        list(&|_| "1".into(), depth + 1),
+        list(&|i| format!("{}", depth + 1 - i), depth),
+    )
+}
+
+#[test]
+fn a_chain_100000_deep_is_refused_at_import_naming_the_limit() {
+    // Within the default limits: imported, compiled, explained.
+    let ok = lightgbm::import_str(&lightgbm_chain(200)).unwrap();
+    exercise(&ok);
+    let explainer = fraud_core::model::Explainer::new(&ok.ensemble).unwrap();
+    let mut phi = vec![0.0; explainer.width()];
+    explainer.contributions(&[150.0], &mut phi).unwrap();
+    // 100,000 deep: refused by name, before anything allocates depth x leaves.
+    let err = lightgbm::import_str(&lightgbm_chain(100_000))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("limits.max_tree_depth"), "{err}");
+    assert!(err.contains("100000"), "{err}");
+    // The same check on an ensemble, for every limit.
+    let e = &ok.ensemble;
+    let limits = |d, n, m| fraud_core::model::ModelLimits {
+        max_tree_depth: d,
+        max_tree_nodes: n,
+        max_model_nodes: m,
+    };
+    assert!(e.check_limits(&limits(200, 401, 401)).is_ok());
+    for (l, name) in [
+        (limits(199, 401, 401), "limits.max_tree_depth"),
+        (limits(200, 400, 401), "limits.max_tree_nodes"),
+        (limits(200, 401, 400), "limits.max_model_nodes"),
+    ] {
+        let err = e.check_limits(&l).unwrap_err().to_string();
+        assert!(err.contains(name), "{err}");
+    }
+}

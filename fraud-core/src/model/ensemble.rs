@@ -395,6 +395,7 @@ impl Ensemble {
             // which `validate` reports.
             let mut depth = vec![usize::MAX; n];
             let mut stack = vec![(0usize, 0usize)];
+            let mut deepest = 0usize;
             while let Some((i, d)) = stack.pop() {
                 let Some(slot) = depth.get_mut(i) else {
                     continue;
@@ -403,18 +404,19 @@ impl Ensemble {
                     continue;
                 }
                 *slot = d;
-                if d > limits.max_tree_depth {
-                    return Err(ModelError::TooLarge {
-                        limit: "limits.max_tree_depth",
-                        max: limits.max_tree_depth,
-                        what: format!("the depth of tree {t}"),
-                        found: d,
-                    });
-                }
+                deepest = deepest.max(d);
                 if let Node::Split(s) = &tree.nodes[i] {
                     stack.push((s.left as usize, d + 1));
                     stack.push((s.right as usize, d + 1));
                 }
+            }
+            if deepest > limits.max_tree_depth {
+                return Err(ModelError::TooLarge {
+                    limit: "limits.max_tree_depth",
+                    max: limits.max_tree_depth,
+                    what: format!("the depth of tree {t}"),
+                    found: deepest,
+                });
             }
         }
         Ok(())
