@@ -31,6 +31,14 @@ pub enum EvalError {
     /// The metric needs both classes.
     #[error("the metric needs both positive and negative rows")]
     OneClass,
+    /// A rate outside (0, 1), e.g. a false-positive rate of 5 meant as 5%.
+    #[error("{name} is {value}; it must be a rate strictly between 0 and 1 (0.05 for 5%)")]
+    Rate {
+        /// The argument.
+        name: &'static str,
+        /// Its value.
+        value: f64,
+    },
 }
 
 fn check(scores: &[f64], labels: &[f64], weights: Option<&[f64]>) -> Result<(), EvalError> {
@@ -139,6 +147,12 @@ pub fn recall_at_fpr(
     fpr: f64,
 ) -> Result<f64, EvalError> {
     check(scores, labels, weights)?;
+    if !(fpr > 0.0 && fpr < 1.0) {
+        return Err(EvalError::Rate {
+            name: "fpr",
+            value: fpr,
+        });
+    }
     let g = groups(scores, labels, weights);
     let (tp_all, fp_all) = g.iter().fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
     if tp_all <= 0.0 || fp_all <= 0.0 {
@@ -215,10 +229,13 @@ pub fn recall_at_fprs(
         .collect()
 }
 
-/// Card precision at top-k per day, as the Fraud Detection Handbook defines it: each day,
-/// every card gets the highest score of its transactions that day and is compromised if any
-/// of them is fraud; the `k` highest-scored cards are checked by investigators; the day's
-/// precision is the share of compromised cards among them. `mean` averages over the days.
+/// Card precision at top-k per day, as the Fraud Detection Handbook defines it
+/// (`card_precision_top_k` with `remove_detected_compromised_cards=True`, its default): days
+/// in order; each day, every card gets the highest score of its transactions that day and is
+/// compromised if any of them is fraud; cards found compromised on an earlier day (among an
+/// earlier day's top k) are left out, since investigators blocked them; the `k`
+/// highest-scored remaining cards are checked; the day's precision is the share of
+/// compromised cards among them (over `k`). `mean` averages over the days.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct CardPrecision {
     /// k: cards investigated per day.
@@ -229,13 +246,38 @@ pub struct CardPrecision {
     pub days: Vec<(i64, f64)>,
 }
 
-/// Computes [`CardPrecision`]: `cards[i]` and `days[i]` (any day numbering) of row `i`.
+/// Computes [`CardPrecision`] the Handbook's way: `cards[i]` and `days[i]` (any day
+/// numbering) of row `i`; cards detected on earlier days are removed.
 pub fn card_precision_at_k_per_day<C: AsRef<str>>(
     scores: &[f64],
     labels: &[f64],
     cards: &[C],
     days: &[i64],
     k: usize,
+) -> Result<CardPrecision, EvalError> {
+    card_precision(scores, labels, cards, days, k, true)
+}
+
+/// Card precision at top-k per day keeping the cards already detected on earlier days in
+/// each day's ranking (not the Handbook's definition: a card found compromised yesterday and
+/// found again today counts again, so it reads higher).
+pub fn card_precision_at_k_per_day_keeping_detected<C: AsRef<str>>(
+    scores: &[f64],
+    labels: &[f64],
+    cards: &[C],
+    days: &[i64],
+    k: usize,
+) -> Result<CardPrecision, EvalError> {
+    card_precision(scores, labels, cards, days, k, false)
+}
+
+fn card_precision<C: AsRef<str>>(
+    scores: &[f64],
+    labels: &[f64],
+    cards: &[C],
+    days: &[i64],
+    k: usize,
+    remove_detected: bool,
 ) -> Result<CardPrecision, EvalError> {
     check(scores, labels, None)?;
     if cards.len() != scores.len() || days.len() != scores.len() {
@@ -259,11 +301,23 @@ pub fn card_precision_at_k_per_day<C: AsRef<str>>(
         by_day.entry(day).or_default().push((score, fraud, card));
     }
     let mut out = Vec::with_capacity(by_day.len());
+    let mut detected: std::collections::HashSet<&str> = std::collections::HashSet::new();
     for (day, mut cards) in by_day {
+        if remove_detected {
+            cards.retain(|c| !detected.contains(c.2));
+        }
         // Highest score first; ties by card id so the result does not depend on hashing.
         cards.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.2.cmp(b.2)));
-        let hits = cards.iter().take(k).filter(|c| c.1).count();
-        out.push((day, if k == 0 { 0.0 } else { hits as f64 / k as f64 }));
+        let found: Vec<&str> = cards.iter().take(k).filter(|c| c.1).map(|c| c.2).collect();
+        out.push((
+            day,
+            if k == 0 {
+                0.0
+            } else {
+                found.len() as f64 / k as f64
+            },
+        ));
+        detected.extend(found);
     }
     let mean = if out.is_empty() {
         0.0
@@ -454,7 +508,7 @@ mod tests {
         let s = [0.1, 0.9, 0.2, 0.8];
         assert_eq!(roc_auc(&s, &y, None).unwrap(), 1.0);
         assert_eq!(average_precision(&s, &y, None).unwrap(), 1.0);
-        assert_eq!(recall_at_fpr(&s, &y, None, 0.0).unwrap(), 1.0);
+        assert_eq!(recall_at_fpr(&s, &y, None, 1e-9).unwrap(), 1.0);
         assert_eq!(precision_at_k(&s, &y, 2).unwrap(), 1.0);
         assert_eq!(roc_auc(&s, &[0.0; 4], None), Err(EvalError::OneClass));
         assert!(matches!(
@@ -491,10 +545,34 @@ mod tests {
         let y = [1.0, 0.0, 0.0, 1.0, 0.0, 1.0];
         let cards = ["a", "a", "b", "c", "a", "b"];
         let days = [0, 0, 0, 0, 1, 1];
-        let cp = card_precision_at_k_per_day(&s, &y, &cards, &days, 2).unwrap();
+        let cp = card_precision_at_k_per_day_keeping_detected(&s, &y, &cards, &days, 2).unwrap();
         // Day 0: top 2 = a (fraud), b -> 1/2. Day 1: b (fraud), a -> 1/2.
         assert_eq!(cp.days, vec![(0, 0.5), (1, 0.5)]);
         assert_eq!(cp.mean, 0.5);
+        // The Handbook's way: a, detected on day 0, is not ranked again on day 1.
+        let cp = card_precision_at_k_per_day(&s, &y, &cards, &days, 2).unwrap();
+        assert_eq!(cp.days, vec![(0, 0.5), (1, 0.5)]);
+        let (s2, y2, c2, d2) = (
+            [0.9, 0.8, 0.95, 0.1],
+            [1.0, 0.0, 1.0, 0.0],
+            ["a", "b", "a", "b"],
+            [0, 0, 1, 1],
+        );
+        // Day 1: a is fraud again with the top score; kept, it would count again.
+        let keep = card_precision_at_k_per_day_keeping_detected(&s2, &y2, &c2, &d2, 1).unwrap();
+        assert_eq!(keep.days, vec![(0, 1.0), (1, 1.0)]);
+        let book = card_precision_at_k_per_day(&s2, &y2, &c2, &d2, 1).unwrap();
+        assert_eq!(book.days, vec![(0, 1.0), (1, 0.0)]);
+        assert_eq!(book.mean, 0.5);
+        for bad in [0.0, 1.0, 5.0, -0.1, f64::NAN] {
+            assert!(
+                matches!(
+                    recall_at_fpr(&s, &y, None, bad),
+                    Err(EvalError::Rate { .. })
+                ),
+                "{bad}"
+            );
+        }
         let t = threshold_table(&s, &y, &[0.75]).unwrap();
         assert_eq!(t[0].fraud_caught, 1.0 / 3.0);
         assert_eq!(t[0].flagged_share, 2.0 / 6.0);
@@ -503,7 +581,7 @@ mod tests {
         // 3 negatives: at most 1/3 flagged -> flag above the second-highest negative (0.3).
         let th = threshold_at_fpr(&s, &y, 0.34).unwrap();
         assert!(th > 0.3 && th < 0.31);
-        let r = recall_at_fprs(&s, &y, &[0.0, 0.34]).unwrap();
+        let r = recall_at_fprs(&s, &y, &[1e-9, 0.34]).unwrap();
         assert_eq!(r[0].1, 1.0 / 3.0);
         assert_eq!(r[1].1, 2.0 / 3.0);
     }

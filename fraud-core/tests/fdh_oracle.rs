@@ -54,6 +54,20 @@ fn gz_lines(p: PathBuf) -> impl Iterator<Item = String> {
 
 #[test]
 fn replay_reproduces_the_handbook_features() {
+    check_against_the_handbook(None);
+}
+
+/// Labels reported 7 days after the transaction, as they are in reality: the terminal risk
+/// (window `[t - 37d, t - 7d)`) must still see every label, all known by `t` (the delay
+/// counted once). Counting labels known by `t - 7d` made these features 0 on every row.
+#[test]
+fn labels_reported_a_week_late_give_the_handbook_terminal_risk() {
+    check_against_the_handbook(Some(7 * 86_400));
+}
+
+/// Replays the handbook's transactions, their labels known `reported_after_s` after each
+/// transaction (at the transaction when `None`), and compares with its features.
+fn check_against_the_handbook(reported_after_s: Option<i64>) {
     let Some(dir) = data_dir() else {
         eprintln!(
             "FDH data not found (../shared/datasets/fdh-simulated or $FDH_DIR): nothing checked"
@@ -92,6 +106,23 @@ fn replay_reproduces_the_handbook_features() {
             customer_id: Some(customer.to_string()),
             terminal_id: Some(terminal.to_string()),
             is_fraud: Some(c[7].parse().unwrap()),
+            fraud_reported_at: reported_after_s.map(|after| {
+                let t = time::OffsetDateTime::from_unix_timestamp(
+                    time::PrimitiveDateTime::parse(
+                        c[1],
+                        time::macros::format_description!(
+                            "[year]-[month]-[day] [hour]:[minute]:[second]"
+                        ),
+                    )
+                    .unwrap()
+                    .assume_utc()
+                    .unix_timestamp()
+                        + after,
+                )
+                .unwrap();
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .unwrap()
+            }),
             ..Default::default()
         };
         history.push(Transaction::from_raw(raw, &tk).unwrap());

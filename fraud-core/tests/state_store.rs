@@ -134,8 +134,9 @@ proptest! {
                 let (from, to) = (t - d - w * 1_000_000, t - d);
                 let inside: Vec<&Transaction> = h.iter().filter(|o| o.terminal_id == tx.terminal_id
                     && o.timestamp_us >= from && o.timestamp_us < to).collect();
+                // A label counts once known at `t`; the delay only places the window.
                 let frauds = inside.iter().filter(|o| o.is_fraud == Some(true)
-                    && o.fraud_reported_at_us.unwrap() <= t - d).count();
+                    && o.fraud_reported_at_us.unwrap() <= t).count();
                 let n = inside.len();
                 let at = |what: &str| names.iter().position(|x| x == &format!("terminal_{what}_{label}_delay_20m")).unwrap();
                 prop_assert_eq!(got[i][at("delayed_txn_count")], n as f64);

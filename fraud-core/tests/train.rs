@@ -237,8 +237,26 @@ fn bad_data_is_named() {
     for r in 0..200 {
         c.values[r * 4 + 3] = 5.0;
     }
-    let e = run(&c, &y);
-    assert!(e.contains("constant feature") && e.contains("noise"), "{e}");
+    // A constant feature: trained around (never split on), named in the result.
+    let t = train(
+        &Dataset {
+            features: &c,
+            labels: &y,
+            weights: None,
+        },
+        None,
+        &[],
+        &p,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(t.constant_features, vec![c.columns[3].clone()]);
+    assert_eq!(t.importance[3].splits, 0);
+    assert_eq!(t.artifact.ensemble.num_features(), 4);
+    let mut all = c.clone();
+    all.values.iter_mut().for_each(|v| *v = 1.0);
+    let e = run(&all, &y);
+    assert!(e.contains("every feature is constant"), "{e}");
     let zeros = vec![0.0; 200];
     assert!(run(&m, &zeros).contains("both classes"));
     let empty = Matrix {

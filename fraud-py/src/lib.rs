@@ -165,10 +165,17 @@ impl PyModel {
         PyModel::new(artifact)
     }
 
-    /// Imports an XGBoost JSON model (the bytes of `save_raw("json")` or a `.json` file).
+    /// Imports an XGBoost JSON model (the bytes of `save_raw("json")` or a `.json` file):
+    /// the iterations `predict_proba` uses (up to `best_iteration` after early stopping), or
+    /// `iteration_range` as XGBoost reads it (`(0, 0)`: every iteration).
     #[staticmethod]
-    fn from_xgboost_json(bytes: &[u8]) -> PyResult<Self> {
-        let artifact = fraud_core::model::xgboost::import_bytes(bytes)
+    #[pyo3(signature = (bytes, iteration_range = None))]
+    fn from_xgboost_json(bytes: &[u8], iteration_range: Option<(usize, usize)>) -> PyResult<Self> {
+        let iterations = match iteration_range {
+            None => fraud_core::model::xgboost::Iterations::Best,
+            Some((b, e)) => fraud_core::model::xgboost::Iterations::Range(b, e),
+        };
+        let artifact = fraud_core::model::xgboost::import_bytes_with(bytes, iterations)
             .map_err(|e| PyValueError::new_err(format!("cannot import the XGBoost model: {e}")))?;
         PyModel::new(artifact)
     }
@@ -346,23 +353,24 @@ fn precision_at_k(
     fraud_core::eval::precision_at_k(&vec1(&scores), &vec1(&labels), k).map_err(value_err)
 }
 
-/// Card precision at top-k per day: (mean, [(day, precision), ...]).
+/// Card precision at top-k per day: (mean, [(day, precision), ...]); the Handbook's
+/// definition (cards detected on earlier days removed) unless `remove_detected` is false.
 #[pyfunction]
+#[pyo3(signature = (scores, labels, cards, days, k, remove_detected = true))]
 fn card_precision_at_k(
     scores: PyReadonlyArray1<'_, f64>,
     labels: PyReadonlyArray1<'_, f64>,
     cards: Vec<String>,
     days: Vec<i64>,
     k: usize,
+    remove_detected: bool,
 ) -> PyResult<(f64, Vec<(i64, f64)>)> {
-    let r = fraud_core::eval::card_precision_at_k_per_day(
-        &vec1(&scores),
-        &vec1(&labels),
-        &cards,
-        &days,
-        k,
-    )
-    .map_err(value_err)?;
+    let f = if remove_detected {
+        fraud_core::eval::card_precision_at_k_per_day::<String>
+    } else {
+        fraud_core::eval::card_precision_at_k_per_day_keeping_detected::<String>
+    };
+    let r = f(&vec1(&scores), &vec1(&labels), &cards, &days, k).map_err(value_err)?;
     Ok((r.mean, r.days))
 }
 

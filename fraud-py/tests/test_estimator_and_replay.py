@@ -148,3 +148,20 @@ def test_example_end_to_end_makes_a_model_fraud_serve_runs(tmp_path):
     finally:
         server.kill()
         server.wait()
+
+
+def test_a_constant_feature_is_trained_around_with_a_warning():
+    """Data without some column's variety (no channel, no MCC, ...) trains at the defaults,
+    as LightGBM does, instead of failing; the column is named and kept in the model."""
+    from fraudscore import GBDTClassifier
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(2000, 3))
+    x[:, 1] = 7.0
+    y = (x[:, 0] + 0.3 * rng.normal(size=2000) > 1.0).astype(int)
+    clf = GBDTClassifier(n_estimators=20)
+    with pytest.warns(UserWarning, match="constant feature"):
+        clf.fit(x, y)
+    assert clf.model_.metadata["training"]["constant_features"] == ["f1"]
+    assert clf.feature_importances_[1] == 0.0
+    assert clf.predict_proba(x).shape == (2000, 2)

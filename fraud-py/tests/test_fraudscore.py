@@ -50,6 +50,45 @@ def test_xgboost_import_predicts_and_explains_exactly(xgb_pair):
     np.testing.assert_allclose(contrib.sum(axis=1), model.predict_margin(x), atol=1e-5)
 
 
+def test_an_early_stopped_xgboost_model_scores_as_predict_proba(tmp_path):
+    """XGBClassifier(early_stopping_rounds) keeps every tree but predicts up to its
+    best_iteration: the import must do the same (it differed by up to 0.998 before)."""
+    xgb = pytest.importorskip("xgboost")
+    x, y = data(n=4000, seed=5)
+    flip = np.random.default_rng(6).random(len(y)) < 0.3  # noisy labels: it overfits early
+    y = np.where(flip, 1 - y, y)
+    clf = xgb.XGBClassifier(n_estimators=300, max_depth=6, learning_rate=0.5, early_stopping_rounds=10,
+                            n_jobs=2, random_state=1)
+    clf.fit(x[:3000], y[:3000], eval_set=[(x[3000:], y[3000:])], verbose=False)
+    booster = clf.get_booster()
+    assert clf.best_iteration + 1 < booster.num_boosted_rounds(), "early stopping did not stop early"
+    model = fraudscore.from_xgboost(clf)
+    np.testing.assert_allclose(model.predict(x), clf.predict_proba(x)[:, 1], rtol=0, atol=1e-6)
+    said = model.metadata["attributes"]["fraud_imported_iterations"]
+    assert f"0..{clf.best_iteration + 1} of {booster.num_boosted_rounds()}" in said, said
+    # Every iteration, when asked, as XGBoost's own iteration_range.
+    everything = fraudscore.from_xgboost(clf, iteration_range=(0, 0))
+    d = xgb.DMatrix(x)
+    np.testing.assert_allclose(everything.predict(x), booster.predict(d, iteration_range=(0, 0)), atol=1e-6)
+    part = fraudscore.from_xgboost(clf, iteration_range=(2, 7))
+    np.testing.assert_allclose(part.predict_margin(x), booster.predict(d, iteration_range=(2, 7), output_margin=True),
+                               atol=1e-5)
+    # The same through a saved file and the command line, which says what it imported.
+    path = tmp_path / "es.json"
+    booster.save_model(str(path))
+    np.testing.assert_allclose(fraudscore.from_xgboost(str(path)).predict(x), clf.predict_proba(x)[:, 1], atol=1e-6)
+    fraud = os.environ.get("FRAUD_BIN")
+    if fraud:
+        import subprocess
+
+        out = subprocess.run([fraud, "import", "--format", "xgboost", str(path), "-o", str(tmp_path / "es.fgb")],
+                             capture_output=True, text=True, check=True).stdout
+        assert f"best_iteration {clf.best_iteration}" in out, out
+        shown = subprocess.run([fraud, "inspect", str(tmp_path / "es.fgb")], capture_output=True, text=True,
+                               check=True).stdout
+        assert "imported:" in shown and "best_iteration" in shown, shown
+
+
 def test_lightgbm_import_predicts_exactly(tmp_path):
     lgb = pytest.importorskip("lightgbm")
     x, y = data(seed=3)
@@ -156,6 +195,52 @@ def test_metrics_match_scikit_learn():
         metrics.roc_auc([0, 2], [0.1, 0.2])
     with pytest.raises(ValueError, match="1-D"):
         metrics.roc_auc([[0, 1]], [[0.1, 0.2]])
+
+
+def _handbook_card_precision(df: pd.DataFrame, k: int) -> float:
+    """The Fraud Detection Handbook's card_precision_top_k (remove_detected_compromised_cards
+    True), written as the book does, as an independent oracle."""
+    detected: list = []
+    per_day = []
+    for day in sorted(df["day"].unique()):
+        d = df[df["day"] == day].groupby("card")[["score", "fraud"]].max().reset_index()
+        d = d[~d["card"].isin(detected)]
+        d = d.sort_values(by=["score", "card"], ascending=[False, True]).head(k)
+        found = list(d[d["fraud"] == 1]["card"])
+        detected.extend(found)
+        per_day.append(len(found) / k)
+    return float(np.mean(per_day))
+
+
+def test_card_precision_is_the_handbooks_and_takes_timestamps():
+    rng = np.random.default_rng(11)
+    n = 6000
+    df = pd.DataFrame({
+        "card": rng.integers(0, 300, n).astype(str),
+        "day": rng.integers(0, 20, n),
+        "score": rng.random(n),
+    })
+    df["fraud"] = (rng.random(n) < 0.05 + 0.4 * (df["card"].astype(int) < 15)).astype(int)
+    mean, days = metrics.card_precision_at_k(df["fraud"], df["score"], df["card"], df["day"], k=10)
+    assert mean == pytest.approx(_handbook_card_precision(df, 10), abs=1e-12)
+    assert len(days) == 20
+    kept, _ = metrics.card_precision_at_k(df["fraud"], df["score"], df["card"], df["day"], k=10,
+                                          remove_detected=False)
+    assert kept > mean, "keeping detected cards reads higher on repeat offenders"
+    # Days as pandas Timestamps (and datetimes) give the same as day numbers.
+    stamps = pd.Timestamp("2018-04-01") + pd.to_timedelta(df["day"], unit="D") + pd.Timedelta(hours=13)
+    assert metrics.card_precision_at_k(df["fraud"], df["score"], df["card"], stamps, k=10)[0] == mean
+    assert metrics.card_precision_at_k(df["fraud"], df["score"], df["card"], list(stamps.dt.to_pydatetime()),
+                                       k=10)[0] == mean
+
+
+def test_recall_at_fpr_refuses_a_percentage():
+    y = np.array([0, 1, 0, 1, 0, 0])
+    s = np.array([0.1, 0.9, 0.2, 0.8, 0.3, 0.4])
+    for bad in [5, 1.0, 0.0, -0.01, float("nan")]:
+        with pytest.raises(ValueError, match="between 0 and 1"):
+            metrics.recall_at_fpr(y, s, bad)
+    assert metrics.recall_at_fpr(y, s, 0.25) == 1.0
 
 
 def test_simulator_is_deterministic_and_labelled():

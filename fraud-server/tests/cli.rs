@@ -333,9 +333,39 @@ fn train_names_what_is_wrong() {
     std::fs::write(&csv, "x0,x1,label\n1,2,0\n2,2,\n").unwrap();
     let e = train(&["--label", "label"]);
     assert!(e.contains("row 2 is missing"), "{e}");
-    std::fs::write(&csv, "x0,x1,label\n1,2,0\n2,2,1\n3,2,0\n").unwrap();
+    // A constant feature is kept and never split on, with a warning naming it, and recorded
+    // in the model (as LightGBM does); only all-constant data is refused.
+    std::fs::write(&csv, "x0,x1,label\n1,2,0\n2,2,1\n3,2,0\n4,2,1\n").unwrap();
+    let o = fraud(&[
+        "train",
+        "--input",
+        csv.to_str().unwrap(),
+        "--label",
+        "label",
+        "--param",
+        "min_data_in_leaf=1",
+        "-o",
+        model.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("warning: 1 constant feature") && stderr(&o).contains("x1"),
+        "{}",
+        stderr(&o)
+    );
+    let inspect = fraud(&["inspect", "--json", model.to_str().unwrap()]);
+    let meta: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(
+        meta["metadata"]["training"]["constant_features"],
+        serde_json::json!(["x1"])
+    );
+    assert_eq!(
+        meta["metadata"]["feature_names"],
+        serde_json::json!(["x0", "x1"])
+    );
+    std::fs::write(&csv, "x0,x1,label\n2,2,0\n2,2,1\n2,2,0\n").unwrap();
     let e = train(&["--label", "label"]);
-    assert!(e.contains("constant feature") && e.contains("x1"), "{e}");
+    assert!(e.contains("every feature is constant"), "{e}");
     std::fs::write(&csv, "x0,x1,label\n").unwrap();
     let e = train(&["--label", "label"]);
     assert!(e.contains("no rows"), "{e}");

@@ -7,7 +7,9 @@
 //! Windows are exact: a past transaction counts iff its timestamp is in `[t - w, t)`, `t`
 //! being the current one's; the current transaction never counts. This holds for every window
 //! length (no bucketing): the state keeps every event within the longest window of its entity.
-//! Label-aware rates count labels known at least `delay` before the transaction.
+//! Label-aware rates count, among the entity's transactions in `[t - delay - w, t - delay)`,
+//! those whose fraud label is known at `t` (reported at or before it): the delay sets the
+//! window, not when a label counts (it would count each late label's delay twice).
 
 pub mod durable;
 pub mod redis;
@@ -451,7 +453,8 @@ impl Extractor {
         for &(w, d, first) in &plan.labels {
             let (from, to) = (t - d - w, t - d);
             let n = s.map_or(0, |s| s.count_in(from, to));
-            let frauds = s.map_or(0, |s| s.frauds_in(from, to, t - d));
+            // A label counts once it is known at `t`; the delay only places the window.
+            let frauds = s.map_or(0, |s| s.frauds_in(from, to, t));
             put(first, n as f64);
             put(first + 1, frauds as f64);
             put(

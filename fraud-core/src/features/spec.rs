@@ -230,7 +230,8 @@ pub const DEFAULT_RETENTION: &str = "90d";
 
 /// Label-aware features, as fraud teams use them: for a transaction at `t`, the entity's
 /// transactions with a timestamp in `[t - delay - window, t - delay)`, and among them those
-/// labelled fraud by a label known (received) at or before `t - delay`. Three features per
+/// labelled fraud by a label known (received) at or before `t`: the delay places the window
+/// (labels take time to arrive), it does not hold back a label already known. Three features per
 /// window: `<entity>_delayed_txn_count_<window>_delay_<delay>`,
 /// `<entity>_fraud_count_<window>_delay_<delay>` and `<entity>_fraud_rate_<window>_delay_<delay>`
 /// (fraud count over transaction count; 0 when there is no transaction, as in the Fraud

@@ -62,7 +62,35 @@ struct GbtreeModel {
     trees: Vec<TreeJson>,
     #[serde(default)]
     tree_info: Vec<i64>,
+    /// Where each boosting iteration's trees start (one more entry than iterations).
+    #[serde(default)]
+    iteration_indptr: Vec<i64>,
+    #[serde(default)]
+    gbtree_model_param: Option<GbtreeParam>,
 }
+
+#[derive(Deserialize)]
+struct GbtreeParam {
+    #[serde(default)]
+    num_parallel_tree: Option<String>,
+}
+
+/// Which boosting iterations of an XGBoost model to import.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Iterations {
+    /// What XGBoost's scikit-learn `predict_proba` uses: up to and including the model's
+    /// `best_iteration` when it has one (early stopping), else every iteration.
+    #[default]
+    Best,
+    /// Every iteration, whatever `best_iteration` says (`Booster.predict` on its defaults).
+    All,
+    /// Iterations `begin..end`, as XGBoost's `iteration_range=(begin, end)` (`end` 0: to the
+    /// last).
+    Range(usize, usize),
+}
+
+/// The metadata attribute that says which iterations were imported.
+pub const ITERATIONS_ATTRIBUTE: &str = "fraud_imported_iterations";
 
 #[derive(Deserialize)]
 struct LearnerModelParam {
@@ -208,18 +236,34 @@ fn quote_non_finite(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     std::borrow::Cow::Owned(out)
 }
 
-/// Imports an XGBoost JSON model from a file.
+/// Imports an XGBoost JSON model from a file, with the iterations XGBoost predicts with
+/// (see [`Iterations::Best`]).
 pub fn import_file(path: impl AsRef<Path>) -> Result<Artifact, ImportError> {
+    import_file_with(path, Iterations::Best)
+}
+
+/// Imports the `iterations` of an XGBoost JSON model from a file.
+pub fn import_file_with(
+    path: impl AsRef<Path>,
+    iterations: Iterations,
+) -> Result<Artifact, ImportError> {
     let path = path.as_ref();
     let text = std::fs::read(path).map_err(|source| ImportError::Io {
         path: path.display().to_string(),
         source,
     })?;
-    import_bytes(&text)
+    import_bytes_with(&text, iterations)
 }
 
-/// Imports an XGBoost JSON model from its bytes.
+/// Imports an XGBoost JSON model from its bytes, with the iterations XGBoost predicts with
+/// (see [`Iterations::Best`]).
 pub fn import_bytes(bytes: &[u8]) -> Result<Artifact, ImportError> {
+    import_bytes_with(bytes, Iterations::Best)
+}
+
+/// Imports the `iterations` of an XGBoost JSON model from its bytes. The metadata attribute
+/// [`ITERATIONS_ATTRIBUTE`] says which were imported, of how many.
+pub fn import_bytes_with(bytes: &[u8], iterations: Iterations) -> Result<Artifact, ImportError> {
     if bytes.first() == Some(&b'{') && bytes.get(1) == Some(&b'L') {
         return Err(unsupported(
             "this looks like UBJSON; save the model with a `.json` file name",
@@ -227,7 +271,7 @@ pub fn import_bytes(bytes: &[u8]) -> Result<Artifact, ImportError> {
     }
     let bytes = quote_non_finite(bytes);
     let file: File = serde_json::from_slice(&bytes).map_err(|e| malformed(e.to_string()))?;
-    let (ensemble, attributes) = convert(file.learner)?;
+    let (ensemble, attributes) = convert(file.learner, iterations)?;
     let version = if file.version.is_empty() {
         "unknown".to_string()
     } else {
@@ -242,7 +286,89 @@ pub fn import_bytes(bytes: &[u8]) -> Result<Artifact, ImportError> {
     Ok(artifact)
 }
 
-fn convert(learner: Learner) -> Result<(Ensemble, BTreeMap<String, String>), ImportError> {
+/// The trees of iterations `range` (from `iteration_indptr`, else `num_parallel_tree` trees
+/// an iteration), and a description of the choice.
+fn select_iterations(
+    model: &GbtreeModel,
+    attributes: &BTreeMap<String, serde_json::Value>,
+    iterations: Iterations,
+) -> Result<(std::ops::Range<usize>, String), ImportError> {
+    let n_trees = model.trees.len();
+    let per_iteration = match model
+        .gbtree_model_param
+        .as_ref()
+        .and_then(|p| p.num_parallel_tree.as_deref())
+    {
+        Some(s) => s
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| malformed(format!("num_parallel_tree `{s}` is not a count")))?,
+        None => 1,
+    };
+    let starts: Vec<usize> = if model.iteration_indptr.len() >= 2 {
+        let v: Vec<usize> = model
+            .iteration_indptr
+            .iter()
+            .map(|&x| usize::try_from(x).unwrap_or(usize::MAX))
+            .collect();
+        if v[0] != 0 || v.windows(2).any(|w| w[0] > w[1]) || v[v.len() - 1] != n_trees {
+            return Err(malformed("iteration_indptr does not partition the trees"));
+        }
+        v
+    } else {
+        if !n_trees.is_multiple_of(per_iteration) {
+            return Err(malformed(format!(
+                "{n_trees} trees are not whole iterations of {per_iteration}"
+            )));
+        }
+        (0..=n_trees / per_iteration)
+            .map(|i| i * per_iteration)
+            .collect()
+    };
+    let total = starts.len() - 1;
+    let best = match attributes.get("best_iteration") {
+        None => None,
+        Some(v) => {
+            let text = match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            Some(text.trim().parse::<usize>().map_err(|_| {
+                malformed(format!(
+                    "best_iteration `{text}` is not an iteration number"
+                ))
+            })?)
+        }
+    };
+    let (begin, end, why) = match iterations {
+        Iterations::Best => match best {
+            Some(b) if b + 1 < total => (0, b + 1, format!("best_iteration {b}")),
+            Some(b) => (0, total, format!("best_iteration {b} is the last")),
+            None => (0, total, "no best_iteration: every iteration".to_string()),
+        },
+        Iterations::All => (0, total, "every iteration, as asked".to_string()),
+        Iterations::Range(b, e) => {
+            let e = if e == 0 { total } else { e };
+            if b >= e || e > total {
+                return Err(unsupported(format!(
+                    "iteration range {b}..{e} is not within the model's {total} iterations"
+                )));
+            }
+            (b, e, format!("iteration_range ({b}, {e}), as asked"))
+        }
+    };
+    Ok((
+        starts[begin]..starts[end],
+        format!("iterations {begin}..{end} of {total} ({why})"),
+    ))
+}
+
+fn convert(
+    learner: Learner,
+    iterations: Iterations,
+) -> Result<(Ensemble, BTreeMap<String, String>), ImportError> {
     let objective = learner.objective.name.as_str();
     if objective != "binary:logistic" && objective != "reg:logistic" {
         return Err(unsupported(format!(
@@ -317,8 +443,15 @@ fn convert(learner: Learner) -> Result<(Ensemble, BTreeMap<String, String>), Imp
         })
         .collect();
 
-    let mut trees = Vec::with_capacity(model.trees.len());
-    for (t, tree) in model.trees.iter().enumerate() {
+    let (selected, chosen) = select_iterations(model, &learner.attributes, iterations)?;
+    let mut trees = Vec::with_capacity(selected.len());
+    for (t, tree) in model
+        .trees
+        .iter()
+        .enumerate()
+        .take(selected.end)
+        .skip(selected.start)
+    {
         let tree = convert_tree(tree, num_features, &mut features).map_err(|e| match e {
             ImportError::Malformed { format, detail } => ImportError::Malformed {
                 format,
@@ -343,7 +476,7 @@ fn convert(learner: Learner) -> Result<(Ensemble, BTreeMap<String, String>), Imp
     };
     ensemble.validate()?;
     ensemble.check_limits(&super::ModelLimits::default())?;
-    let attributes = learner
+    let mut attributes: BTreeMap<String, String> = learner
         .attributes
         .into_iter()
         .map(|(k, v)| {
@@ -354,6 +487,7 @@ fn convert(learner: Learner) -> Result<(Ensemble, BTreeMap<String, String>), Imp
             (k, v)
         })
         .collect();
+    attributes.insert(ITERATIONS_ATTRIBUTE.to_string(), chosen);
     Ok((ensemble, attributes))
 }
 
@@ -534,6 +668,54 @@ mod tests {
         assert_eq!(a.ensemble.reference_margin(&row_left), -0.25);
         assert_eq!(a.ensemble.reference_margin(&row_missing), -0.25);
         assert_eq!(a.ensemble.reference_margin(&row_right), 0.375);
+    }
+
+    /// STUMP's tree three times (one an iteration), with `best_iteration` = `best`.
+    fn early_stopped(best: &str) -> String {
+        let start = STUMP.find(r#"{"base_weights""#).unwrap();
+        let end = STUMP.find(r#"]},"#).unwrap();
+        let tree = &STUMP[start..end];
+        STUMP
+            .replace(tree, &[tree, tree, tree].join(","))
+            .replace(
+                r#""iteration_indptr":[0,1]"#,
+                r#""iteration_indptr":[0,1,2,3]"#,
+            )
+            .replace(r#""tree_info":[0]"#, r#""tree_info":[0,0,0]"#)
+            .replace(
+                r#""attributes":{}"#,
+                &format!(r#""attributes":{{"best_iteration":"{best}","best_score":"0.1"}}"#),
+            )
+    }
+
+    #[test]
+    fn an_early_stopped_model_is_imported_up_to_its_best_iteration() {
+        let row = [0.0, 0.25];
+        let text = early_stopped("0");
+        let best = import_bytes(text.as_bytes()).unwrap();
+        assert_eq!(best.ensemble.trees.len(), 1);
+        assert_eq!(best.ensemble.reference_margin(&row), -0.25);
+        let said = &best.metadata.attributes[ITERATIONS_ATTRIBUTE];
+        assert!(
+            said.contains("0..1 of 3") && said.contains("best_iteration 0"),
+            "{said}"
+        );
+        let all = import_bytes_with(text.as_bytes(), Iterations::All).unwrap();
+        assert_eq!(all.ensemble.trees.len(), 3);
+        assert_eq!(all.ensemble.reference_margin(&row), -0.75);
+        let range = import_bytes_with(text.as_bytes(), Iterations::Range(1, 0)).unwrap();
+        assert_eq!(range.ensemble.trees.len(), 2);
+        assert!(import_bytes_with(text.as_bytes(), Iterations::Range(2, 5)).is_err());
+        // best_iteration at the last iteration: every tree.
+        assert_eq!(
+            import_bytes(early_stopped("2").as_bytes())
+                .unwrap()
+                .ensemble
+                .trees
+                .len(),
+            3
+        );
+        assert!(import_bytes(early_stopped("x").as_bytes()).is_err());
     }
 
     #[test]

@@ -54,17 +54,21 @@ pub fn train_logistic(data: &Dataset<'_>, params: &Params) -> Result<Trained, Tr
             }
         }
     }
+    // A constant feature (one value or all missing) carries nothing: it stays in the model
+    // with a zero column (standardized by 1), so its weight is 0, and it is reported.
     let mut constant = Vec::new();
     for f in 0..nf {
         sd[f] = (sd[f] / count[f].max(1) as f64).sqrt();
         if sd[f] <= 0.0 || sd[f].is_nan() {
-            constant.push(names[f].as_str());
+            constant.push(names[f].clone());
+            sd[f] = 1.0;
         }
     }
-    if !constant.is_empty() {
+    if constant.len() == nf {
         return Err(TrainError::Data {
             set: "training",
-            detail: format!("constant feature(s): {}; remove them", constant.join(", ")),
+            detail: "every feature is constant (one value or all missing): nothing to learn from"
+                .into(),
         });
     }
     let z: Vec<f64> = (0..n * nf)
@@ -117,6 +121,7 @@ pub fn train_logistic(data: &Dataset<'_>, params: &Params) -> Result<Trained, Tr
         "alpha": params.lambda_l2,
         "rows": n,
         "positives": data.labels.iter().filter(|&&v| v == 1.0).count(),
+        "constant_features": constant,
         "reference": super::references(data),
         "seconds": crate::model::reproducible_epoch()
             .is_none()
@@ -127,6 +132,7 @@ pub fn train_logistic(data: &Dataset<'_>, params: &Params) -> Result<Trained, Tr
         best_iteration: None,
         history: Vec::new(),
         importance: Vec::new(),
+        constant_features: constant,
     })
 }
 

@@ -108,6 +108,10 @@ pub struct Trained {
     pub history: Vec<f64>,
     /// Importance, in feature order.
     pub importance: Vec<Importance>,
+    /// Features with one value (or none) in the training data: kept in the model (its
+    /// columns are the input's), never split on; also in the metadata's
+    /// `training.constant_features`. Callers warn about them, as LightGBM does.
+    pub constant_features: Vec<String>,
 }
 
 pub(crate) fn check_dataset(set: &'static str, d: &Dataset<'_>) -> Result<(), TrainError> {
@@ -224,24 +228,27 @@ pub fn train(
             }
         })
         .collect();
-    let constant: Vec<&str> = mappers
+    // Constant features (one value or all missing) are kept in the model and never split
+    // on, as LightGBM does; the caller warns about them.
+    let is_constant: Vec<bool> = mappers
         .iter()
-        .zip(names)
-        .filter(|(m, _)| match m {
+        .map(|m| match m {
             BinMapper::Numeric { upper, .. } => upper.len() < 2,
             BinMapper::Categorical { codes, .. } => codes.len() < 2,
         })
-        .map(|(_, n)| n.as_str())
         .collect();
-    if !constant.is_empty() {
+    let constant: Vec<String> = names
+        .iter()
+        .zip(&is_constant)
+        .filter(|(_, &c)| c)
+        .map(|(n, _)| n.clone())
+        .collect();
+    let usable: Vec<usize> = (0..nf).filter(|&f| !is_constant[f]).collect();
+    if usable.is_empty() {
         return Err(TrainError::Data {
             set: "training",
-            detail: format!(
-                "constant feature{} (one value or all missing): {}; remove {} from the input",
-                if constant.len() > 1 { "s" } else { "" },
-                constant.join(", "),
-                if constant.len() > 1 { "them" } else { "it" },
-            ),
+            detail: "every feature is constant (one value or all missing): nothing to learn from"
+                .into(),
         });
     }
     let binned = Binned::new(x, nf, &mappers);
@@ -319,17 +326,18 @@ pub fn train(
             }
         }
         let features: Vec<usize> = if params.feature_fraction < 1.0 {
-            let k = ((nf as f64 * params.feature_fraction).round() as usize).clamp(1, nf);
-            let mut all: Vec<usize> = (0..nf).collect();
+            let nu = usable.len();
+            let k = ((nu as f64 * params.feature_fraction).round() as usize).clamp(1, nu);
+            let mut all = usable.clone();
             for i in 0..k {
-                let j = i + (rng.next() % (nf - i) as u64) as usize;
+                let j = i + (rng.next() % (nu - i) as u64) as usize;
                 all.swap(i, j);
             }
             let mut chosen = all[..k].to_vec();
             chosen.sort_unstable();
             chosen
         } else {
-            (0..nf).collect()
+            usable.clone()
         };
 
         let grown = ctx.grow(bag.clone(), &grad, &features, &mut hist_pool);
@@ -453,6 +461,7 @@ pub fn train(
         "categorical": categorical,
         "rows": n,
         "positives": y.iter().filter(|&&v| v == 1.0).count(),
+        "constant_features": constant,
         "valid_rows": valid.map(|v| v.features.rows()),
         "trees": artifact.ensemble.trees.len(),
         "best_iteration": best_iteration,
@@ -472,5 +481,6 @@ pub fn train(
         best_iteration,
         history,
         importance,
+        constant_features: constant,
     })
 }

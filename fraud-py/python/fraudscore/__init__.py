@@ -153,16 +153,20 @@ class Model:
         return f"Model({self.num_trees} trees, {len(self.feature_names)} features, source={self.metadata.get('source')!r})"
 
 
-def from_xgboost(booster_or_path: Any) -> Model:
+def from_xgboost(booster_or_path: Any, iteration_range: tuple[int, int] | None = None) -> Model:
     """Imports an XGBoost model: an ``xgboost.Booster`` (or sklearn wrapper) or the path of
-    a JSON model file. Predictions are identical to XGBoost's."""
+    a JSON model file. Predictions are identical to XGBoost's ``predict_proba``: a model
+    trained with early stopping is imported up to its ``best_iteration``, as XGBoost predicts
+    with it. ``iteration_range=(begin, end)`` imports those iterations instead, as XGBoost's
+    own ``iteration_range`` (``(0, 0)``: every iteration). ``Model.metadata["attributes"]``
+    says which were imported."""
     if isinstance(booster_or_path, (str, os.PathLike)):
         with open(booster_or_path, "rb") as f:
             data = f.read()
     else:
         booster = booster_or_path.get_booster() if hasattr(booster_or_path, "get_booster") else booster_or_path
         data = bytes(booster.save_raw("json"))
-    return Model(_fraudscore._Model.from_xgboost_json(data))
+    return Model(_fraudscore._Model.from_xgboost_json(data, iteration_range))
 
 
 def from_lightgbm(booster_or_path: Any) -> Model:

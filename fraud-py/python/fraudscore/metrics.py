@@ -40,9 +40,14 @@ def average_precision(y_true: Any, y_score: Any, sample_weight: Any = None) -> f
 
 
 def recall_at_fpr(y_true: Any, y_score: Any, fpr: float = 0.01, sample_weight: Any = None) -> float:
-    """Share of frauds caught when at most ``fpr`` of genuine transactions are flagged."""
+    """Share of frauds caught when at most ``fpr`` of genuine transactions are flagged.
+    ``fpr`` is a rate strictly between 0 and 1 (``0.05`` for 5%); anything else raises
+    ``ValueError``."""
+    fpr = float(fpr)
+    if not 0.0 < fpr < 1.0:
+        raise ValueError(f"fpr is {fpr}; it must be a rate strictly between 0 and 1 (0.05 for 5%)")
     w = None if sample_weight is None else _arr(sample_weight, "sample_weight")
-    return _fraudscore.recall_at_fpr(_arr(y_score, "y_score"), _arr(y_true, "y_true"), float(fpr), w)
+    return _fraudscore.recall_at_fpr(_arr(y_score, "y_score"), _arr(y_true, "y_true"), fpr, w)
 
 
 def precision_at_k(y_true: Any, y_score: Any, k: int = 100) -> float:
@@ -50,15 +55,38 @@ def precision_at_k(y_true: Any, y_score: Any, k: int = 100) -> float:
     return _fraudscore.precision_at_k(_arr(y_score, "y_score"), _arr(y_true, "y_true"), int(k))
 
 
+def _day_numbers(days: Any) -> list[int]:
+    """Day numbers from integers, or from dates and times of any usual kind (pandas
+    ``Timestamp``/datetime64 series, ``datetime``, ``date``, ISO strings): days since
+    1970-01-01 (UTC for aware times)."""
+    values = list(days) if not isinstance(days, (list, tuple)) else days
+    if all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in values):
+        return [int(d) for d in values]
+    import pandas as pd
+
+    try:
+        stamps = pd.to_datetime(pd.Series(list(values)), utc=True)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"days must be day numbers or dates/times: {e}") from None
+    if stamps.isna().any():
+        raise ValueError(f"days has a missing value at position {int(stamps.isna().to_numpy().argmax())}")
+    return [int(d) for d in (stamps.dt.tz_convert(None).dt.normalize() - pd.Timestamp(0)).dt.days]
+
+
 def card_precision_at_k(
-    y_true: Any, y_score: Any, cards: Sequence[Any], days: Sequence[int], k: int = 100
+    y_true: Any, y_score: Any, cards: Sequence[Any], days: Sequence[Any], k: int = 100,
+    remove_detected: bool = True,
 ) -> tuple[float, list[tuple[int, float]]]:
-    """Card precision at top-k per day: each day every card gets its highest score and is
-    compromised if any of its transactions is fraud; the share of compromised cards among
-    the ``k`` highest. Returns (mean over days, [(day, precision), ...])."""
+    """Card precision at top-k per day, the Fraud Detection Handbook's definition: days in
+    order; each day every card gets its highest score and is compromised if any of its
+    transactions is fraud; cards detected on an earlier day (among its top ``k``) are left
+    out; the share of compromised cards among the ``k`` highest. ``days`` are day numbers or
+    dates/times (pandas ``Timestamp``s included). ``remove_detected=False`` keeps detected
+    cards in later days' rankings (not the Handbook's measure; it reads higher). Returns
+    (mean over days, [(day, precision), ...])."""
     return _fraudscore.card_precision_at_k(
         _arr(y_score, "y_score"), _arr(y_true, "y_true"), [str(c) for c in cards],
-        [int(d) for d in days], int(k),
+        _day_numbers(days), int(k), bool(remove_detected),
     )
 
 

@@ -4,6 +4,8 @@ works in ``Pipeline``, ``cross_val_score``, ``clone`` and grid searches."""
 
 from __future__ import annotations
 
+import warnings
+
 from typing import Any, Sequence
 
 import numpy as np
@@ -121,6 +123,13 @@ class GBDTClassifier(ClassifierMixin, BaseEstimator):
         )
         self.model_ = Model(native)
         self.best_iteration_ = best
+        constant = (self.model_.metadata.get("training") or {}).get("constant_features") or []
+        if constant:
+            warnings.warn(
+                f"{len(constant)} constant feature(s) (one value or all missing in the training data), "
+                f"kept in the model and never split on: {', '.join(constant)}",
+                UserWarning, stacklevel=2,
+            )
         gains = np.array([g for (_, _, g) in importance], dtype=np.float64)
         total = gains.sum()
         self.feature_importances_ = gains / total if total > 0 else np.zeros_like(gains)

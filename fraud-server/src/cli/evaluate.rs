@@ -194,8 +194,14 @@ pub fn evaluation(s: &Scored, k: usize) -> anyhow::Result<serde_json::Value> {
         .map(|(f, r)| (format!("{f}"), json!(r)))
         .collect::<serde_json::Map<_, _>>());
     if let (Some(cards), Some(days)) = (&s.cards, &s.days) {
+        // The Handbook's measure (cards detected on earlier days removed), and the one that
+        // keeps them, under its own name.
         let cp = eval::card_precision_at_k_per_day(&s.probs, &s.labels, cards, days, k)?;
         out[format!("card_precision_at_{k}_per_day")] = json!(cp.mean);
+        let kept = eval::card_precision_at_k_per_day_keeping_detected(
+            &s.probs, &s.labels, cards, days, k,
+        )?;
+        out[format!("card_precision_at_{k}_per_day_keeping_detected")] = json!(kept.mean);
         out["days"] = json!(cp.days.len());
     }
     out["thresholds"] =

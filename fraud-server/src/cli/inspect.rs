@@ -74,6 +74,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         };
         writeln!(out, "  {i:>4}  {:<32} {kind}", f.name)?;
     }
+    if let Some(w) = m
+        .attributes
+        .get(fraud_core::model::xgboost::ITERATIONS_ATTRIBUTE)
+    {
+        writeln!(out, "imported:     {w}")?;
+    }
     if let Some(t) = &m.training {
         writeln!(out, "training:     {}", serde_json::to_string(t)?)?;
     }

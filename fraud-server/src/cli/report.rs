@@ -274,8 +274,12 @@ fn summary(
         ("Log-loss", "log_loss".to_string()),
         ("Precision at top 100", "precision_at_100".to_string()),
         (
-            "Card precision at top-k per day",
+            "Card precision at top-k per day (the Handbook's: detected cards removed)",
             format!("card_precision_at_{k}_per_day"),
+        ),
+        (
+            "Card precision at top-k per day, detected cards kept",
+            format!("card_precision_at_{k}_per_day_keeping_detected"),
         ),
     ] {
         if json.get(&key).is_some() {

@@ -230,6 +230,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if tty {
         eprintln!();
     }
+    if !trained.constant_features.is_empty() {
+        eprintln!(
+            "warning: {} constant feature(s) (one value or all missing in the training data), kept in the model and never split on: {}",
+            trained.constant_features.len(),
+            trained.constant_features.join(", ")
+        );
+    }
     let mut trained = trained;
     trained.artifact.metadata.feature_spec = spec;
     trained
