@@ -188,6 +188,20 @@ impl PyModel {
         PyModel::new(artifact)
     }
 
+    /// The model of its first `n` trees (predicting at an iteration: each round adds one
+    /// tree to these models).
+    fn first_trees(&self, n: usize) -> PyResult<Self> {
+        let total = self.artifact.ensemble.trees.len();
+        if n == 0 || n > total {
+            return Err(PyValueError::new_err(format!(
+                "the model has {total} trees; cannot keep the first {n}"
+            )));
+        }
+        let mut artifact = self.artifact.clone();
+        artifact.ensemble.trees.truncate(n);
+        PyModel::new(artifact)
+    }
+
     /// Writes the artifact.
     fn save(&self, path: PathBuf) -> PyResult<()> {
         self.artifact
@@ -467,12 +481,14 @@ fn convert_csv<'py>(
 }
 
 /// What [`train`] returns: the model, the best iteration, and (feature, splits, gain).
-type Trained = (PyModel, Option<usize>, Vec<(String, u64, f64)>);
+type Trained = (PyModel, Option<usize>, Vec<(String, u64, f64)>, Vec<f64>);
 
-/// Trains a gradient-boosted model: (model, best iteration, [(feature, splits, gain)]).
+/// Trains a gradient-boosted model: (model, best iteration, [(feature, splits, gain)],
+/// validation metric after every round). With `verbose` > 0, the round, time and
+/// validation metric are written to stderr every `verbose` rounds.
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
-#[pyo3(signature = (x, y, weights, names, categorical, params, valid=None, threads=0))]
+#[pyo3(signature = (x, y, weights, names, categorical, params, valid=None, threads=0, verbose=0))]
 fn train<'py>(
     py: Python<'py>,
     x: PyReadonlyArray2<'py, f64>,
@@ -483,6 +499,7 @@ fn train<'py>(
     params: Vec<(String, String)>,
     valid: Option<(PyReadonlyArray2<'py, f64>, PyReadonlyArray1<'py, f64>)>,
     threads: usize,
+    verbose: usize,
 ) -> PyResult<Trained> {
     use fraud_core::data::Matrix;
     use fraud_core::train::{Dataset, Params};
@@ -527,7 +544,17 @@ fn train<'py>(
                 labels: l,
                 weights: None,
             });
-            fraud_core::train::train(&data, v.as_ref(), &categorical, &p, &mut |_| {})
+            let mut report = |pr: &fraud_core::train::Progress| {
+                if verbose > 0 && (pr.iteration.is_multiple_of(verbose) || pr.iteration == pr.total)
+                {
+                    let metric = pr
+                        .valid_metric
+                        .map(|m| format!("  valid {m:.6}"))
+                        .unwrap_or_default();
+                    eprintln!("[{}/{}] {:.1}s{metric}", pr.iteration, pr.total, pr.elapsed);
+                }
+            };
+            fraud_core::train::train(&data, v.as_ref(), &categorical, &p, &mut report)
                 .map_err(|e| e.to_string())
         })
     });
@@ -541,6 +568,7 @@ fn train<'py>(
         PyModel::new(trained.artifact)?,
         trained.best_iteration,
         importance,
+        trained.history,
     ))
 }
 

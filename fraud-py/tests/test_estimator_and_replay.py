@@ -165,3 +165,50 @@ def test_a_constant_feature_is_trained_around_with_a_warning():
     assert clf.model_.metadata["training"]["constant_features"] == ["f1"]
     assert clf.feature_importances_[1] == 0.0
     assert clf.predict_proba(x).shape == (2000, 2)
+
+
+def test_defaults_are_the_command_lines_and_the_surface_is_scikit_learns():
+    """One default everywhere (reg_lambda=1, as `fraud train`): with 0, weighted PaySim
+    scored ROC-AUC 0.498. The usual scikit-learn / LightGBM arguments are there and used."""
+    from fraudscore import GBDTClassifier
+
+    assert GBDTClassifier().get_params()["reg_lambda"] == 1.0
+    rng = np.random.default_rng(9)
+    n = 3000
+    x = rng.normal(size=(n, 3))
+    y = (x[:, 0] - 0.5 * x[:, 1] + 0.8 * rng.normal(size=n) > 1.8).astype(int)
+    xt, yt, xv, yv = x[:2000], y[:2000], x[2000:], y[2000:]
+    clf = GBDTClassifier(n_estimators=200, learning_rate=0.3, early_stopping_rounds=5, eval_metric="binary_logloss",
+                         class_weight="balanced", reg_alpha=0.1, min_child_weight=1.0, scale_pos_weight=2.0,
+                         monotone_constraints={"f0": 1, "f1": -1})
+    clf.fit(xt, yt, eval_set=[(xv, yv)])
+    hist = clf.evals_result_["valid_0"]["binary_logloss"]
+    assert len(hist) >= clf.best_iteration_ and min(hist) == hist[clf.best_iteration_ - 1]
+    # Monotone in f0 (up) and f1 (down), whatever the other values.
+    grid = np.zeros((50, 3))
+    grid[:, 0] = np.linspace(-3, 3, 50)
+    p = clf.predict_proba(grid)[:, 1]
+    assert (np.diff(p) >= -1e-12).all()
+    grid = np.zeros((50, 3))
+    grid[:, 1] = np.linspace(-3, 3, 50)
+    assert (np.diff(clf.predict_proba(grid)[:, 1]) <= 1e-12).all()
+    # Predicting at an iteration: the first n rounds.
+    first = clf.predict_proba(xv, iteration=1)[:, 1]
+    assert not np.allclose(first, clf.predict_proba(xv)[:, 1])
+    assert np.allclose(clf.predict_proba(xv, iteration=clf.model_.num_trees), clf.predict_proba(xv))
+    with pytest.raises(ValueError, match="trees"):
+        clf.predict_proba(xv, iteration=10_000)
+    # Ignored arguments are said.
+    with pytest.warns(UserWarning, match="early_stopping_rounds is ignored"):
+        GBDTClassifier(n_estimators=5, early_stopping_rounds=3).fit(xt, yt)
+    with pytest.warns(UserWarning, match="only the first"):
+        GBDTClassifier(n_estimators=5).fit(xt, yt, eval_set=[(xv, yv), (xt, yt)])
+    # Category codes must be codes.
+    bad = xt.copy()
+    bad[:, 2] = np.round(np.abs(bad[:, 2]) * 3)
+    bad[7, 2] = 1.5
+    with pytest.raises(ValueError, match="non-negative integers"):
+        GBDTClassifier(n_estimators=5).fit(bad, yt, categorical_features=[2])
+    bad[7, 2] = -1
+    with pytest.raises(ValueError, match="non-negative integers"):
+        GBDTClassifier(n_estimators=5).fit(bad, yt, categorical_features=[2])

@@ -21,14 +21,23 @@ __all__ = ["GBDTClassifier"]
 class GBDTClassifier(ClassifierMixin, BaseEstimator):
     """Gradient-boosted trees for binary classification (fraud / not fraud).
 
-    Parameters follow LightGBM's scikit-learn names. ``fit`` accepts ``sample_weight``,
+    Parameters follow LightGBM's scikit-learn names, with the same defaults as ``fraud train``
+    (one default everywhere: ``reg_lambda=1.0``, which keeps leaves with few positives from
+    exploding on imbalanced or weighted data). ``fit`` accepts ``sample_weight``,
     ``eval_set=[(X_valid, y_valid)]`` (with ``early_stopping_rounds``: training stops when
-    the validation metric has not improved for that many rounds, and the best round is kept)
-    and ``categorical_features`` (column indices or names split as categories).
+    the validation metric, ``eval_metric``, has not improved for that many rounds, and the
+    best round is kept) and ``categorical_features`` (column indices or names split as
+    categories). ``class_weight`` (``"balanced"`` or ``{class: weight}``) and
+    ``scale_pos_weight`` weigh the classes; ``monotone_constraints`` (one of -1, 0, 1 per
+    feature, or ``{name: constraint}``) bounds how the score may move with a feature;
+    ``verbose`` (n > 0) prints the round, time and validation metric every n rounds.
+    Arguments that would be ignored are warned about.
 
     After fitting: ``model_`` (a :class:`fraudscore.Model`, for ``explain``, ``save``, ...),
     ``classes_``, ``n_features_in_``, ``feature_names_in_`` (DataFrame input),
-    ``feature_importances_`` (total split gain, normalised), ``best_iteration_``.
+    ``feature_importances_`` (total split gain, normalised), ``best_iteration_``,
+    ``evals_result_`` (``{"valid_0": {metric: [value per round]}}`` with an eval set).
+    ``predict_proba(X, iteration=n)`` predicts with the first ``n`` rounds.
     """
 
     def __init__(
@@ -38,11 +47,18 @@ class GBDTClassifier(ClassifierMixin, BaseEstimator):
         num_leaves: int = 31,
         max_depth: int = -1,
         min_child_samples: int = 20,
-        reg_lambda: float = 0.0,
+        min_child_weight: float = 1e-3,
+        reg_lambda: float = 1.0,
+        reg_alpha: float = 0.0,
         subsample: float = 1.0,
         colsample_bytree: float = 1.0,
         max_bin: int = 255,
+        scale_pos_weight: float = 1.0,
+        class_weight: str | dict[Any, float] | None = None,
+        monotone_constraints: Sequence[int] | dict[str, int] | None = None,
+        eval_metric: str | None = None,
         early_stopping_rounds: int | None = None,
+        verbose: int = 0,
         random_state: int | None = None,
         n_jobs: int | None = None,
     ) -> None:
@@ -51,11 +67,18 @@ class GBDTClassifier(ClassifierMixin, BaseEstimator):
         self.num_leaves = num_leaves
         self.max_depth = max_depth
         self.min_child_samples = min_child_samples
+        self.min_child_weight = min_child_weight
         self.reg_lambda = reg_lambda
+        self.reg_alpha = reg_alpha
         self.subsample = subsample
         self.colsample_bytree = colsample_bytree
         self.max_bin = max_bin
+        self.scale_pos_weight = scale_pos_weight
+        self.class_weight = class_weight
+        self.monotone_constraints = monotone_constraints
+        self.eval_metric = eval_metric
         self.early_stopping_rounds = early_stopping_rounds
+        self.verbose = verbose
         self.random_state = random_state
         self.n_jobs = n_jobs
 
@@ -65,24 +88,69 @@ class GBDTClassifier(ClassifierMixin, BaseEstimator):
         tags.input_tags.allow_nan = True
         return tags
 
-    def _params(self) -> list[tuple[str, str]]:
-        p = {
+    def _params(self, names: list[str], with_valid: bool) -> list[tuple[str, str]]:
+        p: dict[str, Any] = {
             "num_iterations": self.n_estimators,
             "learning_rate": self.learning_rate,
             "num_leaves": self.num_leaves,
             "max_depth": self.max_depth,
             "min_data_in_leaf": self.min_child_samples,
+            "min_sum_hessian_in_leaf": self.min_child_weight,
             "lambda_l2": self.reg_lambda,
+            "lambda_l1": self.reg_alpha,
             "bagging_fraction": self.subsample,
             "feature_fraction": self.colsample_bytree,
             "max_bin": self.max_bin,
+            "scale_pos_weight": self.scale_pos_weight,
             "seed": 0 if self.random_state is None else int(self.random_state),
         }
         if self.subsample < 1.0:
             p["bagging_freq"] = 1
         if self.early_stopping_rounds:
-            p["early_stopping_round"] = int(self.early_stopping_rounds)
+            if with_valid:
+                p["early_stopping_round"] = int(self.early_stopping_rounds)
+            else:
+                warnings.warn("early_stopping_rounds is ignored without an eval_set: every round is trained",
+                              UserWarning, stacklevel=3)
+        if self.eval_metric is not None:
+            if self.eval_metric not in ("auc", "binary_logloss", "logloss"):
+                raise ValueError(f"eval_metric is {self.eval_metric!r}; expected 'auc' or 'binary_logloss'")
+            if with_valid:
+                p["metric"] = self.eval_metric
+            else:
+                warnings.warn("eval_metric is ignored without an eval_set", UserWarning, stacklevel=3)
+        if self.monotone_constraints is not None:
+            mc = self.monotone_constraints
+            if isinstance(mc, dict):
+                unknown = [k for k in mc if str(k) not in names]
+                if unknown:
+                    raise ValueError(f"monotone_constraints names unknown features: {unknown}")
+                values = [int(mc.get(n, 0)) for n in names]
+            else:
+                values = [int(v) for v in mc]
+                if len(values) != len(names):
+                    raise ValueError(f"monotone_constraints has {len(values)} values for {len(names)} features")
+            if any(v not in (-1, 0, 1) for v in values):
+                raise ValueError("monotone_constraints values must be -1, 0 or 1")
+            p["monotone_constraints"] = ",".join(str(v) for v in values)
         return [(k, str(v)) for k, v in p.items()]
+
+    def _class_weights(self, y: np.ndarray) -> np.ndarray | None:
+        """Per-row weights from ``class_weight`` (None when unset)."""
+        cw = self.class_weight
+        if cw is None:
+            return None
+        if isinstance(cw, str):
+            if cw != "balanced":
+                raise ValueError(f"class_weight is {cw!r}; expected 'balanced', a dict or None")
+            counts = {c: int((y == c).sum()) for c in self.classes_}
+            table = {c: len(y) / (len(self.classes_) * counts[c]) for c in self.classes_}
+        else:
+            unknown = [c for c in cw if c not in set(self.classes_.tolist())]
+            if unknown:
+                raise ValueError(f"class_weight names classes not in y: {unknown}")
+            table = {c: float(cw.get(c, 1.0)) for c in self.classes_}
+        return np.array([table[v] for v in y], dtype=np.float64)
 
     def _labels(self, y: Any) -> np.ndarray:
         kind = type_of_target(y, input_name="y", raise_unknown=True)
@@ -103,6 +171,15 @@ class GBDTClassifier(ClassifierMixin, BaseEstimator):
         cats: list[str] = []
         for c in categorical_features or []:
             cats.append(names[c] if isinstance(c, (int, np.integer)) else str(c))
+        for c in cats:
+            if c not in names:
+                raise ValueError(f"categorical feature {c!r} is not a column of X")
+            col = X[:, names.index(c)]
+            codes = col[~np.isnan(col)]
+            if ((codes < 0) | (codes != np.floor(codes))).any():
+                bad = codes[(codes < 0) | (codes != np.floor(codes))][0]
+                raise ValueError(f"categorical feature {c!r} holds {bad!r}: category codes must be non-negative "
+                                 "integers (NaN for missing); map categories to codes first")
         w = None
         if sample_weight is not None:
             w = np.ascontiguousarray(np.asarray(sample_weight, dtype=np.float64))
@@ -112,17 +189,25 @@ class GBDTClassifier(ClassifierMixin, BaseEstimator):
                 raise ValueError("sample_weight must be finite and non-negative")
             if not (w > 0).any():
                 raise ValueError("all sample weights are zero: nothing to train on")
+        cw = self._class_weights(y)
+        if cw is not None:
+            w = cw if w is None else w * cw
         valid = None
         if eval_set:
+            if len(eval_set) > 1:
+                warnings.warn(f"only the first of the {len(eval_set)} eval sets is used (for early stopping "
+                              "and evals_result_)", UserWarning, stacklevel=2)
             vx, vy = eval_set[0]
             vx = validate_data(self, vx, reset=False, dtype=np.float64, ensure_all_finite="allow-nan", order="C")
             valid = (np.ascontiguousarray(vx), (np.asarray(vy) == self.classes_[1]).astype(np.float64))
-        native, best, importance = _fraudscore.train(
-            np.ascontiguousarray(X), target, w, names, cats, self._params(), valid,
-            0 if self.n_jobs in (None, -1) else int(self.n_jobs),
+        native, best, importance, history = _fraudscore.train(
+            np.ascontiguousarray(X), target, w, names, cats, self._params(names, valid is not None), valid,
+            0 if self.n_jobs in (None, -1) else int(self.n_jobs), int(self.verbose or 0),
         )
         self.model_ = Model(native)
         self.best_iteration_ = best
+        metric = "auc" if self.eval_metric in (None, "auc") else "binary_logloss"
+        self.evals_result_ = {"valid_0": {metric: list(history)}} if valid is not None else {}
         constant = (self.model_.metadata.get("training") or {}).get("constant_features") or []
         if constant:
             warnings.warn(
@@ -135,11 +220,13 @@ class GBDTClassifier(ClassifierMixin, BaseEstimator):
         self.feature_importances_ = gains / total if total > 0 else np.zeros_like(gains)
         return self
 
-    def predict_proba(self, X: Any) -> np.ndarray:
-        """Probabilities of each class, shape (rows, 2)."""
+    def predict_proba(self, X: Any, iteration: int | None = None) -> np.ndarray:
+        """Probabilities of each class, shape (rows, 2); with ``iteration=n``, of the model's
+        first ``n`` rounds."""
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=np.float64, ensure_all_finite="allow-nan", order="C")
-        p = self.model_._m.predict(X)
+        m = self.model_._m if iteration is None else self.model_._m.first_trees(int(iteration))
+        p = m.predict(X)
         return np.column_stack([1.0 - p, p])
 
     def predict(self, X: Any) -> np.ndarray:
