@@ -627,11 +627,11 @@ fn features_with_a_labels_file_count_only_labels_known_in_time() {
          p2,2026-01-03T00:30:00Z,10,EUR,5555555555554444,T1\n",
     )
     .unwrap();
-    // f1 reported on day 2 at 00:00: known 1 day before p2 (and not before p1).
+    // f1 reported on day 2 at 18:00: after p1, before p2.
     let labels = dir.path().join("labels.csv");
     std::fs::write(
         &labels,
-        "transaction_id,is_fraud,reported_at\nf1,1,2026-01-02T00:00:00Z\ng1,0,\n",
+        "transaction_id,is_fraud,reported_at\nf1,1,2026-01-02T18:00:00Z\ng1,0,\n",
     )
     .unwrap();
     let out = dir.path().join("f.csv");
@@ -658,10 +658,11 @@ fn features_with_a_labels_file_count_only_labels_known_in_time() {
         "transaction_id,terminal_delayed_txn_count_1d_delay_1d,terminal_fraud_count_1d_delay_1d,terminal_fraud_rate_1d_delay_1d"
     );
     // p1 (day 2 12:00): window [day 0 12:00, day 1 12:00) holds f1 and g1; f1's label came
-    // at day 2 00:00, after day 1 12:00: not counted.
+    // at day 2 18:00, after p1: not counted.
     assert_eq!(lines[3], "p1,2,0,0");
-    // p2 (day 3 00:30): window [day 1 00:30, day 2 00:30) holds f1, g1; label known at day 2
-    // 00:00 <= day 2 00:30: counted.
+    // p2 (day 3 00:30): window [day 1 00:30, day 2 00:30) holds f1, g1; the label is known at
+    // p2's time (day 2 18:00 <= day 3 00:30): counted, though it came after the window's end
+    // (the delay places the window; it does not hold back a known label).
     assert_eq!(lines[4], "p2,2,1,0.5");
 
     std::fs::write(&labels, "transaction_id,is_fraud\nf1,maybe\n").unwrap();
