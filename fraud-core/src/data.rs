@@ -88,6 +88,18 @@ pub fn read_csv_header(input: impl Read) -> Result<Vec<String>, DataError> {
 
 /// Reads the columns `wanted` (by header name) from CSV `input`.
 pub fn read_csv(input: impl Read, wanted: &[&str]) -> Result<Matrix, DataError> {
+    read_csv_with_categories(input, wanted, &std::collections::BTreeMap::new())
+}
+
+/// [`read_csv`], with the columns named in `categories` read by value: a cell is looked up
+/// (as [`crate::model::category_key`] makes keys) in its column's value -> code
+/// table; an empty cell or a value not in the table is missing (NaN), as XGBoost and
+/// LightGBM score an unseen category.
+pub fn read_csv_with_categories(
+    input: impl Read,
+    wanted: &[&str],
+    categories: &std::collections::BTreeMap<String, std::collections::HashMap<String, f64>>,
+) -> Result<Matrix, DataError> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(false)
@@ -112,6 +124,8 @@ pub fn read_csv(input: impl Read, wanted: &[&str]) -> Result<Matrix, DataError> 
             (None, _) => return Err(DataError::MissingColumn(w.to_string())),
         }
     }
+    let tables: Vec<Option<&std::collections::HashMap<String, f64>>> =
+        wanted.iter().map(|w| categories.get(*w)).collect();
     let mut values = Vec::new();
     let mut record = csv::ByteRecord::new();
     let mut row = 0usize;
@@ -122,8 +136,18 @@ pub fn read_csv(input: impl Read, wanted: &[&str]) -> Result<Matrix, DataError> 
             Err(e) => return Err(DataError::Csv(e.to_string())),
         }
         row += 1;
-        for (&i, w) in index.iter().zip(wanted) {
+        for ((&i, w), table) in index.iter().zip(wanted).zip(&tables) {
             let cell = record.get(i).unwrap_or(b"");
+            if let Some(table) = table {
+                let text = String::from_utf8_lossy(cell);
+                let text = text.trim();
+                let key = crate::model::category_key(&serde_json::Value::String(text.to_string()));
+                values.push(match key {
+                    Some(k) if !text.is_empty() => table.get(&k).copied().unwrap_or(f64::NAN),
+                    _ => f64::NAN,
+                });
+                continue;
+            }
             match parse_cell(cell) {
                 Some(v) => values.push(v),
                 None => {
@@ -155,6 +179,26 @@ mod tests {
         assert!(m.row(0)[0].is_nan());
         assert_eq!(m.row(0)[1], 2.5);
         assert_eq!(m.row(1), &[300.0, -1.0]);
+    }
+
+    #[test]
+    fn category_columns_are_read_by_value() {
+        let mut cats = std::collections::BTreeMap::new();
+        cats.insert(
+            "type".to_string(),
+            [("CASH_OUT", 0.0), ("TRANSFER", 1.0), ("5411", 2.0)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        );
+        let csv = "type,a\nTRANSFER,1\nREFUND,2\n,3\n5411.0,4\n CASH_OUT ,5\n";
+        let m = read_csv_with_categories(csv.as_bytes(), &["type", "a"], &cats).unwrap();
+        let col: Vec<f64> = (0..m.rows()).map(|r| m.row(r)[0]).collect();
+        assert_eq!(col[0], 1.0);
+        assert!(col[1].is_nan() && col[2].is_nan(), "unseen and empty: missing");
+        assert_eq!(col[3], 2.0);
+        assert_eq!(col[4], 0.0);
+        assert_eq!(m.row(4)[1], 5.0);
     }
 
     #[test]

@@ -244,6 +244,30 @@ impl PyModel {
         serde_json::to_string(&self.artifact.metadata).map_err(value_err)
     }
 
+    /// The same model with `categories` (JSON: feature name -> categories in code order)
+    /// stored for scoring by value. Every named feature must be a categorical one.
+    fn with_categories(&self, categories: &str) -> PyResult<Self> {
+        let cats: std::collections::BTreeMap<String, Vec<serde_json::Value>> =
+            serde_json::from_str(categories).map_err(value_err)?;
+        for name in cats.keys() {
+            let f = self
+                .artifact
+                .ensemble
+                .features
+                .iter()
+                .find(|f| &f.name == name)
+                .ok_or_else(|| PyValueError::new_err(format!("no feature `{name}`")))?;
+            if f.kind != fraud_core::model::FeatureKind::Categorical {
+                return Err(PyValueError::new_err(format!(
+                    "feature `{name}` is not categorical"
+                )));
+            }
+        }
+        let mut artifact = self.artifact.clone();
+        artifact.metadata.categories = cats;
+        PyModel::new(artifact)
+    }
+
     /// Number of trees.
     #[getter]
     fn num_trees(&self) -> usize {

@@ -326,3 +326,73 @@ def test_polars_input_matched_by_name(xgb_pair):
     _, model, x, names = xgb_pair
     frame = pl.DataFrame({n: x[:, i] for i, n in enumerate(names)}).select(names[::-1])
     np.testing.assert_array_equal(model.predict(frame), model.predict(x))
+
+
+def _categorical_frame(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    kinds = ["CASH_IN", "CASH_OUT", "DEBIT", "PAYMENT", "TRANSFER"]
+    df = pd.DataFrame({
+        "amount": rng.lognormal(4, 1, n),
+        "type": pd.Categorical(rng.choice(kinds, n, p=[0.2, 0.3, 0.05, 0.3, 0.15]), categories=kinds),
+        "step": rng.integers(0, 50, n).astype(float),
+    })
+    logit = -3 + 2.5 * df["type"].isin(["TRANSFER", "CASH_OUT"]) + 0.01 * (df["amount"] - 50)
+    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
+    return df, y
+
+
+def test_categorical_models_score_frames_by_value():
+    """A model trained on a pandas category column scores any frame by value: the same
+    frame, a batch whose categories were inferred again (where `.cat.codes` differ), a
+    polars frame, and an unseen category (missing, as both libraries). It failed with
+    `could not convert string to float`, and `.cat.codes` was silently wrong (up to 0.997)."""
+    xgb = pytest.importorskip("xgboost")
+    lgb = pytest.importorskip("lightgbm")
+    df, y = _categorical_frame(4000, 21)
+    batch = df[df["type"] != "CASH_IN"].iloc[:300].copy()
+    batch["type"] = pd.Categorical(batch["type"].astype(str))  # categories inferred again: codes shift
+    assert (batch["type"].cat.codes.to_numpy() != df.loc[batch.index, "type"].cat.codes.to_numpy()).all()
+    unseen = df.iloc[:4].copy()
+    unseen["type"] = pd.Categorical(["TRANSFER", "REFUND", None, "CASH_OUT"])
+    xclf = xgb.XGBClassifier(n_estimators=30, max_depth=4, enable_categorical=True, tree_method="hist",
+                             n_jobs=2, random_state=0).fit(df, y)
+    lclf = lgb.LGBMClassifier(n_estimators=30, num_leaves=15, verbose=-1, n_jobs=2, random_state=0).fit(df, y)
+    for clf, model in [(xclf, fraudscore.from_xgboost(xclf)), (lclf, fraudscore.from_lightgbm(lclf))]:
+        assert model.categories["type"] == ["CASH_IN", "CASH_OUT", "DEBIT", "PAYMENT", "TRANSFER"]
+        for frame in (df, batch, unseen):
+            np.testing.assert_allclose(model.predict(frame), clf.predict_proba(frame)[:, 1], atol=1e-6)
+        # Codes of another encoding are refused, not scored silently wrong.
+        codes = batch.assign(type=batch["type"].cat.codes)
+        with pytest.raises(TypeError, match="not codes"):
+            model.predict(codes)
+    # The command line reads the same values from a CSV file.
+    fraud = os.environ.get("FRAUD_BIN")
+    if fraud:
+        import subprocess
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as d:
+            fraudscore.from_lightgbm(lclf).save(os.path.join(d, "m.fgb"))
+            batch.to_csv(os.path.join(d, "b.csv"), index=False)
+            subprocess.run([fraud, "predict", "--model", os.path.join(d, "m.fgb"), "--input",
+                            os.path.join(d, "b.csv"), "--output", os.path.join(d, "s.csv")], check=True)
+            scores = pd.read_csv(os.path.join(d, "s.csv"))["score"].to_numpy()
+        np.testing.assert_allclose(scores, lclf.predict_proba(batch)[:, 1], atol=1e-6)
+    pl = pytest.importorskip("polars")
+    model = fraudscore.from_lightgbm(lclf)
+    polars_batch = pl.DataFrame({
+        "amount": batch["amount"].to_numpy(),
+        "type": pl.Series(batch["type"].astype(str).tolist(), dtype=pl.Categorical),
+        "step": batch["step"].to_numpy(),
+    })
+    np.testing.assert_allclose(model.predict(polars_batch), lclf.predict_proba(batch)[:, 1], atol=1e-6)
+    # The engine's own trainer keeps the frame's categories the same way.
+    from fraudscore import GBDTClassifier
+
+    own = GBDTClassifier(n_estimators=30, random_state=0).fit(df, y)
+    assert own.model_.categories["type"] == list(df["type"].cat.categories)
+    np.testing.assert_allclose(own.predict_proba(batch)[:, 1], own.predict_proba(df.loc[batch.index])[:, 1])
+    np.testing.assert_allclose(own.model_.predict(batch), own.predict_proba(batch)[:, 1])
+    strings = df.assign(type=df["type"].astype(str))
+    np.testing.assert_allclose(own.predict_proba(strings.loc[batch.index])[:, 1], own.predict_proba(batch)[:, 1])
+    np.testing.assert_allclose(own.predict_proba(polars_batch)[:, 1], own.predict_proba(batch)[:, 1])

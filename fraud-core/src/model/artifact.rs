@@ -58,6 +58,65 @@ pub struct Metadata {
     /// the features it expects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub feature_spec: Option<crate::features::FeatureSpec>,
+    /// Categorical features scored by value: feature name -> its categories in code order
+    /// (code `i` is `categories[i]`; strings or numbers). From XGBoost's and LightGBM's own
+    /// model files (`cats`, `pandas_categorical`) or from the frame at training time. A value
+    /// that is not among them scores as missing, as both libraries do.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub categories: BTreeMap<String, Vec<serde_json::Value>>,
+}
+
+/// The text a category is matched by: a string as is; a number as its shortest decimal
+/// form (`5411`, `1.5`), whether it came as a number or a string holding one.
+pub fn category_key(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => Some(number_key(s).unwrap_or_else(|| s.clone())),
+        serde_json::Value::Number(n) => n.as_f64().map(float_key),
+        serde_json::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// The key of a numeric value (see [`category_key`]).
+pub fn float_key(x: f64) -> String {
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        format!("{}", x as i64)
+    } else {
+        format!("{x}")
+    }
+}
+
+fn number_key(s: &str) -> Option<String> {
+    let t = s.trim();
+    if t.is_empty()
+        || !t
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b))
+    {
+        return None;
+    }
+    t.parse::<f64>()
+        .ok()
+        .filter(|x| x.is_finite())
+        .map(float_key)
+}
+
+impl Metadata {
+    /// For each categorical feature with stored categories, its value -> code table (keys as
+    /// [`category_key`] makes them).
+    pub fn category_codes(&self) -> BTreeMap<String, std::collections::HashMap<String, f64>> {
+        self.categories
+            .iter()
+            .map(|(name, cats)| {
+                let table = cats
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, v)| category_key(v).map(|k| (k, i as f64)))
+                    .collect();
+                (name.clone(), table)
+            })
+            .collect()
+    }
 }
 
 impl Metadata {
@@ -77,6 +136,7 @@ impl Metadata {
             training: None,
             attributes: BTreeMap::new(),
             feature_spec: None,
+            categories: BTreeMap::new(),
         }
     }
 }

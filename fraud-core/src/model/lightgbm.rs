@@ -247,7 +247,50 @@ pub fn import_str(text: &str) -> Result<Artifact, ImportError> {
     let version = header.get("version").map_or("unknown", |(v, _)| v);
     let mut artifact = Artifact::new(ensemble, format!("lightgbm {version}"));
     artifact.metadata.attributes = trailer_attributes(&trailer);
+    artifact.metadata.categories = pandas_categories(&artifact)?;
     Ok(artifact)
+}
+
+/// The pandas category lists LightGBM stored (`pandas_categorical`), by feature name: the
+/// i-th list belongs to the i-th categorical feature (`categorical_feature`, else the
+/// features whose infos are category lists), as LightGBM pairs them.
+fn pandas_categories(
+    artifact: &Artifact,
+) -> Result<BTreeMap<String, Vec<serde_json::Value>>, ImportError> {
+    let attrs = &artifact.metadata.attributes;
+    let Some(text) = attrs.get("lightgbm.pandas_categorical") else {
+        return Ok(BTreeMap::new());
+    };
+    let lists: Vec<Vec<serde_json::Value>> = serde_json::from_str(text)
+        .map_err(|e| malformed(format!("pandas_categorical is not a list of lists: {e}")))?;
+    let features = &artifact.ensemble.features;
+    let indices: Vec<usize> = match attrs.get("lightgbm.categorical_feature") {
+        Some(list) if !list.trim().is_empty() => list
+            .split(',')
+            .map(|i| {
+                i.trim()
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|&i| i < features.len())
+                    .ok_or_else(|| malformed(format!("categorical_feature `{list}`")))
+            })
+            .collect::<Result<_, _>>()?,
+        _ => (0..features.len())
+            .filter(|&i| features[i].kind == FeatureKind::Categorical)
+            .collect(),
+    };
+    if indices.len() != lists.len() {
+        return Err(malformed(format!(
+            "pandas_categorical has {} lists for {} categorical features",
+            lists.len(),
+            indices.len()
+        )));
+    }
+    Ok(indices
+        .into_iter()
+        .zip(lists)
+        .map(|(i, l)| (features[i].name.clone(), l))
+        .collect())
 }
 
 /// Training parameters and the pandas category mapping from the end of the file.
@@ -562,6 +605,29 @@ pandas_categorical:null
         // NaN category goes right; decision_type 10 = default left, missing NaN.
         assert_eq!(m(f64::NAN, f64::NAN), -0.25 + 0.01);
         assert_eq!(m(10.5, -1.0), -0.25 + 0.01);
+    }
+
+    #[test]
+    fn keeps_the_pandas_categories_by_feature() {
+        let text = MODEL.replace(
+            "pandas_categorical:null",
+            "parameters:\n[categorical_feature: 1]\nend of parameters\n\npandas_categorical:[[5411, 5999, 7995]]",
+        );
+        let a = import_str(&text).unwrap();
+        assert_eq!(
+            a.metadata.categories.get("mcc"),
+            Some(&vec![
+                serde_json::json!(5411),
+                serde_json::json!(5999),
+                serde_json::json!(7995)
+            ])
+        );
+        let codes = a.metadata.category_codes();
+        assert_eq!(codes["mcc"]["5999"], 1.0);
+        // Lists that do not pair with the categorical features are refused.
+        let bad = text.replace("[[5411, 5999, 7995]]", "[[1], [2]]");
+        assert!(import_str(&bad).is_err());
+        assert!(import_str(MODEL).unwrap().metadata.categories.is_empty());
     }
 
     #[test]

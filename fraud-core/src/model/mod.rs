@@ -13,7 +13,8 @@ mod shap;
 pub mod xgboost;
 
 pub use artifact::{
-    reproducible_epoch, Artifact, ArtifactError, Metadata, ARTIFACT_MAGIC, ARTIFACT_VERSION,
+    category_key, float_key, reproducible_epoch, Artifact, ArtifactError, Metadata, ARTIFACT_MAGIC,
+    ARTIFACT_VERSION,
 };
 pub use compiled::CompiledModel;
 pub use ensemble::{

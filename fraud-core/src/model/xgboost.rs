@@ -67,6 +67,63 @@ struct GbtreeModel {
     iteration_indptr: Vec<i64>,
     #[serde(default)]
     gbtree_model_param: Option<GbtreeParam>,
+    /// The categories of each feature (XGBoost 3: the encoder it re-codes input with).
+    #[serde(default)]
+    cats: Option<Cats>,
+}
+
+#[derive(Deserialize)]
+struct Cats {
+    #[serde(default)]
+    enc: Vec<CatEnc>,
+}
+
+/// One feature's categories: strings as UTF-8 bytes in `values` cut at `offsets`, or
+/// numbers in `values` when `offsets` is empty.
+#[derive(Deserialize)]
+struct CatEnc {
+    #[serde(default)]
+    offsets: Vec<usize>,
+    #[serde(default)]
+    values: Vec<serde_json::Value>,
+}
+
+/// The categories stored in the model, by feature name.
+fn stored_categories(
+    cats: Option<&Cats>,
+    features: &[Feature],
+) -> Result<BTreeMap<String, Vec<serde_json::Value>>, ImportError> {
+    let mut out = BTreeMap::new();
+    let Some(c) = cats else { return Ok(out) };
+    for (f, enc) in c.enc.iter().enumerate() {
+        if enc.values.is_empty() {
+            continue;
+        }
+        let Some(feature) = features.get(f) else {
+            return Err(malformed("cats has more features than the model"));
+        };
+        let list = if enc.offsets.is_empty() {
+            enc.values.clone()
+        } else {
+            let bytes: Vec<u8> = enc
+                .values
+                .iter()
+                .map(|v| v.as_u64().and_then(|b| u8::try_from(b).ok()))
+                .collect::<Option<_>>()
+                .ok_or_else(|| malformed(format!("cats of `{}`: not bytes", feature.name)))?;
+            let mut list = Vec::with_capacity(enc.offsets.len());
+            for w in enc.offsets.windows(2) {
+                let s = bytes
+                    .get(w[0]..w[1])
+                    .and_then(|b| std::str::from_utf8(b).ok())
+                    .ok_or_else(|| malformed(format!("cats of `{}`: bad offsets", feature.name)))?;
+                list.push(serde_json::Value::String(s.to_string()));
+            }
+            list
+        };
+        out.insert(feature.name.clone(), list);
+    }
+    Ok(out)
 }
 
 #[derive(Deserialize)]
@@ -271,7 +328,7 @@ pub fn import_bytes_with(bytes: &[u8], iterations: Iterations) -> Result<Artifac
     }
     let bytes = quote_non_finite(bytes);
     let file: File = serde_json::from_slice(&bytes).map_err(|e| malformed(e.to_string()))?;
-    let (ensemble, attributes) = convert(file.learner, iterations)?;
+    let (ensemble, attributes, categories) = convert(file.learner, iterations)?;
     let version = if file.version.is_empty() {
         "unknown".to_string()
     } else {
@@ -283,6 +340,7 @@ pub fn import_bytes_with(bytes: &[u8], iterations: Iterations) -> Result<Artifac
     };
     let mut artifact = Artifact::new(ensemble, format!("xgboost {version}"));
     artifact.metadata.attributes = attributes;
+    artifact.metadata.categories = categories;
     Ok(artifact)
 }
 
@@ -365,10 +423,13 @@ fn select_iterations(
     ))
 }
 
-fn convert(
-    learner: Learner,
-    iterations: Iterations,
-) -> Result<(Ensemble, BTreeMap<String, String>), ImportError> {
+type Converted = (
+    Ensemble,
+    BTreeMap<String, String>,
+    BTreeMap<String, Vec<serde_json::Value>>,
+);
+
+fn convert(learner: Learner, iterations: Iterations) -> Result<Converted, ImportError> {
     let objective = learner.objective.name.as_str();
     if objective != "binary:logistic" && objective != "reg:logistic" {
         return Err(unsupported(format!(
@@ -488,7 +549,8 @@ fn convert(
         })
         .collect();
     attributes.insert(ITERATIONS_ATTRIBUTE.to_string(), chosen);
-    Ok((ensemble, attributes))
+    let categories = stored_categories(model.cats.as_ref(), &ensemble.features)?;
+    Ok((ensemble, attributes, categories))
 }
 
 fn convert_tree(

@@ -48,6 +48,70 @@ def _columns(x: Any) -> list[str] | None:
     return [str(c) for c in cols]
 
 
+def _category_key(v: Any) -> str | None:
+    """The text a category is matched by (as the engine's ``category_key``): strings as they
+    are, numbers (or strings holding one) in their shortest decimal form; None for missing."""
+    if v is None:
+        return None
+    if isinstance(v, float) and np.isnan(v):
+        return None
+    if isinstance(v, (bool, np.bool_)):
+        return "true" if v else "false"
+    if isinstance(v, (int, np.integer, float, np.floating)):
+        x = float(v)
+        return str(int(x)) if x.is_integer() and abs(x) < 1e15 else repr(x)
+    s = str(v)
+    t = s.strip()
+    if t and all(c.isdigit() or c in "+-.eE" for c in t):
+        try:
+            x = float(t)
+        except ValueError:
+            return s
+        if np.isfinite(x):
+            return str(int(x)) if x.is_integer() and abs(x) < 1e15 else repr(x)
+    return s
+
+
+def _codes(name: str, values: list[Any], categories: list[Any], numeric_input: bool) -> np.ndarray:
+    """``values`` of feature ``name`` mapped to their codes among ``categories`` (unseen or
+    missing: NaN). Numbers where the categories are strings are refused: they would be codes
+    of some other encoding (``.cat.codes`` of another frame), silently wrong."""
+    keys = [_category_key(c) for c in categories]
+    if numeric_input and keys and not any(k is not None and k.lstrip("+-").replace(".", "", 1).isdigit() for k in keys):
+        raise TypeError(f"column {name!r} holds numbers, but the model's categories for it are values such as "
+                        f"{categories[:3]!r}: pass the category values (e.g. the pandas category column itself), "
+                        "not codes")
+    table = {k: float(i) for i, k in enumerate(keys) if k is not None}
+    out = np.empty(len(values), dtype=np.float64)
+    for i, v in enumerate(values):
+        k = _category_key(v)
+        out[i] = np.nan if k is None else table.get(k, np.nan)
+    return out
+
+
+def _encode_columns(X: Any, names: list[str], cats: dict[str, list[Any]], polars: bool) -> np.ndarray:
+    """The model's columns of a DataFrame as float64, categorical ones mapped by value to
+    their codes (unseen or missing values: NaN)."""
+    out = np.empty((len(X), len(names)), dtype=np.float64)
+    for j, name in enumerate(names):
+        col = X.get_column(name) if polars else X[name]
+        if name in cats:
+            if polars:
+                numeric = col.dtype.is_numeric()
+                values = col.to_list()
+            else:
+                import pandas as pd
+
+                numeric = pd.api.types.is_numeric_dtype(col.dtype) and not isinstance(col.dtype, pd.CategoricalDtype)
+                values = col.astype(object).tolist()
+            out[:, j] = _codes(name, values, cats[name], numeric)
+        elif polars:
+            out[:, j] = col.cast(float).to_numpy()
+        else:
+            out[:, j] = col.to_numpy(dtype=np.float64, na_value=np.nan)
+    return out
+
+
 class Model:
     """A gradient-boosted tree model, compiled for exact and fast prediction.
 
@@ -102,6 +166,15 @@ class Model:
         """Number of trees."""
         return int(self._m.num_trees)
 
+    @property
+    def categories(self) -> dict[str, list[Any]]:
+        """Categorical features scored by value: feature name -> categories in code order
+        (from XGBoost's and LightGBM's model files, or the frame the model was trained on).
+        A DataFrame column of such a feature holding categories (pandas ``category``,
+        strings, polars ``Categorical``/``Enum``/``Utf8``) is mapped value by value; a value
+        not among them scores as missing, as both libraries do."""
+        return dict(self.metadata.get("categories") or {})
+
     def _matrix(self, X: Any) -> np.ndarray:
         if type(X) is np.ndarray and X.ndim == 2 and (X.dtype == np.float64 or X.dtype == np.float32):
             return X  # the common case, checked first: a single row is scored in microseconds
@@ -110,9 +183,14 @@ class Model:
             missing = [f for f in self.feature_names if f not in names]
             if missing:
                 raise KeyError(f"X has no column {missing[0]!r} (the model needs {len(self.feature_names)} features; missing: {missing[:5]})")
+            cats = self.categories
             if hasattr(X, "select") and not hasattr(X, "loc"):  # polars
+                if cats:
+                    return _encode_columns(X, self.feature_names, cats, polars=True)
                 X = X.select(self.feature_names).to_numpy()
             else:
+                if cats:
+                    return _encode_columns(X, self.feature_names, cats, polars=False)
                 X = X[self.feature_names].to_numpy(dtype=np.float64, na_value=np.nan)
         arr = np.asarray(X)
         if arr.ndim == 1:

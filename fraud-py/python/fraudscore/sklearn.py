@@ -135,6 +135,56 @@ class GBDTClassifier(ClassifierMixin, BaseEstimator):
             p["monotone_constraints"] = ",".join(str(v) for v in values)
         return [(k, str(v)) for k, v in p.items()]
 
+    def _encode(self, X: Any, fitting: bool) -> tuple[Any, dict[str, list[Any]]]:
+        """A DataFrame's category columns replaced by their codes (a pandas DataFrame of
+        floats for the rest of sklearn's checks). Fitting: the categories come from the frame
+        (a pandas category's own order; otherwise the sorted distinct values); afterwards,
+        from the model, value by value (unseen or missing: NaN)."""
+        from . import _category_key, _codes
+
+        is_polars = hasattr(X, "select") and not hasattr(X, "loc")
+        if not (is_polars or hasattr(X, "dtypes") and hasattr(X, "loc")):
+            return X, {}
+        import pandas as pd
+
+        if is_polars:
+            import polars as pl
+
+            kinds = {name: dt for name, dt in X.schema.items()}
+            cat_cols = [n for n, dt in kinds.items()
+                        if dt in (pl.Categorical, pl.Utf8) or isinstance(dt, (pl.Categorical, pl.Enum))]
+            # Column by column (no pyarrow needed): categories as Python values.
+            frame = pd.DataFrame({
+                n: (X.get_column(n).to_list() if n in cat_cols else X.get_column(n).cast(pl.Float64).to_numpy())
+                for n in X.columns
+            })
+        else:
+            frame = X
+            cat_cols = [str(c) for c in X.columns
+                        if isinstance(X[c].dtype, pd.CategoricalDtype) or X[c].dtype == object
+                        or pd.api.types.is_string_dtype(X[c].dtype)]
+        known: dict[str, list[Any]] = {} if fitting else dict(getattr(self, "model_", None).categories
+                                                               if hasattr(self, "model_") else {})
+        if not cat_cols and not known:
+            return X, {}
+        out = frame.copy()
+        found: dict[str, list[Any]] = {}
+        for c in [*cat_cols, *[k for k in known if k not in cat_cols]]:
+            if c not in out.columns:
+                continue
+            col = out[c]
+            if fitting:
+                if isinstance(col.dtype, pd.CategoricalDtype):
+                    values = list(col.cat.categories)
+                else:
+                    values = sorted({v for v in col.tolist() if _category_key(v) is not None}, key=str)
+                found[c] = [v.item() if hasattr(v, "item") else v for v in values]
+            elif c not in known:
+                continue
+            numeric = pd.api.types.is_numeric_dtype(col.dtype) and not isinstance(col.dtype, pd.CategoricalDtype)
+            out[c] = _codes(c, col.astype(object).tolist(), found.get(c) or known[c], numeric)
+        return out, found
+
     def _class_weights(self, y: np.ndarray) -> np.ndarray | None:
         """Per-row weights from ``class_weight`` (None when unset)."""
         cw = self.class_weight
@@ -160,7 +210,12 @@ class GBDTClassifier(ClassifierMixin, BaseEstimator):
 
     def fit(self, X: Any, y: Any, sample_weight: Any = None, eval_set: Sequence[tuple[Any, Any]] | None = None,
             categorical_features: Sequence[int | str] | None = None) -> "GBDTClassifier":
-        """Trains on ``X`` (numbers; NaN is missing) and the binary labels ``y``."""
+        """Trains on ``X`` (numbers; NaN is missing) and the binary labels ``y``. DataFrame
+        columns of categories (pandas ``category``, strings; polars ``Categorical``, ``Enum``,
+        ``Utf8``) are split as categories and their values kept in the model
+        (``model_.categories``), so any frame is scored by value later, however its own
+        categories were inferred."""
+        X, found = self._encode(X, fitting=True)
         X, y = validate_data(self, X, y, dtype=np.float64, ensure_all_finite="allow-nan", order="C")
         self._labels(y)
         self.classes_ = np.unique(y)
@@ -171,6 +226,7 @@ class GBDTClassifier(ClassifierMixin, BaseEstimator):
         cats: list[str] = []
         for c in categorical_features or []:
             cats.append(names[c] if isinstance(c, (int, np.integer)) else str(c))
+        cats += [c for c in found if c not in cats]
         for c in cats:
             if c not in names:
                 raise ValueError(f"categorical feature {c!r} is not a column of X")
@@ -198,12 +254,17 @@ class GBDTClassifier(ClassifierMixin, BaseEstimator):
                 warnings.warn(f"only the first of the {len(eval_set)} eval sets is used (for early stopping "
                               "and evals_result_)", UserWarning, stacklevel=2)
             vx, vy = eval_set[0]
+            vx, _ = self._encode(vx, fitting=False)
             vx = validate_data(self, vx, reset=False, dtype=np.float64, ensure_all_finite="allow-nan", order="C")
             valid = (np.ascontiguousarray(vx), (np.asarray(vy) == self.classes_[1]).astype(np.float64))
         native, best, importance, history = _fraudscore.train(
             np.ascontiguousarray(X), target, w, names, cats, self._params(names, valid is not None), valid,
             0 if self.n_jobs in (None, -1) else int(self.n_jobs), int(self.verbose or 0),
         )
+        if found:
+            import json
+
+            native = native.with_categories(json.dumps(found))
         self.model_ = Model(native)
         self.best_iteration_ = best
         metric = "auc" if self.eval_metric in (None, "auc") else "binary_logloss"
@@ -224,6 +285,7 @@ class GBDTClassifier(ClassifierMixin, BaseEstimator):
         """Probabilities of each class, shape (rows, 2); with ``iteration=n``, of the model's
         first ``n`` rounds."""
         check_is_fitted(self)
+        X, _ = self._encode(X, fitting=False)
         X = validate_data(self, X, reset=False, dtype=np.float64, ensure_all_finite="allow-nan", order="C")
         m = self.model_._m if iteration is None else self.model_._m.first_trees(int(iteration))
         p = m.predict(X)
@@ -237,5 +299,6 @@ class GBDTClassifier(ClassifierMixin, BaseEstimator):
     def decision_function(self, X: Any) -> np.ndarray:
         """The margin (log-odds of the second class)."""
         check_is_fitted(self)
+        X, _ = self._encode(X, fitting=False)
         X = validate_data(self, X, reset=False, dtype=np.float64, ensure_all_finite="allow-nan", order="C")
         return self.model_._m.predict_margin(X)

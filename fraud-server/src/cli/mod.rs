@@ -135,8 +135,13 @@ fn read_features(path: &PathBuf, artifact: &Artifact) -> anyhow::Result<fraud_co
     let file = std::fs::File::open(path)
         .with_context(|| format!("cannot open input {}", path.display()))?;
     let names = artifact.ensemble.feature_names();
-    fraud_core::data::read_csv(std::io::BufReader::with_capacity(1 << 20, file), &names)
-        .with_context(|| format!("cannot read input {}", path.display()))
+    // Categorical features with stored categories are read by value.
+    fraud_core::data::read_csv_with_categories(
+        std::io::BufReader::with_capacity(1 << 20, file),
+        &names,
+        &artifact.metadata.category_codes(),
+    )
+    .with_context(|| format!("cannot read input {}", path.display()))
 }
 
 /// The tokenization key: from `key_file`, else FRAUD_TOKENIZATION_KEY (hex), else a one-off

@@ -29,6 +29,9 @@ pub struct LoadedModel {
     explainer: Explainer,
     /// Model column `i` is feature `columns[i]` of the extractor's row.
     columns: Vec<usize>,
+    /// For a categorical column with stored categories: the feature's value -> code table
+    /// (the extractor's value scored by value; unseen: missing).
+    codes: Vec<Option<std::collections::HashMap<String, f64>>>,
     names: Vec<String>,
     /// Drift counters against the training reference (None without a reference).
     pub drift: Option<Drift>,
@@ -64,6 +67,8 @@ impl LoadedModel {
                 })
             })
             .collect::<Result<Vec<usize>, String>>()?;
+        let mut tables = artifact.metadata.category_codes();
+        let codes = names.iter().map(|n| tables.remove(n)).collect();
         let compiled = CompiledModel::new(&artifact.ensemble).map_err(|e| e.to_string())?;
         let explainer = Explainer::new(&artifact.ensemble).map_err(|e| e.to_string())?;
         let version: String = artifact
@@ -94,13 +99,25 @@ impl LoadedModel {
             compiled,
             explainer,
             columns,
+            codes,
             names,
             drift,
         })
     }
 
     fn row(&self, features: &[f64]) -> Vec<f64> {
-        self.columns.iter().map(|&c| features[c]).collect()
+        self.columns
+            .iter()
+            .zip(&self.codes)
+            .map(|(&c, table)| match table {
+                None => features[c],
+                Some(_) if features[c].is_nan() => f64::NAN,
+                Some(t) => t
+                    .get(&fraud_core::model::float_key(features[c]))
+                    .copied()
+                    .unwrap_or(f64::NAN),
+            })
+            .collect()
     }
 }
 
@@ -1032,6 +1049,50 @@ impl Engine {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn categorical_columns_are_scored_by_value() {
+        use fraud_core::model::{Feature, FeatureKind};
+        let extractor = Extractor::new(fraud_core::features::FeatureSpec::default_spec())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut artifact = Artifact::from_bytes(super::super::DEMO_MODEL)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let at = artifact
+            .ensemble
+            .features
+            .iter()
+            .position(|f| f.name == "mcc")
+            .unwrap_or_else(|| panic!("the demo model reads mcc"));
+        artifact.ensemble.features[at] = Feature {
+            name: "mcc".into(),
+            kind: FeatureKind::Categorical,
+        };
+        artifact.metadata.categories.insert(
+            "mcc".into(),
+            vec![json!("5999"), json!(5411), json!("7995")],
+        );
+        let m = LoadedModel::new(
+            &artifact,
+            &extractor,
+            "test",
+            &fraud_core::model::ModelLimits::default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mcc = extractor
+            .names()
+            .iter()
+            .position(|n| n == "mcc")
+            .unwrap_or_else(|| panic!("the spec produces mcc"));
+        let mut row = vec![0.0; extractor.names().len()];
+        for (value, code) in [(5411.0, 1.0), (5999.0, 0.0), (7995.0, 2.0)] {
+            row[mcc] = value;
+            assert_eq!(m.row(&row)[at], code);
+        }
+        for unseen in [4829.0, f64::NAN] {
+            row[mcc] = unseen;
+            assert!(m.row(&row)[at].is_nan());
+        }
+    }
 
     fn policy(when: &str) -> Result<Policy, String> {
         let cfg = Config {
