@@ -5,6 +5,7 @@
 //! | [`Format::Ulb`] | `creditcard.csv` (Time, V1..V28, Amount, Class) | a feature table: `time_seconds`, `v1`..`v28`, `amount`, `is_fraud`. No entities, so no windowed features: train on it directly. |
 //! | [`Format::Paysim`] | PaySim log (step, type, amount, nameOrig, ..., isFraud, isFlaggedFraud) | transactions: one per row, `timestamp` = origin + (step - 1) hours, the sender as customer and card, the receiver as merchant, plus `paysim_type`, the four balances, `is_flagged_fraud` and `weight`. |
 //! | [`Format::Sparkov`] | Sparkov `fraudTrain.csv` / `fraudTest.csv` | transactions: the card number is tokenized at once (never written), the merchant location as coordinates, the category as a merchant category code and a channel. Names, address, job and birth date are dropped. |
+//! | [`Format::Fdh`] | the Fraud Detection Handbook's simulated transactions (TRANSACTION_ID, TX_DATETIME, CUSTOMER_ID, TERMINAL_ID, TX_AMOUNT, ..., TX_FRAUD, TX_FRAUD_SCENARIO) | transactions: the customer as customer and card (a stable pseudo-token), the terminal as terminal, amounts to the cent (the published floats carry binary noise, 57.160000000000004: rounded to the nearest cent, which is what they mean; the number of amounts changed is reported), `fraud_scenario`, and `fraud_reported_at` when a report delay is given (labels arrive late in reality). |
 //!
 //! Files may be gzip-compressed (detected by their first bytes). Every error names the row and
 //! the column; a cell that could hold a card number is never quoted.
@@ -24,6 +25,8 @@ pub enum Format {
     Paysim,
     /// Sparkov simulated card transactions (Kaggle "kartik2112/fraud-detection").
     Sparkov,
+    /// The Fraud Detection Handbook's simulated transactions (`simulated-data-raw`).
+    Fdh,
 }
 
 impl std::str::FromStr for Format {
@@ -33,6 +36,7 @@ impl std::str::FromStr for Format {
             "ulb" | "creditcard" => Ok(Format::Ulb),
             "paysim" => Ok(Format::Paysim),
             "sparkov" => Ok(Format::Sparkov),
+            "fdh" | "handbook" => Ok(Format::Fdh),
             other => Err(LoadError::UnknownFormat(other.chars().take(32).collect())),
         }
     }
@@ -45,7 +49,7 @@ pub enum LoadError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
     /// Not a known format name.
-    #[error("unknown format `{0}` (known: ulb, paysim, sparkov)")]
+    #[error("unknown format `{0}` (known: ulb, paysim, sparkov, fdh)")]
     UnknownFormat(String),
     /// The header is not the format's.
     #[error("not a {format} file: {reason}")]
@@ -79,8 +83,11 @@ pub struct Options {
     pub origin: i64,
     /// PaySim: weight of each legitimate row (for an enriched sample); frauds weigh 1.
     pub legit_weight: f64,
-    /// Currency written for formats that have none (PaySim, Sparkov). Default USD.
+    /// Currency written for formats that have none (PaySim, Sparkov, FDH). Default USD.
     pub currency: String,
+    /// FDH: a fraud's label becomes known this many seconds after the transaction
+    /// (`fraud_reported_at`); known at once when absent.
+    pub report_delay_s: Option<i64>,
 }
 
 impl Default for Options {
@@ -90,6 +97,7 @@ impl Default for Options {
             origin: 1_483_228_800,
             legit_weight: 1.0,
             currency: "USD".to_string(),
+            report_delay_s: None,
         }
     }
 }
@@ -101,6 +109,8 @@ pub struct LoadSummary {
     pub rows: u64,
     /// Rows labelled fraud.
     pub frauds: u64,
+    /// Amounts rounded to the cent (FDH: published with binary float noise).
+    pub rounded_amounts: u64,
 }
 
 /// Opens a file, decompressing gzip when its first bytes say so.
@@ -140,6 +150,7 @@ pub fn convert(
         Format::Ulb => ulb(&header, &mut reader, &mut writer)?,
         Format::Paysim => paysim(&header, &mut reader, &mut writer, opts)?,
         Format::Sparkov => sparkov(&header, &mut reader, &mut writer, opts)?,
+        Format::Fdh => fdh(&header, &mut reader, &mut writer, opts)?,
     };
     writer.flush()?;
     if summary.rows == 0 {
@@ -338,6 +349,101 @@ fn fnv1a_128(bytes: &[u8]) -> u128 {
         h = h.wrapping_mul(0x0000_0000_0100_0000_0000_0000_0000_013b);
     }
     h
+}
+
+fn fdh<R: Read, W: Write>(
+    header: &[String],
+    reader: &mut csv::Reader<R>,
+    writer: &mut csv::Writer<W>,
+    opts: &Options,
+) -> Result<LoadSummary, LoadError> {
+    const NAMES: [&str; 6] = [
+        "TRANSACTION_ID",
+        "TX_DATETIME",
+        "CUSTOMER_ID",
+        "TERMINAL_ID",
+        "TX_AMOUNT",
+        "TX_FRAUD",
+    ];
+    let at = locate("Fraud Detection Handbook", header, &NAMES)?;
+    let scenario = header.iter().position(|h| h == "TX_FRAUD_SCENARIO");
+    if opts.report_delay_s.is_some_and(|d| d < 0) {
+        return Err(LoadError::Header {
+            format: "Fraud Detection Handbook",
+            reason: "the report delay must not be negative".into(),
+        });
+    }
+    writer
+        .write_record([
+            "transaction_id",
+            "timestamp",
+            "amount",
+            "currency",
+            "card_token",
+            "customer_id",
+            "terminal_id",
+            "is_fraud",
+            "fraud_reported_at",
+            "fraud_scenario",
+        ])
+        .map_err(|e| csv_error(e, 0))?;
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    let mut s = LoadSummary::default();
+    for r in records(reader) {
+        let (n, record) = r?;
+        let row = Row { n, record: &record };
+        let id = row.text(at[0], "TRANSACTION_ID")?;
+        let when = row.cell(at[1]);
+        let t = time::PrimitiveDateTime::parse(when, &format)
+            .map_err(|_| {
+                row.bad(
+                    "TX_DATETIME",
+                    format!("{} is not YYYY-MM-DD HH:MM:SS", quoted(when)),
+                )
+            })?
+            .assume_utc()
+            .unix_timestamp();
+        let ts = rfc3339(t).map_err(|e| row.bad("TX_DATETIME", e))?;
+        let customer = row.text(at[2], "CUSTOMER_ID")?;
+        let terminal = row.text(at[3], "TERMINAL_ID")?;
+        let raw = row.number(at[4], "TX_AMOUNT")?;
+        if raw < 0.0 {
+            return Err(row.bad("TX_AMOUNT", "must not be negative"));
+        }
+        let cents = (raw * 100.0).round();
+        let text = row.cell(at[4]);
+        let decimals = text
+            .split_once('.')
+            .map_or(0, |(_, f)| f.trim_end_matches('0').len());
+        if decimals > 2 || text.contains(['e', 'E']) {
+            s.rounded_amounts += 1;
+        }
+        let amount = format!("{}.{:02}", cents as i64 / 100, cents as i64 % 100);
+        let fraud = row.label(at[5], "TX_FRAUD")?;
+        let reported = match (fraud, opts.report_delay_s) {
+            (true, Some(d)) => rfc3339(t + d).map_err(|e| row.bad("TX_DATETIME", e))?,
+            _ => String::new(),
+        };
+        let token = account_token(&format!("fdh-customer-{customer}"));
+        let sc = scenario.map(|i| row.cell(i)).unwrap_or("");
+        writer
+            .write_record([
+                id,
+                &ts,
+                &amount,
+                &opts.currency,
+                &token,
+                customer,
+                terminal,
+                if fraud { "1" } else { "0" },
+                &reported,
+                sc,
+            ])
+            .map_err(|e| csv_error(e, n))?;
+        s.rows += 1;
+        s.frauds += u64::from(fraud);
+    }
+    Ok(s)
 }
 
 fn paysim<R: Read, W: Write>(

@@ -198,3 +198,67 @@ fn paysim_published_sample() {
         .sum();
     assert!((total - (6_354_407.0 + 8_213.0)).abs() < 1.0, "{total}");
 }
+
+#[test]
+fn the_handbooks_transactions_become_transactions_with_late_labels() {
+    let text = "TRANSACTION_ID,TX_DATETIME,CUSTOMER_ID,TERMINAL_ID,TX_AMOUNT,TX_TIME_SECONDS,TX_TIME_DAYS,TX_FRAUD,TX_FRAUD_SCENARIO\n\
+                0,2018-04-01 00:00:31,596,3156,57.160000000000004,31,0,0,0\n\
+                1,2018-04-01 00:02:10,4961,3412,81.51,130,0,1,2\n\
+                2,2018-04-01 00:07:56,2,1365,146.0,476,0,0,0\n";
+    let opts = Options {
+        report_delay_s: Some(7 * 86_400),
+        ..Options::default()
+    };
+    let mut out = Vec::new();
+    let s = convert(Format::Fdh, text.as_bytes(), &mut out, &opts).unwrap();
+    assert_eq!((s.rows, s.frauds, s.rounded_amounts), (3, 1, 1));
+    let csv = String::from_utf8(out).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines[0],
+        "transaction_id,timestamp,amount,currency,card_token,customer_id,terminal_id,is_fraud,fraud_reported_at,fraud_scenario"
+    );
+    assert!(
+        lines[1].starts_with("0,2018-04-01T00:00:31Z,57.16,USD,tok_"),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        lines[2].ends_with(",4961,3412,1,2018-04-08T00:02:10Z,2"),
+        "{}",
+        lines[2]
+    );
+    assert!(lines[3].contains(",146.00,"), "{}", lines[3]);
+    // Valid transactions, the customer as the card.
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("fdh.csv");
+    std::fs::write(&p, &csv).unwrap();
+    let h = read_history(open(&p).unwrap(), &tokenizer()).unwrap();
+    assert_eq!(h.transactions.len(), 3);
+    assert_eq!(
+        h.transactions[1].fraud_reported_at_us,
+        Some(h.transactions[1].timestamp_us + 7 * 86_400 * 1_000_000)
+    );
+    assert_eq!(h.ignored_columns, vec!["fraud_scenario"]);
+    // Errors name the row and the column.
+    let bad = text.replace("2018-04-01 00:02:10", "yesterday");
+    let err = convert(Format::Fdh, bad.as_bytes(), &mut Vec::new(), &opts).unwrap_err();
+    assert!(
+        err.to_string().starts_with("row 2: column `TX_DATETIME`"),
+        "{err}"
+    );
+    // The published file, read in place when it is here: every row converts.
+    let real = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/datasets/fdh-simulated/fdh_simulated_transactions.csv.gz");
+    if real.exists() {
+        let s = convert(
+            Format::Fdh,
+            open(&real).unwrap(),
+            std::io::sink(),
+            &Options::default(),
+        )
+        .unwrap();
+        assert_eq!(s.rows, 1_754_155);
+        assert_eq!(s.frauds, 14_681);
+    }
+}

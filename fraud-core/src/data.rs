@@ -195,7 +195,10 @@ mod tests {
         let m = read_csv_with_categories(csv.as_bytes(), &["type", "a"], &cats).unwrap();
         let col: Vec<f64> = (0..m.rows()).map(|r| m.row(r)[0]).collect();
         assert_eq!(col[0], 1.0);
-        assert!(col[1].is_nan() && col[2].is_nan(), "unseen and empty: missing");
+        assert!(
+            col[1].is_nan() && col[2].is_nan(),
+            "unseen and empty: missing"
+        );
         assert_eq!(col[3], 2.0);
         assert_eq!(col[4], 0.0);
         assert_eq!(m.row(4)[1], 5.0);

@@ -1055,8 +1055,8 @@ mod tests {
         use fraud_core::model::{Feature, FeatureKind};
         let extractor = Extractor::new(fraud_core::features::FeatureSpec::default_spec())
             .unwrap_or_else(|e| panic!("{e}"));
-        let mut artifact = Artifact::from_bytes(super::super::DEMO_MODEL)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let mut artifact =
+            Artifact::from_bytes(super::super::DEMO_MODEL).unwrap_or_else(|e| panic!("{e}"));
         let at = artifact
             .ensemble
             .features
