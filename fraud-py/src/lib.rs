@@ -244,6 +244,32 @@ impl PyModel {
         serde_json::to_string(&self.artifact.metadata).map_err(value_err)
     }
 
+    /// The same model carrying `spec` (feature spec TOML) in its metadata, so that the
+    /// service computes the features it expects. Every feature of the model must be one the
+    /// spec produces.
+    fn with_feature_spec(&self, spec: &str) -> PyResult<Self> {
+        let spec = fraud_core::features::FeatureSpec::from_toml(spec).map_err(value_err)?;
+        let produced = fraud_core::features::Extractor::new(spec.clone())
+            .map_err(value_err)?
+            .names()
+            .to_vec();
+        if let Some(missing) = self
+            .artifact
+            .ensemble
+            .features
+            .iter()
+            .find(|f| !produced.contains(&f.name))
+        {
+            return Err(PyValueError::new_err(format!(
+                "the model's feature `{}` is not produced by the feature spec",
+                missing.name
+            )));
+        }
+        let mut artifact = self.artifact.clone();
+        artifact.metadata.feature_spec = Some(spec);
+        PyModel::new(artifact)
+    }
+
     /// The same model with `categories` (JSON: feature name -> categories in code order)
     /// stored for scoring by value. Every named feature must be a categorical one.
     fn with_categories(&self, categories: &str) -> PyResult<Self> {
@@ -663,5 +689,6 @@ fn _fraudscore(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(train, m)?)?;
     m.add_function(wrap_pyfunction!(replay, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("DEFAULT_SPEC", fraud_core::features::DEFAULT_SPEC)?;
     Ok(())
 }

@@ -396,3 +396,23 @@ def test_categorical_models_score_frames_by_value():
     strings = df.assign(type=df["type"].astype(str))
     np.testing.assert_allclose(own.predict_proba(strings.loc[batch.index])[:, 1], own.predict_proba(batch)[:, 1])
     np.testing.assert_allclose(own.predict_proba(polars_batch)[:, 1], own.predict_proba(batch)[:, 1])
+
+
+def test_a_notebook_model_carries_its_feature_spec(tmp_path, xgb_pair):
+    spec = fraudscore.default_spec()
+    assert "[[windows]]" in spec or "windows" in spec
+    demo = fraudscore.Model.load(os.path.join(ROOT, "datasets", "demo", "model.fgb"))
+    demo.save(tmp_path / "m.fgb", feature_spec=spec)
+    back = fraudscore.Model.load(tmp_path / "m.fgb")
+    assert back.metadata["feature_spec"], "the spec is in the artifact"
+    (tmp_path / "spec.toml").write_text(spec)
+    demo.save(tmp_path / "m2.fgb", feature_spec=tmp_path / "spec.toml")
+    # A model whose features the spec does not produce is refused by name.
+    _, model, _, _ = xgb_pair
+    with pytest.raises(ValueError, match="not produced by the feature spec"):
+        model.save(tmp_path / "x.fgb", feature_spec=spec)
+    # A spec path that does not exist says so (it is not read as TOML).
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        demo.save(tmp_path / "y.fgb", feature_spec=tmp_path / "nope.toml")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        fraudscore.features.replay(pd.DataFrame({"transaction_id": ["a"]}), spec="specs/missing.toml")

@@ -27,7 +27,8 @@ import numpy as np
 from . import _fraudscore
 from . import datasets, features, metrics
 
-__all__ = ["Model", "GBDTClassifier", "from_xgboost", "from_lightgbm", "metrics", "datasets", "features", "__version__"]
+__all__ = ["Model", "GBDTClassifier", "from_xgboost", "from_lightgbm", "default_spec", "metrics", "datasets",
+           "features", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
@@ -38,6 +39,7 @@ def __getattr__(name: str) -> Any:
         return GBDTClassifier
     raise AttributeError(f"module 'fraudscore' has no attribute {name!r}")
 __version__: str = _fraudscore.__version__
+default_spec = features.default_spec
 
 
 def _columns(x: Any) -> list[str] | None:
@@ -137,9 +139,15 @@ class Model:
         """A model from the bytes of an artifact."""
         return cls(_fraudscore._Model.from_bytes(bytes(data)))
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Writes the model artifact to ``path``."""
-        self._m.save(os.fspath(path))
+    def save(self, path: str | os.PathLike[str], feature_spec: str | os.PathLike[str] | None = None) -> None:
+        """Writes the model artifact to ``path``. ``feature_spec`` (a spec file or its TOML
+        text, e.g. :func:`fraudscore.default_spec`) is stored in the model, so that the
+        service computes the features the model was trained on; every feature of the model
+        must be one the spec produces."""
+        m = self._m
+        if feature_spec is not None:
+            m = m.with_feature_spec(features.spec_text(feature_spec))
+        m.save(os.fspath(path))
 
     def to_bytes(self) -> bytes:
         """The artifact's bytes."""

@@ -14,6 +14,29 @@ from . import _fraudscore
 __all__ = ["replay"]
 
 
+def default_spec() -> str:
+    """The default feature spec (TOML): what the service computes when neither its config
+    nor its model names another. Edit it and pass it to :func:`replay`, ``fraud features
+    --spec`` or ``Model.save(..., feature_spec=...)``."""
+    return _fraudscore.DEFAULT_SPEC
+
+
+def spec_text(spec: str | os.PathLike[str]) -> str:
+    """A feature spec's TOML: read from a file (a path object, or a string that names a
+    file), or the text itself. A path that does not exist is an error saying so (it is not
+    read as TOML)."""
+    if isinstance(spec, os.PathLike):
+        path = os.fspath(spec)
+    elif "\n" not in spec and "=" not in spec and "[" not in spec:
+        path = spec
+    else:
+        return spec
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"feature spec file {path!r} does not exist")
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
 def replay(transactions: Any, spec: str | os.PathLike[str] | None = None, labels: Any = None) -> Any:
     """Features of every transaction of ``transactions`` (a pandas DataFrame whose columns
     are the transaction's JSON field names: ``transaction_id``, ``timestamp``, ``amount``,
@@ -26,10 +49,7 @@ def replay(transactions: Any, spec: str | os.PathLike[str] | None = None, labels
 
     if not isinstance(transactions, pd.DataFrame):
         raise TypeError("transactions must be a pandas DataFrame")
-    text = None
-    if spec is not None:
-        s = os.fspath(spec)
-        text = open(s, encoding="utf-8").read() if os.path.exists(s) else s
+    text = None if spec is None else spec_text(spec)
     label_list = None
     if labels is not None:
         missing = {"transaction_id", "is_fraud"} - set(labels.columns)
