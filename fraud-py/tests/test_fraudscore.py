@@ -416,3 +416,44 @@ def test_a_notebook_model_carries_its_feature_spec(tmp_path, xgb_pair):
         demo.save(tmp_path / "y.fgb", feature_spec=tmp_path / "nope.toml")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         fraudscore.features.replay(pd.DataFrame({"transaction_id": ["a"]}), spec="specs/missing.toml")
+
+
+def test_explanations_as_data_scientists_use_them(xgb_pair):
+    """A global summary plot over many rows; explain returns a frame of the input's kind
+    (polars in, polars out) or shap's Explanation."""
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from fraudscore import plot
+
+    pl = pytest.importorskip("polars")
+    _, model, x, names = xgb_pair
+    frame = pl.DataFrame({n: x[:500, i] for i, n in enumerate(names)})
+    contrib = model.explain(frame)
+    assert isinstance(contrib, pl.DataFrame)
+    assert contrib.columns == [*names, "bias"]
+    np.testing.assert_allclose(contrib.to_numpy(), model.explain(x[:500]), atol=0)
+    np.testing.assert_allclose(contrib.to_numpy().sum(axis=1), model.predict_margin(x[:500]), atol=1e-5)
+    assert isinstance(model.explain(frame, output="numpy"), np.ndarray)
+    with pytest.raises(ValueError, match="output"):
+        model.explain(frame, output="table")
+    ax = plot.shap_global(contrib, frame, top=4)
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    mean_abs = np.abs(contrib.to_numpy()[:, :-1]).mean(axis=0)
+    assert labels[::-1] == [names[i] for i in np.argsort(-mean_abs, kind="stable")[:4]]
+    assert len(ax.collections) == 4 and all(len(c.get_offsets()) == 500 for c in ax.collections)
+    buf = io.BytesIO()
+    ax.figure.savefig(buf, format="png")
+    assert buf.getvalue().startswith(b"\x89PNG")
+    plt.close(ax.figure)
+    try:
+        import shap
+    except ImportError:  # optional: the error says what to install
+        with pytest.raises(ImportError, match="pip install shap"):
+            model.explain(x[:20], output="shap")
+        return
+    e = model.explain(x[:20], output="shap")
+    assert isinstance(e, shap.Explanation) and e.values.shape == (20, len(names))

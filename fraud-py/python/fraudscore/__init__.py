@@ -220,16 +220,34 @@ class Model:
         """Raw margin (log-odds) for each row."""
         return self._m.predict_margin(self._matrix(X))
 
-    def explain(self, X: Any) -> Any:
+    def explain(self, X: Any, output: str = "auto") -> Any:
         """Exact TreeSHAP contributions to the margin: one column per feature, then
-        ``bias``; each row sums to its margin. A DataFrame when ``X`` is a pandas DataFrame,
-        else a numpy array of shape (rows, features + 1)."""
-        out = self._m.explain(self._matrix(X))
-        if _columns(X) is not None and hasattr(X, "loc"):
+        ``bias``; each row sums to its margin. ``output="auto"``: a pandas DataFrame for a
+        pandas ``X`` (same index), a polars DataFrame for a polars ``X``, else a numpy array
+        of shape (rows, features + 1); ``"numpy"``: always the array; ``"shap"``: a
+        ``shap.Explanation`` (values, base values, the rows' feature values and names) for
+        shap's own plots (needs the ``shap`` package)."""
+        if output not in ("auto", "numpy", "shap"):
+            raise ValueError(f"output is {output!r}; expected 'auto', 'numpy' or 'shap'")
+        matrix = self._matrix(X)
+        out = self._m.explain(matrix)
+        names = [*self.feature_names, "bias"]
+        if output == "shap":
+            try:
+                import shap
+            except ImportError:
+                raise ImportError("output='shap' needs the shap package (pip install shap)") from None
+            return shap.Explanation(values=out[:, :-1], base_values=out[:, -1], data=np.asarray(matrix),
+                                    feature_names=list(self.feature_names))
+        if output == "numpy" or _columns(X) is None:
+            return out
+        if hasattr(X, "loc"):
             import pandas as pd
 
-            return pd.DataFrame(out, columns=[*self.feature_names, "bias"], index=X.index)
-        return out
+            return pd.DataFrame(out, columns=names, index=X.index)
+        import polars as pl
+
+        return pl.DataFrame(out, schema=names, orient="row")
 
     def __reduce__(self) -> tuple[Any, tuple[bytes]]:
         # Pickles as the artifact's bytes.

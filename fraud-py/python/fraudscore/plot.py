@@ -124,3 +124,57 @@ def shap_summary(contributions: Any, names: Sequence[str] | None = None, ax: Any
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set(xlabel="contribution to the margin (log-odds)", title="Why this score")
     return ax
+
+
+def shap_global(contributions: Any, X: Any = None, names: Sequence[str] | None = None, ax: Any = None,
+                top: int = 20) -> Any:
+    """The global TreeSHAP summary (shap's "beeswarm"): for the ``top`` features with the
+    largest mean absolute contribution over many rows of ``Model.explain``, one dot per row
+    at its contribution, coloured by the feature's value in ``X`` (its rank among the rows:
+    blue low, red high; grey when missing or when ``X`` is not given)."""
+    c = contributions
+    if hasattr(c, "to_numpy"):
+        if names is None:
+            names = [str(n) for n in c.columns]
+        c = c.to_numpy()
+    c = np.asarray(c, dtype=np.float64)
+    if c.ndim != 2:
+        raise ValueError("shap_global needs one row of contributions per transaction (2-D)")
+    if names is None:
+        names = [f"f{i}" for i in range(c.shape[1])]
+    names = list(names)
+    if len(names) == c.shape[1] and names[-1] == "bias":
+        names, c = names[:-1], c[:, :-1]
+    if len(names) != c.shape[1]:
+        raise ValueError(f"{len(names)} names for {c.shape[1]} contributions per row")
+    values = None
+    if X is not None:
+        if hasattr(X, "select") and not hasattr(X, "loc"):
+            values = np.column_stack([X.get_column(n).cast(float).to_numpy() for n in names])
+        elif hasattr(X, "loc"):
+            values = np.column_stack([X[n].to_numpy(dtype=np.float64, na_value=np.nan) for n in names])
+        else:
+            values = np.asarray(X, dtype=np.float64)
+        if values.shape != c.shape:
+            raise ValueError(f"X has shape {values.shape}; the contributions {c.shape}")
+    order = np.argsort(-np.abs(c).mean(axis=0), kind="stable")[:top][::-1]
+    ax = _axes(ax)
+    rng = np.random.default_rng(0)  # vertical jitter only; the same picture every time
+    for row, f in enumerate(order):
+        y = row + rng.uniform(-0.3, 0.3, c.shape[0])
+        if values is None:
+            colour: Any = "#7f7f7f"
+        else:
+            v = values[:, f]
+            rank = np.full(v.shape, np.nan)
+            ok = ~np.isnan(v)
+            if ok.any():
+                rank[ok] = (np.argsort(np.argsort(v[ok], kind="stable"), kind="stable") /
+                            max(ok.sum() - 1, 1))
+            colour = [(0.5, 0.5, 0.5) if np.isnan(r) else (r, 0.2, 1.0 - r) for r in rank]
+        ax.scatter(c[:, f], y, s=6, c=colour, alpha=0.6, linewidths=0)
+    ax.set_yticks(range(len(order)))
+    ax.set_yticklabels([names[f] for f in order])
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set(xlabel="contribution to the margin (log-odds)", title="What drives the scores")
+    return ax
