@@ -164,7 +164,10 @@ fn malformed_files_get_clear_errors() {
         assert!(err.starts_with(want), "case {i}: {err}");
     }
     let err = "excel".parse::<Format>().unwrap_err().to_string();
-    assert_eq!(err, "unknown format `excel` (known: ulb, paysim, sparkov)");
+    assert_eq!(
+        err,
+        "unknown format `excel` (known: ulb, paysim, sparkov, fdh)"
+    );
 }
 
 /// The published PaySim sample (33,000 rows, every fraud of the full run), read in place.

@@ -746,7 +746,31 @@ pub enum HistoryError {
         /// The validation error.
         error: TransactionError,
     },
+    /// Several rows are invalid: each is reported (up to [`MAX_REPORTED_ROWS`]), with the
+    /// column and the transaction id, so that one pass over the file finds them all.
+    #[error("{}", rows_message(.errors, *.total))]
+    Rows {
+        /// The first rows' errors, one line each.
+        errors: Vec<String>,
+        /// How many rows are invalid in all.
+        total: u64,
+    },
 }
+
+fn rows_message(errors: &[String], total: u64) -> String {
+    if total == 1 {
+        return errors.join("");
+    }
+    let mut m = format!("{total} invalid rows:\n  {}", errors.join("\n  "));
+    let shown = errors.len() as u64;
+    if total > shown {
+        m.push_str(&format!("\n  ... and {} more", total - shown));
+    }
+    m
+}
+
+/// Most invalid rows a history error lists (all are counted).
+pub const MAX_REPORTED_ROWS: usize = 20;
 
 /// A history read from CSV: the transactions, in file order, and the columns that were not
 /// transaction fields (ignored, e.g. `fraud_scenario` or a loader's extras).
@@ -803,19 +827,44 @@ pub fn read_history(
                 .trim_start_matches('\u{feff}')
         })
         .collect();
+    let id_at = keep
+        .iter()
+        .position(|&i| header.get(i).map(str::trim) == Some("transaction_id"));
     let mut out = Vec::new();
     let mut record = csv::StringRecord::new();
     let mut projected = csv::StringRecord::new();
     let mut row = 0u64;
+    // Every invalid row is counted and the first ones kept, so one pass reports them all.
+    let mut lines: Vec<String> = Vec::new();
+    let mut total_bad = 0u64;
+    let mut note = |e: HistoryError, id: Option<&str>| {
+        total_bad += 1;
+        if lines.len() < MAX_REPORTED_ROWS {
+            let id = id
+                .filter(|i| !i.trim().is_empty())
+                .map(|i| format!(" (transaction {})", quoted(i.trim())))
+                .unwrap_or_default();
+            lines.push(format!("{e}{id}"));
+        }
+    };
     loop {
         match reader.read_record(&mut record) {
             Ok(true) => {}
             Ok(false) => break,
             Err(e) => {
-                return Err(HistoryError::Csv {
-                    row: row + 1,
-                    message: csv_message(&e),
-                })
+                row += 1;
+                let structural = !matches!(e.kind(), csv::ErrorKind::UnequalLengths { .. });
+                note(
+                    HistoryError::Csv {
+                        row,
+                        message: csv_message(&e),
+                    },
+                    None,
+                );
+                if structural {
+                    break;
+                }
+                continue;
             }
         }
         row += 1;
@@ -823,16 +872,30 @@ pub fn read_history(
         for &i in &keep {
             projected.push_field(record.get(i).unwrap_or(""));
         }
-        let raw: RawTransaction =
-            projected
-                .deserialize(Some(&names))
-                .map_err(|e| HistoryError::Csv {
-                    row,
-                    message: csv_message(&e),
-                })?;
-        let tx = Transaction::from_raw(raw, tokenizer)
-            .map_err(|error| HistoryError::Invalid { row, error })?;
-        out.push(tx);
+        let id = id_at.and_then(|k| projected.get(k)).map(str::to_string);
+        let raw: RawTransaction = match projected.deserialize(Some(&names)) {
+            Ok(r) => r,
+            Err(e) => {
+                note(
+                    HistoryError::Csv {
+                        row,
+                        message: csv_message(&e),
+                    },
+                    id.as_deref(),
+                );
+                continue;
+            }
+        };
+        match Transaction::from_raw(raw, tokenizer) {
+            Ok(tx) => out.push(tx),
+            Err(error) => note(HistoryError::Invalid { row, error }, id.as_deref()),
+        }
+    }
+    if total_bad > 0 {
+        return Err(HistoryError::Rows {
+            errors: lines,
+            total: total_bad,
+        });
     }
     Ok(History {
         transactions: out,
@@ -970,5 +1033,36 @@ mod tests {
         for gone in ["4111", "secret", "card_number"] {
             assert!(!text.contains(gone), "{text}");
         }
+    }
+
+    #[test]
+    fn every_invalid_row_is_reported_at_once() {
+        let mut csv = String::from("transaction_id,timestamp,amount,currency,card_token\n");
+        let token = format!("tok_{}", "a".repeat(32));
+        csv.push_str(&format!("ok1,2024-05-01T10:00:00Z,1.00,EUR,{token}\n"));
+        csv.push_str(&format!("bad-amount,2024-05-01T10:00:00Z,x,EUR,{token}\n"));
+        csv.push_str(&format!("bad-time,yesterday,1.00,EUR,{token}\n"));
+        for i in 0..30 {
+            csv.push_str(&format!("cur{i},2024-05-01T10:00:00Z,1.00,EURO,{token}\n"));
+        }
+        let e = read_history(csv.as_bytes(), &tk()).unwrap_err().to_string();
+        assert!(e.starts_with("32 invalid rows:"), "{e}");
+        assert!(
+            e.contains("row 2: amount") && e.contains("(transaction `bad-amount`)"),
+            "{e}"
+        );
+        assert!(
+            e.contains("row 3: timestamp") && e.contains("(transaction `bad-time`)"),
+            "{e}"
+        );
+        assert!(e.contains("... and 12 more"), "{e}");
+        assert_eq!(e.lines().count(), 1 + MAX_REPORTED_ROWS + 1);
+        // One invalid row: its line alone.
+        let one = format!("transaction_id,timestamp,amount,currency,card_token\nz,2024-05-01T10:00:00Z,x,EUR,{token}\n");
+        let e = read_history(one.as_bytes(), &tk()).unwrap_err().to_string();
+        assert!(
+            e.starts_with("row 1: amount") && e.ends_with("(transaction `z`)"),
+            "{e}"
+        );
     }
 }
