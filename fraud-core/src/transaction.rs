@@ -780,6 +780,9 @@ pub struct History {
     pub transactions: Vec<Transaction>,
     /// Header columns that are not transaction fields.
     pub ignored_columns: Vec<String>,
+    /// Amounts rounded to their currency's minor unit (with
+    /// [`HistoryOptions::round_amounts`]).
+    pub rounded_amounts: u64,
 }
 
 fn csv_message(e: &csv::Error) -> String {
@@ -798,6 +801,101 @@ fn csv_message(e: &csv::Error) -> String {
 pub fn read_history(
     input: impl std::io::Read,
     tokenizer: &Tokenizer,
+) -> Result<History, HistoryError> {
+    read_history_with(input, tokenizer, &HistoryOptions::default())
+}
+
+/// How forgiving [`read_history_with`] is with data as data scientists hold it. Every
+/// forgiveness is asked for, never silent: the defaults refuse what they would change.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryOptions {
+    /// Timestamps without an offset (`2018-04-01 00:00:31`, `2018-04-01T00:00:31`) are read
+    /// at this offset from UTC (seconds east); without it they are refused.
+    pub naive_offset_s: Option<i32>,
+    /// Amounts with more decimals than their currency's minor unit (float noise such as
+    /// 57.160000000000004) are rounded to it (half away from zero); without it, refused.
+    pub round_amounts: bool,
+    /// When a row has neither `card_number` nor `card_token`, this column's value (a
+    /// customer or account id) is the card: tokenized with the key, as a card number is.
+    pub card_from: Option<String>,
+}
+
+/// `ts` with `offset_s` appended when it has no offset of its own (and `T` for a space).
+fn with_offset(ts: &str, offset_s: i32) -> String {
+    let t = ts.trim();
+    let has_offset = t.ends_with('Z')
+        || t.ends_with('z')
+        || t.get(10..)
+            .is_some_and(|rest| rest.contains('+') || rest.matches('-').count() > 0);
+    if has_offset || t.len() < 19 {
+        return t.to_string();
+    }
+    let sign = if offset_s < 0 { '-' } else { '+' };
+    let a = offset_s.unsigned_abs();
+    format!(
+        "{}T{}{sign}{:02}:{:02}",
+        &t[..10],
+        &t[11..],
+        a / 3600,
+        (a % 3600) / 60
+    )
+}
+
+/// `text` rounded half away from zero to `exponent` decimals, when it has more; `None` when
+/// it is not a plain decimal or needs no rounding.
+fn rounded_amount(text: &str, exponent: u8) -> Option<String> {
+    let t = text.trim();
+    let (int, frac) = t.split_once('.')?;
+    let frac_digits = frac.trim_end_matches('0');
+    if frac_digits.len() <= usize::from(exponent)
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+        || !int
+            .trim_start_matches('-')
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    // Exact decimal rounding on the digits (no float).
+    let negative = int.starts_with('-');
+    let int_digits = int.trim_start_matches('-');
+    let keep = usize::from(exponent);
+    let mut digits: Vec<u8> = int_digits
+        .bytes()
+        .chain(frac.bytes().take(keep))
+        .map(|b| b - b'0')
+        .collect();
+    if frac.as_bytes().get(keep).is_some_and(|&d| d >= b'5') {
+        let mut i = digits.len();
+        loop {
+            if i == 0 {
+                digits.insert(0, 1);
+                break;
+            }
+            i -= 1;
+            if digits[i] == 9 {
+                digits[i] = 0;
+            } else {
+                digits[i] += 1;
+                break;
+            }
+        }
+    }
+    let s: String = digits.iter().map(|d| char::from(b'0' + d)).collect();
+    let (i, f) = s.split_at(s.len() - keep);
+    let i = if i.is_empty() { "0" } else { i };
+    Some(format!(
+        "{}{i}{}{f}",
+        if negative { "-" } else { "" },
+        if keep > 0 { "." } else { "" }
+    ))
+}
+
+/// [`read_history`] with the forgiveness of `opts`.
+pub fn read_history_with(
+    input: impl std::io::Read,
+    tokenizer: &Tokenizer,
+    opts: &HistoryOptions,
 ) -> Result<History, HistoryError> {
     let mut reader = csv::Reader::from_reader(input);
     let header = reader
@@ -830,7 +928,20 @@ pub fn read_history(
     let id_at = keep
         .iter()
         .position(|&i| header.get(i).map(str::trim) == Some("transaction_id"));
+    let card_from_at = match &opts.card_from {
+        None => None,
+        Some(c) => Some(
+            header
+                .iter()
+                .position(|h| h.trim().trim_start_matches('\u{feff}') == c)
+                .ok_or_else(|| HistoryError::Csv {
+                    row: 0,
+                    message: format!("the card column `{c}` is not in the header"),
+                })?,
+        ),
+    };
     let mut out = Vec::new();
+    let mut rounded = 0u64;
     let mut record = csv::StringRecord::new();
     let mut projected = csv::StringRecord::new();
     let mut row = 0u64;
@@ -873,7 +984,7 @@ pub fn read_history(
             projected.push_field(record.get(i).unwrap_or(""));
         }
         let id = id_at.and_then(|k| projected.get(k)).map(str::to_string);
-        let raw: RawTransaction = match projected.deserialize(Some(&names)) {
+        let mut raw: RawTransaction = match projected.deserialize(Some(&names)) {
             Ok(r) => r,
             Err(e) => {
                 note(
@@ -886,6 +997,39 @@ pub fn read_history(
                 continue;
             }
         };
+        if let Some(offset) = opts.naive_offset_s {
+            for t in [&mut raw.timestamp, &mut raw.fraud_reported_at]
+                .into_iter()
+                .flatten()
+            {
+                *t = with_offset(t, offset);
+            }
+        }
+        if opts.round_amounts {
+            let exponent = raw
+                .currency
+                .as_deref()
+                .and_then(|c| currency_exponent(c.trim().to_ascii_uppercase().as_str()));
+            let text = match &raw.amount {
+                Some(Decimal::Text(a)) => Some(a.clone()),
+                Some(Decimal::Number(n)) => Some(n.to_string()),
+                None => None,
+            };
+            if let (Some(a), Some(e)) = (text, exponent) {
+                if let Some(r) = rounded_amount(&a, e) {
+                    raw.amount = Some(Decimal::Text(r));
+                    rounded += 1;
+                }
+            }
+        }
+        if raw.card_number.is_none() && raw.card_token.is_none() {
+            if let Some(at) = card_from_at {
+                let v = record.get(at).unwrap_or("").trim();
+                if !v.is_empty() {
+                    raw.card_token = Some(tokenizer.token_of_id(v));
+                }
+            }
+        }
         match Transaction::from_raw(raw, tokenizer) {
             Ok(tx) => out.push(tx),
             Err(error) => note(HistoryError::Invalid { row, error }, id.as_deref()),
@@ -900,6 +1044,7 @@ pub fn read_history(
     Ok(History {
         transactions: out,
         ignored_columns: ignored,
+        rounded_amounts: rounded,
     })
 }
 
@@ -1064,5 +1209,49 @@ mod tests {
             e.starts_with("row 1: amount") && e.ends_with("(transaction `z`)"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn forgiveness_is_asked_for_and_exact() {
+        let csv = "transaction_id,timestamp,amount,currency,customer_id\n\
+                   a,2018-04-01 00:00:31,57.160000000000004,EUR,596\n\
+                   b,2018-04-01T10:00:00,9.995,EUR,596\n\
+                   c,2018-04-01T10:00:00Z,3,JPY,597\n";
+        // Refused without the options, every row named.
+        let e = read_history(csv.as_bytes(), &tk()).unwrap_err().to_string();
+        assert!(e.starts_with("3 invalid rows:"), "{e}");
+        let opts = HistoryOptions {
+            naive_offset_s: Some(2 * 3600),
+            round_amounts: true,
+            card_from: Some("customer_id".into()),
+        };
+        let h = read_history_with(csv.as_bytes(), &tk(), &opts).unwrap();
+        assert_eq!(h.rounded_amounts, 2);
+        let t = &h.transactions;
+        assert_eq!(t[0].amount.minor, 5716);
+        assert_eq!(
+            t[1].amount.minor, 1000,
+            "9.995 rounds half away from zero, exactly"
+        );
+        // 00:00:31 at +02:00 is 22:00:31 UTC the day before.
+        assert_eq!(t[0].timestamp_us, 1_522_533_631_000_000);
+        assert_eq!(
+            t[2].timestamp_us, 1_522_576_800_000_000,
+            "an offset given is kept"
+        );
+        assert_eq!(t[0].card.token, t[1].card.token, "the customer is the card");
+        assert_ne!(t[0].card.token, t[2].card.token);
+        assert!(crate::pii::is_token(&t[0].card.token));
+        assert_eq!(rounded_amount("0.999", 2).as_deref(), Some("1.00"));
+        assert_eq!(rounded_amount("12.3", 2), None);
+        assert_eq!(rounded_amount("7.5", 0).as_deref(), Some("8"));
+        let missing = HistoryOptions {
+            card_from: Some("account".into()),
+            ..HistoryOptions::default()
+        };
+        let e = read_history_with(csv.as_bytes(), &tk(), &missing)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`account` is not in the header"), "{e}");
     }
 }

@@ -35,6 +35,39 @@ pub struct Args {
     /// `timestamp,card_token,is_fraud,fraud_scenario` to train and evaluate on the result.
     #[arg(long, value_delimiter = ',')]
     keep: Vec<String>,
+    /// Read timestamps without an offset (`2018-04-01 00:00:31`) at this one: `UTC` or
+    /// `+HH:MM` / `-HH:MM`. Without it they are refused.
+    #[arg(long)]
+    tz: Option<String>,
+    /// Round amounts with more decimals than their currency has (float noise such as
+    /// 57.160000000000004) to its minor unit; the count is printed. Without it they are
+    /// refused.
+    #[arg(long)]
+    round_amounts: bool,
+    /// A column whose value stands in for the card when a row has neither `card_number` nor
+    /// `card_token` (e.g. `customer_id`); tokenized as card numbers are.
+    #[arg(long)]
+    card_from: Option<String>,
+}
+
+/// `UTC`, `Z` or `+HH:MM` / `-HH:MM` as seconds east of UTC.
+fn parse_offset(s: &str) -> anyhow::Result<i32> {
+    let t = s.trim();
+    if t.eq_ignore_ascii_case("utc") || t == "Z" {
+        return Ok(0);
+    }
+    let bad = || anyhow::anyhow!("--tz `{t}`: expected UTC or an offset such as +02:00");
+    let (sign, rest) = match t.as_bytes().first() {
+        Some(b'+') => (1, &t[1..]),
+        Some(b'-') => (-1, &t[1..]),
+        _ => return Err(bad()),
+    };
+    let (h, m) = rest.split_once(':').ok_or_else(bad)?;
+    let (h, m): (i32, i32) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+    if !(0..=18).contains(&h) || !(0..60).contains(&m) {
+        return Err(bad());
+    }
+    Ok(sign * (h * 3600 + m * 60))
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -48,11 +81,23 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let tk = super::tokenizer(a.key_file.as_deref())?;
     let file = std::fs::File::open(&a.input)
         .with_context(|| format!("cannot open {}", a.input.display()))?;
-    let read = fraud_core::transaction::read_history(
+    let opts = fraud_core::transaction::HistoryOptions {
+        naive_offset_s: a.tz.as_deref().map(parse_offset).transpose()?,
+        round_amounts: a.round_amounts,
+        card_from: a.card_from.clone(),
+    };
+    let read = fraud_core::transaction::read_history_with(
         std::io::BufReader::with_capacity(1 << 20, file),
         &tk,
+        &opts,
     )
     .with_context(|| format!("cannot read {}", a.input.display()))?;
+    if read.rounded_amounts > 0 {
+        eprintln!(
+            "note: {} amounts rounded to their currency's minor unit (--round-amounts)",
+            read.rounded_amounts
+        );
+    }
     if !read.ignored_columns.is_empty() {
         eprintln!(
             "note: columns not used as transaction fields: {}",
