@@ -54,6 +54,9 @@ step "Python package fraudscore (built with maturin into .venv, then its pytest 
 .venv/bin/python -m pip install --quiet ./fraud-py
 FRAUD_BIN="$root/target/debug/fraud" .venv/bin/python -m pytest -q fraud-py/tests
 
+step "Typed public API (mypy on the examples and the typing checks)"
+.venv/bin/python -m mypy --ignore-missing-imports fraud-py/examples fraud-py/tests/typing_check.py
+
 step "Review console end to end (headless Chromium driven by Playwright)"
 FRAUD_BIN="$root/target/debug/fraud" CHROMIUM=/usr/bin/chromium \
     .venv/bin/python -m pytest -q fraud-server/tests/console

@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import _fraudscore
 from . import datasets, features, metrics
+
+if TYPE_CHECKING:  # at run time imported on first use (it needs scikit-learn)
+    from .sklearn import GBDTClassifier
 
 __all__ = ["Model", "GBDTClassifier", "from_xgboost", "from_lightgbm", "default_spec", "metrics", "datasets",
            "features", "__version__"]

@@ -7,9 +7,12 @@ from __future__ import annotations
 import io
 import json
 import os
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Sequence, overload
 
 from . import _fraudscore
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["generate", "load", "SCENARIOS"]
 
@@ -31,9 +34,21 @@ def _pandas() -> Any:
     return pd
 
 
-def _frame(data: bytes) -> Any:
+def _frame(data: bytes) -> pd.DataFrame:
     pd = _pandas()
     return pd.read_csv(io.BytesIO(data), dtype={"transaction_id": str, "mcc": str, "customer_id": str, "merchant_id": str, "terminal_id": str}, keep_default_na=True)
+
+
+@overload
+def generate(customers: int = ..., days: int = ..., seed: int = ..., *, terminals: int | None = ...,
+             start: str | None = ..., scenarios: Sequence[str] | None = ..., label_delay_days: float = ...,
+             return_summary: Literal[False] = ...) -> pd.DataFrame: ...
+
+
+@overload
+def generate(customers: int = ..., days: int = ..., seed: int = ..., *, terminals: int | None = ...,
+             start: str | None = ..., scenarios: Sequence[str] | None = ..., label_delay_days: float = ...,
+             return_summary: Literal[True]) -> tuple[pd.DataFrame, dict[str, Any]]: ...
 
 
 def generate(
@@ -46,7 +61,7 @@ def generate(
     scenarios: Sequence[str] | None = None,
     label_delay_days: float = 3.0,
     return_summary: bool = False,
-) -> Any:
+) -> pd.DataFrame | tuple[pd.DataFrame, dict[str, Any]]:
     """Simulated card transactions, as ``fraud generate`` writes them: one row per
     transaction with the transaction JSON columns plus ``is_fraud``, ``fraud_reported_at``
     and ``fraud_scenario`` (0 genuine, 1-6 as :data:`SCENARIOS`). Deterministic by ``seed``.
@@ -60,7 +75,7 @@ def generate(
 
 
 def load(format: str, path: str | os.PathLike[str], *, legit_weight: float = 1.0,
-         currency: str = "USD", key: bytes | None = None) -> Any:
+         currency: str = "USD", key: bytes | None = None) -> pd.DataFrame:
     """Reads a public data set into the project's columns: ``format`` is ``"ulb"``
     (creditcard.csv: a feature table), ``"paysim"`` or ``"sparkov"`` (transactions; Sparkov
     card numbers are tokenized with ``key``, 32 bytes or more, and never returned).

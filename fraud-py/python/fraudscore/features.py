@@ -5,11 +5,14 @@ earlier transactions, and labels only once known), with the same code as the ser
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import _fraudscore
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["replay"]
 
@@ -37,7 +40,7 @@ def spec_text(spec: str | os.PathLike[str]) -> str:
         return f.read()
 
 
-def replay(transactions: Any, spec: str | os.PathLike[str] | None = None, labels: Any = None) -> Any:
+def replay(transactions: Any, spec: str | os.PathLike[str] | None = None, labels: Any = None) -> pd.DataFrame:
     """Features of every transaction of ``transactions`` (a pandas DataFrame whose columns
     are the transaction's JSON field names: ``transaction_id``, ``timestamp``, ``amount``,
     ``currency``, ``card_number`` or ``card_token``, ...). ``spec``: a feature spec TOML file
