@@ -41,6 +41,9 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "fraud-core alone: the scoring engine without Redis or the trainer (--no-default-features)"
+cargo clippy -p fraud-core --no-default-features --lib --locked -- -D warnings
+
 step "cargo doc (no broken or private links)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 

@@ -29,6 +29,7 @@ pub mod features;
 pub mod json;
 pub mod model;
 pub mod pii;
+#[cfg(feature = "train")]
 pub mod train;
 pub mod transaction;
 

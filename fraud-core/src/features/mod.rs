@@ -12,6 +12,7 @@
 //! window, not when a label counts (it would count each late label's delay twice).
 
 pub mod durable;
+#[cfg(feature = "redis")]
 pub mod redis;
 pub mod spec;
 pub mod state;
@@ -285,6 +286,7 @@ impl Extractor {
         self.plans.iter().find(|p| p.entity == entity)
     }
 
+    #[cfg(feature = "redis")]
     pub(crate) fn keeping(&self, entity: Entity) -> Option<&Keeping> {
         self.plan(entity).map(|p| &p.keeping)
     }

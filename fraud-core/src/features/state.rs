@@ -366,6 +366,7 @@ impl EntityState {
 /// (located), `s` (seen values), `f` (fraud labels) and `t` (newest time). Times are
 /// big-endian so that the Lua script compares them as strings; all times are after 1990, so
 /// positive.
+#[cfg(feature = "redis")]
 pub(crate) mod layout {
     use super::*;
 
