@@ -10,6 +10,9 @@ use std::fmt;
 
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
+/// The reason given for a duplicated member, wherever it is refused.
+pub const DUPLICATE_REASON: &str = "is given twice in the same object; each name may appear once";
+
 /// Maximum nesting walked (deeper documents are refused by serde_json itself at 128).
 const MAX_DEPTH: usize = 128;
 

@@ -39,12 +39,16 @@ impl std::fmt::Debug for CardNumber {
 
 /// Whether `digits` passes the Luhn check.
 pub fn luhn_valid(digits: &str) -> bool {
+    !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && luhn_ok(digits.bytes().map(|b| b - b'0'))
+}
+
+/// The Luhn check on digit values (0-9), most significant first.
+fn luhn_ok(values: impl DoubleEndedIterator<Item = u8>) -> bool {
     let mut sum = 0u32;
-    for (i, c) in digits.bytes().rev().enumerate() {
-        let mut d = u32::from(c.wrapping_sub(b'0'));
-        if d > 9 {
-            return false;
-        }
+    for (i, v) in values.rev().enumerate() {
+        let mut d = u32::from(v);
         if i % 2 == 1 {
             d *= 2;
             if d > 9 {
@@ -53,7 +57,7 @@ pub fn luhn_valid(digits: &str) -> bool {
         }
         sum += d;
     }
-    !digits.is_empty() && sum.is_multiple_of(10)
+    sum.is_multiple_of(10)
 }
 
 impl CardNumber {
@@ -142,7 +146,7 @@ pub fn card_number_spans(s: &str) -> Vec<std::ops::Range<usize>> {
             let mut end_hidden = 0usize;
             for len in PAN_MIN..=PAN_MAX.min(values.len()) {
                 for start in 0..=values.len() - len {
-                    if luhn_digits(&values[start..start + len]) {
+                    if luhn_ok(values[start..start + len].iter().copied()) {
                         start_hidden = Some(start_hidden.map_or(start, |h| h.min(start)));
                         end_hidden = end_hidden.max(start + len);
                     }
@@ -155,21 +159,6 @@ pub fn card_number_spans(s: &str) -> Vec<std::ops::Range<usize>> {
         i = j;
     }
     spans
-}
-
-fn luhn_digits(d: &[u8]) -> bool {
-    let mut sum = 0u32;
-    for (i, &v) in d.iter().rev().enumerate() {
-        let mut v = u32::from(v);
-        if i % 2 == 1 {
-            v *= 2;
-            if v > 9 {
-                v -= 9;
-            }
-        }
-        sum += v;
-    }
-    sum.is_multiple_of(10)
 }
 
 /// Whether `s` holds a card number anywhere (see [`card_number_spans`]) or data shaped like a

@@ -634,10 +634,7 @@ impl Transaction {
         tokenizer: &Tokenizer,
     ) -> Result<Self, TransactionError> {
         if let Some(path) = crate::json::duplicate_name(body) {
-            let mut e = bad(
-                &crate::pii::redact(&path),
-                "is given twice in the same object; each name may appear once",
-            );
+            let mut e = bad(&crate::pii::redact(&path), crate::json::DUPLICATE_REASON);
             e.malformed = true;
             return Err(e);
         }

@@ -55,6 +55,16 @@ fn assert_no_pan(text: &str, what: &str) {
     }
 }
 
+/// Sends `body` to `path`, asserts it is refused with 422 naming `field`, and that the answer
+/// holds no card data; returns the answer.
+fn refused_naming(s: &Server, key: &str, path: &str, body: &Value, field: &str) -> Value {
+    let (st, v, _) = s.call("POST", path, Some(key), Some(body));
+    assert_eq!(st, 422, "{path} {body}: {v}");
+    assert_eq!(v["errors"][0]["field"], field, "{v}");
+    assert_no_card(&v.to_string(), "the answer");
+    v
+}
+
 fn body_with(field: &str, value: Value) -> String {
     let mut t = tx("h1", "10.00");
     t[field] = value;
@@ -256,10 +266,7 @@ fn card_numbers_in_other_fields_are_refused_by_name() {
             };
             let mut t = tx(&format!("f{i}-{field}"), "10.00");
             t[field] = json!(value);
-            let (st, v, _) = s.call("POST", "/v1/score", Some(&key), Some(&t));
-            assert_eq!(st, 422, "{field} = {value}: {v}");
-            assert_eq!(v["errors"][0]["field"], field, "{v}");
-            assert_no_card(&v.to_string(), "the answer");
+            refused_naming(&s, &key, "/v1/score", &t, field);
             // In a batch: the same error in its place, the others scored.
             let (st, v, _) = s.call(
                 "POST",
@@ -275,15 +282,13 @@ fn card_numbers_in_other_fields_are_refused_by_name() {
             assert_no_pan(&v.to_string(), "the batch answer");
         }
         // In a label.
-        let (st, v, _) = s.call(
-            "POST",
+        refused_naming(
+            &s,
+            &key,
             "/v1/labels",
-            Some(&key),
-            Some(&json!({"labels": [{"transaction_id": form, "is_fraud": true}]})),
+            &json!({"labels": [{"transaction_id": form, "is_fraud": true}]}),
+            "labels[0].transaction_id",
         );
-        assert_eq!(st, 422, "{v}");
-        assert_eq!(v["errors"][0]["field"], "labels[0].transaction_id", "{v}");
-        assert_no_card(&v.to_string(), "the label answer");
     }
     // Ids that merely have digits are fine (12 digits, or 16 failing the Luhn check).
     for id in ["123456789012", "1234567812345678", "2024-05-01-000123"] {
@@ -346,10 +351,7 @@ fn card_holders_are_erased_by_a_card_number_in_the_body() {
         (json!({"kind": "customer"}), "id"),
         (json!({"kind": "customer", "id": PAN}), "id"),
     ] {
-        let (st, v, _) = s.call("POST", "/v1/entities/erase", Some(&key), Some(&body));
-        assert_eq!(st, 422, "{body}: {v}");
-        assert_eq!(v["errors"][0]["field"], field, "{v}");
-        assert_no_card(&v.to_string(), "the erasure answer");
+        refused_naming(&s, &key, "/v1/entities/erase", &body, field);
     }
     let (st, v, _) = s.call(
         "POST",

@@ -225,6 +225,7 @@ impl Limits {
 
 impl Default for Limits {
     fn default() -> Self {
+        let model = fraud_core::model::ModelLimits::default();
         Limits {
             max_body_bytes: 64 * 1024,
             max_batch: 100,
@@ -234,9 +235,9 @@ impl Default for Limits {
             workers: 0,
             pin_workers: false,
             max_header_bytes: 16 * 1024,
-            max_tree_depth: fraud_core::model::ModelLimits::default().max_tree_depth,
-            max_tree_nodes: fraud_core::model::ModelLimits::default().max_tree_nodes,
-            max_model_nodes: fraud_core::model::ModelLimits::default().max_model_nodes,
+            max_tree_depth: model.max_tree_depth,
+            max_tree_nodes: model.max_tree_nodes,
+            max_model_nodes: model.max_model_nodes,
             max_model_bytes: 512 << 20,
         }
     }
@@ -377,6 +378,14 @@ fn toml_error(
     bad(setting, inner.message().to_string())
 }
 
+/// Whether `path` lies inside `dir` (both resolved; false when either cannot be).
+pub fn inside(path: &Path, dir: &Path) -> bool {
+    match (path.canonicalize(), dir.canonicalize()) {
+        (Ok(p), Ok(d)) => p.starts_with(d),
+        _ => false,
+    }
+}
+
 /// A secret file for production: it exists, group and others cannot read or write it, and
 /// it is not inside the data directory (whoever takes a copy of the data must not get the
 /// keys with it).
@@ -399,11 +408,7 @@ fn check_secret_file(name: &str, path: &Path, data_dir: &Path) -> Result<(), Con
     }
     #[cfg(not(unix))]
     let _ = meta;
-    let inside = match (path.canonicalize(), data_dir.canonicalize()) {
-        (Ok(k), Ok(d)) => k.starts_with(d),
-        _ => false,
-    };
-    if inside {
+    if inside(path, data_dir) {
         return Err(bad(
             name,
             format!(
@@ -623,25 +628,15 @@ impl Config {
                 ));
             }
             // Every secret: readable by its owner only, and apart from the data it protects.
-            let mut secrets: Vec<(String, &Path)> = vec![
-                (
-                    "keys_file".into(),
-                    self.keys_file.as_deref().unwrap_or(Path::new("")),
-                ),
-                (
-                    "encryption_key_file".into(),
-                    self.encryption_key_file.as_deref().unwrap_or(Path::new("")),
-                ),
-                (
-                    "audit_signing_key_file".into(),
-                    self.audit_signing_key_file
-                        .as_deref()
-                        .unwrap_or(Path::new("")),
-                ),
-            ];
-            if let Some(p) = &self.tokenization_key_file {
-                secrets.push(("tokenization_key_file".into(), p));
-            }
+            let mut secrets: Vec<(String, &Path)> = [
+                ("keys_file", &self.keys_file),
+                ("encryption_key_file", &self.encryption_key_file),
+                ("audit_signing_key_file", &self.audit_signing_key_file),
+                ("tokenization_key_file", &self.tokenization_key_file),
+            ]
+            .into_iter()
+            .filter_map(|(name, p)| p.as_deref().map(|p| (name.to_string(), p)))
+            .collect();
             for (i, p) in self.previous_tokenization_key_files.iter().enumerate() {
                 secrets.push((format!("previous_tokenization_key_files[{i}]"), p));
             }

@@ -174,6 +174,18 @@ fn wipe_chunk(chunk: web::Bytes) {
     }
 }
 
+/// 400 naming the first member given twice in one object of `bytes` (a checkout system and
+/// the service could read different values from it).
+fn refuse_duplicate_names(bytes: &[u8]) -> Result<(), Problem> {
+    match fraud_core::json::duplicate_name(bytes) {
+        Some(path) => Err(Problem::bad_field(
+            &path,
+            fraud_core::json::DUPLICATE_REASON,
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Reads the body up to `limit` bytes (413 beyond).
 async fn body(mut payload: web::Payload, limit: usize) -> Result<Body, Problem> {
     let mut buf = Body(web::BytesMut::with_capacity(limit.min(64 * 1024)));
@@ -375,12 +387,7 @@ async fn labels(app: Data, req: HttpRequest, payload: web::Payload) -> HttpRespo
         struct Labels {
             labels: Vec<Label>,
         }
-        if let Some(path) = fraud_core::json::duplicate_name(&bytes) {
-            return Err(Problem::bad_field(
-                &path,
-                "is given twice in the same object; each name may appear once",
-            ));
-        }
+        refuse_duplicate_names(&bytes)?;
         let list: Labels = serde_json::from_slice(&bytes).map_err(|e| {
             Problem::bad_field(
                 "labels",
@@ -589,43 +596,30 @@ async fn models(
                 Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid model", detail)
             };
             // A file that does not start as an artifact is refused before it is read.
-            let mut head = [0u8; 8];
-            let n = {
+            let unreadable =
+                |e: std::io::Error| Problem::unavailable(format!("cannot read the upload: {e}"));
+            let mut head = Vec::with_capacity(8);
+            {
                 use std::io::Read as _;
-                let mut f = std::fs::File::open(&staged.path)
-                    .map_err(|e| Problem::unavailable(format!("cannot read the upload: {e}")))?;
-                let mut n = 0;
-                while n < head.len() {
-                    match f.read(&mut head[n..]) {
-                        Ok(0) => break,
-                        Ok(k) => n += k,
-                        Err(e) => {
-                            return Err(Problem::unavailable(format!(
-                                "cannot read the upload: {e}"
-                            )))
-                        }
-                    }
-                }
-                n
-            };
-            if head[..n] != fraud_core::model::ARTIFACT_MAGIC[..] {
-                let e = fraud_core::model::Artifact::from_bytes(&head[..n])
+                std::fs::File::open(&staged.path)
+                    .map_err(unreadable)?
+                    .take(8)
+                    .read_to_end(&mut head)
+                    .map_err(unreadable)?;
+            }
+            if head[..] != fraud_core::model::ARTIFACT_MAGIC[..] {
+                let e = fraud_core::model::Artifact::from_bytes(&head)
                     .err()
                     .map_or_else(|| "not a model artifact".to_string(), |e| e.to_string());
                 return Err(invalid(format!("not a valid model artifact: {e}")));
             }
             let artifact = {
-                let bytes = std::fs::read(&staged.path)
-                    .map_err(|e| Problem::unavailable(format!("cannot read the upload: {e}")))?;
+                let bytes = std::fs::read(&staged.path).map_err(unreadable)?;
                 fraud_core::model::Artifact::from_bytes(&bytes)
                     .map_err(|e| invalid(format!("not a valid model artifact: {e}")))?
             };
-            // The model's cost is checked before anything is compiled: a chain-shaped tree
-            // 100,000 deep is refused here, in milliseconds.
-            artifact
-                .ensemble
-                .check_limits(&limits)
-                .map_err(|e| invalid(e.to_string()))?;
+            // The model's cost is checked first, before anything is compiled: a chain-shaped
+            // tree 100,000 deep is refused in milliseconds.
             let loaded = LoadedModel::new(&artifact, &engine.extractor, "uploaded", &limits)
                 .map_err(invalid)?;
             drop(artifact);
@@ -698,12 +692,7 @@ async fn erase_by_body(app: Data, req: HttpRequest, payload: web::Payload) -> Ht
         let caller = app.authorize(&req, Some(Role::Admin))?;
         json_content(&req)?;
         let bytes = body(payload, app.limits.max_body_bytes).await?;
-        if let Some(path) = fraud_core::json::duplicate_name(&bytes) {
-            return Err(Problem::bad_field(
-                &path,
-                "is given twice in the same object; each name may appear once",
-            ));
-        }
+        refuse_duplicate_names(&bytes)?;
         let e: Erasure = serde_json::from_slice(&bytes).map_err(|e| {
             Problem::bad_field(
                 "body",

@@ -120,15 +120,17 @@ pub struct Keys {
 /// expiry takes effect within this time (expiry itself is checked on every request).
 pub const RELOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// What identifies a version of a file on disk (a rewrite changes one of them).
+/// What identifies a version of a file on disk (a rewrite changes one of them): how the
+/// keys and users files are re-read when they change.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Stamp {
+pub(crate) struct Stamp {
     modified: Option<std::time::SystemTime>,
     len: u64,
     inode: u64,
 }
 
-fn stamp(path: &Path) -> Option<Stamp> {
+/// The stamp of `path` now (None when it cannot be read).
+pub(crate) fn stamp(path: &Path) -> Option<Stamp> {
     let m = std::fs::metadata(path).ok()?;
     #[cfg(unix)]
     let inode = std::os::unix::fs::MetadataExt::ino(&m);
@@ -429,7 +431,7 @@ impl Keys {
             write_private(&keys_path, &json).map_err(io(&keys_path))?;
             write_private(&key_path, format!("{secret}\n").as_bytes()).map_err(io(&key_path))?;
         }
-        Keys::load(&keys_path)?;
+        // Loaded (and checked) by the caller, [`LiveKeys::open`].
         Ok((keys_path, key_path))
     }
 

@@ -193,11 +193,7 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
     let sealer = match &cfg.encryption_key_file {
         None => None,
         Some(p) => {
-            let inside = match (p.canonicalize(), cfg.data_dir.canonicalize()) {
-                (Ok(k), Ok(d)) => k.starts_with(d),
-                _ => false,
-            };
-            if inside {
+            if config::inside(p, &cfg.data_dir) {
                 anyhow::bail!(
                     "config: encryption_key_file: {} is inside the data directory; keep the key apart from the data it protects",
                     p.display()

@@ -274,7 +274,7 @@ fn unix_now() -> u64 {
 }
 
 struct Loaded {
-    modified: Option<SystemTime>,
+    modified: Option<super::keys::Stamp>,
     users: Vec<UserRecord>,
 }
 
@@ -306,7 +306,7 @@ impl Users {
         policy: LoginPolicy,
     ) -> Result<Self, UserError> {
         let users = read_records(path)?;
-        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        let modified = super::keys::stamp(path);
         let state_path = path.with_extension("state.json");
         let attempts = match std::fs::read(&state_path) {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
@@ -334,9 +334,7 @@ impl Users {
             .loaded
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let modified = std::fs::metadata(&self.path)
-            .and_then(|m| m.modified())
-            .ok();
+        let modified = super::keys::stamp(&self.path);
         if modified != g.modified {
             match read_records(&self.path) {
                 Ok(users) => {
