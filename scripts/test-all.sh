@@ -53,9 +53,19 @@ cargo test --workspace --locked
 step "Python parity tests (real XGBoost / LightGBM against the fraud binary)"
 FRAUD_BIN="$root/target/debug/fraud" .venv/bin/python -m pytest -q fraud-core/tests/parity
 
-step "Python package fraudscore (built with maturin into .venv, then its pytest suite)"
-.venv/bin/python -m pip install --quiet ./fraud-py
-FRAUD_BIN="$root/target/debug/fraud" .venv/bin/python -m pytest -q fraud-py/tests
+step "fraudscore wheel (scripts/build-wheels.sh), installed into a clean venv, its pytest suite"
+rm -f target/wheels/fraudscore-*.whl
+PYTHON=.venv/bin/python scripts/build-wheels.sh
+wheel=$(ls target/wheels/fraudscore-*.whl)
+python3 -m venv --clear target/wheel-venv
+target/wheel-venv/bin/python -m pip install --quiet --upgrade pip
+target/wheel-venv/bin/python -m pip install --quiet "$wheel[pandas,sklearn,polars,plot,arrow]" \
+    -r fraud-py/requirements-test.txt
+# The tests drive the `fraud` command the wheel installed (the same code as the binary).
+(cd target && FRAUD_BIN="$root/target/wheel-venv/bin/fraud" \
+    "$root/target/wheel-venv/bin/python" -m pytest -q "$root/fraud-py/tests")
+# The tooling venv gets the same wheel for the type checks below.
+.venv/bin/python -m pip install --quiet --force-reinstall --no-deps "$wheel"
 
 step "Typed public API (mypy on the examples and the typing checks)"
 .venv/bin/python -m mypy --ignore-missing-imports fraud-py/examples fraud-py/tests/typing_check.py

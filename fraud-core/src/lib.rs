@@ -29,6 +29,8 @@ pub mod features;
 pub mod json;
 pub mod model;
 pub mod pii;
+#[cfg(feature = "arrow")]
+pub mod table;
 #[cfg(feature = "train")]
 pub mod train;
 pub mod transaction;

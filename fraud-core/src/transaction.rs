@@ -902,6 +902,21 @@ pub fn read_history_with(
             message: csv_message(&e),
         })?
         .clone();
+    let mut next = |record: &mut csv::StringRecord| reader.read_record(record);
+    history_from_records(&header, &mut next, tokenizer, opts)
+}
+
+/// The source of one history row at a time: fills the record, `Ok(false)` at the end.
+pub(crate) type NextRecord<'a> = dyn FnMut(&mut csv::StringRecord) -> Result<bool, csv::Error> + 'a;
+
+/// [`read_history_with`] over any source of text records with this `header` (a CSV file, or
+/// Arrow columns rendered as the text a CSV file would hold): one validation path for all.
+pub(crate) fn history_from_records(
+    header: &csv::StringRecord,
+    next: &mut NextRecord<'_>,
+    tokenizer: &Tokenizer,
+    opts: &HistoryOptions,
+) -> Result<History, HistoryError> {
     let mut keep = Vec::new();
     let mut ignored = Vec::new();
     for (i, h) in header.iter().enumerate() {
@@ -956,7 +971,7 @@ pub fn read_history_with(
         }
     };
     loop {
-        match reader.read_record(&mut record) {
+        match next(&mut record) {
             Ok(true) => {}
             Ok(false) => break,
             Err(e) => {

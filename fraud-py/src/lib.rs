@@ -622,13 +622,37 @@ fn train<'py>(
     ))
 }
 
-/// Offline replay of a history (CSV bytes with the transaction columns): the features the
-/// service would have computed for each transaction at its time: (names, rows x features).
-#[pyfunction]
-#[pyo3(signature = (csv, spec=None, labels=None))]
-fn replay<'py>(
+/// The forgiveness of a history read from Python: naive timestamps at `tz_offset_s`, amounts
+/// rounded to the currency's minor unit, a column standing in for the card.
+fn history_options(
+    tz_offset_s: Option<i32>,
+    round_amounts: bool,
+    card_from: Option<String>,
+) -> fraud_core::transaction::HistoryOptions {
+    fraud_core::transaction::HistoryOptions {
+        naive_offset_s: tz_offset_s,
+        round_amounts,
+        card_from,
+    }
+}
+
+/// A one-off tokenization key: tokens only group a card's rows within one call.
+fn one_off_tokenizer() -> PyResult<fraud_core::pii::Tokenizer> {
+    let mut key = Vec::with_capacity(32);
+    for i in 0..4u64 {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(i);
+        key.extend_from_slice(&h.finish().to_le_bytes());
+    }
+    fraud_core::pii::Tokenizer::new(&key).map_err(value_err)
+}
+
+/// The features of `history` at each transaction's time, with `labels` (when given) as the
+/// only labels: (names, rows x features).
+fn replay_history<'py>(
     py: Python<'py>,
-    csv: &[u8],
+    mut history: Vec<fraud_core::transaction::Transaction>,
     spec: Option<String>,
     labels: Option<Vec<(String, bool, Option<i64>)>>,
 ) -> PyResult<(Vec<String>, Bound<'py, PyArray2<f64>>)> {
@@ -638,18 +662,6 @@ fn replay<'py>(
         None => FeatureSpec::default_spec(),
     };
     let extractor = Extractor::new(spec).map_err(value_err)?;
-    // A one-off key: tokens only group a card's rows within this call.
-    let mut key = Vec::with_capacity(32);
-    for i in 0..4u64 {
-        use std::hash::{BuildHasher, Hasher};
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(i);
-        key.extend_from_slice(&h.finish().to_le_bytes());
-    }
-    let tokenizer = fraud_core::pii::Tokenizer::new(&key).map_err(value_err)?;
-    let mut history = fraud_core::transaction::read_history(csv, &tokenizer)
-        .map_err(|e| PyValueError::new_err(format!("transactions: {e}")))?
-        .transactions;
     if let Some(list) = labels {
         let map: std::collections::HashMap<String, (bool, Option<i64>)> =
             list.into_iter().map(|(id, f, at)| (id, (f, at))).collect();
@@ -674,6 +686,56 @@ fn replay<'py>(
     Ok((names, arr.into_pyarray(py)))
 }
 
+/// A history handed over from Python.
+#[derive(FromPyObject)]
+enum HistorySource {
+    /// An Arrow table (anything with `__arrow_c_stream__`: a polars DataFrame, a pyarrow
+    /// Table, a pandas DataFrame with pyarrow), read column by column.
+    Arrow(pyo3_arrow::PyTable),
+    /// CSV text (pandas without pyarrow).
+    Csv(Vec<u8>),
+}
+
+/// Offline replay of a history (an Arrow table, or CSV bytes, with the transaction columns):
+/// the features the service would have computed for each transaction at its time:
+/// (names, rows x features). Arrow cells are validated as the same CSV cells are.
+#[pyfunction]
+#[pyo3(signature = (source, spec=None, labels=None, tz_offset_s=None, round_amounts=false, card_from=None))]
+fn replay<'py>(
+    py: Python<'py>,
+    source: HistorySource,
+    spec: Option<String>,
+    labels: Option<Vec<(String, bool, Option<i64>)>>,
+    tz_offset_s: Option<i32>,
+    round_amounts: bool,
+    card_from: Option<String>,
+) -> PyResult<(Vec<String>, Bound<'py, PyArray2<f64>>)> {
+    let tokenizer = one_off_tokenizer()?;
+    let opts = history_options(tz_offset_s, round_amounts, card_from);
+    let read = match source {
+        HistorySource::Arrow(table) => {
+            let (batches, schema) = table.into_inner();
+            let columnar = fraud_core::table::Columnar::from_batches(schema, batches);
+            py.allow_threads(|| columnar.history(&tokenizer, &opts))
+        }
+        HistorySource::Csv(csv) => py.allow_threads(|| {
+            fraud_core::transaction::read_history_with(csv.as_slice(), &tokenizer, &opts)
+        }),
+    };
+    let history = read
+        .map_err(|e| PyValueError::new_err(format!("transactions: {e}")))?
+        .transactions;
+    replay_history(py, history, spec, labels)
+}
+
+/// Runs the `fraud` command line (the same code as the `fraud` binary) with `argv` (the
+/// first is the program's name) and returns its exit code. The interpreter's lock is released
+/// while it runs, so `fraud serve` started this way serves from its own threads.
+#[pyfunction]
+fn run_cli(py: Python<'_>, argv: Vec<String>) -> i32 {
+    py.allow_threads(|| fraud_server::main_with_args(argv))
+}
+
 /// The native module.
 #[pymodule]
 fn _fraudscore(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -688,6 +750,7 @@ fn _fraudscore(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(convert_csv, m)?)?;
     m.add_function(wrap_pyfunction!(train, m)?)?;
     m.add_function(wrap_pyfunction!(replay, m)?)?;
+    m.add_function(wrap_pyfunction!(run_cli, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("DEFAULT_SPEC", fraud_core::features::DEFAULT_SPEC)?;
     Ok(())

@@ -104,6 +104,70 @@ def test_replay_is_the_services_feature_pipeline(tmp_path):
         fraudscore.features.replay(tx.to_numpy())
 
 
+def test_replay_takes_polars_lazyframes_and_arrow_without_a_csv_round_trip(monkeypatch):
+    pl = pytest.importorskip("polars")
+    pa = pytest.importorskip("pyarrow")
+    sample = os.path.join(ROOT, "datasets", "samples", "transactions.csv")
+    tx = pd.read_csv(sample, dtype=str, keep_default_na=False).replace("", np.nan)
+    want = fraudscore.features.replay(tx)
+
+    # From here on, the CSV path is forbidden: every frame goes through Arrow.
+    native = fraudscore.features._fraudscore.replay
+
+    def no_csv(source, *args, **kwargs):
+        assert not isinstance(source, bytes), "went through CSV"
+        return native(source, *args, **kwargs)
+
+    monkeypatch.setattr(fraudscore.features._fraudscore, "replay", no_csv)
+    typed = pd.read_csv(sample, keep_default_na=True)
+    typed["timestamp"] = pd.to_datetime(typed["timestamp"], utc=True)
+    typed["fraud_reported_at"] = pd.to_datetime(typed["fraud_reported_at"], utc=True)
+    frames = {
+        "pandas (text)": tx,
+        "pandas (typed)": typed,
+        "pyarrow": pa.Table.from_pandas(typed, preserve_index=False),
+        "polars": pl.from_pandas(typed),
+        "polars lazy": pl.from_pandas(typed).lazy(),
+        "polars categorical": pl.from_pandas(typed).with_columns(pl.col("merchant_id").cast(pl.Categorical)),
+    }
+    for name, frame in frames.items():
+        got = fraudscore.features.replay(frame)
+        values = got.to_numpy()
+        assert list(got.columns) == list(want.columns), name
+        np.testing.assert_allclose(values, want.to_numpy(), rtol=1e-12, atol=1e-12, equal_nan=True, err_msg=name)
+        if name.startswith("polars"):
+            assert isinstance(got, pl.DataFrame), name
+        else:
+            assert isinstance(got, pd.DataFrame), name
+    # A pandas frame's index is the answer's index.
+    indexed = typed.set_axis(range(100, 100 + len(typed)))
+    assert list(fraudscore.features.replay(indexed).index) == list(indexed.index)
+    # Naive datetimes are refused unless their offset is given, as in `fraud features --tz`.
+    naive = typed.assign(timestamp=typed["timestamp"].dt.tz_localize(None),
+                         fraud_reported_at=typed["fraud_reported_at"].dt.tz_localize(None))
+    with pytest.raises(ValueError, match="timestamp"):
+        fraudscore.features.replay(naive)
+    np.testing.assert_allclose(fraudscore.features.replay(naive, tz="UTC").to_numpy(), want.to_numpy(),
+                               rtol=1e-12, atol=1e-12, equal_nan=True)
+    shifted = fraudscore.features.replay(naive, tz="+02:00")
+    assert not np.allclose(shifted["hour"].to_numpy(), want["hour"].to_numpy())
+    # Float noise in amounts: refused, or rounded when asked.
+    noisy = typed.assign(amount=typed["amount"] + 1e-9)
+    with pytest.raises(ValueError, match="amount"):
+        fraudscore.features.replay(noisy)
+    np.testing.assert_allclose(fraudscore.features.replay(noisy, round_amounts=True).to_numpy(), want.to_numpy(),
+                               rtol=1e-12, atol=1e-12, equal_nan=True)
+    with pytest.raises(ValueError, match="tz"):
+        fraudscore.features.replay(typed, tz="Paris")
+    # A polars labels frame works as a pandas one.
+    labels = pl.DataFrame({"transaction_id": tx.loc[tx.is_fraud == "1", "transaction_id"].tolist()}).with_columns(
+        is_fraud=pl.lit(1), reported_at=pl.lit("2018-04-02T00:00:00Z"))
+    via_pl = fraudscore.features.replay(frames["polars"], labels=labels)
+    monkeypatch.undo()
+    via_pd = fraudscore.features.replay(tx, labels=labels.to_pandas())
+    np.testing.assert_allclose(via_pl.to_numpy(), via_pd.to_numpy(), equal_nan=True)
+
+
 def test_example_end_to_end_makes_a_model_fraud_serve_runs(tmp_path):
     import json
     import socket

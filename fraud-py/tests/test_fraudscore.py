@@ -457,3 +457,29 @@ def test_explanations_as_data_scientists_use_them(xgb_pair):
         return
     e = model.explain(x[:20], output="shap")
     assert isinstance(e, shap.Explanation) and e.values.shape == (20, len(names))
+
+
+def test_fraud_command_installed_with_the_package(tmp_path):
+    """`pip install fraudscore` puts the `fraud` command beside the interpreter: the engine's
+    command line, run in process, with its exit codes."""
+    import shutil
+    import subprocess
+    import sys
+
+    exe = shutil.which("fraud", path=os.path.dirname(sys.executable))
+    assert exe is not None, "the package did not install the fraud command"
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f"fraud {fraudscore.__version__}"
+    # An error is one line on stderr and exit code 1; a usage error is exit code 2.
+    bad = subprocess.run([exe, "inspect", str(tmp_path / "missing.fgb")], capture_output=True, text=True)
+    assert bad.returncode == 1 and "missing.fgb" in bad.stderr, bad
+    usage = subprocess.run([exe, "no-such-command"], capture_output=True, text=True)
+    assert usage.returncode == 2 and "no-such-command" in usage.stderr
+    # A real command: generate a small history, written where asked.
+    csv = tmp_path / "h.csv"
+    subprocess.run([exe, "generate", "--customers", "20", "--days", "3", "--seed", "3", "--output", str(csv)],
+                   capture_output=True, text=True, check=True)
+    assert csv.read_text().startswith("transaction_id,")
+    # The module entry point is the same command.
+    again = subprocess.run([sys.executable, "-m", "fraudscore._cli", "--version"], capture_output=True, text=True)
+    assert again.returncode == 0 and again.stdout.strip() == out.stdout.strip()

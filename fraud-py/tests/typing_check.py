@@ -24,3 +24,12 @@ assert_type(metrics.card_precision_at_k([0, 1], [0.1, 0.9], ["a", "b"], [0, 0], 
 frame, summary = datasets.generate(10, 2, return_summary=True)
 assert_type(summary, dict[str, Any])
 replayed = features.replay(frame)
+
+import pandas as pd  # noqa: E402
+import polars as pl  # noqa: E402
+
+assert_type(replayed, pd.DataFrame)
+assert_type(features.replay(pl.DataFrame({"a": [1]}).lazy()), pl.DataFrame)
+from fraudscore import _cli  # noqa: E402
+
+assert_type(_cli.main(["--version"]), int)

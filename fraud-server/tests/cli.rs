@@ -669,3 +669,155 @@ fn features_with_a_labels_file_count_only_labels_known_in_time() {
     let o = fraud(&a.iter().map(String::as_str).collect::<Vec<_>>());
     fails_saying(&o, "row 1: is_fraud");
 }
+
+/// Parquet and Arrow wherever CSV is accepted: a history in Parquet gives the features its
+/// CSV export gives; features written as Parquet / Arrow train, predict and evaluate exactly
+/// as their CSV does.
+#[test]
+fn parquet_and_arrow_are_read_and_written_wherever_csv_is() {
+    use fraud_core::table::{write_table, Column, Columnar};
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    let o = fraud(&[
+        "generate",
+        "--customers",
+        "150",
+        "--days",
+        "20",
+        "--seed",
+        "5",
+        "-o",
+        &p("h.csv"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The same history as Parquet: numbers as numbers, the rest as text.
+    let mut reader = csv::Reader::from_path(p("h.csv")).unwrap();
+    let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
+    let mut cells: Vec<Vec<String>> = vec![Vec::new(); header.len()];
+    for row in reader.records() {
+        for (c, v) in row.unwrap().iter().enumerate() {
+            cells[c].push(v.to_string());
+        }
+    }
+    let numeric = ["amount", "latitude", "longitude"];
+    let columns = header
+        .iter()
+        .zip(cells)
+        .map(|(h, v)| {
+            let column = if numeric.contains(&h.as_str()) {
+                Column::Float(v.iter().map(|x| x.parse().unwrap_or(f64::NAN)).collect())
+            } else {
+                Column::Text(v)
+            };
+            (h.clone(), column)
+        })
+        .collect();
+    write_table(Path::new(&p("h.parquet")), columns).unwrap();
+    let keep = "timestamp,card_token,is_fraud,fraud_scenario";
+    for (input, output) in [
+        ("h.csv", "f.csv"),
+        ("h.parquet", "f.parquet"),
+        ("h.parquet", "f.arrow"),
+    ] {
+        let o = fraud(&[
+            "features",
+            "--input",
+            &p(input),
+            "--output",
+            &p(output),
+            "--keep",
+            keep,
+        ]);
+        assert!(o.status.success(), "{input} -> {output}: {}", stderr(&o));
+    }
+    let csv_header =
+        fraud_core::data::read_csv_header(std::fs::File::open(p("f.csv")).unwrap()).unwrap();
+    let names: Vec<&str> = csv_header.iter().skip(5).map(String::as_str).collect();
+    assert!(names.len() > 20, "{csv_header:?}");
+    let want =
+        fraud_core::data::read_csv(std::fs::File::open(p("f.csv")).unwrap(), &names).unwrap();
+    for columnar in ["f.parquet", "f.arrow"] {
+        let t = Columnar::open(Path::new(&p(columnar))).unwrap();
+        assert_eq!(t.header(), csv_header, "{columnar}");
+        let got = t.matrix(&names, &Default::default()).unwrap();
+        assert_eq!(got.values.len(), want.values.len());
+        for (a, b) in got.values.iter().zip(&want.values) {
+            assert!(
+                a == b || (a.is_nan() && b.is_nan()),
+                "{columnar}: {a} != {b}"
+            );
+        }
+        let ids = t
+            .text_columns(&["transaction_id".into(), "card_token".into()])
+            .unwrap();
+        assert_eq!(ids[0].len(), want.rows());
+    }
+    // Train on Parquet and on CSV: the same model; predict and evaluate on Arrow as on CSV.
+    let exclude = "transaction_id,timestamp,card_token,fraud_scenario";
+    for (input, model) in [("f.csv", "m_csv.fgb"), ("f.parquet", "m_parquet.fgb")] {
+        let o = fraud(&[
+            "train",
+            "--input",
+            &p(input),
+            "--label",
+            "is_fraud",
+            "--exclude",
+            exclude,
+            "--param",
+            "num_rounds=8",
+            "-o",
+            &p(model),
+        ]);
+        assert!(o.status.success(), "{input}: {}", stderr(&o));
+    }
+    let score = |model: &str, input: &str| {
+        let o = fraud(&["predict", "--model", &p(model), "--input", &p(input)]);
+        assert!(o.status.success(), "{input}: {}", stderr(&o));
+        stdout(&o)
+    };
+    let reference = score("m_csv.fgb", "f.csv");
+    assert_eq!(reference.lines().count(), want.rows() + 1);
+    assert_eq!(score("m_parquet.fgb", "f.csv"), reference);
+    assert_eq!(score("m_csv.fgb", "f.arrow"), reference);
+    assert_eq!(score("m_csv.fgb", "f.parquet"), reference);
+    let evaluate = |input: &str| {
+        let o = fraud(&[
+            "evaluate",
+            "--model",
+            &p("m_csv.fgb"),
+            "--input",
+            &p(input),
+            "--label",
+            "is_fraud",
+        ]);
+        assert!(o.status.success(), "{input}: {}", stderr(&o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let e = evaluate("f.parquet");
+    assert!(e["card_precision_at_100_per_day"].is_number(), "{e}");
+    assert_eq!(e, evaluate("f.csv"));
+    // A column the model needs, missing from a Parquet file, is named.
+    write_table(
+        Path::new(&p("short.parquet")),
+        vec![("amount".into(), Column::Float(vec![1.0]))],
+    )
+    .unwrap();
+    let o = fraud(&[
+        "predict",
+        "--model",
+        &p("m_csv.fgb"),
+        "--input",
+        &p("short.parquet"),
+    ]);
+    fails_saying(&o, "is missing");
+    // A file that is not Parquet is one clear line.
+    std::fs::write(p("bad.parquet"), b"PAR1 not really").unwrap();
+    let o = fraud(&[
+        "predict",
+        "--model",
+        &p("m_csv.fgb"),
+        "--input",
+        &p("bad.parquet"),
+    ]);
+    fails_saying(&o, "bad.parquet");
+}

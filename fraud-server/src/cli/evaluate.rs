@@ -61,10 +61,7 @@ pub fn score(io: &super::ModelInput, label: &str, columns: &Columns) -> anyhow::
     let mut probs = vec![0.0; data.labels.len()];
     super::thread_pool(io.threads)?
         .install(|| model.predict_proba_batch(&data.features.values, &mut probs))?;
-    let header = fraud_core::data::read_csv_header(
-        std::fs::File::open(&io.input)
-            .with_context(|| format!("cannot open {}", io.input.display()))?,
-    )?;
+    let header = super::header_of(&io.input)?;
     let pick = |given: &Option<String>, defaults: &[&str]| -> anyhow::Result<Option<String>> {
         match given {
             Some(c) if header.contains(c) => Ok(Some(c.clone())),
@@ -83,7 +80,7 @@ pub fn score(io: &super::ModelInput, label: &str, columns: &Columns) -> anyhow::
         .flatten()
         .cloned()
         .collect();
-    let mut text = read_text_columns(&io.input, &wanted)?.into_iter();
+    let mut text = super::read_text(&io.input, &wanted)?.into_iter();
     let cards = card.as_ref().and_then(|_| text.next());
     let days = match (&time, text.next()) {
         (Some(name), Some(values)) => Some(

@@ -11,10 +11,13 @@ use fraud_core::features::{replay_flat, Extractor, FeatureSpec};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// History CSV; its columns are the transaction's JSON field names.
+    /// History: CSV, or Parquet (`.parquet`) or Arrow IPC (`.arrow`, `.feather`) by extension;
+    /// its columns are the transaction's JSON field names (Arrow timestamps with a time zone
+    /// are instants; naive ones need `--tz`, as naive text does).
     #[arg(long)]
     input: PathBuf,
-    /// Where to write `transaction_id` and one column per feature, in input order.
+    /// Where to write `transaction_id` and one column per feature, in input order: CSV, or
+    /// Parquet (`.parquet`, zstd) or Arrow IPC (`.arrow`, `.feather`) by extension.
     #[arg(long)]
     output: PathBuf,
     /// Feature spec (TOML); the default spec when absent.
@@ -79,19 +82,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     };
     let extractor = Extractor::new(spec)?;
     let tk = super::tokenizer(a.key_file.as_deref())?;
-    let file = std::fs::File::open(&a.input)
-        .with_context(|| format!("cannot open {}", a.input.display()))?;
     let opts = fraud_core::transaction::HistoryOptions {
         naive_offset_s: a.tz.as_deref().map(parse_offset).transpose()?,
         round_amounts: a.round_amounts,
         card_from: a.card_from.clone(),
     };
-    let read = fraud_core::transaction::read_history_with(
-        std::io::BufReader::with_capacity(1 << 20, file),
-        &tk,
-        &opts,
-    )
-    .with_context(|| format!("cannot read {}", a.input.display()))?;
+    let read = super::read_history(&a.input, &tk, &opts)?;
     if read.rounded_amounts > 0 {
         eprintln!(
             "note: {} amounts rounded to their currency's minor unit (--round-amounts)",
@@ -132,13 +128,50 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     let m = extractor.names().len();
     let flat = replay_flat(&extractor, &history);
-    let rows = flat.chunks(m.max(1));
-    let file = std::fs::File::create(&a.output)
-        .with_context(|| format!("cannot create {}", a.output.display()))?;
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
     let kept = kept_columns(&a.input, &a.keep)?;
+    if fraud_core::table::Format::of(&a.output).is_columnar() {
+        use fraud_core::table::{write_table, Column};
+        let mut columns = Vec::with_capacity(1 + kept.len() + m);
+        columns.push((
+            "transaction_id".to_string(),
+            Column::Text(history.iter().map(|t| t.transaction_id.clone()).collect()),
+        ));
+        for (name, values) in a.keep.iter().zip(kept) {
+            columns.push((name.clone(), Column::Text(values)));
+        }
+        for (j, name) in extractor.names().iter().enumerate() {
+            let values = (0..history.len()).map(|i| flat[i * m + j]).collect();
+            columns.push((name.clone(), Column::Float(values)));
+        }
+        write_table(&a.output, columns)
+            .with_context(|| format!("cannot write {}", a.output.display()))?;
+    } else {
+        write_csv(&a.output, &a.keep, &kept, &extractor, &history, &flat)?;
+    }
+    super::emit(&format!(
+        "wrote {} features for {} transactions to {}\n",
+        extractor.names().len(),
+        history.len(),
+        a.output.display()
+    ))
+}
+
+/// Writes `transaction_id`, the kept columns and the features as CSV.
+fn write_csv(
+    path: &std::path::Path,
+    keep: &[String],
+    kept: &[Vec<String>],
+    extractor: &Extractor,
+    history: &[fraud_core::transaction::Transaction],
+    flat: &[f64],
+) -> anyhow::Result<()> {
+    let m = extractor.names().len();
+    let rows = flat.chunks(m.max(1));
+    let file =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
     write!(out, "transaction_id")?;
-    for k in &a.keep {
+    for k in keep {
         write!(out, ",{}", csv_field(k))?;
     }
     for n in extractor.names() {
@@ -147,7 +180,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     writeln!(out)?;
     for (i, (tx, f)) in history.iter().zip(rows).enumerate() {
         write!(out, "{}", csv_field(&tx.transaction_id))?;
-        for column in &kept {
+        for column in kept {
             write!(
                 out,
                 ",{}",
@@ -163,13 +196,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
         writeln!(out)?;
     }
-    out.flush().context("cannot write features")?;
-    super::emit(&format!(
-        "wrote {} features for {} transactions to {}\n",
-        extractor.names().len(),
-        history.len(),
-        a.output.display()
-    ))
+    out.flush().context("cannot write features")
 }
 
 /// The values of the `keep` columns of `path`, column by column, in row order.
@@ -180,7 +207,7 @@ fn kept_columns(path: &std::path::Path, keep: &[String]) -> anyhow::Result<Vec<V
     if let Some(k) = keep.iter().find(|k| *k == "card_number") {
         anyhow::bail!("--keep {k}: card numbers are never written");
     }
-    super::evaluate::read_text_columns(path, keep).context("--keep")
+    super::read_text(path, keep).context("--keep")
 }
 
 fn csv_field(s: &str) -> String {

@@ -14,12 +14,13 @@ mod report;
 mod train;
 mod users;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fraud_core::model::Artifact;
 use fraud_core::pii::Tokenizer;
+use fraud_core::table::{Columnar, Format};
 
 /// Real-time transaction fraud scoring: models, prediction, benchmarks.
 #[derive(Debug, Parser)]
@@ -33,15 +34,15 @@ pub struct Cli {
 enum Command {
     /// Convert an XGBoost JSON or LightGBM text model into a model artifact.
     Import(import::Args),
-    /// Score a CSV file of features with a model; writes one probability per row.
+    /// Score a file of features (CSV, Parquet or Arrow) with a model; writes one probability per row.
     Predict(predict::Args),
     /// Print a model's metadata and shape.
     Inspect(inspect::Args),
-    /// Measure batch and single-row prediction speed on a CSV file of features.
+    /// Measure batch and single-row prediction speed on a file of features.
     Bench(bench::Args),
-    /// Train a model from a labelled CSV file.
+    /// Train a model from a labelled file (CSV, Parquet or Arrow).
     Train(train::Args),
-    /// Print a model's metrics (ROC-AUC, average precision, ...) on a labelled CSV file.
+    /// Print a model's metrics (ROC-AUC, average precision, ...) on a labelled file.
     Evaluate(evaluate::Args),
     /// Compute, offline, the features of every transaction of a history (point in time).
     Features(features::Args),
@@ -49,7 +50,7 @@ enum Command {
     Generate(generate::Args),
     /// Convert a public data set (ULB creditcard.csv, PaySim, Sparkov) into the project's CSV.
     Convert(convert::Args),
-    /// Write an evaluation report (SVG charts and a Markdown summary) for a labelled CSV.
+    /// Write an evaluation report (SVG charts and a Markdown summary) for a labelled file.
     Report(report::Args),
     /// Run the scoring service (with no configuration: 127.0.0.1:8080, the demo model,
     /// durable state under ./fraud-data, a development API key).
@@ -62,13 +63,14 @@ enum Command {
     Users(users::Args),
 }
 
-/// The model, the CSV it reads and the worker threads: shared by predict, bench, evaluate.
+/// The model, the file it reads and the worker threads: shared by predict, bench, evaluate.
 #[derive(Debug, clap::Args)]
 pub struct ModelInput {
     /// The model artifact.
     #[arg(long)]
     pub model: PathBuf,
-    /// CSV with a header naming the model's features (any order; extra columns ignored).
+    /// Features: CSV with a header, or Parquet (`.parquet`) or Arrow IPC (`.arrow`,
+    /// `.feather`) by extension, naming the model's features (any order; extra columns ignored).
     #[arg(long)]
     pub input: PathBuf,
     /// Worker threads (default: all cores).
@@ -130,18 +132,78 @@ fn thread_pool(threads: Option<usize>) -> anyhow::Result<rayon::ThreadPool> {
         .context("cannot start worker threads")
 }
 
-/// Reads the model's feature columns from a CSV file.
-fn read_features(path: &PathBuf, artifact: &Artifact) -> anyhow::Result<fraud_core::data::Matrix> {
-    let file = std::fs::File::open(path)
-        .with_context(|| format!("cannot open input {}", path.display()))?;
+/// Reads the model's feature columns from a CSV, Parquet or Arrow file.
+fn read_features(path: &Path, artifact: &Artifact) -> anyhow::Result<fraud_core::data::Matrix> {
     let names = artifact.ensemble.feature_names();
     // Categorical features with stored categories are read by value.
-    fraud_core::data::read_csv_with_categories(
-        std::io::BufReader::with_capacity(1 << 20, file),
-        &names,
-        &artifact.metadata.category_codes(),
-    )
-    .with_context(|| format!("cannot read input {}", path.display()))
+    read_matrix(path, &names, &artifact.metadata.category_codes())
+}
+
+/// The column names of a CSV file's header or a Parquet / Arrow file's schema.
+pub(crate) fn header_of(path: &Path) -> anyhow::Result<Vec<String>> {
+    let read = || -> anyhow::Result<Vec<String>> {
+        if Format::of(path).is_columnar() {
+            return Ok(Columnar::header_of(path)?);
+        }
+        let file = std::fs::File::open(path)?;
+        Ok(fraud_core::data::read_csv_header(file)?)
+    };
+    read().with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// The columns `wanted` of a CSV, Parquet or Arrow file as a matrix (categorical columns by
+/// value through `categories`).
+pub(crate) fn read_matrix(
+    path: &Path,
+    wanted: &[&str],
+    categories: &std::collections::BTreeMap<String, std::collections::HashMap<String, f64>>,
+) -> anyhow::Result<fraud_core::data::Matrix> {
+    let read = || -> anyhow::Result<fraud_core::data::Matrix> {
+        if Format::of(path).is_columnar() {
+            return Ok(Columnar::open(path)?.matrix(wanted, categories)?);
+        }
+        let file = std::fs::File::open(path)?;
+        Ok(fraud_core::data::read_csv_with_categories(
+            std::io::BufReader::with_capacity(1 << 20, file),
+            wanted,
+            categories,
+        )?)
+    };
+    read().with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// The named columns of a CSV, Parquet or Arrow file as text, column by column.
+pub(crate) fn read_text(path: &Path, names: &[String]) -> anyhow::Result<Vec<Vec<String>>> {
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    if Format::of(path).is_columnar() {
+        let read = || -> anyhow::Result<Vec<Vec<String>>> {
+            Ok(Columnar::open(path)?.text_columns(names)?)
+        };
+        return read().with_context(|| format!("cannot read {}", path.display()));
+    }
+    evaluate::read_text_columns(path, names)
+}
+
+/// The transactions of a history file (CSV, Parquet or Arrow), validated with `opts`.
+pub(crate) fn read_history(
+    path: &Path,
+    tokenizer: &Tokenizer,
+    opts: &fraud_core::transaction::HistoryOptions,
+) -> anyhow::Result<fraud_core::transaction::History> {
+    let read = || -> anyhow::Result<fraud_core::transaction::History> {
+        if Format::of(path).is_columnar() {
+            return Ok(Columnar::open(path)?.history(tokenizer, opts)?);
+        }
+        let file = std::fs::File::open(path)?;
+        Ok(fraud_core::transaction::read_history_with(
+            std::io::BufReader::with_capacity(1 << 20, file),
+            tokenizer,
+            opts,
+        )?)
+    };
+    read().with_context(|| format!("cannot read {}", path.display()))
 }
 
 /// The tokenization key: from `key_file`, else FRAUD_TOKENIZATION_KEY (hex), else a one-off

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::ValueEnum;
-use fraud_core::data::{read_csv, read_csv_header, Matrix};
+use fraud_core::data::Matrix;
 use fraud_core::train::{self, Dataset, Params, Progress};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -18,13 +18,14 @@ pub enum Algorithm {
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Training CSV: a header, one row per example.
+    /// Training data, one row per example: CSV with a header, or Parquet (`.parquet`) or
+    /// Arrow IPC (`.arrow`, `.feather`) by extension.
     #[arg(long)]
     input: PathBuf,
     /// Column holding the 0/1 label.
     #[arg(long)]
     label: String,
-    /// Validation CSV with the same columns (enables early stopping and the metric).
+    /// Validation data with the same columns (enables early stopping and the metric).
     #[arg(long)]
     valid: Option<PathBuf>,
     /// Comma-separated columns to split as categories.
@@ -55,7 +56,7 @@ pub struct Args {
     output: PathBuf,
 }
 
-/// Features, labels and weights of one CSV file.
+/// Features, labels and weights of one file.
 pub(crate) struct Labelled {
     pub features: Matrix,
     pub labels: Vec<f64>,
@@ -64,23 +65,17 @@ pub(crate) struct Labelled {
 
 /// Reads `label` (and `weight`) plus the given feature columns from `path`.
 pub(crate) fn read_labelled(
-    path: &PathBuf,
+    path: &std::path::Path,
     features: &[String],
     label: &str,
     weight: Option<&str>,
 ) -> anyhow::Result<Labelled> {
-    let open = || {
-        std::fs::File::open(path)
-            .map(|f| std::io::BufReader::with_capacity(1 << 20, f))
-            .with_context(|| format!("cannot open {}", path.display()))
-    };
     let mut wanted: Vec<&str> = features.iter().map(String::as_str).collect();
     wanted.push(label);
     if let Some(w) = weight {
         wanted.push(w);
     }
-    let m =
-        read_csv(open()?, &wanted).with_context(|| format!("cannot read {}", path.display()))?;
+    let m = super::read_matrix(path, &wanted, &Default::default())?;
     let width = wanted.len();
     let nf = features.len();
     let rows = m.rows();
@@ -109,11 +104,7 @@ pub(crate) fn read_labelled(
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let header = read_csv_header(
-        std::fs::File::open(&a.input)
-            .with_context(|| format!("cannot open {}", a.input.display()))?,
-    )
-    .with_context(|| format!("cannot read {}", a.input.display()))?;
+    let header = super::header_of(&a.input)?;
     if !header.contains(&a.label) {
         anyhow::bail!(
             "label column `{}` is not in the header of {}",
