@@ -2,28 +2,39 @@
 //!
 //! The engine of the fraud scoring system: it holds gradient-boosted tree models and scores
 //! rows with them, exactly as the library that trained them would, and faster; it trains
-//! such models ([`train`]), measures them ([`eval`]), and validates and protects incoming
-//! transactions ([`transaction`], [`pii`]).
+//! such models (`train`), measures them ([`eval`]), validates and protects incoming
+//! transactions ([`transaction`], [`pii`]) and decides on them ([`decision`]).
 //!
 //! No HTTP, no Python and no async runtime live here; the server, the Python package, the
 //! dataset tools and the benchmarks all build on this crate.
 //!
-//! ```
-//! use fraud_core::model::{Artifact, CompiledModel, lightgbm};
+//! From a transaction to a verdict: a model, a policy (thresholds, CEL rules, lists) and a
+//! [`decision::Scorer`], which computes the transaction's features with entity state, scores
+//! them, explains the score with TreeSHAP and decides, exactly as the service does.
 //!
-//! let text = "tree\nversion=v4\nnum_class=1\nnum_tree_per_iteration=1\nlabel_index=0\n\
-//!             max_feature_idx=0\nobjective=binary sigmoid:1\nfeature_names=amount\n\
-//!             feature_infos=[0:100]\n\nTree=0\nnum_leaves=2\nnum_cat=0\nsplit_feature=0\n\
-//!             threshold=50\ndecision_type=2\nleft_child=-1\nright_child=-2\n\
-//!             leaf_value=-1 1\nis_linear=0\nshrinkage=1\n\n\nend of trees\n";
-//! let artifact: Artifact = lightgbm::import_str(text)?;
-//! let model = CompiledModel::new(&artifact.ensemble)?;
-//! let p = model.predict_proba(&[75.0])?;
-//! assert!((p - 1.0 / (1.0 + (-1.0f64).exp())).abs() < 1e-12);
+//! ```
+//! use fraud_core::decision::{PolicyConfig, Scorer};
+//! use fraud_core::model::lightgbm;
+//!
+//! // A one-split model on the amount's logarithm (a real one comes from `Artifact::load`).
+//! let artifact = lightgbm::import_str("tree\nversion=v4\nnum_class=1\n\
+//!     num_tree_per_iteration=1\nlabel_index=0\nmax_feature_idx=0\nobjective=binary sigmoid:1\n\
+//!     feature_names=log_amount\nfeature_infos=[0:10]\n\nTree=0\nnum_leaves=2\nnum_cat=0\n\
+//!     split_feature=0\nthreshold=5\ndecision_type=2\nleft_child=-1\nright_child=-2\n\
+//!     leaf_value=-3 2\nleaf_weight=10 10\nleaf_count=10 10\ninternal_value=0\n\
+//!     internal_weight=20\ninternal_count=20\nis_linear=0\nshrinkage=1\n\n\nend of trees\n")?;
+//! let policy = PolicyConfig::from_toml("[thresholds]\nreview = 0.3\ndecline = 0.8\n")?;
+//! let scorer = Scorer::builder(artifact).policy(policy).build()?;
+//! let verdict = scorer.score_json(br#"{"transaction_id":"t1","timestamp":"2026-01-01T10:00:00Z",
+//!     "amount":"950.00","currency":"EUR","card_number":"4111111111111111"}"#)?;
+//! assert_eq!(verdict.decision.name(), "decline");
+//! assert_eq!(verdict.card_mask.as_deref(), Some("411111******1111"));
+//! assert_eq!(verdict.reasons[0].feature, "log_amount");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 pub mod data;
+pub mod decision;
 pub mod eval;
 pub mod features;
 pub mod json;

@@ -24,63 +24,9 @@ fn bad(setting: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     }
 }
 
-/// Decision thresholds on the score (probability of fraud).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Thresholds {
-    /// Scores at or above: review.
-    pub review: f64,
-    /// Scores at or above: decline.
-    pub decline: f64,
-}
-
-impl Default for Thresholds {
-    fn default() -> Self {
-        Thresholds {
-            review: 0.3,
-            decline: 0.7,
-        }
-    }
-}
-
-/// A rule: a CEL expression over `tx`, `features` and `score`, and what it decides.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RuleConfig {
-    /// Name reported in `rules_fired`.
-    pub name: String,
-    /// CEL expression that must yield a boolean, e.g.
-    /// `score > 0.7 && features.card_txn_count_1h > 5`.
-    pub when: String,
-    /// `approve`, `review` or `decline`.
-    pub action: String,
-}
-
-/// Values of one list, by entity.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ListConfig {
-    /// Card tokens (`tok_...`).
-    pub card_tokens: Vec<String>,
-    /// Customer ids.
-    pub customers: Vec<String>,
-    /// Device ids.
-    pub devices: Vec<String>,
-    /// IP addresses.
-    pub ips: Vec<String>,
-    /// E-mail addresses.
-    pub emails: Vec<String>,
-}
-
-/// Allow and block lists.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Lists {
-    /// Always approved (unless blocked too: block wins).
-    pub allow: ListConfig,
-    /// Always declined.
-    pub block: ListConfig,
-}
+// The policy's sections are the decision library's types: one definition for the service,
+// the example scorer and the Python package.
+pub use fraud_core::decision::{Lists, PolicyConfig, RuleConfig, Thresholds};
 
 /// The review console (`/console/`).
 #[derive(Debug, Clone, Deserialize)]
@@ -493,37 +439,24 @@ impl Config {
         Ok(())
     }
 
+    /// The policy's sections (thresholds, rules, lists).
+    pub fn policy(&self) -> PolicyConfig {
+        PolicyConfig {
+            thresholds: self.thresholds.clone(),
+            rules: self.rules.clone(),
+            lists: self.lists.clone(),
+        }
+    }
+
     /// Checks every setting.
     pub fn check(&self) -> Result<(), ConfigError> {
         self.bind
             .parse::<std::net::SocketAddr>()
             .map_err(|_| bad("bind", format!("`{}` is not an address:port", self.bind)))?;
-        let t = &self.thresholds;
-        for (name, v) in [
-            ("thresholds.review", t.review),
-            ("thresholds.decline", t.decline),
-        ] {
-            if !(0.0..=1.0).contains(&v) {
-                return Err(bad(name, "must be a probability between 0 and 1"));
-            }
-        }
-        if t.review > t.decline {
-            return Err(bad(
-                "thresholds.review",
-                "must not exceed thresholds.decline",
-            ));
-        }
-        for (i, r) in self.rules.iter().enumerate() {
-            if !["approve", "review", "decline"].contains(&r.action.as_str()) {
-                return Err(bad(
-                    format!("rules[{i}].action"),
-                    format!("`{}` is not approve, review or decline", r.action),
-                ));
-            }
-            if r.name.trim().is_empty() {
-                return Err(bad(format!("rules[{i}].name"), "is empty"));
-            }
-        }
+        self.policy().check().map_err(|e| match e {
+            fraud_core::decision::PolicyError::Setting { setting, reason } => bad(setting, reason),
+            other => bad("policy", other.to_string()),
+        })?;
         match self.state.backend.as_str() {
             "memory" => {}
             "redis" if self.state.redis_url.is_some() => {}

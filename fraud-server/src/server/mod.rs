@@ -185,7 +185,8 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
             )
         }
     };
-    let policy = engine::Policy::new(cfg, extractor.names()).map_err(anyhow::Error::msg)?;
+    let policy = fraud_core::decision::Policy::new(&cfg.policy(), extractor.names())
+        .map_err(|e| anyhow::anyhow!("config: {e}"))?;
     let (tokenizer, _) = tokenizer(cfg)?;
     // Memory state is derived from the decision log (rebuilt below from the last snapshot and
     // the records after it): one fsync per answer, and the state always equals a replay of
