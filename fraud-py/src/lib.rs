@@ -728,6 +728,68 @@ fn replay<'py>(
     replay_history(py, history, spec, labels)
 }
 
+/// The decision pipeline (fraud-core's `Scorer`): a model, a policy (the service's TOML
+/// sections), a feature spec and fresh in-memory entity state. Requests and answers are JSON.
+#[pyclass(name = "_Scorer", module = "fraudscore._fraudscore", frozen)]
+struct PyScorer {
+    scorer: fraud_core::decision::Scorer,
+}
+
+#[pymethods]
+impl PyScorer {
+    #[new]
+    #[pyo3(signature = (model, policy_toml=None, spec_toml=None, reasons=5))]
+    fn new(
+        model: &PyModel,
+        policy_toml: Option<&str>,
+        spec_toml: Option<&str>,
+        reasons: usize,
+    ) -> PyResult<Self> {
+        let mut builder =
+            fraud_core::decision::Scorer::builder(model.artifact.clone()).reasons(reasons);
+        if let Some(text) = policy_toml {
+            builder = builder
+                .policy(fraud_core::decision::PolicyConfig::from_toml(text).map_err(value_err)?);
+        }
+        if let Some(text) = spec_toml {
+            builder = builder
+                .spec(fraud_core::features::FeatureSpec::from_toml(text).map_err(value_err)?);
+        }
+        Ok(PyScorer {
+            scorer: builder.build().map_err(value_err)?,
+        })
+    }
+
+    /// Scores one transaction (its JSON text): the answer's JSON text.
+    fn score(&self, py: Python<'_>, request: &str) -> PyResult<String> {
+        let verdict = py
+            .allow_threads(|| self.scorer.score_json(request.as_bytes()))
+            .map_err(|e| {
+                let text = e.to_string();
+                PyValueError::new_err(fraud_core::pii::redact(&text).into_owned())
+            })?;
+        serde_json::to_string(&verdict).map_err(value_err)
+    }
+
+    /// Scores JSON lines in order: one answer (or `{"error", "line"}`) per line.
+    fn score_lines(&self, py: Python<'_>, lines: &str) -> PyResult<String> {
+        let mut out = Vec::with_capacity(lines.len());
+        py.allow_threads(|| {
+            fraud_core::decision::score_lines(&self.scorer, lines.as_bytes(), &mut out)
+        })
+        .map_err(value_err)?;
+        String::from_utf8(out).map_err(value_err)
+    }
+
+    /// Checks a policy's TOML sections (thresholds, rules, lists) against a model's features:
+    /// the normalised policy as JSON.
+    #[staticmethod]
+    fn check_policy(text: &str) -> PyResult<String> {
+        let cfg = fraud_core::decision::PolicyConfig::from_toml(text).map_err(value_err)?;
+        serde_json::to_string(&cfg).map_err(value_err)
+    }
+}
+
 /// Runs the `fraud` command line (the same code as the `fraud` binary) with `argv` (the
 /// first is the program's name) and returns its exit code. The interpreter's lock is released
 /// while it runs, so `fraud serve` started this way serves from its own threads.
@@ -740,6 +802,7 @@ fn run_cli(py: Python<'_>, argv: Vec<String>) -> i32 {
 #[pymodule]
 fn _fraudscore(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyModel>()?;
+    m.add_class::<PyScorer>()?;
     m.add_function(wrap_pyfunction!(roc_auc, m)?)?;
     m.add_function(wrap_pyfunction!(average_precision, m)?)?;
     m.add_function(wrap_pyfunction!(recall_at_fpr, m)?)?;

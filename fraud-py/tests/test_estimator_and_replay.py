@@ -169,11 +169,7 @@ def test_replay_takes_polars_lazyframes_and_arrow_without_a_csv_round_trip(monke
 
 
 def test_example_end_to_end_makes_a_model_fraud_serve_runs(tmp_path):
-    import json
-    import socket
     import sys
-    import time
-    import urllib.request
 
     out = tmp_path / "model.fgb"
     example = os.path.join(ROOT, "fraud-py", "examples", "end_to_end.py")
@@ -181,37 +177,14 @@ def test_example_end_to_end_makes_a_model_fraud_serve_runs(tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     assert "ROC-AUC" in run.stdout and "top reasons" in run.stdout
-    if not os.path.exists(FRAUD):
-        pytest.fail(f"the fraud binary is not at {FRAUD} (set FRAUD_BIN)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, FRAUD_MODEL=str(out), FRAUD_DATA_DIR=str(tmp_path / "data"))
-    server = subprocess.Popen([FRAUD, "serve", "--bind", f"127.0.0.1:{port}"], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    # Straight to the local server, whatever proxy the environment names.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(300):
-            try:
-                opener.open(base + "/healthz", timeout=1)
-                break
-            except OSError:
-                if server.poll() is not None:
-                    pytest.fail(server.stdout.read())
-                time.sleep(0.05)
-        key = (tmp_path / "data" / "dev-api-key").read_text().strip()
-        body = json.dumps({"transaction_id": "e1", "timestamp": "2024-05-01T10:00:00Z", "amount": "950.00",
-                           "currency": "EUR", "card_token": "tok_" + "ab" * 16, "channel": "ecommerce", "mcc": "5732"}).encode()
-        req = urllib.request.Request(base + "/v1/score", data=body, method="POST",
-                                     headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
-        answer = json.loads(opener.open(req, timeout=10).read())
+    from conftest import serve
+
+    with serve(str(tmp_path / "data"), env={"FRAUD_MODEL": str(out)}) as service:
+        answer = service.call("/v1/score", {
+            "transaction_id": "e1", "timestamp": "2024-05-01T10:00:00Z", "amount": "950.00",
+            "currency": "EUR", "card_token": "tok_" + "ab" * 16, "channel": "ecommerce", "mcc": "5732"})
         assert answer["model_version"] and answer["decision"] in ("approve", "review", "decline")
         assert answer["reasons"]
-    finally:
-        server.kill()
-        server.wait()
 
 
 def test_a_constant_feature_is_trained_around_with_a_warning():

@@ -33,3 +33,9 @@ assert_type(features.replay(pl.DataFrame({"a": [1]}).lazy()), pl.DataFrame)
 from fraudscore import _cli  # noqa: E402
 
 assert_type(_cli.main(["--version"]), int)
+
+policy = fraudscore.Policy.from_toml("fraud.toml")
+assert_type(policy, fraudscore.Policy)
+scorer = fraudscore.Scorer(model, policy)
+assert_type(scorer.score({"transaction_id": "t"}), dict[str, Any])
+assert_type(scorer.score_many(frame), pd.DataFrame)

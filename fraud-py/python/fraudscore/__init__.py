@@ -25,13 +25,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import _fraudscore
-from . import datasets, features, metrics
+from . import datasets, decision, features, metrics
+from .decision import Policy, Scorer
 
 if TYPE_CHECKING:  # at run time imported on first use (it needs scikit-learn)
     from .sklearn import GBDTClassifier
 
-__all__ = ["Model", "GBDTClassifier", "from_xgboost", "from_lightgbm", "default_spec", "metrics", "datasets",
-           "features", "__version__"]
+__all__ = ["Model", "Policy", "Scorer", "GBDTClassifier", "from_xgboost", "from_lightgbm", "default_spec", "metrics", "datasets",
+           "features", "decision", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
