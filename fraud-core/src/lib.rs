@@ -37,6 +37,8 @@ pub mod data;
 pub mod decision;
 pub mod eval;
 pub mod features;
+pub mod files;
+pub mod hex;
 pub mod json;
 pub mod model;
 pub mod pii;

@@ -255,7 +255,7 @@ impl Tokenizer {
         let tag = mac.finalize().into_bytes();
         let mut out = String::with_capacity(TOKEN_PREFIX.len() + 32);
         out.push_str(TOKEN_PREFIX);
-        push_hex(&mut out, &tag[..16]);
+        crate::hex::push(&mut out, &tag[..16]);
         out
     }
 
@@ -271,7 +271,7 @@ impl Tokenizer {
         let tag = mac.finalize().into_bytes();
         let mut out = String::with_capacity(TOKEN_PREFIX.len() + 32);
         out.push_str(TOKEN_PREFIX);
-        push_hex(&mut out, &tag[..16]);
+        crate::hex::push(&mut out, &tag[..16]);
         out
     }
 
@@ -284,7 +284,7 @@ impl Tokenizer {
         };
         mac.update(b"fingerprint\0");
         mac.update(bytes);
-        hex(&mac.finalize().into_bytes())
+        crate::hex::encode(&mac.finalize().into_bytes())
     }
 
     /// Token and mask of a card; the raw number is dropped (and wiped) by the caller.
@@ -319,23 +319,6 @@ pub fn quoted(s: &str) -> String {
 pub fn is_token(s: &str) -> bool {
     s.strip_prefix(TOKEN_PREFIX)
         .is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-}
-
-/// `bytes` as lowercase hexadecimal, two digits a byte.
-pub fn hex(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() * 2);
-    push_hex(&mut out, bytes);
-    out
-}
-
-/// Appends `bytes` to `out` as lowercase hexadecimal (no formatting machinery: this runs
-/// several times for every scored transaction).
-pub fn push_hex(out: &mut String, bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for &b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 15)]));
-    }
 }
 
 #[cfg(test)]
@@ -410,8 +393,11 @@ mod tests {
 
     #[test]
     fn hex_is_two_lowercase_digits_a_byte() {
-        assert_eq!(hex(&[0x00, 0x0f, 0x10, 0xab, 0xff]), "000f10abff");
-        assert_eq!(hex(&[]), "");
+        assert_eq!(
+            crate::hex::encode(&[0x00, 0x0f, 0x10, 0xab, 0xff]),
+            "000f10abff"
+        );
+        assert_eq!(crate::hex::encode(&[]), "");
     }
 
     const VISA: &str = "4111 1111 1111 1111";

@@ -123,8 +123,8 @@ fn snapshot_path(dir: &Path, seq: u64) -> PathBuf {
 }
 
 /// Flushes a directory's entries (a rename or a new file in it) to disk.
-pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    crate::files::sync_dir(dir).map_err(io(dir))
 }
 
 #[derive(Debug)]
@@ -408,35 +408,9 @@ pub(crate) fn state_bytes(
     Ok(out)
 }
 
-/// Creates (or truncates) `path` for writing, readable and writable by the owner only (0600
-/// on Unix, whatever the umask).
-pub fn create_private(path: &Path) -> std::io::Result<File> {
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        opts.mode(0o600);
-        let f = opts.open(path)?;
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        Ok(f)
-    }
-    #[cfg(not(unix))]
-    opts.open(path)
-}
-
-/// Writes `bytes` to `path` atomically: a temporary file (0600), fsync, rename, fsync of the
-/// directory; a crash leaves the previous file whole.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let tmp = path.with_extension("tmp");
-    let mut f = create_private(&tmp).map_err(io(&tmp))?;
-    f.write_all(bytes).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io(path))?;
-    sync_dir(dir)
+/// Writes `bytes` to `path` atomically (see [`crate::files::write_atomic`]).
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    crate::files::write_atomic(path, bytes).map_err(io(path))
 }
 
 /// Reads state bytes made by [`state_bytes`]: its tag, and every entity given to `restore`.

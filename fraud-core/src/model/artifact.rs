@@ -338,7 +338,7 @@ impl Artifact {
     pub fn fingerprint(&self) -> Result<String, ArtifactError> {
         let bytes = self.to_bytes()?;
         let digest = Sha256::digest(&bytes[..bytes.len() - CHECKSUM]);
-        Ok(crate::pii::hex(&digest))
+        Ok(crate::hex::encode(&digest))
     }
 }
 

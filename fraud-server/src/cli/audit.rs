@@ -174,7 +174,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 anyhow::bail!("{} exists already; not overwritten", out.display());
             }
             let (signer, seed) = HeadSigner::generate().map_err(|e| anyhow::anyhow!("{e}"))?;
-            let mut text = fraud_core::pii::hex(&seed);
+            let mut text = fraud_core::hex::encode(&seed);
             text.push('\n');
             let written = crate::server::keys::write_private(&out, text.as_bytes());
             zeroize::Zeroize::zeroize(&mut text);

@@ -214,15 +214,10 @@ pub(crate) fn tokenizer(key_file: Option<&std::path::Path>) -> anyhow::Result<To
             std::fs::read(p).with_context(|| format!("cannot read key file {}", p.display()))?;
         return Tokenizer::new(&key).context("tokenization key");
     }
-    if let Ok(hex) = std::env::var("FRAUD_TOKENIZATION_KEY") {
-        let hex = hex.trim();
-        let key: Result<Vec<u8>, _> = (0..hex.len() / 2)
-            .map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2).unwrap_or("x"), 16))
-            .collect();
-        let key = key
-            .ok()
-            .filter(|_| hex.len() % 2 == 0)
-            .context("FRAUD_TOKENIZATION_KEY must be hexadecimal")?;
+    if let Ok(text) = std::env::var("FRAUD_TOKENIZATION_KEY") {
+        let key = zeroize::Zeroizing::new(
+            fraud_core::hex::decode(&text).context("FRAUD_TOKENIZATION_KEY must be hexadecimal")?,
+        );
         return Tokenizer::new(&key).context("FRAUD_TOKENIZATION_KEY");
     }
     // A one-off key from the operating system's generator: tokens stay inside this process.

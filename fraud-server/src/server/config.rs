@@ -28,6 +28,54 @@ fn bad(setting: impl Into<String>, reason: impl Into<String>) -> ConfigError {
 // the example scorer and the Python package.
 pub use fraud_core::decision::{Lists, PolicyConfig, RuleConfig, Thresholds};
 
+/// Where entity state lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// In this process, rebuilt from the decision log at start.
+    Memory,
+    /// A Redis server (`state.redis_url`), shared by replicas.
+    Redis,
+}
+
+impl Backend {
+    /// Its name in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Memory => "memory",
+            Backend::Redis => "redis",
+        }
+    }
+}
+
+/// What to do when entity state cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnUnavailable {
+    /// 503 with Retry-After.
+    Refuse,
+    /// Score with the stateless features only; the answer says `"degraded": true`.
+    Degrade,
+}
+
+/// When a decision is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogDurability {
+    /// fsync (grouped) before each answer.
+    Sync,
+    /// Written to the operating system before each answer (survives a crash of the
+    /// process, not of the machine).
+    Write,
+}
+
+/// A setting's word (an enum's variant) from an environment variable.
+fn word<T: serde::de::DeserializeOwned>(key: &str, v: &str) -> Result<T, ConfigError> {
+    use serde::de::IntoDeserializer;
+    T::deserialize(v.trim().into_deserializer())
+        .map_err(|e: serde::de::value::Error| bad(key, e.to_string()))
+}
+
 /// The review console (`/console/`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -100,7 +148,7 @@ impl Default for ConsoleConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct StateConfig {
     /// `memory` (in this process, rebuilt from the decision log at start) or `redis`.
-    pub backend: String,
+    pub backend: Backend,
     /// Redis URL for the `redis` backend.
     pub redis_url: Option<String>,
     /// Redis command timeout in milliseconds.
@@ -110,16 +158,16 @@ pub struct StateConfig {
     pub snapshot_interval_ms: u64,
     /// When entity state cannot be reached: `refuse` (503 with Retry-After) or `degrade`
     /// (score with the stateless features only; the answer says `"degraded": true`).
-    pub on_unavailable: String,
+    pub on_unavailable: OnUnavailable,
 }
 
 impl Default for StateConfig {
     fn default() -> Self {
         StateConfig {
-            backend: "memory".into(),
+            backend: Backend::Memory,
             redis_url: None,
             redis_timeout_ms: 50,
-            on_unavailable: "refuse".into(),
+            on_unavailable: OnUnavailable::Refuse,
             snapshot_interval_ms: 300_000,
         }
     }
@@ -243,7 +291,7 @@ pub struct Config {
     /// Reasons returned per decision.
     pub reasons: usize,
     /// Decision log durability: `sync` (fsync, grouped, before each answer) or `write`.
-    pub log_durability: String,
+    pub log_durability: LogDurability,
     /// How long decision-log records are kept (`400d`, `36h`, `90m`, `30s`); kept forever
     /// when absent. Whole segments are removed once their newest record is older (and a state
     /// snapshot holds them); a `retention` record names what was removed.
@@ -284,7 +332,7 @@ impl Default for Config {
             state: StateConfig::default(),
             limits: Limits::default(),
             reasons: 5,
-            log_durability: "sync".into(),
+            log_durability: LogDurability::Sync,
             retention: None,
             log_segment_bytes: 64 << 20,
             retention_check_s: 60,
@@ -366,22 +414,82 @@ fn check_secret_file(name: &str, path: &Path, data_dir: &Path) -> Result<(), Con
     Ok(())
 }
 
+/// The prefix of the generic environment overrides: `FRAUD__<SECTION>__<SETTING>` sets any
+/// setting of the file by its path (`FRAUD__LIMITS__MAX_BATCH=50`,
+/// `FRAUD__STATE__BACKEND=redis`, `FRAUD__THRESHOLDS__REVIEW=0.4`).
+pub const GENERIC_PREFIX: &str = "FRAUD__";
+
+/// Sets the setting `key` names (`FRAUD__A__B`: `a.b`) to `value`: a TOML literal when it
+/// reads as one (`100`, `true`, `0.4`, `["a", "b"]`), text otherwise.
+fn overlay(table: &mut toml::Table, key: &str, value: &str) -> Result<(), ConfigError> {
+    let path: Vec<String> = key[GENERIC_PREFIX.len()..]
+        .split("__")
+        .map(str::to_ascii_lowercase)
+        .collect();
+    if path.iter().any(String::is_empty) {
+        return Err(bad(key, "names no setting (FRAUD__SECTION__SETTING)"));
+    }
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    let mut at = table;
+    for (i, part) in path.iter().enumerate() {
+        if i + 1 == path.len() {
+            at.insert(part.clone(), parsed);
+            return Ok(());
+        }
+        let next = at
+            .entry(part.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        at = match next {
+            toml::Value::Table(t) => t,
+            _ => return Err(bad(key, format!("`{part}` is a setting, not a section"))),
+        };
+    }
+    Ok(())
+}
+
 impl Config {
     /// Reads the file (if any), applies the environment (`vars`), checks every setting.
     pub fn load(
         file: Option<&Path>,
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let mut cfg = match file {
-            None => Config::default(),
-            Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .map_err(|e| bad(p.display().to_string(), format!("cannot read: {e}")))?;
-                serde_path_to_error::deserialize(toml::Deserializer::new(&text))
-                    .map_err(|e| toml_error(p, &text, &e))?
-            }
+        let text = match file {
+            None => String::new(),
+            Some(p) => std::fs::read_to_string(p)
+                .map_err(|e| bad(p.display().to_string(), format!("cannot read: {e}")))?,
         };
-        for (k, v) in vars {
+        let (generic, named): (Vec<_>, Vec<_>) = vars
+            .into_iter()
+            .partition(|(k, _)| k.starts_with(GENERIC_PREFIX));
+        let mut cfg: Config = if generic.is_empty() {
+            match file {
+                None => Config::default(),
+                Some(p) => serde_path_to_error::deserialize(toml::Deserializer::new(&text))
+                    .map_err(|e| toml_error(p, &text, &e))?,
+            }
+        } else {
+            // Every setting by its path: FRAUD__STATE__REDIS_TIMEOUT_MS=100 is
+            // `[state] redis_timeout_ms = 100`, laid over the file.
+            let mut table: toml::Table = match file {
+                None => toml::Table::new(),
+                Some(p) => toml::from_str(&text)
+                    .map_err(|e| bad(p.display().to_string(), e.message().to_string()))?,
+            };
+            for (k, v) in &generic {
+                overlay(&mut table, k, v)?;
+            }
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let path = e.path().to_string();
+                bad(
+                    format!("{path} (from {GENERIC_PREFIX}...)"),
+                    e.into_inner().message().to_string(),
+                )
+            })?
+        };
+        for (k, v) in named {
             cfg.apply_env(&k, &v)?;
         }
         cfg.check()?;
@@ -418,18 +526,20 @@ impl Config {
             "FRAUD_AUDIT_SIGNING_KEY_FILE" => self.audit_signing_key_file = Some(PathBuf::from(v)),
             "FRAUD_REVIEW_THRESHOLD" => self.thresholds.review = num(key)?,
             "FRAUD_DECLINE_THRESHOLD" => self.thresholds.decline = num(key)?,
-            "FRAUD_STATE_BACKEND" => self.state.backend = v.to_string(),
+            "FRAUD_STATE_BACKEND" => self.state.backend = word(key, v)?,
             "FRAUD_REDIS_URL" => self.state.redis_url = Some(v.to_string()),
             "FRAUD_MAX_BODY_BYTES" => self.limits.max_body_bytes = int(key)?,
             "FRAUD_MAX_BATCH" => self.limits.max_batch = int(key)?,
             "FRAUD_MAX_IN_FLIGHT" => self.limits.max_in_flight = int(key)?,
             "FRAUD_RATE_PER_KEY" => self.limits.rate_per_key = num(key)?,
             "FRAUD_WORKERS" => self.limits.workers = int(key)?,
-            "FRAUD_LOG_DURABILITY" => self.log_durability = v.to_string(),
+            "FRAUD_LOG_DURABILITY" => self.log_durability = word(key, v)?,
             "FRAUD_RETENTION" => self.retention = Some(v.to_string()),
             "FRAUD_PIN_WORKERS" => self.limits.pin_workers = flag(key)?,
             "FRAUD_PRODUCTION" => self.production = flag(key)?,
-            k if k.starts_with("FRAUD_CONFIG") || k == "FRAUD_TOKENIZATION_KEY" => {}
+            k if k.starts_with("FRAUD_CONFIG")
+                || k == "FRAUD_TOKENIZATION_KEY"
+                || k.starts_with(GENERIC_PREFIX) => {}
             k if k.starts_with("FRAUD_") => {
                 // Not an error: other tools use the prefix too (FRAUD_BIN in the tests).
                 eprintln!("warning: {k} is not a setting of the service; ignored");
@@ -457,22 +567,8 @@ impl Config {
             fraud_core::decision::PolicyError::Setting { setting, reason } => bad(setting, reason),
             other => bad("policy", other.to_string()),
         })?;
-        match self.state.backend.as_str() {
-            "memory" => {}
-            "redis" if self.state.redis_url.is_some() => {}
-            "redis" => return Err(bad("state.redis_url", "is required for the redis backend")),
-            other => {
-                return Err(bad(
-                    "state.backend",
-                    format!("`{other}` is not memory or redis"),
-                ))
-            }
-        }
-        if !["refuse", "degrade"].contains(&self.state.on_unavailable.as_str()) {
-            return Err(bad("state.on_unavailable", "must be refuse or degrade"));
-        }
-        if !["sync", "write"].contains(&self.log_durability.as_str()) {
-            return Err(bad("log_durability", "must be sync or write"));
+        if self.state.backend == Backend::Redis && self.state.redis_url.is_none() {
+            return Err(bad("state.redis_url", "is required for the redis backend"));
         }
         if let Some(r) = &self.retention {
             parse_period(r).map_err(|e| bad("retention", e))?;
@@ -656,4 +752,65 @@ pub fn parse_period(s: &str) -> Result<u64, String> {
     }
     n.checked_mul(mult)
         .ok_or_else(|| format!("`{s}`: too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(file: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().map_err(|e| bad("test", e.to_string()))?;
+        let path = dir.path().join("fraud.toml");
+        std::fs::write(&path, file).map_err(|e| bad("test", e.to_string()))?;
+        Config::load(
+            Some(&path),
+            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn every_setting_is_overridden_by_its_path_in_the_environment() {
+        let c = load(
+            "reasons = 3\n[limits]\nmax_batch = 10\n",
+            &[
+                ("FRAUD__LIMITS__MAX_BATCH", "50"),
+                ("FRAUD__STATE__BACKEND", "redis"),
+                ("FRAUD__STATE__REDIS_URL", "redis://127.0.0.1:1/"),
+                ("FRAUD__THRESHOLDS__REVIEW", "0.4"),
+                ("FRAUD__LOG_DURABILITY", "write"),
+                ("FRAUD__CONSOLE__ENABLED", "false"),
+                ("FRAUD__LISTS__BLOCK__CUSTOMERS", "[\"C1\", \"C2\"]"),
+                // A named override still applies, after the generic ones.
+                ("FRAUD_DECLINE_THRESHOLD", "0.8"),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.reasons, 3);
+        assert_eq!(c.limits.max_batch, 50);
+        assert_eq!(c.state.backend, Backend::Redis);
+        assert_eq!(c.thresholds.review, 0.4);
+        assert_eq!(c.thresholds.decline, 0.8);
+        assert_eq!(c.log_durability, LogDurability::Write);
+        assert!(!c.console.enabled);
+        assert_eq!(c.lists.block.customers, vec!["C1", "C2"]);
+        for (vars, says) in [
+            (("FRAUD__LIMITS__NOPE", "1"), "nope"),
+            (("FRAUD__STATE__BACKEND", "disk"), "state.backend"),
+            (("FRAUD__REASONS__X", "1"), "reasons"),
+            (("FRAUD__", "1"), "names no setting"),
+            (("FRAUD__LIMITS__MAX_BATCH", "many"), "limits.max_batch"),
+        ] {
+            let e = load("reasons = 3\n", &[vars])
+                .map(|_| ())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says), "{vars:?}: {e}");
+        }
+        // Without generic overrides a file's error still names its line.
+        let e = load("reasons = \"x\"\n", &[])
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("reasons"), "{e}");
+    }
 }

@@ -227,7 +227,7 @@ fn hash(prev: &str, body: &[u8]) -> String {
     let mut h = Sha256::new();
     h.update(prev.as_bytes());
     h.update(body);
-    fraud_core::pii::hex(&h.finalize())
+    fraud_core::hex::encode(&h.finalize())
 }
 
 /// Splits a line into (hash, body).
@@ -647,7 +647,7 @@ impl DecisionLog {
                 file.read_exact(&mut dropped).map_err(io(&path))?;
             }
             let aside = dir.join(format!("torn-{:020}.bin", chain.seq + 1));
-            fraud_core::features::durable::write_atomic(&aside, &dropped)
+            fraud_core::files::write_atomic(&aside, &dropped)
                 .map_err(|e| io(&aside)(std::io::Error::other(e.to_string())))?;
             file.set_len(good as u64).map_err(io(&path))?;
             file.sync_all().map_err(io(&path))?;
@@ -655,7 +655,7 @@ impl DecisionLog {
                 "reason": "the last record of the open segment was cut short (a crash or a full disk mid-write); its bytes were removed from the log at start",
                 "after_seq": chain.seq,
                 "dropped_bytes": dropped.len(),
-                "dropped_sha256": fraud_core::pii::hex(&Sha256::digest(&dropped)),
+                "dropped_sha256": fraud_core::hex::encode(&Sha256::digest(&dropped)),
                 "kept_as": aside.file_name().map(|n| n.to_string_lossy().to_string()),
             }));
         }

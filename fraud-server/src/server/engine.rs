@@ -497,9 +497,7 @@ impl Engine {
                 let name = format!("{}.fgb", m.version);
                 std::fs::rename(from, dir.join(&name))
                     .map_err(|e| e.to_string())
-                    .and_then(|()| {
-                        fraud_core::features::durable::sync_dir(dir).map_err(|e| e.to_string())
-                    })
+                    .and_then(|()| fraud_core::files::sync_dir(dir).map_err(|e| e.to_string()))
                     .map_err(|e| Problem::unavailable(format!("cannot store the model: {e}")))?;
                 Some(format!("models/{name}"))
             }
@@ -668,7 +666,7 @@ impl Engine {
             Some(s) => s.seal(&bytes, b"state")?,
             None => bytes,
         };
-        fraud_core::features::durable::write_atomic(path, &bytes).map_err(|e| e.to_string())?;
+        fraud_core::files::write_atomic(path, &bytes).map_err(|e| e.to_string())?;
         Ok(Some(records))
     }
 

@@ -97,12 +97,12 @@ impl HeadSigner {
 
     /// The public key, 64 hex digits: what auditors verify with.
     pub fn public_hex(&self) -> String {
-        fraud_core::pii::hex(self.key.verifying_key().as_bytes())
+        fraud_core::hex::encode(self.key.verifying_key().as_bytes())
     }
 
     /// The signature (128 hex digits) of the head after `records` records.
     pub fn sign(&self, records: u64, head: &str) -> String {
-        fraud_core::pii::hex(&self.key.sign(&message(records, head)).to_bytes())
+        fraud_core::hex::encode(&self.key.sign(&message(records, head)).to_bytes())
     }
 }
 
@@ -135,7 +135,7 @@ impl HeadVerifier {
 
     /// The public key, 64 hex digits.
     pub fn public_hex(&self) -> String {
-        fraud_core::pii::hex(self.key.as_bytes())
+        fraud_core::hex::encode(self.key.as_bytes())
     }
 
     /// Whether `signature` (128 hex digits) signs the head after `records` records.
@@ -172,7 +172,7 @@ mod tests {
         let (signer, seed) = HeadSigner::generate().unwrap_or_else(|e| panic!("{e}"));
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let path = dir.path().join("k");
-        std::fs::write(&path, fraud_core::pii::hex(&seed)).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&path, fraud_core::hex::encode(&seed)).unwrap_or_else(|e| panic!("{e}"));
         let again = HeadSigner::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(again.public_hex(), signer.public_hex());
         let v = HeadVerifier::parse(&signer.public_hex()).unwrap_or_else(|e| panic!("{e}"));

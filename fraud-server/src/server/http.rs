@@ -542,9 +542,9 @@ async fn stage_upload(
     let mut id = [0u8; 8];
     getrandom::fill(&mut id).map_err(|_| Problem::internal("no randomness from the OS"))?;
     let staged = Staged {
-        path: dir.join(format!(".upload-{}.tmp", fraud_core::pii::hex(&id))),
+        path: dir.join(format!(".upload-{}.tmp", fraud_core::hex::encode(&id))),
     };
-    let mut file = fraud_core::features::durable::create_private(&staged.path).map_err(store)?;
+    let mut file = fraud_core::files::create_private(&staged.path).map_err(store)?;
     let mut received = 0u64;
     while let Some(chunk) = payload.next().await {
         let chunk =

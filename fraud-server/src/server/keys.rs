@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use fraud_core::pii::hex;
+use fraud_core::hex::encode as hex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;

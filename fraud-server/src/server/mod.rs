@@ -62,9 +62,12 @@ fn tokenizer(cfg: &Config) -> anyhow::Result<(Tokenizer, String)> {
             p.display().to_string(),
         ));
     }
-    if std::env::var("FRAUD_TOKENIZATION_KEY").is_ok() {
+    if let Ok(text) = std::env::var("FRAUD_TOKENIZATION_KEY") {
+        let key = zeroize::Zeroizing::new(
+            fraud_core::hex::decode(&text).context("FRAUD_TOKENIZATION_KEY must be hexadecimal")?,
+        );
         return Ok((
-            crate::cli::tokenizer(None)?,
+            Tokenizer::new(&key).context("FRAUD_TOKENIZATION_KEY")?,
             "FRAUD_TOKENIZATION_KEY".into(),
         ));
     }
@@ -211,8 +214,8 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
     };
     let mut snapshot_tag = 0u64;
     let mut memory: Option<Arc<MemoryStore>> = None;
-    let store: Arc<dyn StateStore> = match cfg.state.backend.as_str() {
-        "redis" => {
+    let store: Arc<dyn StateStore> = match cfg.state.backend {
+        config::Backend::Redis => {
             let url = cfg.state.redis_url.as_deref().unwrap_or_default();
             Arc::new(
                 fraud_core::features::redis::RedisStore::open(
@@ -254,7 +257,7 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
     let log_dir = cfg.data_dir.join("log");
     // One pass over the log as it opens: the memory state is rebuilt, and the models last
     // installed (uploads are kept under <data dir>/models) are found.
-    let replay = cfg.state.backend == "memory";
+    let replay = cfg.state.backend == config::Backend::Memory;
     let mut failure = None;
     let mut replayed = 0u64;
     let mut installed: [Option<Option<String>>; 2] = [None, None];
@@ -263,7 +266,7 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
     let review_cases = cases::Cases::default();
     let log = decisions::DecisionLog::open(
         &log_dir,
-        cfg.log_durability == "sync",
+        cfg.log_durability == config::LogDurability::Sync,
         sealer.clone(),
         cfg.log_segment_bytes,
         Some(vault.clone()),
@@ -303,7 +306,7 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
         log,
         cfg.reasons,
     );
-    engine.degrade = cfg.state.on_unavailable == "degrade";
+    engine.degrade = cfg.state.on_unavailable == config::OnUnavailable::Degrade;
     engine.models_dir = Some(cfg.data_dir.join("models"));
     engine.memory = memory;
     engine.sealer = sealer;
@@ -396,7 +399,8 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
             engine,
             keys,
             cfg.limits.clone(),
-            cfg.state.backend == "memory" && cfg.log_durability == "write",
+            cfg.state.backend == config::Backend::Memory
+                && cfg.log_durability == config::LogDurability::Write,
         ),
         dev_key,
         bind: cfg.bind.clone(),
@@ -481,7 +485,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         model.version,
         model.origin,
         engine.extractor.names().len(),
-        cfg.state.backend,
+        cfg.state.backend.name(),
         service.replayed,
         cfg.data_dir.display()
     );

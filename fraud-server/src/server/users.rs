@@ -436,7 +436,7 @@ impl Users {
         }
         let state = serde_json::to_vec(&*a).unwrap_or_default();
         drop(a);
-        if let Err(e) = fraud_core::features::durable::write_atomic(&self.state_path, &state) {
+        if let Err(e) = fraud_core::files::write_atomic(&self.state_path, &state) {
             eprintln!(
                 "warning: {}: not written ({e}); lock-outs and used codes would not survive a restart",
                 self.state_path.display()

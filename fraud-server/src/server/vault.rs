@@ -202,7 +202,7 @@ pub fn entity_hash(kind: &str, id: &str) -> String {
     h.update(kind.as_bytes());
     h.update(b":");
     h.update(id.as_bytes());
-    fraud_core::pii::hex(&h.finalize())
+    fraud_core::hex::encode(&h.finalize())
 }
 
 /// A protected field's key ref and sealed value (`shred1:<ref>:<base64>`).
@@ -273,7 +273,7 @@ impl Shared {
         for chunk in random.chunks_exact(44) {
             let mut raw = [0u8; 32];
             raw.copy_from_slice(&chunk[..32]);
-            let key_ref = fraud_core::pii::hex(&chunk[32..]);
+            let key_ref = fraud_core::hex::encode(&chunk[32..]);
             let k = Arc::new(EntityKey {
                 key_ref,
                 cipher: Sealer::new(&raw).map_err(VaultError::Crypto)?,
@@ -643,7 +643,7 @@ impl Vault {
             path: self.path.clone(),
             source,
         };
-        fraud_core::features::durable::write_atomic(&self.path, text.as_bytes())
+        fraud_core::files::write_atomic(&self.path, text.as_bytes())
             .map_err(|e| io(std::io::Error::other(e.to_string())))?;
         g.file = std::fs::OpenOptions::new()
             .append(true)

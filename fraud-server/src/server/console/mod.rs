@@ -72,11 +72,11 @@ fn random_token() -> Result<String, Stop> {
             "no randomness from the operating system".into(),
         )
     })?;
-    Ok(fraud_core::pii::hex(&b))
+    Ok(fraud_core::hex::encode(&b))
 }
 
 fn digest(token: &str) -> String {
-    fraud_core::pii::hex(&Sha256::digest(token.as_bytes()))
+    fraud_core::hex::encode(&Sha256::digest(token.as_bytes()))
 }
 
 fn same(a: &str, b: &str) -> bool {
