@@ -24,7 +24,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::store::{Shard, StoreError};
+use super::shard::{Shard, StoreError};
 use super::{Entity, EntityState, Extractor, LabelEvent, Observation};
 
 const LOG_MAGIC: &[u8; 8] = b"FRAUDLOG";

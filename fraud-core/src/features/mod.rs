@@ -14,6 +14,7 @@
 pub mod durable;
 #[cfg(feature = "redis")]
 pub mod redis;
+mod shard;
 pub mod spec;
 pub mod state;
 pub mod store;
@@ -652,7 +653,7 @@ pub fn replay_flat(extractor: &Extractor, history: &[Transaction]) -> Vec<f64> {
             let width = plan.outputs.len();
             let mut vals = Vec::with_capacity(rows.len() * width);
             let mut row = vec![f64::NAN; m];
-            let mut states: HashMap<u128, EntityState, store::Prehashed> = HashMap::default();
+            let mut states: HashMap<u128, EntityState, shard::Prehashed> = HashMap::default();
             // The rows of a part are scattered over the arrays (every few rows, and unevenly):
             // the ones a few steps ahead are asked for early, so the misses overlap.
             const AHEAD: usize = 16;

@@ -8,38 +8,10 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 use super::durable::{Durability, Log, LogRecord};
+use super::shard::Shard;
+pub use super::shard::StoreError;
 use super::{Entity, EntityState, Extractor, LabelEvent, Observation};
 use crate::transaction::Transaction;
-
-/// Why a store could not do what was asked.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// Reading or writing the data directory failed.
-    #[error("state store I/O on {path}: {source}")]
-    Io {
-        /// The file or directory.
-        path: String,
-        /// What the system said.
-        source: std::io::Error,
-    },
-    /// A file of the data directory is damaged.
-    #[error("state store file {path} is corrupt: {why}")]
-    Corrupt {
-        /// The file.
-        path: String,
-        /// What is wrong.
-        why: String,
-    },
-    /// The state on disk was built with another feature spec.
-    #[error("the state in {path} was built with another feature spec; move it away or replay the history with the new spec")]
-    SpecChanged {
-        /// The data directory.
-        path: String,
-    },
-    /// The Redis server failed or could not be reached in time.
-    #[error("redis: {0}")]
-    Redis(String),
-}
 
 /// Where entity state lives. Every method is atomic per entity; implementations are shared
 /// between threads.
@@ -99,92 +71,6 @@ pub trait StateStore: Send + Sync {
 /// Number of shards of a [`MemoryStore`]: enough that threads rarely wait on each other.
 pub const SHARDS: usize = 64;
 
-/// Entities of one kind, found by a 128-bit keyed hash of their key (XXH3 with a seed drawn
-/// per store, so outside keys cannot be chosen to collide): a lookup compares the hash in the
-/// table and never touches the key's bytes, which are kept beside the state only to list and
-/// snapshot the entities.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Map {
-    map: hashbrown::HashMap<u128, (Box<str>, EntityState), Prehashed>,
-}
-
-/// Uses the low 64 bits of an already uniform 128-bit hash as the table's hash.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Prehashed;
-
-/// The hasher of [`Prehashed`].
-#[derive(Debug, Default)]
-pub(crate) struct PrehashedHasher(u64);
-
-impl std::hash::BuildHasher for Prehashed {
-    type Hasher = PrehashedHasher;
-    fn build_hasher(&self) -> PrehashedHasher {
-        PrehashedHasher(0)
-    }
-}
-
-impl std::hash::Hasher for PrehashedHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-    fn write_u128(&mut self, v: u128) {
-        self.0 = v as u64;
-    }
-}
-
-impl Map {
-    pub(crate) fn get(&self, h: u128) -> Option<&EntityState> {
-        self.map.get(&h).map(|(_, s)| s)
-    }
-
-    /// The state of `key` (hash `h`), made empty when absent.
-    pub(crate) fn entry(&mut self, h: u128, key: &str) -> &mut EntityState {
-        &mut self
-            .map
-            .entry(h)
-            .or_insert_with(|| (key.into(), EntityState::default()))
-            .1
-    }
-
-    pub(crate) fn remove(&mut self, h: u128) -> Option<EntityState> {
-        self.map.remove(&h).map(|(_, s)| s)
-    }
-
-    pub(crate) fn insert(&mut self, h: u128, key: &str, s: EntityState) {
-        self.map.insert(h, (key.into(), s));
-    }
-
-    pub(crate) fn contains(&self, h: u128) -> bool {
-        self.map.contains_key(&h)
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    fn capacity(&self) -> usize {
-        self.map.capacity()
-    }
-
-    fn shrink_to_fit(&mut self) {
-        self.map.shrink_to_fit();
-    }
-
-    fn retain(&mut self, mut keep: impl FnMut(&EntityState) -> bool) {
-        self.map.retain(|_, (_, s)| keep(s));
-    }
-
-    /// Every entity: its key and state.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &EntityState)> {
-        self.map.values().map(|(k, s)| (&**k, s))
-    }
-}
-
 /// The 128-bit hash an entity is held under; its high bits choose the shard.
 fn key_hash(seed: u64, e: Entity, key: &str) -> u128 {
     xxhash_rust::xxh3::xxh3_128_with_seed(key.as_bytes(), seed ^ (e.index() as u64 + 1))
@@ -192,12 +78,6 @@ fn key_hash(seed: u64, e: Entity, key: &str) -> u128 {
 
 fn shard_of(h: u128) -> usize {
     ((h >> 64) as u64 % SHARDS as u64) as usize
-}
-
-/// One lock's worth of entities.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Shard {
-    pub(crate) maps: [Map; 7],
 }
 
 /// Counts of a store's content.
