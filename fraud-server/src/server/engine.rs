@@ -190,7 +190,7 @@ pub struct Engine {
     /// Reasons per answer.
     pub reasons: usize,
     /// Score with stateless features when entity state is unreachable.
-    pub degrade: bool,
+    degrade: bool,
     /// Where uploaded models are kept (`<data dir>/models`).
     pub models_dir: Option<std::path::PathBuf>,
     /// The latest transaction time seen (microseconds): the clock of retention.
@@ -206,9 +206,9 @@ pub struct Engine {
     /// The review queue and the console's overview figures.
     pub cases: super::cases::Cases,
     /// Per-entity keys of the decision log's entity fields (erasure destroys one).
-    pub vault: Option<Arc<super::vault::Vault>>,
+    vault: Option<Arc<super::vault::Vault>>,
     /// Where the memory state's snapshot is written (`<data dir>/state/state.bin`).
-    pub snapshot_path: Option<std::path::PathBuf>,
+    snapshot_path: Option<std::path::PathBuf>,
     /// Whether the decision log keeps the IP address and e-mail (the spec reads them).
     keep_ip: bool,
     keep_email: bool,
@@ -231,6 +231,119 @@ impl Drop for BusyGuard<'_> {
     }
 }
 
+/// Builds an [`Engine`] (see [`Engine::builder`]).
+#[derive(Default)]
+pub struct EngineBuilder {
+    extractor: Option<Extractor>,
+    store: Option<Arc<dyn StateStore>>,
+    tokenizer: Option<Tokenizer>,
+    model: Option<LoadedModel>,
+    shadow: Option<LoadedModel>,
+    policy: Option<Policy>,
+    log: Option<DecisionLog>,
+    reasons: usize,
+    degrade: bool,
+    models_dir: Option<std::path::PathBuf>,
+    memory: Option<Arc<fraud_core::features::MemoryStore>>,
+    sealer: Option<super::seal::Sealer>,
+    vault: Option<Arc<super::vault::Vault>>,
+    cases: Option<super::cases::Cases>,
+    snapshot_path: Option<std::path::PathBuf>,
+    watch: Option<super::watch::Watch>,
+    previous_keys: Vec<Tokenizer>,
+}
+
+/// A setter of [`EngineBuilder`] for an optional part.
+macro_rules! set {
+    ($(#[$doc:meta] $name:ident: $t:ty => $field:ident = $v:expr;)*) => {
+        $(#[$doc] pub fn $name(mut self, value: $t) -> Self {
+            let v = value;
+            self.$field = $v(v);
+            self
+        })*
+    };
+}
+
+impl EngineBuilder {
+    set! {
+        /// The feature pipeline (required).
+        extractor: Extractor => extractor = Some;
+        /// Entity state (required).
+        store: Arc<dyn StateStore> => store = Some;
+        /// Card tokenization (required).
+        tokenizer: Tokenizer => tokenizer = Some;
+        /// The deciding model (required).
+        model: LoadedModel => model = Some;
+        /// The shadow model.
+        shadow: Option<LoadedModel> => shadow = std::convert::identity;
+        /// Thresholds, rules, lists (required).
+        policy: Policy => policy = Some;
+        /// The decision log (required).
+        log: DecisionLog => log = Some;
+        /// Reasons per answer.
+        reasons: usize => reasons = std::convert::identity;
+        /// Score with the stateless features when entity state is unreachable.
+        degrade: bool => degrade = std::convert::identity;
+        /// Where uploaded models are kept.
+        models_dir: std::path::PathBuf => models_dir = Some;
+        /// The memory store, when that is the backend (for snapshots).
+        memory: Option<Arc<fraud_core::features::MemoryStore>> => memory = std::convert::identity;
+        /// Encrypts the state snapshots.
+        sealer: Option<super::seal::Sealer> => sealer = std::convert::identity;
+        /// Per-entity keys of the decision log's entity fields.
+        vault: Arc<super::vault::Vault> => vault = Some;
+        /// The review queue and the console's overview figures.
+        cases: super::cases::Cases => cases = Some;
+        /// Where the memory state's snapshot is written.
+        snapshot_path: std::path::PathBuf => snapshot_path = Some;
+        /// The insider watch over decision reads.
+        watch: super::watch::Watch => watch = Some;
+        /// Earlier tokenization keys, newest first (card history migrates from them).
+        previous_keys: Vec<Tokenizer> => previous_keys = std::convert::identity;
+    }
+
+    /// The engine; an error names a required part that is missing.
+    pub fn build(self) -> Result<Engine, String> {
+        let missing = |what: &str| format!("engine: no {what} given");
+        let extractor = self.extractor.ok_or_else(|| missing("extractor"))?;
+        let model = self.model.ok_or_else(|| missing("model"))?;
+        let keep_ip = spec_reads(&extractor, Entity::Ip, Field::Ip);
+        let keep_email = spec_reads(&extractor, Entity::Email, Field::Email);
+        let metrics = Metrics::default();
+        metrics.model("active", Some(&model.version), model.drift.clone());
+        if let Some(s) = &self.shadow {
+            metrics.model("shadow", Some(&s.version), None);
+        }
+        Ok(Engine {
+            store: self.store.ok_or_else(|| missing("store"))?,
+            tokenizer: self.tokenizer.ok_or_else(|| missing("tokenizer"))?,
+            policy: self.policy.ok_or_else(|| missing("policy"))?,
+            log: self.log.ok_or_else(|| missing("log"))?,
+            extractor,
+            model: ArcSwap::from_pointee(model),
+            shadow: ArcSwapOption::from(self.shadow.map(Arc::new)),
+            metrics,
+            reasons: self.reasons,
+            degrade: self.degrade,
+            models_dir: self.models_dir,
+            memory: self.memory,
+            previous_keys: self.previous_keys,
+            sealer: self.sealer,
+            latest_us: std::sync::atomic::AtomicI64::new(i64::MIN),
+            watch: self
+                .watch
+                .unwrap_or_else(|| super::watch::Watch::new(super::watch::WatchConfig::default())),
+            cases: self.cases.unwrap_or_default(),
+            vault: self.vault,
+            snapshot_path: self.snapshot_path,
+            keep_ip,
+            keep_email,
+            cut: std::sync::RwLock::new(()),
+            busy: Default::default(),
+        })
+    }
+}
+
 /// A decision that failed on a valid transaction: the service's fault, never the caller's.
 fn decision_problem(e: DecisionError) -> Problem {
     match e {
@@ -241,50 +354,10 @@ fn decision_problem(e: DecisionError) -> Problem {
 }
 
 impl Engine {
-    /// Builds the engine.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        extractor: Extractor,
-        store: Arc<dyn StateStore>,
-        tokenizer: Tokenizer,
-        model: LoadedModel,
-        shadow: Option<LoadedModel>,
-        policy: Policy,
-        log: DecisionLog,
-        reasons: usize,
-    ) -> Self {
-        let keep_ip = spec_reads(&extractor, Entity::Ip, Field::Ip);
-        let keep_email = spec_reads(&extractor, Entity::Email, Field::Email);
-        let metrics = Metrics::default();
-        metrics.model("active", Some(&model.version), model.drift.clone());
-        if let Some(s) = &shadow {
-            metrics.model("shadow", Some(&s.version), None);
-        }
-        Engine {
-            extractor,
-            store,
-            tokenizer,
-            model: ArcSwap::from_pointee(model),
-            shadow: ArcSwapOption::from(shadow.map(Arc::new)),
-            policy,
-            log,
-            metrics,
-            reasons,
-            degrade: false,
-            models_dir: None,
-            memory: None,
-            previous_keys: Vec::new(),
-            sealer: None,
-            latest_us: std::sync::atomic::AtomicI64::new(i64::MIN),
-            watch: super::watch::Watch::new(super::watch::WatchConfig::default()),
-            cases: super::cases::Cases::default(),
-            vault: None,
-            snapshot_path: None,
-            keep_ip,
-            keep_email,
-            cut: std::sync::RwLock::new(()),
-            busy: Default::default(),
-        }
+    /// A builder: the required parts (extractor, store, tokenizer, model, policy, log) and
+    /// the optional ones, set once, before the engine is shared.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder::default()
     }
 
     /// Scores one transaction (a JSON body) for `caller`: the answer (JSON), as recorded.

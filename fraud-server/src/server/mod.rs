@@ -296,23 +296,39 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
             (Arc::new(keys::LiveKeys::open(&keys_path)?), Some(path))
         }
     };
-    let mut engine = engine::Engine::new(
-        extractor,
-        store,
-        tokenizer,
-        model,
-        shadow,
-        policy,
-        log,
-        cfg.reasons,
-    );
-    engine.degrade = cfg.state.on_unavailable == config::OnUnavailable::Degrade;
-    engine.models_dir = Some(cfg.data_dir.join("models"));
-    engine.memory = memory;
-    engine.sealer = sealer;
-    engine.vault = Some(vault);
-    engine.cases = review_cases;
-    engine.snapshot_path = Some(cfg.data_dir.join("state").join("state.bin"));
+    let mut previous_keys = Vec::new();
+    for (i, p) in cfg.previous_tokenization_key_files.iter().enumerate() {
+        let key = std::fs::read(p).with_context(|| {
+            format!(
+                "config: previous_tokenization_key_files[{i}]: cannot read {}",
+                p.display()
+            )
+        })?;
+        previous_keys.push(
+            Tokenizer::new(&key)
+                .with_context(|| format!("config: previous_tokenization_key_files[{i}]"))?,
+        );
+    }
+    let engine = engine::Engine::builder()
+        .extractor(extractor)
+        .store(store)
+        .tokenizer(tokenizer)
+        .model(model)
+        .shadow(shadow)
+        .policy(policy)
+        .log(log)
+        .reasons(cfg.reasons)
+        .degrade(cfg.state.on_unavailable == config::OnUnavailable::Degrade)
+        .models_dir(cfg.data_dir.join("models"))
+        .memory(memory)
+        .sealer(sealer)
+        .vault(vault)
+        .cases(review_cases)
+        .snapshot_path(cfg.data_dir.join("state").join("state.bin"))
+        .watch(watch::Watch::new(cfg.insider.clone()))
+        .previous_keys(previous_keys)
+        .build()
+        .map_err(anyhow::Error::msg)?;
     for (slot, shadow) in [(0usize, false), (1, true)] {
         match &installed[slot] {
             // An uploaded model named by the log: restored.
@@ -346,19 +362,6 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
             Some(None) if shadow => engine.swap(None, true),
             _ => {}
         }
-    }
-    engine.watch = watch::Watch::new(cfg.insider.clone());
-    for (i, p) in cfg.previous_tokenization_key_files.iter().enumerate() {
-        let key = std::fs::read(p).with_context(|| {
-            format!(
-                "config: previous_tokenization_key_files[{i}]: cannot read {}",
-                p.display()
-            )
-        })?;
-        engine.previous_keys.push(
-            Tokenizer::new(&key)
-                .with_context(|| format!("config: previous_tokenization_key_files[{i}]"))?,
-        );
     }
     if !pending_shred.is_empty() {
         // Erasures recorded before a stop that came before their keys were destroyed.
