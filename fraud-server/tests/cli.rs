@@ -752,6 +752,48 @@ fn parquet_and_arrow_are_read_and_written_wherever_csv_is() {
             .unwrap();
         assert_eq!(ids[0].len(), want.rows());
     }
+    // Labels in Parquet are read as the same labels in CSV.
+    let ids: Vec<String> = (0..40).map(|i| (i * 7).to_string()).collect();
+    let frauds: Vec<String> = (0..40).map(|i| (i % 2).to_string()).collect();
+    let known: Vec<String> = (0..40)
+        .map(|i| {
+            if i % 3 == 0 {
+                String::new()
+            } else {
+                "2018-04-10T00:00:00Z".into()
+            }
+        })
+        .collect();
+    let mut text = String::from("transaction_id,is_fraud,reported_at\n");
+    for i in 0..40 {
+        text.push_str(&format!("{},{},{}\n", ids[i], frauds[i], known[i]));
+    }
+    std::fs::write(p("labels.csv"), text).unwrap();
+    write_table(
+        Path::new(&p("labels.parquet")),
+        vec![
+            ("transaction_id".into(), Column::Text(ids)),
+            ("is_fraud".into(), Column::Text(frauds)),
+            ("reported_at".into(), Column::Text(known)),
+        ],
+    )
+    .unwrap();
+    for labels in ["labels.csv", "labels.parquet"] {
+        let o = fraud(&[
+            "features",
+            "--input",
+            &p("h.csv"),
+            "--labels",
+            &p(labels),
+            "--output",
+            &p(&format!("{labels}.features.csv")),
+        ]);
+        assert!(o.status.success(), "{labels}: {}", stderr(&o));
+    }
+    assert_eq!(
+        std::fs::read(p("labels.csv.features.csv")).unwrap(),
+        std::fs::read(p("labels.parquet.features.csv")).unwrap()
+    );
     // Train on Parquet and on CSV: the same model; predict and evaluate on Arrow as on CSV.
     let exclude = "transaction_id,timestamp,card_token,fraud_scenario";
     for (input, model) in [("f.csv", "m_csv.fgb"), ("f.parquet", "m_parquet.fgb")] {

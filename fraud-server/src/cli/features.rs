@@ -23,7 +23,7 @@ pub struct Args {
     /// Feature spec (TOML); the default spec when absent.
     #[arg(long)]
     spec: Option<PathBuf>,
-    /// Fraud labels (CSV: `transaction_id`, `is_fraud` 0/1, optional `reported_at` RFC 3339,
+    /// Fraud labels (CSV, Parquet or Arrow: `transaction_id`, `is_fraud` 0/1, optional `reported_at` RFC 3339,
     /// when the label became known; the transaction's time when empty). When given, these are
     /// the only labels; otherwise the history's own `is_fraud` / `fraud_reported_at` columns
     /// are used. Label-aware features only count labels known early enough.
@@ -238,13 +238,48 @@ struct LabelRow {
 
 /// Reads a labels file: transaction id -> (fraud, when known).
 fn read_labels(path: &std::path::Path) -> anyhow::Result<HashMap<String, (bool, Option<i64>)>> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut reader = csv::Reader::from_reader(std::io::BufReader::new(file));
+    let rows: Vec<LabelRow> = if fraud_core::table::Format::of(path).is_columnar() {
+        // Parquet / Arrow: the same columns, read as the text a CSV file would hold.
+        let table = fraud_core::table::Columnar::open(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let header = table.header();
+        let when = ["reported_at", "fraud_reported_at", "known_at"]
+            .into_iter()
+            .find(|c| header.iter().any(|h| h == c));
+        let mut names = vec!["transaction_id".to_string(), "is_fraud".to_string()];
+        names.extend(when.map(str::to_string));
+        let mut columns = table
+            .text_columns(&names)
+            .with_context(|| format!("{}", path.display()))?
+            .into_iter();
+        let ids = columns.next().unwrap_or_default();
+        let frauds = columns.next().unwrap_or_default();
+        let times = columns.next();
+        ids.into_iter()
+            .zip(frauds)
+            .enumerate()
+            .map(|(i, (transaction_id, is_fraud))| LabelRow {
+                transaction_id,
+                is_fraud,
+                reported_at: times.as_ref().and_then(|t| t.get(i).cloned()),
+            })
+            .collect()
+    } else {
+        let file =
+            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let mut reader = csv::Reader::from_reader(std::io::BufReader::new(file));
+        reader
+            .deserialize::<LabelRow>()
+            .enumerate()
+            .map(|(i, row)| {
+                row.map_err(|e| {
+                    anyhow::anyhow!("{}: row {}: {}", path.display(), i + 1, csv_error(&e))
+                })
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
     let mut out = HashMap::new();
-    for (i, row) in reader.deserialize::<LabelRow>().enumerate() {
-        let row = row
-            .map_err(|e| anyhow::anyhow!("{}: row {}: {}", path.display(), i + 1, csv_error(&e)))?;
+    for (i, row) in rows.into_iter().enumerate() {
         let fraud = match row.is_fraud.trim() {
             "1" | "true" | "True" | "TRUE" => true,
             "0" | "false" | "False" | "FALSE" => false,
