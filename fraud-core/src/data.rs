@@ -69,6 +69,19 @@ pub fn parse_cell(cell: &[u8]) -> Option<f64> {
     }
 }
 
+/// The code of a categorical cell by its value (as [`crate::model::category_key`] makes
+/// keys): missing (NaN) when the cell is empty or its value is not in the table, as XGBoost
+/// and LightGBM score an unseen category.
+pub fn category_code(table: &std::collections::HashMap<String, f64>, cell: &str) -> f64 {
+    let text = cell.trim();
+    if text.is_empty() {
+        return f64::NAN;
+    }
+    crate::model::category_key(&serde_json::Value::String(text.to_string()))
+        .and_then(|k| table.get(&k).copied())
+        .unwrap_or(f64::NAN)
+}
+
 /// The column names of a CSV file's header.
 pub fn read_csv_header(input: impl Read) -> Result<Vec<String>, DataError> {
     let mut reader = csv::ReaderBuilder::new()
@@ -139,13 +152,7 @@ pub fn read_csv_with_categories(
         for ((&i, w), table) in index.iter().zip(wanted).zip(&tables) {
             let cell = record.get(i).unwrap_or(b"");
             if let Some(table) = table {
-                let text = String::from_utf8_lossy(cell);
-                let text = text.trim();
-                let key = crate::model::category_key(&serde_json::Value::String(text.to_string()));
-                values.push(match key {
-                    Some(k) if !text.is_empty() => table.get(&k).copied().unwrap_or(f64::NAN),
-                    _ => f64::NAN,
-                });
+                values.push(category_code(table, &String::from_utf8_lossy(cell)));
                 continue;
             }
             match parse_cell(cell) {

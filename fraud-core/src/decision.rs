@@ -264,6 +264,7 @@ impl ListSet {
 }
 
 /// A compiled rule.
+#[cfg_attr(not(feature = "rules"), allow(dead_code))]
 struct Rule {
     name: String,
     #[cfg(feature = "rules")]
@@ -489,8 +490,9 @@ impl Policy {
                     None => decision,
                 };
             }
+            // Without CEL no rule is ever compiled (`compile_rules` refuses them).
             #[cfg(not(feature = "rules"))]
-            let _ = (names, features, &self.rules[0].name, self.rules[0].action);
+            let _ = (names, features);
         }
         Ok((decision, fired))
     }
@@ -820,11 +822,7 @@ impl ScorerBuilder {
         let policy = Policy::new(&self.policy, extractor.names())?;
         let tokenizer = match self.tokenizer {
             Some(t) => t,
-            None => {
-                let mut key = [0u8; 32];
-                getrandom::fill(&mut key).map_err(|e| ScorerError::Key(e.to_string()))?;
-                Tokenizer::new(&key).map_err(|e| ScorerError::Key(e.to_string()))?
-            }
+            None => Tokenizer::one_off().map_err(|e| ScorerError::Key(e.to_string()))?,
         };
         let store = self
             .store

@@ -25,6 +25,9 @@ pub enum PiiError {
     /// The tokenization key is too short.
     #[error("tokenization key must be at least 32 bytes (found {0})")]
     KeyLength(usize),
+    /// The operating system gave no randomness for a one-off key.
+    #[error("no randomness from the operating system for a one-off tokenization key")]
+    NoRandomness,
 }
 
 /// A validated raw card number (digits only). Never printed; wiped on drop.
@@ -242,6 +245,14 @@ impl Tokenizer {
             return Err(PiiError::KeyLength(key.len()));
         }
         Ok(Tokenizer { key: key.to_vec() })
+    }
+
+    /// A tokenizer with a one-off key from the operating system's generator: its tokens
+    /// only compare with each other, within this process.
+    pub fn one_off() -> Result<Self, PiiError> {
+        let mut key = zeroize::Zeroizing::new([0u8; 32]);
+        getrandom::fill(key.as_mut_slice()).map_err(|_| PiiError::NoRandomness)?;
+        Tokenizer::new(key.as_slice())
     }
 
     /// The keyed token of a card: `tok_` and 32 hex digits (128 bits of HMAC-SHA-256). The

@@ -26,7 +26,7 @@ use arrow_array::types::{
 use arrow_array::{Array, ArrayRef, Float64Array, RecordBatch, StringArray};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 
-use crate::data::{parse_cell, DataError, Matrix};
+use crate::data::{category_code, parse_cell, DataError, Matrix};
 use crate::pii::Tokenizer;
 use crate::transaction::{history_from_records, History, HistoryError, HistoryOptions};
 
@@ -97,6 +97,14 @@ impl From<parquet::errors::ParquetError> for TableError {
     }
 }
 
+/// The refusal of a path whose extension names no columnar format.
+fn not_columnar(path: &Path) -> TableError {
+    TableError::Arrow(format!(
+        "{} is not a Parquet or Arrow file (by its extension)",
+        path.display()
+    ))
+}
+
 /// A table held as Arrow record batches.
 #[derive(Debug, Clone)]
 pub struct Columnar {
@@ -143,10 +151,7 @@ impl Columnar {
                     }
                 }
             }
-            Format::Csv => Err(TableError::Arrow(format!(
-                "{} is not a Parquet or Arrow file (by its extension)",
-                path.display()
-            ))),
+            Format::Csv => Err(not_columnar(path)),
         }
     }
 
@@ -169,7 +174,7 @@ impl Columnar {
                     .schema(),
                 }
             }
-            Format::Csv => return Ok(Columnar::open(path)?.header()),
+            Format::Csv => return Err(not_columnar(path)),
         };
         Ok(schema
             .fields()
@@ -233,18 +238,7 @@ impl Columnar {
                     for r in 0..n {
                         text.clear();
                         render(column.as_ref(), r, &mut text, w)?;
-                        let key = crate::model::category_key(&serde_json::Value::String(
-                            text.trim().to_string(),
-                        ));
-                        put(
-                            r,
-                            match key {
-                                Some(k) if !text.trim().is_empty() => {
-                                    table.get(&k).copied().unwrap_or(f64::NAN)
-                                }
-                                _ => f64::NAN,
-                            },
-                        );
+                        put(r, category_code(table, &text));
                     }
                     continue;
                 }

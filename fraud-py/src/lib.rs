@@ -636,18 +636,6 @@ fn history_options(
     }
 }
 
-/// A one-off tokenization key: tokens only group a card's rows within one call.
-fn one_off_tokenizer() -> PyResult<fraud_core::pii::Tokenizer> {
-    let mut key = Vec::with_capacity(32);
-    for i in 0..4u64 {
-        use std::hash::{BuildHasher, Hasher};
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(i);
-        key.extend_from_slice(&h.finish().to_le_bytes());
-    }
-    fraud_core::pii::Tokenizer::new(&key).map_err(value_err)
-}
-
 /// The features of `history` at each transaction's time, with `labels` (when given) as the
 /// only labels: (names, rows x features).
 fn replay_history<'py>(
@@ -710,7 +698,8 @@ fn replay<'py>(
     round_amounts: bool,
     card_from: Option<String>,
 ) -> PyResult<(Vec<String>, Bound<'py, PyArray2<f64>>)> {
-    let tokenizer = one_off_tokenizer()?;
+    // A one-off key: tokens only group a card's rows within this call.
+    let tokenizer = fraud_core::pii::Tokenizer::one_off().map_err(value_err)?;
     let opts = history_options(tz_offset_s, round_amounts, card_from);
     let read = match source {
         HistorySource::Arrow(table) => {

@@ -221,11 +221,7 @@ pub(crate) fn tokenizer(key_file: Option<&std::path::Path>) -> anyhow::Result<To
         return Tokenizer::new(&key).context("FRAUD_TOKENIZATION_KEY");
     }
     // A one-off key from the operating system's generator: tokens stay inside this process.
-    let mut key = zeroize::Zeroizing::new([0u8; 32]);
-    getrandom::fill(key.as_mut_slice()).map_err(|_| {
-        anyhow::anyhow!("no randomness from the operating system for a one-off tokenization key")
-    })?;
-    Tokenizer::new(key.as_slice()).context("tokenization key")
+    Ok(Tokenizer::one_off()?)
 }
 
 /// A command-line time: RFC 3339, or a day (`YYYY-MM-DD`, its midnight UTC). `flag` names

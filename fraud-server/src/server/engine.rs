@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use fraud_core::decision::{DecisionError, Policy, ScoringModel, Verdict};
+use fraud_core::decision::{DecisionError, Policy, ScoringModel};
 use fraud_core::features::{Entity, Extractor, Field, LabelEvent, StateStore};
 use fraud_core::model::Artifact;
 use fraud_core::pii::Tokenizer;
@@ -455,17 +455,15 @@ impl Engine {
             }
             None => Default::default(),
         };
-        let recorded = Verdict {
-            card_mask,
-            ..answer.clone()
-        };
+        // The record holds the sealed mask; the answer sent shows the mask itself.
+        let shown = std::mem::replace(&mut answer.card_mask, card_mask);
         let seq = self
             .log
             .append_protected(
                 "decision",
                 caller,
                 &super::record::DecisionRecord {
-                    response: &recorded,
+                    response: &answer,
                     shadow: &shadow,
                     transaction,
                     transaction_id: &tx.transaction_id,
@@ -479,6 +477,7 @@ impl Engine {
                 used,
             )
             .map_err(Problem::from_log)?;
+        answer.card_mask = shown;
         drop(cut);
         self.cases.decision(
             seq,
