@@ -27,6 +27,7 @@ use crate::transaction::Transaction;
 
 /// Approve, review or decline, in increasing strictness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Decision {
     /// Let it through.
@@ -653,6 +654,7 @@ fn nan_for_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error>
 /// One reason of a verdict: a feature, its value (`null` when missing) and its contribution
 /// to the margin.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Reason {
     /// Its contribution to the margin (TreeSHAP).
     pub contribution: f64,
@@ -660,14 +662,17 @@ pub struct Reason {
     pub feature: String,
     /// The feature's value (NaN when missing; written `null`).
     #[serde(deserialize_with = "nan_for_null")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<f64>, required))]
     pub value: f64,
 }
 
 /// The answer to one transaction: the fields of the service's `/v1/score` answer, in name
 /// order (as a JSON map holds them). A non-finite number (a missing value) is written `null`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Verdict {
     /// First 6 and last 4 digits of the card number (none for a tokenized card).
+    #[cfg_attr(feature = "openapi", schema(required))]
     pub card_mask: Option<String>,
     /// Approve, review or decline.
     pub decision: Decision,
@@ -676,12 +681,14 @@ pub struct Verdict {
     pub degraded: bool,
     /// Time taken to score, in microseconds (absent from recorded and replayed answers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = u64))]
     pub elapsed_us: Option<u64>,
     /// The deciding model's version.
     pub model_version: String,
     /// The largest contributions to the score, largest first.
     pub reasons: Vec<Reason>,
     /// The score on 0..100.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 100))]
     pub risk_score: i64,
     /// The lists and rules that acted.
     pub rules_fired: Vec<String>,

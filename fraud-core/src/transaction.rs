@@ -306,6 +306,7 @@ impl Amount {
 
 /// How the card was used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Channel {
     /// Chip or swipe at a terminal.
@@ -324,35 +325,46 @@ pub enum Channel {
 
 /// A JSON number or string, kept as its text (so amounts stay exact).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(untagged)]
 pub enum Decimal {
     /// A JSON string.
     Text(String),
     /// A JSON number, as written.
+    #[cfg_attr(feature = "openapi", schema(value_type = f64))]
     Number(serde_json::Number),
 }
 
 /// A transaction as it arrives (JSON body, CSV row), before validation.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawTransaction {
-    /// Caller's id of the transaction.
+    /// Caller's id of the transaction (at most 128 characters; never a card number).
+    #[cfg_attr(feature = "openapi", schema(required, value_type = String, max_length = 128))]
     pub transaction_id: Option<String>,
     /// RFC 3339 time.
+    #[cfg_attr(feature = "openapi", schema(required, value_type = String, format = DateTime))]
     pub timestamp: Option<String>,
-    /// Decimal amount (string or number).
+    /// Decimal amount (string or number), at most the currency's minor digits.
+    #[cfg_attr(feature = "openapi", schema(required, value_type = Decimal))]
     pub amount: Option<Decimal>,
     /// ISO 4217 code.
+    #[cfg_attr(feature = "openapi", schema(required, value_type = String))]
     pub currency: Option<String>,
-    /// Raw card number (tokenized at once; wiped from memory when dropped).
+    /// Raw card number (tokenized at once; wiped from memory when dropped). Send this or
+    /// `card_token`.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub card_number: Option<zeroize::Zeroizing<String>>,
     /// Card token, when the caller tokenized already.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^tok_[0-9a-f]{32}$"))]
     pub card_token: Option<String>,
     /// Customer id.
     pub customer_id: Option<String>,
     /// Merchant id.
     pub merchant_id: Option<String>,
     /// Merchant category code (4 digits).
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[0-9]{4}$"))]
     pub mcc: Option<String>,
     /// Terminal id.
     pub terminal_id: Option<String>,
@@ -374,9 +386,12 @@ pub struct RawTransaction {
     pub latitude: Option<f64>,
     /// Longitude in degrees.
     pub longitude: Option<f64>,
-    /// Label, in history and generated files.
+    /// Label (0 or 1), as history and generated files carry it (the scoring service's
+    /// labels arrive through `POST /v1/labels`).
+    #[cfg_attr(feature = "openapi", schema(maximum = 1))]
     pub is_fraud: Option<u8>,
-    /// When the fraud became known (RFC 3339), in history and generated files.
+    /// When the fraud became known (RFC 3339), with `is_fraud`.
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub fraud_reported_at: Option<String>,
 }
 

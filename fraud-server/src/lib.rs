@@ -7,6 +7,15 @@
 mod cli;
 mod server;
 
+/// The scoring service in process: its configuration, the service built from it, and the
+/// actix-web application every worker of `fraud serve` runs (tests drive it with
+/// `actix_web::test`, without a socket).
+pub mod service {
+    pub use crate::server::config::Config;
+    pub use crate::server::openapi::document as openapi_document;
+    pub use crate::server::{app, build, Service};
+}
+
 use std::ffi::OsString;
 
 use clap::Parser;

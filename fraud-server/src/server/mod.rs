@@ -98,10 +98,33 @@ fn load_artifact(path: Option<&Path>, setting: &str) -> anyhow::Result<(Artifact
     }
 }
 
+/// The service's HTTP application on `state` (and the review console's routes when given):
+/// what every worker of `fraud serve` runs, and what tests run in process with
+/// `actix_web::test::init_service`.
+pub fn app(
+    state: actix_web::web::Data<http::AppState>,
+    console: Option<actix_web::web::Data<console::Console>>,
+) -> actix_web::App<
+    impl actix_web::dev::ServiceFactory<
+        actix_web::dev::ServiceRequest,
+        Config = (),
+        Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    let mut app = actix_web::App::new().app_data(state);
+    if let Some(c) = console {
+        app = app.app_data(c).configure(console::routes);
+    }
+    app.wrap(actix_web::middleware::from_fn(http::header_guard))
+        .configure(http::routes)
+}
+
 /// Everything the service needs, built from a configuration.
 pub struct Service {
     /// Shared HTTP state.
-    pub state: http::AppState,
+    pub state: actix_web::web::Data<http::AppState>,
     /// Where the development key was written, in development mode.
     pub dev_key: Option<PathBuf>,
     /// Listen address.
@@ -398,13 +421,13 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
         cfg.limits.workers
     };
     Ok(Service {
-        state: http::AppState::new(
+        state: actix_web::web::Data::new(http::AppState::new(
             engine,
             keys,
             cfg.limits.clone(),
             cfg.state.backend == config::Backend::Memory
                 && cfg.log_durability == config::LogDurability::Write,
-        ),
+        )),
         dev_key,
         bind: cfg.bind.clone(),
         workers,
@@ -553,7 +576,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         None
     };
     let console = service.console.clone();
-    let state = actix_web::web::Data::new(service.state);
+    let state = service.state.clone();
     actix_web::rt::System::new().block_on(async move {
         let server = actix_web::HttpServer::new(move || {
             // Called on each worker's thread as it starts.
@@ -563,12 +586,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                     Err(e) => eprintln!("warning: limits.pin_workers: {e}"),
                 }
             }
-            let mut app = actix_web::App::new().app_data(state.clone());
-            if let Some(c) = &console {
-                app = app.app_data(c.clone()).configure(console::routes);
-            }
-            app.wrap(actix_web::middleware::from_fn(http::header_guard))
-                .configure(http::routes)
+            app(state.clone(), console.clone())
         })
         .workers(workers)
         .backlog(2048)

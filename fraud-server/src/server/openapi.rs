@@ -1,103 +1,250 @@
-//! The OpenAPI 3.1 document served at `/openapi.json`.
+//! The API's request and answer types, and the OpenAPI 3.1 document served at
+//! `/openapi.json`, generated from them (utoipa) and from the handlers' annotations in
+//! [`super::http`]. A test validates real answers against the served document.
 
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
 
-fn problem() -> Value {
-    json!({"description": "RFC 9457 problem", "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}})
+use fraud_core::decision::Verdict;
+
+/// The answer to one scored transaction.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ScoreAnswer {
+    /// The verdict (the decision library's answer).
+    #[serde(flatten)]
+    pub verdict: Verdict,
+    /// True when the same API key sent the same transaction again: the recorded answer (the
+    /// same id with another body or from another key is refused with 409).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replayed: bool,
 }
 
-/// The API description.
-pub fn document() -> Value {
-    let errors = |codes: &[&str]| -> Value {
-        let mut m = serde_json::Map::new();
-        for c in codes {
-            m.insert((*c).to_string(), problem());
-        }
-        Value::Object(m)
-    };
-    let with = |ok: Value, codes: &[&str]| -> Value {
-        let mut r = errors(codes);
-        r["200"] = ok;
-        r
-    };
-    let json_body = |schema: &str| json!({"required": true, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}});
-    let json_ok = |schema: &str| json!({"description": "OK", "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}});
-    json!({
-        "openapi": "3.1.0",
-        "info": {"title": "fraudscore scoring service", "version": env!("CARGO_PKG_VERSION"),
-                 "description": "Real-time transaction fraud scoring. Authenticate with `Authorization: Bearer KEY`; roles: score, analyst, admin."},
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {
-                "Transaction": {"type": "object", "required": ["transaction_id", "timestamp", "amount", "currency"],
-                    "additionalProperties": false,
-                    "properties": {
-                        "transaction_id": {"type": "string", "maxLength": 128},
-                        "timestamp": {"type": "string", "format": "date-time"},
-                        "amount": {"oneOf": [{"type": "string"}, {"type": "number"}], "description": "decimal, at most the currency's minor digits"},
-                        "currency": {"type": "string", "description": "ISO 4217"},
-                        "card_number": {"type": "string", "description": "tokenized at once; send this or card_token"},
-                        "card_token": {"type": "string", "pattern": "^tok_[0-9a-f]{32}$"},
-                        "customer_id": {"type": "string"}, "merchant_id": {"type": "string"},
-                        "mcc": {"type": "string", "pattern": "^[0-9]{4}$"}, "terminal_id": {"type": "string"},
-                        "channel": {"enum": ["card_present", "contactless", "ecommerce", "moto", "atm", "recurring"]},
-                        "card_country": {"type": "string"}, "merchant_country": {"type": "string"},
-                        "ip": {"type": "string"}, "ip_country": {"type": "string"}, "device_id": {"type": "string"},
-                        "email": {"type": "string"}, "latitude": {"type": "number"}, "longitude": {"type": "number"}
-                    }},
-                "Reason": {"type": "object", "properties": {"feature": {"type": "string"}, "value": {"type": ["number", "null"]}, "contribution": {"type": "number", "description": "TreeSHAP, in margin units"}}},
-                "Decision": {"type": "object", "required": ["transaction_id", "decision", "score", "risk_score", "reasons", "rules_fired", "model_version", "elapsed_us"],
-                    "properties": {
-                        "transaction_id": {"type": "string"},
-                        "decision": {"enum": ["approve", "review", "decline"]},
-                        "score": {"type": "number", "description": "probability of fraud"},
-                        "risk_score": {"type": "integer", "minimum": 0, "maximum": 100},
-                        "reasons": {"type": "array", "items": {"$ref": "#/components/schemas/Reason"}},
-                        "rules_fired": {"type": "array", "items": {"type": "string"}},
-                        "model_version": {"type": "string"},
-                        "card_mask": {"type": ["string", "null"]},
-                        "elapsed_us": {"type": "integer"},
-                        "replayed": {"type": "boolean", "description": "true when the same API key sent the same transaction again: the recorded answer (the same id with another body or from another key is refused with 409)"}
-                    }},
-                "Batch": {"type": "object", "required": ["transactions"], "properties": {"transactions": {"type": "array", "items": {"$ref": "#/components/schemas/Transaction"}}}},
-                "BatchResult": {"type": "object", "properties": {"results": {"type": "array", "items": {"oneOf": [{"$ref": "#/components/schemas/Decision"}, {"type": "object", "properties": {"error": {"type": "object"}}}]}}}},
-                "Labels": {"type": "object", "required": ["labels"], "properties": {"labels": {"type": "array", "items": {"type": "object", "required": ["transaction_id", "is_fraud"],
-                    "properties": {"transaction_id": {"type": "string"}, "is_fraud": {"type": "boolean"}, "reported_at": {"type": "string", "format": "date-time"}}}}}},
-                "LabelResult": {"type": "object", "properties": {"accepted": {"type": "integer"}, "unknown": {"type": "array", "items": {"type": "string"}}, "erased": {"type": "array", "items": {"type": "string"}}}},
-                "DecisionRecord": {"type": "object", "properties": {"seq": {"type": "integer"}, "recorded_at": {"type": "string"}, "key": {"type": "string"},
-                    "response": {"$ref": "#/components/schemas/Decision"}, "transaction": {"type": "object"}, "features": {"type": "object"}, "shadow": {"type": ["object", "null"]}}},
-                "Problem": {"type": "object", "properties": {"type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"}, "detail": {"type": "string"},
-                    "errors": {"type": "array", "items": {"type": "object", "properties": {"field": {"type": "string"}, "reason": {"type": "string"}}}}}}
-            }
-        },
-        "security": [{"bearer": []}],
-        "paths": {
-            "/v1/score": {"post": {"summary": "Score one transaction (role score)", "requestBody": json_body("Transaction"),
-                "responses": with(json_ok("Decision"), &["400", "401", "403", "409", "413", "415", "422", "429", "503"])}},
-            "/v1/score/batch": {"post": {"summary": "Score up to the configured number of transactions, one result each, in order (role score)",
-                "requestBody": json_body("Batch"), "responses": with(json_ok("BatchResult"), &["400", "401", "403", "413", "415", "429", "503"])}},
-            "/v1/labels": {"post": {"summary": "Fraud / not-fraud feedback (role analyst)", "requestBody": json_body("Labels"),
-                "responses": with(json_ok("LabelResult"), &["400", "401", "403", "413", "415", "429", "503"])}},
-            "/v1/decisions/{transaction_id}": {"get": {"summary": "The recorded decision, masked (role analyst)",
-                "parameters": [{"name": "transaction_id", "in": "path", "required": true, "schema": {"type": "string"}}],
-                "responses": with(json_ok("DecisionRecord"), &["401", "403", "404", "429"])}},
-            "/v1/models": {"post": {"summary": "Load a model artifact as the active model or the shadow (role admin)",
-                "parameters": [{"name": "role", "in": "query", "schema": {"enum": ["active", "shadow"]}}],
-                "requestBody": {"required": true, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
-                "responses": with(json!({"description": "installed"}), &["400", "401", "403", "413", "422", "503"])}},
-            "/v1/models/shadow": {"delete": {"summary": "Stop the shadow model (role admin)", "responses": {"204": {"description": "removed"}}}},
-            "/v1/entities/erase": {"post": {"summary": "Erase one entity named in the body (role admin): a card holder by card number (tokenized on arrival under the current and earlier tokenization keys), any entity by id. A card number is never accepted in a URL.",
-                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["kind"], "additionalProperties": false,
-                    "properties": {"kind": {"enum": ["card", "customer", "merchant", "terminal", "device", "ip", "email"]}, "card_number": {"type": "string"}, "id": {"type": "string"}}}}}},
-                "responses": with(json!({"description": "{\"erased\": true|false, \"card_mask\": mask or null}"}), &["400", "401", "403", "413", "415", "422", "503"])}},
-            "/v1/entities/{kind}/{id}": {"delete": {"summary": "Erase one entity from state (role admin); a card by its token only; the erasure is recorded by a hash of the id",
-                "parameters": [{"name": "kind", "in": "path", "required": true, "schema": {"enum": ["card", "customer", "merchant", "terminal", "device", "ip", "email"]}},
-                               {"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
-                "responses": with(json!({"description": "{\"erased\": true|false}"}), &["400", "401", "403", "422", "503"])}},
-            "/healthz": {"get": {"summary": "Liveness (no key)", "security": [], "responses": {"200": {"description": "alive"}}}},
-            "/readyz": {"get": {"summary": "Readiness: entity state reachable (no key)", "security": [], "responses": {"200": {"description": "ready"}, "503": problem()}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics (role analyst)", "responses": {"200": {"description": "text exposition", "content": {"text/plain": {}}}}}},
-            "/openapi.json": {"get": {"summary": "This document (any key)", "responses": {"200": {"description": "OpenAPI"}}}}
-        }
-    })
+/// A batch of transactions to score, one result each, in order.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    /// The transactions (at most `limits.max_batch`), each as `POST /v1/score` takes it
+    /// (`RawTransaction`); one that is not valid gets an error entry in the results, and the
+    /// others are scored.
+    #[schema(value_type = Vec<Object>)]
+    pub transactions: Vec<Box<serde_json::value::RawValue>>,
+}
+
+/// One result of a batch: the transaction's answer or its error. (The handler joins the
+/// entries already serialized, without building this type: it describes them.)
+#[allow(dead_code)]
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum BatchEntry {
+    /// Scored.
+    Answer(ScoreAnswer),
+    /// Refused (the rest of the batch is scored).
+    Error(super::problem::BatchError),
+}
+
+/// The results of a batch, in the order of its transactions.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchAnswer {
+    /// One per transaction sent.
+    pub results: Vec<BatchEntry>,
+}
+
+/// Fraud / not-fraud feedback on decided transactions.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LabelsRequest {
+    /// The labels.
+    pub labels: Vec<Label>,
+}
+
+/// One label.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Label {
+    /// The decided transaction.
+    pub transaction_id: String,
+    /// Whether it was fraud.
+    pub is_fraud: bool,
+    /// When the outcome became known (RFC 3339; default: now). Label-aware features count
+    /// it from then on.
+    #[serde(default)]
+    #[schema(format = DateTime)]
+    pub reported_at: Option<String>,
+}
+
+/// What became of the labels sent.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LabelsAnswer {
+    /// Labels applied.
+    pub accepted: usize,
+    /// Transaction ids with no recorded decision.
+    pub unknown: Vec<String>,
+    /// Transaction ids whose card holder was erased (the label is not kept).
+    pub erased: Vec<String>,
+}
+
+/// A recorded decision, as an analyst reads it (masked; entity fields opened only where
+/// their keys remain).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DecisionRecordAnswer {
+    /// Its sequence number in the decision log.
+    pub seq: u64,
+    /// When it was recorded (RFC 3339).
+    pub recorded_at: String,
+    /// The API key (name) that sent the transaction.
+    pub key: String,
+    /// The answer that was sent (without `elapsed_us`).
+    #[schema(value_type = ScoreAnswer)]
+    pub response: Value,
+    /// The transaction as recorded (minimised; card as token and mask).
+    #[schema(value_type = Object)]
+    pub transaction: Value,
+    /// The feature row, by name (`null` for a missing value).
+    #[schema(value_type = Object)]
+    pub features: Value,
+    /// The shadow model's score and decision, when one ran.
+    #[schema(value_type = Option<Object>)]
+    pub shadow: Value,
+    /// Fields of the record erased since (an erased entity's id or the IP, e-mail).
+    pub erased_fields: Vec<String>,
+}
+
+/// A model artifact's bytes (written by `fraud train` or `fraud import`).
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct ModelArtifact(#[allow(dead_code)] Vec<u8>);
+
+/// An installed model.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelInstalled {
+    /// Its version, as answers name it.
+    pub model_version: String,
+    /// The role it took.
+    pub role: ModelRole,
+}
+
+/// Which model an upload replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelRole {
+    /// The model that decides.
+    Active,
+    /// A model scored beside it and recorded, never deciding.
+    Shadow,
+}
+
+/// The query of `POST /v1/models`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ModelQuery {
+    /// The role to install the upload as (default: active). Any other value is refused
+    /// with 400.
+    #[param(value_type = Option<ModelRole>)]
+    #[serde(default)]
+    pub role: Option<String>,
+}
+
+/// The kinds of entity that can be erased.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EntityKind {
+    /// A card holder.
+    Card,
+    /// A customer.
+    Customer,
+    /// A merchant.
+    Merchant,
+    /// A terminal.
+    Terminal,
+    /// A device.
+    Device,
+    /// An IP address.
+    Ip,
+    /// An e-mail address.
+    Email,
+}
+
+/// The body of `POST /v1/entities/erase`: a card holder by card number (or token as `id`),
+/// any other entity by id.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErasureRequest {
+    /// The kind of entity.
+    #[schema(value_type = EntityKind)]
+    pub kind: String,
+    /// The entity's id (a card's token for `card`).
+    #[serde(default)]
+    pub id: Option<String>,
+    /// A card holder's card number (with `kind: card` only; tokenized on arrival).
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub card_number: Option<zeroize::Zeroizing<String>>,
+}
+
+/// Whether an erasure found state to erase.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Erased {
+    /// True when the entity was held.
+    pub erased: bool,
+    /// The erased card's mask (erasure by card number only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub card_mask: Option<Option<String>>,
+}
+
+/// A liveness or readiness answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Status {
+    /// `ok` (alive) or `ready`.
+    pub status: &'static str,
+}
+
+/// Adds the bearer scheme.
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        let components = api.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The API description (see [`document`]).
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "fraudscore scoring service",
+        description = "Real-time transaction fraud scoring. Authenticate with `Authorization: Bearer KEY`; roles: score, analyst, admin. Errors are RFC 9457 problems (`application/problem+json`)."
+    ),
+    paths(
+        super::http::score,
+        super::http::score_batch,
+        super::http::labels,
+        super::http::decision,
+        super::http::models,
+        super::http::remove_shadow,
+        super::http::erase_by_body,
+        super::http::erase,
+        super::http::healthz,
+        super::http::readyz,
+        super::http::metrics,
+        super::http::openapi,
+    ),
+    components(
+        schemas(super::problem::ProblemBody),
+        responses(super::problem::ProblemAnswer)
+    ),
+    modifiers(&Security),
+    security(("bearer" = []))
+)]
+pub struct ApiDoc;
+
+/// The API description, as served.
+pub fn document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
 }

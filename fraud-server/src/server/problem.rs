@@ -4,7 +4,62 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::{ToResponse, ToSchema};
+
+/// Every error answer, as the OpenAPI document names it: an RFC 9457 problem.
+#[derive(ToResponse)]
+#[response(
+    description = "RFC 9457 problem: the status, a fixed title, what happened, and for invalid input the field at fault (429 and 503 carry Retry-After)",
+    content_type = "application/problem+json"
+)]
+pub struct ProblemAnswer(#[allow(dead_code)] ProblemBody);
+
+/// An error answer's body (`application/problem+json`, RFC 9457).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProblemBody {
+    /// Always `about:blank`: the status and title say what happened.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Short, fixed title.
+    pub title: &'static str,
+    /// The HTTP status.
+    pub status: u16,
+    /// What happened (never a card number).
+    pub detail: String,
+    /// For invalid input: the field at fault and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<FieldError>>,
+}
+
+/// One invalid field of a request.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FieldError {
+    /// The field (JSON name, with its path: `labels[2].reported_at`).
+    pub field: String,
+    /// Why it was refused.
+    pub reason: String,
+}
+
+/// One failed entry of a batch answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchError {
+    /// What went wrong with this transaction.
+    pub error: BatchErrorDetail,
+}
+
+/// What went wrong with one transaction of a batch (the fields of a problem answer).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchErrorDetail {
+    /// The status this transaction alone would have been answered with.
+    pub status: u16,
+    /// Short, fixed title.
+    pub title: &'static str,
+    /// What happened (never a card number).
+    pub detail: String,
+    /// The field at fault, for invalid input.
+    pub field: Option<String>,
+}
 
 /// An error answer.
 #[derive(Debug, Clone)]
@@ -104,15 +159,33 @@ impl Problem {
 
     /// The error as one entry of a batch answer: `{"error": {status, title, detail, field}}`,
     /// sanitized as a whole answer is.
-    pub fn batch_entry(&self) -> serde_json::Value {
-        json!({
-            "error": {
-                "status": self.status.as_u16(),
-                "title": self.title,
-                "detail": self.public_detail(),
-                "field": self.public_field(),
-            }
-        })
+    pub fn batch_entry(&self) -> BatchError {
+        BatchError {
+            error: BatchErrorDetail {
+                status: self.status.as_u16(),
+                title: self.title,
+                detail: self.public_detail(),
+                field: self.public_field(),
+            },
+        }
+    }
+
+    /// The body of the answer (sanitized).
+    pub fn body(&self) -> ProblemBody {
+        let detail = self.public_detail();
+        let errors = self.public_field().map(|field| {
+            vec![FieldError {
+                field,
+                reason: detail.clone(),
+            }]
+        });
+        ProblemBody {
+            kind: "about:blank",
+            title: self.title,
+            status: self.status.as_u16(),
+            detail,
+            errors,
+        }
     }
 }
 
@@ -122,21 +195,15 @@ impl ResponseError for Problem {
     }
 
     fn error_response(&self) -> HttpResponse {
-        let detail = self.public_detail();
-        let mut body = json!({
-            "type": "about:blank",
-            "title": self.title,
-            "status": self.status.as_u16(),
-            "detail": detail,
-        });
-        if let Some(f) = self.public_field() {
-            body["errors"] = json!([{ "field": f, "reason": detail }]);
-        }
         let mut r = HttpResponse::build(self.status);
         r.content_type("application/problem+json");
         if let Some(s) = self.retry_after {
             r.insert_header(("Retry-After", s.to_string()));
         }
-        r.body(body.to_string())
+        match serde_json::to_string(&self.body()) {
+            Ok(body) => r.body(body),
+            // Unreachable (plain fields), but never a panic at the edge.
+            Err(_) => r.body(r#"{"type":"about:blank","title":"internal error","status":500}"#),
+        }
     }
 }

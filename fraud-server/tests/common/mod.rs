@@ -1,5 +1,6 @@
 //! The test client shared by the service's integration tests: `fraud serve` started for
-//! real on a free port with its own data directory, and plain HTTP/1.1 requests to it.
+//! real on a free port with its own data directory, and plain HTTP/1.1 requests to it; or
+//! the same service in process ([`in_process`], [`send`]) through `actix_web::test`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
@@ -250,5 +251,104 @@ pub fn assert_no_file_holds(dir: &Path, needles: &[&str]) {
         for n in needles {
             assert!(!contains(&bytes, n), "{n} in {}", path.display());
         }
+    }
+}
+
+/// The service of `config` (TOML; `data_dir` under `dir`) built in process, as `fraud serve`
+/// builds it, and its development API key.
+pub fn in_process(dir: &Path, config: &str) -> (fraud_server::service::Service, String) {
+    std::fs::create_dir_all(dir).unwrap();
+    let file = dir.join("fraud.toml");
+    std::fs::write(&file, config).unwrap();
+    let vars = [(
+        "FRAUD_DATA_DIR".to_string(),
+        dir.join("data").display().to_string(),
+    )];
+    let cfg = fraud_server::service::Config::load(Some(&file), vars).unwrap();
+    cfg.check().unwrap();
+    let service = fraud_server::service::build(&cfg).unwrap();
+    let key = std::fs::read_to_string(service.dev_key.as_ref().expect("development mode"))
+        .unwrap()
+        .trim()
+        .to_string();
+    (service, key)
+}
+
+/// An answer of the in-process service: status, content type, body.
+pub struct Answer {
+    pub status: u16,
+    pub content_type: String,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    /// The body as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+/// Sends `method path` with `key` (as a bearer token) and a JSON `body` to an app made by
+/// `fraud_server::service::app` and `actix_web::test::init_service`.
+pub async fn send<S, B>(
+    app: &S,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<&Value>,
+) -> Answer
+where
+    S: actix_web::dev::Service<
+        actix_http::Request,
+        Response = actix_web::dev::ServiceResponse<B>,
+        Error = actix_web::Error,
+    >,
+    B: actix_web::body::MessageBody,
+{
+    let payload = body.map(|b| ("application/json", b.to_string().into_bytes()));
+    send_raw(app, method, path, key, payload).await
+}
+
+/// [`send`] with a body of any content type: `(content type, bytes)`.
+pub async fn send_raw<S, B>(
+    app: &S,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    payload: Option<(&str, Vec<u8>)>,
+) -> Answer
+where
+    S: actix_web::dev::Service<
+        actix_http::Request,
+        Response = actix_web::dev::ServiceResponse<B>,
+        Error = actix_web::Error,
+    >,
+    B: actix_web::body::MessageBody,
+{
+    let mut req = actix_web::test::TestRequest::default()
+        .method(method.parse().unwrap())
+        .uri(path);
+    if let Some(k) = key {
+        req = req.insert_header(("authorization", format!("Bearer {k}")));
+    }
+    if let Some((content_type, bytes)) = payload {
+        req = req
+            .insert_header(("content-type", content_type.to_string()))
+            .set_payload(bytes);
+    }
+    let resp = actix_web::test::call_service(app, req.to_request()).await;
+    let status = resp.status().as_u16();
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let body = actix_web::test::read_body(resp).await.to_vec();
+    Answer {
+        status,
+        content_type,
+        body,
     }
 }
