@@ -1,9 +1,8 @@
 //! The HTTP API on actix-web: routes, authentication and roles, body limits, per-key rate
 //! limits (429), load shedding (503), metrics of every answer.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use actix_web::http::StatusCode;
@@ -21,12 +20,6 @@ use super::openapi::{
 use super::problem::{Problem, ProblemAnswer};
 use fraud_core::transaction::RawTransaction;
 
-/// Per-key token bucket.
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
 /// Shared by every worker.
 pub struct AppState {
     /// The scoring engine.
@@ -35,7 +28,8 @@ pub struct AppState {
     pub keys: Arc<LiveKeys>,
     /// Requests being processed.
     in_flight: AtomicUsize,
-    buckets: Mutex<HashMap<String, Bucket>>,
+    /// The per-key rate limit (GCRA, sharded by key: no lock shared by all requests).
+    limiter: governor::DefaultKeyedRateLimiter<String>,
     /// Limits.
     pub limits: super::config::Limits,
     /// Score on the HTTP worker itself (nothing blocks: no fsync, no network); otherwise on
@@ -55,7 +49,7 @@ impl AppState {
             engine,
             keys,
             in_flight: AtomicUsize::new(0),
-            buckets: Mutex::new(HashMap::new()),
+            limiter: governor::RateLimiter::keyed(per_key_quota(&limits)),
             limits,
             inline,
         }
@@ -96,21 +90,12 @@ impl AppState {
                 ));
             }
         }
-        let mut buckets = self
-            .buckets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = Instant::now();
-        let b = buckets.entry(caller.name.clone()).or_insert(Bucket {
-            tokens: self.limits.burst_per_key,
-            at: now,
-        });
-        let refill = now.duration_since(b.at).as_secs_f64() * self.limits.rate_per_key;
-        b.tokens = (b.tokens + refill).min(self.limits.burst_per_key);
-        b.at = now;
-        if b.tokens < 1.0 {
+        if let Err(not_until) = self.limiter.check_key(&caller.name) {
             self.engine.metrics.refused(false);
-            let wait = ((1.0 - b.tokens) / self.limits.rate_per_key)
+            use governor::clock::Clock as _;
+            let wait = not_until
+                .wait_time_from(self.limiter.clock().now())
+                .as_secs_f64()
                 .ceil()
                 .max(1.0) as u64;
             return Err(Problem {
@@ -125,7 +110,6 @@ impl AppState {
                 )
             });
         }
-        b.tokens -= 1.0;
         Ok(caller)
     }
 
@@ -141,6 +125,19 @@ impl AppState {
         }
         Ok(guard)
     }
+}
+
+/// The quota of one key: `rate_per_key` a second, bursts of `burst_per_key`.
+fn per_key_quota(limits: &super::config::Limits) -> governor::Quota {
+    // The configuration is checked: a rate > 0, a burst >= 1.
+    let period = std::time::Duration::try_from_secs_f64(1.0 / limits.rate_per_key)
+        .unwrap_or(std::time::Duration::ZERO)
+        .max(std::time::Duration::from_nanos(1));
+    let burst = std::num::NonZeroU32::new(limits.burst_per_key.min(u32::MAX as f64) as u32)
+        .unwrap_or(std::num::NonZeroU32::MIN);
+    governor::Quota::with_period(period)
+        .unwrap_or(governor::Quota::per_second(std::num::NonZeroU32::MAX))
+        .allow_burst(burst)
 }
 
 struct InFlight<'a>(&'a AtomicUsize);
@@ -263,7 +260,7 @@ fn ok_body(body: String) -> HttpResponse {
 /// Records the metrics of an answer.
 fn finish(
     app: &AppState,
-    route: &str,
+    route: &'static str,
     started: Instant,
     r: Result<HttpResponse, Problem>,
 ) -> HttpResponse {
@@ -901,7 +898,7 @@ pub(crate) async fn readyz(app: Data) -> HttpResponse {
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     summary = "Prometheus metrics (role analyst)",
     responses(
-        (status = 200, description = "text exposition", body = String, content_type = "text/plain"),
+        (status = 200, description = "OpenMetrics text exposition", body = String, content_type = "application/openmetrics-text"),
         (status = 401, response = ProblemAnswer),
         (status = 403, response = ProblemAnswer),
         (status = 429, response = ProblemAnswer)
@@ -909,18 +906,16 @@ pub(crate) async fn readyz(app: Data) -> HttpResponse {
 pub(crate) async fn metrics(app: Data, req: HttpRequest) -> HttpResponse {
     let started = Instant::now();
     let r = app.authorize(&req, Some(Role::Analyst)).map(|_| {
-        let mut text = app.engine.metrics.render();
-        if let Some(m) = &app.engine.memory {
-            use std::fmt::Write as _;
+        let entities: Option<Vec<(&'static str, u64)>> = app.engine.memory.as_ref().map(|m| {
             let st = m.stats();
-            text.push_str("# HELP fraud_state_entities Entities held in memory, by kind (idle ones past the retention are dropped).\n# TYPE fraud_state_entities gauge\n");
-            for e in fraud_core::features::Entity::ALL {
-                let _ = writeln!(text, "fraud_state_entities{{kind=\"{}\"}} {}", e.name(), st.entities[e.index()]);
-            }
-        }
+            fraud_core::features::Entity::ALL
+                .iter()
+                .map(|e| (e.name(), st.entities[e.index()] as u64))
+                .collect()
+        });
         HttpResponse::Ok()
-            .content_type("text/plain; version=0.0.4")
-            .body(text)
+            .content_type(super::metrics::CONTENT_TYPE)
+            .body(app.engine.metrics.render(entities.as_deref()))
     });
     finish(&app, "/metrics", started, r)
 }

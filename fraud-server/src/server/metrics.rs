@@ -1,13 +1,26 @@
-//! Prometheus metrics, kept in memory and written as text on `/metrics`: requests and latency
-//! by route and status, server time per scored transaction, decisions by outcome, the score
-//! distribution, labels, the model versions, and feature drift (population stability index of
-//! the features scored since start against the model's training reference).
+//! Prometheus metrics (OpenMetrics text on `/metrics`, through `prometheus-client`): requests
+//! and latency by route and status, server time per scored transaction, decisions by outcome,
+//! the score distribution, labels, the model versions, and feature drift (population
+//! stability index of the features scored since start against the model's training
+//! reference). Recording takes no lock: counters, histograms and drift counts are atomics
+//! (histograms lock their own series briefly); only a model change takes a mutex.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwapOption;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 use fraud_core::eval::Reference;
+
+/// The content type of [`Metrics::render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Latency buckets, seconds.
 const LATENCY: [f64; 14] = [
@@ -15,53 +28,13 @@ const LATENCY: [f64; 14] = [
     1.0,
 ];
 
-#[derive(Debug, Clone, Default)]
-struct Histogram {
-    buckets: Vec<u64>,
-    sum: f64,
-    count: u64,
-}
+const SCORE_BOUNDS: [f64; 10] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0];
 
-impl Histogram {
-    fn observe(&mut self, bounds: &[f64], v: f64) {
-        if self.buckets.is_empty() {
-            self.buckets = vec![0; bounds.len()];
-        }
-        for (b, &le) in self.buckets.iter_mut().zip(bounds) {
-            if v <= le {
-                *b += 1;
-            }
-        }
-        self.sum += v;
-        self.count += 1;
-    }
-
-    fn write(&self, out: &mut String, name: &str, labels: &str, bounds: &[f64]) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        for (i, &le) in bounds.iter().enumerate() {
-            let c = self.buckets.get(i).copied().unwrap_or(0);
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {c}");
-        }
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
-            self.count
-        );
-        let braces = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{labels}}}")
-        };
-        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum);
-        let _ = writeln!(out, "{name}_count{braces} {}", self.count);
-    }
-}
-
-/// Drift counters of one model: per feature, the bin counts of the values scored.
+/// The drift reference of one model: per feature, its training distribution.
 #[derive(Debug, Clone)]
 pub struct Drift {
     version: String,
-    features: Vec<(String, Reference, Vec<u64>)>,
+    features: Vec<(String, Reference)>,
 }
 
 impl Drift {
@@ -69,84 +42,244 @@ impl Drift {
     pub fn new(version: &str, refs: Vec<(String, Reference)>) -> Self {
         Drift {
             version: version.to_string(),
-            features: refs
-                .into_iter()
-                .map(|(n, r)| {
-                    let bins = r.shares.len();
-                    (n, r, vec![0; bins])
-                })
-                .collect(),
+            features: refs,
         }
     }
 }
 
-#[derive(Default)]
-struct Inner {
-    requests: BTreeMap<(String, u16), u64>,
-    latency: BTreeMap<String, Histogram>,
-    scoring: Histogram,
-    decisions: BTreeMap<String, u64>,
-    scores: Histogram,
-    labels: BTreeMap<String, u64>,
-    models: BTreeMap<String, String>,
-    drift: Option<Drift>,
-    shed: u64,
-    limited: u64,
-    degraded: u64,
-    alerts: u64,
-    watched: u64,
+/// The bin counts of the values scored by the active model, per feature.
+struct DriftCounts {
+    drift: Drift,
+    counts: Vec<Vec<AtomicU64>>,
+}
+
+impl DriftCounts {
+    fn new(drift: Drift) -> Self {
+        let counts = drift
+            .features
+            .iter()
+            .map(|(_, r)| (0..r.shares.len()).map(|_| AtomicU64::new(0)).collect())
+            .collect();
+        DriftCounts { drift, counts }
+    }
+
+    fn psi(&self) -> Vec<(String, f64)> {
+        self.drift
+            .features
+            .iter()
+            .zip(&self.counts)
+            .map(|((name, r), c)| {
+                let counts: Vec<u64> = c.iter().map(|a| a.load(Ordering::Relaxed)).collect();
+                (name.clone(), r.psi(&counts))
+            })
+            .collect()
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteStatus {
+    route: &'static str,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabel {
+    decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LabelLabel {
+    label: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabels {
+    role: &'static str,
+    version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FeatureLabel {
+    feature: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY)
 }
 
 /// The service's metrics.
-#[derive(Default)]
 pub struct Metrics {
-    inner: Mutex<Inner>,
+    registry: Registry,
+    requests: Family<RouteStatus, Counter>,
+    latency: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    scoring: Histogram,
+    decisions: Family<DecisionLabel, Counter>,
+    scores: Histogram,
+    labels: Family<LabelLabel, Counter>,
+    refused: Family<ReasonLabel, Counter>,
+    degraded: Counter,
+    alerts: Counter,
+    throttled: Counter,
+    models: Family<ModelLabels, Gauge>,
+    /// The version shown per role (changed with the models only).
+    versions: Mutex<BTreeMap<&'static str, String>>,
+    drift: ArcSwapOption<DriftCounts>,
+    psi: Family<FeatureLabel, Gauge<f64, AtomicU64>>,
+    entities: Family<KindLabel, Gauge>,
 }
 
-const SCORE_BOUNDS: [f64; 10] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0];
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
 
 impl Metrics {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// Every metric at zero, registered.
+    pub fn new() -> Self {
+        let m = Metrics {
+            registry: Registry::default(),
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            scoring: latency_histogram(),
+            decisions: Family::default(),
+            scores: Histogram::new(SCORE_BOUNDS),
+            labels: Family::default(),
+            refused: Family::default(),
+            degraded: Counter::default(),
+            alerts: Counter::default(),
+            throttled: Counter::default(),
+            models: Family::default(),
+            versions: Mutex::new(BTreeMap::new()),
+            drift: ArcSwapOption::empty(),
+            psi: Family::default(),
+            entities: Family::default(),
+        };
+        // Series that exist from the start, at zero.
+        for decision in ["approve", "review", "decline"] {
+            drop(m.decisions.get_or_create(&DecisionLabel { decision }));
+        }
+        for reason in ["overloaded", "rate_limited"] {
+            drop(m.refused.get_or_create(&ReasonLabel { reason }));
+        }
+        m.register()
+    }
+
+    fn register(mut self) -> Self {
+        let r = &mut self.registry;
+        r.register(
+            "fraud_http_requests",
+            "HTTP requests by route and status",
+            self.requests.clone(),
+        );
+        r.register(
+            "fraud_http_request_duration_seconds",
+            "Time to answer, by route",
+            self.latency.clone(),
+        );
+        r.register(
+            "fraud_scoring_duration_seconds",
+            "Server time per scored transaction (features, model, explanation, rules, log)",
+            self.scoring.clone(),
+        );
+        r.register(
+            "fraud_decisions",
+            "Decisions by outcome",
+            self.decisions.clone(),
+        );
+        r.register(
+            "fraud_score",
+            "Scores of the active model",
+            self.scores.clone(),
+        );
+        r.register("fraud_labels", "Labels received", self.labels.clone());
+        r.register(
+            "fraud_requests_refused",
+            "Requests shed when overloaded (503) or over a key's rate (429)",
+            self.refused.clone(),
+        );
+        r.register(
+            "fraud_degraded",
+            "Transactions scored with stateless features only (entity state unreachable)",
+            self.degraded.clone(),
+        );
+        r.register(
+            "fraud_insider_alerts",
+            "Keys caught reading decision records far above their usual rate (one per key and window)",
+            self.alerts.clone(),
+        );
+        r.register(
+            "fraud_insider_throttled",
+            "Decision reads refused by the insider watch",
+            self.throttled.clone(),
+        );
+        r.register("fraud_model_info", "The models in use", self.models.clone());
+        r.register(
+            "fraud_feature_psi",
+            "Population stability index of each feature since start against the training reference (over 0.25: shifted)",
+            self.psi.clone(),
+        );
+        r.register(
+            "fraud_state_entities",
+            "Entities held in memory, by kind (idle ones past the retention are dropped)",
+            self.entities.clone(),
+        );
+        self
     }
 
     /// The population stability index of each feature with a reference, now.
     pub fn drift_psi(&self) -> Vec<(String, f64)> {
-        let g = self.lock();
-        g.drift
+        self.drift
+            .load()
             .as_ref()
-            .map(|d| {
-                d.features
-                    .iter()
-                    .map(|(n, r, counts)| (n.clone(), r.psi(counts)))
-                    .collect()
-            })
+            .map(|d| d.psi())
             .unwrap_or_default()
     }
 
     /// One HTTP request answered.
-    pub fn request(&self, route: &str, status: u16, seconds: f64) {
-        let mut g = self.lock();
-        *g.requests.entry((route.to_string(), status)).or_default() += 1;
-        g.latency
-            .entry(route.to_string())
-            .or_default()
-            .observe(&LATENCY, seconds);
+    pub fn request(&self, route: &'static str, status: u16, seconds: f64) {
+        self.requests
+            .get_or_create(&RouteStatus { route, status })
+            .inc();
+        self.latency
+            .get_or_create(&RouteLabel { route })
+            .observe(seconds);
     }
 
     /// One transaction scored: server time, decision, score and the model's feature row.
-    pub fn scored(&self, seconds: f64, decision: &str, score: f64, model: &str, row: &[f64]) {
-        let mut g = self.lock();
-        g.scoring.observe(&LATENCY, seconds);
-        *g.decisions.entry(decision.to_string()).or_default() += 1;
-        g.scores.observe(&SCORE_BOUNDS, score);
-        if let Some(d) = g.drift.as_mut() {
-            if d.version == model {
-                for (i, (_, r, counts)) in d.features.iter_mut().enumerate() {
-                    if let Some(&v) = row.get(i) {
-                        counts[r.bin(v)] += 1;
+    pub fn scored(
+        &self,
+        seconds: f64,
+        decision: &'static str,
+        score: f64,
+        model: &str,
+        row: &[f64],
+    ) {
+        self.scoring.observe(seconds);
+        self.decisions
+            .get_or_create(&DecisionLabel { decision })
+            .inc();
+        self.scores.observe(score);
+        if let Some(d) = self.drift.load().as_ref() {
+            if d.drift.version == model {
+                for (i, ((_, r), counts)) in d.drift.features.iter().zip(&d.counts).enumerate() {
+                    if let Some(bin) = row.get(i).and_then(|&v| counts.get(r.bin(v))) {
+                        bin.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
@@ -155,115 +288,74 @@ impl Metrics {
 
     /// A label received.
     pub fn label(&self, fraud: bool) {
-        let name = if fraud { "fraud" } else { "not_fraud" };
-        *self.lock().labels.entry(name.to_string()).or_default() += 1;
+        let label = if fraud { "fraud" } else { "not_fraud" };
+        self.labels.get_or_create(&LabelLabel { label }).inc();
     }
 
     /// A request shed (503) or rate limited (429).
     pub fn refused(&self, overloaded: bool) {
-        let mut g = self.lock();
-        if overloaded {
-            g.shed += 1;
+        let reason = if overloaded {
+            "overloaded"
         } else {
-            g.limited += 1;
-        }
+            "rate_limited"
+        };
+        self.refused.get_or_create(&ReasonLabel { reason }).inc();
     }
 
     /// A read refused by the insider watch (`alert`: the first of its window).
     pub fn insider(&self, alert: bool) {
-        let mut g = self.lock();
-        g.watched += 1;
+        self.throttled.inc();
         if alert {
-            g.alerts += 1;
+            self.alerts.inc();
         }
     }
 
     /// A transaction scored without entity state.
     pub fn degraded(&self) {
-        self.lock().degraded += 1;
+        self.degraded.inc();
     }
 
     /// The active (role `active`) or shadow model changed; drift restarts for the active one.
-    pub fn model(&self, role: &str, version: Option<&str>, drift: Option<Drift>) {
-        let mut g = self.lock();
-        match version {
-            Some(v) => g.models.insert(role.to_string(), v.to_string()),
-            None => g.models.remove(role),
-        };
+    pub fn model(&self, role: &'static str, version: Option<&str>, drift: Option<Drift>) {
+        let mut versions = self
+            .versions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(old) = versions.remove(role) {
+            self.models.remove(&ModelLabels { role, version: old });
+        }
+        if let Some(v) = version {
+            versions.insert(role, v.to_string());
+            self.models
+                .get_or_create(&ModelLabels {
+                    role,
+                    version: v.to_string(),
+                })
+                .set(1);
+        }
         if role == "active" {
-            g.drift = drift;
+            self.psi.clear();
+            self.drift
+                .store(drift.map(|d| Arc::new(DriftCounts::new(d))));
         }
     }
 
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
-        let g = self.lock();
-        let mut s = String::with_capacity(8192);
-        s.push_str("# HELP fraud_http_requests_total HTTP requests by route and status.\n# TYPE fraud_http_requests_total counter\n");
-        for ((route, status), n) in &g.requests {
-            let _ = writeln!(
-                s,
-                "fraud_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
-            );
-        }
-        s.push_str("# HELP fraud_http_request_duration_seconds Time to answer, by route.\n# TYPE fraud_http_request_duration_seconds histogram\n");
-        for (route, h) in &g.latency {
-            h.write(
-                &mut s,
-                "fraud_http_request_duration_seconds",
-                &format!("route=\"{route}\""),
-                &LATENCY,
-            );
-        }
-        s.push_str("# HELP fraud_scoring_duration_seconds Server time per scored transaction (features, model, explanation, rules, log).\n# TYPE fraud_scoring_duration_seconds histogram\n");
-        g.scoring
-            .write(&mut s, "fraud_scoring_duration_seconds", "", &LATENCY);
-        s.push_str("# HELP fraud_decisions_total Decisions by outcome.\n# TYPE fraud_decisions_total counter\n");
-        for d in ["approve", "review", "decline"] {
-            let n = g.decisions.get(d).copied().unwrap_or(0);
-            let _ = writeln!(s, "fraud_decisions_total{{decision=\"{d}\"}} {n}");
-        }
-        s.push_str(
-            "# HELP fraud_score Scores of the active model.\n# TYPE fraud_score histogram\n",
-        );
-        g.scores.write(&mut s, "fraud_score", "", &SCORE_BOUNDS);
-        s.push_str(
-            "# HELP fraud_labels_total Labels received.\n# TYPE fraud_labels_total counter\n",
-        );
-        for (l, n) in &g.labels {
-            let _ = writeln!(s, "fraud_labels_total{{label=\"{l}\"}} {n}");
-        }
-        s.push_str("# HELP fraud_requests_refused_total Requests shed when overloaded (503) or over a key's rate (429).\n# TYPE fraud_requests_refused_total counter\n");
-        let _ = writeln!(
-            s,
-            "fraud_requests_refused_total{{reason=\"overloaded\"}} {}",
-            g.shed
-        );
-        let _ = writeln!(
-            s,
-            "fraud_requests_refused_total{{reason=\"rate_limited\"}} {}",
-            g.limited
-        );
-        s.push_str("# HELP fraud_degraded_total Transactions scored with stateless features only (entity state unreachable).\n# TYPE fraud_degraded_total counter\n");
-        let _ = writeln!(s, "fraud_degraded_total {}", g.degraded);
-        s.push_str("# HELP fraud_insider_alerts_total Keys caught reading decision records far above their usual rate (one per key and window).\n# TYPE fraud_insider_alerts_total counter\n");
-        let _ = writeln!(s, "fraud_insider_alerts_total {}", g.alerts);
-        s.push_str("# HELP fraud_insider_throttled_total Decision reads refused by the insider watch.\n# TYPE fraud_insider_throttled_total counter\n");
-        let _ = writeln!(s, "fraud_insider_throttled_total {}", g.watched);
-        s.push_str("# HELP fraud_model_info The models in use.\n# TYPE fraud_model_info gauge\n");
-        for (role, v) in &g.models {
-            let _ = writeln!(s, "fraud_model_info{{role=\"{role}\",version=\"{v}\"}} 1");
-        }
-        if let Some(d) = &g.drift {
-            s.push_str("# HELP fraud_feature_psi Population stability index of each feature since start against the training reference (over 0.25: shifted).\n# TYPE fraud_feature_psi gauge\n");
-            for (name, r, counts) in &d.features {
-                let _ = writeln!(
-                    s,
-                    "fraud_feature_psi{{feature=\"{name}\"}} {:.6}",
-                    r.psi(counts)
-                );
+    /// The OpenMetrics text exposition ([`CONTENT_TYPE`]), with the entities held in memory
+    /// by kind when the state is in memory.
+    pub fn render(&self, entities: Option<&[(&'static str, u64)]>) -> String {
+        if let Some(d) = self.drift.load().as_ref() {
+            for (feature, psi) in d.psi() {
+                self.psi.get_or_create(&FeatureLabel { feature }).set(psi);
             }
         }
+        for &(kind, n) in entities.unwrap_or_default() {
+            self.entities
+                .get_or_create(&KindLabel { kind })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        let mut s = String::with_capacity(8192);
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut s, &self.registry);
         s
     }
 }
