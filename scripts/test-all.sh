@@ -44,6 +44,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "fraud-core alone: the scoring engine without Redis or the trainer (--no-default-features)"
 cargo clippy -p fraud-core --no-default-features --lib --locked -- -D warnings
 
+step "the service alone: fraud-server without the data tools (--no-default-features)"
+cargo clippy -p fraud-server --no-default-features --lib --bins --locked -- -D warnings
+
 step "cargo doc (no broken or private links)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 

@@ -39,10 +39,12 @@ struct Opts {
     step: f64,
     /// Where to write one line per answer (`--timeline`).
     timeline: Option<String>,
+    /// The server's process id (`--server-pid`): its CPU time per answer is reported.
+    server_pid: Option<u32>,
 }
 
 fn usage(msg: &str) -> ! {
-    eprintln!("loadgen: {msg}\nusage: loadgen --url http://HOST:PORT --key-file FILE [--rate R] [--seconds S] [--connections C] [--cards N] [--find-max [--p99-ms 2] [--start-rate R] [--step R]] [--warmup S] [--timeline FILE]");
+    eprintln!("loadgen: {msg}\nusage: loadgen --url http://HOST:PORT --key-file FILE [--rate R] [--seconds S] [--connections C] [--cards N] [--find-max [--p99-ms 2] [--start-rate R] [--step R]] [--warmup S] [--timeline FILE] [--server-pid PID]");
     std::process::exit(2)
 }
 
@@ -60,6 +62,7 @@ fn parse() -> Opts {
         warmup: 0.0,
         step: 1_000.0,
         timeline: None,
+        server_pid: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -93,6 +96,7 @@ fn parse() -> Opts {
             "--step" => o.step = num(i),
             "--warmup" => o.warmup = num(i),
             "--timeline" => o.timeline = Some(val(i).to_string()),
+            "--server-pid" => o.server_pid = Some(num(i) as u32),
             "--find-max" => {
                 o.find_max = true;
                 i += 1;
@@ -487,6 +491,22 @@ fn write_timeline(o: &Opts, r: &Run) {
     }
 }
 
+/// CPU time so far of every thread of process `pid`, in nanoseconds (Linux: the first
+/// field of `/proc/PID/task/TID/schedstat`, exact, not sampled). Threads that ended are not
+/// counted: the service's threads live as long as it does.
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        fatal(&std::io::Error::other(format!(
+            "--server-pid {pid}: no such process (or not Linux)"
+        )));
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
 fn fatal(e: &std::io::Error) -> ! {
     eprintln!("loadgen: {e}");
     std::process::exit(1)
@@ -506,8 +526,17 @@ fn main() {
         report(rate, &r);
     }
     if !o.find_max {
+        let before = o.server_pid.map(cpu_ns);
         let r = run(&o, o.rate, o.seconds, run_id).unwrap_or_else(|e| fatal(&e));
         report(o.rate, &r);
+        if let (Some(pid), Some(before)) = (o.server_pid, before) {
+            let used = cpu_ns(pid).saturating_sub(before);
+            println!(
+                "server CPU per answer: {:.1} us ({} answers; all threads of pid {pid}, /proc schedstat)",
+                used as f64 / 1000.0 / (r.ok + r.errors).max(1) as f64,
+                r.ok + r.errors
+            );
+        }
         write_timeline(&o, &r);
         return;
     }

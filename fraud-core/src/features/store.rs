@@ -53,11 +53,6 @@ pub trait StateStore: Send + Sync {
     /// tokenization key) when `to` holds nothing yet. Returns whether anything moved.
     fn rename(&self, entity: Entity, from: &str, to: &str) -> Result<bool, StoreError>;
 
-    /// The store as a [`MemoryStore`], when it is one (for tools that list its entities).
-    fn as_memory(&self) -> Option<&MemoryStore> {
-        None
-    }
-
     /// Computes all features of `tx` and records it: the online path.
     fn step(&self, ex: &Extractor, tx: &Transaction) -> Result<Vec<f64>, StoreError> {
         let obs = ex.observe(tx);
@@ -458,10 +453,6 @@ impl StateStore for MemoryStore {
     fn get(&self, entity: Entity, key: &str) -> Result<Option<EntityState>, StoreError> {
         let (h, i) = self.locate(entity, key);
         Ok(lock(&self.shards[i]).maps[entity.index()].get(h).cloned())
-    }
-
-    fn as_memory(&self) -> Option<&MemoryStore> {
-        Some(self)
     }
 
     fn rename(&self, entity: Entity, from: &str, to: &str) -> Result<bool, StoreError> {

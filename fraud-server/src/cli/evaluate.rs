@@ -45,6 +45,7 @@ pub struct Scored {
     pub cards: Option<Vec<String>>,
     pub days: Option<Vec<i64>>,
     pub scenarios: Option<Vec<String>>,
+    #[cfg_attr(not(feature = "charts"), allow(dead_code))]
     pub artifact: fraud_core::model::Artifact,
 }
 
@@ -165,11 +166,7 @@ pub fn recall_by_scenario(
     for (i, name) in scen.iter().enumerate() {
         if s.labels[i] == 1.0 {
             // Numbers of the simulator's scenarios are shown by name.
-            let key = name
-                .parse::<usize>()
-                .ok()
-                .and_then(|n| fraud_datasets::SCENARIO_NAMES.get(n).copied())
-                .unwrap_or(name.as_str());
+            let key = scenario_name(name);
             let g = groups.entry(key).or_default();
             g.0 += 1;
             g.1 += usize::from(s.probs[i] >= cut);
@@ -217,4 +214,18 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let scored = score(&a.io, &a.label, &a.columns)?;
     let out = evaluation(&scored, a.columns.k)?;
     super::emit(&format!("{}\n", serde_json::to_string_pretty(&out)?))
+}
+
+/// A scenario's name: the simulator's numbered scenarios by name (with the `simulator`
+/// feature), anything else as written.
+fn scenario_name(name: &str) -> &str {
+    #[cfg(feature = "simulator")]
+    if let Some(n) = name
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| fraud_datasets::SCENARIO_NAMES.get(n).copied())
+    {
+        return n;
+    }
+    name
 }

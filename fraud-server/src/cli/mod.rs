@@ -2,14 +2,17 @@
 
 mod audit;
 mod bench;
+#[cfg(feature = "simulator")]
 mod convert;
 mod evaluate;
 mod features;
+#[cfg(feature = "simulator")]
 mod generate;
 mod import;
 mod inspect;
 mod keys;
 mod predict;
+#[cfg(feature = "charts")]
 mod report;
 mod train;
 mod users;
@@ -47,10 +50,13 @@ enum Command {
     /// Compute, offline, the features of every transaction of a history (point in time).
     Features(features::Args),
     /// Generate synthetic card transactions with labelled fraud scenarios.
+    #[cfg(feature = "simulator")]
     Generate(generate::Args),
     /// Convert a public data set (ULB creditcard.csv, PaySim, Sparkov) into the project's CSV.
+    #[cfg(feature = "simulator")]
     Convert(convert::Args),
     /// Write an evaluation report (SVG charts and a Markdown summary) for a labelled file.
+    #[cfg(feature = "charts")]
     Report(report::Args),
     /// Run the scoring service (with no configuration: 127.0.0.1:8080, the demo model,
     /// durable state under ./fraud-data, a development API key).
@@ -97,8 +103,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(a) => train::run(a),
         Command::Evaluate(a) => evaluate::run(a),
         Command::Features(a) => features::run(a),
+        #[cfg(feature = "simulator")]
         Command::Generate(a) => generate::run(a),
+        #[cfg(feature = "simulator")]
         Command::Convert(a) => convert::run(a),
+        #[cfg(feature = "charts")]
         Command::Report(a) => report::run(a),
         Command::Serve(a) => crate::server::run(a),
         Command::Audit(a) => audit::run(a),

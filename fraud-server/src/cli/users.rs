@@ -66,12 +66,26 @@ fn password(from_stdin: bool) -> anyhow::Result<String> {
             .context("reading the password from standard input")?;
         return Ok(line.trim_end_matches(['\r', '\n']).to_string());
     }
+    prompt()
+}
+
+/// Asks for the password twice on the terminal, without echo.
+#[cfg(feature = "prompts")]
+fn prompt() -> anyhow::Result<String> {
     let first = rpassword::prompt_password("Password (12 characters or more): ")?;
     let again = rpassword::prompt_password("Password again: ")?;
     if first != again {
         anyhow::bail!("the two passwords differ");
     }
     Ok(first)
+}
+
+/// This build has no prompt: a password typed on the terminal would be echoed.
+#[cfg(not(feature = "prompts"))]
+fn prompt() -> anyhow::Result<String> {
+    anyhow::bail!(
+        "this build of fraud has no password prompt (Cargo feature `prompts`): send the password on standard input (--password-stdin)"
+    )
 }
 
 pub fn users_path(users_file: &Option<PathBuf>, data_dir: &std::path::Path) -> PathBuf {

@@ -81,7 +81,7 @@ impl LoadedModel {
 /// entity again and returns the key ref, to be destroyed once a snapshot holds the state.
 pub fn replay_record(
     extractor: &Extractor,
-    store: &dyn StateStore,
+    state: &StateBackend,
     rec: &super::decisions::Record,
     vault: Option<&super::vault::Vault>,
 ) -> Result<Option<String>, String> {
@@ -96,7 +96,8 @@ pub fn replay_record(
     match rec.kind.as_str() {
         "decision" => {
             if let Some(tx) = tx()? {
-                store
+                state
+                    .store()
                     .step(extractor, &tx)
                     .map_err(|e| format!("record {}: {e}", rec.seq))?;
             }
@@ -109,7 +110,7 @@ pub fn replay_record(
             let want = key_ref.and_then(|r| vault.and_then(|v| v.entity_of(r)));
             let entity = Entity::ALL.iter().copied().find(|e| e.name() == kind);
             if let (Some(want), Some(entity)) = (want, entity) {
-                if let Some(memory) = store.as_memory() {
+                if let Some(memory) = state.memory() {
                     for (key, _) in memory.entities(entity) {
                         if super::vault::entity_hash(kind, &key) == want {
                             memory
@@ -124,7 +125,8 @@ pub fn replay_record(
         "migrate" => {
             let (from, to) = (rec.data["from"].as_str(), rec.data["to"].as_str());
             if let (Some(from), Some(to)) = (from, to) {
-                store
+                state
+                    .store()
                     .rename(Entity::Card, from, to)
                     .map_err(|e| format!("record {}: {e}", rec.seq))?;
             }
@@ -138,7 +140,8 @@ pub fn replay_record(
                     is_fraud: rec.data["is_fraud"].as_bool().unwrap_or(false),
                     known_at: rec.data["known_at_us"].as_i64().unwrap_or(tx.timestamp_us),
                 };
-                store
+                state
+                    .store()
                     .label(extractor, &obs, &event)
                     .map_err(|e| format!("record {}: {e}", rec.seq))?;
             }
@@ -174,7 +177,7 @@ pub struct Engine {
     /// The feature pipeline.
     pub extractor: Extractor,
     /// Entity state.
-    pub store: Arc<dyn StateStore>,
+    pub state: StateBackend,
     /// Card tokenization.
     pub tokenizer: Tokenizer,
     /// The deciding model.
@@ -201,8 +204,6 @@ pub struct Engine {
     pub previous_keys: Vec<Tokenizer>,
     /// The insider watch over decision reads.
     pub watch: super::watch::Watch,
-    /// The memory store, when that is the backend (for snapshots).
-    pub memory: Option<Arc<fraud_core::features::MemoryStore>>,
     /// The review queue and the console's overview figures.
     pub cases: super::cases::Cases,
     /// Per-entity keys of the decision log's entity fields (erasure destroys one).
@@ -217,6 +218,35 @@ pub struct Engine {
     cut: std::sync::RwLock<()>,
     /// Transactions being scored (a second request with the same id waits its turn out).
     busy: super::sharded::Locked<()>,
+}
+
+/// Where the service keeps entity state: in this process (rebuilt from the decision log at
+/// start, snapshotted) or in Redis (shared by replicas). One named choice: nothing asks a
+/// store what it is.
+#[derive(Clone)]
+pub enum StateBackend {
+    /// In memory.
+    Memory(Arc<fraud_core::features::MemoryStore>),
+    /// In Redis.
+    Redis(Arc<fraud_core::features::redis::RedisStore>),
+}
+
+impl StateBackend {
+    /// The store, whichever it is.
+    pub fn store(&self) -> &dyn StateStore {
+        match self {
+            StateBackend::Memory(m) => m.as_ref(),
+            StateBackend::Redis(r) => r.as_ref(),
+        }
+    }
+
+    /// The memory store, when that is the backend (snapshots, entity counts, erasure replay).
+    pub fn memory(&self) -> Option<&Arc<fraud_core::features::MemoryStore>> {
+        match self {
+            StateBackend::Memory(m) => Some(m),
+            StateBackend::Redis(_) => None,
+        }
+    }
 }
 
 /// Releases a transaction id from the busy set.
@@ -235,7 +265,7 @@ impl Drop for BusyGuard<'_> {
 #[derive(Default)]
 pub struct EngineBuilder {
     extractor: Option<Extractor>,
-    store: Option<Arc<dyn StateStore>>,
+    state: Option<StateBackend>,
     tokenizer: Option<Tokenizer>,
     model: Option<LoadedModel>,
     shadow: Option<LoadedModel>,
@@ -244,7 +274,6 @@ pub struct EngineBuilder {
     reasons: usize,
     degrade: bool,
     models_dir: Option<std::path::PathBuf>,
-    memory: Option<Arc<fraud_core::features::MemoryStore>>,
     sealer: Option<super::seal::Sealer>,
     vault: Option<Arc<super::vault::Vault>>,
     cases: Option<super::cases::Cases>,
@@ -269,7 +298,7 @@ impl EngineBuilder {
         /// The feature pipeline (required).
         extractor: Extractor => extractor = Some;
         /// Entity state (required).
-        store: Arc<dyn StateStore> => store = Some;
+        state: StateBackend => state = Some;
         /// Card tokenization (required).
         tokenizer: Tokenizer => tokenizer = Some;
         /// The deciding model (required).
@@ -286,8 +315,6 @@ impl EngineBuilder {
         degrade: bool => degrade = std::convert::identity;
         /// Where uploaded models are kept.
         models_dir: std::path::PathBuf => models_dir = Some;
-        /// The memory store, when that is the backend (for snapshots).
-        memory: Option<Arc<fraud_core::features::MemoryStore>> => memory = std::convert::identity;
         /// Encrypts the state snapshots.
         sealer: Option<super::seal::Sealer> => sealer = std::convert::identity;
         /// Per-entity keys of the decision log's entity fields.
@@ -315,7 +342,7 @@ impl EngineBuilder {
             metrics.model("shadow", Some(&s.version), None);
         }
         Ok(Engine {
-            store: self.store.ok_or_else(|| missing("store"))?,
+            state: self.state.ok_or_else(|| missing("state"))?,
             tokenizer: self.tokenizer.ok_or_else(|| missing("tokenizer"))?,
             policy: self.policy.ok_or_else(|| missing("policy"))?,
             log: self.log.ok_or_else(|| missing("log"))?,
@@ -326,7 +353,6 @@ impl EngineBuilder {
             reasons: self.reasons,
             degrade: self.degrade,
             models_dir: self.models_dir,
-            memory: self.memory,
             previous_keys: self.previous_keys,
             sealer: self.sealer,
             latest_us: std::sync::atomic::AtomicI64::new(i64::MIN),
@@ -409,7 +435,7 @@ impl Engine {
         self.migrate_card(bytes, &tx, caller)?;
         self.latest_us
             .fetch_max(tx.timestamp_us, std::sync::atomic::Ordering::Relaxed);
-        let (features, degraded) = match self.store.step(&self.extractor, &tx) {
+        let (features, degraded) = match self.state.store().step(&self.extractor, &tx) {
             Ok(f) => (f, false),
             Err(_) if self.degrade => {
                 // Entity state unreachable: the stateless features only, flagged.
@@ -533,7 +559,8 @@ impl Engine {
             .cut
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        self.store
+        self.state
+            .store()
             .label(&self.extractor, &obs, &event)
             .map_err(|e| Problem::unavailable(format!("entity state: {e}")))?;
         self.log
@@ -610,7 +637,8 @@ impl Engine {
             Problem::unavailable(format!("entity state: {e}"))
         };
         if self
-            .store
+            .state
+            .store()
             .get(entity, &tx.card.token)
             .map_err(unavailable)?
             .is_some()
@@ -620,7 +648,8 @@ impl Engine {
         for old in &self.previous_keys {
             let from = old.token(&card);
             if self
-                .store
+                .state
+                .store()
                 .rename(entity, &from, &tx.card.token)
                 .map_err(unavailable)?
             {
@@ -655,7 +684,8 @@ impl Engine {
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let held = self
-                .store
+                .state
+                .store()
                 .erase(entity, id)
                 .map_err(|e| Problem::unavailable(format!("entity state: {e}")))?;
             self.log
@@ -693,7 +723,7 @@ impl Engine {
         let before = time::OffsetDateTime::now_utc()
             - time::Duration::seconds(i64::try_from(period_s).unwrap_or(i64::MAX / 2));
         let through = match &self.snapshot_path {
-            Some(path) if self.memory.is_some() => self.snapshot(path)?.unwrap_or(0),
+            Some(path) if self.state.memory().is_some() => self.snapshot(path)?.unwrap_or(0),
             _ => self.log.records(),
         };
         let removed = self
@@ -712,7 +742,7 @@ impl Engine {
     /// many were dropped.
     pub fn evict_idle(&self) -> usize {
         let now = self.latest_us.load(std::sync::atomic::Ordering::Relaxed);
-        match (&self.memory, now) {
+        match (self.state.memory(), now) {
             (Some(m), now) if now > i64::MIN => m.evict_idle(&self.extractor, now),
             _ => 0,
         }
@@ -721,7 +751,7 @@ impl Engine {
     /// Writes a snapshot of the memory state to `path`, tagged with the number of log
     /// records it contains; returns that number (None without a memory store).
     pub fn snapshot(&self, path: &std::path::Path) -> Result<Option<u64>, String> {
-        let Some(memory) = &self.memory else {
+        let Some(memory) = self.state.memory() else {
             return Ok(None);
         };
         let (copy, records) = {

@@ -881,7 +881,8 @@ pub(crate) async fn readyz(app: Data) -> HttpResponse {
     let engine = app.engine.clone();
     let probe = web::block(move || {
         engine
-            .store
+            .state
+            .store()
             .get(fraud_core::features::Entity::Card, "readiness-probe")
             .map(|_| ())
     })
@@ -906,7 +907,7 @@ pub(crate) async fn readyz(app: Data) -> HttpResponse {
 pub(crate) async fn metrics(app: Data, req: HttpRequest) -> HttpResponse {
     let started = Instant::now();
     let r = app.authorize(&req, Some(Role::Analyst)).map(|_| {
-        let entities: Option<Vec<(&'static str, u64)>> = app.engine.memory.as_ref().map(|m| {
+        let entities: Option<Vec<(&'static str, u64)>> = app.engine.state.memory().map(|m| {
             let st = m.stats();
             fraud_core::features::Entity::ALL
                 .iter()

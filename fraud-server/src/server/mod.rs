@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use fraud_core::features::{Extractor, FeatureSpec, MemoryStore, StateStore};
+use fraud_core::features::{Extractor, FeatureSpec, MemoryStore};
 use fraud_core::model::Artifact;
 use fraud_core::pii::Tokenizer;
 
@@ -236,18 +236,17 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
         }
     };
     let mut snapshot_tag = 0u64;
-    let mut memory: Option<Arc<MemoryStore>> = None;
-    let store: Arc<dyn StateStore> = match cfg.state.backend {
+    let state: engine::StateBackend = match cfg.state.backend {
         config::Backend::Redis => {
             let url = cfg.state.redis_url.as_deref().unwrap_or_default();
-            Arc::new(
+            engine::StateBackend::Redis(Arc::new(
                 fraud_core::features::redis::RedisStore::open(
                     url,
                     "fraud:",
                     Duration::from_millis(cfg.state.redis_timeout_ms),
                 )
                 .context("config: state.redis_url")?,
-            )
+            ))
         }
         _ => {
             // The last snapshot, if whole and of this spec; otherwise the whole log.
@@ -272,9 +271,7 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
                 (MemoryStore::new(), 0)
             };
             snapshot_tag = tag;
-            let m = Arc::new(m);
-            memory = Some(m.clone());
-            m
+            engine::StateBackend::Memory(Arc::new(m))
         }
     };
     let log_dir = cfg.data_dir.join("log");
@@ -301,7 +298,7 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
             review_cases.record(&rec.kind, rec.seq, cases::hour_of(&rec.at), &rec.data);
             if replay && rec.seq > snapshot_tag && failure.is_none() {
                 replayed += 1;
-                match engine::replay_record(&extractor, store.as_ref(), rec, Some(&vault)) {
+                match engine::replay_record(&extractor, &state, rec, Some(&vault)) {
                     Ok(Some(key_ref)) => pending_shred.push(key_ref),
                     Ok(None) => {}
                     Err(e) => failure = Some(e),
@@ -334,7 +331,7 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
     }
     let engine = engine::Engine::builder()
         .extractor(extractor)
-        .store(store)
+        .state(state)
         .tokenizer(tokenizer)
         .model(model)
         .shadow(shadow)
@@ -343,7 +340,6 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
         .reasons(cfg.reasons)
         .degrade(cfg.state.on_unavailable == config::OnUnavailable::Degrade)
         .models_dir(cfg.data_dir.join("models"))
-        .memory(memory)
         .sealer(sealer)
         .vault(vault)
         .cases(review_cases)
@@ -439,7 +435,7 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
 
 /// Snapshots the memory state every `interval`, so that a restart replays a short log.
 fn snapshots(engine: Arc<engine::Engine>, dir: PathBuf, interval: Duration) {
-    if interval.is_zero() || engine.memory.is_none() {
+    if interval.is_zero() || engine.state.memory().is_none() {
         return;
     }
     std::thread::spawn(move || loop {
