@@ -112,19 +112,6 @@ impl AppState {
         }
         Ok(caller)
     }
-
-    /// Admits a request, or sheds it with 503 past `max_in_flight`.
-    fn admit(&self) -> Result<InFlight<'_>, Problem> {
-        let n = self.in_flight.fetch_add(1, Ordering::AcqRel);
-        let guard = InFlight(&self.in_flight);
-        if n >= self.limits.max_in_flight {
-            self.engine.metrics.refused(true);
-            return Err(Problem::unavailable(
-                "the service is at capacity; retry after the delay given",
-            ));
-        }
-        Ok(guard)
-    }
 }
 
 /// The quota of one key: `rate_per_key` a second, bursts of `burst_per_key`.
@@ -140,15 +127,151 @@ fn per_key_quota(limits: &super::config::Limits) -> governor::Quota {
         .allow_burst(burst)
 }
 
-struct InFlight<'a>(&'a AtomicUsize);
+type Data = web::Data<AppState>;
 
-impl Drop for InFlight<'_> {
+/// A request admitted under `limits.max_in_flight` (503 beyond): held while it is served.
+pub(crate) struct Admitted(Data);
+
+impl Drop for Admitted {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-type Data = web::Data<AppState>;
+/// The role an endpoint needs (a marker type for [`Authorized`]).
+pub(crate) trait Needs {
+    /// The role, or none for any valid key.
+    const ROLE: Option<Role>;
+}
+
+/// The `score` role.
+pub(crate) struct ScoreRole;
+/// The `analyst` role.
+pub(crate) struct AnalystRole;
+/// The `admin` role.
+pub(crate) struct AdminRole;
+/// Any valid key.
+pub(crate) struct AnyRole;
+
+impl Needs for ScoreRole {
+    const ROLE: Option<Role> = Some(Role::Score);
+}
+impl Needs for AnalystRole {
+    const ROLE: Option<Role> = Some(Role::Analyst);
+}
+impl Needs for AdminRole {
+    const ROLE: Option<Role> = Some(Role::Admin);
+}
+impl Needs for AnyRole {
+    const ROLE: Option<Role> = None;
+}
+
+/// The caller of a request: a valid API key with the role `R` needs, within its rate (401,
+/// 403, 429 otherwise).
+pub(crate) struct Authorized<R: Needs> {
+    /// Who is calling.
+    pub caller: Caller,
+    role: std::marker::PhantomData<R>,
+}
+
+/// An extraction done when first polled, not when the extractor is made: extractors of one
+/// handler are polled in the order of its parameters and stop at the first refusal, so a
+/// request shed by [`Admitted`] spends none of its key's rate.
+pub(crate) struct Deferred<T>(Option<HttpRequest>, fn(&HttpRequest) -> Result<T, Problem>);
+
+impl<T> std::future::Future for Deferred<T> {
+    type Output = Result<T, Problem>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let f = self.1;
+        std::task::Poll::Ready(match self.0.take() {
+            Some(req) => f(&req),
+            None => Err(Problem::internal(
+                "an extractor was polled after it finished",
+            )),
+        })
+    }
+}
+
+fn app_state(req: &HttpRequest) -> Result<&Data, Problem> {
+    req.app_data::<Data>()
+        .ok_or_else(|| Problem::internal("the service's state is not configured"))
+}
+
+impl actix_web::FromRequest for Admitted {
+    type Error = Problem;
+    type Future = Deferred<Self>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        Deferred(Some(req.clone()), |req| {
+            let app = app_state(req)?;
+            let n = app.in_flight.fetch_add(1, Ordering::AcqRel);
+            let guard = Admitted(app.clone());
+            if n >= app.limits.max_in_flight {
+                app.engine.metrics.refused(true);
+                return Err(Problem::unavailable(
+                    "the service is at capacity; retry after the delay given",
+                ));
+            }
+            Ok(guard)
+        })
+    }
+}
+
+impl<R: Needs> actix_web::FromRequest for Authorized<R> {
+    type Error = Problem;
+    type Future = Deferred<Self>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        Deferred(Some(req.clone()), |req| {
+            let caller = app_state(req)?.authorize(req, R::ROLE)?;
+            Ok(Authorized {
+                caller,
+                role: std::marker::PhantomData,
+            })
+        })
+    }
+}
+
+/// The API's routes, as metrics name them (`/metrics`' `route` label); the probes
+/// (`/healthz`, `/readyz`) are not counted.
+const ROUTES: [&str; 10] = [
+    "/v1/score",
+    "/v1/score/batch",
+    "/v1/labels",
+    "/v1/decisions/{id}",
+    "/v1/models",
+    "/v1/models/shadow",
+    "/v1/entities/erase",
+    "/v1/entities/{kind}/{id}",
+    "/metrics",
+    "/openapi.json",
+];
+
+/// Records every answer of the API's routes in the metrics: route, status, time taken
+/// (handlers do not).
+pub async fn observe(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let route = req
+        .match_pattern()
+        .and_then(|p| ROUTES.iter().copied().find(|r| *r == p));
+    let app = req.app_data::<Data>().cloned();
+    let resp = next.call(req).await?;
+    if let (Some(route), Some(app)) = (route, app) {
+        app.engine.metrics.request(
+            route,
+            resp.status().as_u16(),
+            started.elapsed().as_secs_f64(),
+        );
+    }
+    Ok(resp)
+}
 
 /// A request body, overwritten with zeros when dropped (it may hold a card number).
 pub(crate) struct Body(web::BytesMut);
@@ -257,25 +380,6 @@ fn ok_body(body: String) -> HttpResponse {
         .body(body)
 }
 
-/// Records the metrics of an answer.
-fn finish(
-    app: &AppState,
-    route: &'static str,
-    started: Instant,
-    r: Result<HttpResponse, Problem>,
-) -> HttpResponse {
-    let resp = match r {
-        Ok(r) => r,
-        Err(p) => actix_web::ResponseError::error_response(&p),
-    };
-    app.engine.metrics.request(
-        route,
-        resp.status().as_u16(),
-        started.elapsed().as_secs_f64(),
-    );
-    resp
-}
-
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Problem> + Send + 'static,
 ) -> Result<T, Problem> {
@@ -299,23 +403,23 @@ pub(crate) async fn blocking<T: Send + 'static>(
         (status = 429, response = ProblemAnswer),
         (status = 503, response = ProblemAnswer)
     ))]
-pub(crate) async fn score(app: Data, req: HttpRequest, payload: web::Payload) -> HttpResponse {
-    let started = Instant::now();
-    let r = async {
-        let _slot = app.admit()?;
-        let caller = app.authorize(&req, Some(Role::Score))?;
-        json_content(&req)?;
-        let bytes = body(payload, app.limits.max_body_bytes).await?;
-        let answer = if app.inline {
-            app.engine.score(&bytes, &caller.name)?
-        } else {
-            let engine = app.engine.clone();
-            blocking(move || engine.score(&bytes, &caller.name)).await?
-        };
-        Ok(ok_body(answer))
-    }
-    .await;
-    finish(&app, "/v1/score", started, r)
+pub(crate) async fn score(
+    app: Data,
+    _slot: Admitted,
+    auth: Authorized<ScoreRole>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, Problem> {
+    let caller = auth.caller;
+    json_content(&req)?;
+    let bytes = body(payload, app.limits.max_body_bytes).await?;
+    let answer = if app.inline {
+        app.engine.score(&bytes, &caller.name)?
+    } else {
+        let engine = app.engine.clone();
+        blocking(move || engine.score(&bytes, &caller.name)).await?
+    };
+    Ok(ok_body(answer))
 }
 
 #[utoipa::path(post, path = "/v1/score/batch", tag = "scoring",
@@ -333,72 +437,68 @@ pub(crate) async fn score(app: Data, req: HttpRequest, payload: web::Payload) ->
     ))]
 pub(crate) async fn score_batch(
     app: Data,
+    _slot: Admitted,
+    auth: Authorized<ScoreRole>,
     req: HttpRequest,
     payload: web::Payload,
-) -> HttpResponse {
-    let started = Instant::now();
-    let r = async {
-        let _slot = app.admit()?;
-        let caller = app.authorize(&req, Some(Role::Score))?;
-        json_content(&req)?;
-        let limit = app
-            .limits
-            .max_body_bytes
-            .saturating_mul(app.limits.max_batch.max(1));
-        let bytes = body(payload, limit).await?;
-        let batch: BatchRequest = serde_json::from_slice(&bytes).map_err(|e| {
-            Problem::bad_field(
-                "body",
+) -> Result<HttpResponse, Problem> {
+    let caller = auth.caller;
+    json_content(&req)?;
+    let limit = app
+        .limits
+        .max_body_bytes
+        .saturating_mul(app.limits.max_batch.max(1));
+    let bytes = body(payload, limit).await?;
+    let batch: BatchRequest = serde_json::from_slice(&bytes).map_err(|e| {
+        Problem::bad_field(
+            "body",
+            format!(
+                "must be {{\"transactions\": [...]}}: {:?} error at line {} column {}",
+                e.classify(),
+                e.line(),
+                e.column()
+            ),
+        )
+    })?;
+    if batch.transactions.len() > app.limits.max_batch {
+        return Err(Problem {
+            field: Some("transactions".into()),
+            ..Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "batch too large",
                 format!(
-                    "must be {{\"transactions\": [...]}}: {:?} error at line {} column {}",
-                    e.classify(),
-                    e.line(),
-                    e.column()
+                    "{} transactions; at most {} in one batch",
+                    batch.transactions.len(),
+                    app.limits.max_batch
                 ),
             )
-        })?;
-        if batch.transactions.len() > app.limits.max_batch {
-            return Err(Problem {
-                field: Some("transactions".into()),
-                ..Problem::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "batch too large",
-                    format!(
-                        "{} transactions; at most {} in one batch",
-                        batch.transactions.len(),
-                        app.limits.max_batch
-                    ),
-                )
-            });
-        }
-        let engine = app.engine.clone();
-        let results = blocking(move || {
-            Ok(batch
-                .transactions
-                .iter()
-                .map(
-                    |raw| match engine.score(raw.get().as_bytes(), &caller.name) {
-                        Ok(answer) => answer,
-                        Err(p) => serde_json::to_string(&p.batch_entry())
-                            .unwrap_or_else(|_| r#"{"error":{}}"#.to_string()),
-                    },
-                )
-                .collect::<Vec<String>>())
-        })
-        .await?;
-        // Each result is JSON already: joined, not parsed again.
-        let mut body = String::from("{\"results\":[");
-        for (i, r) in results.iter().enumerate() {
-            if i > 0 {
-                body.push(',');
-            }
-            body.push_str(r);
-        }
-        body.push_str("]}");
-        Ok(ok_body(body))
+        });
     }
-    .await;
-    finish(&app, "/v1/score/batch", started, r)
+    let engine = app.engine.clone();
+    let results = blocking(move || {
+        Ok(batch
+            .transactions
+            .iter()
+            .map(
+                |raw| match engine.score(raw.get().as_bytes(), &caller.name) {
+                    Ok(answer) => answer,
+                    Err(p) => serde_json::to_string(&p.batch_entry())
+                        .unwrap_or_else(|_| r#"{"error":{}}"#.to_string()),
+                },
+            )
+            .collect::<Vec<String>>())
+    })
+    .await?;
+    // Each result is JSON already: joined, not parsed again.
+    let mut body = String::from("{\"results\":[");
+    for (i, r) in results.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(r);
+    }
+    body.push_str("]}");
+    Ok(ok_body(body))
 }
 
 #[utoipa::path(post, path = "/v1/labels", tag = "feedback",
@@ -415,65 +515,66 @@ pub(crate) async fn score_batch(
         (status = 429, response = ProblemAnswer),
         (status = 503, response = ProblemAnswer)
     ))]
-pub(crate) async fn labels(app: Data, req: HttpRequest, payload: web::Payload) -> HttpResponse {
-    let started = Instant::now();
-    let r = async {
-        let _slot = app.admit()?;
-        let caller = app.authorize(&req, Some(Role::Analyst))?;
-        json_content(&req)?;
-        let bytes = body(payload, app.limits.max_body_bytes.saturating_mul(16)).await?;
-        refuse_duplicate_names(&bytes)?;
-        let list: LabelsRequest = serde_json::from_slice(&bytes).map_err(|e| {
-            Problem::bad_field(
-                "labels",
-                format!(
-                    "must be {{\"labels\": [{{\"transaction_id\", \"is_fraud\": true|false, \"reported_at\"?}}]}}: {}",
-                    e.to_string().split('"').step_by(2).collect::<Vec<_>>().join("")
-                ),
-            )
-        })?;
-        let mut parsed = Vec::with_capacity(list.labels.len());
-        for (i, l) in list.labels.into_iter().enumerate() {
-            let field = format!("labels[{i}].transaction_id");
-            fraud_core::transaction::refuse_card_data(&field, &l.transaction_id).map_err(Problem::invalid)?;
-            let at = match &l.reported_at {
-                None => None,
-                Some(t) => Some(
-                    (time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-                        .map_err(|_| {
-                            Problem::bad_field(
-                                &format!("labels[{i}].reported_at"),
-                                "is not an RFC 3339 time",
-                            )
-                        })?
-                        .unix_timestamp_nanos()
-                        / 1000) as i64,
-                ),
-            };
-            parsed.push((l.transaction_id, l.is_fraud, at));
-        }
-        let engine = app.engine.clone();
-        let (accepted, unknown, erased) = blocking(move || {
-            let mut accepted = 0usize;
-            let (mut unknown, mut erased) = (Vec::new(), Vec::new());
-            for (id, fraud, at) in parsed {
-                match engine.label(&id, fraud, at, &caller.name)? {
-                    super::engine::Labelled::Applied => accepted += 1,
-                    super::engine::Labelled::Unknown => unknown.push(id),
-                    super::engine::Labelled::Erased => erased.push(id),
-                }
-            }
-            Ok((accepted, unknown, erased))
-        })
-        .await?;
-        typed_ok(&LabelsAnswer {
-            accepted,
-            unknown,
-            erased,
-        })
+pub(crate) async fn labels(
+    app: Data,
+    _slot: Admitted,
+    auth: Authorized<AnalystRole>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, Problem> {
+    let caller = auth.caller;
+    json_content(&req)?;
+    let bytes = body(payload, app.limits.max_body_bytes.saturating_mul(16)).await?;
+    refuse_duplicate_names(&bytes)?;
+    let list: LabelsRequest = serde_json::from_slice(&bytes).map_err(|e| {
+        Problem::bad_field(
+            "labels",
+            format!(
+                "must be {{\"labels\": [{{\"transaction_id\", \"is_fraud\": true|false, \"reported_at\"?}}]}}: {}",
+                e.to_string().split('"').step_by(2).collect::<Vec<_>>().join("")
+            ),
+        )
+    })?;
+    let mut parsed = Vec::with_capacity(list.labels.len());
+    for (i, l) in list.labels.into_iter().enumerate() {
+        let field = format!("labels[{i}].transaction_id");
+        fraud_core::transaction::refuse_card_data(&field, &l.transaction_id)
+            .map_err(Problem::invalid)?;
+        let at = match &l.reported_at {
+            None => None,
+            Some(t) => Some(
+                (time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                    .map_err(|_| {
+                        Problem::bad_field(
+                            &format!("labels[{i}].reported_at"),
+                            "is not an RFC 3339 time",
+                        )
+                    })?
+                    .unix_timestamp_nanos()
+                    / 1000) as i64,
+            ),
+        };
+        parsed.push((l.transaction_id, l.is_fraud, at));
     }
-    .await;
-    finish(&app, "/v1/labels", started, r)
+    let engine = app.engine.clone();
+    let (accepted, unknown, erased) = blocking(move || {
+        let mut accepted = 0usize;
+        let (mut unknown, mut erased) = (Vec::new(), Vec::new());
+        for (id, fraud, at) in parsed {
+            match engine.label(&id, fraud, at, &caller.name)? {
+                super::engine::Labelled::Applied => accepted += 1,
+                super::engine::Labelled::Unknown => unknown.push(id),
+                super::engine::Labelled::Erased => erased.push(id),
+            }
+        }
+        Ok((accepted, unknown, erased))
+    })
+    .await?;
+    typed_ok(&LabelsAnswer {
+        accepted,
+        unknown,
+        erased,
+    })
 }
 
 #[utoipa::path(get, path = "/v1/decisions/{transaction_id}", tag = "feedback",
@@ -487,88 +588,87 @@ pub(crate) async fn labels(app: Data, req: HttpRequest, payload: web::Payload) -
         (status = 429, response = ProblemAnswer),
         (status = 503, response = ProblemAnswer)
     ))]
-pub(crate) async fn decision(app: Data, req: HttpRequest, id: web::Path<String>) -> HttpResponse {
-    let started = Instant::now();
-    let r = async {
-        let caller = app.authorize(&req, Some(Role::Analyst))?;
-        let engine = app.engine.clone();
-        let id = id.into_inner();
-        if let super::watch::Verdict::Throttle {
-            retry_after,
-            reads,
-            limit,
-            alert,
-        } = engine.watch.read(&caller.name, Instant::now())
-        {
-            engine.metrics.insider(alert);
-            if alert {
-                let (e, who) = (engine.clone(), caller.name.clone());
-                blocking(move || {
-                    e.log
-                        .append(
-                            "alert",
-                            &who,
-                            &json!({"reason": "decision reads far above this key's usual rate", "reads": reads, "limit": limit}),
-                        )
-                        .map_err(Problem::from_log)
-                })
-                .await?;
-            }
-            return Err(Problem {
-                retry_after: Some(retry_after),
-                ..Problem::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too many decision reads",
-                    format!(
-                        "this key read {reads} decision records in this window, far above its usual rate; reads are paused for {retry_after} s and the security team is alerted"
-                    ),
-                )
-            });
+pub(crate) async fn decision(
+    app: Data,
+    auth: Authorized<AnalystRole>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, Problem> {
+    let caller = auth.caller;
+    let engine = app.engine.clone();
+    let id = id.into_inner();
+    if let super::watch::Verdict::Throttle {
+        retry_after,
+        reads,
+        limit,
+        alert,
+    } = engine.watch.read(&caller.name, Instant::now())
+    {
+        engine.metrics.insider(alert);
+        if alert {
+            let (e, who) = (engine.clone(), caller.name.clone());
+            blocking(move || {
+                e.log
+                    .append(
+                        "alert",
+                        &who,
+                        &json!({"reason": "decision reads far above this key's usual rate", "reads": reads, "limit": limit}),
+                    )
+                    .map_err(Problem::from_log)
+            })
+            .await?;
         }
-        let rec = blocking(move || {
-            let rec = engine.log.decision(&id).map_err(Problem::from_log)?;
-            if rec.is_some() {
-                // Reading a decision is an access to card data: it is recorded.
-                engine
-                    .log
-                    .append("access", &caller.name, &json!({"transaction_id": id}))
-                    .map_err(Problem::from_log)?;
-            }
-            Ok((id, rec))
-        })
-        .await?;
-        match rec {
-            (id, None) => Err(Problem::new(
-                StatusCode::NOT_FOUND,
-                "not found",
-                format!("no decision is recorded for transaction `{id}`"),
-            )),
-            (_, Some(rec)) => {
-                let erased_fields = rec
-                    .data
-                    .get("erased_fields")
-                    .and_then(Value::as_array)
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|v| v.as_str().map(str::to_string))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                typed_ok(&DecisionRecordAnswer {
-                    seq: rec.seq,
-                    recorded_at: rec.at.clone(),
-                    key: rec.key.clone(),
-                    response: rec.data["response"].clone(),
-                    transaction: rec.data["transaction"].clone(),
-                    features: rec.data["features"].clone(),
-                    shadow: rec.data["shadow"].clone(),
-                    erased_fields,
+        return Err(Problem {
+            retry_after: Some(retry_after),
+            ..Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many decision reads",
+                format!(
+                    "this key read {reads} decision records in this window, far above its usual rate; reads are paused for {retry_after} s and the security team is alerted"
+                ),
+            )
+        });
+    }
+    let rec = blocking(move || {
+        let rec = engine.log.decision(&id).map_err(Problem::from_log)?;
+        if rec.is_some() {
+            // Reading a decision is an access to card data: it is recorded.
+            engine
+                .log
+                .append("access", &caller.name, &json!({"transaction_id": id}))
+                .map_err(Problem::from_log)?;
+        }
+        Ok((id, rec))
+    })
+    .await?;
+    match rec {
+        (id, None) => Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "not found",
+            format!("no decision is recorded for transaction `{id}`"),
+        )),
+        (_, Some(rec)) => {
+            let erased_fields = rec
+                .data
+                .get("erased_fields")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
                 })
-            }
+                .unwrap_or_default();
+            typed_ok(&DecisionRecordAnswer {
+                seq: rec.seq,
+                recorded_at: rec.at.clone(),
+                key: rec.key.clone(),
+                response: rec.data["response"].clone(),
+                transaction: rec.data["transaction"].clone(),
+                features: rec.data["features"].clone(),
+                shadow: rec.data["shadow"].clone(),
+                erased_fields,
+            })
         }
     }
-    .await;
-    finish(&app, "/v1/decisions/{id}", started, r)
 }
 
 /// An uploaded model being received: a private file under the models directory, removed
@@ -632,80 +732,75 @@ async fn stage_upload(
     ))]
 pub(crate) async fn models(
     app: Data,
-    req: HttpRequest,
+    _slot: Admitted,
+    auth: Authorized<AdminRole>,
     payload: web::Payload,
     q: web::Query<ModelQuery>,
-) -> HttpResponse {
-    let started = Instant::now();
-    let r = async {
-        let _slot = app.admit()?;
-        let caller = app.authorize(&req, Some(Role::Admin))?;
-        let shadow = match q.role.as_deref() {
-            None | Some("active") => false,
-            Some("shadow") => true,
-            Some(other) => {
-                return Err(Problem::bad_field(
-                    "role",
-                    format!("{} is not active or shadow", fraud_core::pii::quoted(other)),
-                ))
-            }
+) -> Result<HttpResponse, Problem> {
+    let caller = auth.caller;
+    let shadow = match q.role.as_deref() {
+        None | Some("active") => false,
+        Some("shadow") => true,
+        Some(other) => {
+            return Err(Problem::bad_field(
+                "role",
+                format!("{} is not active or shadow", fraud_core::pii::quoted(other)),
+            ))
+        }
+    };
+    let dir = app
+        .engine
+        .models_dir
+        .clone()
+        .ok_or_else(|| Problem::internal("no models directory"))?;
+    let staged = stage_upload(payload, &dir, app.limits.max_model_bytes).await?;
+    let engine = app.engine.clone();
+    let limits = app.limits.model();
+    let version = blocking(move || {
+        let invalid = |detail: String| {
+            Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid model", detail)
         };
-        let dir = app
-            .engine
-            .models_dir
-            .clone()
-            .ok_or_else(|| Problem::internal("no models directory"))?;
-        let staged = stage_upload(payload, &dir, app.limits.max_model_bytes).await?;
-        let engine = app.engine.clone();
-        let limits = app.limits.model();
-        let version = blocking(move || {
-            let invalid = |detail: String| {
-                Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid model", detail)
-            };
-            // A file that does not start as an artifact is refused before it is read.
-            let unreadable =
-                |e: std::io::Error| Problem::unavailable(format!("cannot read the upload: {e}"));
-            let mut head = Vec::with_capacity(8);
-            {
-                use std::io::Read as _;
-                std::fs::File::open(&staged.path)
-                    .map_err(unreadable)?
-                    .take(8)
-                    .read_to_end(&mut head)
-                    .map_err(unreadable)?;
-            }
-            if head[..] != fraud_core::model::ARTIFACT_MAGIC[..] {
-                let e = fraud_core::model::Artifact::from_bytes(&head)
-                    .err()
-                    .map_or_else(|| "not a model artifact".to_string(), |e| e.to_string());
-                return Err(invalid(format!("not a valid model artifact: {e}")));
-            }
-            let artifact = {
-                let bytes = std::fs::read(&staged.path).map_err(unreadable)?;
-                fraud_core::model::Artifact::from_bytes(&bytes)
-                    .map_err(|e| invalid(format!("not a valid model artifact: {e}")))?
-            };
-            // The model's cost is checked first, before anything is compiled: a chain-shaped
-            // tree 100,000 deep is refused in milliseconds.
-            let loaded = LoadedModel::new(&artifact, &engine.extractor, "uploaded", &limits)
-                .map_err(invalid)?;
-            drop(artifact);
-            let version = loaded.version.clone();
-            engine.install(Some(loaded), Some(&staged.path), shadow, &caller.name)?;
-            Ok(version)
-        })
-        .await?;
-        typed_ok(&ModelInstalled {
-            model_version: version,
-            role: if shadow {
-                ModelRole::Shadow
-            } else {
-                ModelRole::Active
-            },
-        })
-    }
-    .await;
-    finish(&app, "/v1/models", started, r)
+        // A file that does not start as an artifact is refused before it is read.
+        let unreadable =
+            |e: std::io::Error| Problem::unavailable(format!("cannot read the upload: {e}"));
+        let mut head = Vec::with_capacity(8);
+        {
+            use std::io::Read as _;
+            std::fs::File::open(&staged.path)
+                .map_err(unreadable)?
+                .take(8)
+                .read_to_end(&mut head)
+                .map_err(unreadable)?;
+        }
+        if head[..] != fraud_core::model::ARTIFACT_MAGIC[..] {
+            let e = fraud_core::model::Artifact::from_bytes(&head)
+                .err()
+                .map_or_else(|| "not a model artifact".to_string(), |e| e.to_string());
+            return Err(invalid(format!("not a valid model artifact: {e}")));
+        }
+        let artifact = {
+            let bytes = std::fs::read(&staged.path).map_err(unreadable)?;
+            fraud_core::model::Artifact::from_bytes(&bytes)
+                .map_err(|e| invalid(format!("not a valid model artifact: {e}")))?
+        };
+        // The model's cost is checked first, before anything is compiled: a chain-shaped
+        // tree 100,000 deep is refused in milliseconds.
+        let loaded =
+            LoadedModel::new(&artifact, &engine.extractor, "uploaded", &limits).map_err(invalid)?;
+        drop(artifact);
+        let version = loaded.version.clone();
+        engine.install(Some(loaded), Some(&staged.path), shadow, &caller.name)?;
+        Ok(version)
+    })
+    .await?;
+    typed_ok(&ModelInstalled {
+        model_version: version,
+        role: if shadow {
+            ModelRole::Shadow
+        } else {
+            ModelRole::Active
+        },
+    })
 }
 
 #[utoipa::path(delete, path = "/v1/models/shadow", tag = "models",
@@ -717,16 +812,14 @@ pub(crate) async fn models(
         (status = 429, response = ProblemAnswer),
         (status = 503, response = ProblemAnswer)
     ))]
-pub(crate) async fn remove_shadow(app: Data, req: HttpRequest) -> HttpResponse {
-    let started = Instant::now();
-    let r = async {
-        let caller = app.authorize(&req, Some(Role::Admin))?;
-        let engine = app.engine.clone();
-        blocking(move || engine.install(None, None, true, &caller.name)).await?;
-        Ok(HttpResponse::NoContent().finish())
-    }
-    .await;
-    finish(&app, "/v1/models/shadow", started, r)
+pub(crate) async fn remove_shadow(
+    app: Data,
+    auth: Authorized<AdminRole>,
+) -> Result<HttpResponse, Problem> {
+    let caller = auth.caller;
+    let engine = app.engine.clone();
+    blocking(move || engine.install(None, None, true, &caller.name)).await?;
+    Ok(HttpResponse::NoContent().finish())
 }
 
 #[utoipa::path(delete, path = "/v1/entities/{kind}/{id}", tag = "privacy",
@@ -746,32 +839,27 @@ pub(crate) async fn remove_shadow(app: Data, req: HttpRequest) -> HttpResponse {
     ))]
 pub(crate) async fn erase(
     app: Data,
-    req: HttpRequest,
+    auth: Authorized<AdminRole>,
     path: web::Path<(String, String)>,
-) -> HttpResponse {
-    let started = Instant::now();
-    let r = async {
-        let caller = app.authorize(&req, Some(Role::Admin))?;
-        let (kind, id) = path.into_inner();
-        if kind == "card" && !fraud_core::pii::is_token(&id) {
-            return Err(Problem {
-                field: Some("id".into()),
-                ..Problem::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid erasure",
-                    "a card is named here by its token (tok_ and 32 hex digits); to erase a card holder by card number, send it in the body of POST /v1/entities/erase",
-                )
-            });
-        }
-        let engine = app.engine.clone();
-        let held = blocking(move || engine.erase(&kind, &id, &caller.name)).await?;
-        typed_ok(&Erased {
-            erased: held,
-            card_mask: None,
-        })
+) -> Result<HttpResponse, Problem> {
+    let caller = auth.caller;
+    let (kind, id) = path.into_inner();
+    if kind == "card" && !fraud_core::pii::is_token(&id) {
+        return Err(Problem {
+            field: Some("id".into()),
+            ..Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid erasure",
+                "a card is named here by its token (tok_ and 32 hex digits); to erase a card holder by card number, send it in the body of POST /v1/entities/erase",
+            )
+        });
     }
-    .await;
-    finish(&app, "/v1/entities/{kind}/{id}", started, r)
+    let engine = app.engine.clone();
+    let held = blocking(move || engine.erase(&kind, &id, &caller.name)).await?;
+    typed_ok(&Erased {
+        erased: held,
+        card_mask: None,
+    })
 }
 
 /// Erasure with the entity named in the body: the only way to erase a card holder by card
@@ -792,72 +880,66 @@ pub(crate) async fn erase(
     ))]
 pub(crate) async fn erase_by_body(
     app: Data,
+    _slot: Admitted,
+    auth: Authorized<AdminRole>,
     req: HttpRequest,
     payload: web::Payload,
-) -> HttpResponse {
-    let started = Instant::now();
-    let r = async {
-        let _slot = app.admit()?;
-        let caller = app.authorize(&req, Some(Role::Admin))?;
-        json_content(&req)?;
-        let bytes = body(payload, app.limits.max_body_bytes).await?;
-        refuse_duplicate_names(&bytes)?;
-        let e: ErasureRequest = serde_json::from_slice(&bytes).map_err(|e| {
-            Problem::bad_field(
-                "body",
-                format!(
-                    "must be {{\"kind\": \"card\", \"card_number\"}} or {{\"kind\", \"id\"}}: {e}"
-                ),
-            )
-        })?;
-        let invalid = |field: &str, detail: &str| Problem {
-            field: Some(field.to_string()),
-            ..Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid erasure", detail)
-        };
-        let engine = app.engine.clone();
-        let (ids, mask) = match (e.kind.as_str(), e.card_number, e.id) {
-            (_, Some(_), Some(_)) => {
-                return Err(invalid("card_number", "send card_number or id, not both"))
-            }
-            ("card", Some(number), None) => {
-                let card = fraud_core::pii::CardNumber::parse(&number)
-                    .map_err(|err| invalid("card_number", &err.to_string()))?;
-                let mut ids = vec![engine.tokenizer.token(&card)];
-                ids.extend(engine.previous_keys.iter().map(|k| k.token(&card)));
-                (ids, Some(card.mask()))
-            }
-            ("card", None, Some(id)) if fraud_core::pii::is_token(&id) => (vec![id], None),
-            ("card", None, _) => {
-                return Err(invalid(
-                    "card_number",
-                    "a card is erased by its card_number (or its token as id)",
-                ))
-            }
-            (_, Some(_), None) => {
-                return Err(invalid("card_number", "is accepted only with kind `card`"))
-            }
-            (_, None, None) => return Err(invalid("id", "is required")),
-            (_, None, Some(id)) => {
-                fraud_core::transaction::refuse_card_data("id", &id).map_err(Problem::invalid)?;
-                (vec![id], None)
-            }
-        };
-        let kind = e.kind;
-        let held = blocking(move || {
-            let mut held = false;
-            for id in &ids {
-                held |= engine.erase(&kind, id, &caller.name)?;
-            }
-            Ok(held)
-        })
-        .await?;
-        typed_ok(&Erased {
-            erased: held,
-            card_mask: Some(mask),
-        })
-    }
-    .await;
-    finish(&app, "/v1/entities/erase", started, r)
+) -> Result<HttpResponse, Problem> {
+    let caller = auth.caller;
+    json_content(&req)?;
+    let bytes = body(payload, app.limits.max_body_bytes).await?;
+    refuse_duplicate_names(&bytes)?;
+    let e: ErasureRequest = serde_json::from_slice(&bytes).map_err(|e| {
+        Problem::bad_field(
+            "body",
+            format!("must be {{\"kind\": \"card\", \"card_number\"}} or {{\"kind\", \"id\"}}: {e}"),
+        )
+    })?;
+    let invalid = |field: &str, detail: &str| Problem {
+        field: Some(field.to_string()),
+        ..Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid erasure", detail)
+    };
+    let engine = app.engine.clone();
+    let (ids, mask) = match (e.kind.as_str(), e.card_number, e.id) {
+        (_, Some(_), Some(_)) => {
+            return Err(invalid("card_number", "send card_number or id, not both"))
+        }
+        ("card", Some(number), None) => {
+            let card = fraud_core::pii::CardNumber::parse(&number)
+                .map_err(|err| invalid("card_number", &err.to_string()))?;
+            let mut ids = vec![engine.tokenizer.token(&card)];
+            ids.extend(engine.previous_keys.iter().map(|k| k.token(&card)));
+            (ids, Some(card.mask()))
+        }
+        ("card", None, Some(id)) if fraud_core::pii::is_token(&id) => (vec![id], None),
+        ("card", None, _) => {
+            return Err(invalid(
+                "card_number",
+                "a card is erased by its card_number (or its token as id)",
+            ))
+        }
+        (_, Some(_), None) => {
+            return Err(invalid("card_number", "is accepted only with kind `card`"))
+        }
+        (_, None, None) => return Err(invalid("id", "is required")),
+        (_, None, Some(id)) => {
+            fraud_core::transaction::refuse_card_data("id", &id).map_err(Problem::invalid)?;
+            (vec![id], None)
+        }
+    };
+    let kind = e.kind;
+    let held = blocking(move || {
+        let mut held = false;
+        for id in &ids {
+            held |= engine.erase(&kind, id, &caller.name)?;
+        }
+        Ok(held)
+    })
+    .await?;
+    typed_ok(&Erased {
+        erased: held,
+        card_mask: Some(mask),
+    })
 }
 
 #[utoipa::path(get, path = "/healthz", tag = "operations", security(()),
@@ -904,21 +986,17 @@ pub(crate) async fn readyz(app: Data) -> HttpResponse {
         (status = 403, response = ProblemAnswer),
         (status = 429, response = ProblemAnswer)
     ))]
-pub(crate) async fn metrics(app: Data, req: HttpRequest) -> HttpResponse {
-    let started = Instant::now();
-    let r = app.authorize(&req, Some(Role::Analyst)).map(|_| {
-        let entities: Option<Vec<(&'static str, u64)>> = app.engine.state.memory().map(|m| {
-            let st = m.stats();
-            fraud_core::features::Entity::ALL
-                .iter()
-                .map(|e| (e.name(), st.entities[e.index()] as u64))
-                .collect()
-        });
-        HttpResponse::Ok()
-            .content_type(super::metrics::CONTENT_TYPE)
-            .body(app.engine.metrics.render(entities.as_deref()))
+pub(crate) async fn metrics(app: Data, _auth: Authorized<AnalystRole>) -> HttpResponse {
+    let entities: Option<Vec<(&'static str, u64)>> = app.engine.state.memory().map(|m| {
+        let st = m.stats();
+        fraud_core::features::Entity::ALL
+            .iter()
+            .map(|e| (e.name(), st.entities[e.index()] as u64))
+            .collect()
     });
-    finish(&app, "/metrics", started, r)
+    HttpResponse::Ok()
+        .content_type(super::metrics::CONTENT_TYPE)
+        .body(app.engine.metrics.render(entities.as_deref()))
 }
 
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",
@@ -928,14 +1006,10 @@ pub(crate) async fn metrics(app: Data, req: HttpRequest) -> HttpResponse {
         (status = 401, response = ProblemAnswer),
         (status = 429, response = ProblemAnswer)
     ))]
-pub(crate) async fn openapi(app: Data, req: HttpRequest) -> HttpResponse {
-    let started = Instant::now();
-    let r = app.authorize(&req, None).map(|_| {
-        HttpResponse::Ok().content_type("application/json").body(
-            serde_json::to_string(&super::openapi::document()).unwrap_or_else(|_| "{}".to_string()),
-        )
-    });
-    finish(&app, "/openapi.json", started, r)
+pub(crate) async fn openapi(_auth: Authorized<AnyRole>) -> HttpResponse {
+    HttpResponse::Ok().content_type("application/json").body(
+        serde_json::to_string(&super::openapi::document()).unwrap_or_else(|_| "{}".to_string()),
+    )
 }
 
 async fn not_found(req: HttpRequest) -> HttpResponse {

@@ -117,7 +117,10 @@ pub fn app(
     if let Some(c) = console {
         app = app.app_data(c).configure(console::routes);
     }
-    app.wrap(actix_web::middleware::from_fn(http::header_guard))
+    // The last wrapped runs first: oversized headers and card numbers in URLs are refused
+    // before anything else, then every API answer is counted.
+    app.wrap(actix_web::middleware::from_fn(http::observe))
+        .wrap(actix_web::middleware::from_fn(http::header_guard))
         .configure(http::routes)
 }
 
