@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use crate::server::decisions::{log_dir, verify_dir};
-use crate::server::heads::{self, HeadSigner, HeadVerifier};
+use crate::server::decisions::{log_dir, verify_dir, Kind};
+use crate::server::heads::{HeadSigner, HeadVerifier};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -82,7 +82,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 if !seen_head && pos.hash == want {
                     seen_head = true;
                 }
-                if let (Some(v), true) = (&verifier, rec.kind == heads::KIND) {
+                if let (Some(v), true) = (&verifier, rec.is(Kind::Head)) {
                     if signed.1.is_some() {
                         return;
                     }
@@ -200,7 +200,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             let rfc = time::format_description::well_known::Rfc3339;
             let mut lines = Vec::new();
             verify_dir(&data_dir, |_, rec| {
-                if rec.kind == "decision" || rec.kind == "label" {
+                if rec.is(Kind::Decision) || rec.is(Kind::Label) {
                     return;
                 }
                 let mut rec = rec.clone();
@@ -209,12 +209,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 }
                 let at = time::OffsetDateTime::parse(&rec.at, &rfc).ok();
                 if at.is_some_and(|t| t >= from) {
-                    let what = match rec.kind.as_str() {
-                        "access" => format!(
+                    let what = match Kind::parse(&rec.kind) {
+                        Some(Kind::Access) => format!(
                             "read decision {}",
                             rec.data["transaction_id"].as_str().unwrap_or("?")
                         ),
-                        other => format!("{other} {}", rec.data),
+                        _ => format!("{} {}", rec.kind, rec.data),
                     };
                     lines.push(format!("{}\t{}\t{}", rec.at, rec.key, what));
                 }

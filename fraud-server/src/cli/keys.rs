@@ -100,7 +100,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             if segment_files(&log).is_ok_and(|f| !f.is_empty()) {
                 verify_dir(&log, |_, rec| {
                     let u = usage.entry(rec.key.clone()).or_default();
-                    if rec.kind == "access" {
+                    if rec.is(crate::server::decisions::Kind::Access) {
                         u.1 += 1;
                     } else {
                         u.0 += 1;

@@ -124,6 +124,194 @@ impl Serialize for Named<'_> {
     }
 }
 
+/// The kinds of record the log holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// A scored transaction: the answer, the minimised transaction, its features.
+    Decision,
+    /// A fraud / not-fraud label of a decided transaction.
+    Label,
+    /// A decision record read (by the API or the console).
+    Access,
+    /// A key or console user caught reading far above its usual rate.
+    Alert,
+    /// An entity erased (GDPR).
+    Erase,
+    /// A card's state moved to its token under a new tokenization key.
+    Migrate,
+    /// A model installed (active or shadow) or the shadow removed.
+    Model,
+    /// A review-console case action.
+    Case,
+    /// A console login, refused or not.
+    Login,
+    /// A console logout.
+    Logout,
+    /// Closed segments removed by retention (in clear).
+    Retention,
+    /// A torn last record cut off at start (in clear).
+    Recovery,
+    /// A signed head (in clear).
+    Head,
+}
+
+impl Kind {
+    /// Every kind.
+    pub const ALL: [Kind; 13] = [
+        Kind::Decision,
+        Kind::Label,
+        Kind::Access,
+        Kind::Alert,
+        Kind::Erase,
+        Kind::Migrate,
+        Kind::Model,
+        Kind::Case,
+        Kind::Login,
+        Kind::Logout,
+        Kind::Retention,
+        Kind::Recovery,
+        Kind::Head,
+    ];
+
+    /// Its name in the log (a record's `kind`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Decision => "decision",
+            Kind::Label => "label",
+            Kind::Access => "access",
+            Kind::Alert => "alert",
+            Kind::Erase => "erase",
+            Kind::Migrate => "migrate",
+            Kind::Model => "model",
+            Kind::Case => "case",
+            Kind::Login => "login",
+            Kind::Logout => "logout",
+            Kind::Retention => "retention",
+            Kind::Recovery => "recovery",
+            Kind::Head => super::heads::KIND,
+        }
+    }
+
+    /// The kind named `name`, if any.
+    pub fn parse(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// Written in clear even in an encrypted log (what must be read to verify it).
+    fn clear(self) -> bool {
+        matches!(self, Kind::Retention | Kind::Recovery | Kind::Head)
+    }
+}
+
+/// One event to append, with its content typed (decisions and signed heads have their own
+/// ways in: [`DecisionLog::append_protected`], [`DecisionLog::append_signed_head`]).
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Event<'a> {
+    /// A label applied.
+    Label {
+        /// The labelled transaction.
+        transaction_id: &'a str,
+        /// Fraud or not.
+        is_fraud: bool,
+        /// When the outcome became known (microseconds).
+        known_at_us: i64,
+        /// The transaction as its decision recorded it (replayed into state at start).
+        transaction: &'a serde_json::Value,
+    },
+    /// A decision record read.
+    Access {
+        /// The transaction whose record was read.
+        transaction_id: &'a str,
+        /// `console` when read there.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        via: Option<&'static str>,
+    },
+    /// Reads far above the usual rate.
+    Alert {
+        /// What was seen.
+        reason: &'static str,
+        /// Reads in the window.
+        reads: u64,
+        /// The limit then.
+        limit: u64,
+    },
+    /// An entity erased.
+    Erase {
+        /// Its kind.
+        entity: &'a str,
+        /// The random ref its key is filed under (never the id).
+        key_ref: Option<&'a str>,
+        /// Whether state was held.
+        held: bool,
+    },
+    /// A card's state moved to its new token.
+    Migrate {
+        /// Always `card`.
+        entity: &'static str,
+        /// The token under the earlier key.
+        from: &'a str,
+        /// The token under the current key.
+        to: &'a str,
+    },
+    /// A model installed or removed.
+    Model {
+        /// `active` or `shadow`.
+        role: &'static str,
+        /// Its version (none: the shadow removed).
+        model_version: Option<&'a str>,
+        /// Where it came from.
+        origin: Option<&'a str>,
+        /// The kept upload, relative to the data directory.
+        file: Option<&'a str>,
+    },
+    /// A console case action.
+    Case {
+        /// The case's transaction.
+        transaction_id: &'a str,
+        /// `fraud`, `legit` or `escalate`.
+        action: &'a str,
+    },
+    /// A console login.
+    Login {
+        /// `ok` or `refused`.
+        outcome: &'static str,
+        /// Why it was refused.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'a str>,
+    },
+    /// A console logout.
+    Logout {},
+    /// Segments removed by retention.
+    Retention {
+        /// The cut-off time (RFC 3339).
+        older_than: &'a str,
+        /// Each removed segment: first and last seq, last hash and time.
+        segments: &'a [serde_json::Value],
+    },
+    /// A torn record cut off at start.
+    Recovery(&'a serde_json::Value),
+}
+
+impl Event<'_> {
+    /// The kind of record it makes.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Event::Label { .. } => Kind::Label,
+            Event::Access { .. } => Kind::Access,
+            Event::Alert { .. } => Kind::Alert,
+            Event::Erase { .. } => Kind::Erase,
+            Event::Migrate { .. } => Kind::Migrate,
+            Event::Model { .. } => Kind::Model,
+            Event::Case { .. } => Kind::Case,
+            Event::Login { .. } => Kind::Login,
+            Event::Logout {} => Kind::Logout,
+            Event::Retention { .. } => Kind::Retention,
+            Event::Recovery(_) => Kind::Recovery,
+        }
+    }
+}
+
 /// A record read back.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Record {
@@ -145,6 +333,11 @@ pub struct Record {
 }
 
 impl Record {
+    /// Whether it is a record of `kind`.
+    pub fn is(&self, kind: Kind) -> bool {
+        self.kind == kind.name()
+    }
+
     /// Decrypts a sealed record's content into `data` (a no-op for a clear record).
     pub fn unseal(&mut self, sealer: Option<&super::seal::Sealer>) -> Result<(), String> {
         let Some(text) = self.sealed.take() else {
@@ -214,9 +407,6 @@ pub struct DecisionLog {
 /// The open segment's file name.
 pub const ACTIVE: &str = "decisions.log";
 
-/// Kinds whose data is never sealed (they hold nothing personal and verification reads them).
-const CLEAR_KINDS: &[&str] = &["retention", "recovery", super::heads::KIND];
-
 fn segment_name(first: u64) -> String {
     format!("decisions-{first:020}.log")
 }
@@ -244,7 +434,7 @@ type Index = super::sharded::Sharded<(u64, u64)>;
 
 /// The transaction id a decision record is indexed by.
 fn decision_id(kind: &str, data: &serde_json::Value) -> Option<String> {
-    (kind == "decision")
+    (kind == Kind::Decision.name())
         .then(|| data.get("transaction_id")?.as_str().map(str::to_string))
         .flatten()
 }
@@ -352,7 +542,7 @@ impl Chain {
                     "record {expected} was altered (its hash does not match its content)"
                 )));
             }
-            if rec.kind == "retention" {
+            if rec.is(Kind::Retention) {
                 for s in rec.data["segments"].as_array().into_iter().flatten() {
                     if let (Some(f), Some(l), Some(lh)) = (
                         s["first"].as_u64(),
@@ -691,7 +881,7 @@ impl DecisionLog {
             signed_through: AtomicU64::new(0),
         };
         if let Some(what) = torn {
-            let seq = log.append("recovery", "system", &what)?;
+            let seq = log.append("system", &Event::Recovery(&what))?;
             eprintln!(
                 "warning: decision log {}: a record cut short after record {} ({} bytes) was removed; recorded as record {seq}",
                 log.path.display(),
@@ -751,18 +941,21 @@ impl DecisionLog {
         Ok(())
     }
 
-    /// Appends a record and, with sync durability, makes it durable. Returns its seq.
-    pub fn append(&self, kind: &str, key: &str, data: &serde_json::Value) -> Result<u64, LogError> {
-        let mut data = std::borrow::Cow::Borrowed(data);
+    /// Appends `event`, asked for by `key`, and with sync durability makes it durable.
+    /// Returns its seq.
+    pub fn append(&self, key: &str, event: &Event<'_>) -> Result<u64, LogError> {
+        let kind = event.kind();
+        let mut data =
+            serde_json::to_value(event).map_err(|e| self.io(std::io::Error::other(e)))?;
         // Entity fields encrypted under their entities' keys (erasure destroys a key).
         let used = match &self.vault {
-            Some(v) if !CLEAR_KINDS.contains(&kind) => v
-                .protect(data.to_mut())
+            Some(v) if !kind.clear() => v
+                .protect(&mut data)
                 .map_err(|e| self.io(std::io::Error::other(e.to_string())))?,
             _ => Default::default(),
         };
         let bytes = serde_json::to_vec(&data).map_err(|e| self.io(std::io::Error::other(e)))?;
-        self.write(kind, key, bytes, decision_id(kind, &data), used)
+        self.write(kind, key, bytes, None, used)
     }
 
     /// The vault that protects this log's records (the caller of
@@ -777,7 +970,7 @@ impl DecisionLog {
     /// by. Returns its seq.
     pub fn append_protected<T: Serialize>(
         &self,
-        kind: &str,
+        kind: Kind,
         key: &str,
         data: &T,
         id: Option<String>,
@@ -791,7 +984,7 @@ impl DecisionLog {
     /// before the lock is taken) and, with sync durability, makes it durable.
     fn write(
         &self,
-        kind: &str,
+        kind: Kind,
         key: &str,
         data: Vec<u8>,
         id: Option<String>,
@@ -809,7 +1002,7 @@ impl DecisionLog {
         signer: &super::heads::HeadSigner,
     ) -> Result<Option<u64>, LogError> {
         self.write_with(
-            super::heads::KIND,
+            Kind::Head,
             "system",
             |seq, prev| {
                 let records = seq - 1;
@@ -839,7 +1032,7 @@ impl DecisionLog {
     /// the log's lock (`Err(None)` from `make`: nothing to write).
     fn write_with(
         &self,
-        kind: &str,
+        kind: Kind,
         key: &str,
         make: impl FnOnce(u64, &str) -> Result<Vec<u8>, Option<LogError>>,
         id: Option<String>,
@@ -861,7 +1054,7 @@ impl DecisionLog {
                 Err(Some(e)) => return Err(e),
             };
             let sealed = match &self.sealer {
-                Some(sl) if !CLEAR_KINDS.contains(&kind) => Some(
+                Some(sl) if !kind.clear() => Some(
                     sl.seal_text(&data, &seq.to_le_bytes())
                         .map_err(|e| self.io(std::io::Error::other(e)))?,
                 ),
@@ -875,7 +1068,7 @@ impl DecisionLog {
                 &Head {
                     seq,
                     prev: &g.last_hash,
-                    kind,
+                    kind: kind.name(),
                     at: &at,
                     key,
                 },
@@ -976,9 +1169,11 @@ impl DecisionLog {
             .collect();
         let before_text = before.format(&rfc).unwrap_or_default();
         self.append(
-            "retention",
             key,
-            &serde_json::json!({"older_than": before_text, "segments": segments}),
+            &Event::Retention {
+                older_than: &before_text,
+                segments: &segments,
+            },
         )?;
         if !self.sync {
             self.sync_to(self.records())?;
@@ -1090,8 +1285,14 @@ mod tests {
             2.2250738585072014e-308,
         ];
         let data = serde_json::json!({"transaction_id": "t", "response": {"scores": scores}});
-        log.append("decision", "k", &data)
-            .unwrap_or_else(|e| panic!("{e}"));
+        log.append_protected(
+            Kind::Decision,
+            "k",
+            &data,
+            Some("t".to_string()),
+            Default::default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         let back = log
             .decision("t")
             .unwrap_or_else(|e| panic!("{e}"))
@@ -1106,6 +1307,66 @@ mod tests {
             })
             .unwrap_or_default();
         assert_eq!(read, scores.map(f64::to_bits));
+    }
+
+    #[test]
+    fn every_kind_is_named_once_and_read_back() {
+        let mut names: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
+        for k in Kind::ALL {
+            assert_eq!(Kind::parse(k.name()), Some(k));
+        }
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Kind::ALL.len());
+        assert_eq!(Kind::parse("nothing"), None);
+    }
+
+    #[test]
+    fn events_are_written_as_their_kind_with_their_fields() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let log = DecisionLog::open(dir.path(), false, None, 1 << 20, None, |_| {})
+            .unwrap_or_else(|e| panic!("{e}"));
+        let tx = serde_json::json!({"card": {"token": "tok"}});
+        let events = [
+            Event::Label {
+                transaction_id: "t1",
+                is_fraud: true,
+                known_at_us: 7,
+                transaction: &tx,
+            },
+            Event::Access {
+                transaction_id: "t1",
+                via: None,
+            },
+            Event::Login {
+                outcome: "ok",
+                reason: None,
+            },
+            Event::Logout {},
+        ];
+        for e in &events {
+            log.append("k", e).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let mut seen = Vec::new();
+        verify_dir(dir.path(), |_, rec| {
+            seen.push((rec.kind.clone(), rec.data.clone()))
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            seen,
+            vec![
+                (
+                    "label".to_string(),
+                    serde_json::json!({"transaction_id": "t1", "is_fraud": true, "known_at_us": 7, "transaction": tx})
+                ),
+                (
+                    "access".to_string(),
+                    serde_json::json!({"transaction_id": "t1"})
+                ),
+                ("login".to_string(), serde_json::json!({"outcome": "ok"})),
+                ("logout".to_string(), serde_json::json!({})),
+            ]
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use fraud_core::pii::Tokenizer;
 use fraud_core::transaction::Transaction;
 use serde_json::{json, Value};
 
-use super::decisions::DecisionLog;
+use super::decisions::{DecisionLog, Event, Kind};
 use super::metrics::{Drift, Metrics};
 use super::problem::Problem;
 
@@ -93,8 +93,8 @@ pub fn replay_record(
             .map(Some)
             .map_err(|e| format!("record {}: the recorded transaction: {e}", rec.seq))
     };
-    match rec.kind.as_str() {
-        "decision" => {
+    match Kind::parse(&rec.kind) {
+        Some(Kind::Decision) => {
             if let Some(tx) = tx()? {
                 state
                     .store()
@@ -102,7 +102,7 @@ pub fn replay_record(
                     .map_err(|e| format!("record {}: {e}", rec.seq))?;
             }
         }
-        "erase" => {
+        Some(Kind::Erase) => {
             let kind = rec.data["entity"].as_str().unwrap_or("");
             // The id is not in the log: while its key exists, the entity is found among
             // those held by the hash the key is filed under.
@@ -122,7 +122,7 @@ pub fn replay_record(
                 return Ok(key_ref.map(str::to_string));
             }
         }
-        "migrate" => {
+        Some(Kind::Migrate) => {
             let (from, to) = (rec.data["from"].as_str(), rec.data["to"].as_str());
             if let (Some(from), Some(to)) = (from, to) {
                 state
@@ -131,7 +131,7 @@ pub fn replay_record(
                     .map_err(|e| format!("record {}: {e}", rec.seq))?;
             }
         }
-        "label" => {
+        Some(Kind::Label) => {
             if let Some(tx) = tx()? {
                 let obs = extractor.observe(&tx);
                 let event = LabelEvent {
@@ -486,7 +486,7 @@ impl Engine {
         let seq = self
             .log
             .append_protected(
-                "decision",
+                Kind::Decision,
                 caller,
                 &super::record::DecisionRecord {
                     response: &answer,
@@ -565,14 +565,13 @@ impl Engine {
             .map_err(|e| Problem::unavailable(format!("entity state: {e}")))?;
         self.log
             .append(
-                "label",
                 caller,
-                &json!({
-                    "transaction_id": id,
-                    "is_fraud": is_fraud,
-                    "known_at_us": known_at,
-                    "transaction": rec.data["transaction"],
-                }),
+                &Event::Label {
+                    transaction_id: id,
+                    is_fraud,
+                    known_at_us: known_at,
+                    transaction: &rec.data["transaction"],
+                },
             )
             .map_err(Problem::from_log)?;
         self.cases.close(id);
@@ -602,15 +601,13 @@ impl Engine {
             }
             _ => None,
         };
-        let what = json!({
-            "role": if shadow { "shadow" } else { "active" },
-            "model_version": model.as_ref().map(|m| m.version.clone()),
-            "origin": model.as_ref().map(|m| m.origin.clone()),
-            "file": file,
-        });
-        self.log
-            .append("model", caller, &what)
-            .map_err(Problem::from_log)?;
+        let what = Event::Model {
+            role: if shadow { "shadow" } else { "active" },
+            model_version: model.as_ref().map(|m| m.version.as_str()),
+            origin: model.as_ref().map(|m| m.origin.as_str()),
+            file: file.as_deref(),
+        };
+        self.log.append(caller, &what).map_err(Problem::from_log)?;
         self.swap(model, shadow);
         Ok(())
     }
@@ -655,9 +652,12 @@ impl Engine {
             {
                 self.log
                     .append(
-                        "migrate",
                         caller,
-                        &json!({"entity": "card", "from": from, "to": tx.card.token}),
+                        &Event::Migrate {
+                            entity: "card",
+                            from: &from,
+                            to: &tx.card.token,
+                        },
                     )
                     .map_err(Problem::from_log)?;
                 break;
@@ -690,9 +690,12 @@ impl Engine {
                 .map_err(|e| Problem::unavailable(format!("entity state: {e}")))?;
             self.log
                 .append(
-                    "erase",
                     caller,
-                    &json!({"entity": kind, "key_ref": key_ref, "held": held}),
+                    &Event::Erase {
+                        entity: kind,
+                        key_ref: key_ref.as_deref(),
+                        held,
+                    },
                 )
                 .map_err(Problem::from_log)?;
             held

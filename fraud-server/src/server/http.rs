@@ -8,8 +8,9 @@ use std::time::Instant;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
-use serde_json::{json, Value};
+use serde_json::Value;
 
+use super::decisions::Event;
 use super::engine::{Engine, LoadedModel};
 use super::keys::{Caller, LiveKeys, Role};
 use super::openapi::{
@@ -609,9 +610,12 @@ pub(crate) async fn decision(
             blocking(move || {
                 e.log
                     .append(
-                        "alert",
                         &who,
-                        &json!({"reason": "decision reads far above this key's usual rate", "reads": reads, "limit": limit}),
+                        &Event::Alert {
+                            reason: "decision reads far above this key's usual rate",
+                            reads,
+                            limit,
+                        },
                     )
                     .map_err(Problem::from_log)
             })
@@ -634,7 +638,13 @@ pub(crate) async fn decision(
             // Reading a decision is an access to card data: it is recorded.
             engine
                 .log
-                .append("access", &caller.name, &json!({"transaction_id": id}))
+                .append(
+                    &caller.name,
+                    &Event::Access {
+                        transaction_id: &id,
+                        via: None,
+                    },
+                )
                 .map_err(Problem::from_log)?;
         }
         Ok((id, rec))

@@ -294,7 +294,7 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
         cfg.log_segment_bytes,
         Some(vault.clone()),
         |rec| {
-            if rec.kind == "model" {
+            if rec.is(decisions::Kind::Model) {
                 let slot = usize::from(rec.data["role"] == "shadow");
                 installed[slot] = Some(rec.data["file"].as_str().map(str::to_string));
             }

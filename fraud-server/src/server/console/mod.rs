@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 
 use super::cases::Filter;
 use super::config::ConsoleConfig;
+use super::decisions::Event;
 use super::engine::{Engine, Labelled};
 use super::keys::Role;
 use super::problem::Problem;
@@ -408,11 +409,11 @@ impl Console {
         }
     }
 
-    /// Records `kind` with `data` for console user `user` (key name `console:<user>`).
-    fn record(&self, kind: &str, user: &str, data: &Value) -> Result<u64, Problem> {
+    /// Records `event` for console user `user` (key name `console:<user>`).
+    fn record(&self, user: &str, event: &Event<'_>) -> Result<u64, Problem> {
         self.engine
             .log
-            .append(kind, &format!("console:{user}"), data)
+            .append(&format!("console:{user}"), event)
             .map_err(Problem::from_log)
     }
 }
@@ -491,7 +492,16 @@ async fn login(c: Data, req: HttpRequest, body: web::Bytes) -> HttpResponse {
                 },
             );
             let (c2, who) = (c.clone(), user.name.clone());
-            let _ = web::block(move || c2.record("login", &who, &json!({"outcome": "ok"}))).await;
+            let _ = web::block(move || {
+                c2.record(
+                    &who,
+                    &Event::Login {
+                        outcome: "ok",
+                        reason: None,
+                    },
+                )
+            })
+            .await;
             let mut resp = redirect("/console/");
             for cookie in [
                 set_cookie(SESSION_COOKIE, &token, None),
@@ -511,9 +521,11 @@ async fn login(c: Data, req: HttpRequest, body: web::Bytes) -> HttpResponse {
                 let (c2, reason) = (c.clone(), format!("{why:?}"));
                 let _ = web::block(move || {
                     c2.record(
-                        "login",
                         &name,
-                        &json!({"outcome": "refused", "reason": reason}),
+                        &Event::Login {
+                            outcome: "refused",
+                            reason: Some(&reason),
+                        },
                     )
                 })
                 .await;
@@ -544,7 +556,7 @@ async fn logout(c: Data, req: HttpRequest, body: web::Bytes) -> HttpResponse {
     }
     c.sessions().remove(&key);
     let c2 = c.clone();
-    let _ = web::block(move || c2.record("logout", &user, &json!({}))).await;
+    let _ = web::block(move || c2.record(&user, &Event::Logout {})).await;
     let mut resp = redirect("/console/login");
     if let Ok(v) =
         actix_web::http::header::HeaderValue::from_str(&set_cookie(SESSION_COOKIE, "", Some(0)))
@@ -677,9 +689,12 @@ async fn case_page(c: Data, req: HttpRequest, id: web::Path<String>) -> HttpResp
             let (c2, who) = (c.clone(), user.clone());
             let _ = web::block(move || {
                 c2.record(
-                    "alert",
                     &who,
-                    &json!({"reason": "console case views far above this user's usual rate", "reads": reads, "limit": limit}),
+                    &Event::Alert {
+                        reason: "console case views far above this user's usual rate",
+                        reads,
+                        limit,
+                    },
                 )
             })
             .await;
@@ -701,9 +716,11 @@ async fn case_page(c: Data, req: HttpRequest, id: web::Path<String>) -> HttpResp
             return Ok(None);
         }
         c2.record(
-            "access",
             &who,
-            &json!({"transaction_id": tid, "via": "console"}),
+            &Event::Access {
+                transaction_id: &tid,
+                via: Some("console"),
+            },
         )?;
         Ok(Some((rec.at, rec.data)))
     })
@@ -834,8 +851,14 @@ async fn case_action(
                 }
             },
         }
+        let seq = c2.record(
+            &who,
+            &Event::Case {
+                transaction_id: &tid,
+                action: &what,
+            },
+        )?;
         let data = json!({"transaction_id": tid, "action": what});
-        let seq = c2.record("case", &who, &data)?;
         c2.engine
             .cases
             .record("case", seq, super::cases::hour_now(), &data);
