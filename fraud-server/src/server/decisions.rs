@@ -1,5 +1,7 @@
 //! The decision log: append-only, hash-chained, durable before the answer, kept in segments
-//! that retention can remove.
+//! that retention can remove. The service uses it through the [`Journal`] trait (append an
+//! [`Event`] or a decision, find a decision, sign heads, retention); [`DecisionLog`], the
+//! files described here, is its first implementation.
 //!
 //! One line per record, `<sha256 hex> <json>\n`, where the JSON holds `seq`, `prev` (the hash
 //! of the previous record), `kind` (`decision`, `label`, `model`, ...), `at`, `key` (the API
@@ -309,6 +311,92 @@ impl Event<'_> {
             Event::Retention { .. } => Kind::Retention,
             Event::Recovery(_) => Kind::Recovery,
         }
+    }
+}
+
+/// What the service asks of a decision log, whatever keeps it: append events and decisions
+/// (durable when the call returns), find a decision by transaction id, sign heads, remove
+/// old records under retention. [`DecisionLog`] (hash-chained files) is the first
+/// implementation; a database is the next (the engine holds a `dyn Journal`).
+pub trait Journal: Send + Sync {
+    /// Appends `event`, asked for by `key`. Returns its seq.
+    fn append(&self, key: &str, event: &Event<'_>) -> Result<u64, LogError>;
+
+    /// Appends a decision whose entity fields are sealed already (`used`: the keys that
+    /// sealed them), found later by its transaction id. Returns its seq.
+    fn append_decision(
+        &self,
+        key: &str,
+        record: &super::record::DecisionRecord<'_, fraud_core::decision::Verdict>,
+        used: super::vault::Used,
+    ) -> Result<u64, LogError>;
+
+    /// Appends a signed head when records came since the last one. Returns its seq.
+    fn append_signed_head(
+        &self,
+        signer: &super::heads::HeadSigner,
+    ) -> Result<Option<u64>, LogError>;
+
+    /// The decision recorded for `transaction_id`, opened.
+    fn decision(&self, transaction_id: &str) -> Result<Option<Record>, LogError>;
+
+    /// Records written so far (the last seq).
+    fn records(&self) -> u64;
+
+    /// Removes the records older than `before`, none after seq `through`, recording the
+    /// removal for `key`.
+    fn remove_before(
+        &self,
+        before: time::OffsetDateTime,
+        through: u64,
+        key: &str,
+    ) -> Result<Removed, LogError>;
+
+    /// The vault that seals the records' entity fields, when there is one.
+    fn vault(&self) -> Option<&super::vault::Vault>;
+}
+
+impl Journal for DecisionLog {
+    fn append(&self, key: &str, event: &Event<'_>) -> Result<u64, LogError> {
+        DecisionLog::append(self, key, event)
+    }
+
+    fn append_decision(
+        &self,
+        key: &str,
+        record: &super::record::DecisionRecord<'_, fraud_core::decision::Verdict>,
+        used: super::vault::Used,
+    ) -> Result<u64, LogError> {
+        let id = Some(record.transaction_id.to_string());
+        self.append_protected(Kind::Decision, key, record, id, used)
+    }
+
+    fn append_signed_head(
+        &self,
+        signer: &super::heads::HeadSigner,
+    ) -> Result<Option<u64>, LogError> {
+        DecisionLog::append_signed_head(self, signer)
+    }
+
+    fn decision(&self, transaction_id: &str) -> Result<Option<Record>, LogError> {
+        DecisionLog::decision(self, transaction_id)
+    }
+
+    fn records(&self) -> u64 {
+        DecisionLog::records(self)
+    }
+
+    fn remove_before(
+        &self,
+        before: time::OffsetDateTime,
+        through: u64,
+        key: &str,
+    ) -> Result<Removed, LogError> {
+        DecisionLog::remove_before(self, before, through, key)
+    }
+
+    fn vault(&self) -> Option<&super::vault::Vault> {
+        DecisionLog::vault(self)
     }
 }
 

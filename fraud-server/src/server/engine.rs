@@ -14,7 +14,7 @@ use fraud_core::pii::Tokenizer;
 use fraud_core::transaction::Transaction;
 use serde_json::{json, Value};
 
-use super::decisions::{DecisionLog, Event, Kind};
+use super::decisions::{Event, Journal, Kind};
 use super::metrics::{Drift, Metrics};
 use super::problem::Problem;
 
@@ -187,7 +187,7 @@ pub struct Engine {
     /// Thresholds, rules, lists.
     pub policy: Policy,
     /// The decision log.
-    pub log: DecisionLog,
+    pub log: Box<dyn Journal>,
     /// Metrics.
     pub metrics: Metrics,
     /// Reasons per answer.
@@ -270,7 +270,7 @@ pub struct EngineBuilder {
     model: Option<LoadedModel>,
     shadow: Option<LoadedModel>,
     policy: Option<Policy>,
-    log: Option<DecisionLog>,
+    log: Option<Box<dyn Journal>>,
     reasons: usize,
     degrade: bool,
     models_dir: Option<std::path::PathBuf>,
@@ -308,7 +308,7 @@ impl EngineBuilder {
         /// Thresholds, rules, lists (required).
         policy: Policy => policy = Some;
         /// The decision log (required).
-        log: DecisionLog => log = Some;
+        log: Box<dyn Journal> => log = Some;
         /// Reasons per answer.
         reasons: usize => reasons = std::convert::identity;
         /// Score with the stateless features when entity state is unreachable.
@@ -485,8 +485,7 @@ impl Engine {
         let shown = std::mem::replace(&mut answer.card_mask, card_mask);
         let seq = self
             .log
-            .append_protected(
-                Kind::Decision,
+            .append_decision(
                 caller,
                 &super::record::DecisionRecord {
                     response: &answer,
@@ -499,7 +498,6 @@ impl Engine {
                     },
                     request: &request,
                 },
-                Some(tx.transaction_id.clone()),
                 used,
             )
             .map_err(Problem::from_log)?;

@@ -339,7 +339,7 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
         .model(model)
         .shadow(shadow)
         .policy(policy)
-        .log(log)
+        .log(Box::new(log))
         .reasons(cfg.reasons)
         .degrade(cfg.state.on_unavailable == config::OnUnavailable::Degrade)
         .models_dir(cfg.data_dir.join("models"))
