@@ -9,8 +9,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{history, Ev, RedisServer};
-use fraud_core::features::durable::Durability;
 use fraud_core::features::redis::RedisStore;
+use fraud_core::features::Durability;
 use fraud_core::features::{
     replay, Entity, Extractor, FeatureSpec, LabelEvent, MemoryStore, StateStore, StoreError,
 };

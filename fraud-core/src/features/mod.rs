@@ -1,5 +1,6 @@
-//! Features: a declarative spec ([`spec`]), the state kept per entity ([`state`]), the stores
-//! that hold it ([`store`]: sharded memory, durable; [`redis`]: shared by replicas), and one
+//! Features: a declarative spec ([`FeatureSpec`]), the state kept per entity
+//! ([`EntityState`]), the stores that hold it ([`StateStore`]: [`MemoryStore`], sharded in
+//! memory, optionally durable; [`redis`]: shared by replicas), and one
 //! set of functions that compute a transaction's features from that state. They are used both
 //! online (one transaction: compute, then record) and offline ([`replay`]: a history in time
 //! order), so both give identical results.
@@ -11,24 +12,25 @@
 //! those whose fraud label is known at `t` (reported at or before it): the delay sets the
 //! window, not when a label counts (it would count each late label's delay twice).
 
-pub mod durable;
+mod durable;
 #[cfg(feature = "redis")]
 pub mod redis;
 mod shard;
-pub mod spec;
-pub mod state;
-pub mod store;
+mod spec;
+mod state;
+mod store;
 
 use std::collections::HashMap;
 
 use rayon::prelude::*;
 
+pub use durable::Durability;
 pub use spec::{
     parse_window, Aggregation, Distinct, Entity, FeatureSpec, Field, FirstSeen, LabelRates,
     SpecError, Stateless, WindowGroup, DEFAULT_RETENTION, DEFAULT_SPEC, MAX_DISTINCT_FIELDS,
 };
 pub use state::{EntityState, LabelEvent, Observation, Point};
-pub use store::{MemoryStore, StateCopy, StateStore, StoreError};
+pub use store::{MemoryStore, StateCopy, StateStore, StoreError, StoreStats};
 
 use crate::transaction::Transaction;
 use state::{Event, Keeping};

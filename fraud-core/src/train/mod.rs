@@ -1,6 +1,6 @@
 //! Training: histogram gradient boosting of binary-logistic tree ensembles.
 //!
-//! Features are binned once ([`bins`]), then every round computes gradients of the log-loss,
+//! Features are binned once (module `bins`), then every round computes gradients of the log-loss,
 //! grows one tree leaf-wise on histograms (module `grow`) and adds it, shrunk by the learning rate.
 //! Missing values learn their direction at every split; declared categorical features get
 //! LightGBM-style set splits; monotone constraints bound leaf values; rows and features can be
@@ -11,10 +11,10 @@
 //! Same data, same parameters and same seed give a bit-identical model, whatever the number
 //! of threads. Run `train` inside a rayon pool to choose the thread count.
 
-pub mod bins;
+mod bins;
 mod grow;
 pub mod logistic;
-pub mod params;
+mod params;
 
 use std::time::Instant;
 
