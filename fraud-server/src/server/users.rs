@@ -68,42 +68,19 @@ fn write_records(path: &Path, users: Vec<UserRecord>) -> Result<(), UserError> {
     Ok(super::keys::write_json(path, &UsersFile { users })?)
 }
 
-const BASE32: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-
 /// RFC 4648 base32, no padding.
 pub fn base32(bytes: &[u8]) -> String {
-    let mut out = String::new();
-    let (mut buf, mut bits) = (0u32, 0u32);
-    for &b in bytes {
-        buf = (buf << 8) | u32::from(b);
-        bits += 8;
-        while bits >= 5 {
-            bits -= 5;
-            out.push(BASE32[((buf >> bits) & 31) as usize] as char);
-        }
-    }
-    if bits > 0 {
-        out.push(BASE32[((buf << (5 - bits)) & 31) as usize] as char);
-    }
-    out
+    data_encoding::BASE32_NOPAD.encode(bytes)
 }
 
 /// Decodes base32 (case-insensitive, spaces and padding ignored).
 pub fn unbase32(s: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    let (mut buf, mut bits) = (0u32, 0u32);
-    for c in s.chars().filter(|c| !c.is_whitespace() && *c != '=') {
-        let v = BASE32
-            .iter()
-            .position(|&x| x as char == c.to_ascii_uppercase())? as u32;
-        buf = (buf << 5) | v;
-        bits += 5;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((buf >> bits) as u8);
-        }
-    }
-    Some(out)
+    let clean: String = s
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != '=')
+        .map(|c| c.to_ascii_uppercase())
+        .collect();
+    data_encoding::BASE32_NOPAD.decode(clean.as_bytes()).ok()
 }
 
 /// The RFC 6238 code (HMAC-SHA-1, 6 digits) of `secret` at time step `step`.

@@ -86,18 +86,23 @@ fn same(a: &str, b: &str) -> bool {
 
 /// A cookie's value from the request's `Cookie` headers.
 fn cookie(req: &HttpRequest, name: &str) -> Option<String> {
-    req.headers()
-        .get_all("cookie")
-        .filter_map(|h| h.to_str().ok())
-        .flat_map(|h| h.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.trim().to_string())
+    req.cookie(name).map(|c| c.value().to_string())
 }
 
+/// A console cookie: this path only, never to scripts, over TLS only, never sent with
+/// requests from other sites; removed at once with `max_age` 0.
 fn set_cookie(name: &str, value: &str, max_age: Option<u64>) -> String {
-    let age = max_age.map_or(String::new(), |a| format!("; Max-Age={a}"));
-    format!("{name}={value}; Path=/console; HttpOnly; Secure; SameSite=Strict{age}")
+    let mut c = actix_web::cookie::Cookie::build(name, value)
+        .path("/console")
+        .http_only(true)
+        .secure(true)
+        .same_site(actix_web::cookie::SameSite::Strict);
+    if let Some(a) = max_age {
+        c = c.max_age(actix_web::cookie::time::Duration::seconds(
+            i64::try_from(a).unwrap_or(i64::MAX),
+        ));
+    }
+    c.finish().to_string()
 }
 
 /// Security headers of every console answer.
