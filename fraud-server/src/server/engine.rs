@@ -161,6 +161,49 @@ fn spec_reads(extractor: &Extractor, entity: Entity, field: Field) -> bool {
         || spec.distinct.iter().any(|d| d.field == field)
 }
 
+/// Who reads a decision record.
+#[derive(Debug, Clone, Copy)]
+pub enum Reader<'a> {
+    /// An API key, by name.
+    Api {
+        /// The key's name.
+        key: &'a str,
+    },
+    /// A review-console user.
+    Console {
+        /// The user's name.
+        user: &'a str,
+    },
+}
+
+impl Reader<'_> {
+    /// The name its reads are watched and recorded under (`console:<user>` for a user).
+    fn key(&self) -> String {
+        match self {
+            Reader::Api { key } => (*key).to_string(),
+            Reader::Console { user } => format!("console:{user}"),
+        }
+    }
+}
+
+/// What a read of a decision record found.
+#[derive(Debug)]
+pub enum DecisionRead {
+    /// The reader is past its usual rate: refused for `retry_after` seconds.
+    Throttled {
+        /// Seconds until reads resume.
+        retry_after: u64,
+        /// Reads in the window.
+        reads: u64,
+        /// The limit now.
+        limit: u64,
+    },
+    /// No such record (or not one the reader may open).
+    Missing,
+    /// The record, opened.
+    Found(Box<super::decisions::Record>),
+}
+
 /// What became of a label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Labelled {
@@ -526,6 +569,69 @@ impl Engine {
             &row,
         );
         Ok(body)
+    }
+
+    /// Reads the recorded decision of transaction `id` for `reader`, the one way both the API
+    /// and the console read one. Reads are watched per reader: past its usual rate the read
+    /// is refused (and the first refusal of a window recorded as an alert). A record found
+    /// and taken by `accept` is an access to card data, recorded before it is returned.
+    pub fn read_decision(
+        &self,
+        reader: Reader<'_>,
+        id: &str,
+        accept: impl Fn(&super::decisions::Record) -> bool,
+    ) -> Result<DecisionRead, Problem> {
+        let who = reader.key();
+        if let super::watch::Verdict::Throttle {
+            retry_after,
+            reads,
+            limit,
+            alert,
+        } = self.watch.read(&who, std::time::Instant::now())
+        {
+            self.metrics.insider(alert);
+            if alert {
+                let reason = match reader {
+                    Reader::Api { .. } => "decision reads far above this key's usual rate",
+                    Reader::Console { .. } => "console case views far above this user's usual rate",
+                };
+                self.log
+                    .append(
+                        &who,
+                        &Event::Alert {
+                            reason,
+                            reads,
+                            limit,
+                        },
+                    )
+                    .map_err(Problem::from_log)?;
+            }
+            return Ok(DecisionRead::Throttled {
+                retry_after,
+                reads,
+                limit,
+            });
+        }
+        let Some(rec) = self.log.decision(id).map_err(Problem::from_log)? else {
+            return Ok(DecisionRead::Missing);
+        };
+        if !accept(&rec) {
+            return Ok(DecisionRead::Missing);
+        }
+        let via = match reader {
+            Reader::Api { .. } => None,
+            Reader::Console { .. } => Some("console"),
+        };
+        self.log
+            .append(
+                &who,
+                &Event::Access {
+                    transaction_id: id,
+                    via,
+                },
+            )
+            .map_err(Problem::from_log)?;
+        Ok(DecisionRead::Found(Box::new(rec)))
     }
 
     /// Applies one label to the recorded decision of transaction `id`.

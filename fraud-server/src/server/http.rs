@@ -10,8 +10,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde_json::Value;
 
-use super::decisions::Event;
-use super::engine::{Engine, LoadedModel};
+use super::engine::{DecisionRead, Engine, LoadedModel, Reader};
 use super::keys::{Caller, LiveKeys, Role};
 use super::openapi::{
     BatchAnswer, BatchRequest, DecisionRecordAnswer, EntityKind, Erased, ErasureRequest,
@@ -597,31 +596,18 @@ pub(crate) async fn decision(
     let caller = auth.caller;
     let engine = app.engine.clone();
     let id = id.into_inner();
-    if let super::watch::Verdict::Throttle {
-        retry_after,
-        reads,
-        limit,
-        alert,
-    } = engine.watch.read(&caller.name, Instant::now())
-    {
-        engine.metrics.insider(alert);
-        if alert {
-            let (e, who) = (engine.clone(), caller.name.clone());
-            blocking(move || {
-                e.log
-                    .append(
-                        &who,
-                        &Event::Alert {
-                            reason: "decision reads far above this key's usual rate",
-                            reads,
-                            limit,
-                        },
-                    )
-                    .map_err(Problem::from_log)
-            })
-            .await?;
-        }
-        return Err(Problem {
+    let (id, read) = blocking(move || {
+        let reader = Reader::Api { key: &caller.name };
+        let read = engine.read_decision(reader, &id, |_| true)?;
+        Ok((id, read))
+    })
+    .await?;
+    match read {
+        DecisionRead::Throttled {
+            retry_after,
+            reads,
+            ..
+        } => Err(Problem {
             retry_after: Some(retry_after),
             ..Problem::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -630,33 +616,13 @@ pub(crate) async fn decision(
                     "this key read {reads} decision records in this window, far above its usual rate; reads are paused for {retry_after} s and the security team is alerted"
                 ),
             )
-        });
-    }
-    let rec = blocking(move || {
-        let rec = engine.log.decision(&id).map_err(Problem::from_log)?;
-        if rec.is_some() {
-            // Reading a decision is an access to card data: it is recorded.
-            engine
-                .log
-                .append(
-                    &caller.name,
-                    &Event::Access {
-                        transaction_id: &id,
-                        via: None,
-                    },
-                )
-                .map_err(Problem::from_log)?;
-        }
-        Ok((id, rec))
-    })
-    .await?;
-    match rec {
-        (id, None) => Err(Problem::new(
+        }),
+        DecisionRead::Missing => Err(Problem::new(
             StatusCode::NOT_FOUND,
             "not found",
             format!("no decision is recorded for transaction `{id}`"),
         )),
-        (_, Some(rec)) => {
+        DecisionRead::Found(rec) => {
             let erased_fields = rec
                 .data
                 .get("erased_fields")

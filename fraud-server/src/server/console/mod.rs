@@ -22,11 +22,10 @@ use sha2::{Digest, Sha256};
 use super::cases::Filter;
 use super::config::ConsoleConfig;
 use super::decisions::Event;
-use super::engine::{Engine, Labelled};
+use super::engine::{DecisionRead, Engine, Labelled, Reader};
 use super::keys::Role;
 use super::problem::Problem;
 use super::users::{LoginRefusal, Users};
-use super::watch::Verdict;
 
 const SESSION_COOKIE: &str = "fraud_session";
 const LOGIN_COOKIE: &str = "fraud_login";
@@ -681,58 +680,30 @@ async fn case_page(c: Data, req: HttpRequest, id: web::Path<String>) -> HttpResp
     };
     let id = id.into_inner();
     // Each case view is an access to card data: watched per user, like API reads.
-    let watched = format!("console:{user}");
-    if let Verdict::Throttle {
-        retry_after,
-        reads,
-        limit,
-        alert,
-    } = c.engine.watch.read(&watched, Instant::now())
-    {
-        c.engine.metrics.insider(alert);
-        if alert {
-            let (c2, who) = (c.clone(), user.clone());
-            let _ = web::block(move || {
-                c2.record(
-                    &who,
-                    &Event::Alert {
-                        reason: "console case views far above this user's usual rate",
-                        reads,
-                        limit,
-                    },
-                )
-            })
-            .await;
-        }
-        return c.stop(Stop::Message(
-            StatusCode::TOO_MANY_REQUESTS,
-            "Paused",
-            format!(
-                "You opened {reads} cases in a short time, far more than usual for you (limit now {limit}). Opening cases is paused for {retry_after} seconds, and the security team has been alerted."
-            ),
-        ));
-    }
     let (c2, who, tid) = (c.clone(), user.clone(), id.clone());
-    let rec = web::block(move || -> Result<Option<(String, Value)>, Problem> {
-        let Some(rec) = c2.engine.log.decision(&tid).map_err(Problem::from_log)? else {
-            return Ok(None);
-        };
-        if rec.data["response"]["decision"] != "review" {
-            return Ok(None);
-        }
-        c2.record(
-            &who,
-            &Event::Access {
-                transaction_id: &tid,
-                via: Some("console"),
-            },
-        )?;
-        Ok(Some((rec.at, rec.data)))
+    let read = web::block(move || {
+        let reader = Reader::Console { user: &who };
+        c2.engine.read_decision(reader, &tid, |rec| {
+            rec.data["response"]["decision"] == "review"
+        })
     })
     .await;
-    let (recorded_at, rec) = match rec {
-        Ok(Ok(Some(r))) => r,
-        Ok(Ok(None)) => {
+    let rec = match read {
+        Ok(Ok(DecisionRead::Found(rec))) => rec,
+        Ok(Ok(DecisionRead::Throttled {
+            retry_after,
+            reads,
+            limit,
+        })) => {
+            return c.stop(Stop::Message(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Paused",
+                format!(
+                    "You opened {reads} cases in a short time, far more than usual for you (limit now {limit}). Opening cases is paused for {retry_after} seconds, and the security team has been alerted."
+                ),
+            ))
+        }
+        Ok(Ok(DecisionRead::Missing)) => {
             return c.stop(Stop::Message(
                 StatusCode::NOT_FOUND,
                 "Not found",
@@ -742,6 +713,7 @@ async fn case_page(c: Data, req: HttpRequest, id: web::Path<String>) -> HttpResp
         Ok(Err(p)) => return c.stop(p.into()),
         Err(_) => return c.stop(Stop::Login),
     };
+    let (recorded_at, rec) = (rec.at, rec.data);
     let case = c.engine.cases.get(&id);
     let tx = &rec["transaction"];
     let resp = &rec["response"];
