@@ -256,7 +256,7 @@ impl Row<'_> {
     fn amount(&self, i: usize, column: &str) -> Result<String, LoadError> {
         let s = self.cell(i);
         // Some exports write amounts as floats with a trailing `.0`.
-        let a = Amount::parse(s, 2).map_err(|e| self.bad(column, e))?;
+        let a = Amount::parse(s, 2).map_err(|e| self.bad(column, e.to_string()))?;
         Ok(format!("{}.{:02}", a.minor / 100, a.minor % 100))
     }
 }

@@ -247,49 +247,76 @@ pub struct Amount {
     pub exponent: u8,
 }
 
+/// Why a text is not an amount (the message names what is wrong, never echoes a card
+/// number: the text is quoted through [`crate::pii::quoted`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AmountError {
+    /// Nothing but space.
+    #[error("is empty")]
+    Empty,
+    /// A minus sign.
+    #[error("must not be negative")]
+    Negative,
+    /// Not digits with at most one decimal point (signs, exponents, NaN, infinities).
+    #[error("{0} is not a plain decimal number")]
+    NotDecimal(String),
+    /// More decimals than the currency has.
+    #[error("has {decimals} decimals; the currency has {exponent}")]
+    TooPrecise {
+        /// Decimals given (trailing zeros ignored).
+        decimals: usize,
+        /// The currency's minor digits.
+        exponent: u8,
+    },
+    /// Above [`MAX_AMOUNT_MAJOR`].
+    #[error("exceeds {MAX_AMOUNT_MAJOR}")]
+    TooLarge,
+}
+
 impl Amount {
     /// Parses a decimal text (`"12.5"`, `"1200"`) for a currency with `exponent` minor digits.
     /// Refuses signs, exponents, NaN, infinities, more decimals than the currency has, zero
     /// and amounts above [`MAX_AMOUNT_MAJOR`].
-    pub fn parse(text: &str, exponent: u8) -> Result<Self, String> {
+    pub fn parse(text: &str, exponent: u8) -> Result<Self, AmountError> {
         let t = text.trim();
         if t.is_empty() {
-            return Err("is empty".into());
+            return Err(AmountError::Empty);
         }
         if t.starts_with('-') {
-            return Err("must not be negative".into());
+            return Err(AmountError::Negative);
         }
         let (int, frac) = t.split_once('.').unwrap_or((t, ""));
         if int.is_empty()
             || !int.bytes().all(|b| b.is_ascii_digit())
             || !frac.bytes().all(|b| b.is_ascii_digit())
         {
-            return Err(format!("{} is not a plain decimal number", quoted(t)));
+            return Err(AmountError::NotDecimal(quoted(t)));
         }
         let frac = frac.trim_end_matches('0');
         if frac.len() > exponent as usize {
-            return Err(format!(
-                "has {} decimals; the currency has {exponent}",
-                frac.len()
-            ));
+            return Err(AmountError::TooPrecise {
+                decimals: frac.len(),
+                exponent,
+            });
         }
         let int = int.trim_start_matches('0');
         if int.len() > 10 {
-            return Err(format!("exceeds {MAX_AMOUNT_MAJOR}"));
+            return Err(AmountError::TooLarge);
         }
         let major: i64 = if int.is_empty() {
             0
         } else {
-            int.parse().map_err(|_| "is not a number".to_string())?
+            int.parse().map_err(|_| AmountError::TooLarge)?
         };
         if major > MAX_AMOUNT_MAJOR {
-            return Err(format!("exceeds {MAX_AMOUNT_MAJOR}"));
+            return Err(AmountError::TooLarge);
         }
         let scale = 10i64.pow(exponent as u32);
         let mut minor_frac: i64 = if frac.is_empty() {
             0
         } else {
-            frac.parse().map_err(|_| "is not a number".to_string())?
+            frac.parse()
+                .map_err(|_| AmountError::NotDecimal(quoted(t)))?
         };
         minor_frac *= 10i64.pow((exponent as usize - frac.len()) as u32);
         // Zero is accepted: zero-amount authorizations (card verification) are real, and a
@@ -517,7 +544,8 @@ impl Transaction {
             Decimal::Text(s) => s,
             Decimal::Number(n) => n.to_string(),
         };
-        let amount = Amount::parse(&amount_text, exponent).map_err(|m| bad("amount", m))?;
+        let amount =
+            Amount::parse(&amount_text, exponent).map_err(|m| bad("amount", m.to_string()))?;
         let card = match (raw.card_number, raw.card_token) {
             (Some(_), Some(_)) => {
                 return Err(bad(
@@ -1115,6 +1143,7 @@ mod tests {
         assert_eq!(Amount::parse("1.2300", 2).unwrap().minor, 123);
         assert!(Amount::parse("1.234", 2)
             .unwrap_err()
+            .to_string()
             .contains("3 decimals"));
         assert!(Amount::parse("-5", 2).is_err());
         assert_eq!(Amount::parse("0", 2).unwrap().as_f64(), 0.0);
