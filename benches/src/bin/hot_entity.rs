@@ -1,0 +1,73 @@
+//! What one hot entity costs (issue 23's benchmark): the same number of transactions within
+//! 24 hours, once all of ONE card (a card-testing attack) and once spread over many cards, through
+//! the default feature spec: offline (`replay_flat`, every core) and online (the memory
+//! store's `step`, one transaction at a time). Prints the time per transaction of each and
+//! the hot / spread ratio, side by side in one run (the target: at most 2x).
+//!
+//!     cargo run --release -p fraud-benches --bin hot_entity [-- --transactions N] [--cards C]
+
+use std::time::Instant;
+
+use fraud_benches::transactions;
+use fraud_core::features::{replay_flat, Extractor, FeatureSpec, MemoryStore, StateStore};
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(|v| {
+            v.parse().unwrap_or_else(|_| {
+                eprintln!("hot_entity: {name} takes a number, not {v}");
+                std::process::exit(2)
+            })
+        })
+        .unwrap_or(default)
+}
+
+/// Seconds per transaction: (offline replay, online steps).
+fn measure(ex: &Extractor, txs: &[fraud_core::transaction::Transaction]) -> (f64, f64) {
+    let start = Instant::now();
+    let rows = replay_flat(ex, txs);
+    let offline = start.elapsed().as_secs_f64() / txs.len() as f64;
+    std::hint::black_box(rows);
+    let store = MemoryStore::new();
+    let start = Instant::now();
+    for tx in txs {
+        if let Err(e) = store.step(ex, tx) {
+            eprintln!("hot_entity: {e}");
+            std::process::exit(1);
+        }
+    }
+    let online = start.elapsed().as_secs_f64() / txs.len() as f64;
+    (offline, online)
+}
+
+fn main() {
+    let n = arg("--transactions", 20_000);
+    let cards = arg("--cards", 20_000);
+    let ex = match Extractor::new(FeatureSpec::default_spec()) {
+        Ok(ex) => ex,
+        Err(e) => {
+            eprintln!("hot_entity: default spec: {e}");
+            std::process::exit(1);
+        }
+    };
+    let hot = transactions(n, 1, 1, 100, 7);
+    let spread = transactions(n, 1, cards, 100, 7);
+    let (hot_off, hot_on) = measure(&ex, &hot);
+    let (spread_off, spread_on) = measure(&ex, &spread);
+    println!("{n} transactions within 24 h, default spec");
+    println!(
+        "offline (replay, every core): one card {:.2} us/tx, {cards} cards {:.2} us/tx, ratio {:.1}",
+        hot_off * 1e6,
+        spread_off * 1e6,
+        hot_off / spread_off
+    );
+    println!(
+        "online (one at a time):       one card {:.2} us/tx, {cards} cards {:.2} us/tx, ratio {:.1}",
+        hot_on * 1e6,
+        spread_on * 1e6,
+        hot_on / spread_on
+    );
+}
