@@ -13,9 +13,8 @@ use serde_json::Value;
 use super::engine::{DecisionRead, Engine, LoadedModel, Reader};
 use super::keys::{Caller, LiveKeys, Role};
 use super::openapi::{
-    BatchAnswer, BatchRequest, DecisionRecordAnswer, EntityKind, Erased, ErasureRequest,
-    LabelsAnswer, LabelsRequest, ModelArtifact, ModelInstalled, ModelQuery, ModelRole, ScoreAnswer,
-    Status,
+    BatchAnswer, BatchRequest, DecisionRecordAnswer, Erased, ErasureRequest, LabelsAnswer,
+    LabelsRequest, ModelArtifact, ModelInstalled, ModelQuery, ModelRole, ScoreAnswer, Status,
 };
 use super::problem::{Problem, ProblemAnswer};
 use fraud_core::transaction::RawTransaction;
@@ -801,7 +800,7 @@ pub(crate) async fn remove_shadow(
 #[utoipa::path(delete, path = "/v1/entities/{kind}/{id}", tag = "privacy",
     summary = "Erase one entity from state (role admin); a card by its token only; the erasure is recorded by a hash of the id",
     params(
-        ("kind" = EntityKind, Path, description = "the kind of entity"),
+        ("kind" = fraud_core::features::Entity, Path, description = "the kind of entity"),
         ("id" = String, Path, description = "its id (a card's token)")
     ),
     responses(

@@ -146,33 +146,13 @@ pub struct ModelQuery {
     pub role: Option<String>,
 }
 
-/// The kinds of entity that can be erased.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum EntityKind {
-    /// A card holder.
-    Card,
-    /// A customer.
-    Customer,
-    /// A merchant.
-    Merchant,
-    /// A terminal.
-    Terminal,
-    /// A device.
-    Device,
-    /// An IP address.
-    Ip,
-    /// An e-mail address.
-    Email,
-}
-
 /// The body of `POST /v1/entities/erase`: a card holder by card number (or token as `id`),
 /// any other entity by id.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ErasureRequest {
     /// The kind of entity.
-    #[schema(value_type = EntityKind)]
+    #[schema(value_type = fraud_core::features::Entity)]
     pub kind: String,
     /// The entity's id (a card's token for `card`).
     #[serde(default)]
