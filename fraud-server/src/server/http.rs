@@ -999,14 +999,39 @@ async fn not_found(req: HttpRequest) -> HttpResponse {
     ))
 }
 
-/// Whether a URL part, raw or percent-decoded (`+` as a space), holds card data.
+/// Whether a URL part, raw or percent-decoded (`+` as a space), holds card data. Card
+/// tokens (`tok_` and 32 hex digits, which name a card in `DELETE /v1/entities/card/{token}`)
+/// are not card data, though their digits can happen to read as a card number.
 fn url_holds_card_data(part: &str) -> bool {
     if part.is_empty() {
         return false;
     }
     let decoded: Vec<u8> = percent_encoding::percent_decode_str(&part.replace('+', " ")).collect();
-    fraud_core::pii::holds_card_data(part)
-        || fraud_core::pii::holds_card_data(&String::from_utf8_lossy(&decoded))
+    fraud_core::pii::holds_card_data(&without_tokens(part))
+        || fraud_core::pii::holds_card_data(&without_tokens(&String::from_utf8_lossy(&decoded)))
+}
+
+/// `text` with every card token replaced by `~`.
+fn without_tokens(text: &str) -> String {
+    const LEN: usize = 36;
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("tok_") {
+        out.push_str(&rest[..at]);
+        let candidate = rest[at..].get(..LEN);
+        match candidate.filter(|c| fraud_core::pii::is_token(c)) {
+            Some(_) => {
+                out.push('~');
+                rest = &rest[at + LEN..];
+            }
+            None => {
+                out.push_str("tok_");
+                rest = &rest[at + 4..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Refuses, before routing, requests whose headers exceed `limits.max_header_bytes` (431) and
@@ -1059,4 +1084,22 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/metrics", web::get().to(metrics))
         .route("/openapi.json", web::get().to(openapi))
         .default_service(web::to(not_found));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_in_a_url_is_not_card_data_but_a_card_number_still_is() {
+        // A token whose digits read as a Luhn-valid card number (4111111111111111).
+        let token = "tok_4111111111111111abcdef0123456789";
+        assert!(fraud_core::pii::is_token(token));
+        assert!(!url_holds_card_data(&format!("/v1/entities/card/{token}")));
+        assert!(url_holds_card_data("/v1/entities/card/4111111111111111"));
+        assert!(url_holds_card_data(&format!(
+            "/v1/entities/card/{token}?x=4111111111111111"
+        )));
+        assert!(url_holds_card_data("/x/tok_4111111111111111"));
+    }
 }
