@@ -29,7 +29,18 @@ use super::{Entity, EntityState, Extractor, LabelEvent, Observation};
 
 const LOG_MAGIC: &[u8; 8] = b"FRAUDLOG";
 const SNAP_MAGIC: &[u8; 8] = b"FRAUDSNP";
-const VERSION: u32 = 1;
+/// Version of the log's record format.
+const LOG_VERSION: u32 = 1;
+/// Version of the snapshot's state format (2: entity states carry folded time buckets).
+const SNAP_VERSION: u32 = 2;
+
+fn version(magic: &[u8; 8]) -> u32 {
+    if magic == SNAP_MAGIC {
+        SNAP_VERSION
+    } else {
+        LOG_VERSION
+    }
+}
 const HEADER: usize = 8 + 4 + 32;
 /// Largest record accepted when reading a log back.
 const MAX_FRAME: u32 = 1 << 20;
@@ -81,7 +92,7 @@ fn spec_fingerprint(ex: &Extractor) -> [u8; 32] {
 fn header(magic: &[u8; 8], fp: &[u8; 32]) -> Vec<u8> {
     let mut h = Vec::with_capacity(HEADER);
     h.extend_from_slice(magic);
-    h.extend_from_slice(&VERSION.to_le_bytes());
+    h.extend_from_slice(&version(magic).to_le_bytes());
     h.extend_from_slice(fp);
     h
 }
@@ -96,7 +107,7 @@ fn check_header(
     if bytes.len() < HEADER || &bytes[..8] != magic {
         return Err(corrupt(path, "not a state file of this program"));
     }
-    if bytes[8..12] != VERSION.to_le_bytes() {
+    if bytes[8..12] != version(magic).to_le_bytes() {
         return Err(corrupt(path, "written by an unknown version"));
     }
     if &bytes[12..HEADER] != fp {

@@ -19,6 +19,7 @@ mod shard;
 mod spec;
 mod state;
 mod store;
+mod window;
 
 use std::collections::HashMap;
 
@@ -29,14 +30,27 @@ pub use spec::{
     parse_window, Aggregation, Distinct, Entity, FeatureSpec, Field, FirstSeen, LabelRates,
     SpecError, Stateless, WindowGroup, DEFAULT_RETENTION, DEFAULT_SPEC, MAX_DISTINCT_FIELDS,
 };
-pub use state::{EntityState, LabelEvent, Observation, Point};
+pub use state::{EntityState, LabelEvent, Observation, Point, MAX_FRAUDS, MAX_SEEN};
 pub use store::{MemoryStore, StateCopy, StateStore, StoreError, StoreStats};
+pub use window::RAW_CAP;
 
 use crate::transaction::Transaction;
-use state::{Event, Keeping};
+use state::Keeping;
+use window::{Answer, Level};
 
-/// Most windowed aggregations groups one entity may have.
+/// Most different windows (lengths, and delays of label-aware ones) one entity may have.
 pub const MAX_WINDOWS: usize = 32;
+
+/// What one window level writes.
+#[derive(Debug, Clone, Default)]
+struct LevelOut {
+    /// (aggregation, output).
+    aggs: Vec<(Aggregation, usize)>,
+    /// (event slot, output).
+    distinct: Vec<(usize, usize)>,
+    /// The first of the three label-aware outputs.
+    labels: Option<usize>,
+}
 
 /// What one entity kind contributes: how its state is kept and where its features go.
 #[derive(Debug, Clone)]
@@ -45,15 +59,9 @@ struct Plan {
     keeping: Keeping,
     since_last: Option<usize>,
     first_seen: Vec<(Field, usize)>,
-    /// (window, aggregations, index of the first output).
-    windows: Vec<(i64, Vec<Aggregation>, usize)>,
-    /// Indices into `windows`, shortest window first.
-    window_order: Vec<usize>,
-    /// (event slot, window, output).
-    distinct: Vec<(usize, i64, usize)>,
+    /// What each of `keeping.levels` writes.
+    levels: Vec<LevelOut>,
     geo: Option<usize>,
-    /// (window, delay, index of the first of three outputs).
-    labels: Vec<(i64, i64, usize)>,
     /// Every output index this plan writes.
     outputs: Vec<usize>,
 }
@@ -65,12 +73,23 @@ impl Plan {
             keeping: Keeping::default(),
             since_last: None,
             first_seen: Vec::new(),
-            windows: Vec::new(),
-            window_order: Vec::new(),
-            distinct: Vec::new(),
+            levels: Vec::new(),
             geo: None,
-            labels: Vec::new(),
             outputs: Vec::new(),
+        }
+    }
+
+    /// The level of the window `[t - d - w, t - d)`, added when new.
+    fn level(&mut self, w: i64, d: i64) -> usize {
+        let k = &mut self.keeping;
+        k.horizon_us = k.horizon_us.max(w + d);
+        match k.levels.iter().position(|l| l.w == w && l.d == d) {
+            Some(i) => i,
+            None => {
+                k.levels.push(Level::new(w, d));
+                self.levels.push(LevelOut::default());
+                k.levels.len() - 1
+            }
         }
     }
 }
@@ -139,17 +158,16 @@ impl Extractor {
             let p = &mut plans[g.entity.index()];
             used[g.entity.index()] = true;
             for w in &g.windows {
-                let us = micros(w)?;
-                let first = names.len();
+                let li = p.level(micros(w)?, 0);
                 for a in &g.aggregations {
-                    push(
+                    let i = push(
                         &mut names,
                         p,
                         format!("{}_{}_{}", g.entity.name(), a.name(), w.trim()),
                     );
+                    p.levels[li].aggs.push((*a, i));
+                    p.keeping.levels[li].max |= *a == Aggregation::Max;
                 }
-                p.keeping.horizon_us = p.keeping.horizon_us.max(us);
-                p.windows.push((us, g.aggregations.clone(), first));
             }
         }
         for d in &spec.distinct {
@@ -169,7 +187,7 @@ impl Extractor {
                 }
             };
             for w in &d.windows {
-                let us = micros(w)?;
+                let li = p.level(micros(w)?, 0);
                 let i = push(
                     &mut names,
                     p,
@@ -180,8 +198,8 @@ impl Extractor {
                         w.trim()
                     ),
                 );
-                p.keeping.horizon_us = p.keeping.horizon_us.max(us);
-                p.distinct.push((slot, us, i));
+                p.levels[li].distinct.push((slot, i));
+                p.keeping.levels[li].slots[slot] = true;
             }
         }
         for e in &spec.geo_velocity {
@@ -198,7 +216,7 @@ impl Extractor {
             used[l.entity.index()] = true;
             let delay = micros(&l.delay)?;
             for w in &l.windows {
-                let us = micros(w)?;
+                let li = p.level(micros(w)?, delay);
                 let suffix = format!("{}_delay_{}", w.trim(), l.delay.trim());
                 let first = names.len();
                 for what in ["delayed_txn_count", "fraud_count", "fraud_rate"] {
@@ -208,12 +226,11 @@ impl Extractor {
                         format!("{}_{what}_{suffix}", l.entity.name()),
                     );
                 }
-                p.keeping.horizon_us = p.keeping.horizon_us.max(us + delay);
                 p.keeping.labels = true;
-                p.labels.push((us, delay, first));
+                p.levels[li].labels = Some(first);
             }
         }
-        if let Some(p) = plans.iter().find(|p| p.windows.len() > MAX_WINDOWS) {
+        if let Some(p) = plans.iter().find(|p| p.levels.len() > MAX_WINDOWS) {
             return Err(SpecError::Invalid(format!(
                 "{} has more than {MAX_WINDOWS} windows",
                 p.entity.name()
@@ -235,8 +252,6 @@ impl Extractor {
             .filter(|p| used[p.entity.index()])
             .map(|mut p| {
                 p.keeping.retention_us = retention_us;
-                p.window_order = (0..p.windows.len()).collect();
-                p.window_order.sort_by_key(|&j| p.windows[j].0);
                 for f in p.keeping.slots.iter().chain(&p.keeping.first_seen) {
                     if !fields.contains(f) {
                         fields.push(*f);
@@ -344,7 +359,41 @@ impl Extractor {
         }
     }
 
+    /// Writes the plan's features from the state before the transaction, windows by a scan.
     fn plan_into(&self, plan: &Plan, p: &Point, s: Option<&EntityState>, row: &mut [f64]) {
+        self.point_into(plan, p, s, row);
+        let t = p.ts;
+        for (li, (lv, out)) in plan.keeping.levels.iter().zip(&plan.levels).enumerate() {
+            let (from, to) = (t - lv.d - lv.w, t - lv.d);
+            let a = s.map_or_else(Answer::default, |s| s.answer(li, lv, from, to));
+            let frauds = match (s, out.labels) {
+                (Some(s), Some(_)) => s.frauds_in(from, to, t),
+                _ => 0,
+            };
+            level_into(out, p, &a, frauds, row);
+        }
+    }
+
+    /// Writes the plan's features from the state, windows by its sliders, then records the
+    /// transaction in it: the same features as [`plan_into`](Self::plan_into), at O(1)
+    /// amortized cost whatever the entity's rate.
+    fn plan_step(&self, plan: &Plan, p: &Point, s: &mut EntityState, row: &mut [f64]) {
+        self.point_into(plan, p, Some(s), row);
+        let t = p.ts;
+        for (li, (lv, out)) in plan.keeping.levels.iter().zip(&plan.levels).enumerate() {
+            let (from, to) = (t - lv.d - lv.w, t - lv.d);
+            let a = s.answer_mut(li, lv, from, to);
+            let frauds = match out.labels {
+                Some(_) => s.frauds_in(from, to, t),
+                None => 0,
+            };
+            level_into(out, p, &a, frauds, row);
+        }
+        s.record(&plan.keeping, p);
+    }
+
+    /// The features that are not windows: time since last, first-seen flags, geo-velocity.
+    fn point_into(&self, plan: &Plan, p: &Point, s: Option<&EntityState>, row: &mut [f64]) {
         let t = p.ts;
         let horizon = t - self.retention_us;
         let mut put = |i: usize, v: f64| {
@@ -370,76 +419,6 @@ impl Extractor {
                 },
             );
         }
-        // Every window of the entity in one pass, newest event first: the windows, shortest
-        // first, are closed one after the other as the events get older.
-        let mut stats = [(0usize, 0.0f64, f64::NAN); MAX_WINDOWS];
-        if !plan.windows.is_empty() {
-            let (mut n, mut sum, mut max) = (0usize, 0.0f64, f64::NAN);
-            let mut wi = 0;
-            let order = &plan.window_order;
-            if let Some(s) = s {
-                for e in s.in_window(i64::MIN, t).rev() {
-                    while wi < order.len() && e.ts < t - plan.windows[order[wi]].0 {
-                        stats[order[wi]] = (n, sum, max);
-                        wi += 1;
-                    }
-                    if wi == order.len() {
-                        break;
-                    }
-                    n += 1;
-                    sum += e.amount;
-                    max = if max.is_nan() {
-                        e.amount
-                    } else {
-                        max.max(e.amount)
-                    };
-                }
-            }
-            for &j in &order[wi..] {
-                stats[j] = (n, sum, max);
-            }
-        }
-        for (j, (w, aggs, first)) in plan.windows.iter().enumerate() {
-            let (n, sum, max) = stats[j];
-            let mean = if n > 0 { sum / n as f64 } else { f64::NAN };
-            // Squared deviations in a second pass: the one-pass E[x^2] - mean^2 loses all
-            // precision when amounts are close (0.005 came out as 0.0049999987).
-            let mut sq = 0.0f64;
-            if aggs.contains(&Aggregation::Std) {
-                if let Some(s) = s {
-                    for &Event { amount: a, .. } in s.in_window(t - w, t) {
-                        sq += (a - mean) * (a - mean);
-                    }
-                }
-            }
-            for (k, a) in aggs.iter().enumerate() {
-                put(
-                    first + k,
-                    match a {
-                        Aggregation::Count => n as f64,
-                        Aggregation::Sum => sum,
-                        Aggregation::Mean => mean,
-                        Aggregation::Max => max,
-                        Aggregation::Std => {
-                            if n > 0 {
-                                (sq / n as f64).sqrt()
-                            } else {
-                                f64::NAN
-                            }
-                        }
-                        Aggregation::AmountRatio => p.amount / mean,
-                    },
-                );
-            }
-        }
-        for &(slot, w, i) in &plan.distinct {
-            let values = s.into_iter().flat_map(|s| {
-                s.in_window(t - w, t)
-                    .map(move |e| e.values[slot])
-                    .filter(|&v| v != 0)
-            });
-            put(i, count_distinct(values) as f64);
-        }
         if let Some(i) = plan.geo {
             let prev = s
                 .and_then(|s| s.located_before(t))
@@ -455,21 +434,15 @@ impl Extractor {
                 },
             );
         }
-        for &(w, d, first) in &plan.labels {
-            let (from, to) = (t - d - w, t - d);
-            let n = s.map_or(0, |s| s.count_in(from, to));
-            // A label counts once it is known at `t`; the delay only places the window.
-            let frauds = s.map_or(0, |s| s.frauds_in(from, to, t));
-            put(first, n as f64);
-            put(first + 1, frauds as f64);
-            put(
-                first + 2,
-                if n == 0 {
-                    0.0
-                } else {
-                    frauds as f64 / n as f64
-                },
-            );
+    }
+
+    /// Writes the features of one entity into `row` from its state before the transaction,
+    /// then records the transaction in it: [`entity_into`](Self::entity_into) then
+    /// [`record`](Self::record), with windows kept up to date as time moves forward (the
+    /// cost per transaction does not grow with the entity's rate).
+    pub fn entity_step(&self, entity: Entity, p: &Point, state: &mut EntityState, row: &mut [f64]) {
+        if let Some(plan) = self.plan(entity) {
+            self.plan_step(plan, p, state, row);
         }
     }
 
@@ -520,8 +493,7 @@ impl Extractor {
         for plan in &self.plans {
             if let Some(k) = obs.key(plan.entity) {
                 let s = state.maps[plan.entity.index()].entry_ref(k).or_default();
-                self.plan_into(plan, &obs.point, Some(s), &mut row);
-                s.record(&plan.keeping, &obs.point);
+                self.plan_step(plan, &obs.point, s, &mut row);
             } else {
                 self.plan_into(plan, &obs.point, None, &mut row);
             }
@@ -683,8 +655,7 @@ pub fn replay_flat(extractor: &Extractor, history: &[Transaction]) -> Vec<f64> {
                     0 => extractor.plan_into(plan, &p, None, &mut row),
                     k => {
                         let s = states.entry(k).or_default();
-                        extractor.plan_into(plan, &p, Some(s), &mut row);
-                        s.record(&plan.keeping, &p);
+                        extractor.plan_step(plan, &p, s, &mut row);
                     }
                 }
                 vals.extend(plan.outputs.iter().map(|&o| row[o]));
@@ -737,6 +708,45 @@ fn fraud_known_at(tx: &Transaction) -> Option<i64> {
     match tx.is_fraud {
         Some(true) => Some(tx.fraud_reported_at_us.unwrap_or(tx.timestamp_us)),
         _ => None,
+    }
+}
+
+/// Writes one window level's features from its answer (and, for label-aware rates, the
+/// number of its transactions known as fraud).
+fn level_into(out: &LevelOut, p: &Point, a: &Answer, frauds: usize, row: &mut [f64]) {
+    let mut put = |i: usize, v: f64| {
+        if let Some(x) = row.get_mut(i) {
+            *x = v;
+        }
+    };
+    let n = a.agg.n;
+    for &(agg, i) in &out.aggs {
+        put(
+            i,
+            match agg {
+                Aggregation::Count => n as f64,
+                Aggregation::Sum => a.agg.sum(),
+                Aggregation::Mean => a.agg.mean(),
+                Aggregation::Max => a.agg.max,
+                Aggregation::Std => a.agg.std(),
+                Aggregation::AmountRatio => p.amount / a.agg.mean(),
+            },
+        );
+    }
+    for &(slot, i) in &out.distinct {
+        put(i, a.distinct[slot] as f64);
+    }
+    if let Some(first) = out.labels {
+        put(first, n as f64);
+        put(first + 1, frauds as f64);
+        put(
+            first + 2,
+            if n == 0 {
+                0.0
+            } else {
+                frauds as f64 / n as f64
+            },
+        );
     }
 }
 

@@ -11,6 +11,14 @@ use std::sync::OnceLock;
 use serde::{Deserialize, Serialize};
 
 use super::spec::{Entity, Field, MAX_DISTINCT_FIELDS};
+use super::window::{self, Answer, Bucket, Level, Sliders, RAW_CAP, SLIDE_FROM};
+
+/// Most remembered values (first-seen flags) per entity: beyond, the least recently seen are
+/// forgotten (and would count as new again).
+pub const MAX_SEEN: usize = 512;
+
+/// Most fraud labels kept per entity: beyond, the oldest transactions' labels are forgotten.
+pub const MAX_FRAUDS: usize = 512;
 
 /// What the state needs to know about one transaction, without its entity keys: the
 /// minimised event that state updates, the durable event log and Redis are made of. No card
@@ -108,8 +116,11 @@ impl BuildHasher for ProcessHasher {
 /// Everything held about one entity.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EntityState {
-    /// Past transactions in time order (ties in arrival order).
+    /// Past transactions in time order (ties in arrival order): the newest [`RAW_CAP`] at
+    /// most.
     pub(crate) events: VecDeque<Event>,
+    /// Per window level, the events folded out of `events` (hot entities only).
+    pub(crate) folded: Vec<VecDeque<Bucket>>,
     /// `located[0]`: the last located transaction recorded at the newest time; `located[1]`:
     /// the last one recorded at the greatest earlier time.
     pub(crate) located: [Option<(i64, f64, f64)>; 2],
@@ -122,6 +133,9 @@ pub struct EntityState {
     pub(crate) frauds: Vec<FraudMark>,
     /// The newest time recorded (idle eviction).
     pub(crate) touched: i64,
+    /// Running window aggregates (a cache).
+    #[serde(skip)]
+    pub(crate) sliders: Sliders,
 }
 
 /// How one entity kind's state is kept: derived from the spec.
@@ -137,6 +151,8 @@ pub(crate) struct Keeping {
     pub first_seen: Vec<Field>,
     /// Whether fraud labels are kept.
     pub labels: bool,
+    /// The windows asked of the entity (length and end), each once.
+    pub levels: Vec<Level>,
 }
 
 impl EntityState {
@@ -162,13 +178,31 @@ impl EntityState {
             amount: p.amount,
             values,
         };
+        if t < self.sliders.newest_end() {
+            self.sliders.clear();
+        }
         if self.events.back().is_none_or(|e| e.ts <= t) {
             self.events.push_back(event);
         } else {
+            // Out of time order: the sliders start again from the events.
+            self.sliders.clear();
             let at = self.events.partition_point(|e| e.ts <= t);
             self.events.insert(at, event);
         }
         self.prune(t - k.horizon_us.max(1));
+        if self.events.len() > RAW_CAP {
+            let newest = self.events.back().map_or(t, |e| e.ts);
+            if self.folded.len() < k.levels.len() {
+                self.folded.resize_with(k.levels.len(), VecDeque::new);
+            }
+            while self.events.len() > RAW_CAP {
+                if let Some(e) = self.pop_front() {
+                    for (b, lv) in self.folded.iter_mut().zip(&k.levels) {
+                        window::fold(b, lv, &e, newest);
+                    }
+                }
+            }
+        }
         if let Some((lat, lon)) = p.location {
             self.locate(t, lat, lon);
         }
@@ -177,8 +211,16 @@ impl EntityState {
                 self.see(*f, v, t);
             }
         }
-        if self.seen.len() > 2 * self.seen_mark.max(8) {
-            let oldest = t - k.retention_us;
+        if self.seen.len() > 2 * self.seen_mark.max(8) || self.seen.len() > MAX_SEEN {
+            let mut oldest = t - k.retention_us;
+            if self.seen.len() > MAX_SEEN {
+                // Keep the most recently seen three quarters of the cap.
+                let mut lasts: Vec<i64> = self.seen.values().map(|(last, _)| *last).collect();
+                let keep = MAX_SEEN * 3 / 4;
+                let cut = lasts.len() - keep;
+                let (_, nth, _) = lasts.select_nth_unstable(cut);
+                oldest = oldest.max(*nth);
+            }
             self.seen.retain(|_, (last, _)| *last >= oldest);
             self.seen_mark = self.seen.len();
         }
@@ -188,7 +230,8 @@ impl EntityState {
             }
             let oldest = t - k.horizon_us.max(1);
             let n = self.frauds.partition_point(|m| m.ts < oldest);
-            self.frauds.drain(..n);
+            self.frauds
+                .drain(..n.max(self.frauds.len().saturating_sub(MAX_FRAUDS)));
         }
         self.touched = self.touched.max(t);
     }
@@ -210,6 +253,9 @@ impl EntityState {
         }
         let at = self.frauds.partition_point(|m| m.ts <= ts);
         self.frauds.insert(at, FraudMark { ts, id, known_at });
+        if self.frauds.len() > MAX_FRAUDS {
+            self.frauds.remove(0);
+        }
     }
 
     fn see(&mut self, field: Field, v: u64, t: i64) {
@@ -234,8 +280,40 @@ impl EntityState {
             return;
         }
         let old = self.events.partition_point(|e| e.ts < limit);
-        if old >= 2 {
-            self.events.drain(..old - 1);
+        for _ in 1..old {
+            self.pop_front();
+        }
+    }
+
+    /// Removes the oldest raw event (the sliders are told).
+    fn pop_front(&mut self) -> Option<Event> {
+        let e = self.events.pop_front()?;
+        self.sliders.evict(&e);
+        Some(e)
+    }
+
+    /// The window `[from, to)` of level `li`, by a scan of its raw events (and its folded
+    /// ones).
+    pub(crate) fn answer(&self, li: usize, lv: &Level, from: i64, to: i64) -> Answer {
+        let mut a = window::scan(self.in_window(from, to).copied(), lv);
+        self.add_folded(&mut a, li, from, to);
+        a
+    }
+
+    /// The same answer as [`answer`](Self::answer), by the level's slider when the entity
+    /// has many events (O(1) amortized as time moves forward).
+    pub(crate) fn answer_mut(&mut self, li: usize, lv: &Level, from: i64, to: i64) -> Answer {
+        if self.events.len() < SLIDE_FROM {
+            return self.answer(li, lv, from, to);
+        }
+        let mut a = self.sliders.answer(&self.events, li, lv, from, to);
+        self.add_folded(&mut a, li, from, to);
+        a
+    }
+
+    fn add_folded(&self, a: &mut Answer, li: usize, from: i64, to: i64) {
+        if let Some(b) = self.folded.get(li).filter(|b| !b.is_empty()) {
+            a.agg.merge(&window::folded_part(b, from, to));
         }
     }
 
@@ -311,12 +389,6 @@ impl EntityState {
         self.events.range(start..end)
     }
 
-    /// Number of events in `[from, to)`.
-    pub(crate) fn count_in(&self, from: i64, to: i64) -> usize {
-        let end = self.before(to);
-        end.saturating_sub(self.from(from))
-    }
-
     /// Number of fraud labels on transactions in `[from, to)` known at or before `known_by`.
     pub(crate) fn frauds_in(&self, from: i64, to: i64, known_by: i64) -> usize {
         let start = self.frauds.partition_point(|m| m.ts < from);
@@ -336,6 +408,13 @@ impl EntityState {
     /// the struct itself or its key.
     pub fn heap_bytes(&self) -> usize {
         self.events.capacity() * std::mem::size_of::<Event>()
+            + self.folded.capacity() * std::mem::size_of::<VecDeque<Bucket>>()
+            + self
+                .folded
+                .iter()
+                .map(|b| b.capacity() * std::mem::size_of::<Bucket>())
+                .sum::<usize>()
+            + self.sliders.heap_bytes()
             + if self.seen.capacity() == 0 {
                 0
             } else {

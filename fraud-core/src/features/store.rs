@@ -377,8 +377,7 @@ impl StateStore for MemoryStore {
                     Some(k) => {
                         if let Some(sh) = guard_of(&mut guards, i) {
                             let s = sh.maps[e.index()].entry(h, k);
-                            ex.entity_into(e, &obs.point, Some(s), row);
-                            ex.record(e, s, &obs.point);
+                            ex.entity_step(e, &obs.point, s, row);
                         }
                     }
                     None => ex.entity_into(e, &obs.point, None, row),
