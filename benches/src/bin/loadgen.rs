@@ -128,7 +128,15 @@ struct Run {
 }
 
 fn body(seq: u64, cards: u64, run: u64) -> String {
-    // A deterministic stream: card, amount and merchant from the sequence number.
+    // A deterministic stream: card, amount and merchant from the sequence number. The run's
+    // number is spelled in letters: a long run of digits in an id (the run's and the
+    // sequence number's, across the dash) reads as a card number one time in ten, and the
+    // service refuses such ids (422).
+    let run: String = run
+        .to_string()
+        .bytes()
+        .map(|d| char::from(b'a' + (d - b'0')))
+        .collect();
     let card = (seq.wrapping_mul(2_654_435_761)) % cards.max(1);
     let cents = 100 + (seq.wrapping_mul(48_271) % 20_000);
     let secs = 1_714_557_600 + seq / 50;

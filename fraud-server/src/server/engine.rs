@@ -429,8 +429,10 @@ impl Engine {
         EngineBuilder::default()
     }
 
-    /// Scores one transaction (a JSON body) for `caller`: the answer (JSON), as recorded.
-    pub fn score(&self, bytes: &[u8], caller: &str) -> Result<String, Problem> {
+    /// Scores one transaction (a JSON body) for `caller`: the answer (JSON), as recorded,
+    /// and the seq of its record, which must be durable ([`durable`](Self::durable)) before
+    /// the answer is sent.
+    pub fn score(&self, bytes: &[u8], caller: &str) -> Result<(String, u64), Problem> {
         let started = std::time::Instant::now();
         let tx = Transaction::from_json(bytes, &self.tokenizer).map_err(Problem::invalid)?;
         // The same transaction id again: answer what was decided (idempotent retries).
@@ -468,7 +470,8 @@ impl Engine {
             }
             let mut answer = rec.data.get("response").cloned().unwrap_or(Value::Null);
             answer["replayed"] = json!(true);
-            return Ok(answer.to_string());
+            // The first answer may still be waiting for its commit: so does this one.
+            return Ok((answer.to_string(), rec.seq));
         }
         let model = self.model.load_full();
         let cut = self
@@ -568,7 +571,13 @@ impl Engine {
             &model.version,
             &row,
         );
-        Ok(body)
+        Ok((body, seq))
+    }
+
+    /// Resolves once record `seq` is durable (group commit: many answers share one fsync,
+    /// and none holds a thread while it waits).
+    pub async fn durable(&self, seq: u64) -> Result<(), Problem> {
+        self.log.durable(seq).await.map_err(Problem::from_log)
     }
 
     /// Reads the recorded decision of transaction `id` for `reader`, the one way both the API

@@ -412,12 +412,14 @@ pub(crate) async fn score(
     let caller = auth.caller;
     json_content(&req)?;
     let bytes = body(payload, app.limits.max_body_bytes).await?;
-    let answer = if app.inline {
+    let (answer, seq) = if app.inline {
         app.engine.score(&bytes, &caller.name)?
     } else {
         let engine = app.engine.clone();
         blocking(move || engine.score(&bytes, &caller.name)).await?
     };
+    // Answered only once its record is durable (sync durability: a shared fsync).
+    app.engine.durable(seq).await?;
     Ok(ok_body(answer))
 }
 
@@ -474,20 +476,27 @@ pub(crate) async fn score_batch(
         });
     }
     let engine = app.engine.clone();
-    let results = blocking(move || {
-        Ok(batch
+    let (results, last) = blocking(move || {
+        let mut last = 0;
+        let results = batch
             .transactions
             .iter()
             .map(
                 |raw| match engine.score(raw.get().as_bytes(), &caller.name) {
-                    Ok(answer) => answer,
+                    Ok((answer, seq)) => {
+                        last = last.max(seq);
+                        answer
+                    }
                     Err(p) => serde_json::to_string(&p.batch_entry())
                         .unwrap_or_else(|_| r#"{"error":{}}"#.to_string()),
                 },
             )
-            .collect::<Vec<String>>())
+            .collect::<Vec<String>>();
+        Ok((results, last))
     })
     .await?;
+    // One commit covers the whole batch.
+    app.engine.durable(last).await?;
     // Each result is JSON already: joined, not parsed again.
     let mut body = String::from("{\"results\":[");
     for (i, r) in results.iter().enumerate() {

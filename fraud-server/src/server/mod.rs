@@ -424,8 +424,9 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
             engine,
             keys,
             cfg.limits.clone(),
-            cfg.state.backend == config::Backend::Memory
-                && cfg.log_durability == config::LogDurability::Write,
+            // In memory, nothing of scoring waits on I/O but the decision log's fsync, which
+            // the answer awaits without a thread (group commit): scored on the HTTP worker.
+            cfg.state.backend == config::Backend::Memory,
         )),
         dev_key,
         bind: cfg.bind.clone(),
