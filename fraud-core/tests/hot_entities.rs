@@ -10,8 +10,7 @@
 mod common;
 
 use fraud_core::features::{replay, Entity, Extractor, FeatureSpec, MemoryState, RAW_CAP};
-use fraud_core::pii::Tokenizer;
-use fraud_core::transaction::{Decimal, RawTransaction, Transaction};
+use fraud_core::transaction::Transaction;
 use proptest::prelude::*;
 
 const SPEC: &str = r#"
@@ -84,43 +83,10 @@ proptest! {
     }
 }
 
-/// A card-testing attack: `n` transactions of one card, spread over `span` seconds, each on
-/// its own device and merchant, every tenth one fraud (reported a minute later), on one
-/// terminal.
-fn attack(n: usize, span: i64) -> Vec<Transaction> {
-    let tk = Tokenizer::new(&[9u8; 32]).unwrap();
-    (0..n)
-        .map(|i| {
-            let s = i as i64 * span / n as i64;
-            let rfc = |s: i64| {
-                time::OffsetDateTime::from_unix_timestamp(1_700_000_000 + s)
-                    .unwrap()
-                    .format(&time::format_description::well_known::Rfc3339)
-                    .unwrap()
-            };
-            let raw = RawTransaction {
-                transaction_id: Some(format!("a{i}")),
-                timestamp: Some(rfc(s)),
-                amount: Some(Decimal::Text(format!("{}.{:02}", 1 + i % 37, i % 100))),
-                currency: Some("EUR".into()),
-                card_number: Some(common::CARDS[0].to_string().into()),
-                customer_id: Some("c".into()),
-                device_id: Some(format!("d{i}")),
-                merchant_id: Some(format!("m{i}")),
-                terminal_id: Some("t".into()),
-                is_fraud: Some(u8::from(i % 10 == 0)),
-                fraud_reported_at: (i % 10 == 0).then(|| rfc(s + 60)),
-                ..Default::default()
-            };
-            Transaction::from_raw(raw, &tk).unwrap()
-        })
-        .collect()
-}
-
 #[test]
 fn replay_equals_online_steps_on_a_hot_card() {
     let e = extractor();
-    let h = attack(5_000, 3 * 3600);
+    let h = common::card_testing(5_000, 3 * 3600);
     let offline = replay(&e, &h);
     let mut state = MemoryState::default();
     for (tx, row) in h.iter().zip(&offline) {
@@ -132,7 +98,7 @@ fn replay_equals_online_steps_on_a_hot_card() {
 fn windows_past_the_cap_are_off_by_at_most_one_bucket() {
     let e = extractor();
     // About 2.8 transactions a second: the 10-minute window holds some 1,700.
-    let h = attack(20_000, 2 * 3600);
+    let h = common::card_testing(20_000, 2 * 3600);
     let rows = replay(&e, &h);
     let ts: Vec<i64> = h.iter().map(|t| t.timestamp_us).collect();
     let count_in = |from: i64, to: i64| {
@@ -171,7 +137,7 @@ fn windows_past_the_cap_are_off_by_at_most_one_bucket() {
 #[test]
 fn a_hot_entity_holds_bounded_memory() {
     let e = Extractor::new(FeatureSpec::default_spec()).unwrap();
-    let h = attack(60_000, 24 * 3600);
+    let h = common::card_testing(60_000, 24 * 3600);
     let mut state = MemoryState::default();
     let mut most = [0usize; 2];
     for (i, tx) in h.iter().enumerate() {

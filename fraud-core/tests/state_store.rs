@@ -218,6 +218,35 @@ fn redis_backend_equals_memory_backend() {
 }
 
 #[test]
+fn redis_bounds_a_hot_entity_as_memory_does() {
+    // One card, 6,000 transactions in an hour, each on a new device and merchant, every tenth
+    // fraud (labels through feedback): past the raw-event cap (folds), the seen-value cap and
+    // the fraud-label cap, both backends give the same bits and hold the same state.
+    let server = RedisServer::start();
+    let ex = spec();
+    let h = common::card_testing(6_000, 3600);
+    let mem = MemoryStore::new();
+    let red = redis_store(&server, "hot");
+    let a = online(&mem, &ex, &h);
+    let b = online(&red, &ex, &h);
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert!(same_bits(x, y), "row {i}: memory {x:?} redis {y:?}");
+    }
+    for e in [Entity::Card, Entity::Terminal] {
+        let states = mem.entities(e);
+        assert!(!states.is_empty());
+        for (k, s) in states {
+            let r = red.get(e, &k).unwrap().expect("entity in redis");
+            assert_eq!(
+                r.normalized(ex.retention_us()),
+                s.normalized(ex.retention_us())
+            );
+            assert!(r.heap_bytes() < 160 * 1024, "{} bytes", r.heap_bytes());
+        }
+    }
+}
+
+#[test]
 fn durable_store_recovers_every_acknowledged_event() {
     let ev: Vec<Ev> = (0..400)
         .map(|i| {

@@ -454,6 +454,22 @@ impl Extractor {
         }
     }
 
+    /// [`record`](Self::record), handing the raw events folded into time buckets to `out`;
+    /// returns how many.
+    #[cfg(feature = "redis")]
+    pub(crate) fn record_folding(
+        &self,
+        entity: Entity,
+        state: &mut EntityState,
+        p: &Point,
+        out: &mut Vec<state::Event>,
+    ) -> usize {
+        match self.plan(entity) {
+            Some(plan) => state.record_folding(&plan.keeping, p, out),
+            None => 0,
+        }
+    }
+
     /// Applies a fraud label to the state of one entity of the labelled transaction.
     pub fn label(&self, entity: Entity, state: &mut EntityState, l: &LabelEvent) {
         if self.keeps_labels(entity) {

@@ -2,11 +2,18 @@
 //!
 //! Each entity is one Redis hash, `<prefix>:<kind>:<key>`, holding the same state as the
 //! memory backend in the byte layout of `state::layout`: `e` events, `l` located
-//! transactions, `s` seen values, `f` fraud labels, `t` newest time. A transaction costs one
-//! round trip: one Lua script (run by its SHA-1, atomic on the server) returns the state of
-//! each of the transaction's entities as it was, and records the transaction in it with the
-//! same rules as `EntityState::record`; the features are then computed here, by the same code
-//! as for the memory backend. Idle entities expire by themselves (a TTL of the retention on
+//! transactions, `s` seen values, `f` fraud labels, `t` newest time, `b` the time buckets of
+//! a hot entity's folded events. The state is bounded as in memory (README, "hot entities"):
+//! the script caps seen values and fraud labels itself; past twice `RAW_CAP` raw events this
+//! code folds the oldest into buckets and a second script swaps them in, unless another
+//! replica did first.
+//!
+//! A transaction costs one round trip (and a hot entity one more, once every `RAW_CAP` of its
+//! transactions): one Lua script (run by its SHA-1, atomic on the server) returns the state
+//! of each of the transaction's entities as it was, and records the transaction in it with
+//! the same rules as `EntityState::record`; the features are then computed here, by the same
+//! code as for the memory backend. What a round trip moves is bounded by the caps (some
+//! 40 KiB for the hottest entity), not by the entity's rate. Idle entities expire by themselves (a TTL of the retention on
 //! each hash, in wall-clock time). Every call is bounded by the configured timeout: a slow or
 //! absent server gives [`StoreError::Redis`], never a hang.
 
@@ -28,9 +35,9 @@ local out = {}
 for i, key in ipairs(KEYS) do
   local a = 5 + (i - 1) * 6
   local ev, loc, seen, cut, labels, mark = ARGV[a+1], ARGV[a+2], ARGV[a+3], ARGV[a+4], ARGV[a+5], ARGV[a+6]
-  local cur = redis.call('HMGET', key, 'e', 'l', 's', 'f', 't')
+  local cur = redis.call('HMGET', key, 'e', 'l', 's', 'f', 't', 'b')
   local e, l, s, f, tt = cur[1] or '', cur[2] or '', cur[3] or '', cur[4] or '', cur[5] or ''
-  out[i] = {e, l, s, f, tt}
+  out[i] = {e, l, s, f, tt, cur[6] or ''}
   if write then
     local n = #e / EV
     local pos = n
@@ -79,6 +86,17 @@ for i, key in ipairs(KEYS) do
     for r = 1, #s, 25 do
       if string.sub(s, r+9, r+16) >= seen_cut then kept[#kept+1] = string.sub(s, r, r+24) end
     end
+    if #kept > MAX_SEEN then
+      local lasts = {}
+      for j, rec in ipairs(kept) do lasts[j] = string.sub(rec, 10, 17) end
+      table.sort(lasts)
+      local nth = lasts[#kept - SEEN_KEPT + 1]
+      local recent = {}
+      for _, rec in ipairs(kept) do
+        if string.sub(rec, 10, 17) >= nth then recent[#recent+1] = rec end
+      end
+      kept = recent
+    end
     s = table.concat(kept)
     if labels == '1' then
       if #mark > 0 then
@@ -102,6 +120,7 @@ for i, key in ipairs(KEYS) do
       end
       local drop = 0
       while drop * 24 < #f and string.sub(f, drop*24+1, drop*24+8) < cut do drop = drop + 1 end
+      if #f / 24 - drop > MAX_FRAUDS then drop = #f / 24 - MAX_FRAUDS end
       f = string.sub(f, drop*24+1)
     end
     if tt == '' or t > tt then tt = t end
@@ -139,6 +158,7 @@ for _, key in ipairs(KEYS) do
     local p = m
     while p > 0 and string.sub(f, (p-1)*24+1, (p-1)*24+8) > mts do p = p - 1 end
     f = string.sub(f, 1, p*24) .. mts .. id .. known .. string.sub(f, p*24+1)
+    if #f / 24 > MAX_FRAUDS then f = string.sub(f, 25) end
   end
   if tt == '' or mts > tt then tt = mts end
   redis.call('HSET', key, 'f', f, 't', tt)
@@ -146,6 +166,30 @@ for _, key in ipairs(KEYS) do
 end
 return 1
 "#;
+
+/// Folds a hot entity's oldest raw events (ARGV[1], as stored) into its time buckets
+/// (ARGV[3] replaces ARGV[2]), when no other replica did meanwhile: the state must still start
+/// with those events and hold those buckets. Returns 1 when done.
+const COMPACT: &str = r#"
+local cur = redis.call('HMGET', KEYS[1], 'e', 'b')
+local e, b = cur[1] or '', cur[2] or ''
+local prefix, old, new = ARGV[1], ARGV[2], ARGV[3]
+if b == old and #prefix <= #e and string.sub(e, 1, #prefix) == prefix then
+  redis.call('HSET', KEYS[1], 'e', string.sub(e, #prefix + 1), 'b', new)
+  return 1
+end
+return 0
+"#;
+
+/// A script with the state's caps written in.
+fn script(text: &str) -> redis::Script {
+    redis::Script::new(
+        &text
+            .replace("MAX_SEEN", &super::MAX_SEEN.to_string())
+            .replace("SEEN_KEPT", &super::state::SEEN_KEPT.to_string())
+            .replace("MAX_FRAUDS", &super::MAX_FRAUDS.to_string()),
+    )
+}
 
 /// Entity state in Redis.
 pub struct RedisStore {
@@ -155,6 +199,7 @@ pub struct RedisStore {
     timeout: Duration,
     step: redis::Script,
     label: redis::Script,
+    compact: redis::Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -184,8 +229,9 @@ impl RedisStore {
             pool: Mutex::new(Vec::new()),
             prefix: prefix.to_string(),
             timeout,
-            step: redis::Script::new(STEP),
-            label: redis::Script::new(LABEL),
+            step: script(STEP),
+            label: script(LABEL),
+            compact: script(COMPACT),
         };
         // Check the server answers now rather than at the first transaction.
         store.with(|c| redis::cmd("PING").query::<String>(c))?;
@@ -293,9 +339,31 @@ impl RedisStore {
                 entities.len()
             )));
         }
-        for ((e, _), s) in entities.iter().zip(&states) {
-            let state = decode(s)?;
-            ex.entity_into(*e, p, Some(&state), row);
+        for (&(e, k), s) in entities.iter().zip(&states) {
+            let mut state = decode(s)?;
+            ex.entity_into(e, p, Some(&state), row);
+            if !write {
+                continue;
+            }
+            // The script recorded the transaction as `record` does, but for folding: a hot
+            // entity's oldest raw events are folded here, where the buckets' exact integer
+            // sums are made, and the state in Redis follows by one more call (once every
+            // `RAW_CAP` transactions of the entity).
+            let mut folded = Vec::new();
+            if ex.record_folding(e, &mut state, p, &mut folded) > 0 {
+                let key = self.key(e, k);
+                let prefix = layout::events(folded.iter());
+                let old = s.get(5).map_or(&[][..], Vec::as_slice);
+                let new = layout::buckets(&state);
+                self.with(|c| {
+                    self.compact
+                        .key(&key)
+                        .arg(&prefix)
+                        .arg(old)
+                        .arg(&new)
+                        .invoke::<i64>(c)
+                })?;
+            }
         }
         Ok(())
     }
@@ -313,7 +381,7 @@ impl RedisStore {
 
 fn decode(fields: &[Vec<u8>]) -> Result<EntityState, StoreError> {
     match fields {
-        [e, l, s, f, t] => layout::decode(e, l, s, f, t).map_err(StoreError::Redis),
+        [e, l, s, f, t, b] => layout::decode(e, l, s, f, t, b).map_err(StoreError::Redis),
         _ => Err(StoreError::Redis(
             "entity state in Redis has an unexpected shape".into(),
         )),
@@ -389,7 +457,7 @@ impl StateStore for RedisStore {
         let fields: Vec<Option<Vec<u8>>> = self.with(|c| {
             redis::cmd("HMGET")
                 .arg(&k)
-                .arg(&["e", "l", "s", "f", "t"])
+                .arg(&["e", "l", "s", "f", "t", "b"])
                 .query(c)
         })?;
         if fields.iter().all(Option::is_none) {

@@ -17,6 +17,9 @@ use super::window::{self, Answer, Bucket, Level, Sliders, RAW_CAP, SLIDE_FROM};
 /// forgotten (and would count as new again).
 pub const MAX_SEEN: usize = 512;
 
+/// Values kept when [`MAX_SEEN`] is passed.
+pub(crate) const SEEN_KEPT: usize = MAX_SEEN * 3 / 4;
+
 /// Most fraud labels kept per entity: beyond, the oldest transactions' labels are forgotten.
 pub const MAX_FRAUDS: usize = 512;
 
@@ -116,8 +119,8 @@ impl BuildHasher for ProcessHasher {
 /// Everything held about one entity.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EntityState {
-    /// Past transactions in time order (ties in arrival order): the newest [`RAW_CAP`] at
-    /// most.
+    /// Past transactions in time order (ties in arrival order): the newest [`RAW_CAP`] to
+    /// twice that (at twice, the oldest are folded until [`RAW_CAP`] are left).
     pub(crate) events: VecDeque<Event>,
     /// Per window level, the events folded out of `events` (hot entities only).
     pub(crate) folded: Vec<VecDeque<Bucket>>,
@@ -165,8 +168,15 @@ impl EntityState {
         }
     }
 
-    /// Records a transaction (after its features were computed).
-    pub(crate) fn record(&mut self, k: &Keeping, p: &Point) {
+    /// Records a transaction (after its features were computed). Returns how many of the
+    /// oldest raw events were folded into time buckets (0 but once every [`RAW_CAP`]
+    /// transactions of a hot entity).
+    pub(crate) fn record(&mut self, k: &Keeping, p: &Point) -> usize {
+        self.record_folding(k, p, &mut Vec::new())
+    }
+
+    /// [`record`](Self::record), handing the events folded to `out`.
+    pub(crate) fn record_folding(&mut self, k: &Keeping, p: &Point, out: &mut Vec<Event>) -> usize {
         let t = p.ts;
         let mut values = [0u64; MAX_DISTINCT_FIELDS];
         for (v, f) in values.iter_mut().zip(&k.slots) {
@@ -190,13 +200,16 @@ impl EntityState {
             self.events.insert(at, event);
         }
         self.prune(t - k.horizon_us.max(1));
-        if self.events.len() > RAW_CAP {
+        let mut folded = 0;
+        if self.events.len() >= 2 * RAW_CAP {
             let newest = self.events.back().map_or(t, |e| e.ts);
             if self.folded.len() < k.levels.len() {
                 self.folded.resize_with(k.levels.len(), VecDeque::new);
             }
             while self.events.len() > RAW_CAP {
                 if let Some(e) = self.pop_front() {
+                    folded += 1;
+                    out.push(e);
                     for (b, lv) in self.folded.iter_mut().zip(&k.levels) {
                         window::fold(b, lv, &e, newest);
                     }
@@ -212,16 +225,17 @@ impl EntityState {
             }
         }
         if self.seen.len() > 2 * self.seen_mark.max(8) || self.seen.len() > MAX_SEEN {
-            let mut oldest = t - k.retention_us;
-            if self.seen.len() > MAX_SEEN {
-                // Keep the most recently seen three quarters of the cap.
-                let mut lasts: Vec<i64> = self.seen.values().map(|(last, _)| *last).collect();
-                let keep = MAX_SEEN * 3 / 4;
-                let cut = lasts.len() - keep;
-                let (_, nth, _) = lasts.select_nth_unstable(cut);
-                oldest = oldest.max(*nth);
-            }
+            let oldest = t - k.retention_us;
             self.seen.retain(|_, (last, _)| *last >= oldest);
+            if self.seen.len() > MAX_SEEN {
+                // Keep the most recently seen three quarters of the cap (the Redis script
+                // does the same: the same values are kept).
+                let mut lasts: Vec<i64> = self.seen.values().map(|(last, _)| *last).collect();
+                let cut = lasts.len() - SEEN_KEPT;
+                let (_, nth, _) = lasts.select_nth_unstable(cut);
+                let nth = *nth;
+                self.seen.retain(|_, (last, _)| *last >= nth);
+            }
             self.seen_mark = self.seen.len();
         }
         if k.labels {
@@ -234,6 +248,7 @@ impl EntityState {
                 .drain(..n.max(self.frauds.len().saturating_sub(MAX_FRAUDS)));
         }
         self.touched = self.touched.max(t);
+        folded
     }
 
     /// Applies a fraud label to one of the entity's transactions.
@@ -442,7 +457,8 @@ impl EntityState {
 }
 
 /// Byte layout of a state in Redis: one hash per entity with the fields `e` (events), `l`
-/// (located), `s` (seen values), `f` (fraud labels) and `t` (newest time). Times are
+/// (located), `s` (seen values), `f` (fraud labels), `t` (newest time) and `b` (the time
+/// buckets of folded events, postcard; written by this code, carried by the script). Times are
 /// big-endian so that the Lua script compares them as strings; all times are after 1990, so
 /// positive.
 #[cfg(feature = "redis")]
@@ -472,6 +488,27 @@ pub(crate) mod layout {
         let mut a = [0u8; 8];
         a.copy_from_slice(&b[..8]);
         u64::from_be_bytes(a)
+    }
+
+    /// Raw events as stored, concatenated.
+    pub fn events<'a>(events: impl Iterator<Item = &'a Event>) -> Vec<u8> {
+        let mut out = Vec::new();
+        for e in events {
+            out.extend_from_slice(&e.ts.to_be_bytes());
+            out.extend_from_slice(&e.amount.to_le_bytes());
+            for v in e.values {
+                out.extend_from_slice(&v.to_be_bytes());
+            }
+        }
+        out
+    }
+
+    /// The folded events' buckets as stored (empty when there are none).
+    pub fn buckets(s: &EntityState) -> Vec<u8> {
+        if s.folded.iter().all(VecDeque::is_empty) {
+            return Vec::new();
+        }
+        postcard::to_allocvec(&s.folded).unwrap_or_default()
     }
 
     /// The event as stored.
@@ -526,6 +563,7 @@ pub(crate) mod layout {
         seen: &[u8],
         frauds: &[u8],
         touched: &[u8],
+        buckets: &[u8],
     ) -> Result<EntityState, String> {
         if !events.len().is_multiple_of(EVENT) {
             return Err(bad("events"));
@@ -571,6 +609,10 @@ pub(crate) mod layout {
         }
         if !touched.is_empty() {
             s.touched = be(touched);
+        }
+        if !buckets.is_empty() {
+            s.folded = postcard::from_bytes(buckets)
+                .map_err(|_| "entity state in Redis is corrupt (its time buckets do not read)")?;
         }
         Ok(s)
     }

@@ -2,11 +2,11 @@
 //!
 //! A window (a *level*: length `w`, ending `d` before the transaction) is answered from two
 //! parts of the entity's state:
-//! - its raw events, the newest [`RAW_CAP`] at most, exact: counts, sums and sums of squares
-//!   are integers (amounts in ten-thousandths), the maximum is an amount, distinct counts are
-//!   counts of fingerprints;
-//! - for a hot entity only, the events older than those (folded out of the raw events when
-//!   there were more than [`RAW_CAP`]): per level, time buckets of `w / 32` holding the count,
+//! - its raw events, the newest [`RAW_CAP`] to twice that, exact: counts, sums and sums of
+//!   squares are integers (amounts in ten-thousandths), the maximum is an amount, distinct
+//!   counts are counts of fingerprints;
+//! - for a hot entity only, the events older than those (folded out of the raw events, the
+//!   oldest first, when they reach twice [`RAW_CAP`]): per level, time buckets of `w / 32` holding the count,
 //!   sum, sum of squares, maximum and time span of their events. A bucket wholly inside or
 //!   outside a window is exact; the one a window's edge splits is counted wholly when the middle
 //!   of its events' span is inside the window, not at all otherwise, so a window's error is at
@@ -27,7 +27,8 @@ use serde::{Deserialize, Serialize};
 use super::spec::MAX_DISTINCT_FIELDS;
 use super::state::{Event, ProcessHasher};
 
-/// Most raw events kept per entity: beyond, the oldest are folded into time buckets.
+/// Raw events always kept per entity: at twice as many, the oldest are folded into time
+/// buckets until this many are left.
 pub const RAW_CAP: usize = 512;
 
 /// Time buckets per window length.

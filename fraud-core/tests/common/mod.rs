@@ -55,6 +55,39 @@ pub fn history(events: &[Ev]) -> Vec<Transaction> {
         .collect()
 }
 
+/// A card-testing attack: `n` transactions of one card, spread over `span` seconds, each on
+/// its own device and merchant, every tenth one fraud (reported a minute later), on one
+/// terminal.
+pub fn card_testing(n: usize, span: i64) -> Vec<Transaction> {
+    let tk = Tokenizer::new(&[9u8; 32]).unwrap();
+    (0..n)
+        .map(|i| {
+            let s = i as i64 * span / n as i64;
+            let rfc = |s: i64| {
+                time::OffsetDateTime::from_unix_timestamp(1_700_000_000 + s)
+                    .unwrap()
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap()
+            };
+            let raw = RawTransaction {
+                transaction_id: Some(format!("a{i}")),
+                timestamp: Some(rfc(s)),
+                amount: Some(Decimal::Text(format!("{}.{:02}", 1 + i % 37, i % 100))),
+                currency: Some("EUR".into()),
+                card_number: Some(CARDS[0].to_string().into()),
+                customer_id: Some("c".into()),
+                device_id: Some(format!("d{i}")),
+                merchant_id: Some(format!("m{i}")),
+                terminal_id: Some("t".into()),
+                is_fraud: Some(u8::from(i % 10 == 0)),
+                fraud_reported_at: (i % 10 == 0).then(|| rfc(s + 60)),
+                ..Default::default()
+            };
+            Transaction::from_raw(raw, &tk).unwrap()
+        })
+        .collect()
+}
+
 /// A `redis-server` of its own on a free local port, stopped when dropped.
 pub struct RedisServer {
     child: Child,
