@@ -184,7 +184,10 @@ fn looks_like_track(s: &str) -> bool {
             if run >= 12 && i < b.len() {
                 let sep = b[i];
                 let after = b[i + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
-                if (sep == b'=' || sep == b'D' || sep == b'd') && after >= 4 {
+                // Track 2 (`;PAN=YYMM...`, `D` in some readers' output); not digits inside a
+                // longer word such as a hexadecimal hash (`...a0123456789012d4567...`).
+                let inside_word = start >= 1 && b[start - 1].is_ascii_alphanumeric();
+                if (sep == b'=' || sep == b'D' || sep == b'd') && after >= 4 && !inside_word {
                     return true;
                 }
                 if sep == b'^' && start >= 1 && matches!(b[start - 1], b'B' | b'b') {
@@ -390,6 +393,13 @@ mod tests {
         }
         assert!(holds_card_data(";4556405440559872=25121010000000000000?"));
         assert!(holds_card_data("%B4556405440559872^DOE/JOHN^2512101"));
+        assert!(holds_card_data("4556405440559872=2512101"));
+        // A hash whose digits happen to look like track data (twelve digits, `d`, four
+        // more) is not card data: the message around it is kept.
+        let hash =
+            "head 7a0123456789012d4567ffaabbccddeeff0a1b2c3d4e5f6a7b8c9d0e1f2a3b not in the log";
+        assert!(!holds_card_data(hash), "{hash}");
+        assert_eq!(redact(hash), hash);
         for text in [
             "order 12345",
             "1234567890",
