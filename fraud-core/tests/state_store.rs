@@ -224,7 +224,15 @@ fn redis_bounds_a_hot_entity_as_memory_does() {
     // the fraud-label cap, both backends give the same bits and hold the same state.
     let server = RedisServer::start();
     let ex = spec();
-    let h = common::card_testing(6_000, 3600);
+    let mut h = common::card_testing(6_000, 3600);
+    // Then 1,500 more at one second (ties at the seen-value cap).
+    let late = h.last().unwrap().timestamp_us + 1_000_000;
+    for mut tx in common::card_testing(1_500, 0) {
+        tx.timestamp_us = late;
+        tx.transaction_id = format!("late-{}", tx.transaction_id);
+        tx.fraud_reported_at_us = tx.fraud_reported_at_us.map(|_| late + 60_000_000);
+        h.push(tx);
+    }
     let mem = MemoryStore::new();
     let red = redis_store(&server, "hot");
     let a = online(&mem, &ex, &h);

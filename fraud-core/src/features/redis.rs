@@ -87,13 +87,13 @@ for i, key in ipairs(KEYS) do
       if string.sub(s, r+9, r+16) >= seen_cut then kept[#kept+1] = string.sub(s, r, r+24) end
     end
     if #kept > MAX_SEEN then
-      local lasts = {}
-      for j, rec in ipairs(kept) do lasts[j] = string.sub(rec, 10, 17) end
-      table.sort(lasts)
-      local nth = lasts[#kept - SEEN_KEPT + 1]
+      local order = {}
+      for j, rec in ipairs(kept) do order[j] = string.sub(rec, 10, 17) .. string.sub(rec, 1, 9) end
+      table.sort(order)
+      local nth = order[#kept - SEEN_KEPT + 1]
       local recent = {}
       for _, rec in ipairs(kept) do
-        if string.sub(rec, 10, 17) >= nth then recent[#recent+1] = rec end
+        if string.sub(rec, 10, 17) .. string.sub(rec, 1, 9) >= nth then recent[#recent+1] = rec end
       end
       kept = recent
     end

@@ -228,13 +228,18 @@ impl EntityState {
             let oldest = t - k.retention_us;
             self.seen.retain(|_, (last, _)| *last >= oldest);
             if self.seen.len() > MAX_SEEN {
-                // Keep the most recently seen three quarters of the cap (the Redis script
-                // does the same: the same values are kept).
-                let mut lasts: Vec<i64> = self.seen.values().map(|(last, _)| *last).collect();
-                let cut = lasts.len() - SEEN_KEPT;
-                let (_, nth, _) = lasts.select_nth_unstable(cut);
+                // Keep exactly three quarters of the cap: the most recently seen, ties by
+                // field and fingerprint (values seen at one time cannot defeat the cap). The
+                // Redis script orders them the same way, so the same values are kept.
+                let mut order: Vec<(i64, u8, u64)> = self
+                    .seen
+                    .iter()
+                    .map(|(&(f, v), &(last, _))| (last, f, v))
+                    .collect();
+                let cut = order.len() - SEEN_KEPT;
+                let (_, nth, _) = order.select_nth_unstable(cut);
                 let nth = *nth;
-                self.seen.retain(|_, (last, _)| *last >= nth);
+                self.seen.retain(|&(f, v), (last, _)| (*last, f, v) >= nth);
             }
             self.seen_mark = self.seen.len();
         }
