@@ -107,7 +107,9 @@ fn check_header(
     if bytes.len() < HEADER || &bytes[..8] != magic {
         return Err(corrupt(path, "not a state file of this program"));
     }
-    if bytes[8..12] != version(magic).to_le_bytes() {
+    // Snapshots of version 1 (before time buckets) are still read.
+    let old_snapshot = magic == SNAP_MAGIC && bytes[8..12] == 1u32.to_le_bytes();
+    if bytes[8..12] != version(magic).to_le_bytes() && !old_snapshot {
         return Err(corrupt(path, "written by an unknown version"));
     }
     if &bytes[12..HEADER] != fp {
@@ -163,6 +165,36 @@ struct SnapshotBody<'a> {
     entities: Vec<(Entity, Cow<'a, str>, Cow<'a, EntityState>)>,
 }
 
+/// A version-1 snapshot body (entity states without time buckets).
+#[derive(Deserialize)]
+struct SnapshotBodyV1<'a> {
+    #[serde(borrow)]
+    entities: Vec<(Entity, Cow<'a, str>, super::state::EntityStateV1)>,
+}
+
+/// Gives every entity of a snapshot body (of the version its header names) to `restore`.
+fn restore_body(
+    header: &[u8],
+    body: &[u8],
+    path: &Path,
+    restore: &mut dyn FnMut(Entity, String, EntityState),
+) -> Result<(), StoreError> {
+    if header[8..12] == 1u32.to_le_bytes() {
+        let snap: SnapshotBodyV1<'_> =
+            postcard::from_bytes(body).map_err(|e| corrupt(path, e.to_string()))?;
+        for (e, k, s) in snap.entities {
+            restore(e, k.into_owned(), s.into());
+        }
+        return Ok(());
+    }
+    let snap: SnapshotBody<'_> =
+        postcard::from_bytes(body).map_err(|e| corrupt(path, e.to_string()))?;
+    for (e, k, s) in snap.entities {
+        restore(e, k.into_owned(), s.into_owned());
+    }
+    Ok(())
+}
+
 impl Log {
     /// Opens the log in `dir`, giving the content of the latest snapshot to `restore` and
     /// every later record, in order, to `replay`; then starts a new segment.
@@ -205,11 +237,7 @@ impl Log {
             if body.len() != len || Sha256::digest(body)[..] != rest[8..40] {
                 return Err(corrupt(&p, "checksum mismatch"));
             }
-            let snap: SnapshotBody<'_> =
-                postcard::from_bytes(body).map_err(|e| corrupt(&p, e.to_string()))?;
-            for (e, k, s) in snap.entities {
-                restore(e, k.into_owned(), s.into_owned());
-            }
+            restore_body(&bytes, body, &p, restore)?;
         }
         let live: Vec<u64> = segments.iter().copied().filter(|&s| s >= base).collect();
         for (i, &seq) in live.iter().enumerate() {
@@ -444,10 +472,75 @@ pub(crate) fn read_state_bytes(
     if body.len() != len || Sha256::digest(body)[..] != rest[8..40] {
         return Err(corrupt(path, "checksum mismatch"));
     }
-    let snap: SnapshotBody<'_> =
-        postcard::from_bytes(body).map_err(|e| corrupt(path, e.to_string()))?;
-    for (e, k, s) in snap.entities {
-        restore(e, k.into_owned(), s.into_owned());
-    }
+    restore_body(bytes, body, path, restore)?;
     Ok(tag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::state::{Event, FraudMark};
+
+    /// The layout of a version-1 entity state, as that version wrote it.
+    #[derive(Serialize)]
+    struct V1 {
+        events: std::collections::VecDeque<Event>,
+        located: [Option<(i64, f64, f64)>; 2],
+        seen: Vec<((u8, u64), (i64, i64))>,
+        frauds: Vec<FraudMark>,
+        touched: i64,
+    }
+
+    #[test]
+    fn a_version_1_snapshot_is_still_read() {
+        let ex = Extractor::new(crate::features::FeatureSpec::default_spec())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let v1 = V1 {
+            events: [(10, 2.5), (20, 7.0)]
+                .map(|(ts, amount)| Event {
+                    ts,
+                    amount,
+                    values: [0; crate::features::MAX_DISTINCT_FIELDS],
+                })
+                .into(),
+            located: [Some((20, 50.8, 4.3)), None],
+            seen: vec![((4, 99), (20, 10))],
+            frauds: vec![FraudMark {
+                ts: 10,
+                id: 7,
+                known_at: 15,
+            }],
+            touched: 20,
+        };
+        // A map serializes as its length and pairs, as a sequence of pairs does.
+        let body = postcard::to_allocvec(&(vec![(Entity::Card, "tok", &v1)],))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut bytes = header(SNAP_MAGIC, &spec_fingerprint(&ex));
+        bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
+        bytes.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&Sha256::digest(&body));
+        bytes.extend_from_slice(&5u64.to_le_bytes());
+        bytes.extend_from_slice(&body);
+        let mut got = Vec::new();
+        let tag = read_state_bytes(&bytes, Path::new("state.bin"), &ex, &mut |e, k, s| {
+            got.push((e, k, s));
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(tag, 5);
+        assert_eq!(got.len(), 1);
+        let (e, k, s) = &got[0];
+        assert_eq!((*e, k.as_str()), (Entity::Card, "tok"));
+        assert_eq!(s.events.len(), 2);
+        assert_eq!(s.located, v1.located);
+        assert_eq!(s.seen.get(&(4, 99)), Some(&(20, 10)));
+        assert_eq!(s.frauds, v1.frauds);
+        assert_eq!(s.touched, 20);
+        // An unknown version is refused, naming it.
+        bytes[8..12].copy_from_slice(&9u32.to_le_bytes());
+        let err = read_state_bytes(&bytes, Path::new("state.bin"), &ex, &mut |_, _, _| {})
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("unknown version"), "{err}");
+    }
 }

@@ -141,6 +141,33 @@ pub struct EntityState {
     pub(crate) sliders: Sliders,
 }
 
+/// An entity's state as snapshots of version 1 hold it (before time buckets): read, then
+/// made an [`EntityState`] (folded at its next transaction if it holds more raw events than
+/// the cap).
+#[derive(Debug, Deserialize)]
+pub(crate) struct EntityStateV1 {
+    events: VecDeque<Event>,
+    located: [Option<(i64, f64, f64)>; 2],
+    seen: hashbrown::HashMap<(u8, u64), (i64, i64), ProcessHasher>,
+    frauds: Vec<FraudMark>,
+    touched: i64,
+}
+
+impl From<EntityStateV1> for EntityState {
+    fn from(v: EntityStateV1) -> Self {
+        EntityState {
+            events: v.events,
+            folded: Vec::new(),
+            located: v.located,
+            seen_mark: v.seen.len(),
+            seen: v.seen,
+            frauds: v.frauds,
+            touched: v.touched,
+            sliders: Sliders::default(),
+        }
+    }
+}
+
 /// How one entity kind's state is kept: derived from the spec.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Keeping {
