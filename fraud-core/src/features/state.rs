@@ -92,6 +92,22 @@ pub(crate) struct Event {
     pub values: [u64; MAX_DISTINCT_FIELDS],
 }
 
+impl Event {
+    /// The event of a transaction, its values in the entity's slots.
+    pub(crate) fn of(p: &Point, k: &Keeping) -> Event {
+        let mut values = [0u64; MAX_DISTINCT_FIELDS];
+        for (v, f) in values.iter_mut().zip(&k.slots) {
+            // 0 marks a missing value; a real fingerprint of 0 becomes 1.
+            *v = p.fields[f.index()].map_or(0, |x| x.max(1));
+        }
+        Event {
+            ts: p.ts,
+            amount: p.amount,
+            values,
+        }
+    }
+}
+
 /// A transaction of the entity known to be fraud.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct FraudMark {
@@ -195,29 +211,16 @@ impl EntityState {
         }
     }
 
-    /// Records a transaction (after its features were computed). Returns how many of the
-    /// oldest raw events were folded into time buckets (0 but once every [`RAW_CAP`]
-    /// transactions of a hot entity).
-    pub(crate) fn record(&mut self, k: &Keeping, p: &Point) -> usize {
-        self.record_folding(k, p, &mut Vec::new())
+    /// Records a transaction (after its features were computed).
+    pub(crate) fn record(&mut self, k: &Keeping, p: &Point) {
+        self.record_folding(k, p, &mut Vec::new());
     }
 
-    /// [`record`](Self::record), handing the events folded to `out`.
+    /// [`record`](Self::record), handing the raw events folded into time buckets to `out`
+    /// (none but once every [`RAW_CAP`] transactions of a hot entity); returns how many.
     pub(crate) fn record_folding(&mut self, k: &Keeping, p: &Point, out: &mut Vec<Event>) -> usize {
         let t = p.ts;
-        let mut values = [0u64; MAX_DISTINCT_FIELDS];
-        for (v, f) in values.iter_mut().zip(&k.slots) {
-            // 0 marks a missing value; a real fingerprint of 0 becomes 1.
-            *v = p.fields[f.index()].map_or(0, |x| x.max(1));
-        }
-        let event = Event {
-            ts: t,
-            amount: p.amount,
-            values,
-        };
-        if t < self.sliders.newest_end() {
-            self.sliders.clear();
-        }
+        let event = Event::of(p, k);
         if self.events.back().is_none_or(|e| e.ts <= t) {
             self.events.push_back(event);
         } else {
@@ -276,6 +279,7 @@ impl EntityState {
             }
             let oldest = t - k.horizon_us.max(1);
             let n = self.frauds.partition_point(|m| m.ts < oldest);
+            // At most `MAX_FRAUDS` (states written before the cap may hold more).
             self.frauds
                 .drain(..n.max(self.frauds.len().saturating_sub(MAX_FRAUDS)));
         }
@@ -522,15 +526,20 @@ pub(crate) mod layout {
         u64::from_be_bytes(a)
     }
 
+    /// Appends one raw event as stored.
+    fn put_event(out: &mut Vec<u8>, e: &Event) {
+        out.extend_from_slice(&e.ts.to_be_bytes());
+        out.extend_from_slice(&e.amount.to_le_bytes());
+        for v in e.values {
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+    }
+
     /// Raw events as stored, concatenated.
     pub fn events<'a>(events: impl Iterator<Item = &'a Event>) -> Vec<u8> {
         let mut out = Vec::new();
         for e in events {
-            out.extend_from_slice(&e.ts.to_be_bytes());
-            out.extend_from_slice(&e.amount.to_le_bytes());
-            for v in e.values {
-                out.extend_from_slice(&v.to_be_bytes());
-            }
+            put_event(&mut out, e);
         }
         out
     }
@@ -546,16 +555,7 @@ pub(crate) mod layout {
     /// The event as stored.
     pub fn event(p: &Point, k: &Keeping) -> Vec<u8> {
         let mut out = Vec::with_capacity(EVENT);
-        out.extend_from_slice(&p.ts.to_be_bytes());
-        out.extend_from_slice(&p.amount.to_le_bytes());
-        for i in 0..MAX_DISTINCT_FIELDS {
-            let v = k
-                .slots
-                .get(i)
-                .and_then(|f| p.fields[f.index()])
-                .map_or(0, |x| x.max(1));
-            out.extend_from_slice(&v.to_be_bytes());
-        }
+        put_event(&mut out, &Event::of(p, k));
         out
     }
 

@@ -245,20 +245,17 @@ pub(crate) fn folded_part(buckets: &VecDeque<Bucket>, from: i64, to: i64) -> Agg
 }
 
 /// The raw part of `[from, to)` by a scan of its events.
-pub(crate) fn scan(events: impl Iterator<Item = Event>, lv: &Level) -> Answer {
+pub(crate) fn scan(events: impl Iterator<Item = Event> + Clone, lv: &Level) -> Answer {
     let mut agg = Agg::default();
-    let mut values: [Vec<u64>; MAX_DISTINCT_FIELDS] = Default::default();
-    for e in events {
+    for e in events.clone() {
         agg.add(e.amount);
-        for (slot, on) in lv.slots.iter().enumerate() {
-            if *on && e.values[slot] != 0 {
-                values[slot].push(e.values[slot]);
-            }
-        }
     }
     let mut distinct = [0u64; MAX_DISTINCT_FIELDS];
-    for (d, v) in distinct.iter_mut().zip(values) {
-        *d = super::count_distinct(v.into_iter()) as u64;
+    for (slot, d) in distinct.iter_mut().enumerate() {
+        if lv.slots[slot] {
+            let values = events.clone().map(|e| e.values[slot]).filter(|&v| v != 0);
+            *d = super::count_distinct(values) as u64;
+        }
     }
     Answer { agg, distinct }
 }
@@ -411,13 +408,6 @@ impl Sliders {
     /// Forgets everything (the raw events changed other than at their ends).
     pub(crate) fn clear(&mut self) {
         self.0 = None;
-    }
-
-    /// The newest window end any slider has answered for.
-    pub(crate) fn newest_end(&self) -> i64 {
-        self.0.as_ref().map_or(i64::MIN, |b| {
-            b.1.iter().flatten().map(|s| s.to).max().unwrap_or(i64::MIN)
-        })
     }
 
     /// The oldest raw event is leaving.

@@ -367,9 +367,6 @@ pub trait Journal: Send + Sync {
         &self,
         seq: u64,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), LogError>> + Send + '_>>;
-
-    /// Returns once record `seq` is durable, blocking the thread meanwhile.
-    fn wait_durable(&self, seq: u64) -> Result<(), LogError>;
 }
 
 impl Journal for DecisionLog {
@@ -429,10 +426,6 @@ impl Journal for DecisionLog {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), LogError>> + Send + '_>>
     {
         Box::pin(DecisionLog::durable(self, seq))
-    }
-
-    fn wait_durable(&self, seq: u64) -> Result<(), LogError> {
-        DecisionLog::wait_durable(self, seq)
     }
 }
 
@@ -1428,15 +1421,6 @@ impl DecisionLog {
             .commits
             .failed()
             .unwrap_or_else(|| self.io(std::io::Error::other("the log was closed"))))
-    }
-
-    /// Blocks until record `seq` is durable (at once with `write` durability).
-    pub fn wait_durable(&self, seq: u64) -> Result<(), LogError> {
-        if self.sync {
-            self.sync_to(seq)
-        } else {
-            Ok(())
-        }
     }
 
     /// Retention: removes the closed segments whose every record was written before
