@@ -250,13 +250,26 @@ impl Context<'_> {
             );
             let score = |s: Sums| s.g * s.g / (s.h + l2);
             let mut best_score = score(leaf.sums) + p.min_gain_to_split;
+            // Divisions bound this scan. With both denominators positive, `gl^2/dl + gr^2/dr
+            // > best` is `gl^2*dr + gr^2*dl > best*dl*dr`: multiplications only. It screens
+            // candidates (with a relative slack far above rounding), and the division form
+            // decides as before, so the same split wins.
+            let screen = l2 > 0.0 || min_h > 0.0;
+            const SLACK: f64 = 1.0 - 1e-9;
             let mut found: Option<(usize, bool, Sums, Sums)> = None;
+            // First the running sums at every threshold with rows in its bin, gathered
+            // without a branch: whether a bin is empty is data, and mispredicting it cost
+            // more than the candidates themselves.
+            let mut at = [(0u8, Sums::default()); NB];
+            let mut k = 0usize;
             let mut acc = Sums::default();
             for (t, bin) in h.iter().enumerate().take(value_bins.saturating_sub(1)) {
                 acc = acc.add(*bin);
-                if bin.n == 0.0 {
-                    continue;
-                }
+                at[k] = (t as u8, acc);
+                k += usize::from(bin.n != 0.0);
+            }
+            for &(t, acc) in &at[..k] {
+                let t = usize::from(t);
                 if leaf.sums.n - acc.n < min_n {
                     break;
                 }
@@ -268,6 +281,13 @@ impl Context<'_> {
                     let r = leaf.sums.sub(l);
                     if l.n < min_n || r.n < min_n || l.h < min_h || r.h < min_h {
                         continue;
+                    }
+                    if screen {
+                        let (dl, dr) = (l.h + l2, r.h + l2);
+                        let lhs = l.g * l.g * dr + r.g * r.g * dl;
+                        if !(lhs > best_score * dl * dr * SLACK) {
+                            continue;
+                        }
                     }
                     let sc = score(l) + score(r);
                     if sc > best_score {
