@@ -218,6 +218,54 @@ fn redis_backend_equals_memory_backend() {
 }
 
 #[test]
+fn redis_records_a_transaction_once_whichever_replica_sends_it() {
+    // Two replicas share one Redis. Every transaction goes to the first, and again (a client
+    // retry, or the same id sent to both) to the second: the second gets the same features
+    // bit for bit, and the state is that of each transaction counted once.
+    let server = RedisServer::start();
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(20));
+    let result = runner.run(&events(), |ev| {
+        let h: Vec<Transaction> = history(&sorted(ev)).iter().map(unlabelled).collect();
+        let ex = spec();
+        let mem = MemoryStore::new();
+        let a = redis_store(&server, "dup");
+        let b = RedisStore::open(&server.url(), "dup", Duration::from_secs(2)).unwrap();
+        for (i, tx) in h.iter().enumerate() {
+            let want = mem.step(&ex, tx).unwrap();
+            let first = a.step(&ex, tx).unwrap();
+            let again = b.step(&ex, tx).unwrap();
+            prop_assert!(
+                same_bits(&want, &first),
+                "row {}: {:?} {:?}",
+                i,
+                want,
+                first
+            );
+            prop_assert!(
+                same_bits(&first, &again),
+                "row {}: {:?} {:?}",
+                i,
+                first,
+                again
+            );
+        }
+        for e in [Entity::Card, Entity::Customer, Entity::Terminal] {
+            for (k, s) in mem.entities(e) {
+                let r = b.get(e, &k).unwrap().expect("entity in redis");
+                prop_assert_eq!(
+                    r.normalized(ex.retention_us()),
+                    s.normalized(ex.retention_us())
+                );
+            }
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+#[test]
 fn redis_bounds_a_hot_entity_as_memory_does() {
     // One card, 6,000 transactions in an hour, each on a new device and merchant, every tenth
     // fraud (labels through feedback): past the raw-event cap (folds), the seen-value cap and

@@ -32,7 +32,17 @@ const STEP: &str = r#"
 local EV = tonumber(ARGV[5])
 local t, seen_cut, ttl, write = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1'
 local out = {}
-for i, key in ipairs(KEYS) do
+local n_ent = #KEYS - 1
+local dup = '0'
+if write then
+  if redis.call('SET', KEYS[#KEYS], '1', 'NX', 'PX', ttl) then
+  else
+    dup = '1'
+    write = false
+  end
+end
+for i = 1, n_ent do
+  local key = KEYS[i]
   local a = 5 + (i - 1) * 6
   local ev, loc, seen, cut, labels, mark = ARGV[a+1], ARGV[a+2], ARGV[a+3], ARGV[a+4], ARGV[a+5], ARGV[a+6]
   local cur = redis.call('HMGET', key, 'e', 'l', 's', 'f', 't', 'b')
@@ -128,6 +138,7 @@ for i, key in ipairs(KEYS) do
     redis.call('PEXPIRE', key, ttl)
   end
 end
+out[n_ent + 1] = {dup}
 return out
 "#;
 
@@ -248,6 +259,12 @@ impl RedisStore {
         key
     }
 
+    /// The key marking a transaction recorded: its id's hash and its time (two transactions
+    /// would need the same 64-bit id hash in the same microsecond to be taken for one).
+    fn tx_key(&self, id: u64, ts: i64) -> Vec<u8> {
+        format!("{}:tx:{id:016x}:{ts}", self.prefix).into_bytes()
+    }
+
     /// Runs `f` on a pooled connection (a new one if none is free); a connection that failed
     /// is dropped rather than returned.
     fn with<T>(
@@ -331,18 +348,36 @@ impl RedisStore {
                 .arg(if keep.labels { "1" } else { "0" })
                 .arg(mark);
         }
-        let states: Vec<Vec<Vec<u8>>> = self.with(|c| inv.invoke(c))?;
-        if states.len() != entities.len() {
-            return Err(StoreError::Redis(format!(
-                "the state script returned {} entities for {}",
-                states.len(),
-                entities.len()
-            )));
-        }
-        for (&(e, k), s) in entities.iter().zip(&states) {
+        // The transaction's marker, last: the script records a transaction once, whichever
+        // replica sends it and however often.
+        inv.key(self.tx_key(p.id, p.ts));
+        let mut states: Vec<Vec<Vec<u8>>> = self.with(|c| inv.invoke(c))?;
+        let dup = match states.pop() {
+            Some(flag) if states.len() == entities.len() => flag.first().is_some_and(|f| f == b"1"),
+            _ => {
+                return Err(StoreError::Redis(format!(
+                    "the state script returned {} entities for {}",
+                    states.len().saturating_sub(1),
+                    entities.len()
+                )))
+            }
+        };
+        for (&(e, k), s) in entities.iter().zip(&mut states) {
+            if dup {
+                // Recorded already (a retry, or the same transaction on another replica): its
+                // features are those of the state without it, and nothing is recorded again.
+                if let Some(keep) = ex.keeping(e) {
+                    without(
+                        s,
+                        &layout::event(p, keep),
+                        &layout::seen_keys(p, keep),
+                        p.ts,
+                    );
+                }
+            }
             let mut state = decode(s)?;
             ex.entity_into(e, p, Some(&state), row);
-            if !write {
+            if !write || dup {
                 continue;
             }
             // The script recorded the transaction as `record` does, but for folding: a hot
@@ -376,6 +411,42 @@ impl RedisStore {
             return Ok(0);
         }
         self.with(|c| redis::cmd("DEL").arg(&keys).query(c))
+    }
+}
+
+/// Takes a transaction already recorded back out of an entity's state as the script returned
+/// it (fields `e`, `l`, `s`, ...): its event, its location if it is the newest, and its
+/// seen values where it made them newest (a value it saw first is dropped; one seen before
+/// goes back to its earlier time, the one before that being unknown).
+fn without(fields: &mut [Vec<u8>], event: &[u8], seen_keys: &[u8], ts: i64) {
+    let t = be(ts);
+    if let Some(e) = fields.first_mut() {
+        let n = e.len() / layout::EVENT;
+        if let Some(i) = (0..n)
+            .rev()
+            .find(|&i| &e[i * layout::EVENT..(i + 1) * layout::EVENT] == event)
+        {
+            e.drain(i * layout::EVENT..(i + 1) * layout::EVENT);
+        }
+    }
+    if let Some(l) = fields.get_mut(1) {
+        if l.len() >= layout::LOCATED && l[..8] == t {
+            l.drain(..layout::LOCATED);
+        }
+    }
+    if let Some(s) = fields.get_mut(2) {
+        let mut kept = Vec::with_capacity(s.len());
+        for rec in s.chunks_exact(layout::SEEN) {
+            let mine = seen_keys.chunks_exact(9).any(|k| k == &rec[..9]);
+            if !mine || rec[9..17] != t {
+                kept.extend_from_slice(rec);
+            } else if rec[17..25] != [0u8; 8] {
+                kept.extend_from_slice(&rec[..9]);
+                kept.extend_from_slice(&rec[17..25]);
+                kept.extend_from_slice(&[0u8; 8]);
+            }
+        }
+        *s = kept;
     }
 }
 
