@@ -1101,6 +1101,14 @@ fn redis_outage_degrades_then_recovers_by_itself() {
     assert!(started.elapsed() < Duration::from_secs(3));
     let (_, rec, _) = s.call("GET", "/v1/decisions/o1", Some(&key), None);
     assert!(rec["features"]["card_txn_count_10m"].is_null(), "{rec}");
+    // Ready, degraded: not "not ready" (it serves), and says so.
+    let (st, v, _) = s.call("GET", "/readyz", None, None);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["status"], "degraded", "{v}");
+    assert!(
+        v["detail"].as_str().unwrap_or("").contains("entity state"),
+        "{v}"
+    );
     // Back: normal answers again, with no restart of the service.
     let mut redis = redis_server(port);
     let mut normal = None;
@@ -1113,6 +1121,8 @@ fn redis_outage_degrades_then_recovers_by_itself() {
         }
     }
     let i = normal.expect("the service did not return to normal when Redis came back");
+    let (st, v, _) = s.call("GET", "/readyz", None, None);
+    assert_eq!((st, v["status"].as_str()), (200, Some("ready")), "{v}");
     let (_, _, m) = s
         .try_request("GET", "/metrics", Some(&key), &[], b"")
         .unwrap();

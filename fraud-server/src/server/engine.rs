@@ -236,7 +236,7 @@ pub struct Engine {
     /// Reasons per answer.
     pub reasons: usize,
     /// Score with stateless features when entity state is unreachable.
-    degrade: bool,
+    pub(crate) degrade: bool,
     /// Where uploaded models are kept (`<data dir>/models`).
     pub models_dir: Option<std::path::PathBuf>,
     /// The latest transaction time seen (microseconds): the clock of retention.

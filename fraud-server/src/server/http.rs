@@ -934,13 +934,17 @@ pub(crate) async fn healthz() -> HttpResponse {
 }
 
 fn status_ok(status: &'static str) -> HttpResponse {
-    typed_ok(&Status { status }).unwrap_or_else(|p| actix_web::ResponseError::error_response(&p))
+    typed_ok(&Status {
+        status,
+        detail: None,
+    })
+    .unwrap_or_else(|p| actix_web::ResponseError::error_response(&p))
 }
 
 #[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
-    summary = "Readiness: entity state reachable (no key)",
+    summary = "Readiness: entity state reachable, or the service degrading without it (no key)",
     responses(
-        (status = 200, description = "ready", body = Status),
+        (status = 200, description = "`ready`, or `degraded`: entity state is unreachable and the service scores with the stateless features (`on_unavailable = \"degrade\"`)", body = Status),
         (status = 503, response = ProblemAnswer)
     ))]
 pub(crate) async fn readyz(app: Data) -> HttpResponse {
@@ -955,6 +959,14 @@ pub(crate) async fn readyz(app: Data) -> HttpResponse {
     .await;
     match probe {
         Ok(Ok(())) => status_ok("ready"),
+        // Serving, degraded: a load balancer keeps sending traffic, a monitor sees why.
+        Ok(Err(e)) if app.engine.degrade => typed_ok(&Status {
+            status: "degraded",
+            detail: Some(format!(
+                "entity state is not reachable ({e}); scoring with the stateless features"
+            )),
+        })
+        .unwrap_or_else(|p| actix_web::ResponseError::error_response(&p)),
         Ok(Err(e)) => actix_web::ResponseError::error_response(&Problem::unavailable(format!(
             "entity state is not reachable: {e}"
         ))),

@@ -177,8 +177,12 @@ pub struct Erased {
 /// A liveness or readiness answer.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Status {
-    /// `ok` (alive) or `ready`.
+    /// `ok` (alive), `ready`, or `degraded` (ready, but scoring with the stateless features
+    /// only: entity state is unreachable and `on_unavailable = "degrade"`).
     pub status: &'static str,
+    /// Why it is degraded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// Adds the bearer scheme.
