@@ -403,14 +403,29 @@ impl RedisStore {
         Ok(())
     }
 
-    /// Deletes every key under the prefix (tests and tools).
+    /// Deletes every key under the prefix (entities and transaction markers), a batch at a
+    /// time (`SCAN`, never a blocking `KEYS`). Returns how many were deleted.
     pub fn clear(&self) -> Result<usize, StoreError> {
         let pattern = format!("{}:*", self.prefix);
-        let keys: Vec<Vec<u8>> = self.with(|c| redis::cmd("KEYS").arg(&pattern).query(c))?;
-        if keys.is_empty() {
-            return Ok(0);
+        let (mut cursor, mut deleted) = (0u64, 0usize);
+        loop {
+            let (next, keys): (u64, Vec<Vec<u8>>) = self.with(|c| {
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query(c)
+            })?;
+            if !keys.is_empty() {
+                deleted += self.with(|c| redis::cmd("DEL").arg(&keys).query::<usize>(c))?;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
         }
-        self.with(|c| redis::cmd("DEL").arg(&keys).query(c))
     }
 }
 

@@ -285,7 +285,10 @@ impl Context<'_> {
                     if screen {
                         let (dl, dr) = (l.h + l2, r.h + l2);
                         let lhs = l.g * l.g * dr + r.g * r.g * dl;
-                        if !(lhs > best_score * dl * dr * SLACK) {
+                        // NaN screens out, as `sc > best_score` would.
+                        if lhs.partial_cmp(&(best_score * dl * dr * SLACK))
+                            != Some(std::cmp::Ordering::Greater)
+                        {
                             continue;
                         }
                     }

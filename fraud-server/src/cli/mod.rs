@@ -14,6 +14,7 @@ mod keys;
 mod predict;
 #[cfg(feature = "charts")]
 mod report;
+mod state;
 mod train;
 mod users;
 
@@ -63,6 +64,8 @@ enum Command {
     Serve(crate::server::Args),
     /// Verify the decision log's hash chain, print its head, review access.
     Audit(audit::Args),
+    /// Maintain the entity state (rebuild Redis from the decision log).
+    State(state::Args),
     /// Create, list and revoke API keys.
     Keys(keys::Args),
     /// Create, list, disable and enable review-console users.
@@ -111,6 +114,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Report(a) => report::run(a),
         Command::Serve(a) => crate::server::run(a),
         Command::Audit(a) => audit::run(a),
+        Command::State(a) => state::run(a),
         Command::Keys(a) => keys::run(a),
         Command::Users(a) => users::run(a),
     }

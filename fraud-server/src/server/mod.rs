@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod pin;
 pub mod problem;
+pub mod rebuild;
 pub mod record;
 pub mod seal;
 pub mod sharded;
@@ -182,11 +183,9 @@ pub fn make_private(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds the service of `cfg` (everything but the listening socket).
-pub fn build(cfg: &Config) -> anyhow::Result<Service> {
-    std::fs::create_dir_all(&cfg.data_dir)
-        .with_context(|| format!("config: data_dir: cannot create {}", cfg.data_dir.display()))?;
-    make_private(&cfg.data_dir).context("config: data_dir")?;
+/// The feature pipeline of `cfg` (its `feature_spec`, else the configured model's own),
+/// with the model's artifact and where it came from.
+pub fn extractor(cfg: &Config) -> anyhow::Result<(Extractor, Artifact, String)> {
     let (artifact, origin) = load_artifact(cfg.model.as_deref(), "model")?;
     let spec = match &cfg.feature_spec {
         Some(p) => FeatureSpec::from_toml(
@@ -201,6 +200,49 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
             .unwrap_or_else(FeatureSpec::default_spec),
     };
     let extractor = Extractor::new(spec).context("feature spec")?;
+    Ok((extractor, artifact, origin))
+}
+
+/// The sealer of `cfg`'s `encryption_key_file`, if one is configured (refused inside the
+/// data directory).
+pub fn sealer(cfg: &Config) -> anyhow::Result<Option<seal::Sealer>> {
+    Ok(match &cfg.encryption_key_file {
+        None => None,
+        Some(p) => {
+            if config::inside(p, &cfg.data_dir) {
+                anyhow::bail!(
+                    "config: encryption_key_file: {} is inside the data directory; keep the key apart from the data it protects",
+                    p.display()
+                );
+            }
+            let key = std::fs::read(p).with_context(|| {
+                format!("config: encryption_key_file: cannot read {}", p.display())
+            })?;
+            Some(
+                seal::Sealer::new(&key)
+                    .map_err(|e| anyhow::anyhow!("config: encryption_key_file: {e}"))?,
+            )
+        }
+    })
+}
+
+/// The Redis entity state of `cfg` (`[state] redis_url`), connected.
+pub fn redis_store(cfg: &Config) -> anyhow::Result<fraud_core::features::redis::RedisStore> {
+    let url = cfg.state.redis_url.as_deref().unwrap_or_default();
+    fraud_core::features::redis::RedisStore::open(
+        url,
+        "fraud:",
+        Duration::from_millis(cfg.state.redis_timeout_ms),
+    )
+    .context("config: state.redis_url")
+}
+
+/// Builds the service of `cfg` (everything but the listening socket).
+pub fn build(cfg: &Config) -> anyhow::Result<Service> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("config: data_dir: cannot create {}", cfg.data_dir.display()))?;
+    make_private(&cfg.data_dir).context("config: data_dir")?;
+    let (extractor, artifact, origin) = extractor(cfg)?;
     let model_limits = cfg.limits.model();
     let model = engine::LoadedModel::new(&artifact, &extractor, &origin, &model_limits)
         .map_err(|e| anyhow::anyhow!("config: model ({origin}): {e}"))?;
@@ -220,37 +262,10 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
     // Memory state is derived from the decision log (rebuilt below from the last snapshot and
     // the records after it): one fsync per answer, and the state always equals a replay of
     // what was recorded.
-    let sealer = match &cfg.encryption_key_file {
-        None => None,
-        Some(p) => {
-            if config::inside(p, &cfg.data_dir) {
-                anyhow::bail!(
-                    "config: encryption_key_file: {} is inside the data directory; keep the key apart from the data it protects",
-                    p.display()
-                );
-            }
-            let key = std::fs::read(p).with_context(|| {
-                format!("config: encryption_key_file: cannot read {}", p.display())
-            })?;
-            Some(
-                seal::Sealer::new(&key)
-                    .map_err(|e| anyhow::anyhow!("config: encryption_key_file: {e}"))?,
-            )
-        }
-    };
+    let sealer = sealer(cfg)?;
     let mut snapshot_tag = 0u64;
     let state: engine::StateBackend = match cfg.state.backend {
-        config::Backend::Redis => {
-            let url = cfg.state.redis_url.as_deref().unwrap_or_default();
-            engine::StateBackend::Redis(Arc::new(
-                fraud_core::features::redis::RedisStore::open(
-                    url,
-                    "fraud:",
-                    Duration::from_millis(cfg.state.redis_timeout_ms),
-                )
-                .context("config: state.redis_url")?,
-            ))
-        }
+        config::Backend::Redis => engine::StateBackend::Redis(Arc::new(redis_store(cfg)?)),
         _ => {
             // The last snapshot, if whole and of this spec; otherwise the whole log.
             let snap = cfg.data_dir.join("state").join("state.bin");

@@ -1,0 +1,108 @@
+//! `fraud state rebuild`: entity state in Redis rebuilt from the decision log. Redis is a
+//! cache of what the log holds (every decision's transaction, every label, erasure and card
+//! migration): when it loses its data (a flush, a failover to an empty replica, a new
+//! cluster), this replays the log's records into it as the service applied them, so that
+//! the velocity and label-aware features come back without waiting for traffic to refill
+//! them.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use super::config::{Backend, Config};
+use super::decisions::{verify_dir, Kind};
+use super::engine::{replay_record, StateBackend};
+
+/// What a rebuild did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Rebuilt {
+    /// Keys removed from Redis first.
+    pub cleared: usize,
+    /// Records read (every kind), over all logs.
+    pub records: u64,
+    /// Decisions replayed.
+    pub decisions: u64,
+    /// Labels replayed.
+    pub labels: u64,
+    /// Decisions and labels whose entities were erased since (nothing to replay).
+    pub erased: u64,
+}
+
+/// Rebuilds the Redis entity state of `cfg` from the decision logs of `data_dirs` (each
+/// replica's data directory; `cfg.data_dir` when empty). Everything under the service's key
+/// prefix is removed first. Run it while no replica is scoring (stopped, or not routed to):
+/// a transaction scored meanwhile would be counted in the state it replaces.
+pub fn rebuild(cfg: &Config, data_dirs: &[PathBuf]) -> anyhow::Result<Rebuilt> {
+    if cfg.state.backend != Backend::Redis {
+        anyhow::bail!(
+            "the state backend is `memory`: the service rebuilds it from its decision log at every start; `fraud state rebuild` is for `[state] backend = \"redis\"`"
+        );
+    }
+    let (extractor, _, _) = super::extractor(cfg)?;
+    let sealer = super::sealer(cfg)?;
+    let redis = Arc::new(super::redis_store(cfg)?);
+    let dirs = if data_dirs.is_empty() {
+        vec![cfg.data_dir.clone()]
+    } else {
+        data_dirs.to_vec()
+    };
+    // Every log is read (and its chain verified) before Redis is touched.
+    for dir in &dirs {
+        verify_dir(dir, |_, _| {}).with_context(|| {
+            format!(
+                "the decision log of {} does not verify; nothing was changed",
+                dir.display()
+            )
+        })?;
+    }
+    let state = StateBackend::Redis(redis.clone());
+    let mut out = Rebuilt {
+        cleared: redis
+            .clear()
+            .context("clearing the entity state in Redis")?,
+        ..Rebuilt::default()
+    };
+    for dir in &dirs {
+        let vault = super::vault::Vault::open(dir, sealer.clone())
+            .with_context(|| format!("the entity keys of {}", dir.display()))?;
+        let mut failure: Option<anyhow::Error> = None;
+        verify_dir(dir, |_, rec| {
+            if failure.is_some() {
+                return;
+            }
+            out.records += 1;
+            let kind = Kind::parse(&rec.kind);
+            if !matches!(
+                kind,
+                Some(Kind::Decision | Kind::Label | Kind::Erase | Kind::Migrate)
+            ) {
+                return;
+            }
+            let mut rec = rec.clone();
+            if let Err(e) = rec.unseal(sealer.as_ref()) {
+                failure = Some(anyhow::anyhow!("record {}: {e}", rec.seq));
+                return;
+            }
+            vault.reveal(&mut rec.data);
+            let erased = rec.data["transaction"]["card"]["token"].is_null();
+            match kind {
+                Some(Kind::Decision | Kind::Label) if erased => out.erased += 1,
+                Some(Kind::Decision) => out.decisions += 1,
+                Some(Kind::Label) => out.labels += 1,
+                _ => {}
+            }
+            if let Err(e) = replay_record(&extractor, &state, &rec, Some(&vault)) {
+                failure = Some(anyhow::anyhow!(e));
+            }
+        })
+        .with_context(|| format!("reading the decision log of {}", dir.display()))?;
+        if let Some(e) = failure {
+            return Err(e.context(format!(
+                "replaying the decision log of {} into Redis (the state there is partial: run the rebuild again)",
+                dir.display()
+            )));
+        }
+    }
+    Ok(out)
+}
