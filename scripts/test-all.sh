@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test of the project on a fresh machine: installs what it needs (redis-server and
-# chromium from Debian's packages; a Python venv with XGBoost, LightGBM, Playwright and
+# Runs every test of the project on a fresh machine: installs what it needs (redis-server,
+# PostgreSQL and chromium from Debian's packages; a Python venv with XGBoost, LightGBM, Playwright and
 # pytest, under .venv), checks
 # formatting and lints, runs the Rust tests (those that need Redis start their own
 # redis-server on a free local port), then the Python parity tests against the freshly built
@@ -13,9 +13,12 @@ export CARGO_TERM_COLOR=never
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "redis-server and chromium (Debian packages)"
+step "redis-server, PostgreSQL and chromium (Debian packages)"
 missing=""
 command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
+# The PostgreSQL tests run initdb and postgres from here (a cluster of their own, on a free
+# port, as `nobody` when the tests run as root).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$missing postgresql"
 [ -x /usr/bin/chromium ] || missing="$missing chromium"
 if [ -n "$missing" ]; then
     sudo=""
@@ -27,6 +30,7 @@ if [ -n "$missing" ]; then
 fi
 # The tests start their own servers; the one the package may have started is not used.
 redis-server --version
+ls /usr/lib/postgresql/*/bin/initdb
 
 step "Python venv (.venv) with the reference libraries"
 if [ ! -x .venv/bin/python ]; then

@@ -664,43 +664,6 @@ fn sheds_load_past_its_capacity_with_503_and_retry_after() {
     assert_eq!(st, 200);
 }
 
-/// A throw-away `redis-server` (no persistence, loopback only), stopped when dropped: a
-/// failed assertion must not leave it running.
-struct Redis(std::process::Child);
-
-impl Redis {
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// A [`Redis`] on `port`.
-fn redis_server(port: u16) -> Redis {
-    Redis(
-        Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--bind",
-                "127.0.0.1",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server is not installed (the test command installs it)"),
-    )
-}
-
 #[test]
 fn scores_with_entity_state_in_redis() {
     let port = free_port();
@@ -1621,54 +1584,14 @@ fn retention_removes_old_log_segments_and_the_chain_still_verifies() {
     );
 }
 
-/// A service replica on `cfg` in `dir`, once it answers (Redis may still be starting).
-fn replica(dir: &Path, cfg: &str) -> Server {
-    for _ in 0..100 {
-        if let Ok(s) = start(dir, cfg) {
-            return s;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("replica in {} did not start", dir.display());
-}
-
 #[test]
 fn replicas_share_redis_state_count_each_transaction_once_and_rebuild_it() {
-    use std::os::unix::fs::PermissionsExt;
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
     let mut redis = redis_server(port);
-    // Shared by every replica: the tokenization key (one card, one token) and the API keys.
-    let token_key = dir.path().join("tokenization.key");
-    std::fs::write(&token_key, [7u8; 32]).unwrap();
-    std::fs::set_permissions(&token_key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let keys = dir.path().join("keys.json");
-    let out = fraud_cli(&[
-        "keys",
-        "create",
-        "--role",
-        "score,analyst,admin",
-        "--name",
-        "checkout",
-        "--keys-file",
-        keys.to_str().unwrap(),
-        "--data-dir",
-        dir.path().join("keys-data").to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let key = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find(|l| l.starts_with("fsk_"))
-        .unwrap()
-        .to_string();
+    let (key, shared) = shared_keys(dir.path());
     let cfg = format!(
-        "keys_file = {:?}\ntokenization_key_file = {:?}\n[state]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{port}/\"\nredis_timeout_ms = 1000\n",
-        keys.to_str().unwrap(),
-        token_key.to_str().unwrap()
+        "{shared}[state]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{port}/\"\nredis_timeout_ms = 1000\n"
     );
     let (da, db) = (dir.path().join("a"), dir.path().join("b"));
     let a = replica(&da, &cfg);

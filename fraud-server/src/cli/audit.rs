@@ -13,7 +13,12 @@ pub enum Command {
     /// still in the log (a log cut short after it was published fails).
     Verify {
         /// The log directory (`fraud-data/log`) or the data directory (`fraud-data`).
-        dir: PathBuf,
+        #[arg(required_unless_present = "store")]
+        dir: Option<PathBuf>,
+        /// Verify a PostgreSQL store shared by replicas instead (`postgres://...`): every
+        /// replica's chain, and no transaction decided twice.
+        #[arg(long, conflicts_with_all = ["dir", "head"])]
+        store: Option<String>,
         /// A head hash published earlier (`fraud audit head`).
         #[arg(long)]
         head: Option<String>,
@@ -64,57 +69,33 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     match a.command {
         Command::Verify {
             dir,
+            store,
             head,
             public_key,
         } => {
-            let mut seen_head = head.is_none();
-            let mut records = 0u64;
-            let want = head.as_deref().map(str::trim).unwrap_or("");
             let verifier = public_key
                 .as_deref()
                 .map(HeadVerifier::parse)
                 .transpose()
                 .map_err(|e| anyhow::anyhow!("--public-key: {e}"))?;
-            // (seq of the last good signed head, first bad signed head)
-            let mut signed: (u64, Option<String>) = (0, None);
+            let dir = match (dir, store) {
+                (_, Some(url)) => return verify_store(&url, verifier.as_ref()),
+                (Some(d), None) => d,
+                (None, None) => anyhow::bail!("give a log directory or --store URL"),
+            };
+            let mut seen_head = head.is_none();
+            let mut records = 0u64;
+            let want = head.as_deref().map(str::trim).unwrap_or("");
+            let mut signed = SignedHeads::default();
             let scan = verify_dir(&dir, |pos, rec| {
                 records += 1;
                 if !seen_head && pos.hash == want {
                     seen_head = true;
                 }
-                if let (Some(v), true) = (&verifier, rec.is(Kind::Head)) {
-                    if signed.1.is_some() {
-                        return;
-                    }
-                    let n = rec.data["records"].as_u64();
-                    let h = rec.data["head"].as_str().unwrap_or("");
-                    let sig = rec.data["signature"].as_str().unwrap_or("");
-                    if n != Some(rec.seq - 1) || h != rec.prev {
-                        signed.1 = Some(format!(
-                            "record {}: a signed head that does not match the chain before it",
-                            rec.seq
-                        ));
-                    } else if !v.verify(rec.seq - 1, h, sig) {
-                        signed.1 = Some(format!(
-                            "record {}: the signed head does not verify with public key {}",
-                            rec.seq,
-                            v.public_hex()
-                        ));
-                    } else {
-                        signed.0 = rec.seq;
-                    }
-                }
+                signed.visit(verifier.as_ref(), rec);
             })
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-            if let Some(bad) = signed.1 {
-                anyhow::bail!("{}: {bad}", log_dir(&dir).display());
-            }
-            if verifier.is_some() && signed.0 == 0 {
-                anyhow::bail!(
-                    "{}: no signed head verifies with this public key: the log cannot be shown to be the service's",
-                    log_dir(&dir).display()
-                );
-            }
+            signed.check(verifier.is_some(), &log_dir(&dir).display().to_string())?;
             let place = log_dir(&dir);
             if scan.torn_bytes > 0 {
                 anyhow::bail!(
@@ -138,15 +119,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             } else {
                 String::new()
             };
-            let signed_note = if verifier.is_some() {
-                format!(
-                    "; signed through record {} ({} record(s) after the last signed head)",
-                    signed.0,
-                    scan.records.saturating_sub(signed.0)
-                )
-            } else {
-                String::new()
-            };
+            let signed_note = signed.note(verifier.is_some(), scan.records);
             super::emit(&format!(
                 "{}: intact, {} records in {} segment(s){kept}, head {}{signed_note}\n",
                 place.display(),
@@ -228,4 +201,157 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             super::emit(&out)
         }
     }
+}
+
+/// The signed heads of one chain, checked as they are read: (seq of the last good one, the
+/// first bad one).
+#[derive(Default)]
+struct SignedHeads(u64, Option<String>);
+
+impl SignedHeads {
+    fn visit(&mut self, verifier: Option<&HeadVerifier>, rec: &crate::server::decisions::Record) {
+        let (Some(v), true) = (verifier, rec.is(Kind::Head)) else {
+            return;
+        };
+        if self.1.is_some() {
+            return;
+        }
+        let n = rec.data["records"].as_u64();
+        let h = rec.data["head"].as_str().unwrap_or("");
+        let sig = rec.data["signature"].as_str().unwrap_or("");
+        if n != Some(rec.seq - 1) || h != rec.prev {
+            self.1 = Some(format!(
+                "record {}: a signed head that does not match the chain before it",
+                rec.seq
+            ));
+        } else if !v.verify(rec.seq - 1, h, sig) {
+            self.1 = Some(format!(
+                "record {}: the signed head does not verify with public key {}",
+                rec.seq,
+                v.public_hex()
+            ));
+        } else {
+            self.0 = rec.seq;
+        }
+    }
+
+    /// An error naming `place` when a signed head is bad, or none verifies (with a key).
+    fn check(&self, with_key: bool, place: &str) -> anyhow::Result<()> {
+        if let Some(bad) = &self.1 {
+            anyhow::bail!("{place}: {bad}");
+        }
+        if with_key && self.0 == 0 {
+            anyhow::bail!(
+                "{place}: no signed head verifies with this public key: the log cannot be shown to be the service's"
+            );
+        }
+        Ok(())
+    }
+
+    fn note(&self, with_key: bool, records: u64) -> String {
+        if with_key {
+            format!(
+                "; signed through record {} ({} record(s) after the last signed head)",
+                self.0,
+                records.saturating_sub(self.0)
+            )
+        } else {
+            String::new()
+        }
+    }
+}
+
+/// `fraud audit verify --store URL`: every replica's chain in the shared store verified as a
+/// log directory is (and each record naming the replica it is filed under), then every
+/// transaction decided at most once across replicas.
+fn verify_store(url: &str, verifier: Option<&HeadVerifier>) -> anyhow::Result<()> {
+    let mut client = postgres::Client::connect(url, postgres::NoTls)
+        .map_err(|e| anyhow::anyhow!("--store: cannot connect: {e}"))?;
+    let rows = client
+        .query(
+            "SELECT replica, hash, body, seq, transaction_id FROM fraud_records
+             ORDER BY replica, seq",
+            &[],
+        )
+        .map_err(|e| anyhow::anyhow!("--store: cannot read the records: {e}"))?;
+    let mut chains: Vec<(String, Vec<u8>)> = Vec::new();
+    // The transaction id filed beside each record (what identifies an encrypted decision).
+    let mut filed: std::collections::HashMap<(String, i64), String> = Default::default();
+    for r in &rows {
+        let (replica, h, body): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+        if let Some(id) = r.get::<_, Option<String>>(4) {
+            filed.insert((replica.clone(), r.get(3)), id);
+        }
+        if chains.last().is_none_or(|c| c.0 != replica) {
+            chains.push((replica, Vec::new()));
+        }
+        if let Some((_, bytes)) = chains.last_mut() {
+            bytes.extend_from_slice(h.as_bytes());
+            bytes.push(b' ');
+            bytes.extend_from_slice(body.as_bytes());
+            bytes.push(b'\n');
+        }
+    }
+    if chains.is_empty() {
+        anyhow::bail!("--store: the store holds no records");
+    }
+    let mut decided: std::collections::HashMap<String, (String, u64)> = Default::default();
+    let mut lines = Vec::new();
+    let mut total = 0u64;
+    for (replica, bytes) in &chains {
+        let place = format!("store replica {replica}");
+        let mut signed = SignedHeads::default();
+        let mut bad: Option<String> = None;
+        let scan = crate::server::decisions::verify_lines(
+            bytes,
+            std::path::Path::new(&place),
+            |_, rec| {
+                if bad.is_some() {
+                    return;
+                }
+                if rec.replica.as_deref() != Some(replica.as_str()) {
+                    bad = Some(format!(
+                        "record {} names replica {:?}, not the one it is filed under",
+                        rec.seq, rec.replica
+                    ));
+                }
+                signed.visit(verifier, rec);
+                if rec.is(Kind::Decision) {
+                    let id = rec.data["transaction_id"].as_str().map(str::to_string).or_else(|| {
+                        filed
+                            .get(&(replica.clone(), i64::try_from(rec.seq).unwrap_or(-1)))
+                            .cloned()
+                    });
+                    if let Some(id) = id.as_deref() {
+                        if let Some((r, s)) = decided.get(id) {
+                            bad = Some(format!(
+                                "record {}: transaction {id:?} was decided already (replica {r}, record {s})",
+                                rec.seq
+                            ));
+                        } else {
+                            decided.insert(id.to_string(), (replica.clone(), rec.seq));
+                        }
+                    }
+                }
+            },
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if let Some(b) = bad {
+            anyhow::bail!("{place}: {b}");
+        }
+        signed.check(verifier.is_some(), &place)?;
+        total += scan.records;
+        lines.push(format!(
+            "  replica {replica}: {} records, head {}{}",
+            scan.records,
+            scan.head,
+            signed.note(verifier.is_some(), scan.records)
+        ));
+    }
+    super::emit(&format!(
+        "store: intact, {total} records from {} replica(s); {} transactions, each decided once\n{}\n",
+        chains.len(),
+        decided.len(),
+        lines.join("\n")
+    ))
 }

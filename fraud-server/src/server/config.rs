@@ -173,6 +173,42 @@ impl Default for StateConfig {
     }
 }
 
+/// Where the decision log (and what derives from it) is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// Hash-chained files under `data_dir` (the embedded default; one replica).
+    Files,
+    /// A PostgreSQL database (`store.url`) shared by replicas.
+    Postgres,
+}
+
+/// The decision store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `files` or `postgres`.
+    pub backend: StoreBackend,
+    /// `postgres://user@host:port/db` for the `postgres` backend (also FRAUD_STORE_URL).
+    pub url: Option<String>,
+    /// This replica's id in the shared store (its records' `replica`; one running process
+    /// per id). Default: one made once and kept in `<data_dir>/replica-id`.
+    pub replica: Option<String>,
+    /// How long a commit may take before the answers waiting for it fail (503), in ms.
+    pub timeout_ms: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            backend: StoreBackend::Files,
+            url: None,
+            replica: None,
+            timeout_ms: 5_000,
+        }
+    }
+}
+
 /// Request limits.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -286,6 +322,8 @@ pub struct Config {
     pub lists: Lists,
     /// Entity state.
     pub state: StateConfig,
+    /// The decision store.
+    pub store: StoreConfig,
     /// Limits.
     pub limits: Limits,
     /// Reasons returned per decision.
@@ -330,6 +368,7 @@ impl Default for Config {
             rules: Vec::new(),
             lists: Lists::default(),
             state: StateConfig::default(),
+            store: StoreConfig::default(),
             limits: Limits::default(),
             reasons: 5,
             log_durability: LogDurability::Sync,
@@ -528,6 +567,7 @@ impl Config {
             "FRAUD_DECLINE_THRESHOLD" => self.thresholds.decline = num(key)?,
             "FRAUD_STATE_BACKEND" => self.state.backend = word(key, v)?,
             "FRAUD_REDIS_URL" => self.state.redis_url = Some(v.to_string()),
+            "FRAUD_STORE_URL" => self.store.url = Some(v.to_string()),
             "FRAUD_MAX_BODY_BYTES" => self.limits.max_body_bytes = int(key)?,
             "FRAUD_MAX_BATCH" => self.limits.max_batch = int(key)?,
             "FRAUD_MAX_IN_FLIGHT" => self.limits.max_in_flight = int(key)?,
@@ -572,6 +612,33 @@ impl Config {
         }
         if let Some(r) = &self.retention {
             parse_period(r).map_err(|e| bad("retention", e))?;
+        }
+        if self.store.backend == StoreBackend::Postgres {
+            if self.store.url.is_none() {
+                return Err(bad(
+                    "store.url",
+                    "is required for the postgres store (or FRAUD_STORE_URL)",
+                ));
+            }
+            if self.retention.is_some() {
+                return Err(bad(
+                    "retention",
+                    "is not available with the postgres store yet (records are kept)",
+                ));
+            }
+            if let Some(r) = &self.store.replica {
+                if r.is_empty()
+                    || r.len() > 64
+                    || !r
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                {
+                    return Err(bad(
+                        "store.replica",
+                        "must be 1 to 64 letters, digits, '-', '_' or '.'",
+                    ));
+                }
+            }
         }
         if self.log_segment_bytes < 1024 {
             return Err(bad("log_segment_bytes", "must be at least 1024"));

@@ -57,18 +57,20 @@ pub enum LogError {
 }
 
 /// A record's members before `data`.
-struct Head<'a> {
-    seq: u64,
-    prev: &'a str,
-    kind: &'a str,
-    at: &'a str,
-    key: &'a str,
+pub(crate) struct Head<'a> {
+    pub seq: u64,
+    pub prev: &'a str,
+    pub kind: &'a str,
+    pub at: &'a str,
+    pub key: &'a str,
+    /// The replica that wrote it (records in a shared store; none in a replica's own files).
+    pub replica: Option<&'a str>,
 }
 
 /// Appends to `out` a record's body as serde would serialize it whole, from `data` serialized
 /// already: the large part of a record is written before the log's lock is taken, only the
 /// rest (seq, prev) under it.
-fn write_body(
+pub(crate) fn write_body(
     out: &mut Vec<u8>,
     head: &Head<'_>,
     data: &[u8],
@@ -84,6 +86,10 @@ fn write_body(
     ] {
         out.extend_from_slice(name);
         serde_json::to_writer(&mut *out, v)?;
+    }
+    if let Some(r) = head.replica {
+        out.extend_from_slice(b",\"replica\":");
+        serde_json::to_writer(&mut *out, r)?;
     }
     out.extend_from_slice(b",\"data\":");
     out.extend_from_slice(data);
@@ -204,7 +210,7 @@ impl Kind {
     }
 
     /// Written in clear even in an encrypted log (what must be read to verify it).
-    fn clear(self) -> bool {
+    pub(crate) fn clear(self) -> bool {
         matches!(self, Kind::Retention | Kind::Recovery | Kind::Head)
     }
 }
@@ -362,6 +368,24 @@ pub trait Journal: Send + Sync {
     /// The vault that seals the records' entity fields, when there is one.
     fn vault(&self) -> Option<&super::vault::Vault>;
 
+    /// Claims `transaction_id` for this process before it is scored: `false` when another
+    /// replica is scoring it now (a store shared by replicas; a claim left by a replica that
+    /// died lapses). A decision appended releases the claim; [`release`](Journal::release)
+    /// gives it up otherwise. One process's own requests are kept apart by the engine.
+    fn claim(&self, _transaction_id: &str) -> Result<bool, LogError> {
+        Ok(true)
+    }
+
+    /// Gives up the claim of a transaction that was not decided (or was decided before).
+    fn release(&self, _transaction_id: &str) {}
+
+    /// The seq to wait for (with [`durable`](Journal::durable)) before answering with
+    /// `rec`, a record read back: its own, or 0 when it is durable already (written by
+    /// another replica to a shared store).
+    fn settle_seq(&self, rec: &Record) -> u64 {
+        rec.seq
+    }
+
     /// Resolves once record `seq` is durable, without holding a thread meanwhile.
     fn durable(
         &self,
@@ -442,6 +466,9 @@ pub struct Record {
     pub at: String,
     /// Name of the API key that asked.
     pub key: String,
+    /// The replica that wrote it, in a store shared by replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
     /// The record's content (null while sealed).
     pub data: serde_json::Value,
     /// The content encrypted (AES-256-GCM, base64) when the log is encrypted.
@@ -690,9 +717,9 @@ fn segment_name(first: u64) -> String {
     format!("decisions-{first:020}.log")
 }
 
-const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+pub(crate) const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-fn hash(prev: &str, body: &[u8]) -> String {
+pub(crate) fn hash(prev: &str, body: &[u8]) -> String {
     let mut h = Sha256::new();
     h.update(prev.as_bytes());
     h.update(body);
@@ -712,7 +739,7 @@ fn split(line: &[u8]) -> Option<(&str, &[u8])> {
 type Index = super::sharded::Sharded<(u64, u64)>;
 
 /// The transaction id a decision record is indexed by.
-fn decision_id(kind: &str, data: &serde_json::Value) -> Option<String> {
+pub(crate) fn decision_id(kind: &str, data: &serde_json::Value) -> Option<String> {
     (kind == Kind::Decision.name())
         .then(|| data.get("transaction_id")?.as_str().map(str::to_string))
         .flatten()
@@ -919,6 +946,33 @@ pub fn segment_files(dir: &Path) -> std::io::Result<Vec<(Option<u64>, PathBuf)>>
     Ok(closed)
 }
 
+/// Verifies one chain given as log lines (`<hash> <body>\n`, oldest first), as a log
+/// directory's segments are verified; `name` names it in errors. Calls `visit` for each
+/// record.
+pub fn verify_lines(
+    bytes: &[u8],
+    name: &Path,
+    mut visit: impl FnMut(Pos<'_>, &Record),
+) -> Result<Scan, LogError> {
+    let mut chain = Chain::new();
+    let (good, _) = chain.read(bytes, name, &mut visit)?;
+    if good < bytes.len() {
+        return Err(LogError::Damaged {
+            path: name.to_path_buf(),
+            line: chain.seq + 1,
+            reason: format!("record {} is not a whole log record", chain.seq + 1),
+        });
+    }
+    chain.check_start(name)?;
+    Ok(Scan {
+        records: chain.seq,
+        first: chain.first.as_ref().map_or(1, |f| f.0),
+        head: chain.last_hash,
+        torn_bytes: 0,
+        files: Vec::new(),
+    })
+}
+
 /// Reads and verifies a whole log directory (every segment, one at a time) without changing
 /// it, calling `visit` for each record. A cut-short record at the end of the open segment is
 /// reported in `torn_bytes`; anywhere else it is damage.
@@ -989,7 +1043,7 @@ fn utc_day(at: &str) -> &str {
     at.get(..10).unwrap_or(at)
 }
 
-fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
@@ -1358,6 +1412,7 @@ impl DecisionLog {
                     kind: kind.name(),
                     at: &at,
                     key,
+                    replica: None,
                 },
                 if sealed.is_some() { b"null" } else { &data },
                 sealed.as_deref(),
@@ -1718,6 +1773,7 @@ mod tests {
                     kind,
                     at,
                     key,
+                    replica: None,
                 },
                 &bytes,
                 sealed,

@@ -261,6 +261,8 @@ pub struct Engine {
     cut: std::sync::RwLock<()>,
     /// Transactions being scored (a second request with the same id waits its turn out).
     busy: super::sharded::Locked<()>,
+    /// The decision log is a store shared by replicas (records are not sealed per entity).
+    shared_store: bool,
 }
 
 /// Where the service keeps entity state: in this process (rebuilt from the decision log at
@@ -296,10 +298,15 @@ impl StateBackend {
 struct BusyGuard<'a> {
     engine: &'a Engine,
     id: &'a str,
+    /// Claimed in a shared store and not decided here (yet): released on drop.
+    claimed: bool,
 }
 
 impl Drop for BusyGuard<'_> {
     fn drop(&mut self) {
+        if self.claimed {
+            self.engine.log.release(self.id);
+        }
         self.engine.busy.remove(self.id);
     }
 }
@@ -323,6 +330,7 @@ pub struct EngineBuilder {
     snapshot_path: Option<std::path::PathBuf>,
     watch: Option<super::watch::Watch>,
     previous_keys: Vec<Tokenizer>,
+    shared_store: bool,
 }
 
 /// A setter of [`EngineBuilder`] for an optional part.
@@ -362,6 +370,10 @@ impl EngineBuilder {
         sealer: Option<super::seal::Sealer> => sealer = std::convert::identity;
         /// Per-entity keys of the decision log's entity fields.
         vault: Arc<super::vault::Vault> => vault = Some;
+        /// The same, when there may be none (a shared store).
+        vault_opt: Option<Arc<super::vault::Vault>> => vault = std::convert::identity;
+        /// The decision log is a store shared by replicas.
+        shared_store: bool => shared_store = std::convert::identity;
         /// The review queue and the console's overview figures.
         cases: super::cases::Cases => cases = Some;
         /// Where the memory state's snapshot is written.
@@ -409,6 +421,7 @@ impl EngineBuilder {
             keep_email,
             cut: std::sync::RwLock::new(()),
             busy: Default::default(),
+            shared_store: self.shared_store,
         })
     }
 }
@@ -442,10 +455,23 @@ impl Engine {
                 tx.transaction_id
             )));
         }
-        let _guard = BusyGuard {
+        let mut guard = BusyGuard {
             engine: self,
             id: &tx.transaction_id,
+            claimed: false,
         };
+        // Across replicas (a shared store): one scores it, the others answer 409 meanwhile.
+        if !self
+            .log
+            .claim(&tx.transaction_id)
+            .map_err(Problem::from_log)?
+        {
+            return Err(Problem::conflict(format!(
+                "transaction `{}` is being scored by another replica",
+                tx.transaction_id
+            )));
+        }
+        guard.claimed = true;
         let request = serde_json::to_vec(&tx)
             .map(|b| self.tokenizer.fingerprint(&b))
             .map_err(|e| Problem::internal(format!("request: {e}")))?;
@@ -471,7 +497,7 @@ impl Engine {
             let mut answer = rec.data.get("response").cloned().unwrap_or(Value::Null);
             answer["replayed"] = json!(true);
             // The first answer may still be waiting for its commit: so does this one.
-            return Ok((answer.to_string(), rec.seq));
+            return Ok((answer.to_string(), self.log.settle_seq(&rec)));
         }
         let model = self.model.load_full();
         let cut = self
@@ -547,6 +573,8 @@ impl Engine {
                 used,
             )
             .map_err(Problem::from_log)?;
+        // Its commit drops the claim.
+        guard.claimed = false;
         answer.card_mask = shown;
         drop(cut);
         self.cases.decision(
@@ -790,6 +818,13 @@ impl Engine {
                 format!("`{kind}` is not an entity (card, customer, merchant, terminal, device, ip, email)"),
             ));
         };
+        if self.shared_store {
+            return Err(Problem::new(
+                actix_web::http::StatusCode::NOT_IMPLEMENTED,
+                "Not Implemented",
+                "erasure is not available with the postgres store yet: its records are not sealed under per-entity keys, so an erasure could not reach them; nothing was changed",
+            ));
+        }
         let key_ref = self.vault.as_ref().and_then(|v| v.key_ref(kind, id));
         let held = {
             let _cut = self

@@ -12,6 +12,7 @@ pub mod http;
 pub mod keys;
 pub mod metrics;
 pub mod openapi;
+pub mod pgstore;
 pub mod pin;
 pub mod problem;
 pub mod rebuild;
@@ -226,6 +227,28 @@ pub fn sealer(cfg: &Config) -> anyhow::Result<Option<seal::Sealer>> {
     })
 }
 
+/// This replica's id in a shared store: `[store] replica`, else the one made once and kept in
+/// `<data_dir>/replica-id`.
+fn replica_id(cfg: &Config) -> anyhow::Result<String> {
+    if let Some(r) = &cfg.store.replica {
+        return Ok(r.clone());
+    }
+    let path = cfg.data_dir.join("replica-id");
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+    let mut raw = [0u8; 6];
+    getrandom::fill(&mut raw)
+        .map_err(|e| anyhow::anyhow!("no randomness for a replica id: {e}"))?;
+    let id = format!("r-{}", fraud_core::hex::encode(&raw));
+    fraud_core::files::write_atomic(&path, id.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(id)
+}
+
 /// The Redis entity state of `cfg` (`[state] redis_url`), connected.
 pub fn redis_store(cfg: &Config) -> anyhow::Result<fraud_core::features::redis::RedisStore> {
     let url = cfg.state.redis_url.as_deref().unwrap_or_default();
@@ -299,31 +322,50 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
     let mut failure = None;
     let mut replayed = 0u64;
     let mut installed: [Option<Option<String>>; 2] = [None, None];
-    let vault = Arc::new(vault::Vault::open(&cfg.data_dir, sealer.clone())?);
     let mut pending_shred = Vec::new();
     let review_cases = cases::Cases::default();
-    let log = decisions::DecisionLog::open(
-        &log_dir,
-        cfg.log_durability == config::LogDurability::Sync,
-        sealer.clone(),
-        cfg.log_segment_bytes,
-        Some(vault.clone()),
-        |rec| {
-            if rec.is(decisions::Kind::Model) {
-                let slot = usize::from(rec.data["role"] == "shadow");
-                installed[slot] = Some(rec.data["file"].as_str().map(str::to_string));
+    let mut visit = |rec: &decisions::Record, vault: Option<&vault::Vault>| {
+        if rec.is(decisions::Kind::Model) {
+            let slot = usize::from(rec.data["role"] == "shadow");
+            installed[slot] = Some(rec.data["file"].as_str().map(str::to_string));
+        }
+        review_cases.record(&rec.kind, rec.seq, cases::hour_of(&rec.at), &rec.data);
+        if replay && rec.seq > snapshot_tag && failure.is_none() {
+            replayed += 1;
+            match engine::replay_record(&extractor, &state, rec, vault) {
+                Ok(Some(key_ref)) => pending_shred.push(key_ref),
+                Ok(None) => {}
+                Err(e) => failure = Some(e),
             }
-            review_cases.record(&rec.kind, rec.seq, cases::hour_of(&rec.at), &rec.data);
-            if replay && rec.seq > snapshot_tag && failure.is_none() {
-                replayed += 1;
-                match engine::replay_record(&extractor, &state, rec, Some(&vault)) {
-                    Ok(Some(key_ref)) => pending_shred.push(key_ref),
-                    Ok(None) => {}
-                    Err(e) => failure = Some(e),
-                }
+        }
+    };
+    let (log, vault): (Box<dyn decisions::Journal>, Option<Arc<vault::Vault>>) =
+        match cfg.store.backend {
+            config::StoreBackend::Files => {
+                let vault = Arc::new(vault::Vault::open(&cfg.data_dir, sealer.clone())?);
+                let log = decisions::DecisionLog::open(
+                    &log_dir,
+                    cfg.log_durability == config::LogDurability::Sync,
+                    sealer.clone(),
+                    cfg.log_segment_bytes,
+                    Some(vault.clone()),
+                    |rec| visit(rec, Some(&vault)),
+                )?;
+                (Box::new(log), Some(vault))
             }
-        },
-    )?;
+            config::StoreBackend::Postgres => {
+                let replica = replica_id(cfg)?;
+                let log = pgstore::PgJournal::open(
+                    cfg.store.url.as_deref().unwrap_or_default(),
+                    &replica,
+                    Duration::from_millis(cfg.store.timeout_ms),
+                    sealer.clone(),
+                    |rec| visit(rec, None),
+                )
+                .context("config: store")?;
+                (Box::new(log), None)
+            }
+        };
     if let Some(e) = failure {
         anyhow::bail!("cannot rebuild entity state from the decision log: {e}");
     }
@@ -354,12 +396,13 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
         .model(model)
         .shadow(shadow)
         .policy(policy)
-        .log(Box::new(log))
+        .log(log)
         .reasons(cfg.reasons)
         .degrade(cfg.state.on_unavailable == config::OnUnavailable::Degrade)
         .models_dir(cfg.data_dir.join("models"))
         .sealer(sealer)
-        .vault(vault)
+        .vault_opt(vault)
+        .shared_store(cfg.store.backend == config::StoreBackend::Postgres)
         .cases(review_cases)
         .snapshot_path(cfg.data_dir.join("state").join("state.bin"))
         .watch(watch::Watch::new(cfg.insider.clone()))

@@ -369,3 +369,215 @@ where
         body,
     }
 }
+
+/// A PostgreSQL server of its own (Debian's `initdb` and `postgres`) in a temporary
+/// directory, on a free port, trusting local connections: as `nobody` when the tests run as
+/// root (PostgreSQL refuses to run as root). Stopped when dropped.
+pub struct Postgres {
+    child: Option<Child>,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl Postgres {
+    fn bin(name: &str) -> PathBuf {
+        let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.path().join("bin").join(name))
+                    .filter(|p| p.exists())
+                    .collect()
+            })
+            .unwrap_or_default();
+        found.sort();
+        found
+            .pop()
+            .unwrap_or_else(|| panic!("PostgreSQL's {name} is not installed (the test command installs the Debian package)"))
+    }
+
+    fn as_owner(&self, program: &Path) -> Command {
+        if rustix::process::geteuid().is_root() {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+                .arg(program);
+            c
+        } else {
+            Command::new(program)
+        }
+    }
+
+    /// initdb, then start; waits until it accepts connections.
+    pub fn start() -> Postgres {
+        let dir = tempfile::tempdir().unwrap();
+        if rustix::process::geteuid().is_root() {
+            std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
+        }
+        let mut pg = Postgres {
+            child: None,
+            port: 0,
+            dir,
+        };
+        let data = pg.dir.path().join("data");
+        let st = pg
+            .as_owner(&Self::bin("initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "fraud", "--auth=trust", "-E", "UTF8", "--no-sync"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "initdb failed");
+        pg.run();
+        pg
+    }
+
+    /// Starts the server on its data directory (a new port the first time, the same after).
+    pub fn run(&mut self) {
+        if self.port == 0 {
+            self.port = free_port();
+        }
+        let log = std::fs::File::create(self.dir.path().join("server.log")).ok();
+        let mut cmd = self.as_owner(&Self::bin("postgres"));
+        cmd.arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-p", &self.port.to_string(), "-k"])
+            .arg(self.dir.path())
+            .args(["-c", "listen_addresses=127.0.0.1"])
+            .stdout(Stdio::null());
+        match log {
+            Some(f) => cmd.stderr(Stdio::from(f)),
+            None => cmd.stderr(Stdio::null()),
+        };
+        self.child = Some(cmd.spawn().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while postgres::Client::connect(&self.url(), postgres::NoTls).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "PostgreSQL did not accept connections: {}",
+                std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the server at once (SIGKILL: as a crash would).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://fraud@127.0.0.1:{}/postgres", self.port)
+    }
+
+    pub fn client(&self) -> postgres::Client {
+        postgres::Client::connect(&self.url(), postgres::NoTls).unwrap()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A throw-away `redis-server` (no persistence, loopback only), stopped when dropped: a
+/// failed assertion must not leave it running.
+pub struct Redis(std::process::Child);
+
+impl Redis {
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A [`Redis`] on `port`.
+pub fn redis_server(port: u16) -> Redis {
+    Redis(
+        Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--bind",
+                "127.0.0.1",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is not installed (the test command installs it)"),
+    )
+}
+
+/// What replicas share, made in `dir`: a tokenization key file (one card, one token) and a
+/// keys file holding one key with every role. Returns the key and the config lines naming
+/// both files.
+pub fn shared_keys(dir: &Path) -> (String, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let token_key = dir.join("tokenization.key");
+    std::fs::write(&token_key, [7u8; 32]).unwrap();
+    std::fs::set_permissions(&token_key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let keys = dir.join("keys.json");
+    let out = fraud_cli(&[
+        "keys",
+        "create",
+        "--role",
+        "score,analyst,admin",
+        "--name",
+        "checkout",
+        "--keys-file",
+        keys.to_str().unwrap(),
+        "--data-dir",
+        dir.join("keys-data").to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with("fsk_"))
+        .unwrap()
+        .to_string();
+    let cfg = format!(
+        "keys_file = {:?}\ntokenization_key_file = {:?}\n",
+        keys.to_str().unwrap(),
+        token_key.to_str().unwrap()
+    );
+    (key, cfg)
+}
+
+/// A service replica on `cfg` in `dir`, once it answers (its stores may still be starting).
+pub fn replica(dir: &Path, cfg: &str) -> Server {
+    for _ in 0..100 {
+        if let Ok(s) = start(dir, cfg) {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "replica in {} did not start: {}",
+        dir.display(),
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("server-"))
+            .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

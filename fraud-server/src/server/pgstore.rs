@@ -1,0 +1,678 @@
+//! The decision log on PostgreSQL (`[store] backend = "postgres"`): what several replicas of
+//! the service share. Every replica writes its own hash chain into one table,
+//! `fraud_records (replica, seq, hash, body, kind, transaction_id)`, each body the same JSON
+//! as a line of the file log plus the `replica` that wrote it, so `fraud audit verify
+//! --store` checks every chain as it checks a log directory, and then that no transaction
+//! has two decisions.
+//!
+//! - Group commit: records are chained in memory under one lock and committed by one thread
+//!   in batches (one transaction, one multi-row insert); a decision's answer waits for its
+//!   batch's commit ([`Journal::durable`]), an event's append returns after it.
+//! - Idempotency across replicas: a transaction id is claimed in `fraud_claims` before it is
+//!   scored (a second replica answers 409 meanwhile); the commit of its decision drops the
+//!   claim in the same transaction. A claim older than [`CLAIM_LAPSE`] (its replica died)
+//!   can be taken over, and a replica's own claim is its again (its requests are kept apart
+//!   by the engine). Decisions are found by transaction id from any replica.
+//! - One process per replica id: the committer holds a session advisory lock on it.
+//! - An unreachable server: the committer retries the batch (skipping what a commit whose
+//!   answer was lost did write); answers waiting for it fail after the timeout with 503, and
+//!   the decision is still committed later (a client retry then gets it, replayed).
+
+use std::collections::HashMap;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use postgres::{Client, NoTls};
+
+use super::decisions::{
+    hash, now_rfc3339, write_body, Durable, Event, Head, Journal, Kind, LogError, Record, Removed,
+    GENESIS,
+};
+
+/// How long a claim holds against another replica without its decision being committed.
+pub const CLAIM_LAPSE: Duration = Duration::from_secs(30);
+
+/// Records waiting for the committer at most: beyond, appends fail at once (the server has
+/// been unreachable for a while) rather than holding memory without bound.
+const MAX_PENDING: usize = 100_000;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS fraud_records (
+    replica text NOT NULL,
+    seq bigint NOT NULL,
+    hash text NOT NULL,
+    body text NOT NULL,
+    kind text NOT NULL,
+    transaction_id text,
+    written_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (replica, seq)
+);
+CREATE INDEX IF NOT EXISTS fraud_records_decision ON fraud_records (transaction_id)
+    WHERE kind = 'decision';
+CREATE TABLE IF NOT EXISTS fraud_claims (
+    transaction_id text PRIMARY KEY,
+    replica text NOT NULL,
+    since timestamptz NOT NULL DEFAULT now()
+);
+";
+
+fn io(what: &str, e: impl std::fmt::Display) -> LogError {
+    LogError::Io {
+        path: std::path::PathBuf::from(format!("postgres ({what})")),
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
+/// Connects to `url` with `timeout` for the connection.
+fn connect(url: &str, timeout: Duration) -> Result<Client, LogError> {
+    let mut cfg: postgres::Config = url.parse().map_err(|e| io("url", e))?;
+    cfg.connect_timeout(timeout);
+    cfg.connect(NoTls).map_err(|e| io("connect", e))
+}
+
+/// The advisory-lock key of a replica id.
+fn lock_key(replica: &str) -> i64 {
+    let h = hash("fraud-replica", replica.as_bytes());
+    i64::from_str_radix(&h[..15], 16).unwrap_or(0)
+}
+
+/// A record chained, waiting for its commit.
+struct Row {
+    seq: i64,
+    hash: String,
+    body: String,
+    kind: &'static str,
+    transaction_id: Option<String>,
+}
+
+struct State {
+    seq: u64,
+    last_hash: String,
+    pending: Vec<Row>,
+    /// Decisions not committed yet, by transaction id: their bodies (found before commit).
+    uncommitted: HashMap<String, String>,
+    committed: u64,
+    /// The committer's last error, while it retries.
+    error: Option<String>,
+    stop: bool,
+}
+
+struct Shared {
+    replica: String,
+    url: String,
+    timeout: Duration,
+    sealer: Option<super::seal::Sealer>,
+    state: Mutex<State>,
+    /// The committer's wake-up.
+    work: Condvar,
+    /// Commits, for appends waiting on a thread.
+    done: Condvar,
+    durable: tokio::sync::watch::Sender<Durable>,
+    /// Jobs for the reader threads.
+    readers: Mutex<std::sync::mpsc::Sender<Job>>,
+}
+
+/// A query run on a reader thread, with that thread's connection (made when needed).
+type Job = Box<dyn FnOnce(&mut Option<Client>) + Send>;
+
+/// Reader threads: queries from request threads run here.
+const READERS: usize = 4;
+
+/// The decision log of one replica in a PostgreSQL database shared by all.
+pub struct PgJournal {
+    shared: std::sync::Arc<Shared>,
+    committer: Option<std::thread::JoinHandle<()>>,
+    /// Seq of the last signed head written by this process (0: none yet).
+    signed_through: std::sync::atomic::AtomicU64,
+}
+
+impl PgJournal {
+    /// Connects, creates the tables if needed, takes the replica's lock, reads its chain's
+    /// head and hands each of its records (opened) to `visit`, oldest first.
+    pub fn open(
+        url: &str,
+        replica: &str,
+        timeout: Duration,
+        sealer: Option<super::seal::Sealer>,
+        mut visit: impl FnMut(&Record),
+    ) -> Result<Self, LogError> {
+        let mut writer = connect(url, timeout)?;
+        writer.batch_execute(SCHEMA).map_err(|e| io("schema", e))?;
+        let locked: bool = writer
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&lock_key(replica)])
+            .and_then(|r| r.try_get(0))
+            .map_err(|e| io("lock", e))?;
+        if !locked {
+            return Err(io(
+                "lock",
+                format!("replica id `{replica}` is in use by another running process; give each replica its own `[store] replica`"),
+            ));
+        }
+        let (mut seq, mut last_hash) = (0u64, GENESIS.to_string());
+        let rows = writer
+            .query(
+                "SELECT seq, hash, body FROM fraud_records WHERE replica = $1 ORDER BY seq",
+                &[&replica],
+            )
+            .map_err(|e| io("read", e))?;
+        for r in rows {
+            let (s, h, body): (i64, String, String) = (r.get(0), r.get(1), r.get(2));
+            let mut rec: Record = serde_json::from_str(&body).map_err(|e| {
+                io(
+                    "read",
+                    format!("record {s} of replica {replica} is not JSON: {e}"),
+                )
+            })?;
+            rec.unseal(sealer.as_ref()).map_err(|e| io("read", e))?;
+            visit(&rec);
+            seq = u64::try_from(s).unwrap_or(0);
+            last_hash = h;
+        }
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let queue = std::sync::Arc::new(Mutex::new(queue));
+        for i in 0..READERS {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("pg-reader-{i}"))
+                .spawn(move || {
+                    let mut conn = None;
+                    loop {
+                        let job = match queue
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .recv()
+                        {
+                            Ok(j) => j,
+                            // The store was dropped.
+                            Err(_) => return,
+                        };
+                        job(&mut conn);
+                    }
+                })
+                .map_err(|e| io("readers", e))?;
+        }
+        let (durable, _) = tokio::sync::watch::channel(Durable {
+            through: seq,
+            failed: None,
+        });
+        let shared = std::sync::Arc::new(Shared {
+            replica: replica.to_string(),
+            url: url.to_string(),
+            timeout,
+            sealer,
+            state: Mutex::new(State {
+                seq,
+                last_hash,
+                pending: Vec::new(),
+                uncommitted: HashMap::new(),
+                committed: seq,
+                error: None,
+                stop: false,
+            }),
+            work: Condvar::new(),
+            done: Condvar::new(),
+            durable,
+            readers: Mutex::new(jobs),
+        });
+        let s = shared.clone();
+        let committer = std::thread::Builder::new()
+            .name("pg-committer".into())
+            .spawn(move || s.run(writer))
+            .map_err(|e| io("committer", e))?;
+        Ok(PgJournal {
+            shared,
+            committer: Some(committer),
+            signed_through: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Chains a record of `data` and queues it for the committer. Returns its seq.
+    fn push(
+        &self,
+        kind: Kind,
+        key: &str,
+        data: &[u8],
+        transaction_id: Option<String>,
+    ) -> Result<u64, LogError> {
+        self.push_with(kind, key, |_, _| Ok(data.to_vec()), transaction_id)
+            .map(Option::unwrap_or_default)
+    }
+
+    /// Chains a record whose data `make` builds from its seq and the previous hash, under
+    /// the chain's lock (`Err(None)`: nothing to write), and queues it.
+    fn push_with(
+        &self,
+        kind: Kind,
+        key: &str,
+        make: impl FnOnce(u64, &str) -> Result<Vec<u8>, Option<LogError>>,
+        transaction_id: Option<String>,
+    ) -> Result<Option<u64>, LogError> {
+        let at = now_rfc3339();
+        let mut g = self.lock();
+        if g.pending.len() >= MAX_PENDING {
+            return Err(io(
+                "commit",
+                format!(
+                    "{} records wait for the database: {}",
+                    g.pending.len(),
+                    g.error.as_deref().unwrap_or("it is slow")
+                ),
+            ));
+        }
+        let seq = g.seq + 1;
+        let data = match make(seq, &g.last_hash) {
+            Ok(d) => d,
+            Err(None) => return Ok(None),
+            Err(Some(e)) => return Err(e),
+        };
+        let data = data.as_slice();
+        let sealed = match &self.sealer {
+            Some(sl) if !kind.clear() => Some(
+                sl.seal_text(data, &seq.to_le_bytes())
+                    .map_err(|e| io("seal", e))?,
+            ),
+            _ => None,
+        };
+        let mut body = Vec::with_capacity(data.len() + 300);
+        write_body(
+            &mut body,
+            &Head {
+                seq,
+                prev: &g.last_hash,
+                kind: kind.name(),
+                at: &at,
+                key,
+                replica: Some(&self.replica),
+            },
+            if sealed.is_some() { b"null" } else { data },
+            sealed.as_deref(),
+        )
+        .map_err(|e| io("record", e))?;
+        let h = hash(&g.last_hash, &body);
+        let body = String::from_utf8(body).map_err(|e| io("record", e))?;
+        if let Some(id) = &transaction_id {
+            if kind == Kind::Decision {
+                g.uncommitted.insert(id.clone(), body.clone());
+            }
+        }
+        g.pending.push(Row {
+            seq: i64::try_from(seq).unwrap_or(i64::MAX),
+            hash: h.clone(),
+            body,
+            kind: kind.name(),
+            transaction_id,
+        });
+        g.seq = seq;
+        g.last_hash = h;
+        drop(g);
+        self.work.notify_one();
+        Ok(Some(seq))
+    }
+
+    /// Waits on this thread until `seq` is committed (or the timeout).
+    fn wait(&self, seq: u64) -> Result<(), LogError> {
+        let deadline = Instant::now() + self.timeout;
+        let mut g = self.lock();
+        while g.committed < seq {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(self.late(&g));
+            }
+            g = self
+                .done
+                .wait_timeout(g, left)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+        Ok(())
+    }
+
+    fn late(&self, g: &State) -> LogError {
+        io(
+            "commit",
+            format!(
+                "not committed within {} ms: {}",
+                self.timeout.as_millis(),
+                g.error.as_deref().unwrap_or("the database is slow")
+            ),
+        )
+    }
+
+    /// The committer: takes every queued record, commits them in one transaction, publishes.
+    fn run(&self, mut client: Client) {
+        loop {
+            let batch: Vec<Row> = {
+                let mut g = self.lock();
+                while g.pending.is_empty() && !g.stop {
+                    g = self
+                        .work
+                        .wait(g)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+                if g.pending.is_empty() {
+                    return;
+                }
+                std::mem::take(&mut g.pending)
+            };
+            let mut backoff = Duration::from_millis(20);
+            loop {
+                match self.commit(&mut client, &batch) {
+                    Ok(()) => break,
+                    Err(e) => {
+                        let stop = {
+                            let mut g = self.lock();
+                            g.error = Some(e.to_string());
+                            g.stop
+                        };
+                        if stop {
+                            return;
+                        }
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                        if client.is_closed() || client.is_valid(self.timeout).is_err() {
+                            if let Ok(c) = self.reconnect() {
+                                client = c;
+                            }
+                        }
+                    }
+                }
+            }
+            let through = batch
+                .last()
+                .map_or(0, |r| u64::try_from(r.seq).unwrap_or(0));
+            {
+                let mut g = self.lock();
+                g.committed = g.committed.max(through);
+                g.error = None;
+                for r in &batch {
+                    if let (Some(id), "decision") = (&r.transaction_id, r.kind) {
+                        g.uncommitted.remove(id);
+                    }
+                }
+            }
+            self.done.notify_all();
+            self.durable.send_replace(Durable {
+                through,
+                failed: None,
+            });
+        }
+    }
+
+    /// A new writer connection, holding the replica's lock again.
+    fn reconnect(&self) -> Result<Client, LogError> {
+        let mut c = connect(&self.url, self.timeout)?;
+        let locked: bool = c
+            .query_one(
+                "SELECT pg_try_advisory_lock($1)",
+                &[&lock_key(&self.replica)],
+            )
+            .and_then(|r| r.try_get(0))
+            .map_err(|e| io("lock", e))?;
+        if !locked {
+            return Err(io("lock", "the replica's lock is held elsewhere"));
+        }
+        Ok(c)
+    }
+
+    /// One transaction for the batch: the records (those a commit whose answer was lost
+    /// wrote already are skipped), and the decided transactions' claims dropped.
+    fn commit(&self, client: &mut Client, batch: &[Row]) -> Result<(), postgres::Error> {
+        let mut t = client.transaction()?;
+        let have: Option<i64> = t
+            .query_one(
+                "SELECT max(seq) FROM fraud_records WHERE replica = $1",
+                &[&self.replica],
+            )?
+            .get(0);
+        let have = have.unwrap_or(0);
+        let rows: Vec<&Row> = batch.iter().filter(|r| r.seq > have).collect();
+        if !rows.is_empty() {
+            let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+            let hashes: Vec<&str> = rows.iter().map(|r| r.hash.as_str()).collect();
+            let bodies: Vec<&str> = rows.iter().map(|r| r.body.as_str()).collect();
+            let kinds: Vec<&str> = rows.iter().map(|r| r.kind).collect();
+            let ids: Vec<Option<&str>> = rows.iter().map(|r| r.transaction_id.as_deref()).collect();
+            t.execute(
+                "INSERT INTO fraud_records (replica, seq, hash, body, kind, transaction_id)
+                 SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[])",
+                &[&self.replica, &seqs, &hashes, &bodies, &kinds, &ids],
+            )?;
+            let decided: Vec<&str> = rows
+                .iter()
+                .filter(|r| r.kind == "decision")
+                .filter_map(|r| r.transaction_id.as_deref())
+                .collect();
+            if !decided.is_empty() {
+                t.execute(
+                    "DELETE FROM fraud_claims WHERE transaction_id = ANY($1)",
+                    &[&decided],
+                )?;
+            }
+        }
+        t.commit()
+    }
+
+    /// Runs `f` on a reader connection, on one of the store's own threads (the sync client
+    /// runs its own runtime, which cannot start on an HTTP worker's); waits for the answer
+    /// at most the timeout and a second.
+    fn read<T: Send + 'static>(
+        &self,
+        f: impl Fn(&mut Client) -> Result<T, postgres::Error> + Send + 'static,
+    ) -> Result<T, LogError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let url = self.url.clone();
+        let timeout = self.timeout;
+        let job: Job = Box::new(move |slot: &mut Option<Client>| {
+            let out = (|| {
+                if let Some(c) = slot.as_mut().filter(|c| !c.is_closed()) {
+                    match f(c) {
+                        // A kept connection the server closed (a restart): once more on a
+                        // new one.
+                        Err(e) if e.is_closed() || c.is_closed() => *slot = None,
+                        r => return r.map_err(|e| io("query", e)),
+                    }
+                }
+                let c = slot.insert(connect(&url, timeout)?);
+                f(c).map_err(|e| io("query", e))
+            })();
+            if out.is_err() {
+                *slot = None;
+            }
+            let _ = tx.send(out);
+        });
+        self.readers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .send(job)
+            .map_err(|_| io("query", "the store's reader threads are gone"))?;
+        rx.recv_timeout(self.timeout + Duration::from_secs(1))
+            .map_err(|_| {
+                io(
+                    "query",
+                    format!("no answer within {} ms", self.timeout.as_millis()),
+                )
+            })?
+    }
+
+    fn open_record(&self, body: &str) -> Result<Record, LogError> {
+        let mut rec: Record = serde_json::from_str(body).map_err(|e| io("record", e))?;
+        rec.unseal(self.sealer.as_ref())
+            .map_err(|e| io("record", e))?;
+        Ok(rec)
+    }
+}
+
+impl Drop for PgJournal {
+    fn drop(&mut self) {
+        self.shared.lock().stop = true;
+        self.shared.work.notify_all();
+        if let Some(h) = self.committer.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Journal for PgJournal {
+    fn append(&self, key: &str, event: &Event<'_>) -> Result<u64, LogError> {
+        let kind = event.kind();
+        let data = serde_json::to_vec(event).map_err(|e| io("record", e))?;
+        let id = match event {
+            Event::Label { transaction_id, .. }
+            | Event::Access { transaction_id, .. }
+            | Event::Case { transaction_id, .. } => Some(transaction_id.to_string()),
+            _ => None,
+        };
+        let seq = self.shared.push(kind, key, &data, id)?;
+        self.shared.wait(seq)?;
+        Ok(seq)
+    }
+
+    fn append_decision(
+        &self,
+        key: &str,
+        record: &super::record::DecisionRecord<'_, fraud_core::decision::Verdict>,
+        _used: super::vault::Used,
+    ) -> Result<u64, LogError> {
+        let data = serde_json::to_vec(record).map_err(|e| io("record", e))?;
+        self.shared.push(
+            Kind::Decision,
+            key,
+            &data,
+            Some(record.transaction_id.to_string()),
+        )
+    }
+
+    fn append_signed_head(
+        &self,
+        signer: &super::heads::HeadSigner,
+    ) -> Result<Option<u64>, LogError> {
+        // Signed under the chain's lock: nothing comes between the head and its record.
+        let seq = self.shared.push_with(
+            Kind::Head,
+            "system",
+            |seq, prev| {
+                let records = seq - 1;
+                let last = self
+                    .signed_through
+                    .load(std::sync::atomic::Ordering::Acquire);
+                if records == 0 || (records == last && last > 0) {
+                    return Err(None);
+                }
+                let data = serde_json::json!({
+                    "records": records,
+                    "head": prev,
+                    "public_key": signer.public_hex(),
+                    "signature": signer.sign(records, prev),
+                });
+                serde_json::to_vec(&data).map_err(|e| Some(io("record", e)))
+            },
+            None,
+        )?;
+        if let Some(seq) = seq {
+            self.signed_through
+                .store(seq, std::sync::atomic::Ordering::Release);
+            self.shared.wait(seq)?;
+        }
+        Ok(seq)
+    }
+
+    fn decision(&self, transaction_id: &str) -> Result<Option<Record>, LogError> {
+        let local = self.shared.lock().uncommitted.get(transaction_id).cloned();
+        let body = match local {
+            Some(b) => Some(b),
+            None => {
+                let id = transaction_id.to_string();
+                self.shared.read(move |c| {
+                    c.query_opt(
+                    "SELECT body FROM fraud_records WHERE kind = 'decision' AND transaction_id = $1
+                     ORDER BY written_at, replica, seq LIMIT 1",
+                    &[&id],
+                )
+                .map(|r| r.map(|r| r.get::<_, String>(0)))
+                })?
+            }
+        };
+        body.map(|b| self.shared.open_record(&b)).transpose()
+    }
+
+    fn records(&self) -> u64 {
+        self.shared.lock().seq
+    }
+
+    fn remove_before(
+        &self,
+        _before: time::OffsetDateTime,
+        _through: u64,
+        _key: &str,
+    ) -> Result<Removed, LogError> {
+        Err(io(
+            "retention",
+            "retention is not available with the postgres store yet",
+        ))
+    }
+
+    fn vault(&self) -> Option<&super::vault::Vault> {
+        None
+    }
+
+    fn claim(&self, transaction_id: &str) -> Result<bool, LogError> {
+        let lapse = CLAIM_LAPSE.as_secs_f64();
+        let replica = self.shared.replica.clone();
+        let id = transaction_id.to_string();
+        self.shared.read(move |c| {
+            c.query_opt(
+                "INSERT INTO fraud_claims (transaction_id, replica) VALUES ($1, $2)
+                 ON CONFLICT (transaction_id) DO UPDATE SET replica = EXCLUDED.replica, since = now()
+                 WHERE fraud_claims.since < now() - make_interval(secs => $3)
+                    OR fraud_claims.replica = EXCLUDED.replica
+                 RETURNING 1",
+                &[&id, &replica, &lapse],
+            )
+            .map(|r| r.is_some())
+        })
+    }
+
+    fn release(&self, transaction_id: &str) {
+        let replica = self.shared.replica.clone();
+        let id = transaction_id.to_string();
+        let _ = self.shared.read(move |c| {
+            c.execute(
+                "DELETE FROM fraud_claims WHERE transaction_id = $1 AND replica = $2",
+                &[&id, &replica],
+            )
+        });
+    }
+
+    fn settle_seq(&self, rec: &Record) -> u64 {
+        if rec.replica.as_deref() == Some(self.shared.replica.as_str()) {
+            rec.seq
+        } else {
+            0
+        }
+    }
+
+    fn durable(
+        &self,
+        seq: u64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), LogError>> + Send + '_>>
+    {
+        Box::pin(async move {
+            let mut rx = self.shared.durable.subscribe();
+            let waited =
+                tokio::time::timeout(self.shared.timeout, rx.wait_for(|d| d.through >= seq)).await;
+            match waited {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(_)) => Err(io("commit", "the store was closed")),
+                Err(_) => Err(self.shared.late(&self.shared.lock())),
+            }
+        })
+    }
+}

@@ -1,0 +1,146 @@
+//! Several replicas, one system: `fraud serve` replicas sharing a real PostgreSQL store
+//! (`[store] backend = "postgres"`) and a real Redis for entity state, no sticky routing.
+//! PostgreSQL comes from Debian's packages (initdb into a temporary directory, on a free
+//! port), as redis-server does.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+mod common;
+use common::*;
+
+fn at(id: &str, minute: u32) -> Value {
+    let mut t = tx(id, "10.00");
+    t["timestamp"] = json!(format!("2024-05-01T10:{minute:02}:00Z"));
+    t
+}
+
+fn count(s: &Server, key: &str, id: &str) -> f64 {
+    let (st, rec, _) = s.call("GET", &format!("/v1/decisions/{id}"), Some(key), None);
+    assert_eq!(st, 200, "{rec}");
+    rec["features"]["card_txn_count_10m"].as_f64().unwrap()
+}
+
+fn verify_store(url: &str) -> (bool, String) {
+    let o = fraud_cli(&["audit", "verify", "--store", url]);
+    (
+        o.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
+}
+
+#[test]
+fn replicas_on_postgres_and_redis_behave_as_one_service() {
+    let mut pg = Postgres::start();
+    let redis_port = free_port();
+    let _redis = redis_server(redis_port);
+    let dir = tempfile::tempdir().unwrap();
+    let (key, shared) = shared_keys(dir.path());
+    let cfg = |replica: &str| {
+        format!(
+            "{shared}[state]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{redis_port}/\"\nredis_timeout_ms = 1000\n[store]\nbackend = \"postgres\"\nurl = \"{}\"\ntimeout_ms = 3000\n{replica}",
+            pg.url()
+        )
+    };
+    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
+    let a = replica(&da, &cfg("replica = \"a\"\n"));
+    // The second replica's id is made once and kept in its data directory.
+    let b = replica(&db, &cfg(""));
+
+    // The same transaction on both: decided once, the second answer replayed.
+    let (st, first, _) = a.call("POST", "/v1/score", Some(&key), Some(&at("x1", 0)));
+    assert_eq!(st, 200, "{first}");
+    assert!(first.get("replayed").is_none());
+    let (st, again, _) = b.call("POST", "/v1/score", Some(&key), Some(&at("x1", 0)));
+    assert_eq!(st, 200, "{again}");
+    assert_eq!(again["replayed"], true, "{again}");
+    assert_eq!(again["decision"], first["decision"]);
+    assert_eq!(again["score"], first["score"]);
+    // Read and labelled on the replica that did not decide.
+    assert_eq!(count(&b, &key, "x1"), 0.0);
+    let (st, l, _) = b.call(
+        "POST",
+        "/v1/labels",
+        Some(&key),
+        Some(&json!({"labels": [{"transaction_id": "x1", "is_fraud": false}]})),
+    );
+    assert_eq!(st, 200, "{l}");
+    assert_eq!(l["accepted"], 1, "{l}");
+
+    // One card, alternating replicas: the counts see every replica, x1 once.
+    let (st, _, _) = b.call("POST", "/v1/score", Some(&key), Some(&at("x2", 1)));
+    assert_eq!(st, 200);
+    let (st, _, _) = a.call("POST", "/v1/score", Some(&key), Some(&at("x3", 2)));
+    assert_eq!(st, 200);
+    assert_eq!(count(&b, &key, "x3"), 2.0);
+
+    // The same id sent to both at once: one decides, the other replays it or answers 409.
+    let body = at("x4", 3);
+    let (ra, rb) = std::thread::scope(|s| {
+        let ta = s.spawn(|| a.call("POST", "/v1/score", Some(&key), Some(&body)));
+        let tb = s.spawn(|| b.call("POST", "/v1/score", Some(&key), Some(&body)));
+        (ta.join().unwrap(), tb.join().unwrap())
+    });
+    let decided = [&ra, &rb]
+        .iter()
+        .filter(|r| r.0 == 200 && r.1.get("replayed").is_none())
+        .count();
+    assert_eq!(decided, 1, "{ra:?} {rb:?}");
+    for r in [&ra, &rb] {
+        assert!(r.0 == 200 || r.0 == 409, "{r:?}");
+    }
+    let (st, _, _) = b.call("POST", "/v1/score", Some(&key), Some(&at("x5", 4)));
+    assert_eq!(st, 200);
+    assert_eq!(count(&a, &key, "x5"), 4.0, "x1..x4, each once");
+
+    // A replica id runs once.
+    let dup = start(&dir.path().join("c"), &cfg("replica = \"a\"\n"));
+    assert!(dup.is_err(), "a second process took replica id a");
+
+    // The whole store verifies; an altered record is named.
+    let (ok, text) = verify_store(&pg.url());
+    assert!(ok, "{text}");
+    assert!(text.contains("2 replica(s)"), "{text}");
+    assert!(text.contains("each decided once"), "{text}");
+
+    // PostgreSQL restarts: a clear 503 meanwhile, then answers again without a restart of
+    // the replicas; nothing acknowledged is lost.
+    pg.kill();
+    let started = Instant::now();
+    let (st, p, _) = a.call("POST", "/v1/score", Some(&key), Some(&at("x6", 5)));
+    assert_eq!(st, 503, "{p}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    pg.run();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (st, v, _) = a.call("POST", "/v1/score", Some(&key), Some(&at("x6", 5)));
+        if st == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no recovery: {st} {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(count(&b, &key, "x6"), 5.0);
+    let (ok, text) = verify_store(&pg.url());
+    assert!(ok, "{text}");
+
+    let mut c = pg.client();
+    c.execute(
+        "UPDATE fraud_records SET body = replace(body, '\"decision\":', '\"decision\": ') WHERE replica = 'a' AND seq = 1",
+        &[],
+    )
+    .unwrap();
+    let (ok, text) = verify_store(&pg.url());
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("replica a") && text.contains("record 1"),
+        "{text}"
+    );
+}
