@@ -946,6 +946,27 @@ pub fn segment_files(dir: &Path) -> std::io::Result<Vec<(Option<u64>, PathBuf)>>
     Ok(closed)
 }
 
+/// The data of a signed head to be record `seq` after `prev`: the record count and head hash
+/// before it, signed; `None` when no record came since the last signed head (`last`).
+pub(crate) fn signed_head(
+    signer: &super::heads::HeadSigner,
+    seq: u64,
+    prev: &str,
+    last: u64,
+) -> Option<Vec<u8>> {
+    let records = seq - 1;
+    if records == last && last > 0 {
+        return None;
+    }
+    let data = serde_json::json!({
+        "records": records,
+        "head": prev,
+        "public_key": signer.public_hex(),
+        "signature": signer.sign(records, prev),
+    });
+    serde_json::to_vec(&data).ok()
+}
+
 /// Verifies one chain given as log lines (`<hash> <body>\n`, oldest first), as a log
 /// directory's segments are verified; `name` names it in errors. Calls `visit` for each
 /// record.
@@ -1344,18 +1365,13 @@ impl DecisionLog {
             Kind::Head,
             "system",
             |seq, prev| {
-                let records = seq - 1;
-                let last = self.signed_through.load(Ordering::Acquire);
-                if records == last && last > 0 {
-                    return Err(None);
-                }
-                let data = serde_json::json!({
-                    "records": records,
-                    "head": prev,
-                    "public_key": signer.public_hex(),
-                    "signature": signer.sign(records, prev),
-                });
-                serde_json::to_vec(&data).map_err(|e| Some(self.io(std::io::Error::other(e))))
+                signed_head(
+                    signer,
+                    seq,
+                    prev,
+                    self.signed_through.load(Ordering::Acquire),
+                )
+                .ok_or(None)
             },
             None,
             Default::default(),

@@ -559,20 +559,10 @@ impl Journal for PgJournal {
             Kind::Head,
             "system",
             |seq, prev| {
-                let records = seq - 1;
                 let last = self
                     .signed_through
                     .load(std::sync::atomic::Ordering::Acquire);
-                if records == 0 || (records == last && last > 0) {
-                    return Err(None);
-                }
-                let data = serde_json::json!({
-                    "records": records,
-                    "head": prev,
-                    "public_key": signer.public_hex(),
-                    "signature": signer.sign(records, prev),
-                });
-                serde_json::to_vec(&data).map_err(|e| Some(io("record", e)))
+                super::decisions::signed_head(signer, seq, prev, last).ok_or(None)
             },
             None,
         )?;
