@@ -144,3 +144,91 @@ fn replicas_on_postgres_and_redis_behave_as_one_service() {
         "{text}"
     );
 }
+
+#[test]
+fn a_replica_killed_mid_traffic_loses_nothing_and_counts_nothing_twice() {
+    let pg = Postgres::start();
+    let redis_port = free_port();
+    let _redis = redis_server(redis_port);
+    let dir = tempfile::tempdir().unwrap();
+    let (key, shared) = shared_keys(dir.path());
+    let cfg = format!(
+        "{shared}[state]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{redis_port}/\"\nredis_timeout_ms = 1000\n[store]\nbackend = \"postgres\"\nurl = \"{}\"\n",
+        pg.url()
+    );
+    let a = replica(&dir.path().join("a"), &cfg);
+    let a_pid = a.child.id().to_string();
+    let b = replica(&dir.path().join("b"), &cfg);
+    // One card, one transaction a second; the client sends each to A until A dies mid-traffic,
+    // then retries what A did not answer on B.
+    const N: u32 = 120;
+    let body = |i: u32| {
+        let mut t = tx(&format!("k{i}"), "10.00");
+        t["timestamp"] = json!(format!("2024-05-01T10:{:02}:{:02}Z", i / 60, i % 60));
+        t
+    };
+    let answered_by_a = std::thread::scope(|s| {
+        let sender = s.spawn(|| {
+            let mut answered = Vec::new();
+            for i in 0..N {
+                let sent = a.try_request(
+                    "POST",
+                    "/v1/score",
+                    Some(&key),
+                    &[("content-type", "application/json")],
+                    body(i).to_string().as_bytes(),
+                );
+                match sent {
+                    Ok((200, _, _)) => answered.push(i),
+                    Ok((st, _, b)) => panic!("k{i}: {st} {}", String::from_utf8_lossy(&b)),
+                    // A died.
+                    Err(_) => break,
+                }
+            }
+            answered
+        });
+        // Killed once it has answered some: whatever it was doing then is cut short.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let n: i64 = pg
+                .client()
+                .query_one(
+                    "SELECT count(*) FROM fraud_records WHERE kind = 'decision'",
+                    &[],
+                )
+                .unwrap()
+                .get(0);
+            if n >= 20 || sender.is_finished() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "replica a answered nothing");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let killed = std::process::Command::new("kill")
+            .args(["-9", &a_pid])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        sender.join().unwrap()
+    });
+    assert!(answered_by_a.len() < N as usize, "A was killed too late");
+    let first_unanswered = answered_by_a.len() as u32;
+    for i in first_unanswered..N {
+        let (st, v, _) = b.call("POST", "/v1/score", Some(&key), Some(&body(i)));
+        assert_eq!(st, 200, "k{i}: {v}");
+    }
+    // Every transaction decided exactly once, and counted once: the last one's 10-minute
+    // count sees the 9 minutes and 59 seconds before it, one transaction a second.
+    let decided: i64 = pg
+        .client()
+        .query_one(
+            "SELECT count(DISTINCT transaction_id) FROM fraud_records WHERE kind = 'decision'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(decided, i64::from(N));
+    let (ok, text) = verify_store(&pg.url());
+    assert!(ok, "{text}");
+    assert_eq!(count(&b, &key, &format!("k{}", N - 1)), f64::from(N - 1));
+}

@@ -10,9 +10,10 @@
 //!   batch's commit ([`Journal::durable`]), an event's append returns after it.
 //! - Idempotency across replicas: a transaction id is claimed in `fraud_claims` before it is
 //!   scored (a second replica answers 409 meanwhile); the commit of its decision drops the
-//!   claim in the same transaction. A claim older than [`CLAIM_LAPSE`] (its replica died)
-//!   can be taken over, and a replica's own claim is its again (its requests are kept apart
-//!   by the engine). Decisions are found by transaction id from any replica.
+//!   claim in the same transaction. A claim is taken over when its replica no longer holds
+//!   its lock (the process died: a client's retry on another replica goes through at once),
+//!   when it is older than [`CLAIM_LAPSE`], or by its own replica again (whose requests the
+//!   engine keeps apart). Decisions are found by transaction id from any replica.
 //! - One process per replica id: the committer holds a session advisory lock on it.
 //! - An unreachable server: the committer retries the batch (skipping what a commit whose
 //!   answer was lost did write); answers waiting for it fail after the timeout with 503, and
@@ -52,6 +53,7 @@ CREATE INDEX IF NOT EXISTS fraud_records_decision ON fraud_records (transaction_
 CREATE TABLE IF NOT EXISTS fraud_claims (
     transaction_id text PRIMARY KEY,
     replica text NOT NULL,
+    lock_key bigint NOT NULL,
     since timestamptz NOT NULL DEFAULT now()
 );
 ";
@@ -616,15 +618,22 @@ impl Journal for PgJournal {
     fn claim(&self, transaction_id: &str) -> Result<bool, LogError> {
         let lapse = CLAIM_LAPSE.as_secs_f64();
         let replica = self.shared.replica.clone();
+        let key = lock_key(&replica);
         let id = transaction_id.to_string();
         self.shared.read(move |c| {
             c.query_opt(
-                "INSERT INTO fraud_claims (transaction_id, replica) VALUES ($1, $2)
-                 ON CONFLICT (transaction_id) DO UPDATE SET replica = EXCLUDED.replica, since = now()
+                "INSERT INTO fraud_claims (transaction_id, replica, lock_key) VALUES ($1, $2, $4)
+                 ON CONFLICT (transaction_id) DO UPDATE
+                 SET replica = EXCLUDED.replica, lock_key = EXCLUDED.lock_key, since = now()
                  WHERE fraud_claims.since < now() - make_interval(secs => $3)
                     OR fraud_claims.replica = EXCLUDED.replica
+                    OR NOT EXISTS (
+                        SELECT 1 FROM pg_locks
+                        WHERE locktype = 'advisory' AND granted AND objsubid = 1
+                          AND classid::bigint = (fraud_claims.lock_key >> 32)
+                          AND objid::bigint = (fraud_claims.lock_key & 4294967295))
                  RETURNING 1",
-                &[&id, &replica, &lapse],
+                &[&id, &replica, &lapse, &key],
             )
             .map(|r| r.is_some())
         })

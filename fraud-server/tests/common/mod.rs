@@ -480,7 +480,13 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        self.kill();
+        // A fast shutdown (its backends stop with it), then the directory goes.
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-INT", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
     }
 }
 
