@@ -40,7 +40,7 @@ fn verify_store(url: &str) -> (bool, String) {
 fn replicas_on_postgres_and_redis_behave_as_one_service() {
     let mut pg = Postgres::start();
     let redis_port = free_port();
-    let _redis = redis_server(redis_port);
+    let mut redis = redis_server(redis_port);
     let dir = tempfile::tempdir().unwrap();
     let (key, shared) = shared_keys(dir.path());
     let cfg = |replica: &str| {
@@ -130,6 +130,29 @@ fn replicas_on_postgres_and_redis_behave_as_one_service() {
     assert_eq!(count(&b, &key, "x6"), 5.0);
     let (ok, text) = verify_store(&pg.url());
     assert!(ok, "{text}");
+
+    // Redis loses its data: rebuilt from the store (every replica's records), x1 and x4 once.
+    redis.kill();
+    let _redis = redis_server(redis_port);
+    let cfg_file = da.join("fraud.toml");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let text = loop {
+        let o = fraud_cli(&["state", "rebuild", "--config", cfg_file.to_str().unwrap()]);
+        if o.status.success() {
+            break String::from_utf8_lossy(&o.stdout).to_string();
+        }
+        // redis-server not listening yet.
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(text.contains("6 decisions"), "{text}");
+    let (st, _, _) = b.call("POST", "/v1/score", Some(&key), Some(&at("x7", 6)));
+    assert_eq!(st, 200);
+    assert_eq!(count(&a, &key, "x7"), 6.0, "{text}");
 
     let mut c = pg.client();
     c.execute(

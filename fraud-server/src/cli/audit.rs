@@ -265,40 +265,20 @@ impl SignedHeads {
 /// log directory is (and each record naming the replica it is filed under), then every
 /// transaction decided at most once across replicas.
 fn verify_store(url: &str, verifier: Option<&HeadVerifier>) -> anyhow::Result<()> {
-    let mut client = postgres::Client::connect(url, postgres::NoTls)
-        .map_err(|e| anyhow::anyhow!("--store: cannot connect: {e}"))?;
-    let rows = client
-        .query(
-            "SELECT replica, hash, body, seq, transaction_id FROM fraud_records
-             ORDER BY replica, seq",
-            &[],
-        )
-        .map_err(|e| anyhow::anyhow!("--store: cannot read the records: {e}"))?;
-    let mut chains: Vec<(String, Vec<u8>)> = Vec::new();
-    // The transaction id filed beside each record (what identifies an encrypted decision).
-    let mut filed: std::collections::HashMap<(String, i64), String> = Default::default();
-    for r in &rows {
-        let (replica, h, body): (String, String, String) = (r.get(0), r.get(1), r.get(2));
-        if let Some(id) = r.get::<_, Option<String>>(4) {
-            filed.insert((replica.clone(), r.get(3)), id);
-        }
-        if chains.last().is_none_or(|c| c.0 != replica) {
-            chains.push((replica, Vec::new()));
-        }
-        if let Some((_, bytes)) = chains.last_mut() {
-            bytes.extend_from_slice(h.as_bytes());
-            bytes.push(b' ');
-            bytes.extend_from_slice(body.as_bytes());
-            bytes.push(b'\n');
-        }
-    }
+    let chains =
+        crate::server::pgstore::chains(url).map_err(|e| anyhow::anyhow!("--store: {e}"))?;
     if chains.is_empty() {
         anyhow::bail!("--store: the store holds no records");
     }
     let mut decided: std::collections::HashMap<String, (String, u64)> = Default::default();
     let mut lines = Vec::new();
     let mut total = 0u64;
-    for (replica, bytes) in &chains {
+    for crate::server::pgstore::StoredChain {
+        replica,
+        lines: bytes,
+        ids: filed,
+    } in &chains
+    {
         let place = format!("store replica {replica}");
         let mut signed = SignedHeads::default();
         let mut bad: Option<String> = None;
@@ -317,11 +297,10 @@ fn verify_store(url: &str, verifier: Option<&HeadVerifier>) -> anyhow::Result<()
                 }
                 signed.visit(verifier, rec);
                 if rec.is(Kind::Decision) {
-                    let id = rec.data["transaction_id"].as_str().map(str::to_string).or_else(|| {
-                        filed
-                            .get(&(replica.clone(), i64::try_from(rec.seq).unwrap_or(-1)))
-                            .cloned()
-                    });
+                    let id = rec.data["transaction_id"]
+                        .as_str()
+                        .map(str::to_string)
+                        .or_else(|| filed.get(&rec.seq).cloned());
                     if let Some(id) = id.as_deref() {
                         if let Some((r, s)) = decided.get(id) {
                             bad = Some(format!(

@@ -675,3 +675,48 @@ impl Journal for PgJournal {
         })
     }
 }
+
+/// One replica's chain as stored: its records as log lines (`<hash> <body>\n`, in seq
+/// order), and the transaction id filed beside each record that has one, by seq (what
+/// identifies an encrypted decision).
+#[derive(Debug, Default)]
+pub struct StoredChain {
+    /// The replica.
+    pub replica: String,
+    /// Its records as log lines.
+    pub lines: Vec<u8>,
+    /// Transaction ids by seq.
+    pub ids: HashMap<u64, String>,
+}
+
+/// Every replica's chain in the store at `url`, by replica name.
+pub fn chains(url: &str) -> Result<Vec<StoredChain>, LogError> {
+    let mut client = connect(url, Duration::from_secs(10))?;
+    let rows = client
+        .query(
+            "SELECT replica, hash, body, seq, transaction_id FROM fraud_records ORDER BY replica, seq",
+            &[],
+        )
+        .map_err(|e| io("read", e))?;
+    let mut out: Vec<StoredChain> = Vec::new();
+    for r in &rows {
+        let replica: String = r.get(0);
+        if out.last().is_none_or(|c| c.replica != replica) {
+            out.push(StoredChain {
+                replica: replica.clone(),
+                ..StoredChain::default()
+            });
+        }
+        if let Some(c) = out.last_mut() {
+            c.lines.extend_from_slice(r.get::<_, &str>(1).as_bytes());
+            c.lines.push(b' ');
+            c.lines.extend_from_slice(r.get::<_, &str>(2).as_bytes());
+            c.lines.push(b'\n');
+            if let Some(id) = r.get::<_, Option<String>>(4) {
+                c.ids
+                    .insert(u64::try_from(r.get::<_, i64>(3)).unwrap_or(0), id);
+            }
+        }
+    }
+    Ok(out)
+}

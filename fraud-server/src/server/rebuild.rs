@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use super::config::{Backend, Config};
-use super::decisions::{verify_dir, Kind};
+use super::config::{Backend, Config, StoreBackend};
+use super::decisions::{verify_dir, verify_lines, Kind};
 use super::engine::{replay_record, StateBackend};
 
 /// What a rebuild did.
@@ -42,6 +42,9 @@ pub fn rebuild(cfg: &Config, data_dirs: &[PathBuf]) -> anyhow::Result<Rebuilt> {
     let (extractor, _, _) = super::extractor(cfg)?;
     let sealer = super::sealer(cfg)?;
     let redis = Arc::new(super::redis_store(cfg)?);
+    if cfg.store.backend == StoreBackend::Postgres && data_dirs.is_empty() {
+        return from_store(cfg, &extractor, sealer.as_ref(), &redis);
+    }
     let dirs = if data_dirs.is_empty() {
         vec![cfg.data_dir.clone()]
     } else {
@@ -56,13 +59,7 @@ pub fn rebuild(cfg: &Config, data_dirs: &[PathBuf]) -> anyhow::Result<Rebuilt> {
             )
         })?;
     }
-    let state = StateBackend::Redis(redis.clone());
-    let mut out = Rebuilt {
-        cleared: redis
-            .clear()
-            .context("clearing the entity state in Redis")?,
-        ..Rebuilt::default()
-    };
+    let (state, mut out) = cleared(&redis)?;
     for dir in &dirs {
         let vault = super::vault::Vault::open(dir, sealer.clone())
             .with_context(|| format!("the entity keys of {}", dir.display()))?;
@@ -72,28 +69,15 @@ pub fn rebuild(cfg: &Config, data_dirs: &[PathBuf]) -> anyhow::Result<Rebuilt> {
                 return;
             }
             out.records += 1;
-            let kind = Kind::parse(&rec.kind);
-            if !matches!(
-                kind,
-                Some(Kind::Decision | Kind::Label | Kind::Erase | Kind::Migrate)
+            if let Err(e) = replay(
+                &extractor,
+                &state,
+                rec,
+                sealer.as_ref(),
+                Some(&vault),
+                &mut out,
             ) {
-                return;
-            }
-            let mut rec = rec.clone();
-            if let Err(e) = rec.unseal(sealer.as_ref()) {
-                failure = Some(anyhow::anyhow!("record {}: {e}", rec.seq));
-                return;
-            }
-            vault.reveal(&mut rec.data);
-            let erased = rec.data["transaction"]["card"]["token"].is_null();
-            match kind {
-                Some(Kind::Decision | Kind::Label) if erased => out.erased += 1,
-                Some(Kind::Decision) => out.decisions += 1,
-                Some(Kind::Label) => out.labels += 1,
-                _ => {}
-            }
-            if let Err(e) = replay_record(&extractor, &state, &rec, Some(&vault)) {
-                failure = Some(anyhow::anyhow!(e));
+                failure = Some(e);
             }
         })
         .with_context(|| format!("reading the decision log of {}", dir.display()))?;
@@ -105,4 +89,84 @@ pub fn rebuild(cfg: &Config, data_dirs: &[PathBuf]) -> anyhow::Result<Rebuilt> {
         }
     }
     Ok(out)
+}
+
+/// Replays one record (opened with `sealer` and `vault`) into `state` if it changes state,
+/// counting it in `out`.
+fn replay(
+    extractor: &fraud_core::features::Extractor,
+    state: &StateBackend,
+    rec: &super::decisions::Record,
+    sealer: Option<&super::seal::Sealer>,
+    vault: Option<&super::vault::Vault>,
+    out: &mut Rebuilt,
+) -> anyhow::Result<()> {
+    let kind = Kind::parse(&rec.kind);
+    if !matches!(
+        kind,
+        Some(Kind::Decision | Kind::Label | Kind::Erase | Kind::Migrate)
+    ) {
+        return Ok(());
+    }
+    let mut rec = rec.clone();
+    rec.unseal(sealer)
+        .map_err(|e| anyhow::anyhow!("record {}: {e}", rec.seq))?;
+    if let Some(v) = vault {
+        v.reveal(&mut rec.data);
+    }
+    let erased = rec.data["transaction"]["card"]["token"].is_null();
+    match kind {
+        Some(Kind::Decision | Kind::Label) if erased => out.erased += 1,
+        Some(Kind::Decision) => out.decisions += 1,
+        Some(Kind::Label) => out.labels += 1,
+        _ => {}
+    }
+    replay_record(extractor, state, &rec, vault)
+        .map(|_| ())
+        .map_err(|e| anyhow::anyhow!(e))
+}
+
+/// The rebuild from a PostgreSQL store: every replica's chain verified, then replayed.
+fn from_store(
+    cfg: &Config,
+    extractor: &fraud_core::features::Extractor,
+    sealer: Option<&super::seal::Sealer>,
+    redis: &Arc<fraud_core::features::redis::RedisStore>,
+) -> anyhow::Result<Rebuilt> {
+    let chains = super::pgstore::chains(cfg.store.url.as_deref().unwrap_or_default())
+        .context("reading the store's records")?;
+    let place = |r: &str| std::path::PathBuf::from(format!("store replica {r}"));
+    for super::pgstore::StoredChain { replica, lines, .. } in &chains {
+        verify_lines(lines, &place(replica), |_, _| {})
+            .with_context(|| "the store does not verify; nothing was changed".to_string())?;
+    }
+    let (state, mut out) = cleared(redis)?;
+    for super::pgstore::StoredChain { replica, lines, .. } in &chains {
+        let mut failure = None;
+        verify_lines(lines, &place(replica), |_, rec| {
+            out.records += 1;
+            if failure.is_none() {
+                failure = replay(extractor, &state, rec, sealer, None, &mut out).err();
+            }
+        })?;
+        if let Some(e) = failure {
+            return Err(e.context(format!(
+                "replaying replica {replica}'s records into Redis (the state there is partial: run the rebuild again)"
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// Redis emptied under the service's prefix, as a state backend, and the count so far.
+fn cleared(
+    redis: &Arc<fraud_core::features::redis::RedisStore>,
+) -> anyhow::Result<(StateBackend, Rebuilt)> {
+    let out = Rebuilt {
+        cleared: redis
+            .clear()
+            .context("clearing the entity state in Redis")?,
+        ..Rebuilt::default()
+    };
+    Ok((StateBackend::Redis(redis.clone()), out))
 }
