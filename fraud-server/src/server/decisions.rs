@@ -324,6 +324,17 @@ impl Event<'_> {
     }
 }
 
+/// What [`Journal::begin`] found.
+#[derive(Debug)]
+pub enum Begin {
+    /// Decided already: the record.
+    Decided(Box<Record>),
+    /// Another replica is scoring it now.
+    Busy,
+    /// Not decided, and now claimed by this process.
+    Claimed,
+}
+
 /// What the service asks of a decision log, whatever keeps it: append events (durable when
 /// the call returns) and decisions (durable once [`durable`](Journal::durable) says so: many
 /// decisions share one commit), find a decision by transaction id, sign heads, remove old
@@ -368,15 +379,19 @@ pub trait Journal: Send + Sync {
     /// The vault that seals the records' entity fields, when there is one.
     fn vault(&self) -> Option<&super::vault::Vault>;
 
-    /// Claims `transaction_id` for this process before it is scored: `false` when another
-    /// replica is scoring it now (a store shared by replicas; a claim left by a replica that
-    /// died lapses). A decision appended releases the claim; [`release`](Journal::release)
-    /// gives it up otherwise. One process's own requests are kept apart by the engine.
-    fn claim(&self, _transaction_id: &str) -> Result<bool, LogError> {
-        Ok(true)
+    /// Before `transaction_id` is scored: its decision if it has one, or [`Begin::Busy`]
+    /// when another replica is scoring it now (a store shared by replicas), or
+    /// [`Begin::Claimed`]: this process claimed it, until its decision is appended or
+    /// [`release`](Journal::release) gives it up. One process's own requests are kept apart
+    /// by the engine; a claim left by a replica that died lapses.
+    fn begin(&self, transaction_id: &str) -> Result<Begin, LogError> {
+        Ok(match self.decision(transaction_id)? {
+            Some(rec) => Begin::Decided(Box::new(rec)),
+            None => Begin::Claimed,
+        })
     }
 
-    /// Gives up the claim of a transaction that was not decided (or was decided before).
+    /// Gives up the claim of a transaction that was not decided.
     fn release(&self, _transaction_id: &str) {}
 
     /// The seq to wait for (with [`durable`](Journal::durable)) before answering with

@@ -14,7 +14,7 @@ use fraud_core::pii::Tokenizer;
 use fraud_core::transaction::Transaction;
 use serde_json::{json, Value};
 
-use super::decisions::{Event, Journal, Kind};
+use super::decisions::{Begin, Event, Journal, Kind};
 use super::metrics::{Drift, Metrics};
 use super::problem::Problem;
 
@@ -460,26 +460,29 @@ impl Engine {
             id: &tx.transaction_id,
             claimed: false,
         };
-        // Across replicas (a shared store): one scores it, the others answer 409 meanwhile.
-        if !self
-            .log
-            .claim(&tx.transaction_id)
-            .map_err(Problem::from_log)?
-        {
-            return Err(Problem::conflict(format!(
-                "transaction `{}` is being scored by another replica",
-                tx.transaction_id
-            )));
-        }
-        guard.claimed = true;
         let request = serde_json::to_vec(&tx)
             .map(|b| self.tokenizer.fingerprint(&b))
             .map_err(|e| Problem::internal(format!("request: {e}")))?;
-        if let Some(rec) = self
+        // Decided before, on any replica? Across replicas (a shared store) one scores it,
+        // the others answer 409 meanwhile.
+        let found = match self
             .log
-            .decision(&tx.transaction_id)
+            .begin(&tx.transaction_id)
             .map_err(Problem::from_log)?
         {
+            Begin::Decided(rec) => Some(rec),
+            Begin::Busy => {
+                return Err(Problem::conflict(format!(
+                    "transaction `{}` is being scored by another replica",
+                    tx.transaction_id
+                )))
+            }
+            Begin::Claimed => {
+                guard.claimed = true;
+                None
+            }
+        };
+        if let Some(rec) = found {
             // A transaction id is an idempotency key scoped to the API key that used it: the
             // same key with the same body gets the recorded answer; anything else learns
             // nothing of it.

@@ -23,11 +23,11 @@ use std::collections::HashMap;
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use postgres::{Client, NoTls};
+use postgres::{Client, NoTls, Statement};
 
 use super::decisions::{
-    hash, now_rfc3339, write_body, Durable, Event, Head, Journal, Kind, LogError, Record, Removed,
-    GENESIS,
+    hash, now_rfc3339, write_body, Begin, Durable, Event, Head, Journal, Kind, LogError, Record,
+    Removed, GENESIS,
 };
 
 /// How long a claim holds against another replica without its decision being committed.
@@ -50,7 +50,7 @@ CREATE TABLE IF NOT EXISTS fraud_records (
 );
 CREATE INDEX IF NOT EXISTS fraud_records_decision ON fraud_records (transaction_id)
     WHERE kind = 'decision';
-CREATE TABLE IF NOT EXISTS fraud_claims (
+CREATE UNLOGGED TABLE IF NOT EXISTS fraud_claims (
     transaction_id text PRIMARY KEY,
     replica text NOT NULL,
     lock_key bigint NOT NULL,
@@ -115,7 +115,64 @@ struct Shared {
 }
 
 /// A query run on a reader thread, with that thread's connection (made when needed).
-type Job = Box<dyn FnOnce(&mut Option<Client>) + Send>;
+type Job = Box<dyn FnOnce(&mut Option<Conn>) + Send>;
+
+/// A connection and the statements prepared on it (each parsed and planned once).
+pub(crate) struct Conn {
+    client: Client,
+    stmts: HashMap<&'static str, Statement>,
+}
+
+impl Conn {
+    fn new(client: Client) -> Self {
+        Conn {
+            client,
+            stmts: HashMap::new(),
+        }
+    }
+
+    /// `sql`, prepared on this connection the first time.
+    fn stmt(&mut self, sql: &'static str) -> Result<Statement, postgres::Error> {
+        if let Some(s) = self.stmts.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(sql)?;
+        self.stmts.insert(sql, s.clone());
+        Ok(s)
+    }
+}
+
+/// The decision of a transaction.
+const DECIDED: &str =
+    "SELECT body FROM fraud_records WHERE kind = 'decision' AND transaction_id = $1
+     ORDER BY written_at, replica, seq LIMIT 1";
+
+/// A decision's record, else a claim of its transaction (the claim of a replica whose
+/// process died, one older than the lapse, or this replica's own is taken over): one round
+/// trip before a transaction is scored.
+const BEGIN: &str = "
+WITH decided AS (
+    SELECT body FROM fraud_records WHERE kind = 'decision' AND transaction_id = $1
+    ORDER BY written_at, replica, seq LIMIT 1
+), claim AS (
+    INSERT INTO fraud_claims (transaction_id, replica, lock_key)
+    SELECT $1, $2, $4 WHERE NOT EXISTS (SELECT 1 FROM decided)
+    ON CONFLICT (transaction_id) DO UPDATE
+    SET replica = EXCLUDED.replica, lock_key = EXCLUDED.lock_key, since = now()
+    WHERE fraud_claims.since < now() - make_interval(secs => $3)
+       OR fraud_claims.replica = EXCLUDED.replica
+       OR NOT EXISTS (
+           SELECT 1 FROM pg_locks
+           WHERE locktype = 'advisory' AND granted AND objsubid = 1
+             AND classid::bigint = (fraud_claims.lock_key >> 32)
+             AND objid::bigint = (fraud_claims.lock_key & 4294967295))
+    RETURNING 1
+)
+SELECT (SELECT body FROM decided), EXISTS (SELECT 1 FROM claim)";
+
+const INSERT: &str = "INSERT INTO fraud_records (replica, seq, hash, body, kind, transaction_id)
+     SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[])";
+const UNCLAIM: &str = "DELETE FROM fraud_claims WHERE transaction_id = ANY($1)";
 
 /// Reader threads: queries from request threads run here.
 const READERS: usize = 4;
@@ -219,7 +276,7 @@ impl PgJournal {
         let s = shared.clone();
         let committer = std::thread::Builder::new()
             .name("pg-committer".into())
-            .spawn(move || s.run(writer))
+            .spawn(move || s.run(Conn::new(writer)))
             .map_err(|e| io("committer", e))?;
         Ok(PgJournal {
             shared,
@@ -349,7 +406,7 @@ impl Shared {
     }
 
     /// The committer: takes every queued record, commits them in one transaction, publishes.
-    fn run(&self, mut client: Client) {
+    fn run(&self, mut client: Conn) {
         loop {
             let batch: Vec<Row> = {
                 let mut g = self.lock();
@@ -365,8 +422,9 @@ impl Shared {
                 std::mem::take(&mut g.pending)
             };
             let mut backoff = Duration::from_millis(20);
+            let mut retry = false;
             loop {
-                match self.commit(&mut client, &batch) {
+                match self.commit(&mut client, &batch, retry) {
                     Ok(()) => break,
                     Err(e) => {
                         let stop = {
@@ -379,9 +437,12 @@ impl Shared {
                         }
                         std::thread::sleep(backoff);
                         backoff = (backoff * 2).min(Duration::from_secs(1));
-                        if client.is_closed() || client.is_valid(self.timeout).is_err() {
+                        retry = true;
+                        if client.client.is_closed()
+                            || client.client.is_valid(self.timeout).is_err()
+                        {
                             if let Ok(c) = self.reconnect() {
-                                client = c;
+                                client = Conn::new(c);
                             }
                         }
                     }
@@ -426,15 +487,20 @@ impl Shared {
 
     /// One transaction for the batch: the records (those a commit whose answer was lost
     /// wrote already are skipped), and the decided transactions' claims dropped.
-    fn commit(&self, client: &mut Client, batch: &[Row]) -> Result<(), postgres::Error> {
-        let mut t = client.transaction()?;
-        let have: Option<i64> = t
-            .query_one(
+    fn commit(&self, conn: &mut Conn, batch: &[Row], retry: bool) -> Result<(), postgres::Error> {
+        let (insert, unclaim) = (conn.stmt(INSERT)?, conn.stmt(UNCLAIM)?);
+        let mut t = conn.client.transaction()?;
+        // After a failed attempt, its commit may have landed with its answer lost.
+        let have: i64 = if retry {
+            t.query_one(
                 "SELECT max(seq) FROM fraud_records WHERE replica = $1",
                 &[&self.replica],
             )?
-            .get(0);
-        let have = have.unwrap_or(0);
+            .get::<_, Option<i64>>(0)
+            .unwrap_or(0)
+        } else {
+            0
+        };
         let rows: Vec<&Row> = batch.iter().filter(|r| r.seq > have).collect();
         if !rows.is_empty() {
             let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
@@ -443,8 +509,7 @@ impl Shared {
             let kinds: Vec<&str> = rows.iter().map(|r| r.kind).collect();
             let ids: Vec<Option<&str>> = rows.iter().map(|r| r.transaction_id.as_deref()).collect();
             t.execute(
-                "INSERT INTO fraud_records (replica, seq, hash, body, kind, transaction_id)
-                 SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[])",
+                &insert,
                 &[&self.replica, &seqs, &hashes, &bodies, &kinds, &ids],
             )?;
             let decided: Vec<&str> = rows
@@ -453,10 +518,7 @@ impl Shared {
                 .filter_map(|r| r.transaction_id.as_deref())
                 .collect();
             if !decided.is_empty() {
-                t.execute(
-                    "DELETE FROM fraud_claims WHERE transaction_id = ANY($1)",
-                    &[&decided],
-                )?;
+                t.execute(&unclaim, &[&decided])?;
             }
         }
         t.commit()
@@ -467,22 +529,22 @@ impl Shared {
     /// at most the timeout and a second.
     fn read<T: Send + 'static>(
         &self,
-        f: impl Fn(&mut Client) -> Result<T, postgres::Error> + Send + 'static,
+        f: impl Fn(&mut Conn) -> Result<T, postgres::Error> + Send + 'static,
     ) -> Result<T, LogError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let url = self.url.clone();
         let timeout = self.timeout;
-        let job: Job = Box::new(move |slot: &mut Option<Client>| {
+        let job: Job = Box::new(move |slot: &mut Option<Conn>| {
             let out = (|| {
-                if let Some(c) = slot.as_mut().filter(|c| !c.is_closed()) {
+                if let Some(c) = slot.as_mut().filter(|c| !c.client.is_closed()) {
                     match f(c) {
                         // A kept connection the server closed (a restart): once more on a
                         // new one.
-                        Err(e) if e.is_closed() || c.is_closed() => *slot = None,
+                        Err(e) if e.is_closed() || c.client.is_closed() => *slot = None,
                         r => return r.map_err(|e| io("query", e)),
                     }
                 }
-                let c = slot.insert(connect(&url, timeout)?);
+                let c = slot.insert(Conn::new(connect(&url, timeout)?));
                 f(c).map_err(|e| io("query", e))
             })();
             if out.is_err() {
@@ -583,12 +645,10 @@ impl Journal for PgJournal {
             None => {
                 let id = transaction_id.to_string();
                 self.shared.read(move |c| {
-                    c.query_opt(
-                    "SELECT body FROM fraud_records WHERE kind = 'decision' AND transaction_id = $1
-                     ORDER BY written_at, replica, seq LIMIT 1",
-                    &[&id],
-                )
-                .map(|r| r.map(|r| r.get::<_, String>(0)))
+                    let st = c.stmt(DECIDED)?;
+                    c.client
+                        .query_opt(&st, &[&id])
+                        .map(|r| r.map(|r| r.get::<_, String>(0)))
                 })?
             }
         };
@@ -615,27 +675,25 @@ impl Journal for PgJournal {
         None
     }
 
-    fn claim(&self, transaction_id: &str) -> Result<bool, LogError> {
+    fn begin(&self, transaction_id: &str) -> Result<Begin, LogError> {
+        // Decided here and not committed yet.
+        let local = self.shared.lock().uncommitted.get(transaction_id).cloned();
+        if let Some(body) = local {
+            return Ok(Begin::Decided(Box::new(self.shared.open_record(&body)?)));
+        }
         let lapse = CLAIM_LAPSE.as_secs_f64();
         let replica = self.shared.replica.clone();
         let key = lock_key(&replica);
         let id = transaction_id.to_string();
-        self.shared.read(move |c| {
-            c.query_opt(
-                "INSERT INTO fraud_claims (transaction_id, replica, lock_key) VALUES ($1, $2, $4)
-                 ON CONFLICT (transaction_id) DO UPDATE
-                 SET replica = EXCLUDED.replica, lock_key = EXCLUDED.lock_key, since = now()
-                 WHERE fraud_claims.since < now() - make_interval(secs => $3)
-                    OR fraud_claims.replica = EXCLUDED.replica
-                    OR NOT EXISTS (
-                        SELECT 1 FROM pg_locks
-                        WHERE locktype = 'advisory' AND granted AND objsubid = 1
-                          AND classid::bigint = (fraud_claims.lock_key >> 32)
-                          AND objid::bigint = (fraud_claims.lock_key & 4294967295))
-                 RETURNING 1",
-                &[&id, &replica, &lapse, &key],
-            )
-            .map(|r| r.is_some())
+        let (body, claimed) = self.shared.read(move |c| {
+            let st = c.stmt(BEGIN)?;
+            let row = c.client.query_one(&st, &[&id, &replica, &lapse, &key])?;
+            Ok((row.get::<_, Option<String>>(0), row.get::<_, bool>(1)))
+        })?;
+        Ok(match (body, claimed) {
+            (Some(b), _) => Begin::Decided(Box::new(self.shared.open_record(&b)?)),
+            (None, true) => Begin::Claimed,
+            (None, false) => Begin::Busy,
         })
     }
 
@@ -643,10 +701,9 @@ impl Journal for PgJournal {
         let replica = self.shared.replica.clone();
         let id = transaction_id.to_string();
         let _ = self.shared.read(move |c| {
-            c.execute(
-                "DELETE FROM fraud_claims WHERE transaction_id = $1 AND replica = $2",
-                &[&id, &replica],
-            )
+            let st =
+                c.stmt("DELETE FROM fraud_claims WHERE transaction_id = $1 AND replica = $2")?;
+            c.client.execute(&st, &[&id, &replica])
         });
     }
 
