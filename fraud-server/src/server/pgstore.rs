@@ -170,9 +170,22 @@ WITH decided AS (
 )
 SELECT (SELECT body FROM decided), EXISTS (SELECT 1 FROM claim)";
 
-const INSERT: &str = "INSERT INTO fraud_records (replica, seq, hash, body, kind, transaction_id)
-     SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[])";
-const UNCLAIM: &str = "DELETE FROM fraud_claims WHERE transaction_id = ANY($1)";
+/// A batch committed in one statement (one round trip, one implicit transaction): the
+/// records the store does not hold yet (a commit whose answer was lost wrote some), and the
+/// claims of the transactions decided dropped.
+const COMMIT: &str = "
+WITH have AS (
+    SELECT coalesce(max(seq), 0) AS seq FROM fraud_records WHERE replica = $1
+), ins AS (
+    INSERT INTO fraud_records (replica, seq, hash, body, kind, transaction_id)
+    SELECT $1, r.* FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[])
+        AS r(seq, hash, body, kind, transaction_id), have
+    WHERE r.seq > have.seq
+    RETURNING 1
+), unclaim AS (
+    DELETE FROM fraud_claims WHERE transaction_id = ANY($7)
+)
+SELECT count(*) FROM ins";
 
 /// Reader threads: queries from request threads run here.
 const READERS: usize = 4;
@@ -422,9 +435,8 @@ impl Shared {
                 std::mem::take(&mut g.pending)
             };
             let mut backoff = Duration::from_millis(20);
-            let mut retry = false;
             loop {
-                match self.commit(&mut client, &batch, retry) {
+                match self.commit(&mut client, &batch) {
                     Ok(()) => break,
                     Err(e) => {
                         let stop = {
@@ -437,7 +449,6 @@ impl Shared {
                         }
                         std::thread::sleep(backoff);
                         backoff = (backoff * 2).min(Duration::from_secs(1));
-                        retry = true;
                         if client.client.is_closed()
                             || client.client.is_valid(self.timeout).is_err()
                         {
@@ -485,43 +496,32 @@ impl Shared {
         Ok(c)
     }
 
-    /// One transaction for the batch: the records (those a commit whose answer was lost
-    /// wrote already are skipped), and the decided transactions' claims dropped.
-    fn commit(&self, conn: &mut Conn, batch: &[Row], retry: bool) -> Result<(), postgres::Error> {
-        let (insert, unclaim) = (conn.stmt(INSERT)?, conn.stmt(UNCLAIM)?);
-        let mut t = conn.client.transaction()?;
-        // After a failed attempt, its commit may have landed with its answer lost.
-        let have: i64 = if retry {
-            t.query_one(
-                "SELECT max(seq) FROM fraud_records WHERE replica = $1",
-                &[&self.replica],
-            )?
-            .get::<_, Option<i64>>(0)
-            .unwrap_or(0)
-        } else {
-            0
-        };
-        let rows: Vec<&Row> = batch.iter().filter(|r| r.seq > have).collect();
-        if !rows.is_empty() {
-            let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
-            let hashes: Vec<&str> = rows.iter().map(|r| r.hash.as_str()).collect();
-            let bodies: Vec<&str> = rows.iter().map(|r| r.body.as_str()).collect();
-            let kinds: Vec<&str> = rows.iter().map(|r| r.kind).collect();
-            let ids: Vec<Option<&str>> = rows.iter().map(|r| r.transaction_id.as_deref()).collect();
-            t.execute(
-                &insert,
-                &[&self.replica, &seqs, &hashes, &bodies, &kinds, &ids],
-            )?;
-            let decided: Vec<&str> = rows
-                .iter()
-                .filter(|r| r.kind == "decision")
-                .filter_map(|r| r.transaction_id.as_deref())
-                .collect();
-            if !decided.is_empty() {
-                t.execute(&unclaim, &[&decided])?;
-            }
-        }
-        t.commit()
+    /// The batch, in one statement ([`COMMIT`]).
+    fn commit(&self, conn: &mut Conn, batch: &[Row]) -> Result<(), postgres::Error> {
+        let commit = conn.stmt(COMMIT)?;
+        let seqs: Vec<i64> = batch.iter().map(|r| r.seq).collect();
+        let hashes: Vec<&str> = batch.iter().map(|r| r.hash.as_str()).collect();
+        let bodies: Vec<&str> = batch.iter().map(|r| r.body.as_str()).collect();
+        let kinds: Vec<&str> = batch.iter().map(|r| r.kind).collect();
+        let ids: Vec<Option<&str>> = batch.iter().map(|r| r.transaction_id.as_deref()).collect();
+        let decided: Vec<&str> = batch
+            .iter()
+            .filter(|r| r.kind == "decision")
+            .filter_map(|r| r.transaction_id.as_deref())
+            .collect();
+        conn.client.query_one(
+            &commit,
+            &[
+                &self.replica,
+                &seqs,
+                &hashes,
+                &bodies,
+                &kinds,
+                &ids,
+                &decided,
+            ],
+        )?;
+        Ok(())
     }
 
     /// Runs `f` on a reader connection, on one of the store's own threads (the sync client
