@@ -64,6 +64,8 @@ start() { # replicas
         local dir=$work/replica-$1-$i port
         mkdir -p "$dir"
         port=$(free_port)
+        # Replicas sharing one machine share its cores: HTTP workers = cores / replicas.
+        FRAUD_WORKERS=$(( $(nproc) / $1 > 0 ? $(nproc) / $1 : 1 )) \
         FRAUD_DATA_DIR="$dir" FRAUD_RATE_PER_KEY=1000000 FRAUD_STATE_BACKEND=redis \
             FRAUD_REDIS_URL="redis://127.0.0.1:$redis_port/" FRAUD__STATE__REDIS_TIMEOUT_MS=1000 \
             FRAUD__STORE__BACKEND=postgres FRAUD_STORE_URL="$store_url" \

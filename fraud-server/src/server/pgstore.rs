@@ -48,6 +48,12 @@ CREATE TABLE IF NOT EXISTS fraud_records (
     written_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (replica, seq)
 );
+DO $$ BEGIN
+    -- lz4 where the server has it: a record's body (2-3 KiB of JSON) is compressed several
+    -- times faster than with the default pglz.
+    ALTER TABLE fraud_records ALTER COLUMN body SET COMPRESSION lz4;
+EXCEPTION WHEN OTHERS THEN NULL;
+END $$;
 CREATE INDEX IF NOT EXISTS fraud_records_decision ON fraud_records (transaction_id)
     WHERE kind = 'decision';
 CREATE UNLOGGED TABLE IF NOT EXISTS fraud_claims (
