@@ -27,7 +27,10 @@ use super::{Entity, EntityState, Extractor, LabelEvent, Observation};
 /// Records a transaction in its entities (or only reads them, `ARGV[4] == '0'`), returning
 /// each entity's state from before. Times are 8-byte big-endian strings, so string order is
 /// time order. Per entity, ARGV holds: event, located (or empty), seen keys (9 bytes each),
-/// prune cutoff, labels kept ('1'/'0'), fraud mark (or empty).
+/// prune cutoff, labels kept ('1'/'0'), fraud mark (or empty). The last key is the
+/// transaction's marker and the last ARGV its life: a transaction marked already is not
+/// recorded again (the call only reads), and the answer ends with `{'1'}` then (`{'0'}`
+/// otherwise).
 const STEP: &str = r#"
 local EV = tonumber(ARGV[5])
 local t, seen_cut, ttl, write = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1'
@@ -35,7 +38,7 @@ local out = {}
 local n_ent = #KEYS - 1
 local dup = '0'
 if write then
-  if redis.call('SET', KEYS[#KEYS], '1', 'NX', 'PX', ttl) then
+  if redis.call('SET', KEYS[#KEYS], '1', 'NX', 'PX', tonumber(ARGV[#ARGV])) then
   else
     dup = '1'
     write = false
@@ -202,6 +205,12 @@ fn script(text: &str) -> redis::Script {
     )
 }
 
+/// How long a transaction's marker lives by default (milliseconds): the same transaction
+/// sent again within it, to any replica, is not counted twice. Ten minutes covers client
+/// retries and a replica's crash; markers cost memory for every transaction of that window
+/// (some 80 bytes each: 150 MB at 3,000 transactions a second).
+pub const MARKER_TTL_MS: u64 = 600_000;
+
 /// Entity state in Redis.
 pub struct RedisStore {
     client: redis::Client,
@@ -211,6 +220,7 @@ pub struct RedisStore {
     step: redis::Script,
     label: redis::Script,
     compact: redis::Script,
+    marker_ttl_ms: u64,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -243,6 +253,7 @@ impl RedisStore {
             step: script(STEP),
             label: script(LABEL),
             compact: script(COMPACT),
+            marker_ttl_ms: MARKER_TTL_MS,
         };
         // Check the server answers now rather than at the first transaction.
         store.with(|c| redis::cmd("PING").query::<String>(c))?;
@@ -257,6 +268,13 @@ impl RedisStore {
         key.push(b':');
         key.extend_from_slice(k.as_bytes());
         key
+    }
+
+    /// The same store, with transaction markers living `ms` milliseconds (a rebuild that
+    /// replays several logs keeps them for its whole length).
+    pub fn with_marker_ttl(mut self, ms: u64) -> Self {
+        self.marker_ttl_ms = ms.max(1);
+        self
     }
 
     /// The key marking a transaction recorded: its id's hash and its time (two transactions
@@ -351,6 +369,7 @@ impl RedisStore {
         // The transaction's marker, last: the script records a transaction once, whichever
         // replica sends it and however often.
         inv.key(self.tx_key(p.id, p.ts));
+        inv.arg(self.marker_ttl_ms);
         let mut states: Vec<Vec<Vec<u8>>> = self.with(|c| inv.invoke(c))?;
         let dup = match states.pop() {
             Some(flag) if states.len() == entities.len() => flag.first().is_some_and(|f| f == b"1"),

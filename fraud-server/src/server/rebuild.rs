@@ -41,7 +41,9 @@ pub fn rebuild(cfg: &Config, data_dirs: &[PathBuf]) -> anyhow::Result<Rebuilt> {
     }
     let (extractor, _, _) = super::extractor(cfg)?;
     let sealer = super::sealer(cfg)?;
-    let redis = Arc::new(super::redis_store(cfg)?);
+    // Markers for the rebuild's whole length: a transaction in two logs is replayed twice,
+    // however far apart.
+    let redis = Arc::new(super::redis_store(cfg)?.with_marker_ttl(24 * 3600 * 1000));
     if cfg.store.backend == StoreBackend::Postgres && data_dirs.is_empty() {
         return from_store(cfg, &extractor, sealer.as_ref(), &redis);
     }
