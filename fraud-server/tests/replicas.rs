@@ -254,4 +254,52 @@ fn a_replica_killed_mid_traffic_loses_nothing_and_counts_nothing_twice() {
     let (ok, text) = verify_store(&pg.url());
     assert!(ok, "{text}");
     assert_eq!(count(&b, &key, &format!("k{}", N - 1)), f64::from(N - 1));
+
+    // A model rollout: uploaded to one replica, followed by the others (a restarted one too).
+    let c = replica(&dir.path().join("c"), &cfg);
+    let model = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/demo/model.fgb"),
+    )
+    .unwrap();
+    let (st, _, up) = c
+        .try_request(
+            "POST",
+            "/v1/models?role=shadow",
+            Some(&key),
+            &[("Content-Type", "application/octet-stream")],
+            &model,
+        )
+        .unwrap();
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&up));
+    let version: Value = serde_json::from_slice(&up).unwrap();
+    let version = version["model_version"].as_str().unwrap().to_string();
+    let shadow_on_b = |i: u32| {
+        let mut t = body(N + i);
+        t["transaction_id"] = json!(format!("m{i}"));
+        let (st, v, _) = b.call("POST", "/v1/score", Some(&key), Some(&t));
+        assert_eq!(st, 200, "{v}");
+        let (_, rec, _) = b.call("GET", &format!("/v1/decisions/m{i}"), Some(&key), None);
+        rec["shadow"]["model_version"].as_str().map(str::to_string)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut i = 0;
+    while shadow_on_b(i).as_deref() != Some(version.as_str()) {
+        assert!(
+            Instant::now() < deadline,
+            "replica b never followed the upload"
+        );
+        i += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Removed on one replica: removed on the others.
+    let (st, _, _) = c.call("DELETE", "/v1/models/shadow", Some(&key), None);
+    assert_eq!(st, 204);
+    while shadow_on_b(i).is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "replica b kept the removed shadow"
+        );
+        i += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

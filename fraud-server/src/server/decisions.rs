@@ -394,6 +394,24 @@ pub trait Journal: Send + Sync {
     /// Gives up the claim of a transaction that was not decided.
     fn release(&self, _transaction_id: &str) {}
 
+    /// Publishes `role`'s model (`active` or `shadow`) to every replica sharing this store:
+    /// its version and artifact, or `None` (the shadow removed). Nothing to do for a
+    /// replica's own files.
+    fn publish_model(&self, _role: &str, _model: Option<(&str, &[u8])>) -> Result<(), LogError> {
+        Ok(())
+    }
+
+    /// The models a shared store assigns, by role (`None`: the role was emptied); empty
+    /// for a replica's own files.
+    fn assigned_models(&self) -> Result<Vec<(String, Option<String>)>, LogError> {
+        Ok(Vec::new())
+    }
+
+    /// A model artifact kept in a shared store, by version.
+    fn model_artifact(&self, _version: &str) -> Result<Option<Vec<u8>>, LogError> {
+        Ok(None)
+    }
+
     /// The seq to wait for (with [`durable`](Journal::durable)) before answering with
     /// `rec`, a record read back: its own, or 0 when it is durable already (written by
     /// another replica to a shared store).

@@ -752,8 +752,76 @@ impl Engine {
             file: file.as_deref(),
         };
         self.log.append(caller, &what).map_err(Problem::from_log)?;
+        let version = model.as_ref().map(|m| m.version.clone());
         self.swap(model, shadow);
+        // Replicas sharing the store follow (a replica's own files: nothing to publish). If
+        // the store cannot take it, this replica goes back to the registry's within a second.
+        if self.shared_store {
+            let role = if shadow { "shadow" } else { "active" };
+            let published = match (&version, &file, &self.models_dir) {
+                (Some(v), Some(_), Some(dir)) => {
+                    let bytes = std::fs::read(dir.join(format!("{v}.fgb")))
+                        .map_err(|e| Problem::unavailable(format!("cannot read the model: {e}")))?;
+                    self.log.publish_model(role, Some((v, &bytes)))
+                }
+                (None, _, _) => self.log.publish_model(role, None),
+                _ => Ok(()),
+            };
+            published.map_err(Problem::from_log)?;
+        }
         Ok(())
+    }
+
+    /// Follows the models a shared store assigns: a role whose model differs from the one
+    /// in use here gets it (checked against `limits`, recorded in this replica's chain as
+    /// from the registry). Returns how many roles changed.
+    pub fn follow_models(&self, limits: &fraud_core::model::ModelLimits) -> Result<usize, String> {
+        let mut changed = 0;
+        for (role, version) in self.log.assigned_models().map_err(|e| e.to_string())? {
+            let shadow = match role.as_str() {
+                "active" => false,
+                "shadow" => true,
+                _ => continue,
+            };
+            let current = if shadow {
+                self.shadow.load_full().map(|m| m.version.clone())
+            } else {
+                Some(self.model.load().version.clone())
+            };
+            if current == version || (!shadow && version.is_none()) {
+                continue;
+            }
+            let loaded = match &version {
+                None => None,
+                Some(v) => {
+                    let bytes = self
+                        .log
+                        .model_artifact(v)
+                        .map_err(|e| e.to_string())?
+                        .ok_or_else(|| format!("model {v} is assigned but not stored"))?;
+                    let artifact = Artifact::from_bytes(&bytes)
+                        .map_err(|e| format!("model {v} from the registry: {e}"))?;
+                    Some(
+                        LoadedModel::new(&artifact, &self.extractor, "model registry", limits)
+                            .map_err(|e| format!("model {v} from the registry: {e}"))?,
+                    )
+                }
+            };
+            self.log
+                .append(
+                    "system",
+                    &Event::Model {
+                        role: if shadow { "shadow" } else { "active" },
+                        model_version: version.as_deref(),
+                        origin: Some("model registry"),
+                        file: None,
+                    },
+                )
+                .map_err(|e| e.to_string())?;
+            self.swap(loaded, shadow);
+            changed += 1;
+        }
+        Ok(changed)
     }
 
     /// Key rotation: when the card number arrives and its token under the current key has no

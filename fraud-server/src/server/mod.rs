@@ -598,6 +598,17 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             Duration::from_secs(cfg.audit_sign_interval_s),
         );
     }
+    if cfg.store.backend == config::StoreBackend::Postgres {
+        // The models the store assigns, now and from then on (an upload to any replica
+        // reaches this one within about a second).
+        let limits = cfg.limits.model();
+        match engine.follow_models(&limits) {
+            Ok(0) => {}
+            Ok(n) => println!("{n} model role(s) taken from the shared model registry"),
+            Err(e) => eprintln!("warning: the shared model registry: {e}"),
+        }
+        follow_models(engine.clone(), limits, Duration::from_secs(1));
+    }
     snapshots(
         engine.clone(),
         cfg.data_dir.join("state"),
@@ -659,6 +670,29 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         println!("listening on {scheme}://{bind}");
         server.run().await.context("server")
     })
+}
+
+/// Every `every`, the models the shared store assigns are followed; an error is reported
+/// once until the registry answers again.
+fn follow_models(
+    engine: Arc<engine::Engine>,
+    limits: fraud_core::model::ModelLimits,
+    every: Duration,
+) {
+    std::thread::spawn(move || {
+        let mut failing = false;
+        loop {
+            std::thread::sleep(every);
+            match engine.follow_models(&limits) {
+                Ok(_) => failing = false,
+                Err(e) if !failing => {
+                    failing = true;
+                    eprintln!("warning: the shared model registry: {e}");
+                }
+                Err(_) => {}
+            }
+        }
+    });
 }
 
 /// Signs the decision log's head every `every` while records arrive.

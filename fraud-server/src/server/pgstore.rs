@@ -15,6 +15,8 @@
 //!   when it is older than [`CLAIM_LAPSE`], or by its own replica again (whose requests the
 //!   engine keeps apart). Decisions are found by transaction id from any replica.
 //! - One process per replica id: the committer holds a session advisory lock on it.
+//! - Models: an upload is published (`fraud_models`, `fraud_model_roles`) and every
+//!   replica follows the assignment ([`super::engine::Engine::follow_models`]).
 //! - An unreachable server: the committer retries the batch (skipping what a commit whose
 //!   answer was lost did write); answers waiting for it fail after the timeout with 503, and
 //!   the decision is still committed later (a client retry then gets it, replayed).
@@ -56,6 +58,16 @@ EXCEPTION WHEN OTHERS THEN NULL;
 END $$;
 CREATE INDEX IF NOT EXISTS fraud_records_decision ON fraud_records (transaction_id)
     WHERE kind = 'decision';
+CREATE TABLE IF NOT EXISTS fraud_models (
+    version text PRIMARY KEY,
+    artifact bytea NOT NULL,
+    stored_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS fraud_model_roles (
+    role text PRIMARY KEY,
+    version text REFERENCES fraud_models (version),
+    changed_at timestamptz NOT NULL DEFAULT now()
+);
 CREATE UNLOGGED TABLE IF NOT EXISTS fraud_claims (
     transaction_id text PRIMARY KEY,
     replica text NOT NULL,
@@ -711,6 +723,51 @@ impl Journal for PgJournal {
                 c.stmt("DELETE FROM fraud_claims WHERE transaction_id = $1 AND replica = $2")?;
             c.client.execute(&st, &[&id, &replica])
         });
+    }
+
+    fn publish_model(&self, role: &str, model: Option<(&str, &[u8])>) -> Result<(), LogError> {
+        let role = role.to_string();
+        let model = model.map(|(v, a)| (v.to_string(), a.to_vec()));
+        self.shared.read(move |c| {
+            let mut t = c.client.transaction()?;
+            if let Some((version, artifact)) = &model {
+                t.execute(
+                    "INSERT INTO fraud_models (version, artifact) VALUES ($1, $2)
+                     ON CONFLICT (version) DO NOTHING",
+                    &[version, artifact],
+                )?;
+            }
+            let version = model.as_ref().map(|m| m.0.as_str());
+            t.execute(
+                "INSERT INTO fraud_model_roles (role, version) VALUES ($1, $2)
+                 ON CONFLICT (role) DO UPDATE SET version = EXCLUDED.version, changed_at = now()",
+                &[&role, &version],
+            )?;
+            t.commit()
+        })
+    }
+
+    fn assigned_models(&self) -> Result<Vec<(String, Option<String>)>, LogError> {
+        self.shared.read(|c| {
+            let st = c.stmt("SELECT role, version FROM fraud_model_roles ORDER BY role")?;
+            Ok(c.client
+                .query(&st, &[])?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect())
+        })
+    }
+
+    fn model_artifact(&self, version: &str) -> Result<Option<Vec<u8>>, LogError> {
+        let version = version.to_string();
+        self.shared.read(move |c| {
+            c.client
+                .query_opt(
+                    "SELECT artifact FROM fraud_models WHERE version = $1",
+                    &[&version],
+                )
+                .map(|r| r.map(|r| r.get(0)))
+        })
     }
 
     fn settle_seq(&self, rec: &Record) -> u64 {
