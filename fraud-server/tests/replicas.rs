@@ -43,6 +43,18 @@ fn replicas_on_postgres_and_redis_behave_as_one_service() {
     let mut redis = redis_server(redis_port);
     let dir = tempfile::tempdir().unwrap();
     let (key, shared) = shared_keys(dir.path());
+    // Every replica signs its chain's heads with the one audit key.
+    let signing = dir.path().join("audit-signing.key");
+    let out = fraud_cli(&["audit", "keygen", "--out", signing.to_str().unwrap()]);
+    assert!(out.status.success());
+    let public = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("public-key ").map(str::to_string))
+        .unwrap();
+    let shared = format!(
+        "{shared}audit_signing_key_file = {:?}\naudit_sign_interval_s = 1\n",
+        signing.to_str().unwrap()
+    );
     let cfg = |replica: &str| {
         format!(
             "{shared}[state]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{redis_port}/\"\nredis_timeout_ms = 1000\n[store]\nbackend = \"postgres\"\nurl = \"{}\"\ntimeout_ms = 3000\n{replica}",
@@ -104,9 +116,22 @@ fn replicas_on_postgres_and_redis_behave_as_one_service() {
     let dup = start(&dir.path().join("c"), &cfg("replica = \"a\"\n"));
     assert!(dup.is_err(), "a second process took replica id a");
 
-    // The whole store verifies; an altered record is named.
+    // The whole store verifies, every replica's signed heads with the public key; an
+    // altered record is named.
     let (ok, text) = verify_store(&pg.url());
     assert!(ok, "{text}");
+    let o = fraud_cli(&[
+        "audit",
+        "verify",
+        "--store",
+        &pg.url(),
+        "--public-key",
+        &public,
+    ]);
+    let signed =
+        String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{signed}");
+    assert!(signed.contains("signed through record"), "{signed}");
     assert!(text.contains("2 replica(s)"), "{text}");
     assert!(text.contains("each decided once"), "{text}");
 
@@ -154,16 +179,24 @@ fn replicas_on_postgres_and_redis_behave_as_one_service() {
     assert_eq!(st, 200);
     assert_eq!(count(&a, &key, "x7"), 6.0, "{text}");
 
+    // x1's decision on replica a, altered.
     let mut c = pg.client();
+    let seq: i64 = c
+        .query_one(
+            "SELECT seq FROM fraud_records WHERE replica = 'a' AND kind = 'decision' AND transaction_id = 'x1'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     c.execute(
-        "UPDATE fraud_records SET body = replace(body, '\"decision\":', '\"decision\": ') WHERE replica = 'a' AND seq = 1",
-        &[],
+        "UPDATE fraud_records SET body = replace(body, '\"decision\":', '\"decision\": ') WHERE replica = 'a' AND seq = $1",
+        &[&seq],
     )
     .unwrap();
     let (ok, text) = verify_store(&pg.url());
     assert!(!ok, "{text}");
     assert!(
-        text.contains("replica a") && text.contains("record 1"),
+        text.contains("replica a") && text.contains(&format!("record {seq} was altered")),
         "{text}"
     );
 }
