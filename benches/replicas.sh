@@ -89,27 +89,14 @@ stop() {
 server_pids() { echo "${pids[@]}" "$redis_pid" "$pg_pid" $(pgrep -P "$pg_pid"); }
 
 measure() { # label
-    local n=${#ports[@]} share before after answers=0 p50=0 p99=0 p999=0 max=0 errors=""
-    share=$((rate / n))
-    local loads=()
-    for i in $(seq 0 $((n - 1))); do
-        FRAUD_API_KEY=${keys[$i]} RUN=warm$i "$wrk" -t1 -c32 -d10s -R"$share" -s "$here/wrk2/score.lua" \
-            "http://127.0.0.1:${ports[$i]}/v1/score" > /dev/null &
-        loads+=($!)
-    done
-    wait "${loads[@]}"
-    loads=()
+    local n=${#ports[@]} before after answers=0 p50=0 p99=0 p999=0 max=0 errors=""
+    load warm 10 /dev/null
     before=$(cpu_ns $(server_pids))
     local b_rep b_pg b_redis
     b_rep=$(cpu_ns "${pids[@]}")
     b_pg=$(cpu_ns "$pg_pid" $(pgrep -P "$pg_pid"))
     b_redis=$(cpu_ns "$redis_pid")
-    for i in $(seq 0 $((n - 1))); do
-        FRAUD_API_KEY=${keys[$i]} RUN=m$i "$wrk" -t1 -c32 -d"${seconds}s" -R"$share" --latency \
-            -s "$here/wrk2/score.lua" "http://127.0.0.1:${ports[$i]}/v1/score" > "$work/wrk-$i.out" &
-        loads+=($!)
-    done
-    wait "${loads[@]}"
+    load m "$seconds" "$work/wrk-%d.out"
     after=$(cpu_ns $(server_pids))
     local a_rep a_pg a_redis
     a_rep=$(cpu_ns "${pids[@]}")
@@ -131,6 +118,19 @@ measure() { # label
         "$(echo "($a_rep - $b_rep) / 1000 / $answers" | bc -l)" \
         "$(echo "($a_pg - $b_pg) / 1000 / $answers" | bc -l)" \
         "$(echo "($a_redis - $b_redis) / 1000 / $answers" | bc -l)"
+}
+
+# One wrk2 per replica at its share of the rate, all at once, until all end: run prefix,
+# seconds, output file (`%d`: the replica's number).
+load() {
+    local n=${#ports[@]} loads=() i
+    for i in $(seq 0 $((n - 1))); do
+        # shellcheck disable=SC2059
+        FRAUD_API_KEY=${keys[$i]} RUN=$1$i "$wrk" -t1 -c32 -d"$2s" -R"$((rate / n))" --latency \
+            -s "$here/wrk2/score.lua" "http://127.0.0.1:${ports[$i]}/v1/score" > "$(printf "$3" "$i")" &
+        loads+=($!)
+    done
+    wait "${loads[@]}"
 }
 
 # wrk2 prints latencies with units (us, ms, s): in milliseconds, the larger of two.

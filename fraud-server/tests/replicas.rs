@@ -160,20 +160,7 @@ fn replicas_on_postgres_and_redis_behave_as_one_service() {
     redis.kill();
     let _redis = redis_server(redis_port);
     let cfg_file = da.join("fraud.toml");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let text = loop {
-        let o = fraud_cli(&["state", "rebuild", "--config", cfg_file.to_str().unwrap()]);
-        if o.status.success() {
-            break String::from_utf8_lossy(&o.stdout).to_string();
-        }
-        // redis-server not listening yet.
-        assert!(
-            Instant::now() < deadline,
-            "{}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let text = state_rebuild(&["--config", cfg_file.to_str().unwrap()]);
     assert!(text.contains("6 decisions"), "{text}");
     let (st, _, _) = b.call("POST", "/v1/score", Some(&key), Some(&at("x7", 6)));
     assert_eq!(st, 200);

@@ -1631,26 +1631,14 @@ fn replicas_share_redis_state_count_each_transaction_once_and_rebuild_it() {
     redis.kill();
     let mut redis = redis_server(port);
     let cfg_file = da.join("fraud.toml");
-    let mut rebuilt = None;
-    for _ in 0..100 {
-        let o = fraud_cli(&[
-            "state",
-            "rebuild",
-            "--config",
-            cfg_file.to_str().unwrap(),
-            "--data-dir",
-            da.join("data").to_str().unwrap(),
-            "--data-dir",
-            db.join("data").to_str().unwrap(),
-        ]);
-        if o.status.success() {
-            rebuilt = Some(String::from_utf8_lossy(&o.stdout).to_string());
-            break;
-        }
-        // redis-server not listening yet.
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let text = rebuilt.expect("fraud state rebuild did not succeed");
+    let text = state_rebuild(&[
+        "--config",
+        cfg_file.to_str().unwrap(),
+        "--data-dir",
+        da.join("data").to_str().unwrap(),
+        "--data-dir",
+        db.join("data").to_str().unwrap(),
+    ]);
     assert!(text.contains("5 decisions"), "{text}");
     let a = replica(&da, &cfg);
     let (st, _, _) = a.call("POST", "/v1/score", Some(&key), Some(&at("x5", 4)));

@@ -101,6 +101,31 @@ pub(crate) fn write_body(
     Ok(())
 }
 
+/// Appends to `out` the body of the record `head` names, with `data` sealed by `sealer`
+/// (unless its kind is kept in clear), and returns the record's hash after `head.prev`: how
+/// the file log and the shared store make a record alike.
+pub(crate) fn append_record(
+    out: &mut Vec<u8>,
+    sealer: Option<&super::seal::Sealer>,
+    head: &Head<'_>,
+    clear: bool,
+    data: &[u8],
+) -> Result<String, String> {
+    let sealed = match sealer {
+        Some(sl) if !clear => Some(sl.seal_text(data, &head.seq.to_le_bytes())?),
+        _ => None,
+    };
+    let start = out.len();
+    write_body(
+        out,
+        head,
+        if sealed.is_some() { b"null" } else { data },
+        sealed.as_deref(),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(hash(head.prev, &out[start..]))
+}
+
 /// The body of a record, as [`write_body`] writes it (the reference it is tested against).
 #[cfg(test)]
 #[derive(Serialize)]
@@ -772,7 +797,7 @@ fn split(line: &[u8]) -> Option<(&str, &[u8])> {
 type Index = super::sharded::Sharded<(u64, u64)>;
 
 /// The transaction id a decision record is indexed by.
-pub(crate) fn decision_id(kind: &str, data: &serde_json::Value) -> Option<String> {
+fn decision_id(kind: &str, data: &serde_json::Value) -> Option<String> {
     (kind == Kind::Decision.name())
         .then(|| data.get("transaction_id")?.as_str().map(str::to_string))
         .flatten()
@@ -1443,18 +1468,12 @@ impl DecisionLog {
                 Err(None) => return Ok(None),
                 Err(Some(e)) => return Err(e),
             };
-            let sealed = match &self.sealer {
-                Some(sl) if !kind.clear() => Some(
-                    sl.seal_text(&data, &seq.to_le_bytes())
-                        .map_err(|e| self.io(std::io::Error::other(e)))?,
-                ),
-                _ => None,
-            };
             // The line: hash, space, body, newline; the hash filled in once the body is.
             let mut line = Vec::with_capacity(data.len() + 300);
             line.extend_from_slice(&[b' '; 65]);
-            write_body(
+            let h = append_record(
                 &mut line,
+                self.sealer.as_ref(),
                 &Head {
                     seq,
                     prev: &g.last_hash,
@@ -1463,11 +1482,10 @@ impl DecisionLog {
                     key,
                     replica: None,
                 },
-                if sealed.is_some() { b"null" } else { &data },
-                sealed.as_deref(),
+                kind.clear(),
+                &data,
             )
             .map_err(|e| self.io(std::io::Error::other(e)))?;
-            let h = hash(&g.last_hash, &line[65..]);
             line[..64].copy_from_slice(h.as_bytes());
             line.push(b'\n');
             if let Err(e) = g.file.write_all(&line) {

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use postgres::{Client, NoTls, Statement};
 
 use super::decisions::{
-    hash, now_rfc3339, write_body, Begin, Durable, Event, Head, Journal, Kind, LogError, Record,
+    append_record, hash, now_rfc3339, Begin, Durable, Event, Head, Journal, Kind, LogError, Record,
     Removed, GENESIS,
 };
 
@@ -363,17 +363,10 @@ impl Shared {
             Err(None) => return Ok(None),
             Err(Some(e)) => return Err(e),
         };
-        let data = data.as_slice();
-        let sealed = match &self.sealer {
-            Some(sl) if !kind.clear() => Some(
-                sl.seal_text(data, &seq.to_le_bytes())
-                    .map_err(|e| io("seal", e))?,
-            ),
-            _ => None,
-        };
         let mut body = Vec::with_capacity(data.len() + 300);
-        write_body(
+        let h = append_record(
             &mut body,
+            self.sealer.as_ref(),
             &Head {
                 seq,
                 prev: &g.last_hash,
@@ -382,11 +375,10 @@ impl Shared {
                 key,
                 replica: Some(&self.replica),
             },
-            if sealed.is_some() { b"null" } else { data },
-            sealed.as_deref(),
+            kind.clear(),
+            &data,
         )
         .map_err(|e| io("record", e))?;
-        let h = hash(&g.last_hash, &body);
         let body = String::from_utf8(body).map_err(|e| io("record", e))?;
         if let Some(id) = &transaction_id {
             if kind == Kind::Decision {

@@ -587,3 +587,23 @@ pub fn replica(dir: &Path, cfg: &str) -> Server {
             .join("\n")
     );
 }
+
+/// `fraud state rebuild` with `args`, run until it succeeds (the redis-server it writes to
+/// may still be starting): its output. Fails with its last error after a minute.
+pub fn state_rebuild(args: &[&str]) -> String {
+    let mut all = vec!["state", "rebuild"];
+    all.extend_from_slice(args);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let o = fraud_cli(&all);
+        if o.status.success() {
+            return String::from_utf8_lossy(&o.stdout).to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fraud state rebuild did not succeed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
