@@ -169,7 +169,7 @@ def test_save_load_and_metadata(xgb_pair, tmp_path):
 
 def test_demo_model_scores_simulated_data():
     model = fraudscore.Model.load(os.path.join(ROOT, "datasets", "demo", "model.fgb"))
-    assert len(model.feature_names) == 44
+    assert len(model.feature_names) == 68
     assert model.metadata["feature_spec"] is not None
     assert "channel" in model.categorical_features
 

@@ -323,3 +323,214 @@ fn a_replica_killed_mid_traffic_loses_nothing_and_counts_nothing_twice() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The RFC 6238 one-time code of a base32 `secret` at the current 30-second step.
+fn one_time_code(secret: &str) -> String {
+    use hmac::Mac;
+    let key = data_encoding::BASE32_NOPAD
+        .decode(secret.trim_end_matches('=').as_bytes())
+        .unwrap();
+    let step = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 30;
+    let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(&key).unwrap();
+    mac.update(&step.to_be_bytes());
+    let h = mac.finalize().into_bytes();
+    let off = (h[19] & 0x0f) as usize;
+    let bin = (u32::from(h[off] & 0x7f) << 24)
+        | (u32::from(h[off + 1]) << 16)
+        | (u32::from(h[off + 2]) << 8)
+        | u32::from(h[off + 3]);
+    format!("{:06}", bin % 1_000_000)
+}
+
+/// The value of cookie `name` a response sets.
+fn set_cookie(headers: &[(String, String)], name: &str) -> Option<String> {
+    headers
+        .iter()
+        .filter(|(k, _)| k == "set-cookie")
+        .find_map(|(_, v)| v.strip_prefix(&format!("{name}=")))
+        .map(|v| v.split(';').next().unwrap_or("").to_string())
+}
+
+/// A console page as the user of `session` sees it on `s`: status, headers, HTML.
+fn page(s: &Server, path: &str, session: &str) -> (u16, Vec<(String, String)>, String) {
+    let cookie = format!("fraud_session={session}");
+    let (st, h, b) = s
+        .try_request("GET", path, None, &[("Cookie", &cookie)], b"")
+        .unwrap();
+    (st, h, String::from_utf8_lossy(&b).to_string())
+}
+
+/// A console form posted with `session` to `s`.
+fn post_form(
+    s: &Server,
+    path: &str,
+    cookie: &str,
+    form: &str,
+) -> (u16, Vec<(String, String)>, String) {
+    let (st, h, b) = s
+        .try_request(
+            "POST",
+            path,
+            None,
+            &[
+                ("Cookie", cookie),
+                ("Content-Type", "application/x-www-form-urlencoded"),
+            ],
+            form.as_bytes(),
+        )
+        .unwrap();
+    (st, h, String::from_utf8_lossy(&b).to_string())
+}
+
+/// A login on `s`: the session token, or the refusal page.
+fn console_login(s: &Server, name: &str, password: &str, code: &str) -> Result<String, String> {
+    let (st, h, _) = s
+        .try_request("GET", "/console/login", None, &[], b"")
+        .unwrap();
+    assert_eq!(st, 200);
+    let token = set_cookie(&h, "fraud_login").unwrap();
+    let (st, h, body) = post_form(
+        s,
+        "/console/login",
+        &format!("fraud_login={token}"),
+        &format!(
+            "csrf={token}&name={name}&password={}&code={code}",
+            password.replace(' ', "+")
+        ),
+    );
+    match set_cookie(&h, "fraud_session") {
+        Some(session) if (300..400).contains(&st) => Ok(session),
+        _ => Err(format!("{st} {body}")),
+    }
+}
+
+/// Waits until `s`'s review queue, seen with `session`, lists case `id` (or no longer does).
+fn until_queue(s: &Server, session: &str, id: &str, listed: bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (st, _, html) = page(s, "/console/", session);
+        assert_eq!(st, 200, "{html}");
+        if html.contains(&format!(" case {id}</span>")) == listed {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "case {id} still {} the queue of {}",
+            if listed { "missing from" } else { "in" },
+            s.port
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_console_is_one_across_replicas() {
+    let pg = Postgres::start();
+    let redis_port = free_port();
+    let _redis = redis_server(redis_port);
+    let dir = tempfile::tempdir().unwrap();
+    let (key, shared) = shared_keys(dir.path());
+    let users = dir.path().join("users");
+    let password = "correct horse battery staple";
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fraud"))
+        .args([
+            "users",
+            "create",
+            "--role",
+            "analyst",
+            "--name",
+            "alice",
+            "--password-stdin",
+        ])
+        .args(["--data-dir", users.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin
+                .take()
+                .unwrap()
+                .write_all(format!("{password}\n").as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(out.status.success());
+    let secret = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("secret: ").map(str::to_string))
+        .unwrap();
+    let cfg = |replica: &str| {
+        format!(
+            "{shared}[thresholds]\nreview = 0.0\ndecline = 0.999\n[console]\nenabled = true\nusers_file = {:?}\nmax_failures = 4\nlockout_s = 600\n[state]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{redis_port}/\"\n[store]\nbackend = \"postgres\"\nurl = \"{}\"\nreplica = \"{replica}\"\n",
+            users.join("users.json").to_str().unwrap(),
+            pg.url()
+        )
+    };
+    let a = replica(&dir.path().join("a"), &cfg("a"));
+    let b = replica(&dir.path().join("b"), &cfg("b"));
+
+    // A review decided on replica a.
+    let (st, answer, _) = a.call("POST", "/v1/score", Some(&key), Some(&at("c1", 0)));
+    assert_eq!(st, 200, "{answer}");
+    assert_eq!(answer["decision"], "review", "{answer}");
+
+    // Logged in on b; the same one-time code is refused on a.
+    let code = one_time_code(&secret);
+    let session = console_login(&b, "alice", password, &code).unwrap();
+    let replayed = console_login(&a, "alice", password, &code).unwrap_err();
+    assert!(replayed.contains("used already"), "{replayed}");
+
+    // b's queue shows a's case; the session made on b works on a.
+    until_queue(&b, &session, "c1", true);
+    let (st, _, html) = page(&a, "/console/cases/c1", &session);
+    assert_eq!(st, 200, "{html}");
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap()
+        .to_string();
+    // Closed on b: gone from both queues, labelled once for the whole service.
+    let (st, _, body) = post_form(
+        &b,
+        "/console/cases/c1",
+        &format!("fraud_session={session}"),
+        &format!("csrf={csrf}&action=legit"),
+    );
+    assert!((300..400).contains(&st), "{st} {body}");
+    until_queue(&b, &session, "c1", false);
+    until_queue(&a, &session, "c1", false);
+    let (st, read, _) = a.call("GET", "/v1/decisions/c1", Some(&key), None);
+    assert_eq!(st, 200, "{read}");
+
+    // Logged out on a: the session is over on b too.
+    let (st, _, _) = post_form(
+        &a,
+        "/console/logout",
+        &format!("fraud_session={session}"),
+        &format!("csrf={csrf}"),
+    );
+    assert!((300..400).contains(&st));
+    let (st, h, _) = page(&b, "/console/", &session);
+    assert!((300..400).contains(&st), "{st}");
+    assert_eq!(header(&h, "location"), Some("/console/login"));
+
+    // One round of guesses for the whole service: the replayed code and three wrong
+    // passwords, on a and b, lock alice out (four at most), then even the right password
+    // and a fresh code are refused on a.
+    for (i, s) in [&a, &b, &a].into_iter().enumerate() {
+        let refused = console_login(s, "alice", "wrong wrong wrong", "000000").unwrap_err();
+        let expected = if i < 2 { "Wrong user name" } else { "locked" };
+        assert!(
+            refused.starts_with("401") && refused.contains(expected),
+            "{refused}"
+        );
+    }
+    let locked = console_login(&a, "alice", password, &one_time_code(&secret)).unwrap_err();
+    assert!(locked.contains("locked"), "{locked}");
+}

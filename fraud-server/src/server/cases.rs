@@ -1,19 +1,23 @@
 //! The review queue and the console's overview figures, both derived from the decision log:
 //! every decision `review` opens a case; a label (from `/v1/labels` or the console) closes it;
 //! an escalation marks it. Rebuilt at start from the log's records, kept current as records
-//! are written.
+//! are written, and, with a store shared by several replicas, as the other replicas' records
+//! arrive (`Engine::follow_records`): the queue is the whole service's, whichever replica
+//! decided, labelled or escalated.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use serde_json::Value;
 
+use super::decisions::{Journal, LogError};
+
 /// One open case.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Case {
     /// The transaction.
     pub transaction_id: String,
-    /// Its decision record's seq (the queue's order: oldest first).
+    /// Its decision record's seq in its replica's chain.
     pub seq: u64,
     /// The model's score.
     pub score: f64,
@@ -66,10 +70,16 @@ pub fn hour_now() -> i64 {
 /// Score histogram bins.
 pub const SCORE_BINS: usize = 20;
 
+/// Where a case sits in the queue: transaction time (oldest first), then the replica that
+/// decided it (its index among those seen) and its record's seq there.
+type Key = (i64, u32, u64);
+
 #[derive(Default)]
 struct Inner {
-    open: BTreeMap<u64, Case>,
-    by_id: HashMap<String, u64>,
+    open: BTreeMap<Key, Case>,
+    by_id: HashMap<String, Key>,
+    /// Replicas seen (index 0: this process's own records).
+    origins: HashMap<String, u32>,
     /// Decisions by hour (Unix hour) and outcome (approve, review, decline).
     by_hour: BTreeMap<i64, [u64; 3]>,
     scores: [u64; SCORE_BINS],
@@ -80,7 +90,12 @@ struct Inner {
 #[derive(Default)]
 pub struct Cases {
     inner: Mutex<Inner>,
+    /// How far the other replicas' records were taken in (replica, seq).
+    followed: Mutex<HashMap<String, u64>>,
 }
+
+/// Records taken in from the store per query and replica at most.
+const FOLLOW_BATCH: usize = 5_000;
 
 fn outcome_index(decision: &str) -> Option<usize> {
     match decision {
@@ -104,6 +119,8 @@ pub struct Decided<'a> {
     pub timestamp_us: Option<i64>,
     /// Its merchant category code.
     pub mcc: Option<u16>,
+    /// The replica whose record it is, when another's (`None`: this process).
+    pub replica: Option<&'a str>,
 }
 
 impl Cases {
@@ -123,23 +140,35 @@ impl Cases {
         let bin = ((d.score * SCORE_BINS as f64) as usize).min(SCORE_BINS - 1);
         g.scores[bin] += 1;
         if d.decision == "review" && !d.transaction_id.is_empty() {
-            g.by_id.insert(d.transaction_id.to_string(), seq);
+            let origin = match d.replica {
+                None => 0,
+                Some(r) => {
+                    let next = u32::try_from(g.origins.len() + 1).unwrap_or(u32::MAX);
+                    *g.origins.entry(r.to_string()).or_insert(next)
+                }
+            };
+            let ts = d.timestamp_us.map_or(0, |us| us.div_euclid(1_000_000));
+            let key = (ts, origin, seq);
+            if let Some(old) = g.by_id.insert(d.transaction_id.to_string(), key) {
+                g.open.remove(&old);
+            }
             g.open.insert(
-                seq,
+                key,
                 Case {
                     transaction_id: d.transaction_id.to_string(),
                     seq,
                     score: d.score,
                     mcc: d.mcc,
-                    ts: d.timestamp_us.map_or(0, |us| us.div_euclid(1_000_000)),
+                    ts,
                     escalated: false,
                 },
             );
         }
     }
 
-    /// Takes in one decision-log record (`data` decrypted), written in Unix hour `hour`.
-    pub fn record(&self, kind: &str, seq: u64, hour: i64, data: &Value) {
+    /// Takes in one decision-log record (`data` decrypted), written in Unix hour `hour` by
+    /// `replica` (`None`: this process).
+    pub fn record(&self, replica: Option<&str>, kind: &str, seq: u64, hour: i64, data: &Value) {
         match kind {
             "decision" => {
                 let response = &data["response"];
@@ -154,6 +183,7 @@ impl Cases {
                         mcc: data["transaction"]["mcc"]
                             .as_u64()
                             .and_then(|m| u16::try_from(m).ok()),
+                        replica,
                     },
                 );
             }
@@ -167,8 +197,8 @@ impl Cases {
                     (data["transaction_id"].as_str(), data["action"].as_str())
                 {
                     let mut g = self.lock();
-                    if let Some(seq) = g.by_id.get(id).copied() {
-                        if let Some(c) = g.open.get_mut(&seq) {
+                    if let Some(key) = g.by_id.get(id).copied() {
+                        if let Some(c) = g.open.get_mut(&key) {
                             c.escalated = true;
                         }
                     }
@@ -178,11 +208,38 @@ impl Cases {
         }
     }
 
+    /// Takes in the records the other replicas sharing `log`'s store wrote since the last
+    /// call (decisions, labels, escalations), all of them: the count.
+    pub fn follow(&self, log: &dyn Journal) -> Result<usize, LogError> {
+        let mut after = self
+            .followed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut taken = 0;
+        loop {
+            let before = after.clone();
+            let records = log.others(&mut after, &["decision", "label", "case"], FOLLOW_BATCH)?;
+            for rec in &records {
+                self.record(
+                    rec.replica.as_deref().or(Some("")),
+                    &rec.kind,
+                    rec.seq,
+                    hour_of(&rec.at),
+                    &rec.data,
+                );
+            }
+            taken += records.len();
+            if *after == before {
+                return Ok(taken);
+            }
+        }
+    }
+
     /// Closes the case of a transaction (labelled).
     pub fn close(&self, id: &str) {
         let mut g = self.lock();
-        if let Some(seq) = g.by_id.remove(id) {
-            if g.open.remove(&seq).is_some() {
+        if let Some(key) = g.by_id.remove(id) {
+            if g.open.remove(&key).is_some() {
                 g.closed += 1;
             }
         }
@@ -249,10 +306,23 @@ mod tests {
     fn reviews_open_cases_labels_close_them_filters_apply() {
         let c = Cases::default();
         let at = hour_of("2026-11-29T10:00:00Z");
-        c.record("decision", 1, at, &decision("a", "review", 0.4, 5411, 100));
-        c.record("decision", 2, at, &decision("b", "approve", 0.1, 5411, 200));
-        c.record("decision", 3, at, &decision("c", "review", 0.6, 5999, 300));
-        c.record("decision", 4, at, &decision("d", "review", 0.5, 5411, 400));
+        for (seq, (id, d, score, mcc, ts)) in [
+            ("a", "review", 0.4, 5411, 100),
+            ("b", "approve", 0.1, 5411, 200),
+            ("c", "review", 0.6, 5999, 300),
+            ("d", "review", 0.5, 5411, 400),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            c.record(
+                None,
+                "decision",
+                seq as u64 + 1,
+                at,
+                &decision(id, d, score, mcc, ts),
+            );
+        }
         assert_eq!(c.open_count(), 3);
         let (page, total) = c.list(&Filter::default(), 0, 10);
         assert_eq!(total, 3);
@@ -270,6 +340,7 @@ mod tests {
         };
         assert_eq!(c.list(&f, 0, 10).1, 2);
         c.record(
+            None,
             "case",
             5,
             at,
@@ -277,6 +348,7 @@ mod tests {
         );
         assert!(c.get("c").is_some_and(|x| x.escalated));
         c.record(
+            None,
             "label",
             6,
             at,
@@ -289,5 +361,57 @@ mod tests {
         assert_eq!(hours.len(), 1);
         assert_eq!(hours[0].1, [1, 3, 0]);
         assert_eq!(c.scores().iter().sum::<u64>(), 4);
+    }
+
+    #[test]
+    fn cases_of_several_replicas_with_the_same_seq_are_all_kept_in_time_order() {
+        let c = Cases::default();
+        let at = hour_of("2026-11-29T10:00:00Z");
+        c.record(
+            None,
+            "decision",
+            7,
+            at,
+            &decision("here", "review", 0.4, 5411, 300),
+        );
+        c.record(
+            Some("b"),
+            "decision",
+            7,
+            at,
+            &decision("on-b", "review", 0.5, 5411, 100),
+        );
+        c.record(
+            Some("c"),
+            "decision",
+            7,
+            at,
+            &decision("on-c", "review", 0.6, 5411, 200),
+        );
+        let ids: Vec<String> = c
+            .list(&Filter::default(), 0, 10)
+            .0
+            .into_iter()
+            .map(|x| x.transaction_id)
+            .collect();
+        assert_eq!(ids, ["on-b", "on-c", "here"]);
+        // Labelled on another replica: closed here.
+        c.record(
+            Some("c"),
+            "label",
+            8,
+            at,
+            &json!({"transaction_id": "on-b"}),
+        );
+        c.record(
+            Some("b"),
+            "case",
+            9,
+            at,
+            &json!({"transaction_id": "here", "action": "escalate"}),
+        );
+        assert!(c.get("on-b").is_none());
+        assert!(c.get("here").is_some_and(|x| x.escalated));
+        assert_eq!((c.open_count(), c.closed()), (2, 1));
     }
 }

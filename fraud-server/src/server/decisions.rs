@@ -437,6 +437,25 @@ pub trait Journal: Send + Sync {
         Ok(None)
     }
 
+    /// Where the console keeps sessions, lock-outs and used codes when several replicas
+    /// share this store (`None`: in this process).
+    fn console_store(&self) -> Option<&dyn super::users::ConsoleStore> {
+        None
+    }
+
+    /// The records of the other replicas sharing this store, of the `kinds` given, after the
+    /// seq `after` holds for their replica (0 when absent), each replica's in order, at most
+    /// about `limit` (opened): `after` is moved past them. Empty when no other process
+    /// writes to this store.
+    fn others(
+        &self,
+        _after: &mut HashMap<String, u64>,
+        _kinds: &[&str],
+        _limit: usize,
+    ) -> Result<Vec<Record>, LogError> {
+        Ok(Vec::new())
+    }
+
     /// The seq to wait for (with [`durable`](Journal::durable)) before answering with
     /// `rec`, a record read back: its own, or 0 when it is durable already (written by
     /// another replica to a shared store).

@@ -589,6 +589,7 @@ impl Engine {
                 score: answer.score,
                 timestamp_us: Some(tx.timestamp_us),
                 mcc: tx.mcc,
+                replica: None,
             },
         );
         let elapsed = started.elapsed();

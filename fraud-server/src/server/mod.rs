@@ -329,7 +329,7 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
             let slot = usize::from(rec.data["role"] == "shadow");
             installed[slot] = Some(rec.data["file"].as_str().map(str::to_string));
         }
-        review_cases.record(&rec.kind, rec.seq, cases::hour_of(&rec.at), &rec.data);
+        review_cases.record(None, &rec.kind, rec.seq, cases::hour_of(&rec.at), &rec.data);
         if replay && rec.seq > snapshot_tag && failure.is_none() {
             replayed += 1;
             match engine::replay_record(&extractor, &state, rec, vault) {
@@ -607,7 +607,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             Ok(n) => println!("{n} model role(s) taken from the shared model registry"),
             Err(e) => eprintln!("warning: the shared model registry: {e}"),
         }
-        follow_models(engine.clone(), limits, Duration::from_secs(1));
+        // The review queue and the overview take in the other replicas' decisions, labels
+        // and escalations, now and from then on.
+        match engine.cases.follow(&*engine.log) {
+            Ok(0) => {}
+            Ok(n) => println!("{n} record(s) of the other replicas taken into the review queue"),
+            Err(e) => eprintln!("warning: the other replicas' records: {e}"),
+        }
+        follow_store(engine.clone(), limits, Duration::from_secs(1));
     }
     snapshots(
         engine.clone(),
@@ -672,24 +679,36 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     })
 }
 
-/// Every `every`, the models the shared store assigns are followed; an error is reported
-/// once until the registry answers again.
-fn follow_models(
+/// Every `every`, the models the shared store assigns are followed, and the other replicas'
+/// records are taken into the review queue; an error is reported once until the store
+/// answers again.
+fn follow_store(
     engine: Arc<engine::Engine>,
     limits: fraud_core::model::ModelLimits,
     every: Duration,
 ) {
     std::thread::spawn(move || {
-        let mut failing = false;
+        let mut failing = [false, false];
         loop {
             std::thread::sleep(every);
-            match engine.follow_models(&limits) {
-                Ok(_) => failing = false,
-                Err(e) if !failing => {
-                    failing = true;
-                    eprintln!("warning: the shared model registry: {e}");
+            let results = [
+                engine.follow_models(&limits).map(|_| ()),
+                engine
+                    .cases
+                    .follow(&*engine.log)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+            ];
+            for (i, r) in results.into_iter().enumerate() {
+                match r {
+                    Ok(()) => failing[i] = false,
+                    Err(e) if !failing[i] => {
+                        failing[i] = true;
+                        let what = ["the shared model registry", "the other replicas' records"][i];
+                        eprintln!("warning: {what}: {e}");
+                    }
+                    Err(_) => {}
                 }
-                Err(_) => {}
             }
         }
     });

@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 
 use postgres::{Client, NoTls, Statement};
 
+use super::users::{Attempts, ConsoleStore, Decide, LoggedIn, LoginRefusal, StoredSession};
+
 use super::decisions::{
     append_record, hash, now_rfc3339, Begin, Durable, Event, Head, Journal, Kind, LogError, Record,
     Removed, GENESIS,
@@ -67,6 +69,21 @@ CREATE TABLE IF NOT EXISTS fraud_model_roles (
     role text PRIMARY KEY,
     version text REFERENCES fraud_models (version),
     changed_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS fraud_replicas (
+    replica text PRIMARY KEY,
+    since timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS fraud_console_sessions (
+    key text PRIMARY KEY,
+    body text NOT NULL,
+    flash text,
+    created timestamptz NOT NULL DEFAULT now(),
+    last_seen timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS fraud_console_logins (
+    name text PRIMARY KEY,
+    state text NOT NULL
 );
 CREATE UNLOGGED TABLE IF NOT EXISTS fraud_claims (
     transaction_id text PRIMARY KEY,
@@ -238,6 +255,12 @@ impl PgJournal {
                 format!("replica id `{replica}` is in use by another running process; give each replica its own `[store] replica`"),
             ));
         }
+        writer
+            .execute(
+                "INSERT INTO fraud_replicas (replica) VALUES ($1) ON CONFLICT DO NOTHING",
+                &[&replica],
+            )
+            .map_err(|e| io("register", e))?;
         let (mut seq, mut last_hash) = (0u64, GENESIS.to_string());
         let rows = writer
             .query(
@@ -594,7 +617,120 @@ impl Drop for PgJournal {
     }
 }
 
+impl ConsoleStore for PgJournal {
+    fn session_start(
+        &self,
+        key: &str,
+        session: &StoredSession,
+        idle_s: u64,
+        absolute_s: u64,
+    ) -> Result<(), LogError> {
+        let body = serde_json::to_string(session).map_err(|e| io("session", e))?;
+        let key = key.to_string();
+        let (idle, absolute) = (idle_s as f64, absolute_s as f64);
+        self.shared.read(move |c| {
+            let mut t = c.client.transaction()?;
+            t.execute(
+                "DELETE FROM fraud_console_sessions WHERE last_seen < now() - make_interval(secs => $1)
+                 OR created < now() - make_interval(secs => $2)",
+                &[&idle, &absolute],
+            )?;
+            t.execute(
+                "INSERT INTO fraud_console_sessions (key, body) VALUES ($1, $2)",
+                &[&key, &body],
+            )?;
+            t.commit()
+        })
+    }
+
+    fn session(
+        &self,
+        key: &str,
+        idle_s: u64,
+        absolute_s: u64,
+    ) -> Result<Option<StoredSession>, LogError> {
+        let key = key.to_string();
+        let (idle, absolute) = (idle_s as f64, absolute_s as f64);
+        let row: Option<(String, Option<String>)> = self.shared.read(move |c| {
+            let st = c.stmt(LIVE_SESSION)?;
+            Ok(c.client
+                .query_opt(&st, &[&key, &idle, &absolute])?
+                .map(|r| (r.get(0), r.get(1))))
+        })?;
+        row.map(|(body, flash)| {
+            let mut s: StoredSession = serde_json::from_str(&body).map_err(|e| io("session", e))?;
+            s.flash = flash;
+            Ok(s)
+        })
+        .transpose()
+    }
+
+    fn session_end(&self, key: &str) -> Result<(), LogError> {
+        let key = key.to_string();
+        self.shared.read(move |c| {
+            c.client
+                .execute("DELETE FROM fraud_console_sessions WHERE key = $1", &[&key])
+                .map(|_| ())
+        })
+    }
+
+    fn session_flash(&self, key: &str, message: &str) -> Result<(), LogError> {
+        let (key, message) = (key.to_string(), message.to_string());
+        self.shared.read(move |c| {
+            c.client
+                .execute(
+                    "UPDATE fraud_console_sessions SET flash = $2 WHERE key = $1",
+                    &[&key, &message],
+                )
+                .map(|_| ())
+        })
+    }
+
+    fn login_state(
+        &self,
+        user: &str,
+        decide: Decide,
+    ) -> Result<Result<LoggedIn, LoginRefusal>, LogError> {
+        let name = user.to_string();
+        self.shared.read(move |c| {
+            let mut t = c.client.transaction()?;
+            t.execute(
+                "INSERT INTO fraud_console_logins (name, state) VALUES ($1, '{}')
+                 ON CONFLICT (name) DO NOTHING",
+                &[&name],
+            )?;
+            let state: String = t
+                .query_one(
+                    "SELECT state FROM fraud_console_logins WHERE name = $1 FOR UPDATE",
+                    &[&name],
+                )?
+                .get(0);
+            let mut attempts: Attempts = serde_json::from_str(&state).unwrap_or_default();
+            let outcome = decide(&mut attempts);
+            let state = serde_json::to_string(&attempts).unwrap_or_else(|_| "{}".into());
+            t.execute(
+                "UPDATE fraud_console_logins SET state = $2 WHERE name = $1",
+                &[&name, &state],
+            )?;
+            t.commit()?;
+            Ok(outcome)
+        })
+    }
+}
+
+/// The live session of $1 (used within $2 seconds of the store's clock, younger than $3),
+/// marked used now, its flash taken (the old value returned).
+const LIVE_SESSION: &str = "UPDATE fraud_console_sessions s SET last_seen = now(), flash = NULL
+     FROM (SELECT key, flash FROM fraud_console_sessions WHERE key = $1 FOR UPDATE) o
+     WHERE s.key = o.key AND s.last_seen >= now() - make_interval(secs => $2)
+     AND s.created >= now() - make_interval(secs => $3)
+     RETURNING s.body, o.flash";
+
 impl Journal for PgJournal {
+    fn console_store(&self) -> Option<&dyn ConsoleStore> {
+        Some(self)
+    }
+
     fn append(&self, key: &str, event: &Event<'_>) -> Result<u64, LogError> {
         let kind = event.kind();
         let data = serde_json::to_vec(event).map_err(|e| io("record", e))?;
@@ -760,6 +896,57 @@ impl Journal for PgJournal {
                 )
                 .map(|r| r.map(|r| r.get(0)))
         })
+    }
+
+    fn others(
+        &self,
+        after: &mut HashMap<String, u64>,
+        kinds: &[&str],
+        limit: usize,
+    ) -> Result<Vec<Record>, LogError> {
+        let me = self.shared.replica.clone();
+        let from: Vec<(String, i64)> = {
+            let known = after.clone();
+            let replicas: Vec<String> = self.shared.read(move |c| {
+                let st = c.stmt("SELECT replica FROM fraud_replicas WHERE replica <> $1")?;
+                Ok(c.client
+                    .query(&st, &[&me])?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect())
+            })?;
+            replicas
+                .into_iter()
+                .map(|r| {
+                    let seq = known.get(&r).copied().unwrap_or(0);
+                    (r, i64::try_from(seq).unwrap_or(i64::MAX))
+                })
+                .collect()
+        };
+        let kinds: Vec<String> = kinds.iter().map(|k| k.to_string()).collect();
+        let per = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+        let rows: Vec<(String, i64, Option<String>)> = self.shared.read(move |c| {
+            let st = c.stmt(
+                // Every kind moves the position; only the bodies wanted are sent.
+                "SELECT seq, CASE WHEN kind = ANY($3) THEN body END FROM fraud_records
+                 WHERE replica = $1 AND seq > $2 ORDER BY seq LIMIT $4",
+            )?;
+            let mut out = Vec::new();
+            for (replica, seq) in &from {
+                for r in c.client.query(&st, &[replica, seq, &kinds, &per])? {
+                    out.push((replica.clone(), r.get(0), r.get(1)));
+                }
+            }
+            Ok(out)
+        })?;
+        let mut records = Vec::with_capacity(rows.len());
+        for (replica, seq, body) in rows {
+            if let Some(body) = body {
+                records.push(self.shared.open_record(&body)?);
+            }
+            after.insert(replica, u64::try_from(seq).unwrap_or(0));
+        }
+        Ok(records)
     }
 
     fn settle_seq(&self, rec: &Record) -> u64 {

@@ -234,14 +234,68 @@ pub enum LoginRefusal {
     Locked(u64),
     /// The user is disabled.
     Disabled,
+    /// The store that keeps lock-outs and used codes for all replicas did not answer.
+    Unavailable,
 }
 
+/// A user's login state: wrong attempts in a row, lock-out, the last code step used.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Attempts {
+pub struct Attempts {
     failures: u32,
     /// Unix seconds.
     locked_until: Option<u64>,
     last_step: Option<u64>,
+}
+
+/// What a login attempt does to the user's login state, and its outcome.
+pub type Decide =
+    std::sync::Arc<dyn Fn(&mut Attempts) -> Result<LoggedIn, LoginRefusal> + Send + Sync>;
+
+/// A console session as a store shared by replicas keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredSession {
+    /// The user.
+    pub user: String,
+    /// The user's role.
+    pub role: Role,
+    /// The session's CSRF token.
+    pub csrf: String,
+    /// A message for the next page (taken when read).
+    #[serde(skip)]
+    pub flash: Option<String>,
+}
+
+/// Console state kept in a store every replica uses, so that the console behaves as one
+/// whichever replica a request reaches: sessions (by the SHA-256 of their token; the store's
+/// clock times them out), and each user's lock-out and last code used.
+pub trait ConsoleStore: Send + Sync {
+    /// Starts a session (and drops those timed out).
+    fn session_start(
+        &self,
+        key: &str,
+        session: &StoredSession,
+        idle_s: u64,
+        absolute_s: u64,
+    ) -> Result<(), super::decisions::LogError>;
+    /// The session of `key` when it is live (used within `idle_s`, younger than
+    /// `absolute_s`): marked used now, its flash message taken.
+    fn session(
+        &self,
+        key: &str,
+        idle_s: u64,
+        absolute_s: u64,
+    ) -> Result<Option<StoredSession>, super::decisions::LogError>;
+    /// Ends a session.
+    fn session_end(&self, key: &str) -> Result<(), super::decisions::LogError>;
+    /// Leaves a message for the session's next page.
+    fn session_flash(&self, key: &str, message: &str) -> Result<(), super::decisions::LogError>;
+    /// Runs `decide` on `user`'s login state, one attempt at a time across all replicas, and
+    /// keeps the state it leaves.
+    fn login_state(
+        &self,
+        user: &str,
+        decide: Decide,
+    ) -> Result<Result<LoggedIn, LoginRefusal>, super::decisions::LogError>;
 }
 
 fn unix_now() -> u64 {
@@ -339,18 +393,20 @@ impl Users {
     /// kept in `<users file>.state.json`, so a restart forgets neither a lock-out nor a used
     /// code.
     pub fn login(&self, name: &str, password: &str, code: &str) -> Result<LoggedIn, LoginRefusal> {
+        self.login_with(name, password, code, None)
+    }
+
+    /// [`Users::login`], with the lock-outs and used codes kept in `shared` when given (a
+    /// store every replica uses: one round of guesses and one use of a code for the whole
+    /// service) rather than in this process's state file.
+    pub fn login_with(
+        &self,
+        name: &str,
+        password: &str,
+        code: &str,
+        shared: Option<&dyn ConsoleStore>,
+    ) -> Result<LoggedIn, LoginRefusal> {
         let now = unix_now();
-        {
-            let a = self
-                .attempts
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(until) = a.get(name).and_then(|e| e.locked_until) {
-                if until > now {
-                    return Err(LoginRefusal::Locked(until - now));
-                }
-            }
-        }
         let users = self.current();
         let user = users.iter().find(|u| u.name == name);
         // The password is checked even for an unknown name, so that timing tells nothing.
@@ -379,38 +435,57 @@ impl Users {
                                 .into()
                     })
             });
+        let (policy, who, role, disabled) =
+            (self.policy, user.name.clone(), user.role, user.disabled);
+        // What the attempt does to the user's login state (the same wherever it is kept).
+        let decide = move |entry: &mut Attempts| -> Result<LoggedIn, LoginRefusal> {
+            if let Some(until) = entry.locked_until {
+                if until > now {
+                    return Err(LoginRefusal::Locked(until - now));
+                }
+                entry.locked_until = None;
+                entry.failures = 0;
+            }
+            let mut outcome = match matched_step {
+                Some(s) if entry.last_step.is_some_and(|last| s <= last) => {
+                    Err(LoginRefusal::Replayed)
+                }
+                Some(_) if disabled => Err(LoginRefusal::Disabled),
+                Some(s) => {
+                    entry.last_step = Some(s);
+                    Ok(LoggedIn {
+                        name: who.clone(),
+                        role,
+                    })
+                }
+                None => Err(LoginRefusal::Wrong),
+            };
+            match &outcome {
+                Ok(_) => entry.failures = 0,
+                Err(_) => {
+                    entry.failures += 1;
+                    if entry.failures >= policy.max_failures {
+                        let secs = policy.lockout.as_secs().max(1);
+                        entry.locked_until = Some(now + secs);
+                        outcome = Err(LoginRefusal::Locked(secs));
+                    }
+                }
+            }
+            outcome
+        };
+        if let Some(store) = shared {
+            return store
+                .login_state(name, std::sync::Arc::new(decide))
+                .unwrap_or_else(|e| {
+                    eprintln!("warning: console login: the shared store: {e}");
+                    Err(LoginRefusal::Unavailable)
+                });
+        }
         let mut a = self
             .attempts
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let entry = a.entry(name.to_string()).or_default();
-        if entry.locked_until.is_some_and(|u| u <= now) {
-            entry.locked_until = None;
-            entry.failures = 0;
-        }
-        let mut outcome = match matched_step {
-            Some(s) if entry.last_step.is_some_and(|last| s <= last) => Err(LoginRefusal::Replayed),
-            Some(_) if user.disabled => Err(LoginRefusal::Disabled),
-            Some(s) => {
-                entry.last_step = Some(s);
-                Ok(LoggedIn {
-                    name: user.name.clone(),
-                    role: user.role,
-                })
-            }
-            None => Err(LoginRefusal::Wrong),
-        };
-        match &outcome {
-            Ok(_) => entry.failures = 0,
-            Err(_) => {
-                entry.failures += 1;
-                if entry.failures >= self.policy.max_failures {
-                    let secs = self.policy.lockout.as_secs().max(1);
-                    entry.locked_until = Some(now + secs);
-                    outcome = Err(LoginRefusal::Locked(secs));
-                }
-            }
-        }
+        let outcome = decide(a.entry(name.to_string()).or_default());
         let state = serde_json::to_vec(&*a).unwrap_or_default();
         drop(a);
         if let Err(e) = fraud_core::files::write_atomic(&self.state_path, &state) {

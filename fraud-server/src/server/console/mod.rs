@@ -25,7 +25,7 @@ use super::decisions::Event;
 use super::engine::{DecisionRead, Engine, Labelled, Reader};
 use super::keys::Role;
 use super::problem::Problem;
-use super::users::{LoginRefusal, Users};
+use super::users::{LoggedIn, LoginRefusal, StoredSession, Users};
 
 const SESSION_COOKIE: &str = "fraud_session";
 const LOGIN_COOKIE: &str = "fraud_login";
@@ -73,6 +73,15 @@ fn random_token() -> Result<String, Stop> {
         )
     })?;
     Ok(fraud_core::hex::encode(&b))
+}
+
+/// The page for a shared store that did not answer.
+fn unavailable(e: &super::decisions::LogError) -> Stop {
+    Stop::Message(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Unavailable",
+        format!("the console's shared store does not answer: {e}"),
+    )
 }
 
 fn digest(token: &str) -> String {
@@ -322,13 +331,26 @@ impl Console {
     ) -> Result<(String, String, Role, String, Option<String>), Stop> {
         let token = cookie(req, SESSION_COOKIE).ok_or(Stop::Login)?;
         let key = digest(&token);
+        let (idle_s, absolute_s) = (self.cfg.idle_timeout_s, self.cfg.absolute_timeout_s);
+        if let Some(store) = self.engine.log.console_store() {
+            let s = store
+                .session(&key, idle_s, absolute_s)
+                .map_err(|e| unavailable(&e))?
+                .ok_or(Stop::Login)?;
+            // A user disabled meanwhile is logged out.
+            if !self.users.active(&s.user) {
+                let _ = store.session_end(&key);
+                return Err(Stop::Login);
+            }
+            return Ok((key, s.user, s.role, s.csrf, s.flash));
+        }
         let now = Instant::now();
         let mut g = self.sessions();
         let Some(s) = g.get_mut(&key) else {
             return Err(Stop::Login);
         };
-        let idle = Duration::from_secs(self.cfg.idle_timeout_s);
-        let absolute = Duration::from_secs(self.cfg.absolute_timeout_s);
+        let idle = Duration::from_secs(idle_s);
+        let absolute = Duration::from_secs(absolute_s);
         if now.duration_since(s.last_seen) > idle || now.duration_since(s.created) > absolute {
             g.remove(&key);
             return Err(Stop::Login);
@@ -348,7 +370,60 @@ impl Console {
         Ok((key, s.user.clone(), s.role, s.csrf.clone(), s.flash.take()))
     }
 
+    /// Starts a session for `user` under the digest `key` of its token.
+    fn start_session(&self, key: String, user: &LoggedIn, csrf: String) -> Result<(), Stop> {
+        if let Some(store) = self.engine.log.console_store() {
+            let s = StoredSession {
+                user: user.name.clone(),
+                role: user.role,
+                csrf,
+                flash: None,
+            };
+            return store
+                .session_start(
+                    &key,
+                    &s,
+                    self.cfg.idle_timeout_s,
+                    self.cfg.absolute_timeout_s,
+                )
+                .map_err(|e| unavailable(&e));
+        }
+        let now = Instant::now();
+        self.sessions().insert(
+            key,
+            Session {
+                user: user.name.clone(),
+                role: user.role,
+                csrf,
+                created: now,
+                last_seen: now,
+                flash: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// Ends the session of `key`.
+    fn end_session(&self, key: &str) {
+        match self.engine.log.console_store() {
+            Some(store) => {
+                if let Err(e) = store.session_end(key) {
+                    eprintln!("warning: console logout: the shared store: {e}");
+                }
+            }
+            None => {
+                self.sessions().remove(key);
+            }
+        }
+    }
+
     fn flash(&self, key: &str, msg: String) {
+        if let Some(store) = self.engine.log.console_store() {
+            if let Err(e) = store.session_flash(key, &msg) {
+                eprintln!("warning: console: the shared store: {e}");
+            }
+            return;
+        }
         if let Some(s) = self.sessions().get_mut(key) {
             s.flash = Some(msg);
         }
@@ -466,7 +541,9 @@ async fn login(c: Data, req: HttpRequest, body: web::Bytes) -> HttpResponse {
     let (name, password, code) = (field("name"), field("password"), field("code"));
     let c2 = c.clone();
     let checked = web::block(move || {
-        let outcome = c2.users.login(&name, &password, &code);
+        let outcome = c2
+            .users
+            .login_with(&name, &password, &code, c2.engine.log.console_store());
         (name, outcome)
     })
     .await;
@@ -483,18 +560,9 @@ async fn login(c: Data, req: HttpRequest, body: web::Bytes) -> HttpResponse {
                 (Ok(t), Ok(c)) => (t, c),
                 (Err(s), _) | (_, Err(s)) => return c.stop(s),
             };
-            let now = Instant::now();
-            c.sessions().insert(
-                digest(&token),
-                Session {
-                    user: user.name.clone(),
-                    role: user.role,
-                    csrf,
-                    created: now,
-                    last_seen: now,
-                    flash: None,
-                },
-            );
+            if let Err(s) = c.start_session(digest(&token), &user, csrf) {
+                return c.stop(s);
+            }
             let (c2, who) = (c.clone(), user.name.clone());
             let _ = web::block(move || {
                 c2.record(
@@ -544,6 +612,9 @@ async fn login(c: Data, req: HttpRequest, body: web::Bytes) -> HttpResponse {
                     s.div_ceil(60)
                 ),
                 LoginRefusal::Disabled => "This user is disabled.".to_string(),
+                LoginRefusal::Unavailable => {
+                    "Logins cannot be checked right now (the shared store does not answer); try again shortly.".to_string()
+                }
             };
             login_form(&c, StatusCode::UNAUTHORIZED, Some(msg))
         }
@@ -558,7 +629,7 @@ async fn logout(c: Data, req: HttpRequest, body: web::Bytes) -> HttpResponse {
     if !same(form(&body).get("csrf").map_or("", String::as_str), &csrf) {
         return csrf_refused(&c);
     }
-    c.sessions().remove(&key);
+    c.end_session(&key);
     let c2 = c.clone();
     let _ = web::block(move || c2.record(&user, &Event::Logout {})).await;
     let mut resp = redirect("/console/login");
@@ -838,7 +909,7 @@ async fn case_action(
         let data = json!({"transaction_id": tid, "action": what});
         c2.engine
             .cases
-            .record("case", seq, super::cases::hour_now(), &data);
+            .record(None, "case", seq, super::cases::hour_now(), &data);
         Ok(match what.as_str() {
             "fraud" => format!("Case {tid} confirmed as fraud."),
             "legit" => format!("Case {tid} marked legitimate."),
