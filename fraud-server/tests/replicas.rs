@@ -428,7 +428,7 @@ fn until_queue(s: &Server, session: &str, id: &str, listed: bool) {
 }
 
 #[test]
-fn the_console_is_one_across_replicas() {
+fn the_console_and_api_keys_are_one_across_replicas() {
     let pg = Postgres::start();
     let redis_port = free_port();
     let _redis = redis_server(redis_port);
@@ -533,4 +533,54 @@ fn the_console_is_one_across_replicas() {
     }
     let locked = console_login(&a, "alice", password, &one_time_code(&secret)).unwrap_err();
     assert!(locked.contains("locked"), "{locked}");
+
+    // An API key made in the store works on every replica; revoked there, on none.
+    let url = pg.url();
+    let out = fraud_cli(&[
+        "keys", "create", "--store", &url, "--role", "analyst", "--name", "reader",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reader = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with("fsk_"))
+        .unwrap()
+        .to_string();
+    let answers = |s: &Server| s.call("GET", "/v1/decisions/c1", Some(&reader), None).0;
+    let until = |want: u16| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for s in [&a, &b] {
+            while answers(s) != want {
+                assert!(
+                    Instant::now() < deadline,
+                    "{} never answered {want}",
+                    s.port
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    };
+    until(200);
+    let out = fraud_cli(&["keys", "revoke", "--store", &url, "--name", "reader"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    until(401);
+    let out = fraud_cli(&["keys", "list", "--store", &url]);
+    let listed = String::from_utf8_lossy(&out.stdout).to_string();
+    let line = listed.lines().find(|l| l.starts_with("reader\t")).unwrap();
+    assert!(line.contains("\trevoked\t"), "{listed}");
+    // Its reads on both replicas are counted for the access review.
+    let reads: u64 = line.rsplit('\t').next().unwrap().parse().unwrap();
+    assert!(reads >= 2, "{line}");
+    let again = fraud_cli(&[
+        "keys", "create", "--store", &url, "--role", "score", "--name", "reader",
+    ]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
 }

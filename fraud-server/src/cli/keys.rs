@@ -9,6 +9,11 @@ use anyhow::Context;
 
 use crate::server::decisions::{log_dir, segment_files, verify_dir};
 use crate::server::keys::{self, Role};
+use crate::server::pgstore;
+
+/// Within how many seconds replicas follow a key change in the store (they look every
+/// second).
+const FOLLOW_S: u64 = 3;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -47,6 +52,11 @@ pub struct Args {
     /// The data directory (for the default keys file and the usage in the log).
     #[arg(long, global = true, default_value = "fraud-data")]
     data_dir: PathBuf,
+    /// The PostgreSQL store replicas share (`postgres://...`): keys are created, revoked
+    /// and listed there instead of in a keys file, and every replica on it follows them
+    /// within a few seconds (usage comes from every replica's records).
+    #[arg(long, global = true)]
+    store: Option<String>,
 }
 
 fn parse_role(s: &str) -> anyhow::Result<Role> {
@@ -77,6 +87,17 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 None => None,
                 Some(e) => Some(expiry(&e)?),
             };
+            if let Some(url) = &a.store {
+                if name.trim().is_empty() {
+                    anyhow::bail!("--name must not be empty");
+                }
+                let (record, secret) = keys::new_record(&name, roles, expires)?;
+                pgstore::add_stored_key(url, &record)?;
+                return super::emit(&format!(
+                    "created key `{name}` in the store\n{secret}\nstore it now: it is not kept and cannot be shown again\nevery replica on this store accepts it within {} s\n",
+                    FOLLOW_S
+                ));
+            }
             let secret = keys::add_key(&path, &name, roles, expires)?;
             super::emit(&format!(
                 "created key `{name}` in {}\n{secret}\nstore it now: it is not kept and cannot be shown again\nrunning services using this keys file accept it within {} s\n",
@@ -85,6 +106,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             ))
         }
         Command::Revoke { name } => {
+            if let Some(url) = &a.store {
+                pgstore::revoke_stored_key(url, &name)?;
+                return super::emit(&format!(
+                    "revoked key `{name}` in the store\nevery replica on this store refuses it within {} s (no restart needed)\n",
+                    FOLLOW_S
+                ));
+            }
             keys::revoke_key(&path, &name)?;
             super::emit(&format!(
                 "revoked key `{name}` in {}\nrunning services using this keys file refuse it within {} s (they re-read the file when it changes; no restart needed)\n",
@@ -93,11 +121,18 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             ))
         }
         Command::List => {
-            let records = keys::read_records(&path)?;
+            let records = match &a.store {
+                Some(url) => pgstore::stored_keys(url)?,
+                None => keys::read_records(&path)?,
+            };
             // Usage from the decision log: requests recorded per key and the last one.
             let mut usage: BTreeMap<String, (u64, u64, String)> = BTreeMap::new();
             let log = log_dir(&a.data_dir);
-            if segment_files(&log).is_ok_and(|f| !f.is_empty()) {
+            if let Some(url) = &a.store {
+                for (key, n, reads, last) in pgstore::key_usage(url)? {
+                    usage.insert(key, (n, reads, last));
+                }
+            } else if segment_files(&log).is_ok_and(|f| !f.is_empty()) {
                 verify_dir(&log, |_, rec| {
                     let u = usage.entry(rec.key.clone()).or_default();
                     if rec.is(crate::server::decisions::Kind::Access) {

@@ -60,6 +60,18 @@ pub fn hour_of(at: &str) -> i64 {
         .map_or(0, |t| t.unix_timestamp().div_euclid(3600))
 }
 
+/// Microseconds since the epoch of a record's RFC 3339 time (0 when it is not one).
+pub fn micros_of(at: &str) -> i64 {
+    time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).map_or(0, |t| {
+        i64::try_from(t.unix_timestamp_nanos() / 1000).unwrap_or(0)
+    })
+}
+
+/// Microseconds since the epoch now.
+pub fn micros_now() -> i64 {
+    i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000).unwrap_or(0)
+}
+
 /// The Unix hour now.
 pub fn hour_now() -> i64 {
     time::OffsetDateTime::now_utc()
@@ -70,8 +82,8 @@ pub fn hour_now() -> i64 {
 /// Score histogram bins.
 pub const SCORE_BINS: usize = 20;
 
-/// Where a case sits in the queue: transaction time (oldest first), then the replica that
-/// decided it (its index among those seen) and its record's seq there.
+/// Where a case sits in the queue: when it was decided (oldest first, microseconds), then
+/// the replica that decided it (its index among those seen) and its record's seq there.
 type Key = (i64, u32, u64);
 
 #[derive(Default)]
@@ -121,6 +133,8 @@ pub struct Decided<'a> {
     pub mcc: Option<u16>,
     /// The replica whose record it is, when another's (`None`: this process).
     pub replica: Option<&'a str>,
+    /// When it was decided (microseconds since the epoch): the queue's order.
+    pub decided_us: i64,
 }
 
 impl Cases {
@@ -148,7 +162,7 @@ impl Cases {
                 }
             };
             let ts = d.timestamp_us.map_or(0, |us| us.div_euclid(1_000_000));
-            let key = (ts, origin, seq);
+            let key = (d.decided_us, origin, seq);
             if let Some(old) = g.by_id.insert(d.transaction_id.to_string(), key) {
                 g.open.remove(&old);
             }
@@ -166,15 +180,15 @@ impl Cases {
         }
     }
 
-    /// Takes in one decision-log record (`data` decrypted), written in Unix hour `hour` by
+    /// Takes in one decision-log record (`data` decrypted), written at `at` (RFC 3339) by
     /// `replica` (`None`: this process).
-    pub fn record(&self, replica: Option<&str>, kind: &str, seq: u64, hour: i64, data: &Value) {
+    pub fn record(&self, replica: Option<&str>, kind: &str, seq: u64, at: &str, data: &Value) {
         match kind {
             "decision" => {
                 let response = &data["response"];
                 self.decision(
                     seq,
-                    hour,
+                    hour_of(at),
                     Decided {
                         transaction_id: data["transaction_id"].as_str().unwrap_or(""),
                         decision: response["decision"].as_str().unwrap_or(""),
@@ -184,6 +198,7 @@ impl Cases {
                             .as_u64()
                             .and_then(|m| u16::try_from(m).ok()),
                         replica,
+                        decided_us: micros_of(at),
                     },
                 );
             }
@@ -224,7 +239,7 @@ impl Cases {
                     rec.replica.as_deref().or(Some("")),
                     &rec.kind,
                     rec.seq,
-                    hour_of(&rec.at),
+                    &rec.at,
                     &rec.data,
                 );
             }
@@ -305,7 +320,7 @@ mod tests {
     #[test]
     fn reviews_open_cases_labels_close_them_filters_apply() {
         let c = Cases::default();
-        let at = hour_of("2026-11-29T10:00:00Z");
+        let at = "2026-11-29T10:00:00Z";
         for (seq, (id, d, score, mcc, ts)) in [
             ("a", "review", 0.4, 5411, 100),
             ("b", "approve", 0.1, 5411, 200),
@@ -364,28 +379,28 @@ mod tests {
     }
 
     #[test]
-    fn cases_of_several_replicas_with_the_same_seq_are_all_kept_in_time_order() {
+    fn cases_of_several_replicas_with_the_same_seq_are_all_kept_in_decision_order() {
         let c = Cases::default();
-        let at = hour_of("2026-11-29T10:00:00Z");
+        let at = "2026-11-29T10:00:00Z";
         c.record(
             None,
             "decision",
             7,
-            at,
+            "2026-11-29T10:00:03.5Z",
             &decision("here", "review", 0.4, 5411, 300),
         );
         c.record(
             Some("b"),
             "decision",
             7,
-            at,
+            "2026-11-29T10:00:01Z",
             &decision("on-b", "review", 0.5, 5411, 100),
         );
         c.record(
             Some("c"),
             "decision",
             7,
-            at,
+            "2026-11-29T10:00:03.25Z",
             &decision("on-c", "review", 0.6, 5411, 200),
         );
         let ids: Vec<String> = c

@@ -437,6 +437,12 @@ pub trait Journal: Send + Sync {
         Ok(None)
     }
 
+    /// The API keys a store shared by replicas holds (`None`: this store holds none; the
+    /// keys file is the only source).
+    fn api_keys(&self) -> Result<Option<Vec<super::keys::KeyRecord>>, LogError> {
+        Ok(None)
+    }
+
     /// Where the console keeps sessions, lock-outs and used codes when several replicas
     /// share this store (`None`: in this process).
     fn console_store(&self) -> Option<&dyn super::users::ConsoleStore> {

@@ -590,6 +590,7 @@ impl Engine {
                 timestamp_us: Some(tx.timestamp_us),
                 mcc: tx.mcc,
                 replica: None,
+                decided_us: super::cases::micros_now(),
             },
         );
         let elapsed = started.elapsed();

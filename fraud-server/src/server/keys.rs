@@ -144,11 +144,15 @@ pub(crate) fn stamp(path: &Path) -> Option<Stamp> {
 }
 
 /// The keys of a running service, re-read from their file when it changes (`fraud keys
-/// create` / `revoke` write it atomically): no restart is needed for a key change.
+/// create` / `revoke` write it atomically): no restart is needed for a key change. With a
+/// store shared by replicas, the keys it holds (`fraud keys create --store`) are accepted
+/// too, followed as they change.
 pub struct LiveKeys {
     keys: arc_swap::ArcSwap<Keys>,
     path: PathBuf,
     seen: std::sync::Mutex<Option<Stamp>>,
+    stored: arc_swap::ArcSwap<Keys>,
+    stored_seen: std::sync::Mutex<Option<String>>,
 }
 
 impl LiveKeys {
@@ -160,7 +164,28 @@ impl LiveKeys {
             keys: arc_swap::ArcSwap::from_pointee(keys),
             path: path.to_path_buf(),
             seen: std::sync::Mutex::new(seen),
+            stored: arc_swap::ArcSwap::from_pointee(Keys {
+                entries: Vec::new(),
+            }),
+            stored_seen: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Takes the keys the shared store holds now; `Ok(true)` when they changed. Invalid
+    /// records leave the keys in use unchanged.
+    pub fn set_stored(&self, records: Vec<KeyRecord>) -> Result<bool, KeyError> {
+        let seen = serde_json::to_string(&records).unwrap_or_default();
+        let mut last = self
+            .stored_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.as_deref() == Some(seen.as_str()) {
+            return Ok(false);
+        }
+        let keys = Keys::from_records(records, Path::new("fraud_api_keys"))?;
+        self.stored.store(std::sync::Arc::new(keys));
+        *last = Some(seen);
+        Ok(true)
     }
 
     /// Re-reads the file if it changed since last read; `Ok(true)` when new keys are in use.
@@ -202,12 +227,15 @@ impl LiveKeys {
 
     /// The caller a bearer key belongs to, if valid now.
     pub fn authenticate(&self, presented: &str) -> Option<Caller> {
-        self.keys.load().authenticate(presented)
+        // Both sets are always searched (in constant time each), whichever holds the key.
+        let from_file = self.keys.load().authenticate(presented);
+        let from_store = self.stored.load().authenticate(presented);
+        from_file.or(from_store)
     }
 
     /// Number of keys.
     pub fn len(&self) -> usize {
-        self.keys.load().len()
+        self.keys.load().len() + self.stored.load().len()
     }
 }
 
@@ -306,6 +334,26 @@ fn write_records(path: &Path, keys: Vec<KeyRecord>) -> Result<(), KeyError> {
     write_json(path, &KeysFile { keys })
 }
 
+/// A new key named `name` with `roles`: its record (the hash only) and its secret.
+pub fn new_record(
+    name: &str,
+    roles: Vec<Role>,
+    expires: Option<String>,
+) -> Result<(KeyRecord, String), KeyError> {
+    let secret = new_secret()?;
+    Ok((
+        KeyRecord {
+            name: name.to_string(),
+            roles,
+            sha256: hex(&Sha256::digest(secret.as_bytes())),
+            created: now_rfc3339(),
+            expires,
+            revoked: false,
+        },
+        secret,
+    ))
+}
+
 /// Adds a key named `name` with `roles` to the keys file; returns the secret (shown once).
 pub fn add_key(
     path: &Path,
@@ -320,15 +368,8 @@ pub fn add_key(
             reason: format!("a key named `{name}` exists already (or the name is empty)"),
         });
     }
-    let secret = new_secret()?;
-    keys.push(KeyRecord {
-        name: name.to_string(),
-        roles,
-        sha256: hex(&Sha256::digest(secret.as_bytes())),
-        created: now_rfc3339(),
-        expires,
-        revoked: false,
-    });
+    let (record, secret) = new_record(name, roles, expires)?;
+    keys.push(record);
     write_records(path, keys)?;
     Ok(secret)
 }
@@ -357,10 +398,15 @@ impl Keys {
             path: path.to_path_buf(),
             reason: format!("not a keys file: {e}"),
         })?;
-        let mut entries = Vec::with_capacity(file.keys.len());
-        for (i, record) in file.keys.into_iter().enumerate() {
+        Keys::from_records(file.keys, path)
+    }
+
+    /// Checks and takes `records` (from `origin`, named in errors).
+    pub fn from_records(records: Vec<KeyRecord>, origin: &Path) -> Result<Keys, KeyError> {
+        let mut entries = Vec::with_capacity(records.len());
+        for (i, record) in records.into_iter().enumerate() {
             let invalid = |reason: String| KeyError::Invalid {
-                path: path.to_path_buf(),
+                path: origin.to_path_buf(),
                 reason: format!("keys[{i}] ({}): {reason}", record.name),
             };
             let hash = unhex(&record.sha256)

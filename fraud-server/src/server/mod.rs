@@ -329,7 +329,7 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
             let slot = usize::from(rec.data["role"] == "shadow");
             installed[slot] = Some(rec.data["file"].as_str().map(str::to_string));
         }
-        review_cases.record(None, &rec.kind, rec.seq, cases::hour_of(&rec.at), &rec.data);
+        review_cases.record(None, &rec.kind, rec.seq, &rec.at, &rec.data);
         if replay && rec.seq > snapshot_tag && failure.is_none() {
             replayed += 1;
             match engine::replay_record(&extractor, &state, rec, vault) {
@@ -614,7 +614,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             Ok(n) => println!("{n} record(s) of the other replicas taken into the review queue"),
             Err(e) => eprintln!("warning: the other replicas' records: {e}"),
         }
-        follow_store(engine.clone(), limits, Duration::from_secs(1));
+        // The API keys the store holds (`fraud keys create --store`), beside the keys file.
+        let keys = service.state.keys.clone();
+        match follow_keys(&engine, &keys) {
+            Ok(_) => {}
+            Err(e) => eprintln!("warning: the shared API keys: {e}"),
+        }
+        follow_store(engine.clone(), keys, limits, Duration::from_secs(1));
     }
     snapshots(
         engine.clone(),
@@ -679,16 +685,17 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     })
 }
 
-/// Every `every`, the models the shared store assigns are followed, and the other replicas'
-/// records are taken into the review queue; an error is reported once until the store
-/// answers again.
+/// Every `every`, the models the shared store assigns are followed, the other replicas'
+/// records are taken into the review queue and the store's API keys into `keys`; an error
+/// is reported once until the store answers again.
 fn follow_store(
     engine: Arc<engine::Engine>,
+    keys: Arc<keys::LiveKeys>,
     limits: fraud_core::model::ModelLimits,
     every: Duration,
 ) {
     std::thread::spawn(move || {
-        let mut failing = [false, false];
+        let mut failing = [false, false, false];
         loop {
             std::thread::sleep(every);
             let results = [
@@ -698,13 +705,18 @@ fn follow_store(
                     .follow(&*engine.log)
                     .map(|_| ())
                     .map_err(|e| e.to_string()),
+                follow_keys(&engine, &keys).map(|_| ()),
             ];
             for (i, r) in results.into_iter().enumerate() {
                 match r {
                     Ok(()) => failing[i] = false,
                     Err(e) if !failing[i] => {
                         failing[i] = true;
-                        let what = ["the shared model registry", "the other replicas' records"][i];
+                        let what = [
+                            "the shared model registry",
+                            "the other replicas' records",
+                            "the shared API keys",
+                        ][i];
                         eprintln!("warning: {what}: {e}");
                     }
                     Err(_) => {}
@@ -712,6 +724,14 @@ fn follow_store(
             }
         }
     });
+}
+
+/// Takes the API keys the shared store holds now into `keys`; whether they changed.
+fn follow_keys(engine: &engine::Engine, keys: &keys::LiveKeys) -> Result<bool, String> {
+    match engine.log.api_keys().map_err(|e| e.to_string())? {
+        Some(records) => keys.set_stored(records).map_err(|e| e.to_string()),
+        None => Ok(false),
+    }
 }
 
 /// Signs the decision log's head every `every` while records arrive.

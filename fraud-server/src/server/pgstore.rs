@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use postgres::{Client, NoTls, Statement};
 
+use super::keys::KeyRecord;
 use super::users::{Attempts, ConsoleStore, Decide, LoggedIn, LoginRefusal, StoredSession};
 
 use super::decisions::{
@@ -84,6 +85,11 @@ CREATE TABLE IF NOT EXISTS fraud_console_sessions (
 CREATE TABLE IF NOT EXISTS fraud_console_logins (
     name text PRIMARY KEY,
     state text NOT NULL
+);
+CREATE TABLE IF NOT EXISTS fraud_api_keys (
+    name text PRIMARY KEY,
+    record text NOT NULL,
+    changed_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE UNLOGGED TABLE IF NOT EXISTS fraud_claims (
     transaction_id text PRIMARY KEY,
@@ -731,6 +737,17 @@ impl Journal for PgJournal {
         Some(self)
     }
 
+    fn api_keys(&self) -> Result<Option<Vec<KeyRecord>>, LogError> {
+        let rows: Vec<String> = self.shared.read(|c| {
+            let st = c.stmt("SELECT record FROM fraud_api_keys ORDER BY name")?;
+            Ok(c.client.query(&st, &[])?.iter().map(|r| r.get(0)).collect())
+        })?;
+        rows.iter()
+            .map(|r| serde_json::from_str(r).map_err(|e| io("api keys", e)))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+
     fn append(&self, key: &str, event: &Event<'_>) -> Result<u64, LogError> {
         let kind = event.kind();
         let data = serde_json::to_vec(event).map_err(|e| io("record", e))?;
@@ -1018,4 +1035,86 @@ pub fn chains(url: &str) -> Result<Vec<StoredChain>, LogError> {
         }
     }
     Ok(out)
+}
+
+/// The API keys the store at `url` holds (`fraud keys list --store`).
+pub fn stored_keys(url: &str) -> Result<Vec<KeyRecord>, LogError> {
+    let mut client = connect(url, Duration::from_secs(10))?;
+    client.batch_execute(SCHEMA).map_err(|e| io("schema", e))?;
+    let rows = client
+        .query("SELECT record FROM fraud_api_keys ORDER BY name", &[])
+        .map_err(|e| io("read", e))?;
+    rows.iter()
+        .map(|r| serde_json::from_str(r.get::<_, &str>(0)).map_err(|e| io("api keys", e)))
+        .collect()
+}
+
+/// Adds a key to the store at `url` (`fraud keys create --store`): refused when one of that
+/// name exists. Every replica on the store accepts it within a few seconds.
+pub fn add_stored_key(url: &str, record: &KeyRecord) -> Result<(), LogError> {
+    let mut client = connect(url, Duration::from_secs(10))?;
+    client.batch_execute(SCHEMA).map_err(|e| io("schema", e))?;
+    let body = serde_json::to_string(record).map_err(|e| io("api keys", e))?;
+    let added = client
+        .execute(
+            "INSERT INTO fraud_api_keys (name, record) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+            &[&record.name, &body],
+        )
+        .map_err(|e| io("write", e))?;
+    if added == 0 {
+        return Err(io(
+            "api keys",
+            format!("a key named `{}` exists already", record.name),
+        ));
+    }
+    Ok(())
+}
+
+/// Revokes the key named `name` in the store at `url` (`fraud keys revoke --store`).
+pub fn revoke_stored_key(url: &str, name: &str) -> Result<(), LogError> {
+    let mut client = connect(url, Duration::from_secs(10))?;
+    client.batch_execute(SCHEMA).map_err(|e| io("schema", e))?;
+    let mut t = client.transaction().map_err(|e| io("write", e))?;
+    let row = t
+        .query_opt(
+            "SELECT record FROM fraud_api_keys WHERE name = $1 FOR UPDATE",
+            &[&name],
+        )
+        .map_err(|e| io("read", e))?
+        .ok_or_else(|| io("api keys", format!("no key named `{name}`")))?;
+    let mut record: KeyRecord =
+        serde_json::from_str(row.get::<_, &str>(0)).map_err(|e| io("api keys", e))?;
+    record.revoked = true;
+    let body = serde_json::to_string(&record).map_err(|e| io("api keys", e))?;
+    t.execute(
+        "UPDATE fraud_api_keys SET record = $2, changed_at = now() WHERE name = $1",
+        &[&name, &body],
+    )
+    .map_err(|e| io("write", e))?;
+    t.commit().map_err(|e| io("write", e))
+}
+
+/// Per record key (an API key's name, `console:<user>`, ...): records other than reads,
+/// decision reads, and the time of the last, over every replica (`fraud keys list --store`).
+pub fn key_usage(url: &str) -> Result<Vec<(String, u64, u64, String)>, LogError> {
+    let mut client = connect(url, Duration::from_secs(10))?;
+    let rows = client
+        .query(
+            "SELECT body::jsonb->>'key', count(*) FILTER (WHERE kind <> 'access'),
+                    count(*) FILTER (WHERE kind = 'access'), max(body::jsonb->>'at')
+             FROM fraud_records GROUP BY 1",
+            &[],
+        )
+        .map_err(|e| io("read", e))?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            Some((
+                r.get::<_, Option<String>>(0)?,
+                u64::try_from(r.get::<_, i64>(1)).unwrap_or(0),
+                u64::try_from(r.get::<_, i64>(2)).unwrap_or(0),
+                r.get::<_, Option<String>>(3).unwrap_or_default(),
+            ))
+        })
+        .collect())
 }

@@ -907,9 +907,7 @@ async fn case_action(
             },
         )?;
         let data = json!({"transaction_id": tid, "action": what});
-        c2.engine
-            .cases
-            .record(None, "case", seq, super::cases::hour_now(), &data);
+        c2.engine.cases.record(None, "case", seq, "", &data);
         Ok(match what.as_str() {
             "fraud" => format!("Case {tid} confirmed as fraud."),
             "legit" => format!("Case {tid} marked legitimate."),
