@@ -466,7 +466,7 @@ fn the_console_and_api_keys_are_one_across_replicas() {
         .unwrap();
     let cfg = |replica: &str| {
         format!(
-            "{shared}[thresholds]\nreview = 0.0\ndecline = 0.999\n[console]\nenabled = true\nusers_file = {:?}\nmax_failures = 4\nlockout_s = 600\n[state]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{redis_port}/\"\n[store]\nbackend = \"postgres\"\nurl = \"{}\"\nreplica = \"{replica}\"\n",
+            "{shared}[thresholds]\nreview = 0.0\ndecline = 0.999\n[insider]\nmin_reads = 100000.0\n[console]\nenabled = true\nusers_file = {:?}\nmax_failures = 4\nlockout_s = 600\n[state]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{redis_port}/\"\n[store]\nbackend = \"postgres\"\nurl = \"{}\"\nreplica = \"{replica}\"\n",
             users.join("users.json").to_str().unwrap(),
             pg.url()
         )
@@ -583,4 +583,83 @@ fn the_console_and_api_keys_are_one_across_replicas() {
     ]);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
+
+    // Erasure reaches every record wherever it was written: a customer decided on both
+    // replicas and erased on b can no longer be read from either replica's records, on
+    // either replica, and no row of the store names it.
+    let forgotten = |id: &str, minute: u32| {
+        let mut t = at(id, minute);
+        t["customer_id"] = json!("customer-to-forget");
+        t
+    };
+    let (st, _, _) = a.call("POST", "/v1/score", Some(&key), Some(&forgotten("e0", 10)));
+    assert_eq!(st, 200);
+    let (st, _, _) = b.call("POST", "/v1/score", Some(&key), Some(&forgotten("e1", 11)));
+    assert_eq!(st, 200);
+    let read = |s: &Server, id: &str| {
+        s.call("GET", &format!("/v1/decisions/{id}"), Some(&key), None)
+            .1
+    };
+    for s in [&a, &b] {
+        for id in ["e0", "e1"] {
+            assert_eq!(
+                read(s, id)["transaction"]["customer_id"],
+                "customer-to-forget"
+            );
+        }
+    }
+    let (st, v, _) = b.call(
+        "DELETE",
+        "/v1/entities/customer/customer-to-forget",
+        Some(&key),
+        None,
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["erased"], true, "{v}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for s in [&a, &b] {
+        for id in ["e0", "e1"] {
+            loop {
+                let rec = read(s, id);
+                if rec["transaction"]["customer_id"].is_null() {
+                    assert_eq!(
+                        rec["erased_fields"],
+                        json!(["transaction.customer_id"]),
+                        "{rec}"
+                    );
+                    assert_eq!(rec["transaction"]["merchant_id"], "M1", "{rec}");
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{id} still names the customer on {}",
+                    s.port
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    for (table, column) in [("fraud_records", "body"), ("fraud_vault_keys", "entity")] {
+        let n: i64 = db
+            .query_one(
+                &format!("SELECT count(*) FROM {table} WHERE {column} LIKE '%customer-to-forget%'"),
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 0, "{table} names the erased customer");
+    }
+    // The chains still verify.
+    let (ok, report) = verify_store(&url);
+    assert!(ok, "{report}");
+    // A use after the erasure is a new entity, readable in its own record on both.
+    let (st, _, _) = a.call("POST", "/v1/score", Some(&key), Some(&forgotten("e2", 12)));
+    assert_eq!(st, 200);
+    for s in [&a, &b] {
+        assert_eq!(
+            read(s, "e2")["transaction"]["customer_id"],
+            "customer-to-forget"
+        );
+    }
 }

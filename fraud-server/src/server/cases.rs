@@ -224,8 +224,13 @@ impl Cases {
     }
 
     /// Takes in the records the other replicas sharing `log`'s store wrote since the last
-    /// call (decisions, labels, escalations), all of them: the count.
-    pub fn follow(&self, log: &dyn Journal) -> Result<usize, LogError> {
+    /// call (decisions, labels, escalations), all of them, and hands each erasure's key ref
+    /// to `erased` (so that this process forgets the key another destroyed): the count.
+    pub fn follow(
+        &self,
+        log: &dyn Journal,
+        mut erased: impl FnMut(&str),
+    ) -> Result<usize, LogError> {
         let mut after = self
             .followed
             .lock()
@@ -233,8 +238,15 @@ impl Cases {
         let mut taken = 0;
         loop {
             let before = after.clone();
-            let records = log.others(&mut after, &["decision", "label", "case"], FOLLOW_BATCH)?;
+            let kinds = ["decision", "label", "case", "erase"];
+            let records = log.others(&mut after, &kinds, FOLLOW_BATCH)?;
             for rec in &records {
+                if rec.kind == "erase" {
+                    if let Some(r) = rec.data["key_ref"].as_str() {
+                        erased(r);
+                    }
+                    continue;
+                }
                 self.record(
                     rec.replica.as_deref().or(Some("")),
                     &rec.kind,

@@ -261,7 +261,7 @@ pub struct Engine {
     cut: std::sync::RwLock<()>,
     /// Transactions being scored (a second request with the same id waits its turn out).
     busy: super::sharded::Locked<()>,
-    /// The decision log is a store shared by replicas (records are not sealed per entity).
+    /// The decision log is a store shared by replicas (models are published to it).
     shared_store: bool,
 }
 
@@ -891,14 +891,13 @@ impl Engine {
                 format!("`{kind}` is not an entity (card, customer, merchant, terminal, device, ip, email)"),
             ));
         };
-        if self.shared_store {
-            return Err(Problem::new(
-                actix_web::http::StatusCode::NOT_IMPLEMENTED,
-                "Not Implemented",
-                "erasure is not available with the postgres store yet: its records are not sealed under per-entity keys, so an erasure could not reach them; nothing was changed",
-            ));
-        }
-        let key_ref = self.vault.as_ref().and_then(|v| v.key_ref(kind, id));
+        // The entity's key: with a store shared by replicas, the one every replica uses.
+        let key_ref = match &self.vault {
+            Some(v) => v
+                .key_ref(kind, id)
+                .map_err(|e| Problem::unavailable(e.to_string()))?,
+            None => None,
+        };
         let held = {
             let _cut = self
                 .cut
@@ -926,6 +925,17 @@ impl Engine {
             self.shred(&[r]).map_err(Problem::internal)?;
         }
         Ok(held || logged)
+    }
+
+    /// Takes in the records the other replicas sharing the store wrote since the last call:
+    /// the review queue's decisions, labels and escalations, and their erasures (the key
+    /// each destroyed is forgotten here too). The count.
+    pub fn follow_records(&self) -> Result<usize, super::decisions::LogError> {
+        self.cases.follow(&*self.log, |key_ref| {
+            if let Some(v) = &self.vault {
+                v.evict(key_ref);
+            }
+        })
     }
 
     /// Destroys entity keys once the memory state no longer needs the records they open: a

@@ -363,7 +363,8 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
                     |rec| visit(rec, None),
                 )
                 .context("config: store")?;
-                (Box::new(log), None)
+                let vault = log.vault_handle();
+                (Box::new(log), Some(vault))
             }
         };
     if let Some(e) = failure {
@@ -609,7 +610,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
         // The review queue and the overview take in the other replicas' decisions, labels
         // and escalations, now and from then on.
-        match engine.cases.follow(&*engine.log) {
+        match engine.follow_records() {
             Ok(0) => {}
             Ok(n) => println!("{n} record(s) of the other replicas taken into the review queue"),
             Err(e) => eprintln!("warning: the other replicas' records: {e}"),
@@ -701,8 +702,7 @@ fn follow_store(
             let results = [
                 engine.follow_models(&limits).map(|_| ()),
                 engine
-                    .cases
-                    .follow(&*engine.log)
+                    .follow_records()
                     .map(|_| ())
                     .map_err(|e| e.to_string()),
                 follow_keys(&engine, &keys).map(|_| ()),

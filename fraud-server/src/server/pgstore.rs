@@ -29,6 +29,7 @@ use postgres::{Client, NoTls, Statement};
 
 use super::keys::KeyRecord;
 use super::users::{Attempts, ConsoleStore, Decide, LoggedIn, LoginRefusal, StoredSession};
+use super::vault::{RemoteKeys, Vault};
 
 use super::decisions::{
     append_record, hash, now_rfc3339, Begin, Durable, Event, Head, Journal, Kind, LogError, Record,
@@ -85,6 +86,12 @@ CREATE TABLE IF NOT EXISTS fraud_console_sessions (
 CREATE TABLE IF NOT EXISTS fraud_console_logins (
     name text PRIMARY KEY,
     state text NOT NULL
+);
+CREATE TABLE IF NOT EXISTS fraud_vault_keys (
+    entity text PRIMARY KEY,
+    key_ref text UNIQUE NOT NULL,
+    key text NOT NULL,
+    made_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE TABLE IF NOT EXISTS fraud_api_keys (
     name text PRIMARY KEY,
@@ -234,6 +241,9 @@ const READERS: usize = 4;
 /// The decision log of one replica in a PostgreSQL database shared by all.
 pub struct PgJournal {
     shared: std::sync::Arc<Shared>,
+    /// The entity keys of the records' entity fields, kept in `fraud_vault_keys` (one key
+    /// per entity for every replica: an erasure on any destroys it for all).
+    vault: std::sync::Arc<Vault>,
     committer: Option<std::thread::JoinHandle<()>>,
     /// Seq of the last signed head written by this process (0: none yet).
     signed_through: std::sync::atomic::AtomicU64,
@@ -274,6 +284,7 @@ impl PgJournal {
                 &[&replica],
             )
             .map_err(|e| io("read", e))?;
+        let mut opened = Vec::with_capacity(rows.len());
         for r in rows {
             let (s, h, body): (i64, String, String) = (r.get(0), r.get(1), r.get(2));
             let mut rec: Record = serde_json::from_str(&body).map_err(|e| {
@@ -283,7 +294,7 @@ impl PgJournal {
                 )
             })?;
             rec.unseal(sealer.as_ref()).map_err(|e| io("read", e))?;
-            visit(&rec);
+            opened.push(rec);
             seq = u64::try_from(s).unwrap_or(0);
             last_hash = h;
         }
@@ -333,6 +344,20 @@ impl PgJournal {
             durable,
             readers: Mutex::new(jobs),
         });
+        let vault = std::sync::Arc::new(
+            Vault::open_remote(
+                std::sync::Arc::new(PgKeys {
+                    shared: shared.clone(),
+                }),
+                "fraud_vault_keys",
+                shared.sealer.clone(),
+            )
+            .map_err(|e| io("vault", e))?,
+        );
+        for mut rec in opened {
+            vault.reveal(&mut rec.data);
+            visit(&rec);
+        }
         let s = shared.clone();
         let committer = std::thread::Builder::new()
             .name("pg-committer".into())
@@ -340,6 +365,7 @@ impl PgJournal {
             .map_err(|e| io("committer", e))?;
         Ok(PgJournal {
             shared,
+            vault,
             committer: Some(committer),
             signed_through: std::sync::atomic::AtomicU64::new(0),
         })
@@ -623,6 +649,95 @@ impl Drop for PgJournal {
     }
 }
 
+impl PgJournal {
+    /// The vault of the entity keys (the engine's, for erasure).
+    pub fn vault_handle(&self) -> std::sync::Arc<Vault> {
+        self.vault.clone()
+    }
+
+    /// A record as stored, opened: unsealed, its entity fields revealed.
+    fn open_record(&self, body: &str) -> Result<Record, LogError> {
+        let mut rec = self.shared.open_record(body)?;
+        self.vault.reveal(&mut rec.data);
+        Ok(rec)
+    }
+}
+
+/// The entity keys in `fraud_vault_keys`, for the vault.
+struct PgKeys {
+    shared: std::sync::Arc<Shared>,
+}
+
+impl RemoteKeys for PgKeys {
+    fn key_for(
+        &self,
+        entity: &str,
+        candidate_ref: &str,
+        candidate_key: &str,
+    ) -> Result<(String, String), String> {
+        let (entity, r, k) = (
+            entity.to_string(),
+            candidate_ref.to_string(),
+            candidate_key.to_string(),
+        );
+        self.shared
+            .read(move |c| {
+                let st = c.stmt(
+                    "WITH made AS (INSERT INTO fraud_vault_keys (entity, key_ref, key)
+                     VALUES ($1, $2, $3) ON CONFLICT (entity) DO NOTHING RETURNING key_ref, key)
+                     SELECT key_ref, key FROM made
+                     UNION ALL SELECT key_ref, key FROM fraud_vault_keys WHERE entity = $1",
+                )?;
+                if let Some(row) = c.client.query(&st, &[&entity, &r, &k])?.first() {
+                    return Ok(Some((row.get(0), row.get(1))));
+                }
+                // Made by another replica at the same instant: seen by a new statement.
+                let st = c.stmt("SELECT key_ref, key FROM fraud_vault_keys WHERE entity = $1")?;
+                Ok(c.client
+                    .query_opt(&st, &[&entity])?
+                    .map(|row| (row.get(0), row.get(1))))
+            })
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "the entity's key was destroyed while it was being made".to_string())
+    }
+
+    fn key_of_entity(&self, entity: &str) -> Result<Option<String>, String> {
+        let entity = entity.to_string();
+        self.shared
+            .read(move |c| {
+                let st = c.stmt("SELECT key_ref FROM fraud_vault_keys WHERE entity = $1")?;
+                Ok(c.client.query_opt(&st, &[&entity])?.map(|r| r.get(0)))
+            })
+            .map_err(|e| e.to_string())
+    }
+
+    fn key_by_ref(&self, key_ref: &str) -> Result<Option<(String, String)>, String> {
+        let key_ref = key_ref.to_string();
+        self.shared
+            .read(move |c| {
+                let st = c.stmt("SELECT entity, key FROM fraud_vault_keys WHERE key_ref = $1")?;
+                Ok(c.client
+                    .query_opt(&st, &[&key_ref])?
+                    .map(|r| (r.get(0), r.get(1))))
+            })
+            .map_err(|e| e.to_string())
+    }
+
+    fn destroy(&self, refs: &[String]) -> Result<usize, String> {
+        let refs = refs.to_vec();
+        self.shared
+            .read(move |c| {
+                c.client
+                    .execute(
+                        "DELETE FROM fraud_vault_keys WHERE key_ref = ANY($1)",
+                        &[&refs],
+                    )
+                    .map(|n| usize::try_from(n).unwrap_or(0))
+            })
+            .map_err(|e| e.to_string())
+    }
+}
+
 impl ConsoleStore for PgJournal {
     fn session_start(
         &self,
@@ -815,7 +930,7 @@ impl Journal for PgJournal {
                 })?
             }
         };
-        body.map(|b| self.shared.open_record(&b)).transpose()
+        body.map(|b| self.open_record(&b)).transpose()
     }
 
     fn records(&self) -> u64 {
@@ -835,14 +950,14 @@ impl Journal for PgJournal {
     }
 
     fn vault(&self) -> Option<&super::vault::Vault> {
-        None
+        Some(&self.vault)
     }
 
     fn begin(&self, transaction_id: &str) -> Result<Begin, LogError> {
         // Decided here and not committed yet.
         let local = self.shared.lock().uncommitted.get(transaction_id).cloned();
         if let Some(body) = local {
-            return Ok(Begin::Decided(Box::new(self.shared.open_record(&body)?)));
+            return Ok(Begin::Decided(Box::new(self.open_record(&body)?)));
         }
         let lapse = CLAIM_LAPSE.as_secs_f64();
         let replica = self.shared.replica.clone();
@@ -854,7 +969,7 @@ impl Journal for PgJournal {
             Ok((row.get::<_, Option<String>>(0), row.get::<_, bool>(1)))
         })?;
         Ok(match (body, claimed) {
-            (Some(b), _) => Begin::Decided(Box::new(self.shared.open_record(&b)?)),
+            (Some(b), _) => Begin::Decided(Box::new(self.open_record(&b)?)),
             (None, true) => Begin::Claimed,
             (None, false) => Begin::Busy,
         })
@@ -959,7 +1074,7 @@ impl Journal for PgJournal {
         let mut records = Vec::with_capacity(rows.len());
         for (replica, seq, body) in rows {
             if let Some(body) = body {
-                records.push(self.shared.open_record(&body)?);
+                records.push(self.open_record(&body)?);
             }
             after.insert(replica, u64::try_from(seq).unwrap_or(0));
         }
@@ -1117,4 +1232,62 @@ pub fn key_usage(url: &str) -> Result<Vec<(String, u64, u64, String)>, LogError>
             ))
         })
         .collect())
+}
+
+/// The entity keys of the store at `url`, read with a connection of this process's own (a
+/// command, not the service): for opening the records' entity fields. Read-only.
+struct DirectKeys {
+    client: Mutex<Client>,
+}
+
+impl DirectKeys {
+    fn one(&self, sql: &str, arg: &str) -> Result<Option<postgres::Row>, String> {
+        self.client
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .query_opt(sql, &[&arg])
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl RemoteKeys for DirectKeys {
+    fn key_for(&self, _: &str, _: &str, _: &str) -> Result<(String, String), String> {
+        Err("the store's keys are opened read-only here".into())
+    }
+
+    fn key_of_entity(&self, entity: &str) -> Result<Option<String>, String> {
+        Ok(self
+            .one(
+                "SELECT key_ref FROM fraud_vault_keys WHERE entity = $1",
+                entity,
+            )?
+            .map(|r| r.get(0)))
+    }
+
+    fn key_by_ref(&self, key_ref: &str) -> Result<Option<(String, String)>, String> {
+        Ok(self
+            .one(
+                "SELECT entity, key FROM fraud_vault_keys WHERE key_ref = $1",
+                key_ref,
+            )?
+            .map(|r| (r.get(0), r.get(1))))
+    }
+
+    fn destroy(&self, _: &[String]) -> Result<usize, String> {
+        Err("the store's keys are opened read-only here".into())
+    }
+}
+
+/// A read-only vault over the entity keys of the store at `url` (`sealer`: the encryption
+/// key they are sealed with), for commands that open its records (`fraud state rebuild`).
+pub fn store_vault(url: &str, sealer: Option<super::seal::Sealer>) -> Result<Vault, LogError> {
+    let client = connect(url, Duration::from_secs(10))?;
+    Vault::open_remote(
+        std::sync::Arc::new(DirectKeys {
+            client: Mutex::new(client),
+        }),
+        "fraud_vault_keys",
+        sealer,
+    )
+    .map_err(|e| io("vault", e))
 }

@@ -135,8 +135,10 @@ fn from_store(
     sealer: Option<&super::seal::Sealer>,
     redis: &Arc<fraud_core::features::redis::RedisStore>,
 ) -> anyhow::Result<Rebuilt> {
-    let chains = super::pgstore::chains(cfg.store.url.as_deref().unwrap_or_default())
-        .context("reading the store's records")?;
+    let url = cfg.store.url.as_deref().unwrap_or_default();
+    let chains = super::pgstore::chains(url).context("reading the store's records")?;
+    let vault = super::pgstore::store_vault(url, sealer.cloned())
+        .context("opening the store's entity keys")?;
     let place = |r: &str| std::path::PathBuf::from(format!("store replica {r}"));
     for super::pgstore::StoredChain { replica, lines, .. } in &chains {
         verify_lines(lines, &place(replica), |_, _| {})
@@ -148,7 +150,7 @@ fn from_store(
         verify_lines(lines, &place(replica), |_, rec| {
             out.records += 1;
             if failure.is_none() {
-                failure = replay(extractor, &state, rec, sealer, None, &mut out).err();
+                failure = replay(extractor, &state, rec, sealer, Some(&vault), &mut out).err();
             }
         })?;
         if let Some(e) = failure {

@@ -14,6 +14,11 @@
 //! costs no extra fsync. Destroying a key rewrites the file without it (atomically) and
 //! fsyncs it. Keys that no record kept any longer uses are dropped by retention the same way.
 //!
+//! With the PostgreSQL store the keys live in the store instead (`fraud_vault_keys`, one per
+//! entity for every replica, [`RemoteKeys`]): this process keeps a cache of them, an
+//! erasure on any replica deletes the key for all, and the others evict their copy as they
+//! follow its record.
+//!
 //! In a record, a protected field holds `shred1:<key ref>:<base64 of nonce + ciphertext>`;
 //! when the key is gone it reads back as `null`, and the record lists the field under
 //! `erased_fields`.
@@ -123,6 +128,18 @@ const BATCH: usize = 256;
 const LOW: usize = 64;
 
 impl Inner {
+    /// No keys yet (the file is set once open).
+    fn empty() -> std::io::Result<Inner> {
+        Ok(Inner {
+            file: File::open("/dev/null")?,
+            by_entity: Sharded::default(),
+            by_ref: Sharded::default(),
+            entity_of: Sharded::default(),
+            free: Vec::new(),
+            refilling: false,
+        })
+    }
+
     fn assign(&mut self, key_ref: &str, entity: &str) -> Option<Arc<EntityKey>> {
         let k = self.by_ref.get(key_ref)?.clone();
         self.free.retain(|f| f.key_ref != key_ref);
@@ -178,10 +195,32 @@ pub struct Vault {
     shared: Arc<Shared>,
 }
 
+/// Entity keys kept in a store every replica shares (PostgreSQL): one key per entity for
+/// the whole service, found by any replica, destroyed for all. Keys travel as key text: the
+/// key in base64, or `s:` and the key sealed with the encryption key.
+pub trait RemoteKeys: Send + Sync {
+    /// The key of entity hash `entity`: the one it has, or else the candidate given (made
+    /// durable before this returns): `(key ref, key text)`.
+    fn key_for(
+        &self,
+        entity: &str,
+        candidate_ref: &str,
+        candidate_key: &str,
+    ) -> Result<(String, String), String>;
+    /// The key ref of an entity hash, if it has a key.
+    fn key_of_entity(&self, entity: &str) -> Result<Option<String>, String>;
+    /// A key by its ref (`None` once destroyed): `(entity hash, key text)`.
+    fn key_by_ref(&self, key_ref: &str) -> Result<Option<(String, String)>, String>;
+    /// Destroys keys for every replica; how many there were.
+    fn destroy(&self, refs: &[String]) -> Result<usize, String>;
+}
+
 /// What a [`Vault`] shares with the thread that makes its next batch of keys.
 pub struct Shared {
     path: PathBuf,
     sealer: Option<Sealer>,
+    /// Keys kept in a shared store (the local maps are then a cache of it).
+    remote: Option<Arc<dyn RemoteKeys>>,
     inner: Mutex<Inner>,
     /// Notified when a batch is made (or failed): requests that found no free key wait on it.
     refilled: std::sync::Condvar,
@@ -238,15 +277,57 @@ impl Shared {
     }
 
     fn line(&self, k: &EntityKey, entity: Option<&str>) -> Result<String, VaultError> {
-        let key = match &self.sealer {
+        let key = self.key_text(k)?;
+        Ok(format!("{} {} {key}\n", k.key_ref, entity.unwrap_or("-")))
+    }
+
+    /// A key as stored: base64, or sealed with the encryption key (`s:...`).
+    fn key_text(&self, k: &EntityKey) -> Result<String, VaultError> {
+        Ok(match &self.sealer {
             Some(s) => format!(
                 "s:{}",
                 s.seal_text(&k.raw, k.key_ref.as_bytes())
                     .map_err(VaultError::Crypto)?
             ),
             None => b64().encode(k.raw),
+        })
+    }
+
+    /// A key from its stored text.
+    fn key_from_text(&self, key_ref: &str, key: &str) -> Result<Arc<EntityKey>, String> {
+        let raw = match (key.strip_prefix("s:"), &self.sealer) {
+            (Some(sealed), Some(s)) => s.open_text(sealed, key_ref.as_bytes())?,
+            (Some(_), None) => {
+                return Err("the keys are sealed: the encryption key is needed".into())
+            }
+            (None, _) => b64()
+                .decode(key)
+                .map_err(|_| "the key is not base64".to_string())?,
         };
-        Ok(format!("{} {} {key}\n", k.key_ref, entity.unwrap_or("-")))
+        let raw: [u8; 32] = raw
+            .try_into()
+            .map_err(|_| "the key is not 32 bytes".to_string())?;
+        Ok(Arc::new(EntityKey {
+            key_ref: key_ref.to_string(),
+            cipher: Sealer::new(&raw)?,
+            raw,
+            last_seq: AtomicU64::new(0),
+        }))
+    }
+
+    /// A new random key (not stored anywhere yet).
+    fn random_key() -> Result<Arc<EntityKey>, VaultError> {
+        let mut chunk = [0u8; 44];
+        getrandom::fill(&mut chunk)
+            .map_err(|_| VaultError::Crypto("no randomness from the OS".into()))?;
+        let mut raw = [0u8; 32];
+        raw.copy_from_slice(&chunk[..32]);
+        Ok(Arc::new(EntityKey {
+            key_ref: fraud_core::hex::encode(&chunk[32..]),
+            cipher: Sealer::new(&raw).map_err(VaultError::Crypto)?,
+            raw,
+            last_seq: AtomicU64::new(0),
+        }))
     }
 
     /// Makes a batch of keys: made without the lock, written under it, fsynced without it,
@@ -312,14 +393,7 @@ impl Vault {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(e) => return Err(io(e)),
         };
-        let mut inner = Inner {
-            file: File::open("/dev/null").map_err(io)?,
-            by_entity: Sharded::default(),
-            by_ref: Sharded::default(),
-            entity_of: Sharded::default(),
-            free: Vec::new(),
-            refilling: false,
-        };
+        let mut inner = Inner::empty().map_err(io)?;
         let whole = text.rfind('\n').map_or(0, |i| i + 1);
         for (i, line) in text[..whole].lines().enumerate() {
             let damaged = |reason: String| VaultError::Damaged {
@@ -387,10 +461,83 @@ impl Vault {
             shared: Arc::new(Shared {
                 path,
                 sealer,
+                remote: None,
                 inner: Mutex::new(inner),
                 refilled: std::sync::Condvar::new(),
             }),
         })
+    }
+
+    /// A vault whose keys live in `remote`, shared by every replica (`name` says where, in
+    /// errors); `sealer` wraps the keys there.
+    pub fn open_remote(
+        remote: Arc<dyn RemoteKeys>,
+        name: &str,
+        sealer: Option<Sealer>,
+    ) -> Result<Self, VaultError> {
+        let io = |source| VaultError::Io {
+            path: PathBuf::from(name),
+            source,
+        };
+        Ok(Vault {
+            shared: Arc::new(Shared {
+                path: PathBuf::from(name),
+                sealer,
+                remote: Some(remote),
+                inner: Mutex::new(Inner::empty().map_err(io)?),
+                refilled: std::sync::Condvar::new(),
+            }),
+        })
+    }
+
+    /// The shared store's key of `entity`, made there if it has none, kept in the cache.
+    fn remote_key_for(
+        &self,
+        remote: &dyn RemoteKeys,
+        entity: &str,
+    ) -> Result<Arc<EntityKey>, VaultError> {
+        let candidate = Shared::random_key()?;
+        let text = self.key_text(&candidate)?;
+        let remote_err = |e: String| VaultError::Crypto(format!("{}: {e}", self.path.display()));
+        let (key_ref, key) = remote
+            .key_for(entity, &candidate.key_ref, &text)
+            .map_err(remote_err)?;
+        let k = if key_ref == candidate.key_ref {
+            candidate
+        } else {
+            self.key_from_text(&key_ref, &key).map_err(remote_err)?
+        };
+        let mut g = self.lock();
+        g.by_ref.insert(k.key_ref.clone(), k.clone());
+        g.assign(&k.key_ref, entity);
+        Ok(k)
+    }
+
+    /// A key of the shared store by ref, kept in the cache (`None`: destroyed, or the store
+    /// does not answer: the field reads as erased until it does).
+    fn remote_key_by_ref(&self, key_ref: &str) -> Option<Arc<EntityKey>> {
+        let remote = self.remote.as_ref()?;
+        let (entity, key) = remote.key_by_ref(key_ref).ok()??;
+        let k = self.key_from_text(key_ref, &key).ok()?;
+        let mut g = self.lock();
+        g.by_ref.insert(k.key_ref.clone(), k.clone());
+        g.assign(&k.key_ref, &entity);
+        Some(k)
+    }
+
+    /// Forgets a key another replica destroyed (its erasure): nothing here opens it again.
+    pub fn evict(&self, key_ref: &str) {
+        let mut g = self.lock();
+        if g.by_ref.remove(key_ref).is_some() {
+            if let Some(entity) = g.entity_of.remove(key_ref) {
+                if g.by_entity
+                    .get(&entity)
+                    .is_some_and(|k| k.key_ref == key_ref)
+                {
+                    g.by_entity.remove(&entity);
+                }
+            }
+        }
     }
 
     /// The key of an entity: on first use, one of the durable batch, assigned to it.
@@ -402,6 +549,12 @@ impl Vault {
     /// when none is (and reports its error).
     fn key_for(&self, kind: &str, id: &str) -> Result<Arc<EntityKey>, VaultError> {
         let entity = entity_hash(kind, id);
+        if let Some(remote) = &self.remote {
+            if let Some(k) = self.lock().by_entity.get(&entity) {
+                return Ok(k.clone());
+            }
+            return self.remote_key_for(remote.as_ref(), &entity);
+        }
         let mut g = self.lock();
         loop {
             if let Some(k) = g.by_entity.get(&entity) {
@@ -540,7 +693,8 @@ impl Vault {
                 let Some((key_ref, sealed)) = envelope(v) else {
                     continue;
                 };
-                let key = self.lock().by_ref.get(key_ref).cloned();
+                let cached = self.lock().by_ref.get(key_ref).cloned();
+                let key = cached.or_else(|| self.remote_key_by_ref(key_ref));
                 let plain = key.and_then(|k| {
                     let bytes = b64().decode(sealed).ok()?;
                     let plain = k.cipher.open(&bytes, f.as_bytes()).ok()?;
@@ -580,12 +734,19 @@ impl Vault {
         }
     }
 
-    /// The key ref of an entity, if it has a key.
-    pub fn key_ref(&self, kind: &str, id: &str) -> Option<String> {
-        self.lock()
-            .by_entity
-            .get(&entity_hash(kind, id))
-            .map(|k| k.key_ref.clone())
+    /// The key ref of an entity, if it has a key (asked of the shared store, when there is
+    /// one, when this process has not seen it).
+    pub fn key_ref(&self, kind: &str, id: &str) -> Result<Option<String>, VaultError> {
+        let entity = entity_hash(kind, id);
+        if let Some(k) = self.lock().by_entity.get(&entity) {
+            return Ok(Some(k.key_ref.clone()));
+        }
+        match &self.remote {
+            Some(r) => r
+                .key_of_entity(&entity)
+                .map_err(|e| VaultError::Crypto(format!("{}: {e}", self.path.display()))),
+            None => Ok(None),
+        }
     }
 
     /// The entity hash a key ref belongs to, while the key exists.
@@ -596,6 +757,15 @@ impl Vault {
     /// Destroys keys: the file is rewritten without them (atomically, fsynced). Returns how
     /// many were destroyed.
     pub fn destroy(&self, refs: &[String]) -> Result<usize, VaultError> {
+        if let Some(remote) = &self.remote {
+            let n = remote
+                .destroy(refs)
+                .map_err(|e| VaultError::Crypto(format!("{}: {e}", self.path.display())))?;
+            for r in refs {
+                self.evict(r);
+            }
+            return Ok(n);
+        }
         let mut g = self.lock();
         let mut n = 0;
         for r in refs {
@@ -695,7 +865,11 @@ mod tests {
         again.reveal(&mut back);
         assert_eq!(back, record());
         // Shredding the customer: only its field is gone, for good.
-        let cref = v.key_ref("customer", "customer-one").unwrap_or_default();
+        let cref = v
+            .key_ref("customer", "customer-one")
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         assert_eq!(v.destroy(&[cref]).ok(), Some(1));
         let reopened = Vault::open(dir.path(), None).unwrap_or_else(|e| panic!("{e}"));
         let mut back = r.clone();
@@ -703,11 +877,19 @@ mod tests {
         assert_eq!(back["transaction"]["customer_id"], Value::Null);
         assert_eq!(back["transaction"]["merchant_id"], "merchant-one");
         assert_eq!(back["erased_fields"], json!(["transaction.customer_id"]));
-        assert!(reopened.key_ref("customer", "customer-one").is_none());
+        assert!(reopened
+            .key_ref("customer", "customer-one")
+            .ok()
+            .flatten()
+            .is_none());
         // A new use of the same id gets a new key.
         let mut r2 = record();
         reopened.protect(&mut r2).unwrap_or_else(|e| panic!("{e}"));
-        assert!(reopened.key_ref("customer", "customer-one").is_some());
+        assert!(reopened
+            .key_ref("customer", "customer-one")
+            .ok()
+            .flatten()
+            .is_some());
     }
 
     #[test]
@@ -752,7 +934,7 @@ mod tests {
         let v = Vault::open(dir.path(), None).unwrap_or_else(|e| panic!("{e}"));
         let mut r = record();
         v.protect(&mut r).unwrap_or_else(|e| panic!("{e}"));
-        let cref = v.key_ref("customer", "customer-one");
+        let cref = v.key_ref("customer", "customer-one").ok().flatten();
         assert!(cref.is_some());
         // A crash lost the assignments (appended without an fsync), not the keys.
         let path = dir.path().join("vault/keys");
@@ -765,7 +947,11 @@ mod tests {
             .collect();
         std::fs::write(&path, kept).unwrap_or_else(|e| panic!("{e}"));
         let again = Vault::open(dir.path(), None).unwrap_or_else(|e| panic!("{e}"));
-        assert!(again.key_ref("customer", "customer-one").is_none());
+        assert!(again
+            .key_ref("customer", "customer-one")
+            .ok()
+            .flatten()
+            .is_none());
         // The record still opens (its key is there), and reading it restores the assignment.
         let lost = again.unassigned(&r);
         assert_eq!(lost.len(), 3);
@@ -774,7 +960,10 @@ mod tests {
         assert_eq!(back, record());
         again.restore(lost, &back);
         assert!(again.unassigned(&r).is_empty());
-        assert_eq!(again.key_ref("customer", "customer-one"), cref);
+        assert_eq!(
+            again.key_ref("customer", "customer-one").ok().flatten(),
+            cref
+        );
         // So a new record of the customer uses the same key, and erasure finds it.
         let mut r2 = record();
         again.protect(&mut r2).unwrap_or_else(|e| panic!("{e}"));
@@ -825,7 +1014,10 @@ mod tests {
         for (t, keys) in refs.iter().enumerate() {
             for (i, key_ref) in keys.iter().enumerate() {
                 let id = format!("c{t}-{i}");
-                assert_eq!(again.key_ref("customer", &id).as_ref(), Some(key_ref));
+                assert_eq!(
+                    again.key_ref("customer", &id).ok().flatten().as_ref(),
+                    Some(key_ref)
+                );
             }
         }
     }
