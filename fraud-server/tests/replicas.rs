@@ -663,3 +663,58 @@ fn the_console_and_api_keys_are_one_across_replicas() {
         );
     }
 }
+
+#[test]
+fn retention_removes_a_replicas_old_records_from_the_store_and_its_chain_still_verifies() {
+    let pg = Postgres::start();
+    let redis_port = free_port();
+    let _redis = redis_server(redis_port);
+    let dir = tempfile::tempdir().unwrap();
+    let (key, shared) = shared_keys(dir.path());
+    let url = pg.url();
+    let cfg = format!(
+        "{shared}retention = \"2s\"\nretention_check_s = 1\n[state]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{redis_port}/\"\n[store]\nbackend = \"postgres\"\nurl = \"{url}\"\nreplica = \"r\"\n"
+    );
+    let r = replica(&dir.path().join("r"), &cfg);
+    for (i, id) in ["d1", "d2"].into_iter().enumerate() {
+        let (st, v, _) = r.call("POST", "/v1/score", Some(&key), Some(&at(id, i as u32)));
+        assert_eq!(st, 200, "{v}");
+    }
+    let read = |s: &Server, id: &str| {
+        s.call("GET", &format!("/v1/decisions/{id}"), Some(&key), None)
+            .0
+    };
+    assert_eq!(read(&r, "d1"), 200);
+    // Past the retention period the records go, and a retention record says which.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while read(&r, "d1") != 404 {
+        assert!(Instant::now() < deadline, "d1 was never removed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let row = db
+        .query_one(
+            "SELECT min(seq), count(*) FILTER (WHERE kind = 'retention') FROM fraud_records WHERE replica = 'r'",
+            &[],
+        )
+        .unwrap();
+    let (first, retentions): (i64, i64) = (row.get(0), row.get(1));
+    assert!(first > 1 && retentions >= 1, "{first} {retentions}");
+    let (ok, report) = verify_store(&url);
+    assert!(ok, "{report}");
+    // The replica restarts on what is left (without retention now, so that nothing more
+    // goes meanwhile) and writes on.
+    let (st, _, _) = r.call("POST", "/v1/score", Some(&key), Some(&at("d3", 5)));
+    assert_eq!(st, 200);
+    drop(r);
+    let r = replica(
+        &dir.path().join("r"),
+        &cfg.replace("retention = \"2s\"\n", ""),
+    );
+    let (st, _, _) = r.call("POST", "/v1/score", Some(&key), Some(&at("d4", 6)));
+    assert_eq!(st, 200);
+    assert_eq!(read(&r, "d4"), 200);
+    drop(r);
+    let (ok, report) = verify_store(&url);
+    assert!(ok, "{report}");
+}

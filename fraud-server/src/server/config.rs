@@ -620,12 +620,6 @@ impl Config {
                     "is required for the postgres store (or FRAUD_STORE_URL)",
                 ));
             }
-            if self.retention.is_some() {
-                return Err(bad(
-                    "retention",
-                    "is not available with the postgres store yet (records are kept)",
-                ));
-            }
             if let Some(r) = &self.store.replica {
                 if r.is_empty()
                     || r.len() > 64

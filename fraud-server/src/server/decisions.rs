@@ -1160,8 +1160,10 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 /// What retention removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Removed {
-    /// Segments removed.
+    /// Segments removed (a log of files).
     pub segments: usize,
+    /// Records removed from a store of rows (PostgreSQL).
+    pub records: u64,
     /// The last record removed (0: none).
     pub through: u64,
 }
@@ -1637,6 +1639,7 @@ impl DecisionLog {
         self.index.retain(|_, (seg, _)| !removed.contains(seg));
         Ok(Removed {
             segments: expired.len(),
+            records: 0,
             through: last.last,
         })
     }

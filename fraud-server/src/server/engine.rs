@@ -952,8 +952,9 @@ impl Engine {
 
     /// Retention: removes decision-log segments whose records are all older than
     /// `period_s` (wall clock), once a state snapshot holds them, and the entity keys only
-    /// they used. Returns (segments, keys) removed.
-    pub fn retain(&self, period_s: u64) -> Result<(usize, usize), String> {
+    /// they used (with the PostgreSQL store: this replica's records older than that). Returns
+    /// what was removed and the keys dropped.
+    pub fn retain(&self, period_s: u64) -> Result<(super::decisions::Removed, usize), String> {
         let before = time::OffsetDateTime::now_utc()
             - time::Duration::seconds(i64::try_from(period_s).unwrap_or(i64::MAX / 2));
         let through = match &self.snapshot_path {
@@ -968,7 +969,7 @@ impl Engine {
             (Some(v), t) if t > 0 => v.drop_unused(t).map_err(|e| e.to_string())?,
             _ => 0,
         };
-        Ok((removed.segments, keys))
+        Ok((removed, keys))
     }
 
     /// Retention: drops the entities idle for longer than the spec's retention before the

@@ -749,9 +749,14 @@ fn sign_heads(engine: Arc<engine::Engine>, signer: heads::HeadSigner, every: Dur
 fn retention(engine: Arc<engine::Engine>, period_s: u64, every: Duration) {
     std::thread::spawn(move || loop {
         match engine.retain(period_s) {
-            Ok((0, _)) => {}
-            Ok((segments, keys)) => println!(
-                "retention: removed {segments} decision-log segment(s) and {keys} entity key(s) older than {period_s} s"
+            Ok((r, _)) if r.segments == 0 && r.records == 0 => {}
+            Ok((r, _)) if r.records > 0 => println!(
+                "retention: removed {} stored record(s) (through seq {}) older than {period_s} s",
+                r.records, r.through
+            ),
+            Ok((r, keys)) => println!(
+                "retention: removed {} decision-log segment(s) and {keys} entity key(s) older than {period_s} s",
+                r.segments
             ),
             Err(e) => eprintln!("warning: retention failed: {e}"),
         }

@@ -939,14 +939,53 @@ impl Journal for PgJournal {
 
     fn remove_before(
         &self,
-        _before: time::OffsetDateTime,
-        _through: u64,
-        _key: &str,
+        before: time::OffsetDateTime,
+        through: u64,
+        key: &str,
     ) -> Result<Removed, LogError> {
-        Err(io(
-            "retention",
-            "retention is not available with the postgres store yet",
-        ))
+        // This replica's own chain: the records written before the cut-off (and at most
+        // `through`), from the first still kept.
+        let replica = self.shared.replica.clone();
+        let cutoff: std::time::SystemTime = before.into();
+        let through = i64::try_from(through).unwrap_or(i64::MAX);
+        let found: Option<(i64, i64, String, String)> = self.shared.read(move |c| {
+            let st = c.stmt(
+                "SELECT min(seq) OVER (), seq, hash, to_char(written_at AT TIME ZONE 'UTC',
+                        'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')
+                 FROM fraud_records WHERE replica = $1 AND seq <= $2 AND written_at < $3
+                 ORDER BY seq DESC LIMIT 1",
+            )?;
+            Ok(c.client
+                .query_opt(&st, &[&replica, &through, &cutoff])?
+                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))))
+        })?;
+        let Some((first, last, last_hash, last_at)) = found else {
+            return Ok(Removed::default());
+        };
+        // Named first (and committed), so that the chain accounts for what goes.
+        let segments = [serde_json::json!({"first": first, "last": last,
+            "last_hash": last_hash, "last_at": last_at})];
+        let rfc = time::format_description::well_known::Rfc3339;
+        let older_than = before.format(&rfc).unwrap_or_default();
+        self.append(
+            key,
+            &Event::Retention {
+                older_than: &older_than,
+                segments: &segments,
+            },
+        )?;
+        let replica = self.shared.replica.clone();
+        let deleted = self.shared.read(move |c| {
+            c.client.execute(
+                "DELETE FROM fraud_records WHERE replica = $1 AND seq <= $2",
+                &[&replica, &last],
+            )
+        })?;
+        Ok(Removed {
+            segments: 0,
+            records: deleted,
+            through: u64::try_from(last).unwrap_or(0),
+        })
     }
 
     fn vault(&self) -> Option<&super::vault::Vault> {
