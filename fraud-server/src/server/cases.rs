@@ -245,6 +245,11 @@ impl Cases {
                     if let Some(r) = rec.data["key_ref"].as_str() {
                         erased(r);
                     }
+                    for r in rec.data["key_refs"].as_array().into_iter().flatten() {
+                        if let Some(r) = r.as_str() {
+                            erased(r);
+                        }
+                    }
                     continue;
                 }
                 self.record(

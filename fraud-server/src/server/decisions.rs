@@ -279,6 +279,10 @@ pub enum Event<'a> {
         entity: &'a str,
         /// The random ref its key is filed under (never the id).
         key_ref: Option<&'a str>,
+        /// With a store shared by replicas: every ref of its keys, all replicas' (each
+        /// forgets those it holds as it follows this record).
+        #[serde(skip_serializing_if = "<[String]>::is_empty")]
+        key_refs: &'a [String],
         /// Whether state was held.
         held: bool,
     },
@@ -451,8 +455,9 @@ pub trait Journal: Send + Sync {
 
     /// The records of the other replicas sharing this store, of the `kinds` given, after the
     /// seq `after` holds for their replica (0 when absent), each replica's in order, at most
-    /// about `limit` (opened): `after` is moved past them. Empty when no other process
-    /// writes to this store.
+    /// about `limit` (opened; a decision may come as its summary only: its transaction id,
+    /// outcome, score, transaction time and merchant category): `after` is moved past them.
+    /// Empty when no other process writes to this store.
     fn others(
         &self,
         _after: &mut HashMap<String, u64>,

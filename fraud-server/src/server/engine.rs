@@ -891,12 +891,18 @@ impl Engine {
                 format!("`{kind}` is not an entity (card, customer, merchant, terminal, device, ip, email)"),
             ));
         };
-        // The entity's key: with a store shared by replicas, the one every replica uses.
-        let key_ref = match &self.vault {
+        // The entity's keys: its own, and with a store shared by replicas every replica's.
+        let key_refs = match &self.vault {
             Some(v) => v
-                .key_ref(kind, id)
+                .key_refs(kind, id)
                 .map_err(|e| Problem::unavailable(e.to_string()))?,
-            None => None,
+            None => Vec::new(),
+        };
+        let key_ref = key_refs.first().cloned();
+        let all_refs = if self.shared_store {
+            key_refs.as_slice()
+        } else {
+            &[]
         };
         let held = {
             let _cut = self
@@ -914,6 +920,7 @@ impl Engine {
                     &Event::Erase {
                         entity: kind,
                         key_ref: key_ref.as_deref(),
+                        key_refs: all_refs,
                         held,
                     },
                 )
@@ -921,8 +928,8 @@ impl Engine {
             held
         };
         let logged = key_ref.is_some();
-        if let Some(r) = key_ref {
-            self.shred(&[r]).map_err(Problem::internal)?;
+        if !key_refs.is_empty() {
+            self.shred(&key_refs).map_err(Problem::internal)?;
         }
         Ok(held || logged)
     }

@@ -9,11 +9,14 @@
 //!   in batches (one transaction, one multi-row insert); a decision's answer waits for its
 //!   batch's commit ([`Journal::durable`]), an event's append returns after it.
 //! - Idempotency across replicas: a transaction id is claimed in `fraud_claims` before it is
-//!   scored (a second replica answers 409 meanwhile); the commit of its decision drops the
-//!   claim in the same transaction. A claim is taken over when its replica no longer holds
-//!   its lock (the process died: a client's retry on another replica goes through at once),
-//!   when it is older than [`CLAIM_LAPSE`], or by its own replica again (whose requests the
-//!   engine keeps apart). Decisions are found by transaction id from any replica.
+//!   scored (a second replica answers 409 meanwhile); the commit of its decision marks the
+//!   claim done in the same transaction (a done claim is never taken over: a replica whose
+//!   look for the decision came just before that commit finds the claim, not a free id), and
+//!   done claims are dropped once no statement can be that late. A claim is taken over when
+//!   its replica no longer holds its lock (the process died: a client's retry on another
+//!   replica goes through at once), when it is older than [`CLAIM_LAPSE`], or by its own
+//!   replica again (whose requests the engine keeps apart). Decisions are found by
+//!   transaction id from any replica.
 //! - One process per replica id: the committer holds a session advisory lock on it.
 //! - Models: an upload is published (`fraud_models`, `fraud_model_roles`) and every
 //!   replica follows the assignment ([`super::engine::Engine::follow_models`]).
@@ -60,6 +63,9 @@ DO $$ BEGIN
     ALTER TABLE fraud_records ALTER COLUMN body SET COMPRESSION lz4;
 EXCEPTION WHEN OTHERS THEN NULL;
 END $$;
+-- What the other replicas' review queues read of a decision (outcome, score, time,
+-- merchant category; no entity field), so that they never open its body.
+ALTER TABLE fraud_records ADD COLUMN IF NOT EXISTS summary text;
 CREATE INDEX IF NOT EXISTS fraud_records_decision ON fraud_records (transaction_id)
     WHERE kind = 'decision';
 CREATE TABLE IF NOT EXISTS fraud_models (
@@ -88,11 +94,12 @@ CREATE TABLE IF NOT EXISTS fraud_console_logins (
     state text NOT NULL
 );
 CREATE TABLE IF NOT EXISTS fraud_vault_keys (
-    entity text PRIMARY KEY,
-    key_ref text UNIQUE NOT NULL,
+    key_ref text PRIMARY KEY,
+    entity text NOT NULL,
     key text NOT NULL,
     made_at timestamptz NOT NULL DEFAULT now()
 );
+CREATE INDEX IF NOT EXISTS fraud_vault_keys_entity ON fraud_vault_keys (entity);
 CREATE TABLE IF NOT EXISTS fraud_api_keys (
     name text PRIMARY KEY,
     record text NOT NULL,
@@ -104,6 +111,7 @@ CREATE UNLOGGED TABLE IF NOT EXISTS fraud_claims (
     lock_key bigint NOT NULL,
     since timestamptz NOT NULL DEFAULT now()
 );
+ALTER TABLE fraud_claims ADD COLUMN IF NOT EXISTS done boolean NOT NULL DEFAULT false;
 ";
 
 fn io(what: &str, e: impl std::fmt::Display) -> LogError {
@@ -133,12 +141,16 @@ struct Row {
     body: String,
     kind: &'static str,
     transaction_id: Option<String>,
+    summary: Option<String>,
 }
 
 struct State {
     seq: u64,
     last_hash: String,
     pending: Vec<Row>,
+    /// Entity keys made here and not committed yet: (key ref, entity hash, key text). They
+    /// go with the next batch, in its transaction: before or with any record using them.
+    keys: Vec<[String; 3]>,
     /// Decisions not committed yet, by transaction id: their bodies (found before commit).
     uncommitted: HashMap<String, String>,
     committed: u64,
@@ -207,31 +219,37 @@ WITH decided AS (
     SELECT $1, $2, $4 WHERE NOT EXISTS (SELECT 1 FROM decided)
     ON CONFLICT (transaction_id) DO UPDATE
     SET replica = EXCLUDED.replica, lock_key = EXCLUDED.lock_key, since = now()
-    WHERE fraud_claims.since < now() - make_interval(secs => $3)
-       OR fraud_claims.replica = EXCLUDED.replica
-       OR NOT EXISTS (
-           SELECT 1 FROM pg_locks
-           WHERE locktype = 'advisory' AND granted AND objsubid = 1
-             AND classid::bigint = (fraud_claims.lock_key >> 32)
-             AND objid::bigint = (fraud_claims.lock_key & 4294967295))
+    WHERE NOT fraud_claims.done AND (
+        fraud_claims.since < now() - make_interval(secs => $3)
+        OR fraud_claims.replica = EXCLUDED.replica
+        OR NOT EXISTS (
+            SELECT 1 FROM pg_locks
+            WHERE locktype = 'advisory' AND granted AND objsubid = 1
+              AND classid::bigint = (fraud_claims.lock_key >> 32)
+              AND objid::bigint = (fraud_claims.lock_key & 4294967295)))
     RETURNING 1
 )
 SELECT (SELECT body FROM decided), EXISTS (SELECT 1 FROM claim)";
 
 /// A batch committed in one statement (one round trip, one implicit transaction): the
-/// records the store does not hold yet (a commit whose answer was lost wrote some), and the
-/// claims of the transactions decided dropped.
+/// records the store does not hold yet (a commit whose answer was lost wrote some), the
+/// claims of the transactions decided marked done, and the entity keys made meanwhile.
 const COMMIT: &str = "
 WITH have AS (
     SELECT coalesce(max(seq), 0) AS seq FROM fraud_records WHERE replica = $1
 ), ins AS (
-    INSERT INTO fraud_records (replica, seq, hash, body, kind, transaction_id)
-    SELECT $1, r.* FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[])
-        AS r(seq, hash, body, kind, transaction_id), have
+    INSERT INTO fraud_records (replica, seq, hash, body, kind, transaction_id, summary)
+    SELECT $1, r.* FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
+            $11::text[])
+        AS r(seq, hash, body, kind, transaction_id, summary), have
     WHERE r.seq > have.seq
     RETURNING 1
 ), unclaim AS (
-    DELETE FROM fraud_claims WHERE transaction_id = ANY($7)
+    UPDATE fraud_claims SET done = true WHERE transaction_id = ANY($7)
+), keys AS (
+    INSERT INTO fraud_vault_keys (key_ref, entity, key)
+    SELECT * FROM unnest($8::text[], $9::text[], $10::text[])
+    ON CONFLICT (key_ref) DO NOTHING
 )
 SELECT count(*) FROM ins";
 
@@ -334,6 +352,7 @@ impl PgJournal {
                 seq,
                 last_hash,
                 pending: Vec::new(),
+                keys: Vec::new(),
                 uncommitted: HashMap::new(),
                 committed: seq,
                 error: None,
@@ -387,7 +406,7 @@ impl Shared {
         data: &[u8],
         transaction_id: Option<String>,
     ) -> Result<u64, LogError> {
-        self.push_with(kind, key, |_, _| Ok(data.to_vec()), transaction_id)
+        self.push_with(kind, key, |_, _| Ok(data.to_vec()), transaction_id, None)
             .map(Option::unwrap_or_default)
     }
 
@@ -399,6 +418,7 @@ impl Shared {
         key: &str,
         make: impl FnOnce(u64, &str) -> Result<Vec<u8>, Option<LogError>>,
         transaction_id: Option<String>,
+        summary: Option<String>,
     ) -> Result<Option<u64>, LogError> {
         let at = now_rfc3339();
         let mut g = self.lock();
@@ -446,6 +466,7 @@ impl Shared {
             body,
             kind: kind.name(),
             transaction_id,
+            summary,
         });
         g.seq = seq;
         g.last_hash = h;
@@ -485,8 +506,9 @@ impl Shared {
 
     /// The committer: takes every queued record, commits them in one transaction, publishes.
     fn run(&self, mut client: Conn) {
+        let mut swept = Instant::now();
         loop {
-            let batch: Vec<Row> = {
+            let (batch, keys): (Vec<Row>, Vec<[String; 3]>) = {
                 let mut g = self.lock();
                 while g.pending.is_empty() && !g.stop {
                     g = self
@@ -497,11 +519,11 @@ impl Shared {
                 if g.pending.is_empty() {
                     return;
                 }
-                std::mem::take(&mut g.pending)
+                (std::mem::take(&mut g.pending), std::mem::take(&mut g.keys))
             };
             let mut backoff = Duration::from_millis(20);
             loop {
-                match self.commit(&mut client, &batch) {
+                match self.commit(&mut client, &batch, &keys) {
                     Ok(()) => break,
                     Err(e) => {
                         let stop = {
@@ -542,6 +564,17 @@ impl Shared {
                 through,
                 failed: None,
             });
+            // Done claims, once no look for a decision can be as old as they are.
+            if swept.elapsed() >= Duration::from_secs(10) {
+                swept = Instant::now();
+                let lapse = CLAIM_LAPSE.as_secs_f64();
+                if let Err(e) = client.client.execute(
+                    "DELETE FROM fraud_claims WHERE done AND since < now() - make_interval(secs => $1)",
+                    &[&lapse],
+                ) {
+                    eprintln!("warning: dropping done claims: {e}");
+                }
+            }
         }
     }
 
@@ -562,7 +595,12 @@ impl Shared {
     }
 
     /// The batch, in one statement ([`COMMIT`]).
-    fn commit(&self, conn: &mut Conn, batch: &[Row]) -> Result<(), postgres::Error> {
+    fn commit(
+        &self,
+        conn: &mut Conn,
+        batch: &[Row],
+        keys: &[[String; 3]],
+    ) -> Result<(), postgres::Error> {
         let commit = conn.stmt(COMMIT)?;
         let seqs: Vec<i64> = batch.iter().map(|r| r.seq).collect();
         let hashes: Vec<&str> = batch.iter().map(|r| r.hash.as_str()).collect();
@@ -584,6 +622,13 @@ impl Shared {
                 &kinds,
                 &ids,
                 &decided,
+                &keys.iter().map(|k| k[0].as_str()).collect::<Vec<_>>(),
+                &keys.iter().map(|k| k[1].as_str()).collect::<Vec<_>>(),
+                &keys.iter().map(|k| k[2].as_str()).collect::<Vec<_>>(),
+                &batch
+                    .iter()
+                    .map(|r| r.summary.as_deref())
+                    .collect::<Vec<_>>(),
             ],
         )?;
         Ok(())
@@ -669,44 +714,25 @@ struct PgKeys {
 }
 
 impl RemoteKeys for PgKeys {
-    fn key_for(
-        &self,
-        entity: &str,
-        candidate_ref: &str,
-        candidate_key: &str,
-    ) -> Result<(String, String), String> {
-        let (entity, r, k) = (
-            entity.to_string(),
-            candidate_ref.to_string(),
-            candidate_key.to_string(),
-        );
+    fn keep(&self, entity: &str, key_ref: &str, key: &str) -> Result<(), String> {
+        // Committed with the next batch, in its transaction: never after a record using it.
         self.shared
-            .read(move |c| {
-                let st = c.stmt(
-                    "WITH made AS (INSERT INTO fraud_vault_keys (entity, key_ref, key)
-                     VALUES ($1, $2, $3) ON CONFLICT (entity) DO NOTHING RETURNING key_ref, key)
-                     SELECT key_ref, key FROM made
-                     UNION ALL SELECT key_ref, key FROM fraud_vault_keys WHERE entity = $1",
-                )?;
-                if let Some(row) = c.client.query(&st, &[&entity, &r, &k])?.first() {
-                    return Ok(Some((row.get(0), row.get(1))));
-                }
-                // Made by another replica at the same instant: seen by a new statement.
-                let st = c.stmt("SELECT key_ref, key FROM fraud_vault_keys WHERE entity = $1")?;
-                Ok(c.client
-                    .query_opt(&st, &[&entity])?
-                    .map(|row| (row.get(0), row.get(1))))
-            })
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| "the entity's key was destroyed while it was being made".to_string())
+            .lock()
+            .keys
+            .push([key_ref.to_string(), entity.to_string(), key.to_string()]);
+        Ok(())
     }
 
-    fn key_of_entity(&self, entity: &str) -> Result<Option<String>, String> {
+    fn refs_of_entity(&self, entity: &str) -> Result<Vec<String>, String> {
         let entity = entity.to_string();
         self.shared
             .read(move |c| {
                 let st = c.stmt("SELECT key_ref FROM fraud_vault_keys WHERE entity = $1")?;
-                Ok(c.client.query_opt(&st, &[&entity])?.map(|r| r.get(0)))
+                Ok(c.client
+                    .query(&st, &[&entity])?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect())
             })
             .map_err(|e| e.to_string())
     }
@@ -724,6 +750,12 @@ impl RemoteKeys for PgKeys {
     }
 
     fn destroy(&self, refs: &[String]) -> Result<usize, String> {
+        let pending = {
+            let mut g = self.shared.lock();
+            let before = g.keys.len();
+            g.keys.retain(|k| !refs.contains(&k[0]));
+            before - g.keys.len()
+        };
         let refs = refs.to_vec();
         self.shared
             .read(move |c| {
@@ -732,7 +764,7 @@ impl RemoteKeys for PgKeys {
                         "DELETE FROM fraud_vault_keys WHERE key_ref = ANY($1)",
                         &[&refs],
                     )
-                    .map(|n| usize::try_from(n).unwrap_or(0))
+                    .map(|n| usize::try_from(n).unwrap_or(0) + pending)
             })
             .map_err(|e| e.to_string())
     }
@@ -884,12 +916,23 @@ impl Journal for PgJournal {
         _used: super::vault::Used,
     ) -> Result<u64, LogError> {
         let data = serde_json::to_vec(record).map_err(|e| io("record", e))?;
-        self.shared.push(
-            Kind::Decision,
-            key,
-            &data,
-            Some(record.transaction_id.to_string()),
-        )
+        let response = serde_json::to_value(record.response).map_err(|e| io("record", e))?;
+        let tx = serde_json::to_value(&record.transaction).map_err(|e| io("record", e))?;
+        let summary = serde_json::json!({
+            "transaction_id": record.transaction_id,
+            "response": {"decision": response["decision"], "score": response["score"]},
+            "transaction": {"timestamp_us": tx["timestamp_us"], "mcc": tx["mcc"]},
+        })
+        .to_string();
+        self.shared
+            .push_with(
+                Kind::Decision,
+                key,
+                |_, _| Ok(data),
+                Some(record.transaction_id.to_string()),
+                Some(summary),
+            )
+            .map(Option::unwrap_or_default)
     }
 
     fn append_signed_head(
@@ -906,6 +949,7 @@ impl Journal for PgJournal {
                     .load(std::sync::atomic::Ordering::Acquire);
                 super::decisions::signed_head(signer, seq, prev, last).ok_or(None)
             },
+            None,
             None,
         )?;
         if let Some(seq) = seq {
@@ -1096,24 +1140,48 @@ impl Journal for PgJournal {
         };
         let kinds: Vec<String> = kinds.iter().map(|k| k.to_string()).collect();
         let per = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
-        let rows: Vec<(String, i64, Option<String>)> = self.shared.read(move |c| {
+        type Followed = (String, i64, String, Option<String>, Option<String>, String);
+        let rows: Vec<Followed> = self.shared.read(move |c| {
             let st = c.stmt(
-                // Every kind moves the position; only the bodies wanted are sent.
-                "SELECT seq, CASE WHEN kind = ANY($3) THEN body END FROM fraud_records
-                 WHERE replica = $1 AND seq > $2 ORDER BY seq LIMIT $4",
+                // Every kind moves the position; only the bodies wanted are sent, and a
+                // decision's summary rather than its body when it has one.
+                "SELECT seq, kind,
+                        CASE WHEN kind = ANY($3) AND (kind <> 'decision' OR summary IS NULL)
+                             THEN body END,
+                        CASE WHEN kind = ANY($3) THEN summary END,
+                        to_char(written_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')
+                 FROM fraud_records WHERE replica = $1 AND seq > $2 ORDER BY seq LIMIT $4",
             )?;
             let mut out = Vec::new();
             for (replica, seq) in &from {
                 for r in c.client.query(&st, &[replica, seq, &kinds, &per])? {
-                    out.push((replica.clone(), r.get(0), r.get(1)));
+                    out.push((
+                        replica.clone(),
+                        r.get(0),
+                        r.get(1),
+                        r.get(2),
+                        r.get(3),
+                        r.get(4),
+                    ));
                 }
             }
             Ok(out)
         })?;
         let mut records = Vec::with_capacity(rows.len());
-        for (replica, seq, body) in rows {
+        for (replica, seq, kind, body, summary, at) in rows {
             if let Some(body) = body {
                 records.push(self.open_record(&body)?);
+            } else if let Some(summary) = summary {
+                records.push(Record {
+                    seq: u64::try_from(seq).unwrap_or(0),
+                    prev: String::new(),
+                    kind,
+                    at,
+                    key: String::new(),
+                    replica: Some(replica.clone()),
+                    data: serde_json::from_str(&summary).map_err(|e| io("summary", e))?,
+                    sealed: None,
+                });
             }
             after.insert(replica, u64::try_from(seq).unwrap_or(0));
         }
@@ -1280,35 +1348,38 @@ struct DirectKeys {
 }
 
 impl DirectKeys {
-    fn one(&self, sql: &str, arg: &str) -> Result<Option<postgres::Row>, String> {
+    fn rows(&self, sql: &str, arg: &str) -> Result<Vec<postgres::Row>, String> {
         self.client
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .query_opt(sql, &[&arg])
+            .query(sql, &[&arg])
             .map_err(|e| e.to_string())
     }
 }
 
 impl RemoteKeys for DirectKeys {
-    fn key_for(&self, _: &str, _: &str, _: &str) -> Result<(String, String), String> {
+    fn keep(&self, _: &str, _: &str, _: &str) -> Result<(), String> {
         Err("the store's keys are opened read-only here".into())
     }
 
-    fn key_of_entity(&self, entity: &str) -> Result<Option<String>, String> {
+    fn refs_of_entity(&self, entity: &str) -> Result<Vec<String>, String> {
         Ok(self
-            .one(
+            .rows(
                 "SELECT key_ref FROM fraud_vault_keys WHERE entity = $1",
                 entity,
             )?
-            .map(|r| r.get(0)))
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
     }
 
     fn key_by_ref(&self, key_ref: &str) -> Result<Option<(String, String)>, String> {
         Ok(self
-            .one(
+            .rows(
                 "SELECT entity, key FROM fraud_vault_keys WHERE key_ref = $1",
                 key_ref,
             )?
+            .first()
             .map(|r| (r.get(0), r.get(1))))
     }
 

@@ -195,20 +195,16 @@ pub struct Vault {
     shared: Arc<Shared>,
 }
 
-/// Entity keys kept in a store every replica shares (PostgreSQL): one key per entity for
-/// the whole service, found by any replica, destroyed for all. Keys travel as key text: the
-/// key in base64, or `s:` and the key sealed with the encryption key.
+/// Entity keys kept in a store every replica shares (PostgreSQL): each replica makes its own
+/// key for an entity it meets, kept in the store beside the others' (found by ref by any
+/// replica), and an erasure destroys every key of the entity for all. Keys travel as key
+/// text: the key in base64, or `s:` and the key sealed with the encryption key.
 pub trait RemoteKeys: Send + Sync {
-    /// The key of entity hash `entity`: the one it has, or else the candidate given (made
-    /// durable before this returns): `(key ref, key text)`.
-    fn key_for(
-        &self,
-        entity: &str,
-        candidate_ref: &str,
-        candidate_key: &str,
-    ) -> Result<(String, String), String>;
-    /// The key ref of an entity hash, if it has a key.
-    fn key_of_entity(&self, entity: &str) -> Result<Option<String>, String>;
+    /// Keeps a key this process made for entity hash `entity`: stored durably before, or
+    /// with, any record that uses it.
+    fn keep(&self, entity: &str, key_ref: &str, key: &str) -> Result<(), String>;
+    /// The refs of every key the store holds for an entity hash (all replicas').
+    fn refs_of_entity(&self, entity: &str) -> Result<Vec<String>, String>;
     /// A key by its ref (`None` once destroyed): `(entity hash, key text)`.
     fn key_by_ref(&self, key_ref: &str) -> Result<Option<(String, String)>, String>;
     /// Destroys keys for every replica; how many there were.
@@ -490,24 +486,23 @@ impl Vault {
         })
     }
 
-    /// The shared store's key of `entity`, made there if it has none, kept in the cache.
+    /// A new key of this process for `entity`, kept in the shared store (with the next
+    /// commit) and in the cache.
     fn remote_key_for(
         &self,
         remote: &dyn RemoteKeys,
         entity: &str,
     ) -> Result<Arc<EntityKey>, VaultError> {
-        let candidate = Shared::random_key()?;
-        let text = self.key_text(&candidate)?;
-        let remote_err = |e: String| VaultError::Crypto(format!("{}: {e}", self.path.display()));
-        let (key_ref, key) = remote
-            .key_for(entity, &candidate.key_ref, &text)
-            .map_err(remote_err)?;
-        let k = if key_ref == candidate.key_ref {
-            candidate
-        } else {
-            self.key_from_text(&key_ref, &key).map_err(remote_err)?
-        };
+        let k = Shared::random_key()?;
+        let text = self.key_text(&k)?;
+        remote
+            .keep(entity, &k.key_ref, &text)
+            .map_err(|e| VaultError::Crypto(format!("{}: {e}", self.path.display())))?;
         let mut g = self.lock();
+        // Another request made one meanwhile: that one is used (this one stays unused).
+        if let Some(other) = g.by_entity.get(entity) {
+            return Ok(other.clone());
+        }
         g.by_ref.insert(k.key_ref.clone(), k.clone());
         g.assign(&k.key_ref, entity);
         Ok(k)
@@ -737,16 +732,30 @@ impl Vault {
     /// The key ref of an entity, if it has a key (asked of the shared store, when there is
     /// one, when this process has not seen it).
     pub fn key_ref(&self, kind: &str, id: &str) -> Result<Option<String>, VaultError> {
+        Ok(self.key_refs(kind, id)?.into_iter().next())
+    }
+
+    /// Every key ref of an entity: this process's, and with a shared store every replica's.
+    pub fn key_refs(&self, kind: &str, id: &str) -> Result<Vec<String>, VaultError> {
         let entity = entity_hash(kind, id);
-        if let Some(k) = self.lock().by_entity.get(&entity) {
-            return Ok(Some(k.key_ref.clone()));
+        let mut refs: Vec<String> = self
+            .lock()
+            .by_entity
+            .get(&entity)
+            .map(|k| k.key_ref.clone())
+            .into_iter()
+            .collect();
+        if let Some(r) = &self.remote {
+            for other in r
+                .refs_of_entity(&entity)
+                .map_err(|e| VaultError::Crypto(format!("{}: {e}", self.path.display())))?
+            {
+                if !refs.contains(&other) {
+                    refs.push(other);
+                }
+            }
         }
-        match &self.remote {
-            Some(r) => r
-                .key_of_entity(&entity)
-                .map_err(|e| VaultError::Crypto(format!("{}: {e}", self.path.display()))),
-            None => Ok(None),
-        }
+        Ok(refs)
     }
 
     /// The entity hash a key ref belongs to, while the key exists.
