@@ -265,27 +265,23 @@ impl SignedHeads {
 /// log directory is (and each record naming the replica it is filed under), then every
 /// transaction decided at most once across replicas.
 fn verify_store(url: &str, verifier: Option<&HeadVerifier>) -> anyhow::Result<()> {
-    let chains =
-        crate::server::pgstore::chains(url).map_err(|e| anyhow::anyhow!("--store: {e}"))?;
-    if chains.is_empty() {
+    let mut store = crate::server::pgstore::StoredChains::open(url)
+        .map_err(|e| anyhow::anyhow!("--store: {e}"))?;
+    let replicas = store
+        .replicas()
+        .map_err(|e| anyhow::anyhow!("--store: {e}"))?;
+    if replicas.is_empty() {
         anyhow::bail!("--store: the store holds no records");
     }
     let mut decided: std::collections::HashMap<String, (String, u64)> = Default::default();
     let mut lines = Vec::new();
     let mut total = 0u64;
-    for crate::server::pgstore::StoredChain {
-        replica,
-        lines: bytes,
-        ids: filed,
-    } in &chains
-    {
+    for replica in &replicas {
         let place = format!("store replica {replica}");
         let mut signed = SignedHeads::default();
         let mut bad: Option<String> = None;
-        let scan = crate::server::decisions::verify_lines(
-            bytes,
-            std::path::Path::new(&place),
-            |_, rec| {
+        let scan = store
+            .verify(replica, |rec, filed| {
                 if bad.is_some() {
                     return;
                 }
@@ -299,8 +295,8 @@ fn verify_store(url: &str, verifier: Option<&HeadVerifier>) -> anyhow::Result<()
                 if rec.is(Kind::Decision) {
                     let id = rec.data["transaction_id"]
                         .as_str()
-                        .map(str::to_string)
-                        .or_else(|| filed.get(&rec.seq).cloned());
+                        .or(filed)
+                        .map(str::to_string);
                     if let Some(id) = id.as_deref() {
                         if let Some((r, s)) = decided.get(id) {
                             bad = Some(format!(
@@ -312,9 +308,8 @@ fn verify_store(url: &str, verifier: Option<&HeadVerifier>) -> anyhow::Result<()
                         }
                     }
                 }
-            },
-        )
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+            })
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         if let Some(b) = bad {
             anyhow::bail!("{place}: {b}");
         }
@@ -329,7 +324,7 @@ fn verify_store(url: &str, verifier: Option<&HeadVerifier>) -> anyhow::Result<()
     }
     super::emit(&format!(
         "store: intact, {total} records from {} replica(s); {} transactions, each decided once\n{}\n",
-        chains.len(),
+        replicas.len(),
         decided.len(),
         lines.join("\n")
     ))

@@ -1055,31 +1055,56 @@ pub(crate) fn signed_head(
     serde_json::to_vec(&data).ok()
 }
 
-/// Verifies one chain given as log lines (`<hash> <body>\n`, oldest first), as a log
-/// directory's segments are verified; `name` names it in errors. Calls `visit` for each
-/// record.
-pub fn verify_lines(
-    bytes: &[u8],
-    name: &Path,
-    mut visit: impl FnMut(Pos<'_>, &Record),
-) -> Result<Scan, LogError> {
-    let mut chain = Chain::new();
-    let (good, _) = chain.read(bytes, name, &mut visit)?;
-    if good < bytes.len() {
-        return Err(LogError::Damaged {
-            path: name.to_path_buf(),
-            line: chain.seq + 1,
-            reason: format!("record {} is not a whole log record", chain.seq + 1),
-        });
+/// A chain of log lines verified a piece at a time: a chain larger than memory (a store's)
+/// is read a page of whole records at a time.
+pub struct ChainCheck {
+    chain: Chain,
+}
+
+impl Default for ChainCheck {
+    fn default() -> Self {
+        Self::new()
     }
-    chain.check_start(name)?;
-    Ok(Scan {
-        records: chain.seq,
-        first: chain.first.as_ref().map_or(1, |f| f.0),
-        head: chain.last_hash,
-        torn_bytes: 0,
-        files: Vec::new(),
-    })
+}
+
+impl ChainCheck {
+    /// Nothing read yet.
+    pub fn new() -> Self {
+        ChainCheck {
+            chain: Chain::new(),
+        }
+    }
+
+    /// The next records, as whole log lines, calling `visit` for each.
+    pub fn feed(
+        &mut self,
+        bytes: &[u8],
+        name: &Path,
+        mut visit: impl FnMut(Pos<'_>, &Record),
+    ) -> Result<(), LogError> {
+        let (good, _) = self.chain.read(bytes, name, &mut visit)?;
+        if good < bytes.len() {
+            return Err(LogError::Damaged {
+                path: name.to_path_buf(),
+                line: self.chain.seq + 1,
+                reason: format!("record {} is not a whole log record", self.chain.seq + 1),
+            });
+        }
+        Ok(())
+    }
+
+    /// The chain read whole: checks its start and says what it holds.
+    pub fn finish(self, name: &Path) -> Result<Scan, LogError> {
+        let chain = self.chain;
+        chain.check_start(name)?;
+        Ok(Scan {
+            records: chain.seq,
+            first: chain.first.as_ref().map_or(1, |f| f.0),
+            head: chain.last_hash,
+            torn_bytes: 0,
+            files: Vec::new(),
+        })
+    }
 }
 
 /// Reads and verifies a whole log directory (every segment, one at a time) without changing
@@ -1808,6 +1833,49 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), Kind::ALL.len());
         assert_eq!(Kind::parse("nothing"), None);
+    }
+
+    #[test]
+    fn a_chain_fed_in_pieces_verifies_as_a_whole_and_a_cut_or_changed_piece_does_not() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let log = DecisionLog::open(dir.path(), false, None, 1 << 20, None, |_| {})
+            .unwrap_or_else(|e| panic!("{e}"));
+        for i in 0..10 {
+            let id = format!("t{i}");
+            log.append(
+                "k",
+                &Event::Access {
+                    transaction_id: &id,
+                    via: None,
+                },
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        }
+        drop(log);
+        let whole = verify_dir(dir.path(), |_, _| {}).unwrap_or_else(|e| panic!("{e}"));
+        let bytes = std::fs::read(dir.path().join(ACTIVE)).unwrap_or_else(|e| panic!("{e}"));
+        let lines: Vec<&[u8]> = bytes.split_inclusive(|&b| b == b'\n').collect();
+        let name = Path::new("pieces");
+        let mut check = ChainCheck::new();
+        let mut seen = 0;
+        for piece in lines.chunks(3) {
+            check
+                .feed(&piece.concat(), name, |_, _| seen += 1)
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let scan = check.finish(name).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((scan.records, seen), (whole.records, whole.records));
+        assert_eq!(scan.head, whole.head);
+        // A piece cut in the middle of a record, or a record missing between pieces: refused.
+        let mut check = ChainCheck::new();
+        assert!(check
+            .feed(&bytes[..bytes.len() - 5], name, |_, _| {})
+            .is_err());
+        let mut check = ChainCheck::new();
+        check
+            .feed(&lines[..2].concat(), name, |_, _| {})
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(check.feed(&lines[3..].concat(), name, |_, _| {}).is_err());
     }
 
     #[test]

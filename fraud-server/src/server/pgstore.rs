@@ -1214,49 +1214,97 @@ impl Journal for PgJournal {
     }
 }
 
-/// One replica's chain as stored: its records as log lines (`<hash> <body>\n`, in seq
-/// order), and the transaction id filed beside each record that has one, by seq (what
+/// A page of one replica's chain as stored: its records as log lines (`<hash> <body>\n`, in
+/// seq order), and the transaction id filed beside each record that has one, by seq (what
 /// identifies an encrypted decision).
 #[derive(Debug, Default)]
 pub struct StoredChain {
-    /// The replica.
-    pub replica: String,
     /// Its records as log lines.
     pub lines: Vec<u8>,
     /// Transaction ids by seq.
     pub ids: HashMap<u64, String>,
+    /// The seq of the page's last record (0: the page is empty, the chain read whole).
+    pub last: u64,
 }
 
-/// Every replica's chain in the store at `url`, by replica name.
-pub fn chains(url: &str) -> Result<Vec<StoredChain>, LogError> {
-    let mut client = connect(url, Duration::from_secs(10))?;
-    let rows = client
-        .query(
-            "SELECT replica, hash, body, seq, transaction_id FROM fraud_records ORDER BY replica, seq",
-            &[],
-        )
-        .map_err(|e| io("read", e))?;
-    let mut out: Vec<StoredChain> = Vec::new();
-    for r in &rows {
-        let replica: String = r.get(0);
-        if out.last().is_none_or(|c| c.replica != replica) {
-            out.push(StoredChain {
-                replica: replica.clone(),
-                ..StoredChain::default()
-            });
-        }
-        if let Some(c) = out.last_mut() {
+/// The chains of the store at `url`, read a page at a time (a store larger than memory is
+/// verified all the same), with a connection of this process's own.
+pub struct StoredChains {
+    client: Client,
+}
+
+/// Records per page of [`StoredChains::page`].
+pub const PAGE: i64 = 20_000;
+
+impl StoredChains {
+    /// Connects to the store.
+    pub fn open(url: &str) -> Result<Self, LogError> {
+        Ok(StoredChains {
+            client: connect(url, Duration::from_secs(10))?,
+        })
+    }
+
+    /// The replicas that hold records, by name.
+    pub fn replicas(&mut self) -> Result<Vec<String>, LogError> {
+        Ok(self
+            .client
+            .query(
+                "SELECT DISTINCT replica FROM fraud_records ORDER BY replica",
+                &[],
+            )
+            .map_err(|e| io("read", e))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    /// The records of `replica` after seq `after`, [`PAGE`] at most.
+    pub fn page(&mut self, replica: &str, after: u64) -> Result<StoredChain, LogError> {
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let rows = self
+            .client
+            .query(
+                "SELECT seq, hash, body, transaction_id FROM fraud_records
+                 WHERE replica = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                &[&replica, &after, &PAGE],
+            )
+            .map_err(|e| io("read", e))?;
+        let mut c = StoredChain::default();
+        for r in &rows {
+            let seq = u64::try_from(r.get::<_, i64>(0)).unwrap_or(0);
             c.lines.extend_from_slice(r.get::<_, &str>(1).as_bytes());
             c.lines.push(b' ');
             c.lines.extend_from_slice(r.get::<_, &str>(2).as_bytes());
             c.lines.push(b'\n');
-            if let Some(id) = r.get::<_, Option<String>>(4) {
-                c.ids
-                    .insert(u64::try_from(r.get::<_, i64>(3)).unwrap_or(0), id);
+            if let Some(id) = r.get::<_, Option<String>>(3) {
+                c.ids.insert(seq, id);
             }
+            c.last = seq;
+        }
+        Ok(c)
+    }
+
+    /// Verifies `replica`'s chain page by page, calling `visit` with each record and the
+    /// transaction id filed beside it.
+    pub fn verify(
+        &mut self,
+        replica: &str,
+        mut visit: impl FnMut(&Record, Option<&str>),
+    ) -> Result<super::decisions::Scan, LogError> {
+        let place = std::path::PathBuf::from(format!("store replica {replica}"));
+        let mut check = super::decisions::ChainCheck::new();
+        let mut after = 0;
+        loop {
+            let page = self.page(replica, after)?;
+            if page.last == 0 {
+                return check.finish(&place);
+            }
+            check.feed(&page.lines, &place, |_, rec| {
+                visit(rec, page.ids.get(&rec.seq).map(String::as_str))
+            })?;
+            after = page.last;
         }
     }
-    Ok(out)
 }
 
 /// The API keys the store at `url` holds (`fraud keys list --store`).

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use super::config::{Backend, Config, StoreBackend};
-use super::decisions::{verify_dir, verify_lines, Kind};
+use super::decisions::{verify_dir, Kind};
 use super::engine::{replay_record, StateBackend};
 
 /// What a rebuild did.
@@ -136,18 +136,21 @@ fn from_store(
     redis: &Arc<fraud_core::features::redis::RedisStore>,
 ) -> anyhow::Result<Rebuilt> {
     let url = cfg.store.url.as_deref().unwrap_or_default();
-    let chains = super::pgstore::chains(url).context("reading the store's records")?;
+    let mut store =
+        super::pgstore::StoredChains::open(url).context("reading the store's records")?;
+    let replicas = store.replicas().context("reading the store's records")?;
     let vault = super::pgstore::store_vault(url, sealer.cloned())
         .context("opening the store's entity keys")?;
-    let place = |r: &str| std::path::PathBuf::from(format!("store replica {r}"));
-    for super::pgstore::StoredChain { replica, lines, .. } in &chains {
-        verify_lines(lines, &place(replica), |_, _| {})
+    // Every chain verified first (a page at a time), then replayed.
+    for replica in &replicas {
+        store
+            .verify(replica, |_, _| {})
             .with_context(|| "the store does not verify; nothing was changed".to_string())?;
     }
     let (state, mut out) = cleared(redis)?;
-    for super::pgstore::StoredChain { replica, lines, .. } in &chains {
+    for replica in &replicas {
         let mut failure = None;
-        verify_lines(lines, &place(replica), |_, rec| {
+        store.verify(replica, |rec, _| {
             out.records += 1;
             if failure.is_none() {
                 failure = replay(extractor, &state, rec, sealer, Some(&vault), &mut out).err();
