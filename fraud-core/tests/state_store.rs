@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{history, Ev, RedisServer};
+use common::{history, Ev, RedisCluster, RedisServer};
 use fraud_core::features::redis::RedisStore;
 use fraud_core::features::Durability;
 use fraud_core::features::{
@@ -257,6 +257,78 @@ fn redis_records_a_transaction_once_whichever_replica_sends_it() {
                     s.normalized(ex.retention_us())
                 );
             }
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+/// A Redis Cluster of three primaries: every entity in its own slot, one script call per
+/// entity. The features are the memory backend's bit for bit (labels included), a
+/// transaction sent again through another store is counted once, and a card's state moves
+/// to a new token across slots.
+#[test]
+fn redis_cluster_equals_memory_and_counts_each_transaction_once() {
+    let cluster = RedisCluster::start();
+    let nodes = cluster.urls();
+    let open =
+        |prefix: &str| RedisStore::open_cluster(&nodes, prefix, Duration::from_secs(2)).unwrap();
+    assert!(RedisStore::open_cluster(&nodes, "a{b}", Duration::from_secs(2)).is_err());
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(20));
+    let result = runner.run(&events(), |ev| {
+        let h = history(&sorted(ev));
+        let ex = spec();
+        let mem = MemoryStore::new();
+        let red = open("cl");
+        red.clear().unwrap();
+        let a = online(&mem, &ex, &h);
+        let b = online(&red, &ex, &h);
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            prop_assert!(same_bits(x, y), "row {}: memory {:?} cluster {:?}", i, x, y);
+        }
+        for e in [Entity::Card, Entity::Customer, Entity::Terminal] {
+            for (k, s) in mem.entities(e) {
+                let r = red.get(e, &k).unwrap().expect("entity in the cluster");
+                prop_assert_eq!(
+                    r.normalized(ex.retention_us()),
+                    s.normalized(ex.retention_us())
+                );
+            }
+        }
+        // Each transaction again, through another store on the cluster: same features,
+        // counted once.
+        let again = open("cl2");
+        again.clear().unwrap();
+        let first = open("cl2");
+        let mem2 = MemoryStore::new();
+        for (i, tx) in h.iter().map(unlabelled).enumerate() {
+            let want = mem2.step(&ex, &tx).unwrap();
+            let one = first.step(&ex, &tx).unwrap();
+            let two = again.step(&ex, &tx).unwrap();
+            prop_assert!(same_bits(&want, &one), "row {}", i);
+            prop_assert!(same_bits(&one, &two), "row {}", i);
+        }
+        // A card's state moves to a new token (another slot), and is erased there.
+        if let Some((k, s)) = mem.entities(Entity::Card).into_iter().next() {
+            prop_assert!(red.rename(Entity::Card, &k, "moved-token").unwrap());
+            prop_assert!(red.get(Entity::Card, &k).unwrap().is_none());
+            let moved = red
+                .get(Entity::Card, "moved-token")
+                .unwrap()
+                .expect("moved");
+            prop_assert_eq!(
+                moved.normalized(ex.retention_us()),
+                s.normalized(ex.retention_us())
+            );
+            prop_assert!(!red.rename(Entity::Card, &k, "moved-token").unwrap());
+            prop_assert!(red.erase(Entity::Card, "moved-token").unwrap());
+            prop_assert!(red.get(Entity::Card, "moved-token").unwrap().is_none());
+        }
+        prop_assert!(red.clear().unwrap() > 0);
+        for (k, _) in mem.entities(Entity::Terminal) {
+            prop_assert!(red.get(Entity::Terminal, &k).unwrap().is_none());
         }
         Ok(())
     });

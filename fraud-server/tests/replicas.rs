@@ -718,3 +718,39 @@ fn retention_removes_a_replicas_old_records_from_the_store_and_its_chain_still_v
     let (ok, report) = verify_store(&url);
     assert!(ok, "{report}");
 }
+
+#[test]
+fn replicas_share_a_redis_cluster() {
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (_cluster, nodes) = redis_cluster(dir.path());
+    let (key, shared) = shared_keys(dir.path());
+    let cfg = |replica: &str| {
+        format!(
+            "{shared}[state]\nbackend = \"redis\"\nredis_cluster = {nodes:?}\nredis_timeout_ms = 2000\n[store]\nbackend = \"postgres\"\nurl = \"{}\"\nreplica = \"{replica}\"\n",
+            pg.url()
+        )
+    };
+    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
+    let a = replica(&da, &cfg("a"));
+    let b = replica(&db, &cfg("b"));
+    // One card, alternating replicas: the counts see every replica.
+    for (i, (s, id)) in [(&a, "k1"), (&b, "k2"), (&a, "k3")].into_iter().enumerate() {
+        let (st, v, _) = s.call("POST", "/v1/score", Some(&key), Some(&at(id, i as u32)));
+        assert_eq!(st, 200, "{v}");
+    }
+    assert_eq!(count(&b, &key, "k3"), 2.0);
+    // The same id on the other replica: replayed, counted once.
+    let (st, again, _) = b.call("POST", "/v1/score", Some(&key), Some(&at("k1", 0)));
+    assert_eq!(st, 200, "{again}");
+    assert_eq!(again["replayed"], true, "{again}");
+    let (st, _, _) = b.call("POST", "/v1/score", Some(&key), Some(&at("k4", 3)));
+    assert_eq!(st, 200);
+    assert_eq!(count(&a, &key, "k4"), 3.0);
+    // Rebuilt from the store into the cluster: the next transaction counts the same.
+    let text = state_rebuild(&["--config", da.join("fraud.toml").to_str().unwrap()]);
+    assert!(text.contains("4 decisions"), "{text}");
+    let (st, _, _) = a.call("POST", "/v1/score", Some(&key), Some(&at("k5", 4)));
+    assert_eq!(st, 200);
+    assert_eq!(count(&b, &key, "k5"), 4.0, "{text}");
+}

@@ -211,10 +211,41 @@ fn script(text: &str) -> redis::Script {
 /// (some 80 bytes each: 150 MB at 3,000 transactions a second).
 pub const MARKER_TTL_MS: u64 = 600_000;
 
+/// Where the state lives: one Redis server (a primary, with Sentinel for failover), or a
+/// Redis Cluster (entities spread over its slots).
+enum Backend {
+    Single(redis::Client),
+    Cluster {
+        client: redis::cluster::ClusterClient,
+        /// The nodes given, for commands that go to every primary (`clear`).
+        nodes: Vec<String>,
+    },
+}
+
+/// A connection of either kind.
+enum Conn {
+    Single(redis::Connection),
+    Cluster(Box<redis::cluster::ClusterConnection>),
+}
+
+impl Conn {
+    fn like(&mut self) -> &mut dyn redis::ConnectionLike {
+        match self {
+            Conn::Single(c) => c,
+            Conn::Cluster(c) => c.as_mut(),
+        }
+    }
+}
+
 /// Entity state in Redis.
+///
+/// With a Redis Cluster, every key of one entity carries the entity in a hash tag
+/// (`<prefix>:card:{<token>}`) and no script touches two entities: a transaction is one
+/// script call per entity, each with its own marker (`<prefix>:card:{<token>}:tx:...`), so a
+/// retry records it in the entities that missed it and in no other.
 pub struct RedisStore {
-    client: redis::Client,
-    pool: Mutex<Vec<redis::Connection>>,
+    backend: Backend,
+    pool: Mutex<Vec<Conn>>,
     prefix: String,
     timeout: Duration,
     step: redis::Script,
@@ -245,8 +276,43 @@ impl RedisStore {
     /// connecting included, gives up after `timeout`.
     pub fn open(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
         let client = redis::Client::open(url).map_err(err)?;
+        Self::with_backend(Backend::Single(client), prefix, timeout)
+    }
+
+    /// Connects to the Redis Cluster that `nodes` (`redis://host:port` each, some or all of
+    /// its nodes) belong to; keys start with `prefix` (which may not hold `{` or `}`: the
+    /// hash tags are the entities').
+    pub fn open_cluster(
+        nodes: &[String],
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        if prefix.contains(['{', '}']) {
+            return Err(StoreError::Redis(format!(
+                "the key prefix `{prefix}` holds a brace: with a Redis Cluster the hash tags are the entities'"
+            )));
+        }
+        if nodes.is_empty() {
+            return Err(StoreError::Redis("no Redis Cluster node given".into()));
+        }
+        let client = redis::cluster::ClusterClientBuilder::new(nodes.to_vec())
+            .connection_timeout(timeout)
+            .response_timeout(timeout)
+            .build()
+            .map_err(err)?;
+        Self::with_backend(
+            Backend::Cluster {
+                client,
+                nodes: nodes.to_vec(),
+            },
+            prefix,
+            timeout,
+        )
+    }
+
+    fn with_backend(backend: Backend, prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
         let store = RedisStore {
-            client,
+            backend,
             pool: Mutex::new(Vec::new()),
             prefix: prefix.to_string(),
             timeout,
@@ -261,13 +327,32 @@ impl RedisStore {
     }
 
     fn key(&self, e: Entity, k: &str) -> Vec<u8> {
-        let mut key = Vec::with_capacity(self.prefix.len() + k.len() + 12);
+        let mut key = Vec::with_capacity(self.prefix.len() + k.len() + 14);
         key.extend_from_slice(self.prefix.as_bytes());
         key.push(b':');
         key.extend_from_slice(e.name().as_bytes());
         key.push(b':');
-        key.extend_from_slice(k.as_bytes());
+        if self.cluster() {
+            // The entity is the hash tag: its key and its markers share a slot. (An empty
+            // id would make an empty tag, which Redis ignores: `_` stands for it.)
+            key.push(b'{');
+            key.extend_from_slice(if k.is_empty() { b"_" } else { k.as_bytes() });
+            key.push(b'}');
+        } else {
+            key.extend_from_slice(k.as_bytes());
+        }
         key
+    }
+
+    fn cluster(&self) -> bool {
+        matches!(self.backend, Backend::Cluster { .. })
+    }
+
+    /// With a cluster: the marker of a transaction in one entity (the entity's hash tag).
+    fn entity_marker(&self, entity_key: &[u8], id: u64, ts: i64) -> Vec<u8> {
+        let mut k = entity_key.to_vec();
+        k.extend_from_slice(format!(":tx:{id:016x}:{ts}").as_bytes());
+        k
     }
 
     /// The same store, with transaction markers living `ms` milliseconds (a rebuild that
@@ -287,37 +372,43 @@ impl RedisStore {
     /// is dropped rather than returned.
     fn with<T>(
         &self,
-        f: impl Fn(&mut redis::Connection) -> redis::RedisResult<T>,
+        f: impl Fn(&mut dyn redis::ConnectionLike) -> redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
         let pooled = self
             .pool
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .pop();
-        let fresh = || -> Result<redis::Connection, StoreError> {
-            let c = self
-                .client
-                .get_connection_with_timeout(self.timeout)
-                .map_err(err)?;
-            c.set_read_timeout(Some(self.timeout)).map_err(err)?;
-            c.set_write_timeout(Some(self.timeout)).map_err(err)?;
-            Ok(c)
+        let fresh = || -> Result<Conn, StoreError> {
+            match &self.backend {
+                Backend::Single(client) => {
+                    let c = client
+                        .get_connection_with_timeout(self.timeout)
+                        .map_err(err)?;
+                    c.set_read_timeout(Some(self.timeout)).map_err(err)?;
+                    c.set_write_timeout(Some(self.timeout)).map_err(err)?;
+                    Ok(Conn::Single(c))
+                }
+                Backend::Cluster { client, .. } => Ok(Conn::Cluster(Box::new(
+                    client.get_connection().map_err(err)?,
+                ))),
+            }
         };
         let (conn, out) = match pooled {
-            Some(mut c) => match f(&mut c) {
+            Some(mut c) => match f(c.like()) {
                 // A pooled connection that Redis closed (a restart): the command never ran,
                 // so it is sent once more on a new connection.
                 Err(e) if e.is_connection_dropped() || e.is_connection_refusal() => {
                     drop(c);
                     let mut c = fresh()?;
-                    let out = f(&mut c).map_err(err)?;
+                    let out = f(c.like()).map_err(err)?;
                     (c, out)
                 }
                 r => (c, r.map_err(err)?),
             },
             None => {
                 let mut c = fresh()?;
-                let out = f(&mut c).map_err(err)?;
+                let out = f(c.like()).map_err(err)?;
                 (c, out)
             }
         };
@@ -346,42 +437,60 @@ impl RedisStore {
         if entities.is_empty() {
             return Ok(());
         }
-        let mut inv = self.step.prepare_invoke();
-        inv.arg(&be(p.ts)[..])
-            .arg(&be(p.ts - ex.retention_us())[..])
-            .arg(ex.retention_us() / 1000)
-            .arg(if write { "1" } else { "0" })
-            .arg(layout::EVENT);
-        for &(e, k) in &entities {
-            let Some(keep) = ex.keeping(e) else { continue };
-            inv.key(self.key(e, k));
-            let mark = match (keep.labels, p.fraud_known_at) {
-                (true, Some(known)) => [be(p.ts), p.id.to_be_bytes(), be(known)].concat(),
-                _ => Vec::new(),
-            };
-            inv.arg(layout::event(p, keep))
-                .arg(layout::located(p))
-                .arg(layout::seen_keys(p, keep))
-                .arg(&be(p.ts - keep.horizon_us.max(1))[..])
-                .arg(if keep.labels { "1" } else { "0" })
-                .arg(mark);
-        }
-        // The transaction's marker, last: the script records a transaction once, whichever
-        // replica sends it and however often.
-        inv.key(self.tx_key(p.id, p.ts));
-        inv.arg(self.marker_ttl_ms);
-        let mut states: Vec<Vec<Vec<u8>>> = self.with(|c| inv.invoke(c))?;
-        let dup = match states.pop() {
-            Some(flag) if states.len() == entities.len() => flag.first().is_some_and(|f| f == b"1"),
-            _ => {
-                return Err(StoreError::Redis(format!(
-                    "the state script returned {} entities for {}",
-                    states.len().saturating_sub(1),
-                    entities.len()
-                )))
-            }
+        // One call for all the entities; with a cluster, one per entity (its own slot).
+        let groups: Vec<Vec<usize>> = if self.cluster() {
+            (0..entities.len()).map(|i| vec![i]).collect()
+        } else {
+            vec![(0..entities.len()).collect()]
         };
-        for (&(e, k), s) in entities.iter().zip(&mut states) {
+        let mut states: Vec<Vec<Vec<u8>>> = Vec::with_capacity(entities.len());
+        let mut dups: Vec<bool> = Vec::with_capacity(entities.len());
+        for group in groups {
+            let mut inv = self.step.prepare_invoke();
+            inv.arg(&be(p.ts)[..])
+                .arg(&be(p.ts - ex.retention_us())[..])
+                .arg(ex.retention_us() / 1000)
+                .arg(if write { "1" } else { "0" })
+                .arg(layout::EVENT);
+            let mut marker = None;
+            for &i in &group {
+                let (e, k) = entities[i];
+                let Some(keep) = ex.keeping(e) else { continue };
+                let key = self.key(e, k);
+                if self.cluster() {
+                    marker = Some(self.entity_marker(&key, p.id, p.ts));
+                }
+                inv.key(key);
+                let mark = match (keep.labels, p.fraud_known_at) {
+                    (true, Some(known)) => [be(p.ts), p.id.to_be_bytes(), be(known)].concat(),
+                    _ => Vec::new(),
+                };
+                inv.arg(layout::event(p, keep))
+                    .arg(layout::located(p))
+                    .arg(layout::seen_keys(p, keep))
+                    .arg(&be(p.ts - keep.horizon_us.max(1))[..])
+                    .arg(if keep.labels { "1" } else { "0" })
+                    .arg(mark);
+            }
+            // The transaction's marker, last: the script records a transaction once,
+            // whichever replica sends it and however often.
+            inv.key(marker.unwrap_or_else(|| self.tx_key(p.id, p.ts)));
+            inv.arg(self.marker_ttl_ms);
+            let mut got: Vec<Vec<Vec<u8>>> = self.with(|c| inv.invoke(c))?;
+            let dup = match got.pop() {
+                Some(flag) if got.len() == group.len() => flag.first().is_some_and(|f| f == b"1"),
+                _ => {
+                    return Err(StoreError::Redis(format!(
+                        "the state script returned {} entities for {}",
+                        got.len().saturating_sub(1),
+                        group.len()
+                    )))
+                }
+            };
+            dups.extend(std::iter::repeat_n(dup, got.len()));
+            states.extend(got);
+        }
+        for ((&(e, k), s), &dup) in entities.iter().zip(&mut states).zip(&dups) {
             if dup {
                 // Recorded already (a retry, or the same transaction on another replica): its
                 // features are those of the state without it, and nothing is recorded again.
@@ -426,25 +535,92 @@ impl RedisStore {
     /// time (`SCAN`, never a blocking `KEYS`). Returns how many were deleted.
     pub fn clear(&self) -> Result<usize, StoreError> {
         let pattern = format!("{}:*", self.prefix);
-        let (mut cursor, mut deleted) = (0u64, 0usize);
-        loop {
-            let (next, keys): (u64, Vec<Vec<u8>>) = self.with(|c| {
-                redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query(c)
-            })?;
-            if !keys.is_empty() {
-                deleted += self.with(|c| redis::cmd("DEL").arg(&keys).query::<usize>(c))?;
+        match &self.backend {
+            Backend::Single(client) => {
+                let mut conn = client
+                    .get_connection_with_timeout(self.timeout)
+                    .map_err(err)?;
+                clear_node(&mut conn, &pattern, false)
             }
-            if next == 0 {
-                return Ok(deleted);
+            Backend::Cluster { nodes, .. } => {
+                // Every primary, each scanned on its own (a key is deleted by itself: a
+                // command may not span slots).
+                let mut deleted = 0;
+                for node in self.primaries(nodes)? {
+                    let client = redis::Client::open(node.as_str()).map_err(err)?;
+                    let mut conn = client
+                        .get_connection_with_timeout(self.timeout)
+                        .map_err(err)?;
+                    deleted += clear_node(&mut conn, &pattern, true)?;
+                }
+                Ok(deleted)
             }
-            cursor = next;
         }
+    }
+
+    /// The cluster's primaries (`redis://host:port/`), as the first node that answers says.
+    fn primaries(&self, nodes: &[String]) -> Result<Vec<String>, StoreError> {
+        let mut last = None;
+        for node in nodes {
+            let listed = redis::Client::open(node.as_str())
+                .and_then(|c| c.get_connection_with_timeout(self.timeout))
+                .and_then(|mut c| redis::cmd("CLUSTER").arg("NODES").query::<String>(&mut c));
+            match listed {
+                Ok(text) => {
+                    return Ok(text
+                        .lines()
+                        .filter_map(|l| {
+                            let mut f = l.split_whitespace();
+                            let (_, addr, flags) = (f.next()?, f.next()?, f.next()?);
+                            let addr = addr.split('@').next()?;
+                            (flags.contains("master") && !flags.contains("fail"))
+                                .then(|| format!("redis://{addr}/"))
+                        })
+                        .collect())
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.map_or_else(|| StoreError::Redis("no Redis Cluster node".into()), err))
+    }
+}
+
+/// Deletes the keys matching `pattern` on one server, a batch at a time (`SCAN`, never a
+/// blocking `KEYS`); one key per command on a cluster node.
+fn clear_node(
+    conn: &mut redis::Connection,
+    pattern: &str,
+    one_by_one: bool,
+) -> Result<usize, StoreError> {
+    let (mut cursor, mut deleted) = (0u64, 0usize);
+    loop {
+        let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query(conn)
+            .map_err(err)?;
+        if !keys.is_empty() {
+            if one_by_one {
+                let mut pipe = redis::pipe();
+                for k in &keys {
+                    pipe.cmd("DEL").arg(k);
+                }
+                let counts: Vec<usize> = pipe.query(conn).map_err(err)?;
+                deleted += counts.iter().sum::<usize>();
+            } else {
+                deleted += redis::cmd("DEL")
+                    .arg(&keys)
+                    .query::<usize>(conn)
+                    .map_err(err)?;
+            }
+        }
+        if next == 0 {
+            return Ok(deleted);
+        }
+        cursor = next;
     }
 }
 
@@ -526,16 +702,25 @@ impl StateStore for RedisStore {
         if keys.is_empty() {
             return Ok(());
         }
-        let mut inv = self.label.prepare_invoke();
-        for k in keys {
-            inv.key(k);
+        // One call for all the keys; with a cluster, one per key (its own slot).
+        let groups: Vec<Vec<Vec<u8>>> = if self.cluster() {
+            keys.into_iter().map(|k| vec![k]).collect()
+        } else {
+            vec![keys]
+        };
+        for group in groups {
+            let mut inv = self.label.prepare_invoke();
+            for k in group {
+                inv.key(k);
+            }
+            inv.arg(&label.id.to_be_bytes()[..])
+                .arg(&be(label.ts)[..])
+                .arg(if label.is_fraud { "1" } else { "0" })
+                .arg(&be(label.known_at)[..])
+                .arg(ex.retention_us() / 1000);
+            self.with(|c| inv.invoke::<i64>(c))?;
         }
-        inv.arg(&label.id.to_be_bytes()[..])
-            .arg(&be(label.ts)[..])
-            .arg(if label.is_fraud { "1" } else { "0" })
-            .arg(&be(label.known_at)[..])
-            .arg(ex.retention_us() / 1000);
-        self.with(|c| inv.invoke::<i64>(c)).map(|_| ())
+        Ok(())
     }
 
     fn erase(&self, entity: Entity, key: &str) -> Result<bool, StoreError> {
@@ -546,6 +731,30 @@ impl StateStore for RedisStore {
 
     fn rename(&self, entity: Entity, from: &str, to: &str) -> Result<bool, StoreError> {
         let (a, b) = (self.key(entity, from), self.key(entity, to));
+        if self.cluster() {
+            // Two slots: copied (with its life) where nothing is yet, then removed.
+            let dumped: Option<Vec<u8>> = self.with(|c| redis::cmd("DUMP").arg(&a).query(c))?;
+            let Some(dump) = dumped else {
+                return Ok(false);
+            };
+            let ttl: i64 = self.with(|c| redis::cmd("PTTL").arg(&a).query(c))?;
+            let restored = self.with(|c| {
+                match redis::cmd("RESTORE")
+                    .arg(&b)
+                    .arg(ttl.max(0))
+                    .arg(&dump)
+                    .query::<String>(c)
+                {
+                    // The new token has state already: nothing moves, as with RENAMENX.
+                    Err(e) if e.code() == Some("BUSYKEY") => Ok(false),
+                    r => r.map(|_| true),
+                }
+            })?;
+            if restored {
+                self.with(|c| redis::cmd("DEL").arg(&a).query::<i64>(c))?;
+            }
+            return Ok(restored);
+        }
         // RENAMENX keeps the TTL; a missing source is "nothing to move", not a failure.
         let moved: i64 =
             self.with(

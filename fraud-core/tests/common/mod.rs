@@ -105,15 +105,21 @@ impl RedisServer {
     /// Starts the server and waits until it answers. Fails loudly when `redis-server` is
     /// missing: the test command installs it (Debian package `redis-server`).
     pub fn start() -> RedisServer {
-        let dir = tempfile::tempdir().unwrap();
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
+        Self::start_on(port, &[])
+    }
+
+    /// A server on `port` with `extra` arguments, once it answers.
+    pub fn start_on(port: u16, extra: &[&str]) -> RedisServer {
+        let dir = tempfile::tempdir().unwrap();
         let child = Command::new(redis_binary())
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(extra)
             .arg("--dir")
             .arg(dir.path())
             .stdout(Stdio::null())
@@ -142,6 +148,15 @@ impl RedisServer {
         }
     }
 
+    /// A command to this server alone.
+    pub fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> T {
+        let mut c = redis::Client::open(self.url())
+            .unwrap()
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .unwrap();
+        cmd.query(&mut c).unwrap()
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }
@@ -165,5 +180,71 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A Redis Cluster of three primaries of its own (each its own `redis-server`, the slots
+/// split in three, introduced to each other), once every node says the cluster is ok.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+/// A free port whose cluster bus port (+10,000) is free too.
+fn cluster_port() -> u16 {
+    loop {
+        let p = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let Some(bus) = p.checked_add(10_000) else {
+            continue;
+        };
+        if TcpListener::bind(("127.0.0.1", bus)).is_ok() {
+            return p;
+        }
+    }
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                RedisServer::start_on(
+                    cluster_port(),
+                    &["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"],
+                )
+            })
+            .collect();
+        for (n, (a, b)) in nodes.iter().zip([(0, 5460), (5461, 10922), (10923, 16383)]) {
+            let _: String = n.query(redis::cmd("CLUSTER").arg("ADDSLOTSRANGE").arg(a).arg(b));
+        }
+        for n in &nodes[1..] {
+            let _: String = nodes[0].query(
+                redis::cmd("CLUSTER")
+                    .arg("MEET")
+                    .arg("127.0.0.1")
+                    .arg(n.port),
+            );
+        }
+        let start = Instant::now();
+        loop {
+            let ready = nodes.iter().all(|n| {
+                let info: String = n.query(redis::cmd("CLUSTER").arg("INFO"));
+                info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3")
+            });
+            if ready {
+                return RedisCluster { nodes };
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "the Redis Cluster did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
     }
 }

@@ -151,6 +151,9 @@ pub struct StateConfig {
     pub backend: Backend,
     /// Redis URL for the `redis` backend.
     pub redis_url: Option<String>,
+    /// A Redis Cluster instead (`["redis://host:port", ...]`, some or all of its nodes):
+    /// entities spread over its slots, one script call per entity.
+    pub redis_cluster: Vec<String>,
     /// Redis command timeout in milliseconds.
     pub redis_timeout_ms: u64,
     /// Memory backend: milliseconds between snapshots of the state (restarts replay only
@@ -166,6 +169,7 @@ impl Default for StateConfig {
         StateConfig {
             backend: Backend::Memory,
             redis_url: None,
+            redis_cluster: Vec::new(),
             redis_timeout_ms: 50,
             on_unavailable: OnUnavailable::Refuse,
             snapshot_interval_ms: 300_000,
@@ -567,6 +571,14 @@ impl Config {
             "FRAUD_DECLINE_THRESHOLD" => self.thresholds.decline = num(key)?,
             "FRAUD_STATE_BACKEND" => self.state.backend = word(key, v)?,
             "FRAUD_REDIS_URL" => self.state.redis_url = Some(v.to_string()),
+            "FRAUD_REDIS_CLUSTER" => {
+                self.state.redis_cluster = v
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            }
             "FRAUD_STORE_URL" => self.store.url = Some(v.to_string()),
             "FRAUD_MAX_BODY_BYTES" => self.limits.max_body_bytes = int(key)?,
             "FRAUD_MAX_BATCH" => self.limits.max_batch = int(key)?,
@@ -607,8 +619,20 @@ impl Config {
             fraud_core::decision::PolicyError::Setting { setting, reason } => bad(setting, reason),
             other => bad("policy", other.to_string()),
         })?;
-        if self.state.backend == Backend::Redis && self.state.redis_url.is_none() {
-            return Err(bad("state.redis_url", "is required for the redis backend"));
+        if self.state.backend == Backend::Redis
+            && self.state.redis_url.is_none()
+            && self.state.redis_cluster.is_empty()
+        {
+            return Err(bad(
+                "state.redis_url",
+                "is required for the redis backend (or state.redis_cluster)",
+            ));
+        }
+        if self.state.redis_url.is_some() && !self.state.redis_cluster.is_empty() {
+            return Err(bad(
+                "state.redis_cluster",
+                "names a Redis Cluster: leave state.redis_url out (one or the other)",
+            ));
         }
         if let Some(r) = &self.retention {
             parse_period(r).map_err(|e| bad("retention", e))?;

@@ -249,15 +249,20 @@ fn replica_id(cfg: &Config) -> anyhow::Result<String> {
     Ok(id)
 }
 
-/// The Redis entity state of `cfg` (`[state] redis_url`), connected.
+/// The Redis entity state of `cfg` (`[state] redis_url` or `redis_cluster`), connected.
 pub fn redis_store(cfg: &Config) -> anyhow::Result<fraud_core::features::redis::RedisStore> {
+    let timeout = Duration::from_millis(cfg.state.redis_timeout_ms);
+    if !cfg.state.redis_cluster.is_empty() {
+        return fraud_core::features::redis::RedisStore::open_cluster(
+            &cfg.state.redis_cluster,
+            "fraud:",
+            timeout,
+        )
+        .context("config: state.redis_cluster");
+    }
     let url = cfg.state.redis_url.as_deref().unwrap_or_default();
-    fraud_core::features::redis::RedisStore::open(
-        url,
-        "fraud:",
-        Duration::from_millis(cfg.state.redis_timeout_ms),
-    )
-    .context("config: state.redis_url")
+    fraud_core::features::redis::RedisStore::open(url, "fraud:", timeout)
+        .context("config: state.redis_url")
 }
 
 /// Builds the service of `cfg` (everything but the listening socket).

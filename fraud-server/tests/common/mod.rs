@@ -527,6 +527,85 @@ pub fn redis_server(port: u16) -> Redis {
     )
 }
 
+/// `redis-cli -p port args...`: its output.
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli is not installed (it comes with redis-server)");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// A Redis Cluster of three primaries in `dir` (the slots split in three, the nodes
+/// introduced to each other), once every node says it is ok: the servers and their URLs.
+pub fn redis_cluster(dir: &Path) -> (Vec<Redis>, Vec<String>) {
+    let mut ports = Vec::new();
+    while ports.len() < 3 {
+        let p = free_port();
+        if p < 55_000
+            && !ports.contains(&p)
+            && std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok()
+        {
+            ports.push(p);
+        }
+    }
+    let nodes: Vec<Redis> = ports
+        .iter()
+        .map(|&port| {
+            let node_dir = dir.join(format!("redis-{port}"));
+            std::fs::create_dir_all(&node_dir).unwrap();
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"])
+                .arg("--dir")
+                .arg(&node_dir)
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server is not installed (the test command installs it)");
+            Redis(child)
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for &p in &ports {
+        while !redis_cli(p, &["PING"]).contains("PONG") {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on {p} did not answer"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    for (&p, (a, b)) in ports
+        .iter()
+        .zip([("0", "5460"), ("5461", "10922"), ("10923", "16383")])
+    {
+        redis_cli(p, &["CLUSTER", "ADDSLOTSRANGE", a, b]);
+    }
+    for &p in &ports[1..] {
+        redis_cli(ports[0], &["CLUSTER", "MEET", "127.0.0.1", &p.to_string()]);
+    }
+    for &p in &ports {
+        loop {
+            let info = redis_cli(p, &["CLUSTER", "INFO"]);
+            if info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the Redis Cluster did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let urls = ports
+        .iter()
+        .map(|p| format!("redis://127.0.0.1:{p}/"))
+        .collect();
+    (nodes, urls)
+}
+
 /// What replicas share, made in `dir`: a tokenization key file (one card, one token) and a
 /// keys file holding one key with every role. Returns the key and the config lines naming
 /// both files.
