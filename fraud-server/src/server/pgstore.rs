@@ -373,6 +373,25 @@ impl PgJournal {
             )
             .map_err(|e| io("vault", e))?,
         );
+        // The keys this chain's records name, read in bulk (not one query per key).
+        let mut refs: Vec<String> = opened
+            .iter()
+            .flat_map(|r| Vault::refs_in(&r.data))
+            .collect();
+        refs.sort_unstable();
+        refs.dedup();
+        for chunk in refs.chunks(10_000) {
+            let keys = writer
+                .query(
+                    "SELECT key_ref, entity, key FROM fraud_vault_keys WHERE key_ref = ANY($1)",
+                    &[&chunk],
+                )
+                .map_err(|e| io("vault", e))?
+                .iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2)))
+                .collect();
+            vault.preload(keys);
+        }
         for mut rec in opened {
             vault.reveal(&mut rec.data);
             visit(&rec);

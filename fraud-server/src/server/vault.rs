@@ -520,6 +520,36 @@ impl Vault {
         Some(k)
     }
 
+    /// The key refs a record's protected fields name (as written, before [`Vault::reveal`]).
+    pub fn refs_in(data: &Value) -> Vec<String> {
+        let mut refs = Vec::new();
+        for (_, _, fields) in FIELDS {
+            for f in *fields {
+                if let Some((r, _)) = at(data, f).and_then(envelope) {
+                    if !refs.iter().any(|x: &String| x == r) {
+                        refs.push(r.to_string());
+                    }
+                }
+            }
+        }
+        refs
+    }
+
+    /// Takes keys read from the shared store in bulk (key ref, entity hash, key text) into
+    /// the cache, for opening records; they are not made this process's keys for new records.
+    /// A key that cannot be opened is left out (its fields read as erased).
+    pub fn preload(&self, keys: Vec<(String, String, String)>) {
+        let opened: Vec<(Arc<EntityKey>, String)> = keys
+            .into_iter()
+            .filter_map(|(r, entity, text)| Some((self.key_from_text(&r, &text).ok()?, entity)))
+            .collect();
+        let mut g = self.lock();
+        for (k, entity) in opened {
+            g.entity_of.insert(k.key_ref.clone(), entity);
+            g.by_ref.insert(k.key_ref.clone(), k);
+        }
+    }
+
     /// Forgets a key another replica destroyed (its erasure): nothing here opens it again.
     pub fn evict(&self, key_ref: &str) {
         let mut g = self.lock();
@@ -850,6 +880,93 @@ mod tests {
                 "customer_id": "customer-one", "merchant_id": "merchant-one", "device_id": null},
             "response": {"card_mask": "411111******1111"},
         })
+    }
+
+    /// A shared store of keys in memory, standing in for PostgreSQL.
+    #[derive(Default)]
+    struct Keys(std::sync::Mutex<Vec<(String, String, String)>>);
+
+    impl RemoteKeys for Keys {
+        fn keep(&self, entity: &str, key_ref: &str, key: &str) -> Result<(), String> {
+            let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            g.push((key_ref.into(), entity.into(), key.into()));
+            Ok(())
+        }
+        fn refs_of_entity(&self, entity: &str) -> Result<Vec<String>, String> {
+            let g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            Ok(g.iter()
+                .filter(|k| k.1 == entity)
+                .map(|k| k.0.clone())
+                .collect())
+        }
+        fn key_by_ref(&self, key_ref: &str) -> Result<Option<(String, String)>, String> {
+            let g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            Ok(g.iter()
+                .find(|k| k.0 == key_ref)
+                .map(|k| (k.1.clone(), k.2.clone())))
+        }
+        fn destroy(&self, refs: &[String]) -> Result<usize, String> {
+            let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            let before = g.len();
+            g.retain(|k| !refs.contains(&k.0));
+            Ok(before - g.len())
+        }
+    }
+
+    #[test]
+    fn replicas_sharing_keys_read_each_others_records_and_an_erasure_reaches_all() {
+        let store = Arc::new(Keys::default());
+        let sealer = Some(Sealer::new(&[9u8; 32]).unwrap_or_else(|e| panic!("{e}")));
+        let open = || {
+            Vault::open_remote(store.clone(), "test", sealer.clone())
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let (a, b) = (open(), open());
+        let mut on_a = record();
+        a.protect(&mut on_a).unwrap_or_else(|e| panic!("{e}"));
+        let mut on_b = record();
+        on_b["transaction_id"] = json!("t2");
+        b.protect(&mut on_b).unwrap_or_else(|e| panic!("{e}"));
+        // Each replica made its own key for the customer; both are in the store.
+        assert_eq!(
+            a.key_refs("customer", "customer-one")
+                .unwrap_or_else(|e| panic!("{e}"))
+                .len(),
+            2
+        );
+        // A third process loads what a's record names in bulk, then reads it without the store.
+        let c = open();
+        let refs = Vault::refs_in(&on_a);
+        assert_eq!(refs.len(), 3, "card, customer, merchant: {refs:?}");
+        let keys = refs
+            .iter()
+            .filter_map(|r| {
+                let (entity, text) = store.key_by_ref(r).ok()??;
+                Some((r.clone(), entity, text))
+            })
+            .collect();
+        c.preload(keys);
+        let mut back = on_a.clone();
+        c.reveal(&mut back);
+        assert_eq!(back, record());
+        let mut back = on_b.clone();
+        a.reveal(&mut back);
+        assert_eq!(back["transaction"]["customer_id"], "customer-one");
+        // Erased on b: every key of the customer goes; a forgets its copy as it follows.
+        let all = b
+            .key_refs("customer", "customer-one")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(b.destroy(&all).ok(), Some(2));
+        for r in &all {
+            a.evict(r);
+            c.evict(r);
+        }
+        for (v, rec) in [(&a, &on_a), (&a, &on_b), (&c, &on_a)] {
+            let mut back = rec.clone();
+            v.reveal(&mut back);
+            assert_eq!(back["transaction"]["customer_id"], Value::Null);
+            assert_eq!(back["transaction"]["merchant_id"], "merchant-one");
+        }
     }
 
     #[test]
