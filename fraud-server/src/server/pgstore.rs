@@ -253,6 +253,12 @@ WITH have AS (
 )
 SELECT count(*) FROM ins";
 
+/// The refs of every key of an entity (all replicas').
+const KEY_REFS_OF_ENTITY: &str = "SELECT key_ref FROM fraud_vault_keys WHERE entity = $1";
+
+/// A key by its ref: its entity and key text.
+const KEY_BY_REF: &str = "SELECT entity, key FROM fraud_vault_keys WHERE key_ref = $1";
+
 /// Reader threads: queries from request threads run here.
 const READERS: usize = 4;
 
@@ -746,7 +752,7 @@ impl RemoteKeys for PgKeys {
         let entity = entity.to_string();
         self.shared
             .read(move |c| {
-                let st = c.stmt("SELECT key_ref FROM fraud_vault_keys WHERE entity = $1")?;
+                let st = c.stmt(KEY_REFS_OF_ENTITY)?;
                 Ok(c.client
                     .query(&st, &[&entity])?
                     .iter()
@@ -760,7 +766,7 @@ impl RemoteKeys for PgKeys {
         let key_ref = key_ref.to_string();
         self.shared
             .read(move |c| {
-                let st = c.stmt("SELECT entity, key FROM fraud_vault_keys WHERE key_ref = $1")?;
+                let st = c.stmt(KEY_BY_REF)?;
                 Ok(c.client
                     .query_opt(&st, &[&key_ref])?
                     .map(|r| (r.get(0), r.get(1))))
@@ -1431,10 +1437,7 @@ impl RemoteKeys for DirectKeys {
 
     fn refs_of_entity(&self, entity: &str) -> Result<Vec<String>, String> {
         Ok(self
-            .rows(
-                "SELECT key_ref FROM fraud_vault_keys WHERE entity = $1",
-                entity,
-            )?
+            .rows(KEY_REFS_OF_ENTITY, entity)?
             .iter()
             .map(|r| r.get(0))
             .collect())
@@ -1442,10 +1445,7 @@ impl RemoteKeys for DirectKeys {
 
     fn key_by_ref(&self, key_ref: &str) -> Result<Option<(String, String)>, String> {
         Ok(self
-            .rows(
-                "SELECT entity, key FROM fraud_vault_keys WHERE key_ref = $1",
-                key_ref,
-            )?
+            .rows(KEY_BY_REF, key_ref)?
             .first()
             .map(|r| (r.get(0), r.get(1))))
     }

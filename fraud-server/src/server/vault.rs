@@ -170,6 +170,30 @@ pub struct EntityFields<'a> {
     pub fields: Vec<(&'static str, &'a mut Option<String>)>,
 }
 
+/// A key from its stored text: base64, or `s:` and the key sealed with `sealer`.
+fn key_from_text(
+    key_ref: &str,
+    key: &str,
+    sealer: Option<&Sealer>,
+) -> Result<Arc<EntityKey>, String> {
+    let raw = match (key.strip_prefix("s:"), sealer) {
+        (Some(sealed), Some(s)) => s.open_text(sealed, key_ref.as_bytes())?,
+        (Some(_), None) => return Err("the keys are sealed: the encryption key is needed".into()),
+        (None, _) => b64()
+            .decode(key)
+            .map_err(|_| "the key is not base64".to_string())?,
+    };
+    let raw: [u8; 32] = raw
+        .try_into()
+        .map_err(|_| "the key is not 32 bytes".to_string())?;
+    Ok(Arc::new(EntityKey {
+        key_ref: key_ref.to_string(),
+        cipher: Sealer::new(&raw)?,
+        raw,
+        last_seq: AtomicU64::new(0),
+    }))
+}
+
 /// `plain`, the value at `path` of a record, sealed under `key`: `shred1:<ref>:<base64>`.
 fn sealed(key: &EntityKey, path: &str, plain: &str) -> Result<String, VaultError> {
     let bytes = key
@@ -291,24 +315,7 @@ impl Shared {
 
     /// A key from its stored text.
     fn key_from_text(&self, key_ref: &str, key: &str) -> Result<Arc<EntityKey>, String> {
-        let raw = match (key.strip_prefix("s:"), &self.sealer) {
-            (Some(sealed), Some(s)) => s.open_text(sealed, key_ref.as_bytes())?,
-            (Some(_), None) => {
-                return Err("the keys are sealed: the encryption key is needed".into())
-            }
-            (None, _) => b64()
-                .decode(key)
-                .map_err(|_| "the key is not base64".to_string())?,
-        };
-        let raw: [u8; 32] = raw
-            .try_into()
-            .map_err(|_| "the key is not 32 bytes".to_string())?;
-        Ok(Arc::new(EntityKey {
-            key_ref: key_ref.to_string(),
-            cipher: Sealer::new(&raw)?,
-            raw,
-            last_seq: AtomicU64::new(0),
-        }))
+        key_from_text(key_ref, key, self.sealer.as_ref())
     }
 
     /// A new random key (not stored anywhere yet).
@@ -412,28 +419,7 @@ impl Vault {
                 continue;
             }
             let (key_ref, entity, key) = (a, b, c);
-            let raw = match (key.strip_prefix("s:"), &sealer) {
-                (Some(sealed), Some(s)) => {
-                    s.open_text(sealed, key_ref.as_bytes()).map_err(damaged)?
-                }
-                (Some(_), None) => {
-                    return Err(damaged(
-                        "the keys are sealed: the encryption key is needed".into(),
-                    ))
-                }
-                (None, _) => b64()
-                    .decode(key)
-                    .map_err(|_| damaged("the key is not base64".into()))?,
-            };
-            let raw: [u8; 32] = raw
-                .try_into()
-                .map_err(|_| damaged("the key is not 32 bytes".into()))?;
-            let k = Arc::new(EntityKey {
-                key_ref: key_ref.to_string(),
-                cipher: Sealer::new(&raw).map_err(VaultError::Crypto)?,
-                raw,
-                last_seq: AtomicU64::new(0),
-            });
+            let k = key_from_text(key_ref, key, sealer.as_ref()).map_err(damaged)?;
             inner.by_ref.insert(k.key_ref.clone(), k.clone());
             if entity == "-" {
                 inner.free.push(k);
