@@ -89,15 +89,21 @@ fn tx_id(tx: &Transaction) -> u64 {
     ex.observe(tx).point.id
 }
 
-/// Online: transactions in time order through `store`, each label applied through feedback at
-/// the time it became known (before any transaction at or after that time).
-fn online(store: &dyn StateStore, ex: &Extractor, h: &[Transaction]) -> Vec<Vec<f64>> {
+/// The labelled transactions of `h` (index) in the order their labels became known.
+fn by_known_time(h: &[Transaction]) -> Vec<(i64, usize)> {
     let mut labels: Vec<(i64, usize)> = h
         .iter()
         .enumerate()
         .filter_map(|(i, t)| label_of(t).map(|l| (l.known_at, i)))
         .collect();
     labels.sort();
+    labels
+}
+
+/// Online: transactions in time order through `store`, each label applied through feedback at
+/// the time it became known (before any transaction at or after that time).
+fn online(store: &dyn StateStore, ex: &Extractor, h: &[Transaction]) -> Vec<Vec<f64>> {
+    let labels = by_known_time(h);
     let mut next = 0;
     let mut out = Vec::new();
     for tx in h {
@@ -375,6 +381,72 @@ fn redis_bounds_a_hot_entity_as_memory_does() {
 }
 
 #[test]
+fn redis_moves_a_few_bytes_per_transaction_of_a_hot_entity() {
+    // Two replicas alternate on one hot card (a card-testing attack, every tenth transaction
+    // fraud, its label through feedback on either replica): the features are the memory
+    // backend's bit for bit, and what a round trip reads stays a few hundred bytes while the
+    // card's state grows to tens of KiB (each replica keeps a copy and reads only the
+    // operations it has not seen).
+    let server = RedisServer::start();
+    let ex = spec();
+    let h = common::card_testing(4_000, 3600);
+    let mem = MemoryStore::new();
+    let a = redis_store(&server, "o1");
+    let b = RedisStore::open(&server.url(), "o1", Duration::from_secs(2)).unwrap();
+    let labels = by_known_time(&h);
+    let mut next = 0;
+    let mut read_at_half = 0;
+    for (i, tx) in h.iter().enumerate() {
+        while next < labels.len() && labels[next].0 <= tx.timestamp_us {
+            let src = &h[labels[next].1];
+            let l = label_of(src).unwrap();
+            mem.label(&ex, &ex.observe(src), &l).unwrap();
+            let via = if next % 2 == 0 { &a } else { &b };
+            via.label(&ex, &ex.observe(src), &l).unwrap();
+            next += 1;
+        }
+        if i == h.len() / 2 {
+            read_at_half = a.bytes_read() + b.bytes_read();
+        }
+        let tx = unlabelled(tx);
+        let want = mem.step(&ex, &tx).unwrap();
+        let replica = if i % 2 == 0 { &a } else { &b };
+        let got = replica.step(&ex, &tx).unwrap();
+        assert!(
+            same_bits(&want, &got),
+            "row {i}: memory {want:?} redis {got:?}"
+        );
+        // Now and then the other replica peeks at it (reads, records nothing).
+        if i % 97 == 0 {
+            let other = if i % 2 == 0 { &b } else { &a };
+            let (mut p1, mut p2) = (ex.empty_row(), ex.empty_row());
+            mem.peek(&ex, &ex.observe(&tx), &mut p1).unwrap();
+            other.peek(&ex, &ex.observe(&tx), &mut p2).unwrap();
+            assert!(same_bits(&p1, &p2), "peek after row {i}");
+        }
+    }
+    let half = (h.len() - h.len() / 2) as u64;
+    let per_tx = (a.bytes_read() + b.bytes_read() - read_at_half) / half;
+    let card = mem.entities(Entity::Card);
+    let state = card[0].1.heap_bytes();
+    eprintln!("hot card: {per_tx} bytes read a transaction, state {state} bytes");
+    assert!(state > 16 * 1024, "the hot card's state is {state} bytes");
+    assert!(
+        per_tx < 1024,
+        "{per_tx} bytes read a transaction of the hot card (its state: {state} bytes)"
+    );
+    for e in [Entity::Card, Entity::Terminal] {
+        for (k, s) in mem.entities(e) {
+            let r = b.get(e, &k).unwrap().expect("entity in redis");
+            assert_eq!(
+                r.normalized(ex.retention_us()),
+                s.normalized(ex.retention_us())
+            );
+        }
+    }
+}
+
+#[test]
 fn durable_store_recovers_every_acknowledged_event() {
     let ev: Vec<Ev> = (0..400)
         .map(|i| {
@@ -597,10 +669,35 @@ fn redis_erasure_and_bounded_timeouts() {
     for tx in &h {
         store.step(&ex, tx).unwrap();
     }
+    // A label for a terminal before any transaction of it, then its transactions.
+    let late: Vec<Ev> = (0..3)
+        .map(|i| (900 + i * 60, 700, 1, 2, 9, Some(30)))
+        .collect();
+    let late = history(&late);
+    let first = label_of(&late[0]).unwrap();
+    store.label(&ex, &ex.observe(&late[0]), &first).unwrap();
+    for tx in &late {
+        store.step(&ex, &unlabelled(tx)).unwrap();
+    }
+    // And a hot card, whose events and seen values outgrow its hash (into sorted sets).
+    for tx in common::card_testing(100, 600) {
+        store.step(&ex, &unlabelled(&tx)).unwrap();
+    }
+    // Every key of every entity (hash, events, seen values) expires: none outlives its
+    // entity's retention by more than half of it.
+    let keys: Vec<String> = server.query(redis::cmd("KEYS").arg("t:*"));
+    assert!(keys.iter().any(|k| k.contains(".e:")) && keys.iter().any(|k| k.contains(".s:")));
+    let limit = ex.retention_us() / 1000 * 3 / 2;
+    for k in &keys {
+        let ttl: i64 = server.query(redis::cmd("PTTL").arg(k));
+        assert!(ttl > 0 && ttl <= limit, "{k}: {ttl} ms");
+    }
     assert!(store.get(Entity::Customer, "c0").unwrap().is_some());
     assert!(store.erase(Entity::Customer, "c0").unwrap());
     assert!(store.get(Entity::Customer, "c0").unwrap().is_none());
     assert!(!store.erase(Entity::Customer, "c0").unwrap());
+    let left: Vec<String> = server.query(redis::cmd("KEYS").arg("t:customer*:c0"));
+    assert!(left.is_empty(), "{left:?}");
 
     // A server that stops answering: every call gives up within its timeout.
     server.signal("STOP");

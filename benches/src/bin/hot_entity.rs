@@ -4,7 +4,10 @@
 //! store's `step`, one transaction at a time). Prints the time per transaction of each and
 //! the hot / spread ratio, side by side in one run (the target: at most 2x).
 //!
-//!     cargo run --release -p fraud-benches --bin hot_entity [-- --transactions N] [--cards C]
+//! With `--redis URL`, the online step also runs through the Redis backend, two stores (two
+//! replicas) taking turns, and the bytes each round trip reads are printed beside the time.
+//!
+//!     cargo run --release -p fraud-benches --bin hot_entity [-- --transactions N] [--cards C] [--redis URL]
 
 use std::time::Instant;
 
@@ -43,6 +46,29 @@ fn measure(ex: &Extractor, txs: &[fraud_core::transaction::Transaction]) -> (f64
     (offline, online)
 }
 
+/// The online step through Redis, two stores taking turns (two replicas): seconds and bytes
+/// read per transaction.
+fn measure_redis(
+    ex: &Extractor,
+    txs: &[fraud_core::transaction::Transaction],
+    url: &str,
+) -> Result<(f64, f64), String> {
+    use fraud_core::features::redis::RedisStore;
+    let timeout = std::time::Duration::from_secs(5);
+    let a = RedisStore::open(url, "hot-entity-bench", timeout).map_err(|e| e.to_string())?;
+    a.clear().map_err(|e| e.to_string())?;
+    let b = RedisStore::open(url, "hot-entity-bench", timeout).map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    for (i, tx) in txs.iter().enumerate() {
+        let store = if i % 2 == 0 { &a } else { &b };
+        store.step(ex, tx).map_err(|e| e.to_string())?;
+    }
+    let per_tx = start.elapsed().as_secs_f64() / txs.len() as f64;
+    let bytes = (a.bytes_read() + b.bytes_read()) as f64 / txs.len() as f64;
+    a.clear().map_err(|e| e.to_string())?;
+    Ok((per_tx, bytes))
+}
+
 fn main() {
     let n = arg("--transactions", 20_000);
     let cards = arg("--cards", 20_000);
@@ -70,4 +96,27 @@ fn main() {
         spread_on * 1e6,
         hot_on / spread_on
     );
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(url) = args
+        .iter()
+        .position(|a| a == "--redis")
+        .and_then(|i| args.get(i + 1))
+    {
+        let run = |txs| {
+            measure_redis(&ex, txs, url).unwrap_or_else(|e| {
+                eprintln!("hot_entity: redis: {e}");
+                std::process::exit(1)
+            })
+        };
+        let (hot_r, hot_b) = run(&hot);
+        let (spread_r, spread_b) = run(&spread);
+        println!(
+            "redis (two replicas in turn): one card {:.2} us/tx {:.0} B read/tx, {cards} cards {:.2} us/tx {:.0} B read/tx, ratio {:.1}",
+            hot_r * 1e6,
+            hot_b,
+            spread_r * 1e6,
+            spread_b,
+            hot_r / spread_r
+        );
+    }
 }
