@@ -447,6 +447,78 @@ fn redis_moves_a_few_bytes_per_transaction_of_a_hot_entity() {
 }
 
 #[test]
+fn redis_follows_a_sentinel_failover() {
+    // A primary, its replica and a sentinel. Half a card-testing attack goes through the
+    // primary; it dies; the sentinel promotes the replica and the store finds it by itself:
+    // the rest of the attack gets the features the memory backend gives, every earlier
+    // transaction counted (they had reached the replica).
+    let primary = RedisServer::start();
+    let port = primary.port.to_string();
+    let replica = RedisServer::start_on(
+        common::free_port(),
+        &[
+            "--replicaof",
+            "127.0.0.1",
+            &port,
+            "--replica-priority",
+            "10",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let info: String = replica.query(redis::cmd("INFO").arg("replication"));
+        if info.contains("master_link_status:up") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the replica never synced");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sentinel = common::redis_sentinel(primary.port, "fraudprimary", 500, 1);
+    let store = RedisStore::open_sentinel(
+        &[sentinel.url()],
+        "fraudprimary",
+        None,
+        "sen",
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    store.clear().unwrap();
+    let ex = spec();
+    let h: Vec<Transaction> = common::card_testing(200, 600)
+        .iter()
+        .map(unlabelled)
+        .collect();
+    let mem = MemoryStore::new();
+    for (i, tx) in h[..100].iter().enumerate() {
+        let (want, got) = (mem.step(&ex, tx).unwrap(), store.step(&ex, tx).unwrap());
+        assert!(same_bits(&want, &got), "row {i}");
+    }
+    let acked: i64 = primary.query(redis::cmd("WAIT").arg(1).arg(10_000));
+    assert_eq!(acked, 1, "the replica did not acknowledge the writes");
+    drop(primary);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    for (i, tx) in h[100..].iter().enumerate() {
+        let want = mem.step(&ex, tx).unwrap();
+        let got = loop {
+            match store.step(&ex, tx) {
+                Ok(f) => break f,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "no failover: {e}");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        };
+        assert!(same_bits(&want, &got), "row {}", 100 + i);
+    }
+    let role: Vec<redis::Value> = replica.query(&redis::cmd("ROLE"));
+    assert!(
+        matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master"),
+        "{role:?}"
+    );
+    assert!(RedisStore::open_sentinel(&[], "x", None, "p", Duration::from_secs(1)).is_err());
+}
+
+#[test]
 fn durable_store_recovers_every_acknowledged_event() {
     let ev: Vec<Ev> = (0..400)
         .map(|i| {

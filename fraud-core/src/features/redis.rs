@@ -479,10 +479,20 @@ fn script(text: &str) -> redis::Script {
 /// (some 80 bytes each: 150 MB at 3,000 transactions a second).
 pub const MARKER_TTL_MS: u64 = 600_000;
 
-/// Where the state lives: one Redis server (a primary, with Sentinel for failover), or a
+/// Where the state lives: one Redis server, the primary that Redis Sentinel names, or a
 /// Redis Cluster (entities spread over its slots).
 enum Backend {
     Single(redis::Client),
+    /// A primary that Redis Sentinel names (and names again after a failover).
+    Sentinel {
+        sentinels: Vec<redis::Client>,
+        /// The name the sentinels monitor the primary by.
+        master: String,
+        /// Database, user and password of the primary (from a template URL).
+        redis: redis::RedisConnectionInfo,
+        /// The primary, as the sentinels last named it.
+        primary: Mutex<Option<redis::Client>>,
+    },
     Cluster {
         client: redis::cluster::ClusterClient,
         /// The nodes given, for commands that go to every primary (`clear`).
@@ -558,6 +568,8 @@ struct Known {
     copies: HashMap<Vec<u8>, Copy>,
     bytes: usize,
     tick: u64,
+    /// One more at every `clear`: copies taken out before are not put back.
+    epoch: u64,
 }
 
 impl Known {
@@ -589,6 +601,7 @@ impl Known {
     fn clear(&mut self) {
         self.copies.clear();
         self.bytes = 0;
+        self.epoch += 1;
     }
 }
 
@@ -615,6 +628,45 @@ impl RedisStore {
     pub fn open(url: &str, prefix: &str, timeout: Duration) -> Result<Self, StoreError> {
         let client = redis::Client::open(url).map_err(err)?;
         Self::with_backend(Backend::Single(client), prefix, timeout)
+    }
+
+    /// Connects to the primary that the Redis Sentinels `sentinels` (`redis://host:port`
+    /// each) monitor as `master`, and to the new one after a failover: a call that finds
+    /// its primary gone, or demoted to a replica, asks the sentinels again. The primary's
+    /// database, user and password come from `template` (a `redis://` URL whose address is
+    /// not used) when given. Every call, the sentinels' included, gives up after `timeout`.
+    pub fn open_sentinel(
+        sentinels: &[String],
+        master: &str,
+        template: Option<&str>,
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        if sentinels.is_empty() {
+            return Err(StoreError::Redis("no Redis Sentinel given".into()));
+        }
+        let sentinels = sentinels
+            .iter()
+            .map(|u| redis::Client::open(u.as_str()).map_err(err))
+            .collect::<Result<Vec<_>, _>>()?;
+        let redis = match template {
+            Some(t) => {
+                redis::IntoConnectionInfo::into_connection_info(t)
+                    .map_err(err)?
+                    .redis
+            }
+            None => redis::RedisConnectionInfo::default(),
+        };
+        Self::with_backend(
+            Backend::Sentinel {
+                sentinels,
+                master: master.to_string(),
+                redis,
+                primary: Mutex::new(None),
+            },
+            prefix,
+            timeout,
+        )
     }
 
     /// Connects to the Redis Cluster that `nodes` (`redis://host:port` each, some or all of
@@ -736,34 +788,54 @@ impl RedisStore {
             .pop();
         let fresh = || -> Result<Conn, StoreError> {
             match &self.backend {
-                Backend::Single(client) => {
-                    let c = client
-                        .get_connection_with_timeout(self.timeout)
-                        .map_err(err)?;
-                    c.set_read_timeout(Some(self.timeout)).map_err(err)?;
-                    c.set_write_timeout(Some(self.timeout)).map_err(err)?;
-                    Ok(Conn::Single(c))
+                Backend::Single(client) => Ok(Conn::Single(self.connect(client)?)),
+                Backend::Sentinel { .. } => {
+                    let client = self.primary()?;
+                    Ok(Conn::Single(self.connect(&client)?))
                 }
                 Backend::Cluster { client, .. } => Ok(Conn::Cluster(Box::new(
                     client.get_connection().map_err(err)?,
                 ))),
             }
         };
+        // The server went away, or is no longer the primary: the copies of entity states
+        // may be ahead of what the server now holds (writes lost in a crash or a failover),
+        // and the primary is asked for again.
+        let lost = |e: &redis::RedisError| {
+            let gone = e.is_connection_dropped()
+                || e.is_connection_refusal()
+                || e.is_io_error()
+                || e.code() == Some("READONLY")
+                || e.to_string().contains("READONLY");
+            if gone {
+                self.known().clear();
+                if let Backend::Sentinel { primary, .. } = &self.backend {
+                    *primary
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+                }
+            }
+            gone
+        };
+        let run = |c: &mut Conn| f(c.like()).map_err(|e| (lost(&e), e));
         let (conn, out) = match pooled {
-            Some(mut c) => match f(c.like()) {
-                // A pooled connection that Redis closed (a restart): the command never ran,
-                // so it is sent once more on a new connection.
-                Err(e) if e.is_connection_dropped() || e.is_connection_refusal() => {
+            Some(mut c) => match run(&mut c) {
+                // A pooled connection that Redis closed (a restart), or a primary demoted
+                // (a failover): the command never ran (the scripts fail at their first
+                // write), so it is sent once more on a new connection. (Not after a
+                // timeout: it may have run.)
+                Err((true, e)) if !e.is_timeout() => {
                     drop(c);
                     let mut c = fresh()?;
-                    let out = f(c.like()).map_err(err)?;
+                    let out = run(&mut c).map_err(|(_, e)| err(e))?;
                     (c, out)
                 }
-                r => (c, r.map_err(err)?),
+                Err((_, e)) => return Err(err(e)),
+                Ok(out) => (c, out),
             },
             None => {
                 let mut c = fresh()?;
-                let out = f(c.like()).map_err(err)?;
+                let out = run(&mut c).map_err(|(_, e)| err(e))?;
                 (c, out)
             }
         };
@@ -772,6 +844,77 @@ impl RedisStore {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(conn);
         Ok(out)
+    }
+
+    /// A connection to `client`, every call on it bounded by the timeout.
+    fn connect(&self, client: &redis::Client) -> Result<redis::Connection, StoreError> {
+        let c = client
+            .get_connection_with_timeout(self.timeout)
+            .map_err(err)?;
+        c.set_read_timeout(Some(self.timeout)).map_err(err)?;
+        c.set_write_timeout(Some(self.timeout)).map_err(err)?;
+        Ok(c)
+    }
+
+    /// With Sentinel: the primary, as the sentinels last named it, or as the first of them
+    /// that answers names it now (checked to say it is the primary: a sentinel may lag
+    /// behind a failover).
+    fn primary(&self) -> Result<redis::Client, StoreError> {
+        let Backend::Sentinel {
+            sentinels,
+            master,
+            redis: info,
+            primary,
+        } = &self.backend
+        else {
+            return Err(StoreError::Redis("not a Sentinel deployment".into()));
+        };
+        let mut known = primary
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = known.as_ref() {
+            return Ok(c.clone());
+        }
+        let mut last = format!("no sentinel named the primary `{master}`");
+        for s in sentinels {
+            let named = self.connect(s).and_then(|mut c| {
+                redis::cmd("SENTINEL")
+                    .arg("get-master-addr-by-name")
+                    .arg(master)
+                    .query::<Option<(String, u16)>>(&mut c)
+                    .map_err(err)
+            });
+            let (host, port) = match named {
+                Ok(Some(addr)) => addr,
+                Ok(None) => {
+                    last = format!("a sentinel does not know the primary `{master}`");
+                    continue;
+                }
+                Err(e) => {
+                    last = e.to_string();
+                    continue;
+                }
+            };
+            let client = redis::Client::open(redis::ConnectionInfo {
+                addr: redis::ConnectionAddr::Tcp(host.clone(), port),
+                redis: info.clone(),
+            })
+            .map_err(err)?;
+            let role = self.connect(&client).and_then(|mut c| {
+                redis::cmd("ROLE")
+                    .query::<Vec<redis::Value>>(&mut c)
+                    .map_err(err)
+            });
+            match role.as_deref() {
+                Ok([redis::Value::BulkString(r), ..]) if r == b"master" => {
+                    *known = Some(client.clone());
+                    return Ok(client);
+                }
+                Ok(_) => last = format!("{host}:{port}, named primary, is not one (yet)"),
+                Err(e) => last = format!("{host}:{port}, named primary: {e}"),
+            }
+        }
+        Err(StoreError::Redis(last))
     }
 
     fn known(&self) -> std::sync::MutexGuard<'_, Known> {
@@ -831,9 +974,10 @@ impl RedisStore {
             .collect();
         // This replica's copies of the entities, out of the shared map while the call runs
         // (a concurrent transaction of the same entity reads its whole state instead).
-        let mut copies: Vec<Option<Copy>> = {
+        let (mut copies, epoch): (Vec<Option<Copy>>, u64) = {
             let mut known = self.known();
-            keys.iter().map(|k| known.take(&k[0])).collect()
+            let copies = keys.iter().map(|k| known.take(&k[0])).collect();
+            (copies, known.epoch)
         };
         let nonce = self.nonce.fetch_add(1, Ordering::Relaxed).to_be_bytes();
         // One call for all the entities; with a cluster, one per entity (its own slot).
@@ -948,8 +1092,10 @@ impl RedisStore {
             }
         }
         let mut known = self.known();
-        for (i, c) in keep {
-            known.put(keys[i][0].clone(), c);
+        if known.epoch == epoch {
+            for (i, c) in keep {
+                known.put(keys[i][0].clone(), c);
+            }
         }
         Ok(())
     }
@@ -960,11 +1106,9 @@ impl RedisStore {
         self.known().clear();
         let pattern = format!("{}:*", self.prefix);
         match &self.backend {
-            Backend::Single(client) => {
-                let mut conn = client
-                    .get_connection_with_timeout(self.timeout)
-                    .map_err(err)?;
-                clear_node(&mut conn, &pattern, false)
+            Backend::Single(client) => clear_node(&mut self.connect(client)?, &pattern, false),
+            Backend::Sentinel { .. } => {
+                clear_node(&mut self.connect(&self.primary()?)?, &pattern, false)
             }
             Backend::Cluster { nodes, .. } => {
                 // Every primary, each scanned on its own (a key is deleted by itself: a

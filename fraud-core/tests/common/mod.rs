@@ -113,24 +113,30 @@ impl RedisServer {
         Self::start_on(port, &[])
     }
 
-    /// A server on `port` with `extra` arguments, once it answers.
-    pub fn start_on(port: u16, extra: &[&str]) -> RedisServer {
-        let dir = tempfile::tempdir().unwrap();
-        let child = Command::new(redis_binary())
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .args(extra)
-            .arg("--dir")
-            .arg(dir.path())
+    /// Runs `cmd` (a `redis-server` on `port`, its files in `dir`), quietly.
+    fn spawn(mut cmd: Command, port: u16, dir: tempfile::TempDir) -> RedisServer {
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server not found: install the Debian package redis-server (the test command does)");
-        let server = RedisServer {
+        RedisServer {
             child,
             port,
             _dir: dir,
-        };
+        }
+    }
+
+    /// A server on `port` with `extra` arguments, once it answers.
+    pub fn start_on(port: u16, extra: &[&str]) -> RedisServer {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(redis_binary());
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(extra)
+            .arg("--dir")
+            .arg(dir.path());
+        let server = RedisServer::spawn(cmd, port, dir);
         let start = Instant::now();
         loop {
             if let Ok(c) = redis::Client::open(server.url()) {
@@ -181,6 +187,61 @@ impl Drop for RedisServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A Redis Sentinel of its own on a free port, watching the primary on `primary_port` as
+/// `name` (quorum 1, down after `down_ms`), once it answers and knows `replicas` replicas
+/// of it (it can fail over only to a replica it knows).
+pub fn redis_sentinel(primary_port: u16, name: &str, down_ms: u64, replicas: usize) -> RedisServer {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "port {port}\nbind 127.0.0.1\ndir {}\n\
+             sentinel monitor {name} 127.0.0.1 {primary_port} 1\n\
+             sentinel down-after-milliseconds {name} {down_ms}\n\
+             sentinel failover-timeout {name} 10000\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(redis_binary());
+    cmd.arg(&conf).arg("--sentinel");
+    let server = RedisServer::spawn(cmd, port, dir);
+    let start = Instant::now();
+    loop {
+        let known = redis::Client::open(server.url())
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
+            .and_then(|mut c| {
+                redis::cmd("SENTINEL")
+                    .arg("replicas")
+                    .arg(name)
+                    .query::<Vec<redis::Value>>(&mut c)
+            });
+        if matches!(&known, Ok(r) if r.len() >= replicas) {
+            return server;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the sentinel did not come up knowing {replicas} replicas: {known:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A free local port.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A Redis Cluster of three primaries of its own (each its own `redis-server`, the slots

@@ -76,6 +76,15 @@ fn word<T: serde::de::DeserializeOwned>(key: &str, v: &str) -> Result<T, ConfigE
         .map_err(|e: serde::de::value::Error| bad(key, e.to_string()))
 }
 
+/// A comma-separated list from an environment variable (empty items dropped).
+fn list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 /// The review console (`/console/`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -154,6 +163,12 @@ pub struct StateConfig {
     /// A Redis Cluster instead (`["redis://host:port", ...]`, some or all of its nodes):
     /// entities spread over its slots, one script call per entity.
     pub redis_cluster: Vec<String>,
+    /// Redis Sentinel instead (`["redis://host:26379", ...]`): the primary they name as
+    /// `redis_sentinel_master`, and the new one after a failover. `redis_url`, when given
+    /// too, supplies only the primary's database, user and password.
+    pub redis_sentinel: Vec<String>,
+    /// The name the sentinels monitor the primary by (`sentinel monitor <name> ...`).
+    pub redis_sentinel_master: Option<String>,
     /// Redis command timeout in milliseconds.
     pub redis_timeout_ms: u64,
     /// Memory backend: milliseconds between snapshots of the state (restarts replay only
@@ -170,6 +185,8 @@ impl Default for StateConfig {
             backend: Backend::Memory,
             redis_url: None,
             redis_cluster: Vec::new(),
+            redis_sentinel: Vec::new(),
+            redis_sentinel_master: None,
             redis_timeout_ms: 50,
             on_unavailable: OnUnavailable::Refuse,
             snapshot_interval_ms: 300_000,
@@ -571,14 +588,9 @@ impl Config {
             "FRAUD_DECLINE_THRESHOLD" => self.thresholds.decline = num(key)?,
             "FRAUD_STATE_BACKEND" => self.state.backend = word(key, v)?,
             "FRAUD_REDIS_URL" => self.state.redis_url = Some(v.to_string()),
-            "FRAUD_REDIS_CLUSTER" => {
-                self.state.redis_cluster = v
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|n| !n.is_empty())
-                    .map(str::to_string)
-                    .collect()
-            }
+            "FRAUD_REDIS_CLUSTER" => self.state.redis_cluster = list(v),
+            "FRAUD_REDIS_SENTINEL" => self.state.redis_sentinel = list(v),
+            "FRAUD_REDIS_SENTINEL_MASTER" => self.state.redis_sentinel_master = Some(v.to_string()),
             "FRAUD_STORE_URL" => self.store.url = Some(v.to_string()),
             "FRAUD_MAX_BODY_BYTES" => self.limits.max_body_bytes = int(key)?,
             "FRAUD_MAX_BATCH" => self.limits.max_batch = int(key)?,
@@ -622,10 +634,11 @@ impl Config {
         if self.state.backend == Backend::Redis
             && self.state.redis_url.is_none()
             && self.state.redis_cluster.is_empty()
+            && self.state.redis_sentinel.is_empty()
         {
             return Err(bad(
                 "state.redis_url",
-                "is required for the redis backend (or state.redis_cluster)",
+                "is required for the redis backend (or state.redis_cluster, or state.redis_sentinel)",
             ));
         }
         if self.state.redis_url.is_some() && !self.state.redis_cluster.is_empty() {
@@ -633,6 +646,20 @@ impl Config {
                 "state.redis_cluster",
                 "names a Redis Cluster: leave state.redis_url out (one or the other)",
             ));
+        }
+        if !self.state.redis_sentinel.is_empty() {
+            if !self.state.redis_cluster.is_empty() {
+                return Err(bad(
+                    "state.redis_sentinel",
+                    "names sentinels: leave state.redis_cluster out (one or the other)",
+                ));
+            }
+            if self.state.redis_sentinel_master.is_none() {
+                return Err(bad(
+                    "state.redis_sentinel_master",
+                    "is required with state.redis_sentinel: the name the sentinels monitor the primary by",
+                ));
+            }
         }
         if let Some(r) = &self.retention {
             parse_period(r).map_err(|e| bad("retention", e))?;
@@ -897,5 +924,35 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("reasons"), "{e}");
+    }
+
+    #[test]
+    fn redis_sentinel_settings_are_checked() {
+        let c = load(
+            "[state]\nbackend = \"redis\"\n",
+            &[
+                ("FRAUD_REDIS_SENTINEL", "redis://a:26379, redis://b:26379"),
+                ("FRAUD_REDIS_SENTINEL_MASTER", "primary"),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            c.state.redis_sentinel,
+            vec!["redis://a:26379", "redis://b:26379"]
+        );
+        assert_eq!(c.state.redis_sentinel_master.as_deref(), Some("primary"));
+        for (file, says) in [
+            (
+                "[state]\nbackend = \"redis\"\nredis_sentinel = [\"redis://a:26379\"]\n",
+                "state.redis_sentinel_master",
+            ),
+            (
+                "[state]\nbackend = \"redis\"\nredis_sentinel = [\"redis://a:26379\"]\nredis_sentinel_master = \"m\"\nredis_cluster = [\"redis://c:6379\"]\n",
+                "state.redis_sentinel",
+            ),
+        ] {
+            let e = load(file, &[]).map(|_| ()).unwrap_err().to_string();
+            assert!(e.contains(says), "{file}: {e}");
+        }
     }
 }

@@ -249,7 +249,8 @@ fn replica_id(cfg: &Config) -> anyhow::Result<String> {
     Ok(id)
 }
 
-/// The Redis entity state of `cfg` (`[state] redis_url` or `redis_cluster`), connected.
+/// The Redis entity state of `cfg` (`[state] redis_url`, `redis_sentinel` or
+/// `redis_cluster`), connected.
 pub fn redis_store(cfg: &Config) -> anyhow::Result<fraud_core::features::redis::RedisStore> {
     let timeout = Duration::from_millis(cfg.state.redis_timeout_ms);
     if !cfg.state.redis_cluster.is_empty() {
@@ -259,6 +260,19 @@ pub fn redis_store(cfg: &Config) -> anyhow::Result<fraud_core::features::redis::
             timeout,
         )
         .context("config: state.redis_cluster");
+    }
+    if !cfg.state.redis_sentinel.is_empty() {
+        return fraud_core::features::redis::RedisStore::open_sentinel(
+            &cfg.state.redis_sentinel,
+            cfg.state
+                .redis_sentinel_master
+                .as_deref()
+                .unwrap_or_default(),
+            cfg.state.redis_url.as_deref(),
+            "fraud:",
+            timeout,
+        )
+        .context("config: state.redis_sentinel");
     }
     let url = cfg.state.redis_url.as_deref().unwrap_or_default();
     fraud_core::features::redis::RedisStore::open(url, "fraud:", timeout)
