@@ -279,6 +279,63 @@ pub struct Policy {
     rules: Vec<Rule>,
     allow: ListSet,
     block: ListSet,
+    /// What the rules' variables are made from.
+    #[cfg(feature = "rules")]
+    cel: CelSetup,
+}
+
+/// Built once per policy: CEL's standard environment (building it costs far more than
+/// running a rule) and the features the rules name (`None`: all of them).
+#[cfg(feature = "rules")]
+#[derive(Clone)]
+struct CelSetup {
+    env: Arc<cel::Env>,
+    features: Option<Vec<usize>>,
+}
+
+#[cfg(feature = "rules")]
+impl Default for CelSetup {
+    fn default() -> Self {
+        CelSetup {
+            env: Arc::new(cel::Env::stdlib()),
+            features: Some(Vec::new()),
+        }
+    }
+}
+
+/// The features the rules name as `features.<name>` (indices into `names`), or `None` when a
+/// rule uses `features` any other way (then every feature is given to the rules).
+#[cfg(feature = "rules")]
+fn named_features(rules: &[RuleConfig], names: &[String]) -> Option<Vec<usize>> {
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut used = Vec::new();
+    for r in rules {
+        let text = r.when.as_str();
+        let mut from = 0;
+        while let Some(at) = text[from..].find("features").map(|i| from + i) {
+            from = at + "features".len();
+            if text[..at].chars().next_back().is_some_and(word) {
+                continue;
+            }
+            let rest = text[from..].trim_start();
+            let name: String = match rest.strip_prefix('.') {
+                Some(after) => after
+                    .trim_start()
+                    .chars()
+                    .take_while(|&c| word(c))
+                    .collect(),
+                None if rest.chars().next().is_some_and(word) => continue,
+                None => return None,
+            };
+            match names.iter().position(|n| *n == name) {
+                Some(i) if !used.contains(&i) => used.push(i),
+                Some(_) => {}
+                // Unknown: the rule's check names it (the map lacks it either way).
+                None => {}
+            }
+        }
+    }
+    Some(used)
 }
 
 impl std::fmt::Debug for Policy {
@@ -301,6 +358,8 @@ impl Default for Policy {
             rules: Vec::new(),
             allow: ListSet::default(),
             block: ListSet::default(),
+            #[cfg(feature = "rules")]
+            cel: CelSetup::default(),
         }
     }
 }
@@ -308,39 +367,55 @@ impl Default for Policy {
 /// The CEL variables of one transaction.
 #[cfg(feature = "rules")]
 fn cel_context(
+    setup: &CelSetup,
     tx: &Transaction,
     names: &[String],
     features: &[f64],
     score: f64,
 ) -> Result<cel::Context<'static, 'static>, String> {
-    let mut ctx = cel::Context::default();
-    let mut f = HashMap::with_capacity(names.len());
-    for (n, v) in names.iter().zip(features) {
-        // Missing features are NaN; CEL sees them as NaN too (every comparison false).
-        f.insert(n.clone(), *v);
+    let mut ctx = cel::Context::with_env(Arc::clone(&setup.env));
+    let mut f = HashMap::with_capacity(setup.features.as_ref().map_or(names.len(), Vec::len));
+    // Missing features are NaN; CEL sees them as NaN too (every comparison false).
+    match &setup.features {
+        Some(used) => {
+            for &i in used {
+                if let (Some(n), Some(v)) = (names.get(i), features.get(i)) {
+                    f.insert(n.clone(), *v);
+                }
+            }
+        }
+        None => {
+            for (n, v) in names.iter().zip(features) {
+                f.insert(n.clone(), *v);
+            }
+        }
     }
     let channel = tx
         .channel
         .and_then(|c| serde_json::to_value(c).ok())
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default();
-    let t = serde_json::json!({
-        "transaction_id": tx.transaction_id,
-        "amount": tx.amount.as_f64(),
-        "currency": tx.currency,
-        "card_token": tx.card.token,
-        "customer_id": tx.customer_id.clone().unwrap_or_default(),
-        "merchant_id": tx.merchant_id.clone().unwrap_or_default(),
-        "mcc": tx.mcc.map(i64::from).unwrap_or(-1),
-        "terminal_id": tx.terminal_id.clone().unwrap_or_default(),
-        "channel": channel,
-        "card_country": tx.card_country.clone().unwrap_or_default(),
-        "merchant_country": tx.merchant_country.clone().unwrap_or_default(),
-        "ip_country": tx.ip_country.clone().unwrap_or_default(),
-        "device_id": tx.device_id.clone().unwrap_or_default(),
-    });
+    let text = |v: &Option<String>| cel::Value::from(v.clone().unwrap_or_default());
+    let t: HashMap<&str, cel::Value> = HashMap::from([
+        (
+            "transaction_id",
+            cel::Value::from(tx.transaction_id.clone()),
+        ),
+        ("amount", cel::Value::Float(tx.amount.as_f64())),
+        ("currency", cel::Value::from(tx.currency.clone())),
+        ("card_token", cel::Value::from(tx.card.token.clone())),
+        ("customer_id", text(&tx.customer_id)),
+        ("merchant_id", text(&tx.merchant_id)),
+        ("mcc", cel::Value::Int(tx.mcc.map(i64::from).unwrap_or(-1))),
+        ("terminal_id", text(&tx.terminal_id)),
+        ("channel", cel::Value::from(channel)),
+        ("card_country", text(&tx.card_country)),
+        ("merchant_country", text(&tx.merchant_country)),
+        ("ip_country", text(&tx.ip_country)),
+        ("device_id", text(&tx.device_id)),
+    ]);
     ctx.add_variable("features", f).map_err(|e| e.to_string())?;
-    ctx.add_variable("tx", t).map_err(|e| e.to_string())?;
+    ctx.add_variable_from_value("tx", t);
     ctx.add_variable("score", score)
         .map_err(|e| e.to_string())?;
     Ok(ctx)
@@ -363,7 +438,11 @@ fn sample_transaction() -> Result<Transaction, String> {
 
 /// Compiles and checks each rule of `cfg` on a sample transaction.
 #[cfg(feature = "rules")]
-fn compile_rules(cfg: &PolicyConfig, feature_names: &[String]) -> Result<Vec<Rule>, PolicyError> {
+fn compile_rules(
+    cfg: &PolicyConfig,
+    feature_names: &[String],
+    setup: &CelSetup,
+) -> Result<Vec<Rule>, PolicyError> {
     let mut rules = Vec::with_capacity(cfg.rules.len());
     let sample = sample_transaction().map_err(|reason| PolicyError::Setting {
         setting: "rules".into(),
@@ -378,7 +457,7 @@ fn compile_rules(cfg: &PolicyConfig, feature_names: &[String]) -> Result<Vec<Rul
         };
         let program = cel::Program::compile(&r.when)
             .map_err(|e| fail(format!("`when` does not parse: {e}")))?;
-        let ctx = cel_context(&sample, feature_names, &zeros, 0.5).map_err(fail)?;
+        let ctx = cel_context(setup, &sample, feature_names, &zeros, 0.5).map_err(fail)?;
         match program.execute(&ctx) {
             Ok(cel::Value::Bool(_)) => {}
             Ok(other) => {
@@ -403,7 +482,7 @@ fn compile_rules(cfg: &PolicyConfig, feature_names: &[String]) -> Result<Vec<Rul
 
 /// Without CEL, a policy with rules is refused, naming the first.
 #[cfg(not(feature = "rules"))]
-fn compile_rules(cfg: &PolicyConfig, _: &[String]) -> Result<Vec<Rule>, PolicyError> {
+fn compile_rules(cfg: &PolicyConfig, _: &[String], _: &()) -> Result<Vec<Rule>, PolicyError> {
     match cfg.rules.first() {
         Some(r) => Err(PolicyError::Rule {
             index: 0,
@@ -419,18 +498,32 @@ impl Policy {
     /// parse, names an unknown feature or does not yield a boolean is refused, naming it.
     pub fn new(cfg: &PolicyConfig, feature_names: &[String]) -> Result<Self, PolicyError> {
         cfg.check()?;
-        let rules = compile_rules(cfg, feature_names)?;
+        #[cfg(feature = "rules")]
+        let setup = CelSetup {
+            env: Arc::new(cel::Env::stdlib()),
+            features: named_features(&cfg.rules, feature_names),
+        };
+        #[cfg(not(feature = "rules"))]
+        let setup = ();
+        let rules = compile_rules(cfg, feature_names, &setup)?;
         Ok(Policy {
             thresholds: cfg.thresholds.clone(),
             rules,
             allow: ListSet::new(&cfg.lists.allow),
             block: ListSet::new(&cfg.lists.block),
+            #[cfg(feature = "rules")]
+            cel: setup,
         })
     }
 
     /// The policy of a TOML text's `[thresholds]`, `[[rules]]` and `[lists]` sections.
     pub fn from_toml(text: &str, feature_names: &[String]) -> Result<Self, PolicyError> {
         Policy::new(&PolicyConfig::from_toml(text)?, feature_names)
+    }
+
+    /// The rules' names, in order.
+    pub fn rule_names(&self) -> Vec<String> {
+        self.rules.iter().map(|r| r.name.clone()).collect()
     }
 
     /// The thresholds.
@@ -472,7 +565,8 @@ impl Policy {
         } else if !self.rules.is_empty() {
             #[cfg(feature = "rules")]
             {
-                let ctx = cel_context(tx, names, features, score).map_err(DecisionError::Rules)?;
+                let ctx = cel_context(&self.cel, tx, names, features, score)
+                    .map_err(DecisionError::Rules)?;
                 let mut approve_rule = false;
                 let mut strictest = None::<Decision>;
                 for r in &self.rules {
@@ -597,6 +691,26 @@ impl ScoringModel {
                     .unwrap_or(f64::NAN),
             })
             .collect()
+    }
+
+    /// Scores many feature rows (`flat`: row after row, `width` features each, as
+    /// [`crate::features::replay_flat`] gives them) in parallel on the current rayon pool:
+    /// the same scores as [`ScoringModel::judge`], without the reasons.
+    pub fn scores(&self, flat: &[f64], width: usize) -> Result<Vec<f64>, DecisionError> {
+        let n = flat.len().checked_div(width).unwrap_or(0);
+        let cols = self.columns.len();
+        let mut rows = vec![0.0; n * cols];
+        if cols > 0 {
+            use rayon::prelude::*;
+            rows.par_chunks_mut(cols)
+                .zip(flat.par_chunks(width.max(1)))
+                .for_each(|(out, features)| out.copy_from_slice(&self.row(features)));
+        }
+        let mut out = vec![0.0; n];
+        self.compiled
+            .predict_proba_batch(&rows, &mut out)
+            .map_err(|e| DecisionError::Model(format!("model: {e}")))?;
+        Ok(out)
     }
 
     /// Scores a feature row, with its `k` largest TreeSHAP contributions as reasons.
@@ -944,6 +1058,45 @@ pub fn score_lines(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(feature = "rules")]
+    #[test]
+    fn rules_get_only_the_features_they_name() {
+        let names: Vec<String> = ["a", "b_1", "c"].iter().map(|s| s.to_string()).collect();
+        let rule = |when: &str| RuleConfig {
+            name: "r".into(),
+            when: when.into(),
+            action: Decision::Review,
+        };
+        let got = |whens: &[&str]| {
+            named_features(&whens.iter().map(|w| rule(w)).collect::<Vec<_>>(), &names)
+        };
+        assert_eq!(
+            got(&["features.b_1 > 1.0 && features . a < 2.0"]),
+            Some(vec![1, 0])
+        );
+        assert_eq!(
+            got(&["tx.amount > 1.0", "myfeatures.c > 0.0"]),
+            Some(vec![])
+        );
+        // Used otherwise: every feature.
+        assert_eq!(got(&["features['c'] > 1.0"]), None);
+        assert_eq!(got(&["size(features) > 1"]), None);
+        // And the rule sees the value (and NaN for a missing one).
+        let cfg = PolicyConfig {
+            rules: vec![rule("features.c > 1.0")],
+            ..PolicyConfig::default()
+        };
+        let p = Policy::new(&cfg, &names).unwrap_or_else(|e| panic!("{e}"));
+        let tx = sample_transaction().unwrap_or_else(|e| panic!("{e}"));
+        let fired = |c: f64| {
+            p.decide(&tx, &names, &[0.0, 0.0, c], 0.0)
+                .map(|(_, f)| f)
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        assert_eq!(fired(2.0), vec!["r".to_string()]);
+        assert!(fired(0.5).is_empty() && fired(f64::NAN).is_empty());
+    }
 
     fn policy(when: &str) -> Result<Policy, PolicyError> {
         let cfg = PolicyConfig {

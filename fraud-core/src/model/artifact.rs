@@ -334,6 +334,15 @@ impl Artifact {
         Self::from_bytes(&bytes)
     }
 
+    /// The feature spec the model was trained on (stored with it), or the default spec for
+    /// a model stored without one: what the service computes for it.
+    pub fn feature_spec(&self) -> crate::features::FeatureSpec {
+        self.metadata
+            .feature_spec
+            .clone()
+            .unwrap_or_else(crate::features::FeatureSpec::default_spec)
+    }
+
     /// Hex SHA-256 of the encoded artifact: a stable identity for the model version.
     pub fn fingerprint(&self) -> Result<String, ArtifactError> {
         let bytes = self.to_bytes()?;

@@ -23,6 +23,18 @@ pub struct Args {
     /// Feature spec (TOML); the default spec when absent.
     #[arg(long)]
     spec: Option<PathBuf>,
+    #[command(flatten)]
+    history: HistoryInput,
+    /// Input columns copied into the output after `transaction_id` (comma-separated), e.g.
+    /// `timestamp,card_token,is_fraud,fraud_scenario` to train and evaluate on the result.
+    #[arg(long, value_delimiter = ',')]
+    keep: Vec<String>,
+}
+
+/// How a history file is read: labels, tokenization key, time zone, amounts, card stand-in
+/// (shared by `fraud features` and `fraud backtest`).
+#[derive(Debug, clap::Args)]
+pub(crate) struct HistoryInput {
     /// Fraud labels (CSV, Parquet or Arrow: `transaction_id`, `is_fraud` 0/1, optional `reported_at` RFC 3339,
     /// when the label became known; the transaction's time when empty). When given, these are
     /// the only labels; otherwise the history's own `is_fraud` / `fraud_reported_at` columns
@@ -34,10 +46,6 @@ pub struct Args {
     /// used: tokens are never written, only compared, so features do not depend on it.
     #[arg(long)]
     key_file: Option<PathBuf>,
-    /// Input columns copied into the output after `transaction_id` (comma-separated), e.g.
-    /// `timestamp,card_token,is_fraud,fraud_scenario` to train and evaluate on the result.
-    #[arg(long, value_delimiter = ',')]
-    keep: Vec<String>,
     /// Read timestamps without an offset (`2018-04-01 00:00:31`) at this one: `UTC` or
     /// `+HH:MM` / `-HH:MM`. Without it they are refused.
     #[arg(long)]
@@ -51,6 +59,73 @@ pub struct Args {
     /// `card_token` (e.g. `customer_id`); tokenized as card numbers are.
     #[arg(long)]
     card_from: Option<String>,
+}
+
+impl HistoryInput {
+    /// The transactions of `input`, with the labels chosen (notes on standard error what was
+    /// rounded, ignored or unmatched).
+    pub(crate) fn read(
+        &self,
+        input: &std::path::Path,
+    ) -> anyhow::Result<Vec<fraud_core::transaction::Transaction>> {
+        let tk = super::tokenizer(self.key_file.as_deref())?;
+        let opts = fraud_core::transaction::HistoryOptions {
+            naive_offset_s: self.tz.as_deref().map(parse_offset).transpose()?,
+            round_amounts: self.round_amounts,
+            card_from: self.card_from.clone(),
+        };
+        let read = super::read_history(input, &tk, &opts)?;
+        if read.rounded_amounts > 0 {
+            eprintln!(
+                "note: {} amounts rounded to their currency's minor unit (--round-amounts)",
+                read.rounded_amounts
+            );
+        }
+        if !read.ignored_columns.is_empty() {
+            eprintln!(
+                "note: columns not used as transaction fields: {}",
+                read.ignored_columns.join(", ")
+            );
+        }
+        let mut history = read.transactions;
+        if let Some(path) = &self.labels {
+            apply_labels(&mut history, path, input)?;
+        }
+        Ok(history)
+    }
+}
+
+/// Replaces the labels of `history` (read from `input`) with those of the file `path`: a
+/// transaction it does not name has none. Notes how many of its labels name no transaction.
+fn apply_labels(
+    history: &mut [fraud_core::transaction::Transaction],
+    path: &std::path::Path,
+    input: &std::path::Path,
+) -> anyhow::Result<()> {
+    let labels = read_labels(path)?;
+    let mut used = 0usize;
+    for tx in history {
+        match labels.get(&tx.transaction_id) {
+            Some(&(fraud, at)) => {
+                used += 1;
+                tx.is_fraud = Some(fraud);
+                tx.fraud_reported_at_us = at;
+            }
+            None => {
+                tx.is_fraud = None;
+                tx.fraud_reported_at_us = None;
+            }
+        }
+    }
+    if used < labels.len() {
+        eprintln!(
+            "note: {} of {} labels name no transaction of {}",
+            labels.len() - used,
+            labels.len(),
+            input.display()
+        );
+    }
+    Ok(())
 }
 
 /// `UTC`, `Z` or `+HH:MM` / `-HH:MM` as seconds east of UTC.
@@ -81,51 +156,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         None => FeatureSpec::default_spec(),
     };
     let extractor = Extractor::new(spec)?;
-    let tk = super::tokenizer(a.key_file.as_deref())?;
-    let opts = fraud_core::transaction::HistoryOptions {
-        naive_offset_s: a.tz.as_deref().map(parse_offset).transpose()?,
-        round_amounts: a.round_amounts,
-        card_from: a.card_from.clone(),
-    };
-    let read = super::read_history(&a.input, &tk, &opts)?;
-    if read.rounded_amounts > 0 {
-        eprintln!(
-            "note: {} amounts rounded to their currency's minor unit (--round-amounts)",
-            read.rounded_amounts
-        );
-    }
-    if !read.ignored_columns.is_empty() {
-        eprintln!(
-            "note: columns not used as transaction fields: {}",
-            read.ignored_columns.join(", ")
-        );
-    }
-    let mut history = read.transactions;
-    if let Some(path) = &a.labels {
-        let labels = read_labels(path)?;
-        let mut used = 0usize;
-        for tx in &mut history {
-            match labels.get(&tx.transaction_id) {
-                Some(&(fraud, at)) => {
-                    used += 1;
-                    tx.is_fraud = Some(fraud);
-                    tx.fraud_reported_at_us = at;
-                }
-                None => {
-                    tx.is_fraud = None;
-                    tx.fraud_reported_at_us = None;
-                }
-            }
-        }
-        if used < labels.len() {
-            eprintln!(
-                "note: {} of {} labels name no transaction of {}",
-                labels.len() - used,
-                labels.len(),
-                a.input.display()
-            );
-        }
-    }
+    let history = a.history.read(&a.input)?;
     let m = extractor.names().len();
     let flat = replay_flat(&extractor, &history);
     let kept = kept_columns(&a.input, &a.keep)?;
@@ -210,7 +241,7 @@ fn kept_columns(path: &std::path::Path, keep: &[String]) -> anyhow::Result<Vec<V
     super::read_text(path, keep).context("--keep")
 }
 
-fn csv_field(s: &str) -> String {
+pub(crate) fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {

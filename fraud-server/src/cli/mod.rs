@@ -1,6 +1,7 @@
 //! Subcommands of the `fraud` tool.
 
 mod audit;
+mod backtest;
 mod bench;
 #[cfg(feature = "simulator")]
 mod convert;
@@ -50,6 +51,9 @@ enum Command {
     Evaluate(evaluate::Args),
     /// Compute, offline, the features of every transaction of a history (point in time).
     Features(features::Args),
+    /// Replay a history through a model and a policy: the decisions, what they catch, per
+    /// rule and per day, against a baseline.
+    Backtest(backtest::Args),
     /// Generate synthetic card transactions with labelled fraud scenarios.
     #[cfg(feature = "simulator")]
     Generate(generate::Args),
@@ -106,6 +110,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(a) => train::run(a),
         Command::Evaluate(a) => evaluate::run(a),
         Command::Features(a) => features::run(a),
+        Command::Backtest(a) => backtest::run(a),
         #[cfg(feature = "simulator")]
         Command::Generate(a) => generate::run(a),
         #[cfg(feature = "simulator")]

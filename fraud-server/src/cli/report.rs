@@ -68,6 +68,17 @@ fn line_chart(
     axes: (&str, &str),
     series: &[Series<'_>],
 ) -> anyhow::Result<()> {
+    xy_chart(path, title, axes, (1.0, 1.0001), series)
+}
+
+/// Lines over `0..x_max` and `0..y_max`.
+fn xy_chart(
+    path: &Path,
+    title: &str,
+    axes: (&str, &str),
+    (x_max, y_max): (f64, f64),
+    series: &[Series<'_>],
+) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err)?;
     let mut chart = ChartBuilder::on(&root)
@@ -75,7 +86,7 @@ fn line_chart(
         .margin(16)
         .x_label_area_size(44)
         .y_label_area_size(54)
-        .build_cartesian_2d(0f64..1f64, 0f64..1.0001f64)
+        .build_cartesian_2d(0f64..x_max.max(1e-9), 0f64..y_max.max(1e-9))
         .map_err(plot_err)?;
     chart
         .configure_mesh()
@@ -206,13 +217,18 @@ fn importance(artifact: &fraud_core::model::Artifact) -> (String, Vec<(String, f
 }
 
 fn importance_chart(path: &Path, what: &str, rows: &[(String, f64)]) -> anyhow::Result<()> {
+    bar_chart(path, &format!("Feature importance ({what})"), what, rows)
+}
+
+/// Horizontal bars, largest first as given.
+fn bar_chart(path: &Path, title: &str, what: &str, rows: &[(String, f64)]) -> anyhow::Result<()> {
     let height = 120 + 24 * rows.len().max(1) as u32;
     let root = SVGBackend::new(path, (SIZE.0, height)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err)?;
     let max = rows.iter().map(|r| r.1).fold(0.0, f64::max).max(1e-12);
     let n = rows.len().max(1);
     let mut chart = ChartBuilder::on(&root)
-        .caption(format!("Feature importance ({what})"), ("sans-serif", 22))
+        .caption(title, ("sans-serif", 22))
         .margin(16)
         .x_label_area_size(40)
         .y_label_area_size(260)
@@ -418,4 +434,73 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         "wrote summary.md, evaluation.json, roc.svg, precision_recall.svg, scores.svg and importance.svg to {}\n",
         a.output.display()
     ))
+}
+
+/// The charts of `fraud backtest --report`: decisions per day, the threshold sweep and the
+/// rule overlap, as SVG files in `dir`.
+pub fn backtest_charts(dir: &Path, s: &fraud_core::backtest::Summary) -> anyhow::Result<()> {
+    let per_day = |f: &dyn Fn(&fraud_core::backtest::Day) -> u64| -> Curve {
+        s.days
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (i as f64, f(d) as f64))
+            .collect()
+    };
+    let review = per_day(&|d| d.decisions.review);
+    let decline = per_day(&|d| d.decisions.decline);
+    let fraud = per_day(&|d| d.fraud);
+    let top = [&review, &decline, &fraud]
+        .iter()
+        .flat_map(|c| c.iter().map(|p| p.1))
+        .fold(1.0, f64::max);
+    xy_chart(
+        &dir.join("decisions_per_day.svg"),
+        "Decisions per day",
+        ("day", "transactions"),
+        ((s.days.len().max(2) - 1) as f64, top * 1.05),
+        &[
+            ("review", &review, RGBColor(230, 160, 40)),
+            ("decline", &decline, RGBColor(200, 50, 50)),
+            ("labelled fraud", &fraud, RGBColor(70, 110, 180)),
+        ],
+    )?;
+    let recall: Curve = s
+        .threshold_sweep
+        .iter()
+        .map(|p| (p.threshold, p.recall))
+        .collect();
+    let fpr: Curve = s
+        .threshold_sweep
+        .iter()
+        .map(|p| (p.threshold, p.false_positives_per_1000_legit / 1000.0))
+        .collect();
+    line_chart(
+        &dir.join("threshold_sweep.svg"),
+        "Score threshold sweep (rules and lists aside)",
+        ("threshold", "share"),
+        &[
+            (
+                "recall (fraud at or above)",
+                &recall,
+                RGBColor(70, 110, 180),
+            ),
+            ("legitimate at or above", &fpr, RGBColor(200, 50, 50)),
+        ],
+    )?;
+    let mut pairs: Vec<(String, f64)> = s
+        .overlap
+        .iter()
+        .flat_map(|(a, row)| {
+            row.iter()
+                .map(move |(b, n)| (format!("{a} & {b}"), *n as f64))
+        })
+        .collect();
+    pairs.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    pairs.truncate(20);
+    bar_chart(
+        &dir.join("rule_overlap.svg"),
+        "Rule overlap",
+        "transactions where both fired",
+        &pairs,
+    )
 }

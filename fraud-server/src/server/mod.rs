@@ -194,11 +194,7 @@ pub fn extractor(cfg: &Config) -> anyhow::Result<(Extractor, Artifact, String)> 
                 .with_context(|| format!("config: feature_spec: cannot read {}", p.display()))?,
         )
         .with_context(|| format!("config: feature_spec: {}", p.display()))?,
-        None => artifact
-            .metadata
-            .feature_spec
-            .clone()
-            .unwrap_or_else(FeatureSpec::default_spec),
+        None => artifact.feature_spec(),
     };
     let extractor = Extractor::new(spec).context("feature spec")?;
     Ok((extractor, artifact, origin))
