@@ -697,19 +697,26 @@ impl ScoringModel {
     /// [`crate::features::replay_flat`] gives them) in parallel on the current rayon pool:
     /// the same scores as [`ScoringModel::judge`], without the reasons.
     pub fn scores(&self, flat: &[f64], width: usize) -> Result<Vec<f64>, DecisionError> {
+        use rayon::prelude::*;
+        // The model's rows a block at a time (memory stays a block's, whatever the history).
+        const BLOCK: usize = 1 << 16;
         let n = flat.len().checked_div(width).unwrap_or(0);
         let cols = self.columns.len();
-        let mut rows = vec![0.0; n * cols];
-        if cols > 0 {
-            use rayon::prelude::*;
-            rows.par_chunks_mut(cols)
-                .zip(flat.par_chunks(width.max(1)))
-                .for_each(|(out, features)| out.copy_from_slice(&self.row(features)));
-        }
         let mut out = vec![0.0; n];
-        self.compiled
-            .predict_proba_batch(&rows, &mut out)
-            .map_err(|e| DecisionError::Model(format!("model: {e}")))?;
+        let mut rows = vec![0.0; BLOCK.min(n) * cols];
+        for (block, scores) in out.chunks_mut(BLOCK).enumerate() {
+            let rows = &mut rows[..scores.len() * cols];
+            let from = block * BLOCK * width;
+            let features = &flat[from..from + scores.len() * width];
+            if cols > 0 {
+                rows.par_chunks_mut(cols)
+                    .zip(features.par_chunks(width.max(1)))
+                    .for_each(|(out, features)| out.copy_from_slice(&self.row(features)));
+            }
+            self.compiled
+                .predict_proba_batch(rows, scores)
+                .map_err(|e| DecisionError::Model(format!("model: {e}")))?;
+        }
         Ok(out)
     }
 

@@ -636,6 +636,45 @@ fn history_options(
     }
 }
 
+/// Makes `labels` (id, fraud, reported at) the only labels of `history`.
+fn set_labels(
+    history: &mut [fraud_core::transaction::Transaction],
+    labels: Vec<(String, bool, Option<i64>)>,
+) {
+    let map: std::collections::HashMap<String, (bool, Option<i64>)> = labels
+        .into_iter()
+        .map(|(id, f, at)| (id, (f, at)))
+        .collect();
+    for tx in history {
+        let got = map.get(&tx.transaction_id).copied();
+        tx.is_fraud = got.map(|g| g.0);
+        tx.fraud_reported_at_us = got.and_then(|g| g.1);
+    }
+}
+
+/// The transactions of a history handed over from Python, validated with `opts` (card
+/// numbers tokenized with a one-off key: tokens only group a card's rows within this call).
+fn read_source(
+    py: Python<'_>,
+    source: HistorySource,
+    opts: &fraud_core::transaction::HistoryOptions,
+) -> PyResult<Vec<fraud_core::transaction::Transaction>> {
+    let tokenizer = fraud_core::pii::Tokenizer::one_off().map_err(value_err)?;
+    let read = match source {
+        HistorySource::Arrow(table) => {
+            let (batches, schema) = table.into_inner();
+            let columnar = fraud_core::table::Columnar::from_batches(schema, batches);
+            py.allow_threads(|| columnar.history(&tokenizer, opts))
+        }
+        HistorySource::Csv(csv) => py.allow_threads(|| {
+            fraud_core::transaction::read_history_with(csv.as_slice(), &tokenizer, opts)
+        }),
+    };
+    Ok(read
+        .map_err(|e| PyValueError::new_err(format!("transactions: {e}")))?
+        .transactions)
+}
+
 /// The features of `history` at each transaction's time, with `labels` (when given) as the
 /// only labels: (names, rows x features).
 fn replay_history<'py>(
@@ -651,20 +690,7 @@ fn replay_history<'py>(
     };
     let extractor = Extractor::new(spec).map_err(value_err)?;
     if let Some(list) = labels {
-        let map: std::collections::HashMap<String, (bool, Option<i64>)> =
-            list.into_iter().map(|(id, f, at)| (id, (f, at))).collect();
-        for tx in &mut history {
-            match map.get(&tx.transaction_id) {
-                Some(&(f, at)) => {
-                    tx.is_fraud = Some(f);
-                    tx.fraud_reported_at_us = at;
-                }
-                None => {
-                    tx.is_fraud = None;
-                    tx.fraud_reported_at_us = None;
-                }
-            }
-        }
+        set_labels(&mut history, list);
     }
     let names = extractor.names().to_vec();
     let m = names.len();
@@ -698,23 +724,137 @@ fn replay<'py>(
     round_amounts: bool,
     card_from: Option<String>,
 ) -> PyResult<(Vec<String>, Bound<'py, PyArray2<f64>>)> {
-    // A one-off key: tokens only group a card's rows within this call.
-    let tokenizer = fraud_core::pii::Tokenizer::one_off().map_err(value_err)?;
     let opts = history_options(tz_offset_s, round_amounts, card_from);
-    let read = match source {
-        HistorySource::Arrow(table) => {
-            let (batches, schema) = table.into_inner();
-            let columnar = fraud_core::table::Columnar::from_batches(schema, batches);
-            py.allow_threads(|| columnar.history(&tokenizer, &opts))
-        }
-        HistorySource::Csv(csv) => py.allow_threads(|| {
-            fraud_core::transaction::read_history_with(csv.as_slice(), &tokenizer, &opts)
-        }),
-    };
-    let history = read
-        .map_err(|e| PyValueError::new_err(format!("transactions: {e}")))?
-        .transactions;
+    let history = read_source(py, source, &opts)?;
     replay_history(py, history, spec, labels)
+}
+
+/// A policy of the service's TOML sections (the defaults when `None`), for `names`.
+fn policy_of(text: Option<&str>, names: &[String]) -> PyResult<fraud_core::decision::Policy> {
+    let cfg = match text {
+        Some(t) => fraud_core::decision::PolicyConfig::from_toml(t).map_err(value_err)?,
+        None => fraud_core::decision::PolicyConfig::default(),
+    };
+    fraud_core::decision::Policy::new(&cfg, names).map_err(value_err)
+}
+
+/// A model with the extractor of its feature spec (or of `spec`).
+fn scoring_model(
+    model: &PyModel,
+    spec: Option<&str>,
+) -> PyResult<(
+    fraud_core::features::Extractor,
+    fraud_core::decision::ScoringModel,
+)> {
+    let spec = match spec {
+        Some(text) => fraud_core::features::FeatureSpec::from_toml(text).map_err(value_err)?,
+        None => model.artifact.feature_spec(),
+    };
+    let extractor = fraud_core::features::Extractor::new(spec).map_err(value_err)?;
+    let scoring = fraud_core::decision::ScoringModel::new(
+        &model.artifact,
+        extractor.names(),
+        &fraud_core::model::ModelLimits::default(),
+    )
+    .map_err(value_err)?;
+    Ok((extractor, scoring))
+}
+
+/// Per transaction (in the history's order): ids, decisions, scores, rules fired (`;`
+/// between), the baseline's decisions; and the summary as JSON.
+type Backtested = (
+    Vec<String>,
+    Vec<&'static str>,
+    Vec<f64>,
+    Vec<String>,
+    Option<Vec<&'static str>>,
+    String,
+);
+
+/// A backtest (fraud-core's `backtest`): the history replayed through point-in-time
+/// features, `model` and the policy, against a baseline when one is given.
+#[pyfunction]
+#[pyo3(signature = (source, model, policy_toml=None, baseline_model=None, baseline_policy_toml=None,
+                    spec=None, labels=None, tz_offset_s=None, round_amounts=false, card_from=None))]
+#[allow(clippy::too_many_arguments)]
+fn backtest(
+    py: Python<'_>,
+    source: HistorySource,
+    model: &PyModel,
+    policy_toml: Option<String>,
+    baseline_model: Option<&PyModel>,
+    baseline_policy_toml: Option<String>,
+    spec: Option<String>,
+    labels: Option<Vec<(String, bool, Option<i64>)>>,
+    tz_offset_s: Option<i32>,
+    round_amounts: bool,
+    card_from: Option<String>,
+) -> PyResult<Backtested> {
+    use fraud_core::backtest::{run, summarize, Arm};
+    let opts = history_options(tz_offset_s, round_amounts, card_from);
+    let mut history = read_source(py, source, &opts)?;
+    if let Some(list) = labels {
+        set_labels(&mut history, list);
+    }
+    let (extractor, scoring) = scoring_model(model, spec.as_deref())?;
+    let policy = policy_of(policy_toml.as_deref(), extractor.names())?;
+    let with_baseline = baseline_model.is_some() || baseline_policy_toml.is_some();
+    let base = match baseline_model {
+        Some(m) => Some(scoring_model(m, spec.as_deref())?),
+        None => None,
+    };
+    let (base_extractor, base_scoring) = base
+        .as_ref()
+        .map_or((&extractor, &scoring), |(e, m)| (e, m));
+    let base_policy = if with_baseline {
+        Some(policy_of(
+            baseline_policy_toml.as_deref().or(policy_toml.as_deref()),
+            base_extractor.names(),
+        )?)
+    } else {
+        None
+    };
+    let (outcomes, baseline, summary) = py.allow_threads(|| -> PyResult<_> {
+        let outcomes = run(
+            Arm {
+                extractor: &extractor,
+                model: &scoring,
+                policy: &policy,
+            },
+            &history,
+        )
+        .map_err(value_err)?;
+        let baseline = match &base_policy {
+            Some(p) => Some(
+                run(
+                    Arm {
+                        extractor: base_extractor,
+                        model: base_scoring,
+                        policy: p,
+                    },
+                    &history,
+                )
+                .map_err(value_err)?,
+            ),
+            None => None,
+        };
+        let summary = summarize(
+            &history,
+            &outcomes,
+            &policy.rule_names(),
+            baseline.as_deref(),
+        );
+        Ok((outcomes, baseline, summary))
+    })?;
+    let summary = serde_json::to_string(&summary).map_err(value_err)?;
+    Ok((
+        history.iter().map(|t| t.transaction_id.clone()).collect(),
+        outcomes.iter().map(|o| o.decision.name()).collect(),
+        outcomes.iter().map(|o| o.score).collect(),
+        outcomes.iter().map(|o| o.fired.join(";")).collect(),
+        baseline.map(|b| b.iter().map(|o| o.decision.name()).collect()),
+        summary,
+    ))
 }
 
 /// The decision pipeline (fraud-core's `Scorer`): a model, a policy (the service's TOML
@@ -802,6 +942,7 @@ fn _fraudscore(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(convert_csv, m)?)?;
     m.add_function(wrap_pyfunction!(train, m)?)?;
     m.add_function(wrap_pyfunction!(replay, m)?)?;
+    m.add_function(wrap_pyfunction!(backtest, m)?)?;
     m.add_function(wrap_pyfunction!(run_cli, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("DEFAULT_SPEC", fraud_core::features::DEFAULT_SPEC)?;

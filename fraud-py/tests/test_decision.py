@@ -97,3 +97,38 @@ def test_policies_are_checked_and_built_from_values(tmp_path):
     assert answer["card_mask"] == "411111******1111" and "4111111111111111" not in json.dumps(answer)
     bad = scorer.score_many([{"transaction_id": "t3", "card_number": "4111111111111111"}])
     assert bad["error"][0] and "4111111111111111" not in bad["error"][0]
+
+
+def test_backtest_gives_the_scorers_answers_and_counts_them(tmp_path):
+    # The sample without labels: the backtest replays it as a fresh scorer answers it in order.
+    rows = sample(1500)
+    frame = pd.DataFrame(rows)
+    model = fraudscore.Model.load(os.path.join(ROOT, "datasets", "demo", "model.fgb"))
+    policy = Policy.from_toml(POLICY)
+    answers = Scorer(model, policy).score_many(frame)
+    decisions, summary = fraudscore.backtest(frame, model, policy)
+    assert list(decisions.index) == list(frame.index)
+    assert list(decisions["transaction_id"]) == list(answers["transaction_id"])
+    assert list(decisions["decision"]) == list(answers["decision"])
+    np.testing.assert_array_equal(decisions["score"].to_numpy(), answers["score"].to_numpy())
+    assert list(decisions["rules_fired"]) == list(answers["rules_fired"])
+    assert summary["transactions"] == len(rows)
+    for d in ("approve", "review", "decline"):
+        assert summary["decisions"][d] == int((answers["decision"] == d).sum())
+    assert summary["rules"]["large"]["fired"] == sum("large" in r for r in answers["rules_fired"])
+    assert "labels" not in summary
+    # With the sample's labels and a stricter baseline: outcomes and changes.
+    full = pd.read_csv(os.path.join(ROOT, "datasets", "samples", "transactions.csv"), dtype=str,
+                       keep_default_na=False)
+    labels = pd.DataFrame({"transaction_id": full["transaction_id"], "is_fraud": full["is_fraud"].astype(int),
+                           "reported_at": pd.to_datetime(full["fraud_reported_at"].replace("", None), utc=True)})
+    strict = Policy(review=0.01, decline=0.05)
+    decisions, summary = fraudscore.backtest(frame, model, strict, baseline_policy=policy,
+                                             labels=labels.head(1500))
+    assert "baseline_decision" in decisions.columns
+    changed = int((decisions["decision"] != decisions["baseline_decision"]).sum())
+    assert sum(summary["baseline"]["changes"].values()) == changed > 0
+    assert summary["labels"]["labelled"] == 1500
+    with pytest.raises(ValueError, match="nope"):
+        fraudscore.backtest(frame, model, Policy(rules=[{"name": "x", "when": "features.nope > 1.0",
+                                                          "action": "review"}]))

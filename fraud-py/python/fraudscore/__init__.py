@@ -9,7 +9,8 @@ The same compiled tree models, exact TreeSHAP explanations, metrics and simulate
 >>> contributions = model.explain(df)    # one column per feature, then the bias
 
 Also :class:`GBDTClassifier` (a scikit-learn estimator on the engine's trainer),
-:func:`fraudscore.features.replay` (the service's features, offline) and
+:func:`fraudscore.features.replay` (the service's features, offline),
+:func:`fraudscore.backtest` (a model and a policy replayed on a history) and
 :mod:`fraudscore.plot` (charts; matplotlib is an optional extra). Modules:
 :mod:`fraudscore.metrics` (ROC-AUC, average precision, recall at a false-positive
 rate, precision at k, card precision at k per day, population stability index) and
@@ -26,12 +27,12 @@ import numpy as np
 
 from . import _fraudscore
 from . import datasets, decision, features, metrics
-from .decision import Policy, Scorer
+from .decision import Policy, Scorer, backtest
 
 if TYPE_CHECKING:  # at run time imported on first use (it needs scikit-learn)
     from .sklearn import GBDTClassifier
 
-__all__ = ["Model", "Policy", "Scorer", "GBDTClassifier", "from_xgboost", "from_lightgbm", "default_spec", "metrics", "datasets",
+__all__ = ["Model", "Policy", "Scorer", "backtest", "GBDTClassifier", "from_xgboost", "from_lightgbm", "default_spec", "metrics", "datasets",
            "features", "decision", "__version__"]
 
 

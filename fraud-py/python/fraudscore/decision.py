@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from . import Model
 
-__all__ = ["Policy", "Scorer"]
+__all__ = ["Policy", "Scorer", "backtest"]
 
 _LIST_FIELDS = ("card_tokens", "customers", "devices", "ips", "emails")
 
@@ -165,3 +165,71 @@ class Scorer:
         if isinstance(transactions, pd.DataFrame):
             frame.index = transactions.index
         return frame
+
+
+def _policy_toml(policy: Policy | str | os.PathLike[str] | None) -> str | None:
+    if policy is None:
+        return None
+    if isinstance(policy, Policy):
+        return policy.toml
+    return Policy.from_toml(policy).toml
+
+
+def backtest(transactions: Any, model: Model, policy: Policy | str | os.PathLike[str] | None = None, *,
+             baseline_model: Model | None = None,
+             baseline_policy: Policy | str | os.PathLike[str] | None = None,
+             labels: Any = None, spec: str | os.PathLike[str] | None = None,
+             tz: str | int | None = None, round_amounts: bool = False,
+             card_from: str | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """What ``model`` and ``policy`` would have decided on a past history (a pandas or polars
+    DataFrame, or an Arrow table, with the transaction's columns, as
+    :func:`fraudscore.features.replay` takes), replayed as ``fraud backtest`` replays it:
+    point-in-time features (labels count from the time they were reported), the model and
+    the policy's thresholds, rules and lists, each transaction answered as the service
+    would have.
+
+    ``policy`` and ``baseline_policy``: a :class:`Policy`, or a TOML file or text (the
+    service's defaults when None). With ``baseline_model`` and / or ``baseline_policy`` (each
+    defaulting to the backtested one), the summary compares the two. ``labels``: as
+    :func:`fraudscore.features.replay` (else the history's ``is_fraud`` /
+    ``fraud_reported_at``).
+
+    Returns the decisions (a pandas DataFrame, one row per transaction in the input's order
+    and index: ``transaction_id``, ``decision``, ``score``, ``rules_fired`` (a list), and
+    ``baseline_decision`` with a baseline) and the summary (a dict: the fields of
+    ``fraud backtest``'s JSON output)."""
+    import pandas as pd
+
+    from .features import _arrow_stream, _label_list, _offset_seconds, spec_text
+
+    text = None if spec is None else spec_text(spec)
+    label_list = None if labels is None else _label_list(labels)
+    offset = _offset_seconds(tz)
+    mod = type(transactions).__module__
+    if mod.startswith("polars") and hasattr(transactions, "collect") and not hasattr(transactions, "__arrow_c_stream__"):
+        transactions = transactions.collect()  # a LazyFrame
+    stream = _arrow_stream(transactions)
+    if stream is not None:
+        source: Any = stream
+    elif mod.startswith("pandas") and hasattr(transactions, "to_csv"):
+        source = transactions.to_csv(index=False).encode("utf-8")
+    else:
+        raise TypeError(
+            "transactions must be a pandas or polars DataFrame, a polars LazyFrame or an Arrow table "
+            f"(with __arrow_c_stream__), not {type(transactions).__name__}")
+    base_policy = _policy_toml(baseline_policy)
+    ids, decisions, scores, fired, baseline, summary = _fraudscore.backtest(
+        source, model._m, _policy_toml(policy), None if baseline_model is None else baseline_model._m,
+        base_policy, text, label_list, offset, round_amounts, card_from)
+    frame = pd.DataFrame({
+        "transaction_id": ids,
+        "decision": decisions,
+        "score": scores,
+        "rules_fired": [f.split(";") if f else [] for f in fired],
+    })
+    if baseline is not None:
+        frame["baseline_decision"] = baseline
+    if isinstance(transactions, pd.DataFrame):
+        frame.index = transactions.index
+    result: dict[str, Any] = json.loads(summary)
+    return frame, result
