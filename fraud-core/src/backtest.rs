@@ -43,6 +43,8 @@ pub struct Outcome {
     /// The lists and rules that acted, in the policy's order (`block_list:<entity>`,
     /// `allow_list:<entity>`, rule names).
     pub fired: Vec<String>,
+    /// The shadow rules whose condition held (they never act).
+    pub shadow: Vec<String>,
 }
 
 /// Decides every transaction of `history` (in any order: the features are point-in-time by
@@ -59,12 +61,13 @@ pub fn run(arm: Arm<'_>, history: &[Transaction]) -> Result<Vec<Outcome>, Decisi
         .enumerate()
         .map(|(i, (tx, &score))| {
             let features = &flat[i * m..(i + 1) * m];
-            let (decision, fired) = arm.policy.decide(tx, names, features, score)?;
+            let d = arm.policy.decide_all(tx, names, features, score)?;
             Ok(Outcome {
-                decision,
+                decision: d.decision,
                 score,
                 threshold: arm.policy.threshold(score),
-                fired,
+                fired: d.fired,
+                shadow: d.shadow,
             })
         })
         .collect()
@@ -123,6 +126,18 @@ pub struct RuleStats {
     /// Firings where no other rule or list fired and the thresholds alone would have
     /// approved: what it alone acted on.
     pub alone: u64,
+}
+
+impl RuleStats {
+    /// One more firing, on a transaction labelled `is_fraud`.
+    fn count(&mut self, is_fraud: Option<bool>) {
+        self.fired += 1;
+        match is_fraud {
+            Some(true) => self.fraud += 1,
+            Some(false) => self.legit += 1,
+            None => {}
+        }
+    }
 }
 
 /// Outcomes against the labels.
@@ -214,8 +229,13 @@ pub struct Summary {
     pub transactions: u64,
     /// Their decisions.
     pub decisions: Decisions,
-    /// Per rule or list that fired at least once (and every rule of the policy).
+    /// Per rule or list that fired at least once (and every live rule of the policy).
     pub rules: BTreeMap<String, RuleStats>,
+    /// Per shadow rule (`mode = "shadow"`): what it would have done. It never acted, so
+    /// `amount_blocked` is the amount it would have declined (a `decline` rule's firings)
+    /// and `alone` its firings where nothing else acted and the thresholds approved.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub shadow_rules: BTreeMap<String, RuleStats>,
     /// Against the labels (absent without any).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub labels: Option<Labelled>,
@@ -262,22 +282,33 @@ fn flagged(d: Decision) -> bool {
     d != Decision::Approve
 }
 
-/// Counts `outcomes` (one per transaction of `history`, as [`run`] gives them); the rules of
-/// `rule_names` appear even when they never fired. With `baseline` (the baseline's outcomes
-/// on the same history), the decisions that change.
+/// Counts `outcomes` (one per transaction of `history`, as [`run`] gives them); the policy's
+/// `rules` ([`Policy::rules`](crate::decision::Policy::rules): name, action, shadow) appear
+/// even when they never fired. With `baseline` (the baseline's outcomes on the same
+/// history), the decisions that change.
 pub fn summarize(
     history: &[Transaction],
     outcomes: &[Outcome],
-    rule_names: &[String],
+    rules: &[(String, Decision, bool)],
     baseline: Option<&[Outcome]>,
 ) -> Summary {
     let mut s = Summary {
         transactions: history.len() as u64,
         ..Summary::default()
     };
-    for name in rule_names {
-        s.rules.entry(name.clone()).or_default();
+    for (name, _, shadow) in rules {
+        let map = if *shadow {
+            &mut s.shadow_rules
+        } else {
+            &mut s.rules
+        };
+        map.entry(name.clone()).or_default();
     }
+    let declines = |name: &str| {
+        rules
+            .iter()
+            .any(|(n, a, shadow)| *shadow && n == name && *a == Decision::Decline)
+    };
     let mut lab = Labelled::default();
     let mut days: BTreeMap<String, (Day, HashSet<&str>, HashSet<&str>)> = BTreeMap::new();
     for (tx, o) in history.iter().zip(outcomes) {
@@ -302,16 +333,21 @@ pub fn summarize(
         }
         for name in &o.fired {
             let r = s.rules.entry(name.clone()).or_default();
-            r.fired += 1;
-            match tx.is_fraud {
-                Some(true) => r.fraud += 1,
-                Some(false) => r.legit += 1,
-                None => {}
-            }
+            r.count(tx.is_fraud);
             if o.decision == Decision::Decline {
                 r.amount_blocked += amount;
             }
             if o.fired.len() == 1 && o.threshold == Decision::Approve {
+                r.alone += 1;
+            }
+        }
+        for name in &o.shadow {
+            let r = s.shadow_rules.entry(name.clone()).or_default();
+            r.count(tx.is_fraud);
+            if declines(name) {
+                r.amount_blocked += amount;
+            }
+            if o.fired.is_empty() && o.threshold == Decision::Approve {
                 r.alone += 1;
             }
         }
@@ -339,7 +375,7 @@ pub fn summarize(
             }
         }
     }
-    for r in s.rules.values_mut() {
+    for r in s.rules.values_mut().chain(s.shadow_rules.values_mut()) {
         r.precision = (r.fraud + r.legit > 0).then(|| share(r.fraud, r.fraud + r.legit));
     }
     s.days = days

@@ -89,6 +89,21 @@ pub struct RuleConfig {
     pub when: String,
     /// `approve`, `review` or `decline`.
     pub action: Decision,
+    /// `live` (the default: it acts) or `shadow` (evaluated and recorded in the decision
+    /// record's `rules_shadow`, counted in the metrics, never acting).
+    #[serde(default)]
+    pub mode: RuleMode,
+}
+
+/// Whether a rule acts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleMode {
+    /// It acts.
+    #[default]
+    Live,
+    /// Evaluated and recorded, never acting.
+    Shadow,
 }
 
 /// Values of one list, by entity.
@@ -271,6 +286,18 @@ struct Rule {
     #[cfg(feature = "rules")]
     program: cel::Program,
     action: Decision,
+    shadow: bool,
+}
+
+/// What a policy decided, and which shadow rules would have acted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decided {
+    /// The decision.
+    pub decision: Decision,
+    /// The lists and live rules that acted, in order.
+    pub fired: Vec<String>,
+    /// The shadow rules whose condition held, in order (they never act).
+    pub shadow: Vec<String>,
 }
 
 /// Thresholds, rules and lists, ready to decide.
@@ -475,6 +502,7 @@ fn compile_rules(
             name: r.name.clone(),
             program,
             action: r.action,
+            shadow: r.mode == RuleMode::Shadow,
         });
     }
     Ok(rules)
@@ -521,9 +549,13 @@ impl Policy {
         Policy::new(&PolicyConfig::from_toml(text)?, feature_names)
     }
 
-    /// The rules' names, in order.
+    /// The live rules' names, in order.
     pub fn rule_names(&self) -> Vec<String> {
-        self.rules.iter().map(|r| r.name.clone()).collect()
+        self.rules
+            .iter()
+            .filter(|r| !r.shadow)
+            .map(|r| r.name.clone())
+            .collect()
     }
 
     /// The thresholds.
@@ -554,15 +586,36 @@ impl Policy {
         features: &[f64],
         score: f64,
     ) -> Result<(Decision, Vec<String>), DecisionError> {
+        let d = self.decide_all(tx, names, features, score)?;
+        Ok((d.decision, d.fired))
+    }
+
+    /// [`Policy::decide`], with the shadow rules that fired (`mode = "shadow"`: evaluated on
+    /// every transaction, lists or not, never acting).
+    pub fn decide_all(
+        &self,
+        tx: &Transaction,
+        names: &[String],
+        features: &[f64],
+        score: f64,
+    ) -> Result<Decided, DecisionError> {
         let mut fired = Vec::new();
+        #[cfg_attr(not(feature = "rules"), allow(unused_mut))]
+        let mut shadow = Vec::new();
         let mut decision = self.threshold(score);
-        if let Some(list) = self.block.hit(tx) {
+        let listed = if let Some(list) = self.block.hit(tx) {
             fired.push(format!("block_list:{list}"));
             decision = Decision::Decline;
+            true
         } else if let Some(list) = self.allow.hit(tx) {
             fired.push(format!("allow_list:{list}"));
             decision = Decision::Approve;
-        } else if !self.rules.is_empty() {
+            true
+        } else {
+            false
+        };
+        let look = !listed || self.rules.iter().any(|r| r.shadow);
+        if !self.rules.is_empty() && look {
             #[cfg(feature = "rules")]
             {
                 let ctx = cel_context(&self.cel, tx, names, features, score)
@@ -570,26 +623,49 @@ impl Policy {
                 let mut approve_rule = false;
                 let mut strictest = None::<Decision>;
                 for r in &self.rules {
-                    if matches!(r.program.execute(&ctx), Ok(cel::Value::Bool(true))) {
-                        fired.push(r.name.clone());
-                        if r.action == Decision::Approve {
-                            approve_rule = true;
-                        } else {
-                            strictest = strictest.max(Some(r.action));
-                        }
+                    // A list decided: only the shadow rules are still looked at.
+                    if listed && !r.shadow {
+                        continue;
+                    }
+                    if !matches!(r.program.execute(&ctx), Ok(cel::Value::Bool(true))) {
+                        continue;
+                    }
+                    if r.shadow {
+                        shadow.push(r.name.clone());
+                        continue;
+                    }
+                    fired.push(r.name.clone());
+                    if r.action == Decision::Approve {
+                        approve_rule = true;
+                    } else {
+                        strictest = strictest.max(Some(r.action));
                     }
                 }
-                decision = match strictest {
-                    Some(d) => decision.max(d),
-                    None if approve_rule => Decision::Approve,
-                    None => decision,
-                };
+                if !listed {
+                    decision = match strictest {
+                        Some(d) => decision.max(d),
+                        None if approve_rule => Decision::Approve,
+                        None => decision,
+                    };
+                }
             }
             // Without CEL no rule is ever compiled (`compile_rules` refuses them).
             #[cfg(not(feature = "rules"))]
-            let _ = (names, features);
+            let _ = (names, features, listed);
         }
-        Ok((decision, fired))
+        Ok(Decided {
+            decision,
+            fired,
+            shadow,
+        })
+    }
+
+    /// The rules: name, action and whether it is a shadow rule, in order.
+    pub fn rules(&self) -> Vec<(String, Decision, bool)> {
+        self.rules
+            .iter()
+            .map(|r| (r.name.clone(), r.action, r.shadow))
+            .collect()
     }
 }
 
@@ -813,6 +889,10 @@ pub struct Verdict {
     pub risk_score: i64,
     /// The lists and rules that acted.
     pub rules_fired: Vec<String>,
+    /// The shadow rules whose condition held: for the decision record and the metrics, not
+    /// part of the answer.
+    #[serde(skip)]
+    pub rules_shadow: Vec<String>,
     /// Probability of fraud.
     pub score: f64,
     /// The caller's transaction id.
@@ -830,7 +910,11 @@ pub fn decide(
     k: usize,
 ) -> Result<(Verdict, Vec<f64>), DecisionError> {
     let judged = model.judge(features, k)?;
-    let (decision, rules_fired) = policy.decide(tx, names, features, judged.score)?;
+    let Decided {
+        decision,
+        fired: rules_fired,
+        shadow: rules_shadow,
+    } = policy.decide_all(tx, names, features, judged.score)?;
     let verdict = Verdict {
         card_mask: tx.card.mask.clone(),
         decision,
@@ -840,6 +924,7 @@ pub fn decide(
         reasons: judged.reasons,
         risk_score: (judged.score * 100.0).round() as i64,
         rules_fired,
+        rules_shadow,
         score: judged.score,
         transaction_id: tx.transaction_id.clone(),
     };
@@ -1068,12 +1153,55 @@ mod tests {
 
     #[cfg(feature = "rules")]
     #[test]
+    fn shadow_rules_are_looked_at_but_never_act() {
+        let names: Vec<String> = vec!["f".into()];
+        let cfg = PolicyConfig::from_toml(
+            "[[rules]]\nname = \"live\"\nwhen = \"tx.amount > 10.0\"\naction = \"review\"\n\
+             [[rules]]\nname = \"watch\"\nwhen = \"tx.amount > 5.0\"\naction = \"decline\"\nmode = \"shadow\"\n\
+             [lists.block]\ncustomers = [\"C9\"]\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let p = Policy::new(&cfg, &names).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(p.rule_names(), vec!["live".to_string()]);
+        let tx = |amount: &str, customer: Option<&str>| {
+            let raw = crate::transaction::RawTransaction {
+                transaction_id: Some("t".into()),
+                timestamp: Some("2024-01-01T00:00:00Z".into()),
+                amount: Some(crate::transaction::Decimal::Text(amount.into())),
+                currency: Some("EUR".into()),
+                card_token: Some(format!("tok_{}", "0".repeat(32))),
+                customer_id: customer.map(Into::into),
+                ..Default::default()
+            };
+            let tk = Tokenizer::new(&[0u8; 32]).unwrap_or_else(|e| panic!("{e}"));
+            Transaction::from_raw(raw, &tk).unwrap_or_else(|e| panic!("{e}"))
+        };
+        let d = |tx: &Transaction| {
+            p.decide_all(tx, &names, &[0.0], 0.0)
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        // 1.00: nothing fires.
+        assert!(d(&tx("1.00", None)).shadow.is_empty());
+        let got = d(&tx("7.00", None));
+        assert_eq!(got.decision, Decision::Approve);
+        assert!(got.fired.is_empty());
+        assert_eq!(got.shadow, vec!["watch".to_string()]);
+        // A list decides, and the shadow rule is still looked at (the live one is not).
+        let got = d(&tx("70.00", Some("C9")));
+        assert_eq!(got.decision, Decision::Decline);
+        assert_eq!(got.fired, vec!["block_list:customer".to_string()]);
+        assert_eq!(got.shadow, vec!["watch".to_string()]);
+    }
+
+    #[cfg(feature = "rules")]
+    #[test]
     fn rules_get_only_the_features_they_name() {
         let names: Vec<String> = ["a", "b_1", "c"].iter().map(|s| s.to_string()).collect();
         let rule = |when: &str| RuleConfig {
             name: "r".into(),
             when: when.into(),
             action: Decision::Review,
+            mode: RuleMode::Live,
         };
         let got = |whens: &[&str]| {
             named_features(&whens.iter().map(|w| rule(w)).collect::<Vec<_>>(), &names)
@@ -1111,6 +1239,7 @@ mod tests {
                 name: "r".into(),
                 when: when.to_string(),
                 action: Decision::Review,
+                mode: RuleMode::Live,
             }],
             ..Default::default()
         };
@@ -1201,6 +1330,7 @@ mod tests {
             }],
             risk_score: 40,
             rules_fired: vec![],
+            rules_shadow: vec![],
             score: 0.4,
             transaction_id: "t".into(),
         };

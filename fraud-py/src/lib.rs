@@ -838,12 +838,7 @@ fn backtest(
             ),
             None => None,
         };
-        let summary = summarize(
-            &history,
-            &outcomes,
-            &policy.rule_names(),
-            baseline.as_deref(),
-        );
+        let summary = summarize(&history, &outcomes, &policy.rules(), baseline.as_deref());
         Ok((outcomes, baseline, summary))
     })?;
     let summary = serde_json::to_string(&summary).map_err(value_err)?;

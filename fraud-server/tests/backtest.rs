@@ -32,6 +32,12 @@ name = "very_big"
 when = "tx.amount > 220.0"
 action = "decline"
 
+[[rules]]
+name = "night_shadow"
+when = "tx.amount > 100.0 && features.card_txn_count_24h >= 2.0"
+action = "decline"
+mode = "shadow"
+
 [lists.block]
 customers = ["C32"]
 "#;
@@ -237,6 +243,11 @@ fn backtest_decisions_equal_the_services_answers_to_the_same_transactions_in_ord
         })
         .count() as u64;
     assert_eq!(caught, flagged_fraud);
+    // The shadow rule never acted (the answers above match), and is counted on its own.
+    let shadow = &s["shadow_rules"]["night_shadow"];
+    assert!(shadow["fired"].as_u64().unwrap() > 0, "{shadow}");
+    assert!(s["rules"].get("night_shadow").is_none());
+    assert!(!fired.contains_key("night_shadow"));
     let md = std::fs::read_to_string(report.join("backtest.md")).unwrap();
     assert!(md.contains("| very_big |"), "{md}");
     assert!(report.join("decisions_per_day.svg").exists());

@@ -370,6 +370,67 @@ fn models_can_be_swapped_and_shadowed() {
 }
 
 #[test]
+fn shadow_rules_are_recorded_and_counted_but_never_act() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = r#"
+[[rules]]
+name = "big_shadow"
+when = "tx.amount > 100.0"
+action = "decline"
+mode = "shadow"
+"#;
+    let s = start(dir.path(), cfg).unwrap();
+    let key = s.key();
+    let (st, v, _) = s.call("POST", "/v1/score", Some(&key), Some(&tx("s1", "500.00")));
+    assert_eq!(st, 200, "{v}");
+    // The thresholds decided (review 0.3, decline 0.7), the rule did not act, the answer
+    // does not name it.
+    let score = v["score"].as_f64().unwrap();
+    let by_threshold = if score >= 0.7 {
+        "decline"
+    } else if score >= 0.3 {
+        "review"
+    } else {
+        "approve"
+    };
+    assert_eq!(v["decision"], by_threshold, "{v}");
+    assert_eq!(v["rules_fired"], json!([]));
+    assert!(v.get("rules_shadow").is_none(), "{v}");
+    let (_, small, _) = s.call("POST", "/v1/score", Some(&key), Some(&tx("s2", "5.00")));
+    assert_eq!(small["rules_fired"], json!([]));
+    // The record has it; the metrics count it, and its precision as labels arrive.
+    let (st, rec, _) = s.call("GET", "/v1/decisions/s1", Some(&key), None);
+    assert_eq!(st, 200, "{rec}");
+    assert_eq!(rec["rules_shadow"], json!(["big_shadow"]));
+    let (_, rec2, _) = s.call("GET", "/v1/decisions/s2", Some(&key), None);
+    assert_eq!(rec2["rules_shadow"], json!([]));
+    let metrics = || {
+        let (_, _, body) = s
+            .try_request("GET", "/metrics", Some(&key), &[], b"")
+            .unwrap();
+        String::from_utf8(body).unwrap()
+    };
+    assert!(
+        metrics().contains("fraud_shadow_rule_fired_total{rule=\"big_shadow\"} 1"),
+        "{}",
+        metrics()
+    );
+    let (st, l, _) = s.call(
+        "POST",
+        "/v1/labels",
+        Some(&key),
+        Some(&json!({"labels": [{"transaction_id": "s1", "is_fraud": true}, {"transaction_id": "s2", "is_fraud": false}]})),
+    );
+    assert_eq!(st, 200, "{l}");
+    let m = metrics();
+    assert!(
+        m.contains("fraud_shadow_rule_labelled_total{rule=\"big_shadow\",label=\"fraud\"} 1")
+            && m.contains("fraud_shadow_rule_precision{rule=\"big_shadow\"} 1.0"),
+        "{m}"
+    );
+}
+
+#[test]
 fn rules_lists_and_rate_limits() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = r#"

@@ -146,7 +146,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let summary = backtest::summarize(
         &history,
         &outcomes,
-        &main_policy.rule_names(),
+        &main_policy.rules(),
         baseline.as_deref(),
     );
     let took_s = started.elapsed().as_secs_f64();
@@ -272,22 +272,16 @@ fn report(dir: &Path, s: &Summary) -> anyhow::Result<()> {
             l.false_positives_per_1000_legit
         );
     }
-    if !s.rules.is_empty() {
-        md.push_str("## Rules and lists\n\n| rule | fired | fraud | legit | precision | amount blocked | alone |\n| --- | --- | --- | --- | --- | --- | --- |\n");
-        for (name, r) in &s.rules {
-            let _ = writeln!(
-                md,
-                "| {name} | {} | {} | {} | {} | {:.2} | {} |",
-                r.fired,
-                r.fraud,
-                r.legit,
-                r.precision.map_or("-".into(), |p| format!("{p:.3}")),
-                r.amount_blocked,
-                r.alone
-            );
-        }
-        md.push('\n');
-    }
+    rule_table(
+        &mut md,
+        "## Rules and lists\n\n| rule | fired | fraud | legit | precision | amount blocked | alone |",
+        &s.rules,
+    );
+    rule_table(
+        &mut md,
+        "## Shadow rules (never acted)\n\n| rule | would have fired | fraud | legit | precision | amount it would have declined | alone |",
+        &s.shadow_rules,
+    );
     if !s.overlap.is_empty() {
         md.push_str("## Rule overlap (transactions where both fired)\n\n| rule | with | together |\n| --- | --- | --- |\n");
         for (a, row) in &s.overlap {
@@ -334,6 +328,33 @@ fn report(dir: &Path, s: &Summary) -> anyhow::Result<()> {
     charts(dir, s, &mut md)?;
     let path = dir.join("backtest.md");
     std::fs::write(&path, md).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// A Markdown table of rule statistics under `head` (a heading and the header row); nothing
+/// without rules.
+fn rule_table(
+    md: &mut String,
+    head: &str,
+    rules: &std::collections::BTreeMap<String, fraud_core::backtest::RuleStats>,
+) {
+    use std::fmt::Write as _;
+    if rules.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "{head}\n| --- | --- | --- | --- | --- | --- | --- |");
+    for (name, r) in rules {
+        let _ = writeln!(
+            md,
+            "| {name} | {} | {} | {} | {} | {:.2} | {} |",
+            r.fired,
+            r.fraud,
+            r.legit,
+            r.precision.map_or("-".into(), |p| format!("{p:.3}")),
+            r.amount_blocked,
+            r.alone
+        );
+    }
+    md.push('\n');
 }
 
 #[cfg(feature = "charts")]

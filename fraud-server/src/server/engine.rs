@@ -564,6 +564,7 @@ impl Engine {
                 caller,
                 &super::record::DecisionRecord {
                     response: &answer,
+                    rules_shadow: &answer.rules_shadow,
                     shadow: &shadow,
                     transaction,
                     transaction_id: &tx.transaction_id,
@@ -597,6 +598,7 @@ impl Engine {
         answer.elapsed_us = Some(elapsed.as_micros() as u64);
         let body = serde_json::to_string(&answer)
             .map_err(|e| Problem::internal(format!("answer: {e}")))?;
+        self.metrics.shadow_fired(&answer.rules_shadow);
         self.metrics.scored(
             elapsed.as_secs_f64(),
             answer.decision.name(),
@@ -722,6 +724,8 @@ impl Engine {
             .map_err(Problem::from_log)?;
         self.cases.close(id);
         self.metrics.label(is_fraud);
+        let shadow = super::record::strings(&rec.data["rules_shadow"]);
+        self.metrics.shadow_labelled(&shadow, is_fraud);
         Ok(Labelled::Applied)
     }
 

@@ -650,6 +650,7 @@ pub(crate) async fn decision(
                 features: rec.data["features"].clone(),
                 shadow: rec.data["shadow"].clone(),
                 erased_fields,
+                rules_shadow: super::record::strings(&rec.data["rules_shadow"]),
             })
         }
     }

@@ -141,6 +141,20 @@ pub struct Metrics {
     drift: ArcSwapOption<DriftCounts>,
     psi: Family<FeatureLabel, Gauge<f64, AtomicU64>>,
     entities: Family<KindLabel, Gauge>,
+    shadow_fired: Family<RuleLabel, Counter>,
+    shadow_labelled: Family<RuleOutcome, Counter>,
+    shadow_precision: Family<RuleLabel, Gauge<f64, AtomicU64>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabel {
+    rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleOutcome {
+    rule: String,
+    label: &'static str,
 }
 
 impl Default for Metrics {
@@ -169,6 +183,9 @@ impl Metrics {
             drift: ArcSwapOption::empty(),
             psi: Family::default(),
             entities: Family::default(),
+            shadow_fired: Family::default(),
+            shadow_labelled: Family::default(),
+            shadow_precision: Family::default(),
         };
         // Series that exist from the start, at zero.
         for decision in ["approve", "review", "decline"] {
@@ -239,6 +256,21 @@ impl Metrics {
             "Entities held in memory, by kind (idle ones past the retention are dropped)",
             self.entities.clone(),
         );
+        r.register(
+            "fraud_shadow_rule_fired",
+            "Transactions on which a shadow rule's condition held (it never acts)",
+            self.shadow_fired.clone(),
+        );
+        r.register(
+            "fraud_shadow_rule_labelled",
+            "Labels received for transactions on which a shadow rule fired, by label",
+            self.shadow_labelled.clone(),
+        );
+        r.register(
+            "fraud_shadow_rule_precision",
+            "Labelled fraud among a shadow rule's labelled firings",
+            self.shadow_precision.clone(),
+        );
         self
     }
 
@@ -290,6 +322,35 @@ impl Metrics {
     pub fn label(&self, fraud: bool) {
         let label = if fraud { "fraud" } else { "not_fraud" };
         self.labels.get_or_create(&LabelLabel { label }).inc();
+    }
+
+    /// Shadow rules whose condition held on a scored transaction.
+    pub fn shadow_fired(&self, rules: &[String]) {
+        for rule in rules {
+            self.shadow_fired
+                .get_or_create(&RuleLabel { rule: rule.clone() })
+                .inc();
+        }
+    }
+
+    /// A label for a transaction on which the shadow rules `rules` fired: their precision
+    /// so far (labelled fraud among their labelled firings).
+    pub fn shadow_labelled(&self, rules: &[String], fraud: bool) {
+        for rule in rules {
+            let count = |label| {
+                self.shadow_labelled.get_or_create(&RuleOutcome {
+                    rule: rule.clone(),
+                    label,
+                })
+            };
+            count(if fraud { "fraud" } else { "not_fraud" }).inc();
+            // One guard at a time: a family's lock is held while its guard lives.
+            let f = count("fraud").get();
+            let n = count("not_fraud").get();
+            self.shadow_precision
+                .get_or_create(&RuleLabel { rule: rule.clone() })
+                .set(f as f64 / (f + n).max(1) as f64);
+        }
     }
 
     /// A request shed (503) or rate limited (429).

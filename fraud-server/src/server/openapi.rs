@@ -109,6 +109,8 @@ pub struct DecisionRecordAnswer {
     pub shadow: Value,
     /// Fields of the record erased since (an erased entity's id or the IP, e-mail).
     pub erased_fields: Vec<String>,
+    /// The shadow rules (`mode = "shadow"`) whose condition held; they did not act.
+    pub rules_shadow: Vec<String>,
 }
 
 /// A model artifact's bytes (written by `fraud train` or `fraud import`).

@@ -15,12 +15,26 @@ use serde_json::Value;
 use super::decisions::Named;
 use super::vault::{EntityFields, Used, Vault, VaultError};
 
+/// The strings of a JSON array (none when it is not one), e.g. a record's `rules_shadow`.
+pub fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A decision record's data. Members in the order of the sorted keys of the JSON object
 /// it used to be, then the features.
 #[derive(Serialize)]
 pub struct DecisionRecord<'a, R> {
     /// The answer, its card mask sealed.
     pub response: &'a R,
+    /// The shadow rules whose condition held (absent when none).
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    pub rules_shadow: &'a [String],
     /// The shadow model's verdict.
     pub shadow: &'a Option<Value>,
     /// The transaction.
@@ -203,6 +217,7 @@ mod tests {
             sealed_response["card_mask"] = json!(mask);
             let record = DecisionRecord {
                 response: &sealed_response,
+                rules_shadow: &[],
                 shadow: &None,
                 transaction: t,
                 transaction_id: &tx.transaction_id,
