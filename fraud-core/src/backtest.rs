@@ -161,6 +161,10 @@ pub struct Labelled {
     pub recall_decline: f64,
     /// Share of fraud declined or sent to review.
     pub recall_review_or_decline: f64,
+    /// The Handbook's card precision at top-100 per day (the model's score alone: each
+    /// day's 100 cards with the highest score, cards found on earlier days left out), mean
+    /// over the days; absent when it cannot be computed.
+    pub card_precision_at_100: Option<f64>,
 }
 
 /// One day (UTC) of the history.
@@ -187,6 +191,8 @@ pub struct Day {
     /// fraud_cards_flagged / cards_flagged (card precision at the thresholds); absent when
     /// no card was flagged.
     pub card_precision: Option<f64>,
+    /// The Handbook's card precision at top-100 that day (see [`Labelled`]).
+    pub card_precision_at_100: Option<f64>,
 }
 
 /// One threshold of the sweep: what the score alone would do there (rules and lists aside).
@@ -271,7 +277,7 @@ fn share(n: u64, of: u64) -> f64 {
 
 /// The UTC day of a time in microseconds, `YYYY-MM-DD`.
 fn day_of(us: i64) -> String {
-    let days = us.div_euclid(86_400_000_000);
+    let days = us.div_euclid(DAY_US);
     time::OffsetDateTime::UNIX_EPOCH
         .checked_add(time::Duration::days(days))
         .map(|d| d.date().to_string())
@@ -404,10 +410,38 @@ pub fn summarize(
             lab.fraud.count,
         );
         s.threshold_sweep = sweep(history, outcomes, lab.fraud.count, lab.legit.count);
+        if let Some(cp) = top_k_cards(history, outcomes, 100) {
+            lab.card_precision_at_100 = Some(cp.mean);
+            for (day, p) in cp.days {
+                if let Some(d) = s.days.iter_mut().find(|d| d.day == day_of(day * DAY_US)) {
+                    d.card_precision_at_100 = Some(p);
+                }
+            }
+        }
         s.labels = Some(lab);
     }
     s.baseline = baseline.map(|b| compare(history, outcomes, b));
     s
+}
+
+const DAY_US: i64 = 86_400_000_000;
+
+/// The Handbook's card precision at top-`k` per day over the labelled transactions.
+fn top_k_cards(
+    history: &[Transaction],
+    outcomes: &[Outcome],
+    k: usize,
+) -> Option<crate::eval::CardPrecision> {
+    let (mut scores, mut labels, mut cards, mut days) = (vec![], vec![], vec![], vec![]);
+    for (tx, o) in history.iter().zip(outcomes) {
+        if let Some(f) = tx.is_fraud {
+            scores.push(o.score);
+            labels.push(if f { 1.0 } else { 0.0 });
+            cards.push(tx.card.token.as_str());
+            days.push(tx.timestamp_us.div_euclid(DAY_US));
+        }
+    }
+    crate::eval::card_precision_at_k_per_day(&scores, &labels, &cards, &days, k).ok()
 }
 
 /// The score alone at thresholds 0.05 to 0.95.

@@ -243,6 +243,16 @@ fn backtest_decisions_equal_the_services_answers_to_the_same_transactions_in_ord
         })
         .count() as u64;
     assert_eq!(caught, flagged_fraud);
+    // The Handbook's card precision at top-100: per day, and their mean.
+    let per_day: Vec<f64> = s["days"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["card_precision_at_100"].as_f64())
+        .collect();
+    let mean = s["labels"]["card_precision_at_100"].as_f64().unwrap();
+    assert!(!per_day.is_empty() && (0.0..=1.0).contains(&mean));
+    assert!((mean - per_day.iter().sum::<f64>() / per_day.len() as f64).abs() < 1e-12);
     // The shadow rule never acted (the answers above match), and is counted on its own.
     let shadow = &s["shadow_rules"]["night_shadow"];
     assert!(shadow["fired"].as_u64().unwrap() > 0, "{shadow}");
