@@ -6,7 +6,8 @@
 //! reported, as online), the model's score and the policy's thresholds, rules and lists
 //! ([`Policy::decide`]). [`run`] gives one [`Outcome`] per transaction (the decision the
 //! service would have answered, its score and what acted); [`summarize`] counts them, per
-//! rule, per day and against the labels, and compares them with a baseline's.
+//! rule, per day and against the labels, and compares them with a baseline's; [`backtest`]
+//! does both for a model ([`Prepared`]) and its baseline.
 //!
 //! The command line (`fraud backtest`) and the Python package call these two.
 
@@ -15,9 +16,69 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::decision::{Decision, DecisionError, Policy, ScoringModel};
-use crate::features::{replay_flat, Extractor};
+use crate::decision::{Decision, DecisionError, Policy, ScorerError, ScoringModel};
+use crate::features::{replay_flat, Extractor, FeatureSpec};
+use crate::model::{Artifact, ModelLimits};
 use crate::transaction::Transaction;
+
+/// A model ready for backtests: compiled, with the extractor of its feature spec.
+pub struct Prepared {
+    /// The extractor of the model's spec (or of the spec given).
+    pub extractor: Extractor,
+    /// The model.
+    pub model: ScoringModel,
+}
+
+impl Prepared {
+    /// The model of `artifact` with `spec`, else the spec stored in it (as the service
+    /// builds it; no cost limits: a backtest is not a request).
+    pub fn new(artifact: &Artifact, spec: Option<FeatureSpec>) -> Result<Self, ScorerError> {
+        let spec = spec.unwrap_or_else(|| artifact.feature_spec());
+        let extractor = Extractor::new(spec).map_err(|e| ScorerError::Spec(e.to_string()))?;
+        let model = ScoringModel::new(artifact, extractor.names(), &ModelLimits::default())?;
+        Ok(Prepared { extractor, model })
+    }
+
+    /// An arm deciding with this model and `policy`.
+    pub fn arm<'a>(&'a self, policy: &'a Policy) -> Arm<'a> {
+        Arm {
+            extractor: &self.extractor,
+            model: &self.model,
+            policy,
+        }
+    }
+}
+
+/// A whole backtest: each transaction's outcome, the baseline's, and the summary.
+pub struct Backtest {
+    /// One per transaction of the history, in its order.
+    pub outcomes: Vec<Outcome>,
+    /// The baseline's, when there was one.
+    pub baseline: Option<Vec<Outcome>>,
+    /// The counts ([`summarize`]).
+    pub summary: Summary,
+}
+
+/// Runs `main` and, when given, `baseline` on `history` ([`run`]), and summarizes them.
+pub fn backtest(
+    main: Arm<'_>,
+    baseline: Option<Arm<'_>>,
+    history: &[Transaction],
+) -> Result<Backtest, DecisionError> {
+    let outcomes = run(main, history)?;
+    let baseline = baseline.map(|b| run(b, history)).transpose()?;
+    let summary = summarize(
+        history,
+        &outcomes,
+        &main.policy.rules(),
+        baseline.as_deref(),
+    );
+    Ok(Backtest {
+        outcomes,
+        baseline,
+        summary,
+    })
+}
 
 /// What one arm of a backtest decides with: the model's feature spec, the model and the
 /// policy.
@@ -316,6 +377,7 @@ pub fn summarize(
             .any(|(n, a, shadow)| *shadow && n == name && *a == Decision::Decline)
     };
     let mut lab = Labelled::default();
+    let mut legit_declined = 0u64;
     let mut days: BTreeMap<String, (Day, HashSet<&str>, HashSet<&str>)> = BTreeMap::new();
     for (tx, o) in history.iter().zip(outcomes) {
         let amount = tx.amount.as_f64();
@@ -379,6 +441,9 @@ pub fn summarize(
             if flagged(o.decision) {
                 day.false_positives += 1;
             }
+            if o.decision == Decision::Decline {
+                legit_declined += 1;
+            }
         }
     }
     for r in s.rules.values_mut().chain(s.shadow_rules.values_mut()) {
@@ -397,11 +462,6 @@ pub fn summarize(
         .collect();
     if lab.labelled > 0 {
         let legit_flagged: u64 = s.days.iter().map(|d| d.false_positives).sum();
-        let legit_declined = history
-            .iter()
-            .zip(outcomes)
-            .filter(|(t, o)| t.is_fraud == Some(false) && o.decision == Decision::Decline)
-            .count() as u64;
         lab.false_declines_per_1000_legit = per_1000(legit_declined, lab.legit.count);
         lab.false_positives_per_1000_legit = per_1000(legit_flagged, lab.legit.count);
         lab.recall_decline = share(lab.fraud_declined.count, lab.fraud.count);

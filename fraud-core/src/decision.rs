@@ -1021,15 +1021,7 @@ impl ScorerBuilder {
 
     /// Builds the scorer.
     pub fn build(self) -> Result<Scorer, ScorerError> {
-        let spec = match self.spec {
-            Some(s) => s,
-            None => self
-                .artifact
-                .metadata
-                .feature_spec
-                .clone()
-                .unwrap_or_else(FeatureSpec::default_spec),
-        };
+        let spec = self.spec.unwrap_or_else(|| self.artifact.feature_spec());
         let extractor = Extractor::new(spec).map_err(|e| ScorerError::Spec(e.to_string()))?;
         let model = ScoringModel::new(&self.artifact, extractor.names(), &self.limits)?;
         let policy = Policy::new(&self.policy, extractor.names())?;

@@ -739,25 +739,12 @@ fn policy_of(text: Option<&str>, names: &[String]) -> PyResult<fraud_core::decis
 }
 
 /// A model with the extractor of its feature spec (or of `spec`).
-fn scoring_model(
-    model: &PyModel,
-    spec: Option<&str>,
-) -> PyResult<(
-    fraud_core::features::Extractor,
-    fraud_core::decision::ScoringModel,
-)> {
-    let spec = match spec {
-        Some(text) => fraud_core::features::FeatureSpec::from_toml(text).map_err(value_err)?,
-        None => model.artifact.feature_spec(),
-    };
-    let extractor = fraud_core::features::Extractor::new(spec).map_err(value_err)?;
-    let scoring = fraud_core::decision::ScoringModel::new(
-        &model.artifact,
-        extractor.names(),
-        &fraud_core::model::ModelLimits::default(),
-    )
-    .map_err(value_err)?;
-    Ok((extractor, scoring))
+fn prepared(model: &PyModel, spec: Option<&str>) -> PyResult<fraud_core::backtest::Prepared> {
+    let spec = spec
+        .map(fraud_core::features::FeatureSpec::from_toml)
+        .transpose()
+        .map_err(value_err)?;
+    fraud_core::backtest::Prepared::new(&model.artifact, spec).map_err(value_err)
 }
 
 /// Per transaction (in the history's order): ids, decisions, scores, rules fired (`;`
@@ -790,57 +777,38 @@ fn backtest(
     round_amounts: bool,
     card_from: Option<String>,
 ) -> PyResult<Backtested> {
-    use fraud_core::backtest::{run, summarize, Arm};
     let opts = history_options(tz_offset_s, round_amounts, card_from);
     let mut history = read_source(py, source, &opts)?;
     if let Some(list) = labels {
         set_labels(&mut history, list);
     }
-    let (extractor, scoring) = scoring_model(model, spec.as_deref())?;
-    let policy = policy_of(policy_toml.as_deref(), extractor.names())?;
-    let with_baseline = baseline_model.is_some() || baseline_policy_toml.is_some();
-    let base = match baseline_model {
-        Some(m) => Some(scoring_model(m, spec.as_deref())?),
-        None => None,
-    };
-    let (base_extractor, base_scoring) = base
-        .as_ref()
-        .map_or((&extractor, &scoring), |(e, m)| (e, m));
-    let base_policy = if with_baseline {
+    let main = prepared(model, spec.as_deref())?;
+    let policy = policy_of(policy_toml.as_deref(), main.extractor.names())?;
+    let base = baseline_model
+        .map(|m| prepared(m, spec.as_deref()))
+        .transpose()?;
+    let base = base.as_ref().unwrap_or(&main);
+    let base_policy = if baseline_model.is_some() || baseline_policy_toml.is_some() {
         Some(policy_of(
             baseline_policy_toml.as_deref().or(policy_toml.as_deref()),
-            base_extractor.names(),
+            base.extractor.names(),
         )?)
     } else {
         None
     };
-    let (outcomes, baseline, summary) = py.allow_threads(|| -> PyResult<_> {
-        let outcomes = run(
-            Arm {
-                extractor: &extractor,
-                model: &scoring,
-                policy: &policy,
-            },
-            &history,
-        )
+    let fraud_core::backtest::Backtest {
+        outcomes,
+        baseline,
+        summary,
+    } = py
+        .allow_threads(|| {
+            fraud_core::backtest::backtest(
+                main.arm(&policy),
+                base_policy.as_ref().map(|p| base.arm(p)),
+                &history,
+            )
+        })
         .map_err(value_err)?;
-        let baseline = match &base_policy {
-            Some(p) => Some(
-                run(
-                    Arm {
-                        extractor: base_extractor,
-                        model: base_scoring,
-                        policy: p,
-                    },
-                    &history,
-                )
-                .map_err(value_err)?,
-            ),
-            None => None,
-        };
-        let summary = summarize(&history, &outcomes, &policy.rules(), baseline.as_deref());
-        Ok((outcomes, baseline, summary))
-    })?;
     let summary = serde_json::to_string(&summary).map_err(value_err)?;
     Ok((
         history.iter().map(|t| t.transaction_id.clone()).collect(),

@@ -8,10 +8,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use fraud_core::backtest::{self, Arm, Outcome, Summary};
-use fraud_core::decision::{Policy, PolicyConfig, ScoringModel};
-use fraud_core::features::{Extractor, FeatureSpec};
-use fraud_core::model::{Artifact, ModelLimits};
+use fraud_core::backtest::{self, Backtest, Outcome, Prepared, Summary};
+use fraud_core::decision::{Policy, PolicyConfig};
+use fraud_core::features::FeatureSpec;
+use fraud_core::model::Artifact;
 use fraud_core::transaction::Transaction;
 
 #[derive(Debug, clap::Args)]
@@ -58,20 +58,10 @@ pub struct Args {
     threads: Option<usize>,
 }
 
-/// A model ready for the backtest, with its extractor.
-struct Loaded {
-    extractor: Extractor,
-    model: ScoringModel,
-}
-
-fn load(path: &Path, spec: Option<&FeatureSpec>) -> anyhow::Result<Loaded> {
+fn load(path: &Path, spec: Option<&FeatureSpec>) -> anyhow::Result<Prepared> {
     let artifact =
         Artifact::load(path).with_context(|| format!("cannot load model {}", path.display()))?;
-    let spec = spec.cloned().unwrap_or_else(|| artifact.feature_spec());
-    let extractor = Extractor::new(spec).context("feature spec")?;
-    let model = ScoringModel::new(&artifact, extractor.names(), &ModelLimits::default())
-        .with_context(|| format!("model {}", path.display()))?;
-    Ok(Loaded { extractor, model })
+    Prepared::new(&artifact, spec.cloned()).with_context(|| format!("model {}", path.display()))
 }
 
 fn policy(path: Option<&Path>, names: &[String]) -> anyhow::Result<Policy> {
@@ -121,34 +111,17 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let read_s = started.elapsed().as_secs_f64();
 
     let pool = super::thread_pool(a.threads)?;
-    let (outcomes, baseline) = pool.install(|| -> anyhow::Result<_> {
-        let outcomes = backtest::run(
-            Arm {
-                extractor: &main.extractor,
-                model: &main.model,
-                policy: &main_policy,
-            },
+    let Backtest {
+        outcomes,
+        baseline,
+        summary,
+    } = pool.install(|| {
+        backtest::backtest(
+            main.arm(&main_policy),
+            base_policy.as_ref().map(|p| base_model.arm(p)),
             &history,
-        )?;
-        let baseline = match &base_policy {
-            Some(p) => Some(backtest::run(
-                Arm {
-                    extractor: &base_model.extractor,
-                    model: &base_model.model,
-                    policy: p,
-                },
-                &history,
-            )?),
-            None => None,
-        };
-        Ok((outcomes, baseline))
+        )
     })?;
-    let summary = backtest::summarize(
-        &history,
-        &outcomes,
-        &main_policy.rules(),
-        baseline.as_deref(),
-    );
     let took_s = started.elapsed().as_secs_f64();
 
     let mut out = serde_json::to_value(&summary).context("summary")?;
