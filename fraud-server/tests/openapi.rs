@@ -211,6 +211,32 @@ async fn the_served_document_describes_real_answers() {
     assert_eq!(a.status, 204);
     check_answer(&doc, "DELETE", "/v1/models/shadow", &a);
 
+    // The policy: read, drafted, listed, discarded; the development key holds every role,
+    // and may not approve its own draft.
+    for path in ["/v1/policy", "/v1/policy/versions"] {
+        let a = send(&app, "GET", path, k, None).await;
+        assert_eq!(a.status, 200, "{path}");
+        check_answer(&doc, "GET", path, &a);
+    }
+    let draft =
+        json!({"policy": {"thresholds": {"review": 0.2, "decline": 0.8}}, "comment": "tighter"});
+    let a = send(&app, "POST", "/v1/policy/drafts", k, Some(&draft)).await;
+    assert_eq!(a.status, 201);
+    let d = check_answer(&doc, "POST", "/v1/policy/drafts", &a);
+    let id = d["draft"]["id"].as_str().unwrap().to_string();
+    let a = send(&app, "GET", "/v1/policy/drafts", k, None).await;
+    check_answer(&doc, "GET", "/v1/policy/drafts", &a);
+    let approve = format!("/v1/policy/drafts/{id}/approve");
+    let a = send(&app, "POST", &approve, k, None).await;
+    assert_eq!(a.status, 403);
+    check_answer(&doc, "POST", "/v1/policy/drafts/{id}/approve", &a);
+    let a = send(&app, "DELETE", &format!("/v1/policy/drafts/{id}"), k, None).await;
+    assert_eq!(a.status, 204);
+    check_answer(&doc, "DELETE", "/v1/policy/drafts/{id}", &a);
+    let a = send(&app, "POST", &approve, k, None).await;
+    assert_eq!(a.status, 404);
+    check_answer(&doc, "POST", "/v1/policy/drafts/{id}/approve", &a);
+
     // Operations.
     for path in ["/healthz", "/readyz", "/metrics"] {
         let a = send(&app, "GET", path, k, None).await;
@@ -236,6 +262,11 @@ async fn the_served_document_describes_real_answers() {
             "/v1/labels",
             "/v1/models",
             "/v1/models/shadow",
+            "/v1/policy",
+            "/v1/policy/drafts",
+            "/v1/policy/drafts/{id}",
+            "/v1/policy/drafts/{id}/approve",
+            "/v1/policy/versions",
             "/v1/score",
             "/v1/score/batch",
         ]

@@ -257,7 +257,7 @@ fn every_endpoint_checks_the_key_and_its_role() {
         Some(&tx("k1", "5.00")),
     );
     assert_eq!(st, 200, "{v}");
-    let endpoints: [(&str, &str, Option<Value>, &[&str]); 8] = [
+    let endpoints: [(&str, &str, Option<Value>, &[&str]); 12] = [
         (
             "POST",
             "/v1/score",
@@ -291,6 +291,25 @@ fn every_endpoint_checks_the_key_and_its_role() {
             &["fsk_score", "fsk_analyst", "fsk_admin", "fsk_both"],
         ),
         ("POST", "/v1/models?role=shadow", None, &["fsk_admin"]),
+        (
+            "GET",
+            "/v1/policy",
+            None,
+            &["fsk_analyst", "fsk_admin", "fsk_both"],
+        ),
+        (
+            "GET",
+            "/v1/policy/versions",
+            None,
+            &["fsk_analyst", "fsk_admin", "fsk_both"],
+        ),
+        ("GET", "/v1/policy/drafts", None, &["fsk_admin"]),
+        (
+            "POST",
+            "/v1/policy/drafts",
+            Some(json!({"from_version": 1})),
+            &["fsk_admin"],
+        ),
     ];
     for (i, (method, path, body, allowed)) in endpoints.iter().enumerate() {
         for key in [
@@ -887,8 +906,10 @@ fn audit_verify_names_the_altered_removed_or_cut_record() {
     let log_dir = dir.path().join("data/log");
     let log = log_dir.join("decisions.log");
     let verify = |extra: &[&str]| audit_verify(&log_dir, extra);
+    // Record 1 publishes the configuration file's policy as version 1; 2 to 7 are the
+    // decisions.
     let (ok, msg) = verify(&[]);
-    assert!(ok && msg.contains("intact, 6 records"), "{msg}");
+    assert!(ok && msg.contains("intact, 7 records"), "{msg}");
     let head = String::from_utf8_lossy(
         &fraud_cli(&["audit", "head", dir.path().join("data").to_str().unwrap()]).stdout,
     )
@@ -928,9 +949,9 @@ fn audit_verify_names_the_altered_removed_or_cut_record() {
     // Cut in the middle of the last record.
     std::fs::write(&log, &original[..original.len() - 10]).unwrap();
     let (ok, msg) = verify(&[]);
-    assert!(!ok && msg.contains("record 6 is cut short"), "{msg}");
+    assert!(!ok && msg.contains("record 7 is cut short"), "{msg}");
     // The last record removed whole: only the published head tells.
-    let without_last: usize = lines[..5].iter().map(|l| l.len()).sum();
+    let without_last: usize = lines[..6].iter().map(|l| l.len()).sum();
     std::fs::write(&log, &original[..without_last]).unwrap();
     assert!(verify(&[]).0);
     let (ok, msg) = verify(&["--head", &head_hash]);

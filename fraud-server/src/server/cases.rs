@@ -224,12 +224,14 @@ impl Cases {
     }
 
     /// Takes in the records the other replicas sharing `log`'s store wrote since the last
-    /// call (decisions, labels, escalations), all of them, and hands each erasure's key ref
-    /// to `erased` (so that this process forgets the key another destroyed): the count.
+    /// call (decisions, labels, escalations), all of them, hands each erasure's key ref to
+    /// `erased` (so that this process forgets the key another destroyed) and each `policy`
+    /// record to `policy`: the count.
     pub fn follow(
         &self,
         log: &dyn Journal,
         mut erased: impl FnMut(&str),
+        mut policy: impl FnMut(&super::decisions::Record),
     ) -> Result<usize, LogError> {
         let mut after = self
             .followed
@@ -238,7 +240,7 @@ impl Cases {
         let mut taken = 0;
         loop {
             let before = after.clone();
-            let kinds = ["decision", "label", "case", "erase"];
+            let kinds = ["decision", "label", "case", "erase", "policy"];
             let records = log.others(&mut after, &kinds, FOLLOW_BATCH)?;
             for rec in &records {
                 if rec.kind == "erase" {
@@ -250,6 +252,10 @@ impl Cases {
                             erased(r);
                         }
                     }
+                    continue;
+                }
+                if rec.kind == "policy" {
+                    policy(rec);
                     continue;
                 }
                 self.record(

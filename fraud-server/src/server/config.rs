@@ -366,6 +366,8 @@ pub struct Config {
     pub insider: super::watch::WatchConfig,
     /// The review console.
     pub console: ConsoleConfig,
+    /// Webhooks: where declines, reviews, closed cases and published policies are posted.
+    pub webhooks: Vec<super::webhooks::WebhookConfig>,
     /// Production mode: refuses to start without TLS, a tokenization key (file or
     /// FRAUD_TOKENIZATION_KEY) and a keys file; no development key is ever created.
     pub production: bool,
@@ -399,6 +401,7 @@ impl Default for Config {
             tls: None,
             insider: super::watch::WatchConfig::default(),
             console: ConsoleConfig::default(),
+            webhooks: Vec::new(),
             production: false,
         }
     }
@@ -684,6 +687,10 @@ impl Config {
                     ));
                 }
             }
+        }
+        for (i, w) in self.webhooks.iter().enumerate() {
+            w.check(i)
+                .map_err(|(setting, reason)| bad(setting, reason))?;
         }
         if self.log_segment_bytes < 1024 {
             return Err(bad("log_segment_bytes", "must be at least 1024"));

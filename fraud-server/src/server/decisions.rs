@@ -190,11 +190,13 @@ pub enum Kind {
     Recovery,
     /// A signed head (in clear).
     Head,
+    /// A policy drafted, published or discarded.
+    Policy,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 13] = [
+    pub const ALL: [Kind; 14] = [
         Kind::Decision,
         Kind::Label,
         Kind::Access,
@@ -208,6 +210,7 @@ impl Kind {
         Kind::Retention,
         Kind::Recovery,
         Kind::Head,
+        Kind::Policy,
     ];
 
     /// Its name in the log (a record's `kind`).
@@ -226,6 +229,7 @@ impl Kind {
             Kind::Retention => "retention",
             Kind::Recovery => "recovery",
             Kind::Head => super::heads::KIND,
+            Kind::Policy => "policy",
         }
     }
 
@@ -332,6 +336,8 @@ pub enum Event<'a> {
     },
     /// A torn record cut off at start.
     Recovery(&'a serde_json::Value),
+    /// A policy drafted, published or discarded.
+    Policy(&'a super::policies::PolicyRecord),
 }
 
 impl Event<'_> {
@@ -349,6 +355,7 @@ impl Event<'_> {
             Event::Logout {} => Kind::Logout,
             Event::Retention { .. } => Kind::Retention,
             Event::Recovery(_) => Kind::Recovery,
+            Event::Policy(_) => Kind::Policy,
         }
     }
 }

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use fraud_core::decision::{DecisionError, Policy, ScoringModel};
+use fraud_core::decision::{DecisionError, ScoringModel};
 use fraud_core::features::{Entity, Extractor, Field, LabelEvent, StateStore};
 use fraud_core::model::Artifact;
 use fraud_core::pii::Tokenizer;
@@ -227,8 +227,10 @@ pub struct Engine {
     pub model: ArcSwap<LoadedModel>,
     /// The shadow model.
     pub shadow: ArcSwapOption<LoadedModel>,
-    /// Thresholds, rules, lists.
-    pub policy: Policy,
+    /// Thresholds, rules, lists: the live version, the versions before it, the drafts.
+    pub policies: super::policies::Policies,
+    /// Where declines, reviews, closed cases and published policies are posted.
+    pub webhooks: super::webhooks::Webhooks,
     /// The decision log.
     pub log: Box<dyn Journal>,
     /// Metrics.
@@ -319,7 +321,8 @@ pub struct EngineBuilder {
     tokenizer: Option<Tokenizer>,
     model: Option<LoadedModel>,
     shadow: Option<LoadedModel>,
-    policy: Option<Policy>,
+    policies: Option<super::policies::Policies>,
+    webhooks: Option<super::webhooks::Webhooks>,
     log: Option<Box<dyn Journal>>,
     reasons: usize,
     degrade: bool,
@@ -356,8 +359,10 @@ impl EngineBuilder {
         model: LoadedModel => model = Some;
         /// The shadow model.
         shadow: Option<LoadedModel> => shadow = std::convert::identity;
-        /// Thresholds, rules, lists (required).
-        policy: Policy => policy = Some;
+        /// Thresholds, rules, lists, versioned (required).
+        policies: super::policies::Policies => policies = Some;
+        /// Webhooks (none by default).
+        webhooks: super::webhooks::Webhooks => webhooks = Some;
         /// The decision log (required).
         log: Box<dyn Journal> => log = Some;
         /// Reasons per answer.
@@ -399,7 +404,10 @@ impl EngineBuilder {
         Ok(Engine {
             state: self.state.ok_or_else(|| missing("state"))?,
             tokenizer: self.tokenizer.ok_or_else(|| missing("tokenizer"))?,
-            policy: self.policy.ok_or_else(|| missing("policy"))?,
+            policies: self.policies.ok_or_else(|| missing("policy"))?,
+            webhooks: self
+                .webhooks
+                .unwrap_or_else(super::webhooks::Webhooks::none),
             log: self.log.ok_or_else(|| missing("log"))?,
             extractor,
             model: ArcSwap::from_pointee(model),
@@ -503,6 +511,7 @@ impl Engine {
             return Ok((answer.to_string(), self.log.settle_seq(&rec)));
         }
         let model = self.model.load_full();
+        let live = self.policies.live();
         let cut = self
             .cut
             .read()
@@ -524,7 +533,7 @@ impl Engine {
         // The decision library's one pipeline: score, reasons, policy, the answer's fields.
         let (mut answer, row) = fraud_core::decision::decide(
             &model,
-            &self.policy,
+            &live.policy,
             &tx,
             self.extractor.names(),
             &features,
@@ -538,7 +547,7 @@ impl Engine {
                 Some(json!({
                     "model_version": s.version,
                     "score": v.score,
-                    "decision": self.policy.threshold(v.score).name(),
+                    "decision": live.policy.threshold(v.score).name(),
                 }))
             }
             None => None,
@@ -558,6 +567,12 @@ impl Engine {
         };
         // The record holds the sealed mask; the answer sent shows the mask itself.
         let shown = std::mem::replace(&mut answer.card_mask, card_mask);
+        let event = match answer.decision.name() {
+            "decline" => "decision.declined",
+            "review" => "review.opened",
+            _ => "",
+        };
+        let ordered = self.webhooks.ordered(event);
         let seq = self
             .log
             .append_decision(
@@ -573,10 +588,21 @@ impl Engine {
                         values: &features,
                     },
                     request: &request,
+                    policy_version: live.version.version,
                 },
                 used,
             )
             .map_err(Problem::from_log)?;
+        if ordered.is_some() {
+            let data = json!({
+                "transaction_id": tx.transaction_id,
+                "policy_version": live.version.version,
+                "response": &answer,
+            });
+            self.webhooks
+                .offer(seq, &super::webhooks::now(), "decision", caller, &data);
+        }
+        drop(ordered);
         // Its commit drops the claim.
         guard.claimed = false;
         answer.card_mask = shown;
@@ -606,7 +632,54 @@ impl Engine {
             &model.version,
             &row,
         );
+        let score = answer.score;
+        drop(guard);
+        // Kept for the policy drafts' backtests on the recent log.
+        self.policies.keep(tx, features, score);
         Ok((body, seq))
+    }
+
+    /// Approves policy draft `id` for `by` (see [`Policies::approve`]), announced to the
+    /// webhooks that want `policy.published`.
+    ///
+    /// [`Policies::approve`]: super::policies::Policies::approve
+    pub fn approve_policy(&self, by: &str, id: &str) -> Result<super::policies::Version, Problem> {
+        let ordered = self.webhooks.ordered("policy.published");
+        let (v, seq, data) = self.policies.approve(&*self.log, by, id)?;
+        if ordered.is_some() {
+            self.webhooks
+                .offer(seq, &v.published_at, "policy", by, &data);
+        }
+        Ok(v)
+    }
+
+    /// Records a review-console case action (`fraud`, `legit`, `escalate`) by `by`, taken
+    /// into the review queue and announced to the webhooks that want `case.closed`.
+    pub fn record_case(
+        &self,
+        by: &str,
+        transaction_id: &str,
+        action: &str,
+    ) -> Result<u64, Problem> {
+        let ordered = self.webhooks.ordered("case.closed");
+        let seq = self
+            .log
+            .append(
+                by,
+                &Event::Case {
+                    transaction_id,
+                    action,
+                },
+            )
+            .map_err(Problem::from_log)?;
+        let data = json!({"transaction_id": transaction_id, "action": action});
+        if ordered.is_some() {
+            self.webhooks
+                .offer(seq, &super::webhooks::now(), "case", by, &data);
+        }
+        drop(ordered);
+        self.cases.record(None, "case", seq, "", &data);
+        Ok(seq)
     }
 
     /// Resolves once record `seq` is durable (group commit: many answers share one fsync,
@@ -723,6 +796,7 @@ impl Engine {
             )
             .map_err(Problem::from_log)?;
         self.cases.close(id);
+        self.policies.label(id, is_fraud);
         self.metrics.label(is_fraud);
         let shadow = super::record::strings(&rec.data["rules_shadow"]);
         self.metrics.shadow_labelled(&shadow, is_fraud);
@@ -939,14 +1013,20 @@ impl Engine {
     }
 
     /// Takes in the records the other replicas sharing the store wrote since the last call:
-    /// the review queue's decisions, labels and escalations, and their erasures (the key
-    /// each destroyed is forgotten here too). The count.
+    /// the review queue's decisions, labels and escalations, their erasures (the key each
+    /// destroyed is forgotten here too) and the policies they published. The count.
     pub fn follow_records(&self) -> Result<usize, super::decisions::LogError> {
-        self.cases.follow(&*self.log, |key_ref| {
-            if let Some(v) = &self.vault {
-                v.evict(key_ref);
-            }
-        })
+        self.cases.follow(
+            &*self.log,
+            |key_ref| {
+                if let Some(v) = &self.vault {
+                    v.evict(key_ref);
+                }
+            },
+            |rec| {
+                self.policies.follow(rec);
+            },
+        )
     }
 
     /// Destroys entity keys once the memory state no longer needs the records they open: a

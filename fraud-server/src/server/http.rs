@@ -13,8 +13,9 @@ use serde_json::Value;
 use super::engine::{DecisionRead, Engine, LoadedModel, Reader};
 use super::keys::{Caller, LiveKeys, Role};
 use super::openapi::{
-    BatchAnswer, BatchRequest, DecisionRecordAnswer, Erased, ErasureRequest, LabelsAnswer,
-    LabelsRequest, ModelArtifact, ModelInstalled, ModelQuery, ModelRole, ScoreAnswer, Status,
+    BatchAnswer, BatchRequest, DecisionRecordAnswer, DraftAnswer, DraftList, DraftRequest, Erased,
+    ErasureRequest, LabelsAnswer, LabelsRequest, ModelArtifact, ModelInstalled, ModelQuery,
+    ModelRole, PolicyVersions, ScoreAnswer, Status,
 };
 use super::problem::{Problem, ProblemAnswer};
 use fraud_core::transaction::RawTransaction;
@@ -237,7 +238,7 @@ impl<R: Needs> actix_web::FromRequest for Authorized<R> {
 
 /// The API's routes, as metrics name them (`/metrics`' `route` label); the probes
 /// (`/healthz`, `/readyz`) are not counted.
-const ROUTES: [&str; 10] = [
+const ROUTES: [&str; 14] = [
     "/v1/score",
     "/v1/score/batch",
     "/v1/labels",
@@ -248,6 +249,10 @@ const ROUTES: [&str; 10] = [
     "/v1/entities/{kind}/{id}",
     "/metrics",
     "/openapi.json",
+    "/v1/policy",
+    "/v1/policy/versions",
+    "/v1/policy/drafts",
+    "/v1/policy/drafts/{id}",
 ];
 
 /// Records every answer of the API's routes in the metrics: route, status, time taken
@@ -651,6 +656,7 @@ pub(crate) async fn decision(
                 shadow: rec.data["shadow"].clone(),
                 erased_fields,
                 rules_shadow: super::record::strings(&rec.data["rules_shadow"]),
+                policy_version: rec.data["policy_version"].as_u64(),
             })
         }
     }
@@ -1091,6 +1097,188 @@ pub async fn header_guard(
     next.call(req).await.map(|r| r.map_into_left_body())
 }
 
+/// An analyst or an admin (403 otherwise): who may read the live policy.
+fn reads_policy(caller: &Caller) -> Result<(), Problem> {
+    if caller.may(Role::Analyst) || caller.may(Role::Admin) {
+        Ok(())
+    } else {
+        Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this endpoint needs the `analyst` or the `admin` role",
+        ))
+    }
+}
+
+#[utoipa::path(get, path = "/v1/policy", tag = "policy",
+    summary = "The live policy: its version, who drafted and approved it, thresholds, rules and lists (role analyst or admin)",
+    responses(
+        (status = 200, description = "the live version", body = super::policies::Version),
+        (status = 401, response = ProblemAnswer),
+        (status = 403, response = ProblemAnswer),
+        (status = 429, response = ProblemAnswer)
+    ))]
+pub(crate) async fn policy(app: Data, auth: Authorized<AnyRole>) -> Result<HttpResponse, Problem> {
+    reads_policy(&auth.caller)?;
+    typed_ok(&app.engine.policies.live().version)
+}
+
+#[utoipa::path(get, path = "/v1/policy/versions", tag = "policy",
+    summary = "Every published policy version, oldest first (role analyst or admin)",
+    responses(
+        (status = 200, description = "the versions", body = PolicyVersions),
+        (status = 401, response = ProblemAnswer),
+        (status = 403, response = ProblemAnswer),
+        (status = 429, response = ProblemAnswer)
+    ))]
+pub(crate) async fn policy_versions(
+    app: Data,
+    auth: Authorized<AnyRole>,
+) -> Result<HttpResponse, Problem> {
+    reads_policy(&auth.caller)?;
+    typed_ok(&PolicyVersions {
+        live: app.engine.policies.live().version.version,
+        versions: app.engine.policies.versions(),
+    })
+}
+
+/// A draft with its backtest on the recent log.
+fn with_backtest(engine: &Engine, d: super::policies::Draft) -> Result<DraftAnswer, Problem> {
+    let backtest = engine.policies.backtest(&d.policy)?;
+    Ok(DraftAnswer {
+        draft: d,
+        backtest: serde_json::to_value(&backtest)
+            .map_err(|e| Problem::internal(format!("backtest: {e}")))?,
+    })
+}
+
+#[utoipa::path(get, path = "/v1/policy/drafts", tag = "policy",
+    summary = "The drafts waiting for approval, each with its backtest on the recent decisions against the live policy (role admin)",
+    responses(
+        (status = 200, description = "the drafts", body = DraftList),
+        (status = 401, response = ProblemAnswer),
+        (status = 403, response = ProblemAnswer),
+        (status = 429, response = ProblemAnswer),
+        (status = 503, response = ProblemAnswer)
+    ))]
+pub(crate) async fn policy_drafts(
+    app: Data,
+    _auth: Authorized<AdminRole>,
+) -> Result<HttpResponse, Problem> {
+    let engine = app.engine.clone();
+    let list = blocking(move || {
+        engine
+            .policies
+            .drafts()
+            .into_iter()
+            .map(|d| with_backtest(&engine, d))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await?;
+    typed_ok(&DraftList { drafts: list })
+}
+
+#[utoipa::path(post, path = "/v1/policy/drafts", tag = "policy",
+    summary = "Draft a policy (thresholds, rules, lists), or a rollback to an earlier version, for another admin to approve (role admin); answered with its backtest on the recent decisions",
+    request_body = DraftRequest,
+    responses(
+        (status = 201, description = "drafted", body = DraftAnswer),
+        (status = 400, response = ProblemAnswer),
+        (status = 401, response = ProblemAnswer),
+        (status = 403, response = ProblemAnswer),
+        (status = 413, response = ProblemAnswer),
+        (status = 415, response = ProblemAnswer),
+        (status = 422, response = ProblemAnswer),
+        (status = 429, response = ProblemAnswer),
+        (status = 503, response = ProblemAnswer)
+    ))]
+pub(crate) async fn policy_draft(
+    app: Data,
+    _slot: Admitted,
+    auth: Authorized<AdminRole>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, Problem> {
+    json_content(&req)?;
+    let bytes = body(payload, app.limits.max_body_bytes.saturating_mul(64)).await?;
+    refuse_duplicate_names(&bytes)?;
+    let draft: DraftRequest = serde_json::from_slice(&bytes).map_err(|e| {
+        // serde's message may quote the value (a card number pasted into a list): only
+        // its words are kept.
+        Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid policy",
+            format!(
+                "the body must be {{\"policy\": {{\"thresholds\", \"rules\", \"lists\"}}, \"comment\"?}} or {{\"from_version\": N}}: {}",
+                e.to_string().split('"').step_by(2).collect::<Vec<_>>().join("")
+            ),
+        )
+    })?;
+    let engine = app.engine.clone();
+    let by = auth.caller.name;
+    let answer = blocking(move || {
+        let d = engine.policies.propose(
+            &*engine.log,
+            &by,
+            draft.policy,
+            draft.from_version,
+            draft.comment,
+        )?;
+        with_backtest(&engine, d)
+    })
+    .await?;
+    let text =
+        serde_json::to_string(&answer).map_err(|e| Problem::internal(format!("answer: {e}")))?;
+    Ok(HttpResponse::Created()
+        .content_type("application/json")
+        .body(text))
+}
+
+#[utoipa::path(post, path = "/v1/policy/drafts/{id}/approve", tag = "policy",
+    summary = "Approve a draft: it is published as the next version and decides from now on; the approver must not be its author (role admin)",
+    params(("id" = String, Path, description = "the draft's id")),
+    responses(
+        (status = 200, description = "published", body = super::policies::Version),
+        (status = 401, response = ProblemAnswer),
+        (status = 403, response = ProblemAnswer),
+        (status = 404, response = ProblemAnswer),
+        (status = 422, response = ProblemAnswer),
+        (status = 429, response = ProblemAnswer),
+        (status = 503, response = ProblemAnswer)
+    ))]
+pub(crate) async fn policy_approve(
+    app: Data,
+    auth: Authorized<AdminRole>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, Problem> {
+    let engine = app.engine.clone();
+    let by = auth.caller.name;
+    let v = blocking(move || engine.approve_policy(&by, &id)).await?;
+    typed_ok(&v)
+}
+
+#[utoipa::path(delete, path = "/v1/policy/drafts/{id}", tag = "policy",
+    summary = "Withdraw or reject a draft (role admin)",
+    params(("id" = String, Path, description = "the draft's id")),
+    responses(
+        (status = 204, description = "discarded"),
+        (status = 401, response = ProblemAnswer),
+        (status = 403, response = ProblemAnswer),
+        (status = 404, response = ProblemAnswer),
+        (status = 429, response = ProblemAnswer),
+        (status = 503, response = ProblemAnswer)
+    ))]
+pub(crate) async fn policy_discard(
+    app: Data,
+    auth: Authorized<AdminRole>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, Problem> {
+    let engine = app.engine.clone();
+    let by = auth.caller.name;
+    blocking(move || engine.policies.discard(&*engine.log, &by, &id)).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
 /// The routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/score", web::post().to(score))
@@ -1101,6 +1289,15 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/v1/models/shadow", web::delete().to(remove_shadow))
         .route("/v1/entities/erase", web::post().to(erase_by_body))
         .route("/v1/entities/{kind}/{id}", web::delete().to(erase))
+        .route("/v1/policy", web::get().to(policy))
+        .route("/v1/policy/versions", web::get().to(policy_versions))
+        .route("/v1/policy/drafts", web::get().to(policy_drafts))
+        .route("/v1/policy/drafts", web::post().to(policy_draft))
+        .route(
+            "/v1/policy/drafts/{id}/approve",
+            web::post().to(policy_approve),
+        )
+        .route("/v1/policy/drafts/{id}", web::delete().to(policy_discard))
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics))

@@ -144,6 +144,19 @@ pub struct Metrics {
     shadow_fired: Family<RuleLabel, Counter>,
     shadow_labelled: Family<RuleOutcome, Counter>,
     shadow_precision: Family<RuleLabel, Gauge<f64, AtomicU64>>,
+    webhook_attempts: Family<WebhookOutcome, Counter>,
+    webhook_pending: Family<WebhookLabel, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WebhookLabel {
+    webhook: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WebhookOutcome {
+    webhook: String,
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -186,6 +199,8 @@ impl Metrics {
             shadow_fired: Family::default(),
             shadow_labelled: Family::default(),
             shadow_precision: Family::default(),
+            webhook_attempts: Family::default(),
+            webhook_pending: Family::default(),
         };
         // Series that exist from the start, at zero.
         for decision in ["approve", "review", "decline"] {
@@ -271,7 +286,45 @@ impl Metrics {
             "Labelled fraud among a shadow rule's labelled firings",
             self.shadow_precision.clone(),
         );
+        r.register(
+            "fraud_webhook_deliveries",
+            "Webhook delivery attempts, by webhook and outcome (delivered, failed: retried)",
+            self.webhook_attempts.clone(),
+        );
+        r.register(
+            "fraud_webhook_pending",
+            "Webhook events waiting to be delivered, by webhook",
+            self.webhook_pending.clone(),
+        );
         self
+    }
+
+    /// A webhook event delivered.
+    pub fn webhook_delivered(&self, webhook: &str) {
+        self.webhook_attempt(webhook, "delivered");
+    }
+
+    /// A webhook delivery attempt that failed (it is retried).
+    pub fn webhook_failed(&self, webhook: &str) {
+        self.webhook_attempt(webhook, "failed");
+    }
+
+    fn webhook_attempt(&self, webhook: &str, outcome: &'static str) {
+        self.webhook_attempts
+            .get_or_create(&WebhookOutcome {
+                webhook: webhook.to_string(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// Events waiting for a webhook.
+    pub fn webhook_pending(&self, webhook: &str, n: u64) {
+        self.webhook_pending
+            .get_or_create(&WebhookLabel {
+                webhook: webhook.to_string(),
+            })
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// The population stability index of each feature with a reference, now.

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod pgstore;
 pub mod pin;
+pub mod policies;
 pub mod problem;
 pub mod rebuild;
 pub mod record;
@@ -22,6 +23,7 @@ pub mod sharded;
 pub mod users;
 pub mod vault;
 pub mod watch;
+pub mod webhooks;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -294,7 +296,8 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
             )
         }
     };
-    let policy = fraud_core::decision::Policy::new(&cfg.policy(), extractor.names())
+    // Checked before anything is opened: a policy that does not compile stops the start.
+    fraud_core::decision::Policy::new(&cfg.policy(), extractor.names())
         .map_err(|e| anyhow::anyhow!("config: {e}"))?;
     let (tokenizer, _) = tokenizer(cfg)?;
     // Memory state is derived from the decision log (rebuilt below from the last snapshot and
@@ -339,7 +342,20 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
     let mut installed: [Option<Option<String>>; 2] = [None, None];
     let mut pending_shred = Vec::new();
     let review_cases = cases::Cases::default();
+    let mut policy_history = policies::History::default();
+    // The records the webhooks have not delivered yet (those after the oldest cursor that
+    // make an event), this replica's own.
+    let replica = replica_id(cfg)?;
+    let webhook_from = webhooks::Webhooks::oldest_cursor(&cfg.webhooks, &cfg.data_dir);
+    let mut webhook_backlog: Vec<decisions::Record> = Vec::new();
     let mut visit = |rec: &decisions::Record, vault: Option<&vault::Vault>| {
+        policy_history.record(rec);
+        if webhook_from.is_some_and(|from| rec.seq > from)
+            && rec.replica.as_deref().is_none_or(|r| r == replica)
+            && webhooks::event_of(&rec.kind, &rec.key, &rec.data).is_some()
+        {
+            webhook_backlog.push(rec.clone());
+        }
         if rec.is(decisions::Kind::Model) {
             let slot = usize::from(rec.data["role"] == "shadow");
             installed[slot] = Some(rec.data["file"].as_str().map(str::to_string));
@@ -369,7 +385,6 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
                 (Box::new(log), Some(vault))
             }
             config::StoreBackend::Postgres => {
-                let replica = replica_id(cfg)?;
                 let log = pgstore::PgJournal::open(
                     cfg.store.url.as_deref().unwrap_or_default(),
                     &replica,
@@ -384,6 +399,22 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
         };
     if let Some(e) = failure {
         anyhow::bail!("cannot rebuild entity state from the decision log: {e}");
+    }
+    let hooks = webhooks::Webhooks::new(&cfg.webhooks, &cfg.data_dir, log.records(), &replica)
+        .context("config")?;
+    for rec in &webhook_backlog {
+        hooks.offer(rec.seq, &rec.at, &rec.kind, &rec.key, &rec.data);
+    }
+    drop(webhook_backlog);
+    let (policies, published) = policies::Policies::start(
+        policy_history,
+        &cfg.policy(),
+        extractor.names(),
+        &*log,
+        policies::RECENT,
+    )?;
+    if let Some((seq, data)) = published {
+        hooks.offer(seq, &webhooks::now(), "policy", "config", &data);
     }
     let (keys, dev_key) = match &cfg.keys_file {
         Some(p) => (Arc::new(keys::LiveKeys::open(p)?), None),
@@ -411,7 +442,8 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
         .tokenizer(tokenizer)
         .model(model)
         .shadow(shadow)
-        .policy(policy)
+        .policies(policies)
+        .webhooks(hooks)
         .log(log)
         .reasons(cfg.reasons)
         .degrade(cfg.state.on_unavailable == config::OnUnavailable::Degrade)
@@ -466,6 +498,7 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
             .map_err(|e| anyhow::anyhow!("finishing an erasure: {e}"))?;
     }
     let engine = Arc::new(engine);
+    webhooks::Webhooks::start(&engine);
     let console = if cfg.console.enabled {
         let path = cfg
             .console

@@ -9,6 +9,48 @@ use utoipa::{Modify, OpenApi, ToSchema};
 
 use fraud_core::decision::Verdict;
 
+/// A policy draft: a policy, or a rollback to an earlier version's.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DraftRequest {
+    /// The proposed policy: `thresholds` {`review`, `decline`}, `rules` [{`name`, `when`,
+    /// `action`, `mode`?}], `lists` {`allow`, `block`} as in the configuration file.
+    #[schema(value_type = Option<Object>)]
+    pub policy: Option<fraud_core::decision::PolicyConfig>,
+    /// Instead of `policy`: the version whose policy is drafted again (a rollback).
+    pub from_version: Option<u64>,
+    /// Why (shown to the approver, recorded).
+    pub comment: Option<String>,
+}
+
+/// A draft with its backtest on the recent decisions.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DraftAnswer {
+    /// The draft.
+    pub draft: super::policies::Draft,
+    /// What it would have decided on the recent decisions, the live policy as the baseline
+    /// (`fraud backtest`'s summary: `decisions`, `rules`, `baseline.changes`, and `labels`
+    /// where labels arrived).
+    #[schema(value_type = Object)]
+    pub backtest: Value,
+}
+
+/// The drafts waiting for approval.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DraftList {
+    /// Oldest id first.
+    pub drafts: Vec<DraftAnswer>,
+}
+
+/// The published policy versions.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PolicyVersions {
+    /// The live version's number.
+    pub live: u64,
+    /// Every version, oldest first.
+    pub versions: Vec<super::policies::Version>,
+}
+
 /// The answer to one scored transaction.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ScoreAnswer {
@@ -111,6 +153,10 @@ pub struct DecisionRecordAnswer {
     pub erased_fields: Vec<String>,
     /// The shadow rules (`mode = "shadow"`) whose condition held; they did not act.
     pub rules_shadow: Vec<String>,
+    /// The version of the policy that decided (absent in records older than policy
+    /// versions).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_version: Option<u64>,
 }
 
 /// A model artifact's bytes (written by `fraud train` or `fraud import`).
@@ -216,6 +262,12 @@ impl Modify for Security {
         super::http::remove_shadow,
         super::http::erase_by_body,
         super::http::erase,
+        super::http::policy,
+        super::http::policy_versions,
+        super::http::policy_drafts,
+        super::http::policy_draft,
+        super::http::policy_approve,
+        super::http::policy_discard,
         super::http::healthz,
         super::http::readyz,
         super::http::metrics,

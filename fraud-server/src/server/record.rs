@@ -46,6 +46,8 @@ pub struct DecisionRecord<'a, R> {
     /// Keyed fingerprint of the validated request: a retry with the same body from the
     /// same key is answered from the record; anything else with this id is refused.
     pub request: &'a str,
+    /// The version of the policy that decided (`GET /v1/policy/versions`).
+    pub policy_version: u64,
 }
 
 /// A transaction as a decision record holds it: entity fields as strings (sealed once
@@ -194,6 +196,7 @@ mod tests {
             "request": "r1",
         });
         v["features"] = json!({ names[0].clone(): 1.5, names[1].clone(): null });
+        v["policy_version"] = json!(3);
         v
     }
 
@@ -226,6 +229,7 @@ mod tests {
                     values: &values,
                 },
                 request: "r1",
+                policy_version: 3,
             };
             let text = serde_json::to_string(&record).unwrap_or_default();
             let mut new: Value = serde_json::from_str(&text).unwrap_or_default();

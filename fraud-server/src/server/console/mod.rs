@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::cases::Filter;
@@ -899,15 +899,7 @@ async fn case_action(
                 }
             },
         }
-        let seq = c2.record(
-            &who,
-            &Event::Case {
-                transaction_id: &tid,
-                action: &what,
-            },
-        )?;
-        let data = json!({"transaction_id": tid, "action": what});
-        c2.engine.cases.record(None, "case", seq, "", &data);
+        c2.engine.record_case(&caller, &tid, &what)?;
         Ok(match what.as_str() {
             "fraud" => format!("Case {tid} confirmed as fraud."),
             "legit" => format!("Case {tid} marked legitimate."),
@@ -1026,6 +1018,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn amounts_bars_and_encoding() {
