@@ -464,3 +464,73 @@ retry_max_ms = 300
         assert!(signed(h, &v, b, secret));
     }
 }
+
+#[test]
+fn a_challenger_decides_for_its_share_of_cards_and_is_compared_as_labels_arrive() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/demo/model.fgb");
+    // A share out of range stops the start naming the setting.
+    let err = start(dir.path(), "[shadow]\ntraffic = 1.5\n")
+        .err()
+        .unwrap();
+    assert!(err.contains("shadow.traffic"), "{err}");
+    let cfg = format!(
+        "{}shadow_model = {:?}\n\n[shadow]\ntraffic = 0.5\n",
+        keys_config(dir.path()),
+        model.to_str().unwrap()
+    );
+    let s = start(dir.path(), &cfg).unwrap();
+    let mut arms = std::collections::HashMap::new();
+    for i in 0..40u64 {
+        let mut t = tx(
+            &format!("cc-{i}"),
+            if i % 4 == 0 { "900.00" } else { "20.00" },
+        );
+        t["card_number"] = json!(card_number(i % 20));
+        let (st, v, _) = s.call("POST", "/v1/score", Some("fsk_score"), Some(&t));
+        assert_eq!(st, 200, "{v}");
+        let (_, rec, _) = s.call(
+            "GET",
+            &format!("/v1/decisions/cc-{i}"),
+            Some("fsk_analyst"),
+            None,
+        );
+        // Both scores recorded: the deciding model's in the answer, the other's in `shadow`.
+        assert!(rec["shadow"]["score"].is_number(), "{rec}");
+        assert_eq!(rec["response"]["score"], v["score"]);
+        let arm = rec["arm"].as_str().unwrap_or_default().to_string();
+        assert!(arm == "champion" || arm == "challenger", "{rec}");
+        // A card always sees the same model.
+        let prev = arms.insert(i % 20, arm.clone());
+        assert!(prev.is_none_or(|p| p == arm), "card {} moved arms", i % 20);
+    }
+    let challengers = arms.values().filter(|a| *a == "challenger").count();
+    assert!(challengers > 0 && challengers < 20, "{arms:?}");
+    let labels: Vec<Value> = (0..40)
+        .map(|i| json!({"transaction_id": format!("cc-{i}"), "is_fraud": i % 4 == 0}))
+        .collect();
+    let (st, l, _) = s.call(
+        "POST",
+        "/v1/labels",
+        Some("fsk_analyst"),
+        Some(&json!({ "labels": labels })),
+    );
+    assert_eq!(st, 200, "{l}");
+    let (_, _, m) = s
+        .try_request("GET", "/metrics", Some("fsk_analyst"), &[], b"")
+        .unwrap();
+    let m = String::from_utf8(m).unwrap();
+    assert!(m.contains("fraud_arm_labelled 40"), "{m}");
+    for arm in ["champion", "challenger"] {
+        assert!(
+            m.contains(&format!(
+                "fraud_arm_quality{{arm=\"{arm}\",measure=\"auc\"}}"
+            )),
+            "{m}"
+        );
+        assert!(
+            m.contains(&format!("fraud_arm_decisions_total{{arm=\"{arm}\"")),
+            "{m}"
+        );
+    }
+}

@@ -1006,39 +1006,6 @@ fn production_mode_refuses_to_start_without_tls_keys_and_a_tokenization_key() {
     );
 }
 
-/// A Luhn-valid 16-digit number from `seed`.
-fn card_number(seed: u64) -> String {
-    let mut digits: Vec<u32> = format!(
-        "4{:014}",
-        seed.wrapping_mul(2_862_933_555_777_941_757) % 100_000_000_000_000
-    )
-    .chars()
-    .map(|c| c.to_digit(10).unwrap())
-    .collect();
-    let sum: u32 = digits
-        .iter()
-        .rev()
-        .enumerate()
-        .map(|(i, &d)| {
-            if i % 2 == 0 {
-                let x = d * 2;
-                if x > 9 {
-                    x - 9
-                } else {
-                    x
-                }
-            } else {
-                d
-            }
-        })
-        .sum();
-    digits.push((10 - sum % 10) % 10);
-    digits
-        .iter()
-        .map(|d| char::from_digit(*d, 10).unwrap())
-        .collect()
-}
-
 #[test]
 fn thousands_of_card_numbers_leave_no_trace() {
     let dir = tempfile::tempdir().unwrap();

@@ -304,6 +304,16 @@ pub struct TlsConfig {
     pub key: PathBuf,
 }
 
+/// Champion / challenger: the shadow model decides for a share of the cards.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShadowConfig {
+    /// The share of cards (by token: a card always sees the same model) the shadow model
+    /// decides for, the active one scored and recorded beside it; 0 (the default): the
+    /// shadow never decides.
+    pub traffic: f64,
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -314,8 +324,11 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Model artifact; the embedded demo model when absent.
     pub model: Option<PathBuf>,
-    /// A shadow model, scored and recorded beside the active one, never deciding.
+    /// A shadow model, scored and recorded beside the active one, never deciding (unless
+    /// `[shadow] traffic` gives it a share of the cards).
     pub shadow_model: Option<PathBuf>,
+    /// Champion / challenger.
+    pub shadow: ShadowConfig,
     /// Feature spec (TOML); the active model's stored spec, else the default spec.
     pub feature_spec: Option<PathBuf>,
     /// Keys file (hashed API keys); `<data_dir>/keys.json` when absent.
@@ -380,6 +393,7 @@ impl Default for Config {
             data_dir: PathBuf::from("fraud-data"),
             model: None,
             shadow_model: None,
+            shadow: ShadowConfig::default(),
             feature_spec: None,
             keys_file: None,
             tokenization_key_file: None,
@@ -582,6 +596,11 @@ impl Config {
             "FRAUD_DATA_DIR" => self.data_dir = PathBuf::from(v),
             "FRAUD_MODEL" => self.model = Some(PathBuf::from(v)),
             "FRAUD_SHADOW_MODEL" => self.shadow_model = Some(PathBuf::from(v)),
+            "FRAUD_SHADOW_TRAFFIC" => {
+                self.shadow.traffic = v
+                    .parse()
+                    .map_err(|_| bad("FRAUD_SHADOW_TRAFFIC", format!("`{v}` is not a number")))?
+            }
             "FRAUD_FEATURE_SPEC" => self.feature_spec = Some(PathBuf::from(v)),
             "FRAUD_KEYS_FILE" => self.keys_file = Some(PathBuf::from(v)),
             "FRAUD_TOKENIZATION_KEY_FILE" => self.tokenization_key_file = Some(PathBuf::from(v)),
@@ -687,6 +706,12 @@ impl Config {
                     ));
                 }
             }
+        }
+        if !(0.0..=1.0).contains(&self.shadow.traffic) {
+            return Err(bad(
+                "shadow.traffic",
+                "must be a share between 0 and 1 (0.1: the shadow decides for a tenth of the cards)",
+            ));
         }
         for (i, w) in self.webhooks.iter().enumerate() {
             w.check(i)

@@ -231,6 +231,11 @@ pub struct Engine {
     pub policies: super::policies::Policies,
     /// Where declines, reviews, closed cases and published policies are posted.
     pub webhooks: super::webhooks::Webhooks,
+    /// The share of cards the shadow model decides for (champion / challenger); 0: it
+    /// never decides.
+    pub shadow_traffic: f64,
+    /// The champion's and the challenger's scores of labelled transactions.
+    pub comparison: super::compare::Comparison,
     /// The decision log.
     pub log: Box<dyn Journal>,
     /// Metrics.
@@ -323,6 +328,7 @@ pub struct EngineBuilder {
     shadow: Option<LoadedModel>,
     policies: Option<super::policies::Policies>,
     webhooks: Option<super::webhooks::Webhooks>,
+    shadow_traffic: f64,
     log: Option<Box<dyn Journal>>,
     reasons: usize,
     degrade: bool,
@@ -363,6 +369,8 @@ impl EngineBuilder {
         policies: super::policies::Policies => policies = Some;
         /// Webhooks (none by default).
         webhooks: super::webhooks::Webhooks => webhooks = Some;
+        /// The share of cards the shadow decides for.
+        shadow_traffic: f64 => shadow_traffic = std::convert::identity;
         /// The decision log (required).
         log: Box<dyn Journal> => log = Some;
         /// Reasons per answer.
@@ -408,6 +416,8 @@ impl EngineBuilder {
             webhooks: self
                 .webhooks
                 .unwrap_or_else(super::webhooks::Webhooks::none),
+            shadow_traffic: self.shadow_traffic,
+            comparison: Default::default(),
             log: self.log.ok_or_else(|| missing("log"))?,
             extractor,
             model: ArcSwap::from_pointee(model),
@@ -432,6 +442,16 @@ impl EngineBuilder {
             shared_store: self.shared_store,
         })
     }
+}
+
+/// Whether a card token falls in the first `share` of cards (by SHA-256 of the token: a card
+/// always falls on the same side).
+pub fn in_share(token: &str, share: f64) -> bool {
+    use sha2::Digest as _;
+    let h = sha2::Sha256::digest(token.as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h[..8]);
+    (u64::from_be_bytes(b) as f64 / 18_446_744_073_709_551_616.0) < share
 }
 
 /// A decision that failed on a valid transaction: the service's fault, never the caller's.
@@ -510,7 +530,22 @@ impl Engine {
             // The first answer may still be waiting for its commit: so does this one.
             return Ok((answer.to_string(), self.log.settle_seq(&rec)));
         }
-        let model = self.model.load_full();
+        // Champion / challenger: with a traffic share, the shadow decides for the cards whose
+        // token falls in it (a card always sees the same model), the active one is recorded
+        // beside it.
+        let (model, other, arm) = {
+            let active = self.model.load_full();
+            match self.shadow.load_full() {
+                Some(s) if self.shadow_traffic > 0.0 => {
+                    if in_share(&tx.card.token, self.shadow_traffic) {
+                        (s, Some(active), Some("challenger"))
+                    } else {
+                        (active, Some(s), Some("champion"))
+                    }
+                }
+                other => (active, other, None),
+            }
+        };
         let live = self.policies.live();
         let cut = self
             .cut
@@ -541,7 +576,7 @@ impl Engine {
         )
         .map_err(decision_problem)?;
         answer.degraded = degraded;
-        let shadow = match self.shadow.load_full() {
+        let shadow = match &other {
             Some(s) => {
                 let v = s.judge(&features, 0).map_err(decision_problem)?;
                 Some(json!({
@@ -552,6 +587,9 @@ impl Engine {
             }
             None => None,
         };
+        if let Some(arm) = arm {
+            self.metrics.arm_decision(arm, answer.decision.name());
+        }
         // The record: the minimised event (no IP address, no e-mail, unless the features
         // read them), its entity fields sealed under their entities' keys by the log's vault.
         let mut transaction =
@@ -589,6 +627,7 @@ impl Engine {
                     },
                     request: &request,
                     policy_version: live.version.version,
+                    arm,
                 },
                 used,
             )
@@ -637,6 +676,24 @@ impl Engine {
         // Kept for the policy drafts' backtests on the recent log.
         self.policies.keep(tx, features, score);
         Ok((body, seq))
+    }
+
+    /// A label of a decision made while the shadow took a share of traffic: both models'
+    /// scores go to the comparison.
+    fn compare(&self, data: &Value, is_fraud: bool) {
+        let (Some(arm), Some(decided), Some(other)) = (
+            data["arm"].as_str(),
+            data["response"]["score"].as_f64(),
+            data["shadow"]["score"].as_f64(),
+        ) else {
+            return;
+        };
+        let (champion, challenger) = if arm == "challenger" {
+            (other, decided)
+        } else {
+            (decided, other)
+        };
+        self.comparison.add(champion, challenger, is_fraud);
     }
 
     /// Approves policy draft `id` for `by` (see [`Policies::approve`]), announced to the
@@ -797,6 +854,7 @@ impl Engine {
             .map_err(Problem::from_log)?;
         self.cases.close(id);
         self.policies.label(id, is_fraud);
+        self.compare(&rec.data, is_fraud);
         self.metrics.label(is_fraud);
         let shadow = super::record::strings(&rec.data["rules_shadow"]);
         self.metrics.shadow_labelled(&shadow, is_fraud);

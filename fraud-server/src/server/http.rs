@@ -657,6 +657,7 @@ pub(crate) async fn decision(
                 erased_fields,
                 rules_shadow: super::record::strings(&rec.data["rules_shadow"]),
                 policy_version: rec.data["policy_version"].as_u64(),
+                arm: rec.data["arm"].as_str().map(str::to_string),
             })
         }
     }
@@ -997,6 +998,11 @@ pub(crate) async fn metrics(app: Data, _auth: Authorized<AnalystRole>) -> HttpRe
             .map(|e| (e.name(), st.entities[e.index()] as u64))
             .collect()
     });
+    if app.engine.shadow_traffic > 0.0 {
+        app.engine
+            .metrics
+            .arm_comparison(&app.engine.comparison.now());
+    }
     HttpResponse::Ok()
         .content_type(super::metrics::CONTENT_TYPE)
         .body(app.engine.metrics.render(entities.as_deref()))

@@ -146,6 +146,21 @@ pub struct Metrics {
     shadow_precision: Family<RuleLabel, Gauge<f64, AtomicU64>>,
     webhook_attempts: Family<WebhookOutcome, Counter>,
     webhook_pending: Family<WebhookLabel, Gauge>,
+    arm_decisions: Family<ArmDecision, Counter>,
+    arm_quality: Family<ArmMeasure, Gauge<f64, AtomicU64>>,
+    arm_labelled: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ArmDecision {
+    arm: &'static str,
+    decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ArmMeasure {
+    arm: &'static str,
+    measure: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -201,6 +216,9 @@ impl Metrics {
             shadow_precision: Family::default(),
             webhook_attempts: Family::default(),
             webhook_pending: Family::default(),
+            arm_decisions: Family::default(),
+            arm_quality: Family::default(),
+            arm_labelled: Gauge::default(),
         };
         // Series that exist from the start, at zero.
         for decision in ["approve", "review", "decline"] {
@@ -296,7 +314,44 @@ impl Metrics {
             "Webhook events waiting to be delivered, by webhook",
             self.webhook_pending.clone(),
         );
+        r.register(
+            "fraud_arm_decisions",
+            "Decisions by arm (champion: the active model decided; challenger: the shadow, for its share of cards) and outcome",
+            self.arm_decisions.clone(),
+        );
+        r.register(
+            "fraud_arm_quality",
+            "ROC AUC and average precision of the champion and the challenger on the transactions labelled since start (both scored each)",
+            self.arm_quality.clone(),
+        );
+        r.register(
+            "fraud_arm_labelled",
+            "Labelled transactions in the champion / challenger comparison",
+            self.arm_labelled.clone(),
+        );
         self
+    }
+
+    /// A decision taken by `arm` (`champion` or `challenger`).
+    pub fn arm_decision(&self, arm: &'static str, decision: &'static str) {
+        self.arm_decisions
+            .get_or_create(&ArmDecision { arm, decision })
+            .inc();
+    }
+
+    /// The champion / challenger comparison now.
+    pub fn arm_comparison(&self, c: &super::compare::Compared) {
+        self.arm_labelled
+            .set(i64::try_from(c.labelled).unwrap_or(i64::MAX));
+        for (measure, v) in [("auc", c.auc), ("average_precision", c.average_precision)] {
+            if let Some((champion, challenger)) = v {
+                for (arm, x) in [("champion", champion), ("challenger", challenger)] {
+                    self.arm_quality
+                        .get_or_create(&ArmMeasure { arm, measure })
+                        .set(x);
+                }
+            }
+        }
     }
 
     /// A webhook event delivered.

@@ -3,6 +3,7 @@
 //! state, log) and stops with a message naming what is wrong.
 
 pub mod cases;
+pub mod compare;
 pub mod config;
 pub mod console;
 pub mod decisions;
@@ -444,6 +445,7 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
         .shadow(shadow)
         .policies(policies)
         .webhooks(hooks)
+        .shadow_traffic(cfg.shadow.traffic)
         .log(log)
         .reasons(cfg.reasons)
         .degrade(cfg.state.on_unavailable == config::OnUnavailable::Degrade)

@@ -157,6 +157,10 @@ pub struct DecisionRecordAnswer {
     /// versions).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy_version: Option<u64>,
+    /// With a traffic share for the shadow model: `champion` (the active model decided) or
+    /// `challenger` (the shadow did; `shadow` then holds the active model's verdict).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arm: Option<String>,
 }
 
 /// A model artifact's bytes (written by `fraud train` or `fraud import`).

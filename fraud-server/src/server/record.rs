@@ -48,6 +48,10 @@ pub struct DecisionRecord<'a, R> {
     pub request: &'a str,
     /// The version of the policy that decided (`GET /v1/policy/versions`).
     pub policy_version: u64,
+    /// With a traffic share for the shadow: `champion` (the active model decided) or
+    /// `challenger` (the shadow did; `shadow` then holds the active model's verdict).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arm: Option<&'static str>,
 }
 
 /// A transaction as a decision record holds it: entity fields as strings (sealed once
@@ -230,6 +234,7 @@ mod tests {
                 },
                 request: "r1",
                 policy_version: 3,
+                arm: None,
             };
             let text = serde_json::to_string(&record).unwrap_or_default();
             let mut new: Value = serde_json::from_str(&text).unwrap_or_default();
