@@ -441,6 +441,26 @@ impl Metrics {
         }
     }
 
+    /// A shadow rule's figures since start: (fired, labelled fraud, labelled not fraud).
+    pub fn shadow_stats(&self, rule: &str) -> (u64, u64, u64) {
+        let fired = self
+            .shadow_fired
+            .get_or_create(&RuleLabel {
+                rule: rule.to_string(),
+            })
+            .get();
+        let count = |label| {
+            self.shadow_labelled
+                .get_or_create(&RuleOutcome {
+                    rule: rule.to_string(),
+                    label,
+                })
+                .get()
+        };
+        let fraud = count("fraud");
+        (fired, fraud, count("not_fraud"))
+    }
+
     /// A label for a transaction on which the shadow rules `rules` fired: their precision
     /// so far (labelled fraud among their labelled firings).
     pub fn shadow_labelled(&self, rules: &[String], fraud: bool) {

@@ -78,6 +78,9 @@ class Service:
             "bob": create_user(self.data, "bob", "analyst"),
             "carol": create_user(self.data, "carol", "analyst"),
             "root": create_user(self.data, "root", "admin"),
+            "rita": create_user(self.data, "rita", "admin"),
+            "ruth": create_user(self.data, "ruth", "admin"),
+            "dave": create_user(self.data, "dave", "analyst"),
         }
         port = free_port()
         self.base = f"http://localhost:{port}"
@@ -330,6 +333,59 @@ def test_a_user_opening_far_more_cases_than_usual_is_paused(service, browser):
     assert "paused" in page.inner_text("main")
     log = (service.data / "log" / "decisions.log").read_text()
     assert '"kind":"alert"' in log and '"key":"console:carol"' in log
+
+
+def test_rules_are_drafted_by_one_admin_and_approved_by_another(service, browser):
+    page = browser.new_context().new_page()
+    login(page, service, "rita")
+    page.goto(service.base + "/console/rules")
+    assert "version 1" in page.inner_text("main")
+    page.fill(
+        "#policy",
+        '[thresholds]\nreview = 0.0\ndecline = 0.999\n\n[[rules]]\nname = "big_amounts"\n'
+        'when = "tx.amount > 90.0"\naction = "decline"\n',
+    )
+    page.fill("#comment", "decline large amounts")
+    page.click("text=Post the draft")
+    page.wait_for_load_state()
+    text = page.inner_text("main")
+    assert "posted" in text and "You drafted it" in text, text
+    assert re.search(r"Backtest on the last \d+ decisions", text), text
+    assert "review->decline" in text, text
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "rules.png"), full_page=True)
+    # Another admin approves it.
+    other = browser.new_context().new_page()
+    login(other, service, "ruth")
+    other.goto(service.base + "/console/rules")
+    other.click("text=Approve and publish")
+    other.wait_for_load_state()
+    assert "Version 2 is live." in other.inner_text("main")
+    # Analysts see the live rules, read-only.
+    reader = browser.new_context().new_page()
+    login(reader, service, "dave")
+    reader.goto(service.base + "/console/rules")
+    seen = reader.inner_text("main")
+    assert "big_amounts" in seen and "New draft" not in seen, seen
+    assert "Approve and publish" not in seen and "Discard" not in seen, seen
+    # It decides, and every step is in the decision log.
+    answer = service.api(
+        "POST",
+        "/v1/score",
+        {
+            "transaction_id": "rules-1",
+            "timestamp": "2024-05-04T10:00:00Z",
+            "amount": "500.00",
+            "currency": "EUR",
+            "card_number": luhn_card(random.Random(99)),
+            "merchant_id": "grocer-12",
+            "mcc": "5411",
+            "channel": "ecommerce",
+        },
+    )
+    assert answer["decision"] == "decline" and answer["rules_fired"] == ["big_amounts"], answer
+    log = (service.data / "log" / "decisions.log").read_text()
+    assert '"kind":"policy"' in log and '"key":"console:ruth"' in log
 
 
 def test_minimised_fields_and_session_expiry(tmp_path, browser):

@@ -287,6 +287,7 @@ impl Console {
             ("case.html", include_str!("templates/case.html")),
             ("overview.html", include_str!("templates/overview.html")),
             ("message.html", include_str!("templates/message.html")),
+            ("rules.html", include_str!("templates/rules.html")),
         ] {
             env.add_template(name, src)
                 .map_err(|e| format!("console template {name}: {e}"))?;
@@ -992,6 +993,170 @@ async fn overview(c: Data, req: HttpRequest) -> HttpResponse {
     )
 }
 
+/// Three decimals, or a dash when there is nothing to show.
+fn ratio(v: Option<f64>) -> String {
+    v.map_or_else(|| "—".to_string(), |x| format!("{x:.3}"))
+}
+
+/// The Rules page: the live policy and its versions for every user; shadow-rule and
+/// champion / challenger figures; for admins the drafts with their backtests, approve,
+/// discard and a new draft.
+async fn rules_page(c: Data, req: HttpRequest) -> HttpResponse {
+    let (_, user, role, csrf, flash) = match c.session(&req) {
+        Ok(s) => s,
+        Err(s) => return c.stop(s),
+    };
+    let engine = c.engine.clone();
+    let admin = role == Role::Admin;
+    let me = format!("console:{user}");
+    let built = web::block(move || -> Result<minijinja::Value, Problem> {
+        let live = engine.policies.live();
+        let shadow: Vec<minijinja::Value> = live
+            .version
+            .policy
+            .rules
+            .iter()
+            .filter(|r| r.mode == fraud_core::decision::RuleMode::Shadow)
+            .map(|r| {
+                let (fired, fraud, legit) = engine.metrics.shadow_stats(&r.name);
+                minijinja::context! {
+                    name => r.name, fired => fired, fraud => fraud, legit => legit,
+                    precision => ratio((fraud + legit > 0).then(|| fraud as f64 / (fraud + legit) as f64)),
+                }
+            })
+            .collect();
+        let arms = (engine.shadow_traffic > 0.0).then(|| {
+            let n = engine.comparison.now();
+            let shadow_version = engine
+                .shadow
+                .load()
+                .as_ref()
+                .map(|m| m.version.clone())
+                .unwrap_or_else(|| "none".into());
+            minijinja::context! {
+                share => format!("{:.0}%", engine.shadow_traffic * 100.0),
+                labelled => n.labelled, fraud => n.fraud,
+                champion => engine.model.load().version.clone(), challenger => shadow_version,
+                auc_champion => ratio(n.auc.map(|x| x.0)), auc_challenger => ratio(n.auc.map(|x| x.1)),
+                ap_champion => ratio(n.average_precision.map(|x| x.0)),
+                ap_challenger => ratio(n.average_precision.map(|x| x.1)),
+            }
+        });
+        let mut drafts = Vec::new();
+        if admin {
+            for d in engine.policies.drafts() {
+                let b = engine.policies.backtest(&d.policy)?;
+                let base = b.baseline.clone().unwrap_or_default();
+                let changes: Vec<minijinja::Value> = base
+                    .changes
+                    .iter()
+                    .map(|(what, count)| minijinja::context! { what => what, count => count })
+                    .collect();
+                let rules: Vec<minijinja::Value> = b
+                    .rules
+                    .iter()
+                    .map(|(name, r)| {
+                        minijinja::context! {
+                            name => name, fired => r.fired, labelled => r.fraud + r.legit > 0,
+                            precision => ratio(r.precision),
+                        }
+                    })
+                    .collect();
+                drafts.push(minijinja::context! {
+                    id => d.id, drafted_by => d.drafted_by, comment => d.comment,
+                    policy => minijinja::Value::from_serialize(&d.policy),
+                    backtest => minijinja::context! { transactions => b.transactions },
+                    live => minijinja::Value::from_serialize(base.decisions),
+                    draft => minijinja::Value::from_serialize(b.decisions),
+                    changes => changes, rules => rules, mine => d.drafted_by == me,
+                });
+            }
+        }
+        let live_toml = toml::to_string(&live.version.policy).unwrap_or_default();
+        Ok(minijinja::context! {
+            live => minijinja::Value::from_serialize(&live.version),
+            versions => minijinja::Value::from_serialize(engine.policies.versions()),
+            shadow => shadow, arms => arms, drafts => drafts, live_toml => live_toml,
+        })
+    })
+    .await;
+    let ctx = match built {
+        Ok(Ok(ctx)) => ctx,
+        Ok(Err(p)) => return c.stop(p.into()),
+        Err(_) => return c.stop(Stop::Login),
+    };
+    c.page(
+        StatusCode::OK,
+        "rules.html",
+        minijinja::context! {
+            title => "Rules", page => "rules", user => user, role => role.name(),
+            csrf => csrf, flash => flash, admin => admin, ..ctx
+        },
+    )
+}
+
+/// Drafts, approves or discards a policy (admins only; a draft is approved by another
+/// admin than its author).
+async fn rules_action(c: Data, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    let (key, user, role, csrf, _) = match c.session(&req) {
+        Ok(s) => s,
+        Err(s) => return c.stop(s),
+    };
+    let f = form(&body);
+    if !same(f.get("csrf").map_or("", String::as_str), &csrf) {
+        return csrf_refused(&c);
+    }
+    if role != Role::Admin {
+        return c.stop(Stop::Message(
+            StatusCode::FORBIDDEN,
+            "Refused",
+            "Only admins change the policy; analysts see it.".into(),
+        ));
+    }
+    let (engine, by) = (c.engine.clone(), format!("console:{user}"));
+    let done = web::block(move || -> Result<String, Problem> {
+        let draft = f.get("draft").cloned().unwrap_or_default();
+        match f.get("action").map(String::as_str) {
+            Some("draft") => {
+                let text = f.get("policy").cloned().unwrap_or_default();
+                let policy = fraud_core::decision::PolicyConfig::from_toml(&text).map_err(|e| {
+                    Problem::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "invalid policy",
+                        e.to_string(),
+                    )
+                })?;
+                let comment = f.get("comment").filter(|c| !c.trim().is_empty()).cloned();
+                let d = engine
+                    .policies
+                    .propose(&*engine.log, &by, Some(policy), None, comment)?;
+                Ok(format!("Draft {} posted: another admin approves it.", d.id))
+            }
+            Some("approve") => {
+                let v = engine.approve_policy(&by, &draft)?;
+                Ok(format!("Version {} is live.", v.version))
+            }
+            Some("discard") => {
+                engine.policies.discard(&*engine.log, &by, &draft)?;
+                Ok(format!("Draft {draft} discarded."))
+            }
+            _ => Err(Problem::bad_field(
+                "action",
+                "must be draft, approve or discard",
+            )),
+        }
+    })
+    .await;
+    match done {
+        Ok(Ok(msg)) => {
+            c.flash(&key, msg);
+            redirect("/console/rules")
+        }
+        Ok(Err(p)) => c.stop(Stop::Message(p.status, "Refused", p.detail)),
+        Err(_) => c.stop(Stop::Login),
+    }
+}
+
 async fn stylesheet() -> HttpResponse {
     secured(HttpResponse::Ok())
         .content_type("text/css; charset=utf-8")
@@ -1010,6 +1175,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/console/login", web::post().to(login))
         .route("/console/logout", web::post().to(logout))
         .route("/console/overview", web::get().to(overview))
+        .route("/console/rules", web::get().to(rules_page))
+        .route("/console/rules", web::post().to(rules_action))
         .route("/console/cases/{id}", web::get().to(case_page))
         .route("/console/cases/{id}", web::post().to(case_action))
         .route("/console/static/console.css", web::get().to(stylesheet));
