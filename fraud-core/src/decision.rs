@@ -285,6 +285,9 @@ struct Rule {
     name: String,
     #[cfg(feature = "rules")]
     program: cel::Program,
+    /// The same rule compiled natively, when it is in the subset ([`crate::rulecode`]).
+    #[cfg(feature = "rules")]
+    native: Option<crate::rulecode::Native>,
     action: Decision,
     shadow: bool,
 }
@@ -315,9 +318,9 @@ pub struct Policy {
 /// running a rule) and the features the rules name (`None`: all of them).
 #[cfg(feature = "rules")]
 #[derive(Clone)]
-struct CelSetup {
-    env: Arc<cel::Env>,
-    features: Option<Vec<usize>>,
+pub(crate) struct CelSetup {
+    pub(crate) env: Arc<cel::Env>,
+    pub(crate) features: Option<Vec<usize>>,
 }
 
 #[cfg(feature = "rules")]
@@ -393,7 +396,7 @@ impl Default for Policy {
 
 /// The CEL variables of one transaction.
 #[cfg(feature = "rules")]
-fn cel_context(
+pub(crate) fn cel_context(
     setup: &CelSetup,
     tx: &Transaction,
     names: &[String],
@@ -450,7 +453,7 @@ fn cel_context(
 
 /// A valid transaction to try rules on when they are loaded.
 #[cfg(feature = "rules")]
-fn sample_transaction() -> Result<Transaction, String> {
+pub(crate) fn sample_transaction() -> Result<Transaction, String> {
     let raw = crate::transaction::RawTransaction {
         transaction_id: Some("rule-check".into()),
         timestamp: Some("2024-01-01T00:00:00Z".into()),
@@ -498,8 +501,10 @@ fn compile_rules(
                 )))
             }
         }
+        let native = crate::rulecode::compile(program.expression(), feature_names);
         rules.push(Rule {
             name: r.name.clone(),
+            native,
             program,
             action: r.action,
             shadow: r.mode == RuleMode::Shadow,
@@ -618,8 +623,8 @@ impl Policy {
         if !self.rules.is_empty() && look {
             #[cfg(feature = "rules")]
             {
-                let ctx = cel_context(&self.cel, tx, names, features, score)
-                    .map_err(DecisionError::Rules)?;
+                // The CEL context is built only for a rule outside the native subset.
+                let mut ctx = None;
                 let mut approve_rule = false;
                 let mut strictest = None::<Decision>;
                 for r in &self.rules {
@@ -627,7 +632,21 @@ impl Policy {
                     if listed && !r.shadow {
                         continue;
                     }
-                    if !matches!(r.program.execute(&ctx), Ok(cel::Value::Bool(true))) {
+                    let fires = match &r.native {
+                        Some(n) => n.fires(tx, names, features, score),
+                        None => {
+                            if ctx.is_none() {
+                                ctx = Some(
+                                    cel_context(&self.cel, tx, names, features, score)
+                                        .map_err(DecisionError::Rules)?,
+                                );
+                            }
+                            ctx.as_ref().is_some_and(|c| {
+                                matches!(r.program.execute(c), Ok(cel::Value::Bool(true)))
+                            })
+                        }
+                    };
+                    if !fires {
                         continue;
                     }
                     if r.shadow {

@@ -43,6 +43,8 @@ pub mod hex;
 pub mod json;
 pub mod model;
 pub mod pii;
+#[cfg(feature = "rules")]
+pub mod rulecode;
 #[cfg(feature = "arrow")]
 pub mod table;
 #[cfg(feature = "train")]
