@@ -15,6 +15,9 @@ pub const KEEP: usize = 100_000;
 #[derive(Default)]
 pub struct Comparison {
     rows: Mutex<VecDeque<(f64, f64, bool)>>,
+    /// Decisions since start by arm (champion, challenger) and outcome (approve, review,
+    /// decline).
+    decisions: [[std::sync::atomic::AtomicU64; 3]; 2],
 }
 
 /// The comparison now.
@@ -29,9 +32,21 @@ pub struct Compared {
     pub auc: Option<(f64, f64)>,
     /// Average precision of each.
     pub average_precision: Option<(f64, f64)>,
+    /// Decisions since start: the champion's and the challenger's (approve, review,
+    /// decline).
+    pub decisions: [[u64; 3]; 2],
 }
 
 impl Comparison {
+    /// A decision taken by `arm` (`champion` or `challenger`): `outcome` 0 approve, 1
+    /// review, 2 decline.
+    pub fn decided(&self, arm: &str, outcome: usize) {
+        let a = usize::from(arm == "challenger");
+        if let Some(c) = self.decisions[a].get(outcome) {
+            c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     /// A labelled transaction: the champion's and the challenger's scores.
     pub fn add(&self, champion: f64, challenger: f64, is_fraud: bool) {
         let mut r = self
@@ -65,6 +80,10 @@ impl Comparison {
             fraud: rows.iter().filter(|r| r.2).count(),
             auc: both(fraud_core::eval::roc_auc),
             average_precision: both(fraud_core::eval::average_precision),
+            decisions: self.decisions.each_ref().map(|a| {
+                a.each_ref()
+                    .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+            }),
         }
     }
 }

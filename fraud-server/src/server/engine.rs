@@ -589,6 +589,7 @@ impl Engine {
         };
         if let Some(arm) = arm {
             self.metrics.arm_decision(arm, answer.decision.name());
+            self.comparison.decided(arm, answer.decision as usize);
         }
         // The record: the minimised event (no IP address, no e-mail, unless the features
         // read them), its entity fields sealed under their entities' keys by the log's vault.

@@ -87,6 +87,8 @@ class Service:
         cfg = tmp / "fraud.toml"
         cfg.write_text(
             f'bind = "127.0.0.1:{port}"\n'
+            f'shadow_model = "{ROOT / "datasets" / "demo" / "model.fgb"}"\n'
+            "[shadow]\ntraffic = 0.5\n"
             "[thresholds]\nreview = 0.0\ndecline = 0.999\n"
             "[insider]\nwindow_s = 60.0\nmin_reads = 8.0\nfactor = 5.0\n"
             "[console]\nmax_failures = 3\n"
@@ -367,6 +369,10 @@ def test_rules_are_drafted_by_one_admin_and_approved_by_another(service, browser
     reader.goto(service.base + "/console/rules")
     seen = reader.inner_text("main")
     assert "big_amounts" in seen and "New draft" not in seen, seen
+    # The champion / challenger comparison: the shadow decides for half the cards.
+    assert "Champion / challenger" in seen and "challenger" in seen, seen
+    arms = reader.inner_text("#arms-h + p")
+    assert "50%" in arms, arms
     assert "Approve and publish" not in seen and "Discard" not in seen, seen
     # It decides, and every step is in the decision log.
     answer = service.api(

@@ -1040,6 +1040,7 @@ async fn rules_page(c: Data, req: HttpRequest) -> HttpResponse {
                 auc_champion => ratio(n.auc.map(|x| x.0)), auc_challenger => ratio(n.auc.map(|x| x.1)),
                 ap_champion => ratio(n.average_precision.map(|x| x.0)),
                 ap_challenger => ratio(n.average_precision.map(|x| x.1)),
+                d_champion => n.decisions[0], d_challenger => n.decisions[1],
             }
         });
         let mut drafts = Vec::new();
