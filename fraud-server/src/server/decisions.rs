@@ -415,6 +415,13 @@ pub trait Journal: Send + Sync {
     /// The vault that seals the records' entity fields, when there is one.
     fn vault(&self) -> Option<&super::vault::Vault>;
 
+    /// Retention of a store shared by replicas: removes the entity keys no record written
+    /// since `before` used (how many), never an erased one's mark; `None` when the vault
+    /// itself drops the keys of removed records (a replica's own files).
+    fn drop_unused_keys(&self, _before: time::OffsetDateTime) -> Result<Option<usize>, LogError> {
+        Ok(None)
+    }
+
     /// Before `transaction_id` is scored: its decision if it has one, or [`Begin::Busy`]
     /// when another replica is scoring it now (a store shared by replicas), or
     /// [`Begin::Claimed`]: this process claimed it, until its decision is appended or

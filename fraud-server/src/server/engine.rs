@@ -1115,9 +1115,16 @@ impl Engine {
             .log
             .remove_before(before, through, "retention")
             .map_err(|e| e.to_string())?;
-        let keys = match (&self.vault, removed.through) {
-            (Some(v), t) if t > 0 => v.drop_unused(t).map_err(|e| e.to_string())?,
-            _ => 0,
+        let keys = match self
+            .log
+            .drop_unused_keys(before)
+            .map_err(|e| e.to_string())?
+        {
+            Some(n) => n,
+            None => match (&self.vault, removed.through) {
+                (Some(v), t) if t > 0 => v.drop_unused(t).map_err(|e| e.to_string())?,
+                _ => 0,
+            },
         };
         Ok((removed, keys))
     }

@@ -394,6 +394,11 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
                     |rec| visit(rec, None),
                 )
                 .context("config: store")?;
+                if let Some(r) = &cfg.retention {
+                    let period = config::parse_period(r)
+                        .map_err(|e| anyhow::anyhow!("config: retention: {e}"))?;
+                    log.set_retention_ms(period.saturating_mul(1000));
+                }
                 let vault = log.vault_handle();
                 (Box::new(log), Some(vault))
             }
@@ -799,9 +804,9 @@ fn sign_heads(engine: Arc<engine::Engine>, signer: heads::HeadSigner, every: Dur
 fn retention(engine: Arc<engine::Engine>, period_s: u64, every: Duration) {
     std::thread::spawn(move || loop {
         match engine.retain(period_s) {
-            Ok((r, _)) if r.segments == 0 && r.records == 0 => {}
-            Ok((r, _)) if r.records > 0 => println!(
-                "retention: removed {} stored record(s) (through seq {}) older than {period_s} s",
+            Ok((r, 0)) if r.segments == 0 && r.records == 0 => {}
+            Ok((r, keys)) if r.segments == 0 => println!(
+                "retention: removed {} stored record(s) (through seq {}) and {keys} entity key(s) older than {period_s} s",
                 r.records, r.through
             ),
             Ok((r, keys)) => println!(

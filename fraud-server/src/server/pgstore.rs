@@ -112,6 +112,8 @@ CREATE UNLOGGED TABLE IF NOT EXISTS fraud_claims (
     since timestamptz NOT NULL DEFAULT now()
 );
 ALTER TABLE fraud_claims ADD COLUMN IF NOT EXISTS done boolean NOT NULL DEFAULT false;
+ALTER TABLE fraud_vault_keys ADD COLUMN IF NOT EXISTS last_used timestamptz NOT NULL DEFAULT now();
+ALTER TABLE fraud_vault_keys ADD COLUMN IF NOT EXISTS erased boolean NOT NULL DEFAULT false;
 ";
 
 fn io(what: &str, e: impl std::fmt::Display) -> LogError {
@@ -233,7 +235,9 @@ SELECT (SELECT body FROM decided), EXISTS (SELECT 1 FROM claim)";
 
 /// A batch committed in one statement (one round trip, one implicit transaction): the
 /// records the store does not hold yet (a commit whose answer was lost wrote some), the
-/// claims of the transactions decided marked done, and the entity keys made meanwhile.
+/// claims of the transactions decided marked done, and the entity keys made meanwhile or
+/// used again (their `last_used` noted, or kept again if retention removed them; an erased
+/// key's row stays erased: a late use never brings it back).
 const COMMIT: &str = "
 WITH have AS (
     SELECT coalesce(max(seq), 0) AS seq FROM fraud_records WHERE replica = $1
@@ -249,15 +253,17 @@ WITH have AS (
 ), keys AS (
     INSERT INTO fraud_vault_keys (key_ref, entity, key)
     SELECT * FROM unnest($8::text[], $9::text[], $10::text[])
-    ON CONFLICT (key_ref) DO NOTHING
+    ON CONFLICT (key_ref) DO UPDATE SET last_used = now() WHERE NOT fraud_vault_keys.erased
 )
 SELECT count(*) FROM ins";
 
 /// The refs of every key of an entity (all replicas').
-const KEY_REFS_OF_ENTITY: &str = "SELECT key_ref FROM fraud_vault_keys WHERE entity = $1";
+const KEY_REFS_OF_ENTITY: &str =
+    "SELECT key_ref FROM fraud_vault_keys WHERE entity = $1 AND NOT erased";
 
 /// A key by its ref: its entity and key text.
-const KEY_BY_REF: &str = "SELECT entity, key FROM fraud_vault_keys WHERE key_ref = $1";
+const KEY_BY_REF: &str =
+    "SELECT entity, key FROM fraud_vault_keys WHERE key_ref = $1 AND NOT erased";
 
 /// Reader threads: queries from request threads run here.
 const READERS: usize = 4;
@@ -271,7 +277,13 @@ pub struct PgJournal {
     committer: Option<std::thread::JoinHandle<()>>,
     /// Seq of the last signed head written by this process (0: none yet).
     signed_through: std::sync::atomic::AtomicU64,
+    /// How often a key's use is noted in the store (milliseconds).
+    key_refresh_ms: std::sync::atomic::AtomicU64,
 }
+
+/// How often, at most, a key's use is noted in the store: every 10 minutes, or a quarter of
+/// the retention period when shorter.
+const KEY_REFRESH_MS: u64 = 600_000;
 
 impl PgJournal {
     /// Connects, creates the tables if needed, takes the replica's lock, reads its chain's
@@ -389,7 +401,7 @@ impl PgJournal {
         for chunk in refs.chunks(10_000) {
             let keys = writer
                 .query(
-                    "SELECT key_ref, entity, key FROM fraud_vault_keys WHERE key_ref = ANY($1)",
+                    "SELECT key_ref, entity, key FROM fraud_vault_keys WHERE key_ref = ANY($1) AND NOT erased",
                     &[&chunk],
                 )
                 .map_err(|e| io("vault", e))?
@@ -412,7 +424,28 @@ impl PgJournal {
             vault,
             committer: Some(committer),
             signed_through: std::sync::atomic::AtomicU64::new(0),
+            key_refresh_ms: std::sync::atomic::AtomicU64::new(KEY_REFRESH_MS),
         })
+    }
+
+    /// The retention period (milliseconds): keys' uses are noted at least four times
+    /// within it.
+    pub fn set_retention_ms(&self, retention_ms: u64) {
+        self.key_refresh_ms.store(
+            KEY_REFRESH_MS.min(retention_ms / 4).max(1),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// Queues the notes of the keys `used` and `refs` name whose use is due.
+    fn note_keys(&self, used: &super::vault::Used, refs: &[String]) {
+        let every = self
+            .key_refresh_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let due = self.vault.refresh_due(used, refs, every);
+        if !due.is_empty() {
+            self.shared.lock().keys.extend(due);
+        }
     }
 }
 
@@ -545,6 +578,13 @@ impl Shared {
                     return;
                 }
                 (std::mem::take(&mut g.pending), std::mem::take(&mut g.keys))
+            };
+            // One row per key in the statement (an upsert may touch a row once).
+            let keys = {
+                let mut seen = std::collections::HashSet::new();
+                keys.into_iter()
+                    .filter(|k| seen.insert(k[0].clone()))
+                    .collect::<Vec<_>>()
             };
             let mut backoff = Duration::from_millis(20);
             loop {
@@ -785,8 +825,13 @@ impl RemoteKeys for PgKeys {
         self.shared
             .read(move |c| {
                 c.client
+                    // Kept as erased rows (no key, no entity): a batch in flight that uses
+                    // one, here or on another replica, cannot bring it back.
                     .execute(
-                        "DELETE FROM fraud_vault_keys WHERE key_ref = ANY($1)",
+                        "INSERT INTO fraud_vault_keys (key_ref, entity, key, erased)
+                         SELECT r, '', '', true FROM unnest($1::text[]) AS r
+                         ON CONFLICT (key_ref) DO UPDATE SET erased = true, key = '', entity = ''
+                         WHERE NOT fraud_vault_keys.erased",
                         &[&refs],
                     )
                     .map(|n| usize::try_from(n).unwrap_or(0) + pending)
@@ -929,6 +974,11 @@ impl Journal for PgJournal {
             | Event::Case { transaction_id, .. } => Some(transaction_id.to_string()),
             _ => None,
         };
+        // A label holds its transaction's entity fields, sealed under their keys.
+        if let Event::Label { transaction, .. } = event {
+            let refs = Vault::refs_in(&serde_json::json!({ "transaction": transaction }));
+            self.note_keys(&super::vault::Used::default(), &refs);
+        }
         let seq = self.shared.push(kind, key, &data, id)?;
         self.shared.wait(seq)?;
         Ok(seq)
@@ -938,8 +988,10 @@ impl Journal for PgJournal {
         &self,
         key: &str,
         record: &super::record::DecisionRecord<'_, fraud_core::decision::Verdict>,
-        _used: super::vault::Used,
+        used: super::vault::Used,
     ) -> Result<u64, LogError> {
+        // Queued before the record: committed with it or before.
+        self.note_keys(&used, &[]);
         let data = serde_json::to_vec(record).map_err(|e| io("record", e))?;
         let response = serde_json::to_value(record.response).map_err(|e| io("record", e))?;
         let tx = serde_json::to_value(&record.transaction).map_err(|e| io("record", e))?;
@@ -1059,6 +1111,26 @@ impl Journal for PgJournal {
 
     fn vault(&self) -> Option<&super::vault::Vault> {
         Some(&self.vault)
+    }
+
+    fn drop_unused_keys(&self, before: time::OffsetDateTime) -> Result<Option<usize>, LogError> {
+        // A key in use has its use noted at least every `key_refresh_ms` (with the batch
+        // of the record using it): one not noted for twice that before the cut-off is used
+        // by no record kept, nor by one being written.
+        let margin = self
+            .key_refresh_ms
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .saturating_mul(2);
+        let cutoff: std::time::SystemTime = (before
+            - time::Duration::milliseconds(i64::try_from(margin).unwrap_or(i64::MAX)))
+        .into();
+        let n = self.shared.read(move |c| {
+            c.client.execute(
+                "DELETE FROM fraud_vault_keys WHERE NOT erased AND last_used < $1",
+                &[&cutoff],
+            )
+        })?;
+        Ok(Some(usize::try_from(n).unwrap_or(usize::MAX)))
     }
 
     fn begin(&self, transaction_id: &str) -> Result<Begin, LogError> {

@@ -16,8 +16,11 @@
 //!
 //! With the PostgreSQL store the keys live in the store instead (`fraud_vault_keys`, one per
 //! entity for every replica, [`RemoteKeys`]): this process keeps a cache of them, an
-//! erasure on any replica deletes the key for all, and the others evict their copy as they
-//! follow its record.
+//! erasure on any replica marks the key erased for all (its row kept without key or entity,
+//! so that no late use brings it back), and the others evict their copy as they follow its
+//! record. Each key's use is noted in the store with the batch of the record using it, at
+//! most every few minutes ([`Vault::refresh_due`]); retention removes the keys not used
+//! since its cut-off.
 //!
 //! In a record, a protected field holds `shred1:<key ref>:<base64 of nonce + ciphertext>`;
 //! when the key is gone it reads back as `null`, and the record lists the field under
@@ -36,6 +39,13 @@ use super::seal::Sealer;
 use super::sharded::Sharded;
 
 const PREFIX: &str = "shred1:";
+
+/// Now, in unix milliseconds.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
 
 /// Which fields of a record name which entity, and where that entity's id is read.
 /// (kind, id pointer, protected pointers)
@@ -107,6 +117,9 @@ struct EntityKey {
     cipher: Sealer,
     /// The last log record that uses it (0: none seen yet).
     last_seq: AtomicU64,
+    /// With a shared store: when this process last asked the store to note the key's use
+    /// (unix milliseconds; 0: never).
+    refreshed_ms: AtomicU64,
 }
 
 struct Inner {
@@ -191,6 +204,7 @@ fn key_from_text(
         cipher: Sealer::new(&raw)?,
         raw,
         last_seq: AtomicU64::new(0),
+        refreshed_ms: AtomicU64::new(0),
     }))
 }
 
@@ -330,6 +344,7 @@ impl Shared {
             cipher: Sealer::new(&raw).map_err(VaultError::Crypto)?,
             raw,
             last_seq: AtomicU64::new(0),
+            refreshed_ms: AtomicU64::new(0),
         }))
     }
 
@@ -363,6 +378,7 @@ impl Shared {
                 cipher: Sealer::new(&raw).map_err(VaultError::Crypto)?,
                 raw,
                 last_seq: AtomicU64::new(0),
+                refreshed_ms: AtomicU64::new(0),
             });
             text.push_str(&self.line(&k, None)?);
             made.push(k);
@@ -481,6 +497,7 @@ impl Vault {
     ) -> Result<Arc<EntityKey>, VaultError> {
         let k = Shared::random_key()?;
         let text = self.key_text(&k)?;
+        k.refreshed_ms.store(now_ms(), Ordering::Relaxed);
         remote
             .keep(entity, &k.key_ref, &text)
             .map_err(|e| VaultError::Crypto(format!("{}: {e}", self.path.display())))?;
@@ -736,6 +753,34 @@ impl Vault {
                 k.last_seq.fetch_max(seq, Ordering::Relaxed);
             }
         }
+    }
+
+    /// With a shared store: the keys of `used`, and those `refs` name, whose use this
+    /// process has not reported to the store for `every_ms` (now marked reported): key ref,
+    /// entity hash and key text, for the store to note them used (or to keep them again,
+    /// if retention removed them meanwhile; never one erased). Reported with the batch that
+    /// holds the record using them, so a key is never taken by retention under a record
+    /// being written.
+    pub fn refresh_due(&self, used: &Used, refs: &[String], every_ms: u64) -> Vec<[String; 3]> {
+        let now = now_ms();
+        let g = self.lock();
+        let mut out = Vec::new();
+        let by_ref = refs.iter().filter_map(|r| g.by_ref.get(r));
+        for k in used.0.iter().chain(by_ref) {
+            let last = k.refreshed_ms.load(Ordering::Relaxed);
+            if now.saturating_sub(last) < every_ms
+                || k.refreshed_ms
+                    .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_err()
+            {
+                continue;
+            }
+            let (Some(entity), Ok(text)) = (g.entity_of.get(&k.key_ref), self.key_text(k)) else {
+                continue;
+            };
+            out.push([k.key_ref.clone(), entity.clone(), text]);
+        }
+        out
     }
 
     /// Notes that record `seq` uses the keys `used` (held, so found without the lock).
