@@ -856,3 +856,94 @@ fn replicas_share_a_redis_cluster() {
     assert_eq!(st, 200);
     assert_eq!(count(&b, &key, "k5"), 4.0, "{text}");
 }
+
+#[test]
+fn a_policy_drafted_on_one_replica_is_approved_on_another_and_decides_on_both() {
+    let pg = Postgres::start();
+    let redis_port = free_port();
+    let _redis = redis_server(redis_port);
+    let dir = tempfile::tempdir().unwrap();
+    let (maker, shared) = shared_keys(dir.path());
+    // A second admin, the checker.
+    let out = fraud_cli(&[
+        "keys",
+        "create",
+        "--role",
+        "admin",
+        "--name",
+        "checker",
+        "--keys-file",
+        dir.path().join("keys.json").to_str().unwrap(),
+        "--data-dir",
+        dir.path().join("keys-data").to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let checker = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with("fsk_"))
+        .unwrap()
+        .to_string();
+    let cfg = |replica: &str| {
+        format!(
+            "{shared}[state]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{redis_port}/\"\n[store]\nbackend = \"postgres\"\nurl = \"{}\"\nreplica = \"{replica}\"\n",
+            pg.url()
+        )
+    };
+    let a = replica(&dir.path().join("a"), &cfg("a"));
+    let b = replica(&dir.path().join("b"), &cfg("b"));
+    // Both start on the configuration file's policy: one version 1.
+    for s in [&a, &b] {
+        let (_, live, _) = s.call("GET", "/v1/policy", Some(&maker), None);
+        assert_eq!(live["version"], 1, "{live}");
+    }
+    let (st, d, _) = a.call(
+        "POST",
+        "/v1/policy/drafts",
+        Some(&maker),
+        Some(&json!({"policy": {"rules": [{"name": "big", "when": "tx.amount > 100.0", "action": "decline"}]}})),
+    );
+    assert_eq!(st, 201, "{d}");
+    let id = d["draft"]["id"].as_str().unwrap().to_string();
+    // The other replica sees the draft (it follows the store) and its checker approves it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, drafts, _) = b.call("GET", "/v1/policy/drafts", Some(&checker), None);
+        if drafts["drafts"][0]["draft"]["id"] == id.as_str() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{drafts}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (st, v, _) = b.call(
+        "POST",
+        &format!("/v1/policy/drafts/{id}/approve"),
+        Some(&checker),
+        None,
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["version"], 2);
+    // The replica that drafted it decides with it within seconds.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, live, _) = a.call("GET", "/v1/policy", Some(&maker), None);
+        if live["version"] == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{live}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut t = at("p1", 0);
+    t["amount"] = json!("500.00");
+    let (st, answer, _) = a.call("POST", "/v1/score", Some(&maker), Some(&t));
+    assert_eq!(st, 200, "{answer}");
+    assert_eq!(answer["rules_fired"], json!(["big"]), "{answer}");
+    // A restarted replica keeps the store's latest version.
+    drop(a);
+    let a = replica(&dir.path().join("a"), &cfg("a"));
+    let (_, live, _) = a.call("GET", "/v1/policy", Some(&maker), None);
+    assert_eq!(live["version"], 2, "{live}");
+    assert_eq!(live["approved_by"], "checker");
+    drop((a, b));
+    let (ok, report) = verify_store(&pg.url());
+    assert!(ok, "{report}");
+}
