@@ -629,16 +629,20 @@ impl Shared {
                 through,
                 failed: None,
             });
-            // Done claims, once no look for a decision can be as old as they are.
-            if swept.elapsed() >= Duration::from_secs(10) {
+            // Done claims, once no look for a decision can be as old as they are: every
+            // second, on a reader connection, so that the deletion never holds up a commit
+            // (every ten seconds on this thread it stalled the decisions waiting for their
+            // commit by tens of milliseconds).
+            if swept.elapsed() >= Duration::from_secs(1) {
                 swept = Instant::now();
                 let lapse = CLAIM_LAPSE.as_secs_f64();
-                if let Err(e) = client.client.execute(
-                    "DELETE FROM fraud_claims WHERE done AND since < now() - make_interval(secs => $1)",
-                    &[&lapse],
-                ) {
-                    eprintln!("warning: dropping done claims: {e}");
-                }
+                self.spawn_read("dropping done claims", move |c| {
+                    c.client.execute(
+                        "DELETE FROM fraud_claims WHERE done AND since < now() - make_interval(secs => $1)",
+                        &[&lapse],
+                    )?;
+                    Ok(())
+                });
             }
         }
     }
@@ -697,6 +701,38 @@ impl Shared {
             ],
         )?;
         Ok(())
+    }
+
+    /// Runs `f` on a reader connection, without waiting for it (a failure is reported as
+    /// `what` failing).
+    fn spawn_read(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&mut Conn) -> Result<(), postgres::Error> + Send + 'static,
+    ) {
+        let url = self.url.clone();
+        let timeout = self.timeout;
+        let job: Job = Box::new(move |slot: &mut Option<Conn>| {
+            let c = match slot.as_mut().filter(|c| !c.client.is_closed()) {
+                Some(c) => c,
+                None => match connect(&url, timeout) {
+                    Ok(c) => slot.insert(Conn::new(c)),
+                    Err(e) => {
+                        eprintln!("warning: {what}: {e}");
+                        return;
+                    }
+                },
+            };
+            if let Err(e) = f(c) {
+                eprintln!("warning: {what}: {e}");
+                *slot = None;
+            }
+        });
+        let _ = self
+            .readers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .send(job);
     }
 
     /// Runs `f` on a reader connection, on one of the store's own threads (the sync client
