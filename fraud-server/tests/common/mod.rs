@@ -373,6 +373,28 @@ where
 /// A PostgreSQL server of its own (Debian's `initdb` and `postgres`) in a temporary
 /// directory, on a free port, trusting local connections: as `nobody` when the tests run as
 /// root (PostgreSQL refuses to run as root). Stopped when dropped.
+/// The processes whose parent is `pid` (from /proc).
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`: the comm may hold spaces, so after its last ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|x| x.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            out.push(p);
+        }
+    }
+    out
+}
+
 pub struct Postgres {
     child: Option<Child>,
     pub port: u16,
@@ -461,11 +483,33 @@ impl Postgres {
         }
     }
 
-    /// Stops the server at once (SIGKILL: as a crash would).
+    /// Stops the server at once (SIGKILL: as a crash would), its backends with it, and
+    /// waits until they are gone (a backend outliving its postmaster holds the shared memory
+    /// and the next start fails).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
+            let backends = children(c.id());
             let _ = c.kill();
             let _ = c.wait();
+            for pid in &backends {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+            let deadline = Instant::now() + Duration::from_secs(30);
+            // Gone, or a zombie (which holds no memory) left to whoever reaps orphans.
+            let alive = |p: &u32| {
+                std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|st| {
+                    st.rsplit_once(')')
+                        .and_then(|(_, rest)| rest.split_whitespace().next())
+                        .is_some_and(|state| state != "Z" && state != "X")
+                })
+            };
+            while backends.iter().any(alive) {
+                assert!(
+                    Instant::now() < deadline,
+                    "PostgreSQL's backends outlived it"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
     }
 
