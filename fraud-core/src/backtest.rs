@@ -108,6 +108,27 @@ pub struct Outcome {
     pub shadow: Vec<String>,
 }
 
+impl Outcome {
+    /// The decision of `policy` on `tx` scored `score`, with the feature row `features`
+    /// (named `names`).
+    pub fn of(
+        policy: &Policy,
+        tx: &Transaction,
+        names: &[String],
+        features: &[f64],
+        score: f64,
+    ) -> Result<Outcome, DecisionError> {
+        let d = policy.decide_all(tx, names, features, score)?;
+        Ok(Outcome {
+            decision: d.decision,
+            score,
+            threshold: policy.threshold(score),
+            fired: d.fired,
+            shadow: d.shadow,
+        })
+    }
+}
+
 /// Decides every transaction of `history` (in any order: the features are point-in-time by
 /// timestamp) with `arm`, in parallel on the current rayon pool. The outcomes are in
 /// `history`'s order.
@@ -121,15 +142,7 @@ pub fn run(arm: Arm<'_>, history: &[Transaction]) -> Result<Vec<Outcome>, Decisi
         .zip(scores.par_iter())
         .enumerate()
         .map(|(i, (tx, &score))| {
-            let features = &flat[i * m..(i + 1) * m];
-            let d = arm.policy.decide_all(tx, names, features, score)?;
-            Ok(Outcome {
-                decision: d.decision,
-                score,
-                threshold: arm.policy.threshold(score),
-                fired: d.fired,
-                shadow: d.shadow,
-            })
+            Outcome::of(arm.policy, tx, names, &flat[i * m..(i + 1) * m], score)
         })
         .collect()
 }

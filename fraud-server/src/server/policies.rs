@@ -398,13 +398,7 @@ impl Policies {
                 return Err(Problem::bad_field("comment", "is longer than 2,000 bytes"));
             }
         }
-        policy.check().map_err(|e| {
-            Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid policy",
-                e.to_string(),
-            )
-        })?;
+        // Checked (settings, card numbers) and compiled, as a publication would be.
         compile(&policy, &self.names)?;
         let mut id = [0u8; 6];
         getrandom::fill(&mut id).map_err(|_| Problem::internal("no randomness from the OS"))?;
@@ -583,16 +577,8 @@ impl Policies {
                 .zip(&features)
                 .zip(&scores)
                 .map(|((tx, f), &score)| {
-                    let d = p
-                        .decide_all(tx, &self.names, f, score)
-                        .map_err(|e| Problem::internal(format!("backtest: {e}")))?;
-                    Ok(Outcome {
-                        decision: d.decision,
-                        score,
-                        threshold: p.threshold(score),
-                        fired: d.fired,
-                        shadow: d.shadow,
-                    })
+                    Outcome::of(p, tx, &self.names, f, score)
+                        .map_err(|e| Problem::internal(format!("backtest: {e}")))
                 })
                 .collect()
         };
