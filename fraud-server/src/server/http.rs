@@ -55,8 +55,9 @@ impl AppState {
         }
     }
 
-    /// The caller of `req` if its key is valid, has `role` and is within its rate.
-    fn authorize(&self, req: &HttpRequest, role: Option<Role>) -> Result<Caller, Problem> {
+    /// The caller of `req` if its key is valid, has one of `roles` (any role when empty)
+    /// and is within its rate.
+    fn authorize(&self, req: &HttpRequest, roles: &[Role]) -> Result<Caller, Problem> {
         let header = req
             .headers()
             .get("authorization")
@@ -81,14 +82,17 @@ impl AppState {
                 "the API key is unknown, revoked or expired",
             )
         })?;
-        if let Some(role) = role {
-            if !caller.may(role) {
-                return Err(Problem::new(
-                    StatusCode::FORBIDDEN,
-                    "forbidden",
-                    format!("this endpoint needs the `{}` role", role.name()),
-                ));
-            }
+        if !roles.is_empty() && !roles.iter().any(|&r| caller.may(r)) {
+            let named: Vec<String> = roles.iter().map(|r| format!("`{}`", r.name())).collect();
+            let needs = match named.as_slice() {
+                [one] => format!("the {one} role"),
+                _ => format!("the {} role", named.join(" or the ")),
+            };
+            return Err(Problem::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("this endpoint needs {needs}"),
+            ));
         }
         if let Err(not_until) = self.limiter.check_key(&caller.name) {
             self.engine.metrics.refused(false);
@@ -138,10 +142,10 @@ impl Drop for Admitted {
     }
 }
 
-/// The role an endpoint needs (a marker type for [`Authorized`]).
+/// The roles an endpoint accepts (a marker type for [`Authorized`]).
 pub(crate) trait Needs {
-    /// The role, or none for any valid key.
-    const ROLE: Option<Role>;
+    /// Any one of these roles will do; none listed: any valid key.
+    const ROLES: &'static [Role];
 }
 
 /// The `score` role.
@@ -152,18 +156,23 @@ pub(crate) struct AnalystRole;
 pub(crate) struct AdminRole;
 /// Any valid key.
 pub(crate) struct AnyRole;
+/// The `analyst` or the `admin` role (who may read the live policy).
+pub(crate) struct ReaderRole;
 
 impl Needs for ScoreRole {
-    const ROLE: Option<Role> = Some(Role::Score);
+    const ROLES: &'static [Role] = &[Role::Score];
 }
 impl Needs for AnalystRole {
-    const ROLE: Option<Role> = Some(Role::Analyst);
+    const ROLES: &'static [Role] = &[Role::Analyst];
 }
 impl Needs for AdminRole {
-    const ROLE: Option<Role> = Some(Role::Admin);
+    const ROLES: &'static [Role] = &[Role::Admin];
+}
+impl Needs for ReaderRole {
+    const ROLES: &'static [Role] = &[Role::Analyst, Role::Admin];
 }
 impl Needs for AnyRole {
-    const ROLE: Option<Role> = None;
+    const ROLES: &'static [Role] = &[];
 }
 
 /// The caller of a request: a valid API key with the role `R` needs, within its rate (401,
@@ -227,7 +236,7 @@ impl<R: Needs> actix_web::FromRequest for Authorized<R> {
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
         Deferred(Some(req.clone()), |req| {
-            let caller = app_state(req)?.authorize(req, R::ROLE)?;
+            let caller = app_state(req)?.authorize(req, R::ROLES)?;
             Ok(Authorized {
                 caller,
                 role: std::marker::PhantomData,
@@ -1103,19 +1112,6 @@ pub async fn header_guard(
     next.call(req).await.map(|r| r.map_into_left_body())
 }
 
-/// An analyst or an admin (403 otherwise): who may read the live policy.
-fn reads_policy(caller: &Caller) -> Result<(), Problem> {
-    if caller.may(Role::Analyst) || caller.may(Role::Admin) {
-        Ok(())
-    } else {
-        Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "this endpoint needs the `analyst` or the `admin` role",
-        ))
-    }
-}
-
 #[utoipa::path(get, path = "/v1/policy", tag = "policy",
     summary = "The live policy: its version, who drafted and approved it, thresholds, rules and lists (role analyst or admin)",
     responses(
@@ -1124,8 +1120,10 @@ fn reads_policy(caller: &Caller) -> Result<(), Problem> {
         (status = 403, response = ProblemAnswer),
         (status = 429, response = ProblemAnswer)
     ))]
-pub(crate) async fn policy(app: Data, auth: Authorized<AnyRole>) -> Result<HttpResponse, Problem> {
-    reads_policy(&auth.caller)?;
+pub(crate) async fn policy(
+    app: Data,
+    _auth: Authorized<ReaderRole>,
+) -> Result<HttpResponse, Problem> {
     typed_ok(&app.engine.policies.live().version)
 }
 
@@ -1139,9 +1137,8 @@ pub(crate) async fn policy(app: Data, auth: Authorized<AnyRole>) -> Result<HttpR
     ))]
 pub(crate) async fn policy_versions(
     app: Data,
-    auth: Authorized<AnyRole>,
+    _auth: Authorized<ReaderRole>,
 ) -> Result<HttpResponse, Problem> {
-    reads_policy(&auth.caller)?;
     typed_ok(&PolicyVersions {
         live: app.engine.policies.live().version.version,
         versions: app.engine.policies.versions(),
