@@ -865,24 +865,7 @@ fn a_policy_drafted_on_one_replica_is_approved_on_another_and_decides_on_both() 
     let dir = tempfile::tempdir().unwrap();
     let (maker, shared) = shared_keys(dir.path());
     // A second admin, the checker.
-    let out = fraud_cli(&[
-        "keys",
-        "create",
-        "--role",
-        "admin",
-        "--name",
-        "checker",
-        "--keys-file",
-        dir.path().join("keys.json").to_str().unwrap(),
-        "--data-dir",
-        dir.path().join("keys-data").to_str().unwrap(),
-    ]);
-    assert!(out.status.success());
-    let checker = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find(|l| l.starts_with("fsk_"))
-        .unwrap()
-        .to_string();
+    let checker = create_key(dir.path(), "checker", "admin");
     let cfg = |replica: &str| {
         format!(
             "{shared}[state]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{redis_port}/\"\n[store]\nbackend = \"postgres\"\nurl = \"{}\"\nreplica = \"{replica}\"\n",

@@ -659,15 +659,27 @@ pub fn shared_keys(dir: &Path) -> (String, String) {
     std::fs::write(&token_key, [7u8; 32]).unwrap();
     std::fs::set_permissions(&token_key, std::fs::Permissions::from_mode(0o600)).unwrap();
     let keys = dir.join("keys.json");
+    let key = create_key(dir, "checkout", "score,analyst,admin");
+    let cfg = format!(
+        "keys_file = {:?}\ntokenization_key_file = {:?}\n",
+        keys.to_str().unwrap(),
+        token_key.to_str().unwrap()
+    );
+    (key, cfg)
+}
+
+/// Creates an API key `name` with `roles` (comma-separated) in `<dir>/keys.json` with
+/// `fraud keys create`: its secret.
+pub fn create_key(dir: &Path, name: &str, roles: &str) -> String {
     let out = fraud_cli(&[
         "keys",
         "create",
         "--role",
-        "score,analyst,admin",
+        roles,
         "--name",
-        "checkout",
+        name,
         "--keys-file",
-        keys.to_str().unwrap(),
+        dir.join("keys.json").to_str().unwrap(),
         "--data-dir",
         dir.join("keys-data").to_str().unwrap(),
     ]);
@@ -676,17 +688,11 @@ pub fn shared_keys(dir: &Path) -> (String, String) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let key = String::from_utf8_lossy(&out.stdout)
+    String::from_utf8_lossy(&out.stdout)
         .lines()
         .find(|l| l.starts_with("fsk_"))
         .unwrap()
-        .to_string();
-    let cfg = format!(
-        "keys_file = {:?}\ntokenization_key_file = {:?}\n",
-        keys.to_str().unwrap(),
-        token_key.to_str().unwrap()
-    );
-    (key, cfg)
+        .to_string()
 }
 
 /// A service replica on `cfg` in `dir`, once it answers (its stores may still be starting).
