@@ -8,7 +8,7 @@
 # wrk2 processes, answers per second, errors, and CPU per answer of the replicas, PostgreSQL
 # and Redis (from /proc schedstat).
 #
-#   WRK2=/path/to/wrk benches/replicas.sh [FRAUD_BINARY] [RATE (3000)] [SECONDS (30)]
+#   WRK2=/path/to/wrk [REPLICAS="1 2"] benches/replicas.sh [FRAUD_BINARY] [RATE (3000)] [SECONDS (30)]
 #
 # PostgreSQL and redis-server come from Debian's packages (postgresql, redis-server); wrk2 is
 # built from source: https://github.com/giltene/wrk2 (make; needs libssl-dev).
@@ -149,9 +149,9 @@ EOF
 
 echo "wrk2 open loop, ${rate}/s in all, ${seconds} s measured after 10 s at the same rate; $(nproc) cores; $fraud"
 echo "PostgreSQL $("$pgbin/postgres" --version | awk '{print $3}'), $(redis-server --version | awk '{print $3}')"
-start 1
-measure "1 replica"
-stop
-start 2
-measure "2 replicas"
-stop
+# REPLICAS="2" (say) runs only those counts.
+for n in ${REPLICAS:-1 2}; do
+    start "$n"
+    measure "$n replica(s)"
+    stop
+done

@@ -378,6 +378,13 @@ impl Extractor {
     /// transaction in it: the same features as [`plan_into`](Self::plan_into), at O(1)
     /// amortized cost whatever the entity's rate.
     fn plan_step(&self, plan: &Plan, p: &Point, s: &mut EntityState, row: &mut [f64]) {
+        self.plan_slide(plan, p, s, row);
+        s.record(&plan.keeping, p);
+    }
+
+    /// Writes the plan's features from the state, windows by its sliders (which move with
+    /// the transaction's time; the state is otherwise unchanged).
+    fn plan_slide(&self, plan: &Plan, p: &Point, s: &mut EntityState, row: &mut [f64]) {
         self.point_into(plan, p, Some(s), row);
         let t = p.ts;
         for (li, (lv, out)) in plan.keeping.levels.iter().zip(&plan.levels).enumerate() {
@@ -389,7 +396,6 @@ impl Extractor {
             };
             level_into(out, p, &a, frauds, row);
         }
-        s.record(&plan.keeping, p);
     }
 
     /// The features that are not windows: time since last, first-seen flags, geo-velocity.
@@ -454,19 +460,38 @@ impl Extractor {
         }
     }
 
-    /// [`record`](Self::record), handing the raw events folded into time buckets to `out`;
-    /// returns how many.
+    /// [`entity_step`](Self::entity_step), folding a hot entity's oldest raw events into
+    /// time buckets and handing them to `out`; returns how many.
     #[cfg(feature = "redis")]
-    pub(crate) fn record_folding(
+    pub(crate) fn entity_step_folding(
         &self,
         entity: Entity,
-        state: &mut EntityState,
         p: &Point,
+        state: &mut EntityState,
+        row: &mut [f64],
         out: &mut Vec<state::Event>,
     ) -> usize {
         match self.plan(entity) {
-            Some(plan) => state.record_folding(&plan.keeping, p, out),
+            Some(plan) => {
+                self.plan_slide(plan, p, state, row);
+                state.record_folding(&plan.keeping, p, out)
+            }
             None => 0,
+        }
+    }
+
+    /// [`entity_into`](Self::entity_into) by the state's running aggregates (the state
+    /// is not changed but for them).
+    #[cfg(feature = "redis")]
+    pub(crate) fn entity_peek(
+        &self,
+        entity: Entity,
+        p: &Point,
+        state: &mut EntityState,
+        row: &mut [f64],
+    ) {
+        if let Some(plan) = self.plan(entity) {
+            self.plan_slide(plan, p, state, row);
         }
     }
 

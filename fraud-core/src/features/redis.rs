@@ -23,9 +23,11 @@
 //! returns what this replica lacks of each entity's state as it was. Each entity has a
 //! generation, a version and a log of its newest changes; a replica keeps copies of the
 //! larger states (a bounded map, least recently used out first), and for those it reads only
-//! the changes since its copy (a few dozen bytes each), which it replays by the same rules
-//! (`ops`). Other states are read whole. The features are then computed here, by the same
-//! code as for the memory backend. Idle entities expire by themselves (a TTL of the retention
+//! the changes since its copy (a few dozen bytes each), which it applies to the state it
+//! keeps, by the state's own rules (`ops`). Other states are read whole. The features are
+//! then computed here, by the same code as for the memory backend: with a copy, by its
+//! running window aggregates, so a hot entity's transaction costs O(1) amortized here as in
+//! Redis. Idle entities expire by themselves (a TTL of the retention
 //! on each key, in wall-clock time). Every call is bounded by the configured timeout: a slow
 //! or absent server gives [`StoreError::Redis`], never a hang.
 
@@ -550,14 +552,18 @@ struct Copy {
     /// The entity's generation and version in Redis.
     g: Vec<u8>,
     v: u64,
-    /// `e`, `l`, `s`, `f`, `t`, `b` as stored.
-    fields: Vec<Vec<u8>>,
+    /// The state itself, read once and kept up to date by the operations since (its running
+    /// window aggregates with it: a hot entity's transaction costs O(1) here too).
+    state: EntityState,
+    /// Its time buckets as stored (`b`: what a fold replaces, see [`COMPACT`]).
+    b: Vec<u8>,
     used: u64,
 }
 
 impl Copy {
+    /// Its size as stored (what decides whether it is kept, and the budget).
     fn bytes(&self) -> usize {
-        self.fields.iter().map(Vec::len).sum()
+        layout::stored_len(&self.state) + self.b.len()
     }
 }
 
@@ -1037,27 +1043,30 @@ impl RedisStore {
             let Copy {
                 g,
                 mut v,
-                mut fields,
+                mut state,
+                mut b,
                 ..
-            } = resolve(reply, copies[i].take(), wrote)?;
-            let mut state = if dup {
+            } = resolve(reply, copies[i].take(), wrote, k)?;
+            if dup {
                 // Recorded already (a retry, or the same transaction on another replica): its
                 // features are those of the state without it, and nothing is recorded again.
-                let mut w = fields.clone();
-                without(&mut w, &layout::event(p, k), &layout::seen_keys(p, k), p.ts);
-                decode(&w)?
+                let mut w = state.clone();
+                let seen: Vec<(u8, u64)> = layout::seen_keys(p, k)
+                    .chunks_exact(9)
+                    .map(|s| (s[0], layout::fingerprint(&s[1..9])))
+                    .collect();
+                w.without(&super::state::Event::of(p, k), &seen);
+                ex.entity_into(e, p, Some(&w), row);
+            } else if !wrote {
+                ex.entity_peek(e, p, &mut state, row);
             } else {
-                decode(&fields)?
-            };
-            ex.entity_into(e, p, Some(&state), row);
-            if wrote {
-                // The script recorded the transaction; the copy follows by the same rules.
-                ops::replay(&mut fields, &ops[i]).map_err(StoreError::Redis)?;
-                // But for folding: a hot entity's oldest raw events are folded here, where
-                // the buckets' exact integer sums are made, and the state in Redis follows by
+                // The script recorded the transaction; the copy follows by the same rules,
+                // as the memory backend does (features by the running aggregates). But for
+                // folding: a hot entity's oldest raw events are folded here, where the
+                // buckets' exact integer sums are made, and the state in Redis follows by
                 // one more call (once every `RAW_CAP` transactions of the entity).
                 let mut folded = Vec::new();
-                if ex.record_folding(e, &mut state, p, &mut folded) > 0 {
+                if ex.entity_step_folding(e, p, &mut state, row, &mut folded) > 0 {
                     let prefix = layout::events(folded.iter());
                     let new = layout::buckets(&state);
                     let done: u64 = self.with(|c| {
@@ -1065,7 +1074,7 @@ impl RedisStore {
                             .key(&keys[i][0])
                             .key(&keys[i][1])
                             .arg(&prefix)
-                            .arg(&fields[5])
+                            .arg(&b)
                             .arg(&new)
                             .invoke::<u64>(c)
                     })?;
@@ -1073,9 +1082,7 @@ impl RedisStore {
                         // Another replica changed it meanwhile: read whole next time.
                         continue;
                     }
-                    let cut = prefix.len().min(fields[0].len());
-                    fields[0].drain(..cut);
-                    fields[5] = new;
+                    b = new;
                     v = done;
                 }
             }
@@ -1085,7 +1092,8 @@ impl RedisStore {
                     Copy {
                         g,
                         v,
-                        fields,
+                        state,
+                        b,
                         used: 0,
                     },
                 ));
@@ -1192,46 +1200,15 @@ fn clear_node(
     }
 }
 
-/// Takes a transaction already recorded back out of an entity's state as the script returned
-/// it (fields `e`, `l`, `s`, ...): its event, its location if it is the newest, and its
-/// seen values where it made them newest (a value it saw first is dropped; one seen before
-/// goes back to its earlier time, the one before that being unknown).
-fn without(fields: &mut [Vec<u8>], event: &[u8], seen_keys: &[u8], ts: i64) {
-    let t = be(ts);
-    if let Some(e) = fields.first_mut() {
-        let n = e.len() / layout::EVENT;
-        if let Some(i) = (0..n)
-            .rev()
-            .find(|&i| &e[i * layout::EVENT..(i + 1) * layout::EVENT] == event)
-        {
-            e.drain(i * layout::EVENT..(i + 1) * layout::EVENT);
-        }
-    }
-    if let Some(l) = fields.get_mut(1) {
-        if l.len() >= layout::LOCATED && l[..8] == t {
-            l.drain(..layout::LOCATED);
-        }
-    }
-    if let Some(s) = fields.get_mut(2) {
-        let mut kept = Vec::with_capacity(s.len());
-        for rec in s.chunks_exact(layout::SEEN) {
-            let mine = seen_keys.chunks_exact(9).any(|k| k == &rec[..9]);
-            if !mine || rec[9..17] != t {
-                kept.extend_from_slice(rec);
-            } else if rec[17..25] != [0u8; 8] {
-                kept.extend_from_slice(&rec[..9]);
-                kept.extend_from_slice(&rec[17..25]);
-                kept.extend_from_slice(&[0u8; 8]);
-            }
-        }
-        *s = kept;
-    }
-}
-
 /// An entity's state before the call from the script's answer (`{kind, g, v, ...}`, see
 /// [`STEP`]) and this replica's copy; with its generation and its version after the call
 /// (one more than before when the call `wrote`).
-fn resolve(reply: Vec<Vec<u8>>, copy: Option<Copy>, wrote: bool) -> Result<Copy, StoreError> {
+fn resolve(
+    reply: Vec<Vec<u8>>,
+    copy: Option<Copy>,
+    wrote: bool,
+    keeping: &super::Keeping,
+) -> Result<Copy, StoreError> {
     let bad = |what: &str| StoreError::Redis(format!("the state script's answer {what}"));
     let mut it = reply.into_iter();
     let (Some(kind), Some(g), Some(v)) = (it.next(), it.next(), it.next()) else {
@@ -1242,29 +1219,32 @@ fn resolve(reply: Vec<Vec<u8>>, copy: Option<Copy>, wrote: bool) -> Result<Copy,
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| bad("has no version"))?;
     let before = v.saturating_sub(u64::from(wrote));
-    let fields = match (kind.as_slice(), copy) {
-        (b"=", Some(c)) if c.v == before => c.fields,
+    let (state, b) = match (kind.as_slice(), copy) {
+        (b"=", Some(c)) if c.v == before => (c.state, c.b),
         (b"+", Some(mut c)) => {
             let ops = it.next().unwrap_or_default();
-            let n = ops::replay(&mut c.fields, &ops).map_err(StoreError::Redis)?;
+            let n = ops::replay_state(&mut c.state, keeping, &ops).map_err(StoreError::Redis)?;
             if c.v + n as u64 != before {
                 return Err(bad("skips operations"));
             }
-            c.fields
+            (c.state, c.b)
         }
         (b"*", _) => {
             let fields: Vec<Vec<u8>> = it.collect();
             if fields.len() != 6 {
                 return Err(bad("has a state of the wrong shape"));
             }
-            fields
+            let state = decode(&fields)?;
+            let b = fields.into_iter().nth(5).unwrap_or_default();
+            (state, b)
         }
         _ => return Err(bad("refers to a version this replica does not hold")),
     };
     Ok(Copy {
         g,
         v,
-        fields,
+        state,
+        b,
         used: 0,
     })
 }
@@ -1416,8 +1396,9 @@ impl StateStore for RedisStore {
 }
 
 /// The operations of an entity's log in Redis, and their replay on a copy of its state: the
-/// same rules as the scripts, byte for byte, so that a replica holding a hot entity's state
-/// reads only the operations it has not seen (a few dozen bytes) instead of the whole state.
+/// scripts' rules on the stored bytes are the state's own, so that a replica holding a hot
+/// entity's state reads only the operations it has not seen (a few dozen bytes) instead of
+/// the whole state, and applies them to the state it keeps at O(1) each.
 ///
 /// An `S` operation (a recorded transaction) is `S`, the count of located transactions (0 or
 /// 1), of seen keys and of fraud marks (0 or 1), the labels flag (`1`/`0`), the time, the
@@ -1426,6 +1407,8 @@ impl StateStore for RedisStore {
 /// (fraud or not) and the time it was known.
 mod ops {
     use super::layout;
+    use crate::features::state::Recorded;
+    use crate::features::{EntityState, Keeping, LabelEvent};
 
     /// Operations kept in an entity's log: a replica further behind reads the whole state.
     pub const LOG_CAP: usize = 16;
@@ -1484,31 +1467,37 @@ mod ops {
         Ok(n)
     }
 
-    /// Replays the operations `o` (one or more, concatenated) on an entity's stored fields
-    /// (`e`, `l`, `s`, `f`, `t`, `b`); returns how many.
-    pub fn replay(fields: &mut [Vec<u8>], mut o: &[u8]) -> Result<usize, String> {
+    /// Replays the operations `o` on a copy of an entity's state itself, by the state's own
+    /// rules ([`EntityState::record_parts`] without folding, [`EntityState::label`]): the
+    /// same state as the stored fields replayed then read, its running window aggregates
+    /// kept (so a hot entity costs the same whatever its rate). Returns how many.
+    pub fn replay_state(
+        state: &mut EntityState,
+        keeping: &Keeping,
+        mut o: &[u8],
+    ) -> Result<usize, String> {
         let mut n = 0;
         while !o.is_empty() {
             let k = len(o)?;
-            apply(fields, &o[..k])?;
+            apply_state(state, keeping, &o[..k]);
             o = &o[k..];
             n += 1;
         }
         Ok(n)
     }
 
-    /// Applies one operation as the scripts do.
-    fn apply(fields: &mut [Vec<u8>], op: &[u8]) -> Result<(), String> {
-        let [e, l, s, f, tt, _b] = fields else {
-            return Err(bad());
-        };
+    /// Applies one operation (of a length checked by [`len`]) to a state.
+    fn apply_state(state: &mut EntityState, keeping: &Keeping, op: &[u8]) {
         if op[0] == b'L' {
-            label(f, tt, &op[1..9], &op[9..17], op[17] == b'1', &op[18..26]);
-            return Ok(());
+            state.label(&LabelEvent {
+                id: layout::fingerprint(&op[1..9]),
+                ts: layout::time(&op[9..17]),
+                is_fraud: op[17] == b'1',
+                known_at: layout::time(&op[18..26]),
+            });
+            return;
         }
         let (na, nb, nc) = (usize::from(op[1]), usize::from(op[2]), usize::from(op[3]));
-        let labels = op[4] == b'1';
-        let (t, seen_cut, cut) = (&op[5..13], &op[13..21], &op[21..29]);
         let mut q = HEAD;
         let mut take = |n: usize| {
             let part = &op[q..q + n];
@@ -1519,160 +1508,24 @@ mod ops {
         let loc = take(layout::LOCATED * na);
         let seen = take(9 * nb);
         let mark = take(layout::FRAUD * nc);
-        record_event(e, t, ev, cut);
-        if !loc.is_empty() {
-            locate(l, loc);
-        }
-        see(s, t, seen, seen_cut);
-        if labels {
-            marks(f, mark, cut);
-        }
-        if tt.is_empty() || t > &tt[..] {
-            *tt = t.to_vec();
-        }
-        Ok(())
-    }
-
-    const EV: usize = layout::EVENT;
-
-    fn record_event(e: &mut Vec<u8>, t: &[u8], ev: &[u8], cut: &[u8]) {
-        let n = e.len() / EV;
-        let mut pos = n;
-        while pos > 0 && &e[(pos - 1) * EV..(pos - 1) * EV + 8] > t {
-            pos -= 1;
-        }
-        e.splice(pos * EV..pos * EV, ev.iter().copied());
-        let n = n + 1;
-        let newest = &e[(n - 1) * EV..(n - 1) * EV + 8];
-        let limit = if newest < cut { newest } else { cut }.to_vec();
-        let mut old = 0;
-        while old < n && e[old * EV..old * EV + 8] < limit[..] {
-            old += 1;
-        }
-        if old >= 2 {
-            e.drain(..(old - 1) * EV);
-        }
-    }
-
-    fn locate(l: &mut Vec<u8>, loc: &[u8]) {
-        const L: usize = layout::LOCATED;
-        let ts = &loc[..8];
-        let mut l0 = (l.len() >= L).then(|| l[..L].to_vec());
-        let mut l1 = (l.len() >= 2 * L).then(|| l[L..2 * L].to_vec());
-        match &l0 {
-            Some(a) if ts < &a[..8] => {
-                if l1.as_ref().is_none_or(|b| ts >= &b[..8]) {
-                    l1 = Some(loc.to_vec());
-                }
-            }
-            Some(a) if ts == &a[..8] => l0 = Some(loc.to_vec()),
-            _ => {
-                l1 = l0;
-                l0 = Some(loc.to_vec());
-            }
-        }
-        l.clear();
-        l.extend(l0.iter().chain(l1.iter()).flatten());
-    }
-
-    fn see(s: &mut Vec<u8>, t: &[u8], seen: &[u8], seen_cut: &[u8]) {
-        const S: usize = layout::SEEN;
-        for id in seen.chunks_exact(9) {
-            match s.chunks_exact(S).position(|r| &r[..9] == id) {
-                Some(i) => {
-                    let r = &mut s[i * S..(i + 1) * S];
-                    let (last, prev) = (r[9..17].to_vec(), r[17..25].to_vec());
-                    if t > &last[..] {
-                        r[9..17].copy_from_slice(t);
-                        r[17..25].copy_from_slice(&last);
-                    } else if t < &last[..] && t > &prev[..] {
-                        r[17..25].copy_from_slice(t);
-                    }
-                }
-                None => {
-                    s.extend_from_slice(id);
-                    s.extend_from_slice(t);
-                    s.extend_from_slice(&[0u8; 8]);
-                }
-            }
-        }
-        let mut kept: Vec<&[u8]> = s
-            .chunks_exact(S)
-            .filter(|r| &r[9..17] >= seen_cut)
-            .collect();
-        if kept.len() > super::super::MAX_SEEN {
-            let key = |r: &[u8]| [&r[9..17], &r[..9]].concat();
-            let mut order: Vec<Vec<u8>> = kept.iter().map(|r| key(r)).collect();
-            order.sort();
-            let nth = order[kept.len() - super::super::state::SEEN_KEPT].clone();
-            kept.retain(|r| key(r) >= nth);
-        }
-        *s = kept.concat();
-    }
-
-    fn marks(f: &mut Vec<u8>, mark: &[u8], cut: &[u8]) {
-        const F: usize = layout::FRAUD;
-        if !mark.is_empty() {
-            let (mts, id, known) = (&mark[..8], &mark[8..16], &mark[16..24]);
-            match f.chunks_exact(F).position(|r| &r[8..16] == id) {
-                Some(i) => {
-                    if known < &f[i * F + 16..i * F + 24] {
-                        f[i * F + 16..i * F + 24].copy_from_slice(known);
-                    }
-                }
-                None => {
-                    let mut p = f.len() / F;
-                    while p > 0 && &f[(p - 1) * F..(p - 1) * F + 8] > mts {
-                        p -= 1;
-                    }
-                    f.splice(p * F..p * F, mark.iter().copied());
-                }
-            }
-        }
-        let n = f.len() / F;
-        let mut drop = 0;
-        while drop < n && &f[drop * F..drop * F + 8] < cut {
-            drop += 1;
-        }
-        if n - drop > super::super::MAX_FRAUDS {
-            drop = n - super::super::MAX_FRAUDS;
-        }
-        f.drain(..drop * F);
-    }
-
-    fn label(f: &mut Vec<u8>, tt: &mut Vec<u8>, id: &[u8], mts: &[u8], fraud: bool, known: &[u8]) {
-        const F: usize = layout::FRAUD;
-        let mut found = false;
-        let mut kept = Vec::with_capacity(f.len() + F);
-        for r in f.chunks_exact(F) {
-            if &r[8..16] == id {
-                found = true;
-                if fraud {
-                    kept.extend_from_slice(&r[..16]);
-                    kept.extend_from_slice(if known < &r[16..24] {
-                        known
-                    } else {
-                        &r[16..24]
-                    });
-                }
+        let event = layout::event_of(ev);
+        let recorded = Recorded {
+            event,
+            id: if mark.is_empty() {
+                0
             } else {
-                kept.extend_from_slice(r);
-            }
-        }
-        if fraud && !found {
-            let mut p = kept.len() / F;
-            while p > 0 && &kept[(p - 1) * F..(p - 1) * F + 8] > mts {
-                p -= 1;
-            }
-            let rec = [mts, id, known].concat();
-            kept.splice(p * F..p * F, rec);
-            if kept.len() / F > super::super::MAX_FRAUDS {
-                kept.drain(..F);
-            }
-        }
-        *f = kept;
-        if tt.is_empty() || mts > &tt[..] {
-            *tt = mts.to_vec();
-        }
+                layout::fingerprint(&mark[8..16])
+            },
+            location: (!loc.is_empty())
+                .then(|| (layout::float(&loc[8..16]), layout::float(&loc[16..24]))),
+            fraud_known_at: (op[4] == b'1' && !mark.is_empty())
+                .then(|| layout::time(&mark[16..24])),
+            cut: layout::time(&op[21..29]),
+            seen_cut: layout::time(&op[13..21]),
+        };
+        let seen = seen
+            .chunks_exact(9)
+            .map(|k| (k[0], layout::fingerprint(&k[1..9])));
+        state.record_parts(keeping, &recorded, seen, None);
     }
 }

@@ -108,6 +108,24 @@ impl Event {
     }
 }
 
+/// A transaction as the state records it (see [`EntityState::record_parts`]), its seen values
+/// apart.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Recorded {
+    /// The entity's event of it (its time is the transaction's).
+    pub event: Event,
+    /// Fingerprint of its id.
+    pub id: u64,
+    /// Where it took place.
+    pub location: Option<(f64, f64)>,
+    /// When it became known as fraud (recorded only where labels are kept).
+    pub fraud_known_at: Option<i64>,
+    /// The events older than this go (but the newest of them).
+    pub cut: i64,
+    /// The seen values last seen before this go (when the map is cleaned up).
+    pub seen_cut: i64,
+}
+
 /// A transaction of the entity known to be fraud.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct FraudMark {
@@ -219,19 +237,46 @@ impl EntityState {
     /// [`record`](Self::record), handing the raw events folded into time buckets to `out`
     /// (none but once every [`RAW_CAP`] transactions of a hot entity); returns how many.
     pub(crate) fn record_folding(&mut self, k: &Keeping, p: &Point, out: &mut Vec<Event>) -> usize {
-        let t = p.ts;
-        let event = Event::of(p, k);
+        let seen = k
+            .first_seen
+            .iter()
+            .filter_map(|f| Some((f.index() as u8, p.fields[f.index()]?)));
+        let recorded = Recorded {
+            event: Event::of(p, k),
+            id: p.id,
+            location: p.location,
+            fraud_known_at: p.fraud_known_at.filter(|_| k.labels),
+            cut: p.ts - k.horizon_us.max(1),
+            seen_cut: p.ts - k.retention_us,
+        };
+        self.record_parts(k, &recorded, seen, Some(out))
+    }
+
+    /// Records a transaction given as its parts (its event, location, seen values and fraud
+    /// mark, as the Redis backend's operations carry them): the rules of
+    /// [`record`](Self::record). With `fold`, a hot entity's oldest raw events are folded into
+    /// time buckets and handed over (as [`record_folding`](Self::record_folding)); without,
+    /// none are (another replica's transaction replayed: only the replica that folds
+    /// changes the buckets, in Redis and in its copy alike). Returns how many were folded.
+    pub(crate) fn record_parts(
+        &mut self,
+        k: &Keeping,
+        r: &Recorded,
+        seen: impl Iterator<Item = (u8, u64)>,
+        fold: Option<&mut Vec<Event>>,
+    ) -> usize {
+        let t = r.event.ts;
         if self.events.back().is_none_or(|e| e.ts <= t) {
-            self.events.push_back(event);
+            self.events.push_back(r.event);
         } else {
             // Out of time order: the sliders start again from the events.
             self.sliders.clear();
             let at = self.events.partition_point(|e| e.ts <= t);
-            self.events.insert(at, event);
+            self.events.insert(at, r.event);
         }
-        self.prune(t - k.horizon_us.max(1));
+        self.prune(r.cut);
         let mut folded = 0;
-        if self.events.len() >= 2 * RAW_CAP {
+        if let Some(out) = fold.filter(|_| self.events.len() >= 2 * RAW_CAP) {
             let newest = self.events.back().map_or(t, |e| e.ts);
             if self.folded.len() < k.levels.len() {
                 self.folded.resize_with(k.levels.len(), VecDeque::new);
@@ -246,16 +291,14 @@ impl EntityState {
                 }
             }
         }
-        if let Some((lat, lon)) = p.location {
+        if let Some((lat, lon)) = r.location {
             self.locate(t, lat, lon);
         }
-        for f in &k.first_seen {
-            if let Some(v) = p.fields[f.index()] {
-                self.see(*f, v, t);
-            }
+        for (f, v) in seen {
+            self.see(f, v, t);
         }
         if self.seen.len() > 2 * self.seen_mark.max(8) || self.seen.len() > MAX_SEEN {
-            let oldest = t - k.retention_us;
+            let oldest = r.seen_cut;
             self.seen.retain(|_, (last, _)| *last >= oldest);
             if self.seen.len() > MAX_SEEN {
                 // Keep exactly three quarters of the cap: the most recently seen, ties by
@@ -274,17 +317,44 @@ impl EntityState {
             self.seen_mark = self.seen.len();
         }
         if k.labels {
-            if let Some(known_at) = p.fraud_known_at {
-                self.mark_fraud(p.id, t, known_at);
+            if let Some(known_at) = r.fraud_known_at {
+                self.mark_fraud(r.id, t, known_at);
             }
-            let oldest = t - k.horizon_us.max(1);
-            let n = self.frauds.partition_point(|m| m.ts < oldest);
+            let n = self.frauds.partition_point(|m| m.ts < r.cut);
             // At most `MAX_FRAUDS` (states written before the cap may hold more).
             self.frauds
                 .drain(..n.max(self.frauds.len().saturating_sub(MAX_FRAUDS)));
         }
         self.touched = self.touched.max(t);
         folded
+    }
+
+    /// Takes a transaction just recorded back out (its features are those of the state
+    /// without it: the Redis backend finding it recorded already by a retry or another
+    /// replica): its event, its location if it is the newest, and its seen values where it
+    /// made them newest (a value it saw first goes; one seen before goes back to its earlier
+    /// time, the one before that being unknown). The rules of the byte layout's own.
+    #[cfg(feature = "redis")]
+    pub(crate) fn without(&mut self, event: &Event, seen: &[(u8, u64)]) {
+        let t = event.ts;
+        if let Some(i) = self.events.iter().rposition(|e| e == event) {
+            self.events.remove(i);
+            self.sliders.clear();
+        }
+        if self.located[0].is_some_and(|(ts, ..)| ts == t) {
+            self.located = [self.located[1], None];
+        }
+        for key in seen {
+            if let Some(&(last, prev)) = self.seen.get(key) {
+                if last == t {
+                    if prev != 0 {
+                        self.seen.insert(*key, (prev, 0));
+                    } else {
+                        self.seen.remove(key);
+                    }
+                }
+            }
+        }
     }
 
     /// Applies a fraud label to one of the entity's transactions.
@@ -309,8 +379,8 @@ impl EntityState {
         }
     }
 
-    fn see(&mut self, field: Field, v: u64, t: i64) {
-        let e = self.seen.entry((field.index() as u8, v)).or_insert((t, 0));
+    fn see(&mut self, field: u8, v: u64, t: i64) {
+        let e = self.seen.entry((field, v)).or_insert((t, 0));
         let (last, prev) = *e;
         if t > last {
             *e = (t, last);
@@ -535,6 +605,44 @@ pub(crate) mod layout {
         }
     }
 
+    /// One raw event as stored (`EVENT` bytes).
+    pub fn event_of(e: &[u8]) -> Event {
+        let mut values = [0u64; MAX_DISTINCT_FIELDS];
+        for (i, v) in values.iter_mut().enumerate() {
+            *v = u(&e[16 + 8 * i..]);
+        }
+        Event {
+            ts: be(e),
+            amount: f(&e[8..]),
+            values,
+        }
+    }
+
+    /// How many bytes the state takes as stored (its raw events, located transactions, seen
+    /// values, fraud labels and newest time; its buckets apart).
+    pub fn stored_len(s: &EntityState) -> usize {
+        s.events.len() * EVENT
+            + s.located.iter().flatten().count() * LOCATED
+            + s.seen.len() * SEEN
+            + s.frauds.len() * FRAUD
+            + 8
+    }
+
+    /// A big-endian time (8 bytes).
+    pub fn time(b: &[u8]) -> i64 {
+        be(b)
+    }
+
+    /// A little-endian float (8 bytes: amounts and coordinates).
+    pub fn float(b: &[u8]) -> f64 {
+        f(b)
+    }
+
+    /// A big-endian fingerprint (8 bytes).
+    pub fn fingerprint(b: &[u8]) -> u64 {
+        u(b)
+    }
+
     /// Raw events as stored, concatenated.
     pub fn events<'a>(events: impl Iterator<Item = &'a Event>) -> Vec<u8> {
         let mut out = Vec::new();
@@ -613,17 +721,7 @@ pub(crate) mod layout {
             return Err(bad("touched"));
         }
         let mut s = EntityState::default();
-        for e in events.chunks_exact(EVENT) {
-            let mut values = [0u64; MAX_DISTINCT_FIELDS];
-            for (i, v) in values.iter_mut().enumerate() {
-                *v = u(&e[16 + 8 * i..]);
-            }
-            s.events.push_back(Event {
-                ts: be(e),
-                amount: f(&e[8..]),
-                values,
-            });
-        }
+        s.events.extend(events.chunks_exact(EVENT).map(event_of));
         for (i, l) in located.chunks_exact(LOCATED).enumerate() {
             s.located[i] = Some((be(l), f(&l[8..]), f(&l[16..])));
         }
