@@ -9,7 +9,8 @@
 //!   in batches (one transaction, one multi-row insert); a decision's answer waits for its
 //!   batch's commit ([`Journal::durable`]), an event's append returns after it.
 //! - Idempotency across replicas: a transaction id is claimed in `fraud_claims` before it is
-//!   scored (a second replica answers 409 meanwhile); the commit of its decision marks the
+//!   scored (a second replica answers 409 meanwhile), by one of two claimer threads that
+//!   claim every transaction waiting in one statement ([`CLAIM`]); the commit of its decision marks the
 //!   claim done in the same transaction (a done claim is never taken over: a replica whose
 //!   look for the decision came just before that commit finds the claim, not a free id), and
 //!   done claims are dropped once no statement can be that late. A claim is taken over when
@@ -123,6 +124,31 @@ fn io(what: &str, e: impl std::fmt::Display) -> LogError {
     }
 }
 
+/// Runs `f` on the connection in `slot`, made when there is none (or the server closed it:
+/// then once more on a new one, as after a restart); a failure leaves the slot empty.
+fn on_conn<T>(
+    slot: &mut Option<Conn>,
+    url: &str,
+    timeout: Duration,
+    f: &dyn Fn(&mut Conn) -> Result<T, postgres::Error>,
+) -> Result<T, LogError> {
+    let out = (|| {
+        if let Some(c) = slot.as_mut().filter(|c| !c.client.is_closed()) {
+            match f(c) {
+                // A kept connection the server closed (a restart): once more on a new one.
+                Err(e) if e.is_closed() || c.client.is_closed() => *slot = None,
+                r => return r.map_err(|e| io("query", e)),
+            }
+        }
+        let c = slot.insert(Conn::new(connect(url, timeout)?));
+        f(c).map_err(|e| io("query", e))
+    })();
+    if out.is_err() {
+        *slot = None;
+    }
+    out
+}
+
 /// Connects to `url` with `timeout` for the connection.
 fn connect(url: &str, timeout: Duration) -> Result<Client, LogError> {
     let mut cfg: postgres::Config = url.parse().map_err(|e| io("url", e))?;
@@ -174,6 +200,9 @@ struct Shared {
     durable: tokio::sync::watch::Sender<Durable>,
     /// Jobs for the reader threads.
     readers: Mutex<std::sync::mpsc::Sender<Job>>,
+    /// Transactions waiting for their claim, and the claimers' wake-up.
+    claims: Mutex<ClaimQueue>,
+    claim_work: Condvar,
 }
 
 /// A query run on a reader thread, with that thread's connection (made when needed).
@@ -209,16 +238,25 @@ const DECIDED: &str =
     "SELECT body FROM fraud_records WHERE kind = 'decision' AND transaction_id = $1
      ORDER BY written_at, replica, seq LIMIT 1";
 
-/// A decision's record, else a claim of its transaction (the claim of a replica whose
-/// process died, one older than the lapse, or this replica's own is taken over): one round
-/// trip before a transaction is scored.
-const BEGIN: &str = "
-WITH decided AS (
-    SELECT body FROM fraud_records WHERE kind = 'decision' AND transaction_id = $1
-    ORDER BY written_at, replica, seq LIMIT 1
+/// For each of several transactions (ids distinct), its decision's record, else a claim of
+/// it (the claim of a replica whose process died, one older than the lapse, or this
+/// replica's own is taken over): one round trip for every transaction that arrived while the
+/// previous one was out, before they are scored. Rows are claimed in id order, so that two
+/// replicas claiming overlapping batches wait for each other in one order.
+const CLAIM: &str = "
+WITH ids AS (
+    SELECT DISTINCT id FROM unnest($1::text[]) AS t(id)
+), decided AS (
+    -- One index lookup per id (a join may read the whole index in id order instead).
+    SELECT ids.id AS transaction_id, d.body FROM ids CROSS JOIN LATERAL (
+        SELECT body FROM fraud_records WHERE kind = 'decision' AND transaction_id = ids.id
+        ORDER BY written_at, replica, seq LIMIT 1
+    ) d
 ), claim AS (
     INSERT INTO fraud_claims (transaction_id, replica, lock_key)
-    SELECT $1, $2, $4 WHERE NOT EXISTS (SELECT 1 FROM decided)
+    SELECT id, $2, $4 FROM ids
+    WHERE NOT EXISTS (SELECT 1 FROM decided WHERE decided.transaction_id = ids.id)
+    ORDER BY id
     ON CONFLICT (transaction_id) DO UPDATE
     SET replica = EXCLUDED.replica, lock_key = EXCLUDED.lock_key, since = now()
     WHERE NOT fraud_claims.done AND (
@@ -229,9 +267,29 @@ WITH decided AS (
             WHERE locktype = 'advisory' AND granted AND objsubid = 1
               AND classid::bigint = (fraud_claims.lock_key >> 32)
               AND objid::bigint = (fraud_claims.lock_key & 4294967295)))
-    RETURNING 1
+    RETURNING transaction_id
 )
-SELECT (SELECT body FROM decided), EXISTS (SELECT 1 FROM claim)";
+SELECT ids.id, decided.body, claim.transaction_id IS NOT NULL
+FROM ids LEFT JOIN decided ON decided.transaction_id = ids.id
+LEFT JOIN claim ON claim.transaction_id = ids.id";
+
+/// Most transactions claimed in one statement.
+const MAX_CLAIMS: usize = 512;
+
+/// Threads claiming transactions: while one statement is out, the transactions arriving
+/// meanwhile wait for the next, together.
+const CLAIMERS: usize = 2;
+
+/// What a claim found: the decision's record if the transaction was decided, else whether
+/// this replica claimed it (`false`: another replica is scoring it).
+type Claimed = (Option<String>, bool);
+
+/// Transactions waiting for their claim ([`CLAIM`]), taken by a claimer thread all at once.
+#[derive(Default)]
+struct ClaimQueue {
+    waiting: Vec<(String, std::sync::mpsc::SyncSender<Result<Claimed, String>>)>,
+    stop: bool,
+}
 
 /// A batch committed in one statement (one round trip, one implicit transaction): the
 /// records the store does not hold yet (a commit whose answer was lost wrote some), the
@@ -380,7 +438,10 @@ impl PgJournal {
             done: Condvar::new(),
             durable,
             readers: Mutex::new(jobs),
+            claims: Mutex::new(ClaimQueue::default()),
+            claim_work: Condvar::new(),
         });
+
         let vault = std::sync::Arc::new(
             Vault::open_remote(
                 std::sync::Arc::new(PgKeys {
@@ -419,6 +480,14 @@ impl PgJournal {
             .name("pg-committer".into())
             .spawn(move || s.run(Conn::new(writer)))
             .map_err(|e| io("committer", e))?;
+        // The claimers last: a failed start leaves none waiting.
+        for i in 0..CLAIMERS {
+            let s = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("pg-claims-{i}"))
+                .spawn(move || s.run_claims())
+                .map_err(|e| io("claimers", e))?;
+        }
         Ok(PgJournal {
             shared,
             vault,
@@ -703,6 +772,91 @@ impl Shared {
         Ok(())
     }
 
+    fn claim_queue(&self) -> std::sync::MutexGuard<'_, ClaimQueue> {
+        self.claims
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Claims a transaction, else finds its decision ([`CLAIM`]), together with the others
+    /// waiting; waits for the answer at most the timeout and a second.
+    fn claim(&self, transaction_id: &str) -> Result<Claimed, LogError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        {
+            let mut q = self.claim_queue();
+            if q.stop {
+                return Err(io("claim", "the store is closed"));
+            }
+            q.waiting.push((transaction_id.to_string(), tx));
+        }
+        self.claim_work.notify_one();
+        self.answer("claim", &rx)?.map_err(|e| io("claim", e))
+    }
+
+    /// The answer of a store thread, waited for at most the timeout and a second.
+    fn answer<T>(&self, what: &str, rx: &std::sync::mpsc::Receiver<T>) -> Result<T, LogError> {
+        rx.recv_timeout(self.timeout + Duration::from_secs(1))
+            .map_err(|_| {
+                io(
+                    what,
+                    format!("no answer within {} ms", self.timeout.as_millis()),
+                )
+            })
+    }
+
+    /// A claimer thread: claims every transaction waiting in one statement, then the ones
+    /// that arrived meanwhile, until the store closes.
+    fn run_claims(&self) {
+        let mut conn: Option<Conn> = None;
+        let lapse = CLAIM_LAPSE.as_secs_f64();
+        let key = lock_key(&self.replica);
+        loop {
+            let batch: Vec<_> = {
+                let mut q = self.claim_queue();
+                while q.waiting.is_empty() && !q.stop {
+                    q = self
+                        .claim_work
+                        .wait(q)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+                if q.stop {
+                    return;
+                }
+                let n = q.waiting.len().min(MAX_CLAIMS);
+                q.waiting.drain(..n).collect()
+            };
+            let mut ids: Vec<&str> = batch.iter().map(|(id, _)| id.as_str()).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            let found = on_conn(&mut conn, &self.url, self.timeout, &|c: &mut Conn| {
+                if !c.stmts.contains_key(CLAIM) {
+                    // One plan for every batch: planned per call (its array's length known),
+                    // the statement would cost more to plan than to run.
+                    c.client
+                        .batch_execute("SET plan_cache_mode = force_generic_plan")?;
+                }
+                let st = c.stmt(CLAIM)?;
+                let rows = c.client.query(&st, &[&ids, &self.replica, &lapse, &key])?;
+                Ok(rows
+                    .iter()
+                    .map(|r| {
+                        let id: String = r.get(0);
+                        (id, (r.get::<_, Option<String>>(1), r.get::<_, bool>(2)))
+                    })
+                    .collect::<HashMap<String, Claimed>>())
+            });
+            for (id, answer) in &batch {
+                let _ = answer.send(match &found {
+                    Ok(m) => m
+                        .get(id)
+                        .cloned()
+                        .ok_or_else(|| "the claim statement skipped a transaction".to_string()),
+                    Err(e) => Err(e.to_string()),
+                });
+            }
+        }
+    }
+
     /// Runs `f` on a reader connection, without waiting for it (a failure is reported as
     /// `what` failing).
     fn spawn_read(
@@ -746,35 +900,14 @@ impl Shared {
         let url = self.url.clone();
         let timeout = self.timeout;
         let job: Job = Box::new(move |slot: &mut Option<Conn>| {
-            let out = (|| {
-                if let Some(c) = slot.as_mut().filter(|c| !c.client.is_closed()) {
-                    match f(c) {
-                        // A kept connection the server closed (a restart): once more on a
-                        // new one.
-                        Err(e) if e.is_closed() || c.client.is_closed() => *slot = None,
-                        r => return r.map_err(|e| io("query", e)),
-                    }
-                }
-                let c = slot.insert(Conn::new(connect(&url, timeout)?));
-                f(c).map_err(|e| io("query", e))
-            })();
-            if out.is_err() {
-                *slot = None;
-            }
-            let _ = tx.send(out);
+            let _ = tx.send(on_conn(slot, &url, timeout, &f));
         });
         self.readers
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .send(job)
             .map_err(|_| io("query", "the store's reader threads are gone"))?;
-        rx.recv_timeout(self.timeout + Duration::from_secs(1))
-            .map_err(|_| {
-                io(
-                    "query",
-                    format!("no answer within {} ms", self.timeout.as_millis()),
-                )
-            })?
+        self.answer("query", &rx)?
     }
 
     fn open_record(&self, body: &str) -> Result<Record, LogError> {
@@ -789,6 +922,8 @@ impl Drop for PgJournal {
     fn drop(&mut self) {
         self.shared.lock().stop = true;
         self.shared.work.notify_all();
+        self.shared.claim_queue().stop = true;
+        self.shared.claim_work.notify_all();
         if let Some(h) = self.committer.take() {
             let _ = h.join();
         }
@@ -1175,15 +1310,7 @@ impl Journal for PgJournal {
         if let Some(body) = local {
             return Ok(Begin::Decided(Box::new(self.open_record(&body)?)));
         }
-        let lapse = CLAIM_LAPSE.as_secs_f64();
-        let replica = self.shared.replica.clone();
-        let key = lock_key(&replica);
-        let id = transaction_id.to_string();
-        let (body, claimed) = self.shared.read(move |c| {
-            let st = c.stmt(BEGIN)?;
-            let row = c.client.query_one(&st, &[&id, &replica, &lapse, &key])?;
-            Ok((row.get::<_, Option<String>>(0), row.get::<_, bool>(1)))
-        })?;
+        let (body, claimed) = self.shared.claim(transaction_id)?;
         Ok(match (body, claimed) {
             (Some(b), _) => Begin::Decided(Box::new(self.open_record(&b)?)),
             (None, true) => Begin::Claimed,
