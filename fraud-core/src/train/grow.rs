@@ -105,6 +105,138 @@ pub(crate) struct Grown {
     pub splits: Vec<(usize, f64)>,
 }
 
+/// The better of two candidates, deterministically: the larger gain, then the lower feature.
+fn better(a: Candidate, b: Candidate) -> Candidate {
+    if b.gain > a.gain || (b.gain == a.gain && b.feature < a.feature) {
+        b
+    } else {
+        a
+    }
+}
+
+/// What the histograms of some rows are built from: the rows, their gradients (gathered in
+/// row order unless they are every row) and which features are wanted.
+struct HistSource<'a> {
+    rows: &'a [u32],
+    grad: &'a [[f32; 2]],
+    ordered: &'a [[f32; 2]],
+    all_rows: bool,
+    active: Vec<bool>,
+}
+
+impl<'a> HistSource<'a> {
+    /// `scratch` holds the gathered gradients (kept between leaves: a fresh buffer for
+    /// every leaf costs its page faults).
+    fn new(
+        cx: &Context,
+        rows: &'a [u32],
+        grad: &'a [[f32; 2]],
+        features: &[usize],
+        scratch: &'a mut Vec<[f32; 2]>,
+    ) -> Self {
+        let nf = cx.mappers.len();
+        // Rows are sorted and distinct, so as many rows as the data set means all of them.
+        let all_rows = rows.len() == cx.binned.rows;
+        scratch.clear();
+        if !all_rows {
+            scratch.extend(rows.iter().map(|&r| grad[r as usize]));
+        }
+        let ordered = &scratch[..];
+        let mut active = vec![false; nf];
+        for &f in features {
+            active[f] = true;
+        }
+        HistSource {
+            rows,
+            grad,
+            ordered,
+            all_rows,
+            active,
+        }
+    }
+
+    /// The histograms of features `2 * pair` and `2 * pair + 1` (those active) into `h`
+    /// (`2 * NB` bins, or `NB` for a last odd feature).
+    fn pair(&self, cx: &Context, pair: usize, h: &mut [Sums]) {
+        let nf = self.active.len();
+        let (rows, grad, ordered, all_rows) = (self.rows, self.grad, self.ordered, self.all_rows);
+        let f0 = 2 * pair;
+        let f1 = f0 + 1;
+        let a0 = self.active[f0];
+        let a1 = f1 < nf && self.active[f1];
+        let mut local = [[[0.0f64; 3]; NB]; 2];
+        match (a0, a1) {
+            (true, true) => {
+                let (c0, c1) = (cx.binned.column(f0), cx.binned.column(f1));
+                if all_rows {
+                    // Every row, in order: no indirection, no prefetch needed.
+                    for ((&b0, &b1), g) in c0.iter().zip(c1).zip(grad) {
+                        let (gg, hh) = (g[0] as f64, g[1] as f64);
+                        let e = &mut local[0][b0 as usize];
+                        e[0] += gg;
+                        e[1] += hh;
+                        e[2] += 1.0;
+                        let e = &mut local[1][b1 as usize];
+                        e[0] += gg;
+                        e[1] += hh;
+                        e[2] += 1.0;
+                    }
+                } else {
+                    for (i, (&r, g)) in rows.iter().zip(ordered).enumerate() {
+                        if let Some(&ahead) = rows.get(i + PREFETCH_AHEAD) {
+                            prefetch(c0.as_ptr().wrapping_add(ahead as usize));
+                            prefetch(c1.as_ptr().wrapping_add(ahead as usize));
+                        }
+                        let (gg, hh) = (g[0] as f64, g[1] as f64);
+                        let e = &mut local[0][c0[r as usize] as usize];
+                        e[0] += gg;
+                        e[1] += hh;
+                        e[2] += 1.0;
+                        let e = &mut local[1][c1[r as usize] as usize];
+                        e[0] += gg;
+                        e[1] += hh;
+                        e[2] += 1.0;
+                    }
+                }
+            }
+            (false, false) => return,
+            (one0, _) => {
+                let (k, f) = if one0 { (0, f0) } else { (1, f1) };
+                let c = cx.binned.column(f);
+                if all_rows {
+                    for (&b, g) in c.iter().zip(grad) {
+                        let e = &mut local[k][b as usize];
+                        e[0] += g[0] as f64;
+                        e[1] += g[1] as f64;
+                        e[2] += 1.0;
+                    }
+                }
+                for (i, (&r, g)) in rows.iter().zip(ordered).enumerate() {
+                    if let Some(&ahead) = rows.get(i + PREFETCH_AHEAD) {
+                        prefetch(c.as_ptr().wrapping_add(ahead as usize));
+                    }
+                    let e = &mut local[k][c[r as usize] as usize];
+                    e[0] += g[0] as f64;
+                    e[1] += g[1] as f64;
+                    e[2] += 1.0;
+                }
+            }
+        }
+        for (k, hk) in h.chunks_mut(NB).enumerate() {
+            if !(if k == 0 { a0 } else { a1 }) {
+                continue;
+            }
+            for (dst, src) in hk.iter_mut().zip(local[k].iter()) {
+                *dst = Sums {
+                    g: src[0],
+                    h: src[1],
+                    n: src[2],
+                };
+            }
+        }
+    }
+}
+
 /// Rows ahead whose bins are prefetched while building a histogram (leaf rows are scattered,
 /// so the hardware prefetcher cannot guess them).
 const PREFETCH_AHEAD: usize = 64;
@@ -395,13 +527,23 @@ impl Context<'_> {
         best
     }
 
-    fn find_best(&self, leaf: &mut Leaf, features: &[usize]) {
+    /// Whether a leaf may be split at all (depth, rows, a histogram).
+    fn searchable(&self, leaf: &Leaf) -> bool {
         let max_depth = self.params.max_depth;
-        if max_depth > 0 && leaf.depth >= max_depth as usize {
-            leaf.best = None;
-            return;
+        !(max_depth > 0 && leaf.depth >= max_depth as usize)
+            && leaf.sums.n >= 2.0 * self.params.min_data_in_leaf as f64
+    }
+
+    /// The best split of a leaf on feature `f`, given the feature's histogram.
+    fn best_on(&self, leaf: &Leaf, f: usize, h: &[Sums]) -> Option<Candidate> {
+        match &self.mappers[f] {
+            BinMapper::Numeric { upper, .. } => self.best_numeric(leaf, f, h, upper.len()),
+            BinMapper::Categorical { codes, .. } => self.best_categorical(leaf, f, h, codes.len()),
         }
-        if leaf.sums.n < 2.0 * self.params.min_data_in_leaf as f64 {
+    }
+
+    fn find_best(&self, leaf: &mut Leaf, features: &[usize]) {
+        if !self.searchable(leaf) {
             leaf.best = None;
             return;
         }
@@ -418,44 +560,24 @@ impl Context<'_> {
         let best = features
             .par_iter()
             .with_min_len(min_len)
-            .filter_map(|&f| {
-                let h = &hist[f * NB..(f + 1) * NB];
-                match &self.mappers[f] {
-                    BinMapper::Numeric { upper, .. } => {
-                        self.best_numeric(leaf_ref, f, h, upper.len())
-                    }
-                    BinMapper::Categorical { codes, .. } => {
-                        self.best_categorical(leaf_ref, f, h, codes.len())
-                    }
-                }
-            })
-            .reduce_with(|a, b| {
-                // Deterministic: larger gain, then lower feature index.
-                if b.gain > a.gain || (b.gain == a.gain && b.feature < a.feature) {
-                    b
-                } else {
-                    a
-                }
-            });
+            .filter_map(|&f| self.best_on(leaf_ref, f, &hist[f * NB..(f + 1) * NB]))
+            .reduce_with(better);
         leaf.best = best;
     }
 
     /// Builds the histograms of `rows` over `features` (others stay zero).
-    fn build_hist(&self, rows: &[u32], grad: &[[f32; 2]], features: &[usize], out: &mut Hist) {
+    fn build_hist(
+        &self,
+        rows: &[u32],
+        grad: &[[f32; 2]],
+        features: &[usize],
+        out: &mut Hist,
+        scratch: &mut Vec<[f32; 2]>,
+    ) {
         let nf = self.mappers.len();
         out.clear();
         out.resize(nf * NB, Sums::default());
-        // Rows are sorted and distinct, so as many rows as the data set means all of them.
-        let all_rows = rows.len() == self.binned.rows;
-        let ordered: Vec<[f32; 2]> = if all_rows {
-            Vec::new()
-        } else {
-            rows.iter().map(|&r| grad[r as usize]).collect()
-        };
-        let mut active = vec![false; nf];
-        for &f in features {
-            active[f] = true;
-        }
+        let src = HistSource::new(self, rows, grad, features, scratch);
         // Features are summed two at a time: one pass over the rows and their gradients
         // feeds two histograms, whose additions do not wait on each other. Small leaves are
         // not worth a parallel task per pair.
@@ -463,79 +585,69 @@ impl Context<'_> {
         out.par_chunks_mut(2 * NB)
             .with_min_len(min_len)
             .enumerate()
-            .for_each(|(pair, h)| {
-                let f0 = 2 * pair;
-                let f1 = f0 + 1;
-                let a0 = active[f0];
-                let a1 = f1 < nf && active[f1];
-                let mut local = [[[0.0f64; 3]; NB]; 2];
-                match (a0, a1) {
-                    (true, true) => {
-                        let (c0, c1) = (self.binned.column(f0), self.binned.column(f1));
-                        if all_rows {
-                            // Every row, in order: no indirection, no prefetch needed.
-                            for ((&b0, &b1), g) in c0.iter().zip(c1).zip(grad) {
-                                let (gg, hh) = (g[0] as f64, g[1] as f64);
-                                let e = &mut local[0][b0 as usize];
-                                e[0] += gg;
-                                e[1] += hh;
-                                e[2] += 1.0;
-                                let e = &mut local[1][b1 as usize];
-                                e[0] += gg;
-                                e[1] += hh;
-                                e[2] += 1.0;
-                            }
-                        } else {
-                            for (i, (&r, g)) in rows.iter().zip(&ordered).enumerate() {
-                                if let Some(&ahead) = rows.get(i + PREFETCH_AHEAD) {
-                                    prefetch(c0.as_ptr().wrapping_add(ahead as usize));
-                                    prefetch(c1.as_ptr().wrapping_add(ahead as usize));
-                                }
-                                let (gg, hh) = (g[0] as f64, g[1] as f64);
-                                let e = &mut local[0][c0[r as usize] as usize];
-                                e[0] += gg;
-                                e[1] += hh;
-                                e[2] += 1.0;
-                                let e = &mut local[1][c1[r as usize] as usize];
-                                e[0] += gg;
-                                e[1] += hh;
-                                e[2] += 1.0;
-                            }
-                        }
+            .for_each(|(pair, h)| src.pair(self, pair, h));
+    }
+
+    /// After a split: the histograms of the smaller child (`small_rows`) into `small`, the
+    /// larger child's as its parent's minus those (`parent` becomes the larger child's), and
+    /// the best split of each child that is given, in one parallel pass over pairs of
+    /// features (each pair's histograms still in cache when they are subtracted and
+    /// searched). The same histograms and candidates as [`build_hist`](Self::build_hist),
+    /// the subtraction and [`find_best`](Self::find_best) one after the other.
+    #[allow(clippy::too_many_arguments)]
+    fn split_hists(
+        &self,
+        small_rows: &[u32],
+        grad: &[[f32; 2]],
+        features: &[usize],
+        small: &mut Hist,
+        parent: &mut Hist,
+        small_leaf: Option<&Leaf>,
+        large_leaf: Option<&Leaf>,
+        scratch: &mut Vec<[f32; 2]>,
+    ) -> (Option<Candidate>, Option<Candidate>) {
+        let nf = self.mappers.len();
+        // Every active feature's bins are written below: no need to clear them first.
+        small.resize(nf * NB, Sums::default());
+        let src = HistSource::new(self, small_rows, grad, features, scratch);
+        let min_len = if small_rows.len() < 4096 {
+            nf.max(1)
+        } else {
+            1
+        };
+        let pick = |a: Option<Candidate>, b: Option<Candidate>| match (a, b) {
+            (Some(a), Some(b)) => Some(better(a, b)),
+            (a, b) => a.or(b),
+        };
+        small
+            .par_chunks_mut(2 * NB)
+            .zip(parent.par_chunks_mut(2 * NB))
+            .with_min_len(min_len)
+            .enumerate()
+            .map(|(pair, (hs, hp))| {
+                src.pair(self, pair, hs);
+                let (mut bs, mut bl) = (None, None);
+                for (k, (hs, hp)) in hs.chunks(NB).zip(hp.chunks_mut(NB)).enumerate() {
+                    let f = 2 * pair + k;
+                    if !src.active[f] {
+                        continue;
                     }
-                    (false, false) => return,
-                    (one0, _) => {
-                        let (k, f) = if one0 { (0, f0) } else { (1, f1) };
-                        let c = self.binned.column(f);
-                        if all_rows {
-                            for (&b, g) in c.iter().zip(grad) {
-                                let e = &mut local[k][b as usize];
-                                e[0] += g[0] as f64;
-                                e[1] += g[1] as f64;
-                                e[2] += 1.0;
-                            }
-                        }
-                        for (i, (&r, g)) in rows.iter().zip(&ordered).enumerate() {
-                            if let Some(&ahead) = rows.get(i + PREFETCH_AHEAD) {
-                                prefetch(c.as_ptr().wrapping_add(ahead as usize));
-                            }
-                            let e = &mut local[k][c[r as usize] as usize];
-                            e[0] += g[0] as f64;
-                            e[1] += g[1] as f64;
-                            e[2] += 1.0;
-                        }
+                    for (a, b) in hp.iter_mut().zip(hs) {
+                        *a = a.sub(*b);
+                    }
+                    if let Some(l) = small_leaf {
+                        bs = pick(bs, self.best_on(l, f, hs));
+                    }
+                    if let Some(l) = large_leaf {
+                        bl = pick(bl, self.best_on(l, f, hp));
                     }
                 }
-                for (k, hk) in h.chunks_mut(NB).enumerate() {
-                    for (dst, src) in hk.iter_mut().zip(local[k].iter()) {
-                        *dst = Sums {
-                            g: src[0],
-                            h: src[1],
-                            n: src[2],
-                        };
-                    }
-                }
-            });
+                (bs, bl)
+            })
+            .reduce(
+                || (None, None),
+                |(a0, a1), (b0, b1)| (pick(a0, b0), pick(a1, b1)),
+            )
     }
 
     /// Grows one tree on `rows` (sorted) with gradients `grad`, trying `features`.
@@ -557,7 +669,8 @@ impl Context<'_> {
             sums.n += 1.0;
         }
         let mut hist = spare.pop().unwrap_or_default();
-        self.build_hist(&rows, grad, features, &mut hist);
+        let mut scratch = Vec::new();
+        self.build_hist(&rows, grad, features, &mut hist, &mut scratch);
         let mut nodes = vec![Node::Leaf {
             value: 0.0,
             id: 0,
@@ -630,19 +743,6 @@ impl Context<'_> {
             let parent_hist = leaf.hist.take();
             let mut small = spare.pop().unwrap_or_default();
             let left_smaller = lrows.len() <= rrows.len();
-            let small_rows = if left_smaller { &lrows } else { &rrows };
-            self.build_hist(small_rows, grad, features, &mut small);
-            let large = parent_hist.map(|mut ph| {
-                for (a, b) in ph.iter_mut().zip(&small) {
-                    *a = a.sub(*b);
-                }
-                ph
-            });
-            let (lh, rh) = if left_smaller {
-                (Some(small), large)
-            } else {
-                (large, Some(small))
-            };
             let mut left = Leaf {
                 node: ln,
                 rows: lrows,
@@ -650,7 +750,7 @@ impl Context<'_> {
                 depth: leaf.depth + 1,
                 lo: llo,
                 hi: lhi,
-                hist: lh,
+                hist: None,
                 best: None,
                 output: best.left_out.clamp(llo, lhi),
             };
@@ -661,16 +761,44 @@ impl Context<'_> {
                 depth: leaf.depth + 1,
                 lo: rlo,
                 hi: rhi,
-                hist: rh,
+                hist: None,
                 best: None,
                 output: best.right_out.clamp(rlo, rhi),
             };
-            if leaves.len() + 2 < p.num_leaves {
-                rayon::join(
-                    || self.find_best(&mut left, features),
-                    || self.find_best(&mut right, features),
-                );
-            }
+            let search = leaves.len() + 2 < p.num_leaves;
+            let (small_leaf, large_leaf) = if left_smaller {
+                (&left, &right)
+            } else {
+                (&right, &left)
+            };
+            let (large, small_best, large_best) = match parent_hist {
+                Some(mut ph) => {
+                    let (bs, bl) = self.split_hists(
+                        &small_leaf.rows,
+                        grad,
+                        features,
+                        &mut small,
+                        &mut ph,
+                        (search && self.searchable(small_leaf)).then_some(small_leaf),
+                        (search && self.searchable(large_leaf)).then_some(large_leaf),
+                        &mut scratch,
+                    );
+                    (Some(ph), bs, bl)
+                }
+                None => {
+                    self.build_hist(&small_leaf.rows, grad, features, &mut small, &mut scratch);
+                    (None, None, None)
+                }
+            };
+            let (lh, rh, lb, rb) = if left_smaller {
+                (Some(small), large, small_best, large_best)
+            } else {
+                (large, Some(small), large_best, small_best)
+            };
+            left.hist = lh;
+            right.hist = rh;
+            left.best = lb;
+            right.best = rb;
             leaves.push(left);
             leaves.push(right);
         }
