@@ -105,6 +105,108 @@ pub(crate) struct Grown {
     pub splits: Vec<(usize, f64)>,
 }
 
+/// A fast scan's working arrays: the thresholds with rows, their running sums and the
+/// approximate scores of their candidates (missing values right, then left).
+struct Scan {
+    at: [u8; NB],
+    g: [f64; NB],
+    h: [f64; NB],
+    n: [f64; NB],
+    approx: [[f64; NB]; 2],
+}
+
+impl Default for Scan {
+    fn default() -> Self {
+        Scan {
+            at: [0; NB],
+            g: [0.0; NB],
+            h: [0.0; NB],
+            n: [0.0; NB],
+            approx: [[0.0; NB]; 2],
+        }
+    }
+}
+
+thread_local! {
+    /// Each thread's [`Scan`], kept between scans (its 7 KiB are not cleared for each one:
+    /// a scan writes what it reads).
+    static SCAN: std::cell::Cell<Option<Box<Scan>>> = const { std::cell::Cell::new(None) };
+}
+
+/// What a fast scan's candidates are held to: the leaf's sums, its missing values' sums,
+/// the L2 regularisation and the minimum rows and hessian on each side.
+struct Limits {
+    total: Sums,
+    miss: Sums,
+    l2: f64,
+    min_n: f64,
+    min_h: f64,
+}
+
+/// A fast scan's candidates on one side of the missing values: the running sums (`g`, `h`,
+/// `n`) at each threshold with rows, held to `lims`.
+struct Runs<'a> {
+    lims: &'a Limits,
+    missing_left: bool,
+    g: &'a [f64],
+    h: &'a [f64],
+    n: &'a [f64],
+}
+
+/// Approximate scores of a fast scan's candidates: `(gl^2*dr + gr^2*dl) / (dl*dr)`, one
+/// division for the exact form's two (`d` = hessian + L2 of each side, both positive), minus
+/// infinity for a candidate breaking the limits. Returns the largest. The results do not
+/// depend on the CPU (the exact form decides); AVX2 only makes them faster.
+fn approximate(runs: &Runs, out: &mut [f64]) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 is present (checked just above).
+            #[allow(unsafe_code)]
+            return unsafe { approximate_avx2(runs, out) };
+        }
+    }
+    approximate_portable(runs, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn approximate_avx2(runs: &Runs, out: &mut [f64]) -> f64 {
+    approximate_portable(runs, out)
+}
+
+#[inline(always)]
+fn approximate_portable(runs: &Runs, out: &mut [f64]) -> f64 {
+    let (lims, missing_left, g, h, n) = (runs.lims, runs.missing_left, runs.g, runs.h, runs.n);
+    let m = if missing_left {
+        lims.miss
+    } else {
+        Sums::default()
+    };
+    let t = lims.total;
+    for ((((o, &g), &h), &n), _) in out.iter_mut().zip(g).zip(h).zip(n).zip(0..) {
+        let (lg, lh, ln) = (g + m.g, h + m.h, n + m.n);
+        let (rg, rh, rn) = (t.g - lg, t.h - lh, t.n - ln);
+        let ok = ln >= lims.min_n && rn >= lims.min_n && lh >= lims.min_h && rh >= lims.min_h;
+        let (dl, dr) = (lh + lims.l2, rh + lims.l2);
+        let v = (lg * lg * dr + rg * rg * dl) / (dl * dr);
+        *o = if ok { v } else { f64::NEG_INFINITY };
+    }
+    // Four running maxima, so that the comparisons do not wait on each other.
+    let mut top = [f64::NEG_INFINITY; 4];
+    let mut chunks = out.chunks_exact(4);
+    for c in &mut chunks {
+        for (t, &v) in top.iter_mut().zip(c) {
+            *t = if v > *t { v } else { *t };
+        }
+    }
+    let mut best = top[0].max(top[1]).max(top[2].max(top[3]));
+    for &v in chunks.remainder() {
+        best = best.max(v);
+    }
+    best
+}
+
 /// The better of two candidates, deterministically: the larger gain, then the lower feature.
 fn better(a: Candidate, b: Candidate) -> Candidate {
     if b.gain > a.gain || (b.gain == a.gain && b.feature < a.feature) {
@@ -164,22 +266,34 @@ impl<'a> HistSource<'a> {
         let f1 = f0 + 1;
         let a0 = self.active[f0];
         let a1 = f1 < nf && self.active[f1];
-        let mut local = [[[0.0f64; 3]; NB]; 2];
-        match (a0, a1) {
-            (true, true) => {
+        // Straight into the histograms (zeroed first), one `NB`-bin array per feature: the
+        // bin of a byte is always in bounds.
+        let (h0, h1) = h.split_at_mut(NB.min(h.len()));
+        let h1: &mut [Sums] = if a1 { h1 } else { &mut [] };
+        if a0 {
+            h0.fill(Sums::default());
+        }
+        h1.fill(Sums::default());
+        let (Ok(h0), h1) = (
+            <&mut [Sums; NB]>::try_from(h0),
+            <&mut [Sums; NB]>::try_from(h1),
+        ) else {
+            return;
+        };
+        #[inline(always)]
+        fn add(e: &mut Sums, g: &[f32; 2]) {
+            e.g += g[0] as f64;
+            e.h += g[1] as f64;
+            e.n += 1.0;
+        }
+        match (a0, h1) {
+            (true, Ok(h1)) => {
                 let (c0, c1) = (cx.binned.column(f0), cx.binned.column(f1));
                 if all_rows {
                     // Every row, in order: no indirection, no prefetch needed.
                     for ((&b0, &b1), g) in c0.iter().zip(c1).zip(grad) {
-                        let (gg, hh) = (g[0] as f64, g[1] as f64);
-                        let e = &mut local[0][b0 as usize];
-                        e[0] += gg;
-                        e[1] += hh;
-                        e[2] += 1.0;
-                        let e = &mut local[1][b1 as usize];
-                        e[0] += gg;
-                        e[1] += hh;
-                        e[2] += 1.0;
+                        add(&mut h0[b0 as usize], g);
+                        add(&mut h1[b1 as usize], g);
                     }
                 } else {
                     for (i, (&r, g)) in rows.iter().zip(ordered).enumerate() {
@@ -187,51 +301,29 @@ impl<'a> HistSource<'a> {
                             prefetch(c0.as_ptr().wrapping_add(ahead as usize));
                             prefetch(c1.as_ptr().wrapping_add(ahead as usize));
                         }
-                        let (gg, hh) = (g[0] as f64, g[1] as f64);
-                        let e = &mut local[0][c0[r as usize] as usize];
-                        e[0] += gg;
-                        e[1] += hh;
-                        e[2] += 1.0;
-                        let e = &mut local[1][c1[r as usize] as usize];
-                        e[0] += gg;
-                        e[1] += hh;
-                        e[2] += 1.0;
+                        add(&mut h0[c0[r as usize] as usize], g);
+                        add(&mut h1[c1[r as usize] as usize], g);
                     }
                 }
             }
-            (false, false) => return,
-            (one0, _) => {
-                let (k, f) = if one0 { (0, f0) } else { (1, f1) };
+            (one0, h1) => {
+                let (hk, f) = match (one0, h1) {
+                    (true, _) => (h0, f0),
+                    (false, Ok(h1)) => (h1, f1),
+                    (false, Err(_)) => return,
+                };
                 let c = cx.binned.column(f);
                 if all_rows {
                     for (&b, g) in c.iter().zip(grad) {
-                        let e = &mut local[k][b as usize];
-                        e[0] += g[0] as f64;
-                        e[1] += g[1] as f64;
-                        e[2] += 1.0;
+                        add(&mut hk[b as usize], g);
                     }
                 }
                 for (i, (&r, g)) in rows.iter().zip(ordered).enumerate() {
                     if let Some(&ahead) = rows.get(i + PREFETCH_AHEAD) {
                         prefetch(c.as_ptr().wrapping_add(ahead as usize));
                     }
-                    let e = &mut local[k][c[r as usize] as usize];
-                    e[0] += g[0] as f64;
-                    e[1] += g[1] as f64;
-                    e[2] += 1.0;
+                    add(&mut hk[c[r as usize] as usize], g);
                 }
-            }
-        }
-        for (k, hk) in h.chunks_mut(NB).enumerate() {
-            if !(if k == 0 { a0 } else { a1 }) {
-                continue;
-            }
-            for (dst, src) in hk.iter_mut().zip(local[k].iter()) {
-                *dst = Sums {
-                    g: src[0],
-                    h: src[1],
-                    n: src[2],
-                };
             }
         }
     }
@@ -382,55 +474,84 @@ impl Context<'_> {
             );
             let score = |s: Sums| s.g * s.g / (s.h + l2);
             let mut best_score = score(leaf.sums) + p.min_gain_to_split;
-            // Divisions bound this scan. With both denominators positive, `gl^2/dl + gr^2/dr
-            // > best` is `gl^2*dr + gr^2*dl > best*dl*dr`: multiplications only. It screens
-            // candidates (with a relative slack far above rounding), and the division form
-            // decides as before, so the same split wins.
             let screen = l2 > 0.0 || min_h > 0.0;
-            const SLACK: f64 = 1.0 - 1e-9;
             let mut found: Option<(usize, bool, Sums, Sums)> = None;
             // First the running sums at every threshold with rows in its bin, gathered
             // without a branch: whether a bin is empty is data, and mispredicting it cost
             // more than the candidates themselves.
-            let mut at = [(0u8, Sums::default()); NB];
+            let mut buf = SCAN.with(|b| b.take()).unwrap_or_default();
+            let Scan {
+                at,
+                g: gl,
+                h: hl,
+                n: nl,
+                approx,
+            } = &mut *buf;
             let mut k = 0usize;
             let mut acc = Sums::default();
             for (t, bin) in h.iter().enumerate().take(value_bins.saturating_sub(1)) {
                 acc = acc.add(*bin);
-                at[k] = (t as u8, acc);
+                at[k] = t as u8;
+                (gl[k], hl[k], nl[k]) = (acc.g, acc.h, acc.n);
                 k += usize::from(bin.n != 0.0);
             }
-            for &(t, acc) in &at[..k] {
-                let t = usize::from(t);
-                if leaf.sums.n - acc.n < min_n {
+            let sides = if miss.n == 0.0 { 1 } else { 2 };
+            // With both denominators positive (`screen`), every candidate's score is first
+            // approximated at once, with one division and no branch (in vectors), and only
+            // those within a relative 1e-9 of the best approximation (far above rounding)
+            // are decided exactly, in the scan's order, by the division form: the same
+            // split wins as when every candidate is decided exactly.
+            let cutoff = if screen {
+                let lims = Limits {
+                    total: leaf.sums,
+                    miss,
+                    l2,
+                    min_n,
+                    min_h,
+                };
+                let mut top = f64::NEG_INFINITY;
+                for (side, out) in approx.iter_mut().enumerate().take(sides) {
+                    let runs = Runs {
+                        lims: &lims,
+                        missing_left: side == 1,
+                        g: &gl[..k],
+                        h: &hl[..k],
+                        n: &nl[..k],
+                    };
+                    top = top.max(approximate(&runs, &mut out[..k]));
+                }
+                top - top.abs() * 1e-9
+            } else {
+                f64::NEG_INFINITY
+            };
+            for i in 0..k {
+                if leaf.sums.n - nl[i] < min_n {
                     break;
                 }
-                for missing_left in [false, true] {
-                    if missing_left && miss.n == 0.0 {
+                let acc = Sums {
+                    g: gl[i],
+                    h: hl[i],
+                    n: nl[i],
+                };
+                for (side, out) in approx.iter().enumerate().take(sides) {
+                    // (`>=` is false for NaN: such a candidate cannot win.)
+                    if screen && out[i].partial_cmp(&cutoff).is_none_or(|o| o.is_lt()) {
                         continue;
                     }
+                    let missing_left = side == 1;
                     let l = if missing_left { acc.add(miss) } else { acc };
                     let r = leaf.sums.sub(l);
                     if l.n < min_n || r.n < min_n || l.h < min_h || r.h < min_h {
                         continue;
                     }
-                    if screen {
-                        let (dl, dr) = (l.h + l2, r.h + l2);
-                        let lhs = l.g * l.g * dr + r.g * r.g * dl;
-                        // NaN screens out, as `sc > best_score` would.
-                        if lhs.partial_cmp(&(best_score * dl * dr * SLACK))
-                            != Some(std::cmp::Ordering::Greater)
-                        {
-                            continue;
-                        }
-                    }
                     let sc = score(l) + score(r);
                     if sc > best_score {
                         best_score = sc;
-                        found = Some((t, missing_left, l, r));
+                        found = Some((usize::from(at[i]), missing_left, l, r));
                     }
                 }
             }
+            SCAN.with(|b| b.set(Some(buf)));
             let (t, missing_left, l, r) = found?;
             return self.evaluate(leaf, f, l, r, 0.0, || BinRule::Numeric {
                 threshold: t as u8,
