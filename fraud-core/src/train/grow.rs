@@ -105,6 +105,93 @@ pub(crate) struct Grown {
     pub splits: Vec<(usize, f64)>,
 }
 
+/// The best numeric split of a leaf with no L1, bounds or monotone constraint (a side's
+/// gain is `G^2/(H+l2)`): the first candidate, in threshold order and missing values right
+/// before left, with the largest gain above the leaf's own plus `min_gain`; as threshold,
+/// missing values left, left and right sums.
+fn fast_scan(
+    lims: &Limits,
+    h: &[Sums],
+    value_bins: usize,
+    min_gain: f64,
+) -> Option<(usize, bool, Sums, Sums)> {
+    let (l2, min_n, min_h, miss) = (lims.l2, lims.min_n, lims.min_h, lims.miss);
+    let score = |s: Sums| s.g * s.g / (s.h + l2);
+    let mut best_score = score(lims.total) + min_gain;
+    let screen = l2 > 0.0 || min_h > 0.0;
+    let mut found: Option<(usize, bool, Sums, Sums)> = None;
+    // First the running sums at every threshold with rows in its bin, gathered
+    // without a branch: whether a bin is empty is data, and mispredicting it cost
+    // more than the candidates themselves.
+    let mut buf = SCAN.with(|b| b.take()).unwrap_or_default();
+    let Scan {
+        at,
+        g: gl,
+        h: hl,
+        n: nl,
+        approx,
+    } = &mut *buf;
+    let mut k = 0usize;
+    let mut acc = Sums::default();
+    for (t, bin) in h.iter().enumerate().take(value_bins.saturating_sub(1)) {
+        acc = acc.add(*bin);
+        at[k] = t as u8;
+        (gl[k], hl[k], nl[k]) = (acc.g, acc.h, acc.n);
+        k += usize::from(bin.n != 0.0);
+    }
+    let sides = if miss.n == 0.0 { 1 } else { 2 };
+    // With both denominators positive (`screen`), every candidate's score is first
+    // approximated at once, with one division and no branch (in vectors), and only
+    // those within a relative 1e-9 of the best approximation (far above rounding)
+    // are decided exactly, in the scan's order, by the division form: the same
+    // split wins as when every candidate is decided exactly.
+    let cutoff = if screen {
+        let mut top = f64::NEG_INFINITY;
+        for (side, out) in approx.iter_mut().enumerate().take(sides) {
+            let runs = Runs {
+                lims,
+                missing_left: side == 1,
+                g: &gl[..k],
+                h: &hl[..k],
+                n: &nl[..k],
+            };
+            top = top.max(approximate(&runs, &mut out[..k]));
+        }
+        top - top.abs() * 1e-9
+    } else {
+        f64::NEG_INFINITY
+    };
+    for i in 0..k {
+        if lims.total.n - nl[i] < min_n {
+            break;
+        }
+        let acc = Sums {
+            g: gl[i],
+            h: hl[i],
+            n: nl[i],
+        };
+        for (side, out) in approx.iter().enumerate().take(sides) {
+            // (`>=` is false for NaN: such a candidate cannot win.)
+            if screen && out[i].partial_cmp(&cutoff).is_none_or(|o| o.is_lt()) {
+                continue;
+            }
+            let missing_left = side == 1;
+            let l = if missing_left { acc.add(miss) } else { acc };
+            let r = lims.total.sub(l);
+            if l.n < min_n || r.n < min_n || l.h < min_h || r.h < min_h {
+                continue;
+            }
+            let sc = score(l) + score(r);
+            if sc > best_score {
+                best_score = sc;
+                found = Some((usize::from(at[i]), missing_left, l, r));
+            }
+        }
+    }
+    SCAN.with(|b| b.set(Some(buf)));
+    found
+}
+
 /// A fast scan's working arrays: the thresholds with rows, their running sums and the
 /// approximate scores of their candidates (missing values right, then left).
 struct Scan {
@@ -472,86 +559,14 @@ impl Context<'_> {
                 p.min_data_in_leaf as f64,
                 p.min_sum_hessian_in_leaf,
             );
-            let score = |s: Sums| s.g * s.g / (s.h + l2);
-            let mut best_score = score(leaf.sums) + p.min_gain_to_split;
-            let screen = l2 > 0.0 || min_h > 0.0;
-            let mut found: Option<(usize, bool, Sums, Sums)> = None;
-            // First the running sums at every threshold with rows in its bin, gathered
-            // without a branch: whether a bin is empty is data, and mispredicting it cost
-            // more than the candidates themselves.
-            let mut buf = SCAN.with(|b| b.take()).unwrap_or_default();
-            let Scan {
-                at,
-                g: gl,
-                h: hl,
-                n: nl,
-                approx,
-            } = &mut *buf;
-            let mut k = 0usize;
-            let mut acc = Sums::default();
-            for (t, bin) in h.iter().enumerate().take(value_bins.saturating_sub(1)) {
-                acc = acc.add(*bin);
-                at[k] = t as u8;
-                (gl[k], hl[k], nl[k]) = (acc.g, acc.h, acc.n);
-                k += usize::from(bin.n != 0.0);
-            }
-            let sides = if miss.n == 0.0 { 1 } else { 2 };
-            // With both denominators positive (`screen`), every candidate's score is first
-            // approximated at once, with one division and no branch (in vectors), and only
-            // those within a relative 1e-9 of the best approximation (far above rounding)
-            // are decided exactly, in the scan's order, by the division form: the same
-            // split wins as when every candidate is decided exactly.
-            let cutoff = if screen {
-                let lims = Limits {
-                    total: leaf.sums,
-                    miss,
-                    l2,
-                    min_n,
-                    min_h,
-                };
-                let mut top = f64::NEG_INFINITY;
-                for (side, out) in approx.iter_mut().enumerate().take(sides) {
-                    let runs = Runs {
-                        lims: &lims,
-                        missing_left: side == 1,
-                        g: &gl[..k],
-                        h: &hl[..k],
-                        n: &nl[..k],
-                    };
-                    top = top.max(approximate(&runs, &mut out[..k]));
-                }
-                top - top.abs() * 1e-9
-            } else {
-                f64::NEG_INFINITY
+            let lims = Limits {
+                total: leaf.sums,
+                miss,
+                l2,
+                min_n,
+                min_h,
             };
-            for i in 0..k {
-                if leaf.sums.n - nl[i] < min_n {
-                    break;
-                }
-                let acc = Sums {
-                    g: gl[i],
-                    h: hl[i],
-                    n: nl[i],
-                };
-                for (side, out) in approx.iter().enumerate().take(sides) {
-                    // (`>=` is false for NaN: such a candidate cannot win.)
-                    if screen && out[i].partial_cmp(&cutoff).is_none_or(|o| o.is_lt()) {
-                        continue;
-                    }
-                    let missing_left = side == 1;
-                    let l = if missing_left { acc.add(miss) } else { acc };
-                    let r = leaf.sums.sub(l);
-                    if l.n < min_n || r.n < min_n || l.h < min_h || r.h < min_h {
-                        continue;
-                    }
-                    let sc = score(l) + score(r);
-                    if sc > best_score {
-                        best_score = sc;
-                        found = Some((usize::from(at[i]), missing_left, l, r));
-                    }
-                }
-            }
-            SCAN.with(|b| b.set(Some(buf)));
+            let found = fast_scan(&lims, h, value_bins, p.min_gain_to_split);
             let (t, missing_left, l, r) = found?;
             return self.evaluate(leaf, f, l, r, 0.0, || BinRule::Numeric {
                 threshold: t as u8,
@@ -1027,6 +1042,162 @@ impl Context<'_> {
                 }
                 (Node::Split(_), None) => return 0.0,
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A seeded generator (splitmix64): the test's histograms are the same at every run.
+    struct Gen(u64);
+
+    impl Gen {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+        fn unit(&mut self) -> f64 {
+            (self.next() >> 11) as f64 / (1u64 << 53) as f64
+        }
+    }
+
+    /// Every candidate decided exactly, in order: the rule the fast scan keeps.
+    fn reference(
+        lims: &Limits,
+        h: &[Sums],
+        value_bins: usize,
+        min_gain: f64,
+    ) -> Option<(usize, bool)> {
+        let score = |s: Sums| s.g * s.g / (s.h + lims.l2);
+        let mut best = score(lims.total) + min_gain;
+        let mut found = None;
+        let mut acc = Sums::default();
+        for (t, bin) in h.iter().enumerate().take(value_bins - 1) {
+            acc = acc.add(*bin);
+            if bin.n == 0.0 {
+                continue;
+            }
+            for missing_left in [false, true] {
+                if missing_left && lims.miss.n == 0.0 {
+                    continue;
+                }
+                let l = if missing_left {
+                    acc.add(lims.miss)
+                } else {
+                    acc
+                };
+                let r = lims.total.sub(l);
+                if l.n < lims.min_n || r.n < lims.min_n || l.h < lims.min_h || r.h < lims.min_h {
+                    continue;
+                }
+                let sc = score(l) + score(r);
+                if sc > best {
+                    best = sc;
+                    found = Some((t, missing_left));
+                }
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn the_fast_scan_picks_the_split_every_exact_candidate_would() {
+        let mut gen = Gen(7);
+        let mut splits = 0;
+        for case in 0..3000 {
+            let value_bins = 2 + (gen.next() % 255) as usize;
+            let mut h = vec![Sums::default(); NB];
+            // Some histograms with many equal scores (ties decide by order), some sparse.
+            let ties = case % 5 == 0;
+            for (b, s) in h.iter_mut().enumerate() {
+                if b >= value_bins && b != MISSING_BIN as usize {
+                    continue;
+                }
+                if gen.unit() < 0.3 {
+                    continue;
+                }
+                let n = 1 + gen.next() % 50;
+                let (g, hh) = if ties {
+                    (if b % 2 == 0 { 1.0 } else { -1.0 }, 0.25 * n as f64)
+                } else {
+                    ((gen.unit() - 0.45) * n as f64, gen.unit() * 0.25 * n as f64)
+                };
+                *s = Sums {
+                    g,
+                    h: hh,
+                    n: n as f64,
+                };
+            }
+            if case % 3 == 0 {
+                h[MISSING_BIN as usize] = Sums::default();
+            }
+            let total = h.iter().fold(Sums::default(), |a, s| a.add(*s));
+            let lims = Limits {
+                total,
+                miss: h[MISSING_BIN as usize],
+                l2: [1.0, 0.0, 1e-3][case % 3],
+                min_n: [1.0, 20.0, 5.0][case % 3],
+                min_h: [0.0, 1e-3, 0.5][case % 3],
+            };
+            let min_gain = [0.0, 0.1][case % 2];
+            let want = reference(&lims, &h, value_bins, min_gain);
+            let got = fast_scan(&lims, &h, value_bins, min_gain).map(|(t, ml, ..)| (t, ml));
+            assert_eq!(got, want, "case {case}");
+            splits += usize::from(want.is_some());
+        }
+        assert!(splits > 1000, "only {splits} cases had a split");
+    }
+
+    #[test]
+    fn the_vector_approximation_is_the_portable_one() {
+        let mut gen = Gen(11);
+        let lims = Limits {
+            total: Sums {
+                g: 3.0,
+                h: 40.0,
+                n: 400.0,
+            },
+            miss: Sums {
+                g: 0.5,
+                h: 2.0,
+                n: 9.0,
+            },
+            l2: 1.0,
+            min_n: 20.0,
+            min_h: 1e-3,
+        };
+        let k = 253;
+        let mut acc = (0.0, 0.0, 0.0);
+        let (mut g, mut h, mut n) = (vec![], vec![], vec![]);
+        for _ in 0..k {
+            acc = (
+                acc.0 + gen.unit() - 0.5,
+                acc.1 + gen.unit() * 0.15,
+                acc.2 + (gen.next() % 3) as f64,
+            );
+            g.push(acc.0);
+            h.push(acc.1);
+            n.push(acc.2);
+        }
+        for missing_left in [false, true] {
+            let runs = Runs {
+                lims: &lims,
+                missing_left,
+                g: &g,
+                h: &h,
+                n: &n,
+            };
+            let (mut a, mut b) = (vec![0.0; k], vec![0.0; k]);
+            let ta = approximate(&runs, &mut a);
+            let tb = approximate_portable(&runs, &mut b);
+            assert_eq!(ta.to_bits(), tb.to_bits());
+            assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+            assert!(a.iter().any(|x| x.is_finite()) && a.iter().any(|x| x.is_infinite()));
         }
     }
 }
