@@ -544,8 +544,9 @@ pub struct RedisStore {
 
 /// A state smaller than this is read whole at every transaction rather than kept here.
 const KEEP_FROM: usize = 1024;
-/// The most bytes of entity state one store keeps (the least recently used go first).
-const KEEP_BUDGET: usize = 32 << 20;
+/// The most bytes of memory the copies of entity states of one store take (the least
+/// recently used go first).
+const KEEP_BUDGET: usize = 64 << 20;
 
 /// An entity's state as this replica last saw it.
 struct Copy {
@@ -558,11 +559,13 @@ struct Copy {
     /// Its time buckets as stored (`b`: what a fold replaces, see [`COMPACT`]).
     b: Vec<u8>,
     used: u64,
+    /// Its memory here when it was put in the map (what counts against the budget).
+    held: usize,
 }
 
 impl Copy {
-    /// Its size as stored (what decides whether it is kept, and the budget).
-    fn bytes(&self) -> usize {
+    /// Its size as stored (what decides whether it is kept).
+    fn stored(&self) -> usize {
         layout::stored_len(&self.state) + self.b.len()
     }
 }
@@ -581,18 +584,18 @@ struct Known {
 impl Known {
     fn take(&mut self, key: &[u8]) -> Option<Copy> {
         let c = self.copies.remove(key)?;
-        self.bytes -= c.bytes();
+        self.bytes -= c.held;
         Some(c)
     }
 
     fn put(&mut self, key: Vec<u8>, mut c: Copy) {
-        let b = c.bytes();
-        if !(KEEP_FROM..=KEEP_BUDGET / 4).contains(&b) {
+        c.held = c.state.heap_bytes() + c.b.capacity() + key.len();
+        if c.stored() < KEEP_FROM || c.held > KEEP_BUDGET / 4 {
             return;
         }
         self.tick += 1;
         c.used = self.tick;
-        self.bytes += b;
+        self.bytes += c.held;
         self.copies.insert(key, c);
         if self.bytes > KEEP_BUDGET {
             // The least recently used half goes.
@@ -600,7 +603,7 @@ impl Known {
             ticks.sort_unstable();
             let median = ticks[ticks.len() / 2];
             self.copies.retain(|_, c| c.used >= median);
-            self.bytes = self.copies.values().map(Copy::bytes).sum();
+            self.bytes = self.copies.values().map(|c| c.held).sum();
         }
     }
 
@@ -1095,6 +1098,7 @@ impl RedisStore {
                         state,
                         b,
                         used: 0,
+                        held: 0,
                     },
                 ));
             }
@@ -1246,6 +1250,7 @@ fn resolve(
         state,
         b,
         used: 0,
+        held: 0,
     })
 }
 
