@@ -1054,10 +1054,7 @@ impl RedisStore {
                 // Recorded already (a retry, or the same transaction on another replica): its
                 // features are those of the state without it, and nothing is recorded again.
                 let mut w = state.clone();
-                let seen: Vec<(u8, u64)> = layout::seen_keys(p, k)
-                    .chunks_exact(9)
-                    .map(|s| (s[0], layout::fingerprint(&s[1..9])))
-                    .collect();
+                let seen: Vec<(u8, u64)> = k.seen_of(p).collect();
                 w.without(&super::state::Event::of(p, k), &seen);
                 ex.entity_into(e, p, Some(&w), row);
             } else if !wrote {

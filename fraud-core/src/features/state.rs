@@ -219,6 +219,16 @@ pub(crate) struct Keeping {
     pub levels: Vec<Level>,
 }
 
+impl Keeping {
+    /// The transaction's values the entity remembers (first-seen flags): field index and
+    /// fingerprint.
+    pub(crate) fn seen_of<'a>(&'a self, p: &'a Point) -> impl Iterator<Item = (u8, u64)> + 'a {
+        self.first_seen
+            .iter()
+            .filter_map(|f| Some((f.index() as u8, p.fields[f.index()]?)))
+    }
+}
+
 impl EntityState {
     /// Asks the CPU to bring this state's newest events into cache (callers about to read
     /// several states ask for all of them first, so the misses overlap).
@@ -237,10 +247,7 @@ impl EntityState {
     /// [`record`](Self::record), handing the raw events folded into time buckets to `out`
     /// (none but once every [`RAW_CAP`] transactions of a hot entity); returns how many.
     pub(crate) fn record_folding(&mut self, k: &Keeping, p: &Point, out: &mut Vec<Event>) -> usize {
-        let seen = k
-            .first_seen
-            .iter()
-            .filter_map(|f| Some((f.index() as u8, p.fields[f.index()]?)));
+        let seen = k.seen_of(p);
         let recorded = Recorded {
             event: Event::of(p, k),
             id: p.id,
@@ -580,17 +587,22 @@ pub(crate) mod layout {
     /// Bytes per fraud label: ts, id, known_at.
     pub const FRAUD: usize = 24;
 
-    fn be(b: &[u8]) -> i64 {
+    /// A big-endian time (8 bytes).
+    pub fn time(b: &[u8]) -> i64 {
         let mut a = [0u8; 8];
         a.copy_from_slice(&b[..8]);
         i64::from_be_bytes(a)
     }
-    fn f(b: &[u8]) -> f64 {
+
+    /// A little-endian float (8 bytes: amounts and coordinates).
+    pub fn float(b: &[u8]) -> f64 {
         let mut a = [0u8; 8];
         a.copy_from_slice(&b[..8]);
         f64::from_le_bytes(a)
     }
-    fn u(b: &[u8]) -> u64 {
+
+    /// A big-endian fingerprint (8 bytes).
+    pub fn fingerprint(b: &[u8]) -> u64 {
         let mut a = [0u8; 8];
         a.copy_from_slice(&b[..8]);
         u64::from_be_bytes(a)
@@ -609,11 +621,11 @@ pub(crate) mod layout {
     pub fn event_of(e: &[u8]) -> Event {
         let mut values = [0u64; MAX_DISTINCT_FIELDS];
         for (i, v) in values.iter_mut().enumerate() {
-            *v = u(&e[16 + 8 * i..]);
+            *v = fingerprint(&e[16 + 8 * i..]);
         }
         Event {
-            ts: be(e),
-            amount: f(&e[8..]),
+            ts: time(e),
+            amount: float(&e[8..]),
             values,
         }
     }
@@ -626,21 +638,6 @@ pub(crate) mod layout {
             + s.seen.len() * SEEN
             + s.frauds.len() * FRAUD
             + 8
-    }
-
-    /// A big-endian time (8 bytes).
-    pub fn time(b: &[u8]) -> i64 {
-        be(b)
-    }
-
-    /// A little-endian float (8 bytes: amounts and coordinates).
-    pub fn float(b: &[u8]) -> f64 {
-        f(b)
-    }
-
-    /// A big-endian fingerprint (8 bytes).
-    pub fn fingerprint(b: &[u8]) -> u64 {
-        u(b)
     }
 
     /// Raw events as stored, concatenated.
@@ -682,11 +679,9 @@ pub(crate) mod layout {
     /// The seen values to record, concatenated (field byte and fingerprint).
     pub fn seen_keys(p: &Point, k: &Keeping) -> Vec<u8> {
         let mut out = Vec::new();
-        for f in &k.first_seen {
-            if let Some(v) = p.fields[f.index()] {
-                out.push(f.index() as u8);
-                out.extend_from_slice(&v.to_be_bytes());
-            }
+        for (f, v) in k.seen_of(p) {
+            out.push(f);
+            out.extend_from_slice(&v.to_be_bytes());
         }
         out
     }
@@ -723,22 +718,24 @@ pub(crate) mod layout {
         let mut s = EntityState::default();
         s.events.extend(events.chunks_exact(EVENT).map(event_of));
         for (i, l) in located.chunks_exact(LOCATED).enumerate() {
-            s.located[i] = Some((be(l), f(&l[8..]), f(&l[16..])));
+            s.located[i] = Some((time(l), float(&l[8..]), float(&l[16..])));
         }
         for v in seen.chunks_exact(SEEN) {
-            s.seen
-                .insert((v[0], u(&v[1..])), (be(&v[9..]), be(&v[17..])));
+            s.seen.insert(
+                (v[0], fingerprint(&v[1..])),
+                (time(&v[9..]), time(&v[17..])),
+            );
         }
         s.seen_mark = s.seen.len();
         for m in frauds.chunks_exact(FRAUD) {
             s.frauds.push(FraudMark {
-                ts: be(m),
-                id: u(&m[8..]),
-                known_at: be(&m[16..]),
+                ts: time(m),
+                id: fingerprint(&m[8..]),
+                known_at: time(&m[16..]),
             });
         }
         if !touched.is_empty() {
-            s.touched = be(touched);
+            s.touched = time(touched);
         }
         if !buckets.is_empty() {
             s.folded = postcard::from_bytes(buckets)
