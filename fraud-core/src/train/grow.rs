@@ -1050,21 +1050,8 @@ impl Context<'_> {
 mod tests {
     use super::*;
 
-    /// A seeded generator (splitmix64): the test's histograms are the same at every run.
-    struct Gen(u64);
-
-    impl Gen {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-        fn unit(&mut self) -> f64 {
-            (self.next() >> 11) as f64 / (1u64 << 53) as f64
-        }
-    }
+    // The trainer's seeded generator: the test's histograms are the same at every run.
+    use crate::train::Rng as Gen;
 
     /// Every candidate decided exactly, in order: the rule the fast scan keeps.
     fn reference(
