@@ -636,13 +636,10 @@ impl Shared {
         let mut swept = Instant::now();
         loop {
             let (batch, keys): (Vec<Row>, Vec<[String; 3]>) = {
-                let mut g = self.lock();
-                while g.pending.is_empty() && !g.stop {
-                    g = self
-                        .work
-                        .wait(g)
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                }
+                let mut g = self
+                    .work
+                    .wait_while(self.lock(), |g| g.pending.is_empty() && !g.stop)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 if g.pending.is_empty() {
                     return;
                 }
@@ -812,13 +809,10 @@ impl Shared {
         let key = lock_key(&self.replica);
         loop {
             let batch: Vec<_> = {
-                let mut q = self.claim_queue();
-                while q.waiting.is_empty() && !q.stop {
-                    q = self
-                        .claim_work
-                        .wait(q)
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                }
+                let mut q = self
+                    .claim_work
+                    .wait_while(self.claim_queue(), |q| q.waiting.is_empty() && !q.stop)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 if q.stop {
                     return;
                 }
