@@ -437,7 +437,8 @@ impl Reference {
                 all.push(v);
             }
         }
-        all.sort_by(f64::total_cmp);
+        // (Values equal by `total_cmp` are the same bits: an unstable sort gives the same.)
+        all.sort_unstable_by(f64::total_cmp);
         let mut edges: Vec<f64> = Vec::new();
         if !all.is_empty() {
             for q in 1..10 {
