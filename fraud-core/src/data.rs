@@ -180,7 +180,9 @@ fn read_blocks(
         fields: header.len(),
     };
     buf.drain(..body_at);
-    let mut values = Vec::new();
+    // The pieces' values, in order: joined once at the end, into a matrix of the right
+    // size (growing one vector piece by piece copied and faulted in most of it twice).
+    let mut parts: Vec<Vec<f64>> = Vec::new();
     let mut rows = 0usize;
     loop {
         // Without quotes, a record ends at every newline: the block's complete lines are
@@ -192,7 +194,9 @@ fn read_blocks(
                 .has_headers(false)
                 .flexible(true)
                 .from_reader(rest);
-            cols.read(&mut reader, rows, &mut values)?;
+            let mut rest = Vec::new();
+            cols.read(&mut reader, rows, &mut rest)?;
+            parts.push(rest);
             break;
         }
         let whole = if eof {
@@ -216,7 +220,7 @@ fn read_blocks(
         for part in parsed {
             // The first error in the file's order, at its row in the whole file.
             let (part, n) = part.map_err(|e| e.after_rows(rows))?;
-            values.extend_from_slice(&part);
+            parts.push(part);
             rows += n;
         }
         if eof {
@@ -225,6 +229,10 @@ fn read_blocks(
         buf.drain(..whole);
         let want = buf.len() + block;
         eof = fill(&mut input, &mut buf, want).map_err(io)?;
+    }
+    let mut values = Vec::with_capacity(parts.iter().map(Vec::len).sum());
+    for part in parts {
+        values.extend_from_slice(&part);
     }
     Ok(Matrix {
         columns: wanted.iter().map(|w| w.to_string()).collect(),
