@@ -172,9 +172,15 @@ fn fast_scan(
     } else {
         f64::NEG_INFINITY
     };
-    for i in 0..k {
-        if lims.total.n - nl[i] < min_n {
-            break;
+    // The candidates end where the right side would keep too few rows (the running counts
+    // only grow).
+    let end = nl[..k].partition_point(|&n| lims.total.n - n >= min_n);
+    let [a0, a1] = &*approx;
+    for i in 0..end {
+        // First the screen alone, the one test most candidates get (`>=` is false for NaN:
+        // such a candidate cannot win).
+        if screen && !(a0[i] >= cutoff || (sides == 2 && a1[i] >= cutoff)) {
+            continue;
         }
         let acc = Sums::new(gl[i], hl[i], nl[i]);
         for (side, out) in approx.iter().enumerate().take(sides) {
