@@ -95,7 +95,8 @@ struct Candidate {
 
 struct Leaf {
     node: usize,
-    rows: Vec<u32>,
+    /// Where its rows are in the tree's row order (each leaf's rows sorted and together).
+    rows: std::ops::Range<usize>,
     sums: Sums,
     depth: usize,
     lo: f64,
@@ -110,8 +111,10 @@ pub(crate) struct Grown {
     pub tree: Tree,
     /// Per node: the rule of a split (None for leaves).
     pub rules: Vec<Option<(usize, BinRule)>>,
-    /// Per leaf node: (node index, rows that reached it).
-    pub leaf_rows: Vec<(usize, Vec<u32>)>,
+    /// The rows grown on, each leaf's together (and sorted).
+    pub order: Vec<u32>,
+    /// Per leaf node: (node index, where the rows that reached it are in `order`).
+    pub leaf_rows: Vec<(usize, std::ops::Range<usize>)>,
     /// (feature, gain) of every split made.
     pub splits: Vec<(usize, f64)>,
 }
@@ -462,46 +465,60 @@ const SCAN_COST: usize = PAR_GRAIN;
 /// so the hardware prefetcher cannot guess them).
 const PREFETCH_AHEAD: usize = 64;
 
-/// Splits sorted `rows` by `left`, keeping order on both sides. Large leaves are cut into
-/// fixed-size chunks partitioned in parallel and joined in order.
-fn partition(rows: &[u32], col: &[u8], rule: &BinRule) -> (Vec<u32>, Vec<u32>) {
+/// Splits sorted `rows` in place by `rule`: the left rows first, then the right ones, each
+/// side in order; returns how many go left. `tmp` is scratch, kept between calls. Large
+/// leaves are cut into fixed-size chunks partitioned in parallel and joined in order.
+fn partition(rows: &mut [u32], col: &[u8], rule: &BinRule, tmp: &mut Vec<u32>) -> usize {
     const CHUNK: usize = 65_536;
     // The rule as a table over all 256 bins: no branch on the data in the loop below.
     let mut table = [0u8; NB];
     for (b, t) in table.iter_mut().enumerate() {
         *t = u8::from(rule.goes_left(b as u8));
     }
-    let split = |part: &[u32]| {
-        // Every row is written to both sides; only the side it belongs to advances.
-        let mut l = vec![0u32; part.len()];
-        let mut r = vec![0u32; part.len()];
+    // The left rows move down within `part` (never past the row being read), the right ones
+    // go to `right`; every row is written to both, only its side advances. Returns how many
+    // went each way.
+    let split = |part: &mut [u32], right: &mut [u32]| {
         let (mut nl, mut nr) = (0usize, 0usize);
-        for (i, &row) in part.iter().enumerate() {
+        for i in 0..part.len() {
             if let Some(&ahead) = part.get(i + PREFETCH_AHEAD) {
                 prefetch(col.as_ptr().wrapping_add(ahead as usize));
             }
-            let go = table[col[row as usize] as usize] as usize;
-            l[nl] = row;
-            r[nr] = row;
+            let row = part[i];
+            let go = usize::from(table[col[row as usize] as usize]);
+            part[nl] = row;
+            right[nr] = row;
             nl += go;
             nr += 1 - go;
         }
-        l.truncate(nl);
-        r.truncate(nr);
-        (l, r)
+        (nl, nr)
     };
+    tmp.resize(rows.len(), 0);
     if rows.len() <= CHUNK {
-        return split(rows);
+        let (nl, nr) = split(rows, tmp);
+        rows[nl..].copy_from_slice(&tmp[..nr]);
+        return nl;
     }
-    let parts: Vec<(Vec<u32>, Vec<u32>)> = rows.par_chunks(CHUNK).map(split).collect();
-    let nl = parts.iter().map(|p| p.0.len()).sum();
-    let mut l = Vec::with_capacity(nl);
-    let mut r = Vec::with_capacity(rows.len() - nl);
-    for (pl, pr) in parts {
-        l.extend_from_slice(&pl);
-        r.extend_from_slice(&pr);
+    let counts: Vec<(usize, usize)> = rows
+        .par_chunks_mut(CHUNK)
+        .zip(tmp.par_chunks_mut(CHUNK))
+        .map(|(part, right)| split(part, right))
+        .collect();
+    // Chunk by chunk, the left rows are at the chunk's start and the right ones at the
+    // start of its scratch: the right ones go after every left one, then the left ones
+    // close up in order (never past a chunk still to move).
+    let nl: usize = counts.iter().map(|c| c.0).sum();
+    let mut right = Vec::with_capacity(rows.len() - nl);
+    for (k, &(_, nr)) in counts.iter().enumerate() {
+        right.extend_from_slice(&tmp[k * CHUNK..k * CHUNK + nr]);
     }
-    (l, r)
+    let mut at = 0;
+    for (k, &(cl, _)) in counts.iter().enumerate() {
+        rows.copy_within(k * CHUNK..k * CHUNK + cl, at);
+        at += cl;
+    }
+    rows[nl..].copy_from_slice(&right);
+    nl
 }
 
 /// Shared, read-only inputs of tree growth.
@@ -831,14 +848,14 @@ impl Context<'_> {
     /// ones for every leaf costs more than building them).
     pub(crate) fn grow(
         &self,
-        rows: Vec<u32>,
+        mut order: Vec<u32>,
         grad: &[[f32; 2]],
         features: &[usize],
         spare: &mut Vec<Hist>,
     ) -> Grown {
         let p = self.params;
         let mut sums = Sums::default();
-        for &r in &rows {
+        for &r in &order {
             let g = grad[r as usize];
             sums.g += g[0] as f64;
             sums.h += g[1] as f64;
@@ -846,7 +863,8 @@ impl Context<'_> {
         }
         let mut hist = spare.pop().unwrap_or_default();
         let mut scratch = Vec::new();
-        self.build_hist(&rows, grad, features, &mut hist, &mut scratch);
+        let mut tmp = Vec::new();
+        self.build_hist(&order, grad, features, &mut hist, &mut scratch);
         let mut nodes = vec![Node::Leaf {
             value: 0.0,
             id: 0,
@@ -855,7 +873,7 @@ impl Context<'_> {
         let mut rules: Vec<Option<(usize, BinRule)>> = vec![None];
         let mut root = Leaf {
             node: 0,
-            rows,
+            rows: 0..order.len(),
             sums,
             depth: 0,
             lo: f64::NEG_INFINITY,
@@ -884,7 +902,9 @@ impl Context<'_> {
             let Some(best) = leaf.best.take() else { break };
             let f = best.feature;
             let col = self.binned.column(f);
-            let (lrows, rrows) = partition(&leaf.rows, col, &best.rule);
+            let nl = partition(&mut order[leaf.rows.clone()], col, &best.rule, &mut tmp);
+            let lrows = leaf.rows.start..leaf.rows.start + nl;
+            let rrows = leaf.rows.start + nl..leaf.rows.end;
             // Bounds for monotone constraints.
             let (mut llo, mut lhi, mut rlo, mut rhi) = (leaf.lo, leaf.hi, leaf.lo, leaf.hi);
             let mid = (best.left_out + best.right_out) / 2.0;
@@ -950,7 +970,7 @@ impl Context<'_> {
             let (large, small_best, large_best) = match parent_hist {
                 Some(mut ph) => {
                     let (bs, bl) = self.split_hists(
-                        &small_leaf.rows,
+                        &order[small_leaf.rows.clone()],
                         grad,
                         features,
                         &mut small,
@@ -962,7 +982,8 @@ impl Context<'_> {
                     (Some(ph), bs, bl)
                 }
                 None => {
-                    self.build_hist(&small_leaf.rows, grad, features, &mut small, &mut scratch);
+                    let rows = &order[small_leaf.rows.clone()];
+                    self.build_hist(rows, grad, features, &mut small, &mut scratch);
                     (None, None, None)
                 }
             };
@@ -989,7 +1010,7 @@ impl Context<'_> {
             if let Some(h) = l.hist.take() {
                 spare.push(h);
             }
-            leaf_rows.push((l.node, std::mem::take(&mut l.rows)));
+            leaf_rows.push((l.node, l.rows.clone()));
         }
         let mut next = 0;
         for n in &mut nodes {
@@ -1001,6 +1022,7 @@ impl Context<'_> {
         Grown {
             tree: Tree { nodes },
             rules,
+            order,
             leaf_rows,
             splits,
         }

@@ -350,7 +350,7 @@ pub fn train(
         let mut seen = if bagging { vec![false; n] } else { Vec::new() };
         for (node, rows) in &grown.leaf_rows {
             if let crate::model::Node::Leaf { value, .. } = grown.tree.nodes[*node] {
-                for &r in rows {
+                for &r in &grown.order[rows.clone()] {
                     score[r as usize] += value;
                     if bagging {
                         seen[r as usize] = true;
