@@ -190,13 +190,10 @@ fn read_blocks(
         // from the first block holding one on, the records are read one after the other.
         if buf.contains(&b'"') {
             let rest = std::io::Cursor::new(std::mem::take(&mut buf)).chain(input);
-            let mut reader = csv::ReaderBuilder::new()
-                .has_headers(false)
-                .flexible(true)
-                .from_reader(rest);
-            let mut rest = Vec::new();
-            cols.read(&mut reader, rows, &mut rest)?;
-            parts.push(rest);
+            let mut values = Vec::new();
+            cols.read(rest, &mut values)
+                .map_err(|e| e.after_rows(rows))?;
+            parts.push(values);
             break;
         }
         let whole = if eof {
@@ -208,12 +205,8 @@ fn read_blocks(
         let parsed: Vec<Result<(Vec<f64>, usize), DataError>> = pieces
             .into_par_iter()
             .map(|piece| {
-                let mut reader = csv::ReaderBuilder::new()
-                    .has_headers(false)
-                    .flexible(true)
-                    .from_reader(piece);
                 let mut out = Vec::with_capacity(piece.len() / 8);
-                let n = cols.read(&mut reader, 0, &mut out)?;
+                let n = cols.read(piece, &mut out)?;
                 Ok((out, n))
             })
             .collect();
@@ -285,20 +278,19 @@ struct Columns<'a> {
 }
 
 impl Columns<'_> {
-    /// Appends every record of `reader` to `values`; `before` records came before them in
-    /// the file (for the rows errors name). Returns how many records it read.
-    fn read<R: Read>(
-        &self,
-        reader: &mut csv::Reader<R>,
-        before: usize,
-        values: &mut Vec<f64>,
-    ) -> Result<usize, DataError> {
+    /// Appends every record of `input` (CSV records, no header) to `values`; returns how
+    /// many there were. Errors name rows counted from the input's start.
+    fn read(&self, input: impl Read, values: &mut Vec<f64>) -> Result<usize, DataError> {
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(input);
         let mut record = csv::ByteRecord::new();
-        let mut row = before;
+        let mut row = 0;
         loop {
             match reader.read_byte_record(&mut record) {
                 Ok(true) => {}
-                Ok(false) => return Ok(row - before),
+                Ok(false) => return Ok(row),
                 Err(e) => {
                     return Err(DataError::Record {
                         row: row + 1,

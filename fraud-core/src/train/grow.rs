@@ -465,11 +465,13 @@ const SCAN_COST: usize = PAR_GRAIN;
 /// so the hardware prefetcher cannot guess them).
 const PREFETCH_AHEAD: usize = 64;
 
+/// Rows of a large leaf partitioned as one parallel task.
+const CHUNK: usize = 65_536;
+
 /// Splits sorted `rows` in place by `rule`: the left rows first, then the right ones, each
 /// side in order; returns how many go left. `tmp` is scratch, kept between calls. Large
 /// leaves are cut into fixed-size chunks partitioned in parallel and joined in order.
 fn partition(rows: &mut [u32], col: &[u8], rule: &BinRule, tmp: &mut Vec<u32>) -> usize {
-    const CHUNK: usize = 65_536;
     // The rule as a table over all 256 bins: no branch on the data in the loop below.
     let mut table = [0u8; NB];
     for (b, t) in table.iter_mut().enumerate() {
@@ -504,21 +506,23 @@ fn partition(rows: &mut [u32], col: &[u8], rule: &BinRule, tmp: &mut Vec<u32>) -
         .zip(tmp.par_chunks_mut(CHUNK))
         .map(|(part, right)| split(part, right))
         .collect();
-    // Chunk by chunk, the left rows are at the chunk's start and the right ones at the
-    // start of its scratch: the right ones go after every left one, then the left ones
-    // close up in order (never past a chunk still to move).
-    let nl: usize = counts.iter().map(|c| c.0).sum();
-    let mut right = Vec::with_capacity(rows.len() - nl);
-    for (k, &(_, nr)) in counts.iter().enumerate() {
-        right.extend_from_slice(&tmp[k * CHUNK..k * CHUNK + nr]);
-    }
-    let mut at = 0;
-    for (k, &(cl, _)) in counts.iter().enumerate() {
-        rows.copy_within(k * CHUNK..k * CHUNK + cl, at);
-        at += cl;
-    }
-    rows[nl..].copy_from_slice(&right);
+    // Chunk by chunk, the left rows are at the start of the chunk and the right ones at the
+    // start of its scratch: each side closes up in order, then the right ones follow the left.
+    let nl = close_up(rows, counts.iter().map(|c| c.0));
+    let nr = close_up(tmp, counts.iter().map(|c| c.1));
+    rows[nl..].copy_from_slice(&tmp[..nr]);
     nl
+}
+
+/// Moves the first `counts[k]` rows of every `CHUNK`-row chunk of `buf` together at its
+/// start, in order (a chunk's rows never land past one still to move); returns how many.
+fn close_up(buf: &mut [u32], counts: impl Iterator<Item = usize>) -> usize {
+    let mut at = 0;
+    for (k, c) in counts.enumerate() {
+        buf.copy_within(k * CHUNK..k * CHUNK + c, at);
+        at += c;
+    }
+    at
 }
 
 /// Shared, read-only inputs of tree growth.

@@ -89,7 +89,7 @@ pub struct Importance {
 pub fn references(data: &Dataset<'_>) -> serde_json::Value {
     let m = data.features.columns.len();
     let rows = data.features.rows();
-    // Every column sorts on its own: in parallel.
+    // One column per task.
     let refs: Vec<serde_json::Value> = (0..m)
         .into_par_iter()
         .map(|f| {
