@@ -94,6 +94,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--only", default="", help="comma list of engines to run (default all)")
     ap.add_argument("--json", default="", help="also write the results to this file")
+    ap.add_argument("--kernels", default="",
+                    help="also time fraud-core with these batch kernels forced (comma list of walk, "
+                         "bitvector); the ratios stay relative to its own choice")
     ap.add_argument("--data", choices=["synthetic", "fdh"], default="synthetic",
                     help="fdh: the Fraud Detection Handbook's features (FDH_DIR), the first two "
                          "thirds for training, the rest scored")
@@ -155,15 +158,20 @@ def main() -> None:
             continue
         art = os.path.join(work, f"{src}.fgb")
         subprocess.run([a.fraud, "import", "--format", fmt, path, "-o", art], check=True, capture_output=True)
-        for n in threads:
-            out = subprocess.run([a.fraud, "bench", "--model", art, "--input", rows_csv, "--threads", str(n),
-                                  "--passes", str(a.passes), "--single-rows", "20000"],
-                                 check=True, capture_output=True, text=True).stdout
-            rep = json.loads(out)
-            record(f"fraud-core ({src} model)", n, rep["batch_ns_per_row"] * len(xte) / 1e9)
-            if n == 1:
-                results.setdefault(f"fraud-core ({src} model) single-row p50/p99 us", {})[1] = (
-                    rep["single_row_us_p50"], rep["single_row_us_p99"])
+        for kernel in ["auto"] + [k for k in a.kernels.split(",") if k]:
+            for n in threads:
+                out = subprocess.run([a.fraud, "bench", "--model", art, "--input", rows_csv, "--threads", str(n),
+                                      "--passes", str(a.passes), "--kernel", kernel,
+                                      "--single-rows", "20000" if kernel == "auto" else "1"],
+                                     check=True, capture_output=True, text=True).stdout
+                rep = json.loads(out)
+                name = f"fraud-core ({src} model)" if kernel == "auto" else f"fraud-core ({src}, {kernel} forced)"
+                record(name, n, rep["batch_ns_per_row"] * len(xte) / 1e9)
+                if kernel == "auto":
+                    print(f"  fraud-core ({src} model) chose the {rep['batch_kernel']} kernel", file=sys.stderr)
+                if n == 1 and kernel == "auto":
+                    results.setdefault(f"fraud-core ({src} model) single-row p50/p99 us", {})[1] = (
+                        rep["single_row_us_p50"], rep["single_row_us_p99"])
         # Same scores as the library.
         with tempfile.TemporaryDirectory() as tmp:
             out = os.path.join(tmp, "s.csv")
@@ -219,7 +227,7 @@ def main() -> None:
     print()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; data {a.data}, "
           f"{a.rows} x {a.features} training rows, {a.trees} trees, {a.leaves} leaves, {len(xte)} rows scored")
-    print(f"{'engine':<34}" + "".join(f"{str(n) + ' thr ns/row':>16}{'ratio':>8}" for n in threads))
+    print(f"{'engine':<40}" + "".join(f"{str(n) + ' thr ns/row':>16}{'ratio':>8}" for n in threads))
     for engine, by_n in results.items():
         if "single-row" in engine:
             continue
@@ -230,7 +238,7 @@ def main() -> None:
             r = v / base[n] if v and base.get(n) else None
             cells += f"{v:16.1f}" if v else f"{'-':>16}"
             cells += f"{r:8.2f}" if r else f"{'-':>8}"
-        print(f"{engine:<34}{cells}")
+        print(f"{engine:<40}{cells}")
     for engine, by_n in results.items():
         if "single-row" in engine:
             p50, p99 = by_n[1]

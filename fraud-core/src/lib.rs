@@ -51,7 +51,9 @@ pub mod table;
 pub mod train;
 pub mod transaction;
 
-pub use model::{Artifact, ArtifactError, CompiledModel, Ensemble, ImportError, ModelError};
+pub use model::{
+    Artifact, ArtifactError, BatchKernel, CompiledModel, Ensemble, ImportError, ModelError,
+};
 
 /// Hints the CPU to load the cache line holding `p`; never faults, whatever `p` is.
 #[inline(always)]

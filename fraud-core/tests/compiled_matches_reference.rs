@@ -1,7 +1,8 @@
 //! Property test: the compiled model routes every row exactly as the reference semantics of
 //! the ensemble do, for random trees mixing every kind of split, missing-value rule and
 //! threshold edge case, and rows full of NaN, infinities, signed zeros and values one ulp from
-//! a threshold. Single-row, batch and leaf paths must all agree bit for bit.
+//! a threshold. Single-row, batch and leaf paths, and every batch kernel (the walk and the bit
+//! vectors with each instruction set this CPU runs), must all agree bit for bit.
 
 #![allow(clippy::unwrap_used)]
 
@@ -9,7 +10,7 @@ use fraud_core::model::{
     Accumulation, CategoryCast, CategorySplit, Ensemble, Feature, FeatureKind, Missing, Node,
     Objective, Split, Test, Tree,
 };
-use fraud_core::CompiledModel;
+use fraud_core::{BatchKernel, CompiledModel};
 use proptest::prelude::*;
 
 const NF: usize = 4;
@@ -136,15 +137,20 @@ fn build_tree(splits: &[SplitSpec], picks: &[usize], values: &[f64]) -> Tree {
     Tree { nodes }
 }
 
-fn ensemble_strategy() -> impl Strategy<Value = Ensemble> {
+/// Ensembles of `trees` trees of `splits` splits each.
+fn ensemble_strategy_sized(
+    trees: std::ops::Range<usize>,
+    splits: std::ops::Range<usize>,
+) -> impl Strategy<Value = Ensemble> {
+    let max = splits.end;
     let tree = (
-        prop::collection::vec(split_strategy(), 0..14),
-        prop::collection::vec(any::<usize>(), 14),
+        prop::collection::vec(split_strategy(), splits),
+        prop::collection::vec(any::<usize>(), max),
         prop::collection::vec(-2.0f64..2.0, 8),
     )
         .prop_map(|(splits, picks, values)| build_tree(&splits, &picks, &values));
     (
-        prop::collection::vec(tree, 1..12),
+        prop::collection::vec(tree, trees),
         any::<bool>(),
         any::<bool>(),
         -1.0f64..1.0,
@@ -167,6 +173,50 @@ fn ensemble_strategy() -> impl Strategy<Value = Ensemble> {
             average_output: avg,
             linear: None,
         })
+}
+
+fn ensemble_strategy() -> impl Strategy<Value = Ensemble> {
+    ensemble_strategy_sized(1..12, 0..14)
+}
+
+/// The model compiled once per batch kernel this CPU runs.
+fn every_kernel(model: &CompiledModel) -> Vec<CompiledModel> {
+    [
+        BatchKernel::Walk,
+        BatchKernel::BitVector,
+        BatchKernel::BitVectorAvx2,
+        BatchKernel::BitVectorPortable,
+    ]
+    .into_iter()
+    .filter_map(|k| {
+        let mut m = model.clone();
+        m.set_batch_kernel(k).ok().map(|()| m)
+    })
+    .collect()
+}
+
+/// Every kernel's batch margins are the reference's bits.
+fn batches_equal_reference(e: &Ensemble, rows: &[Vec<f64>]) -> Result<(), TestCaseError> {
+    let model = CompiledModel::new(e).unwrap();
+    let flat: Vec<f64> = rows.iter().flatten().copied().collect();
+    let kernels = every_kernel(&model);
+    prop_assert!(
+        kernels.len() >= 3,
+        "walk, bit vectors and portable bit vectors"
+    );
+    for m in kernels {
+        let mut batch = vec![0.0; rows.len()];
+        m.predict_margin_batch(&flat, &mut batch).unwrap();
+        let mut serial = vec![0.0; rows.len()];
+        m.predict_margin_batch_serial(&flat, &mut serial).unwrap();
+        for (r, row) in rows.iter().enumerate() {
+            let reference = e.reference_margin(row).to_bits();
+            let kernel = m.batch_kernel();
+            prop_assert_eq!(batch[r].to_bits(), reference, "{:?} row {:?}", kernel, row);
+            prop_assert_eq!(serial[r].to_bits(), reference, "{:?} row {:?}", kernel, row);
+        }
+    }
+    Ok(())
 }
 
 fn row_strategy() -> impl Strategy<Value = Vec<f64>> {
@@ -197,6 +247,20 @@ proptest! {
             let leaves: Vec<u32> = e.trees.iter().map(|t| t.leaf_for(row).1).collect();
             prop_assert_eq!(model.predict_leaves(row).unwrap(), leaves);
         }
+        batches_equal_reference(&e, &rows)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Trees of up to 181 leaves: bit vectors of several words, tests whose leaves span words.
+    #[test]
+    fn large_trees_equal_reference_in_every_kernel(
+        e in ensemble_strategy_sized(1..4, 60..180),
+        rows in prop::collection::vec(row_strategy(), 1..40),
+    ) {
+        batches_equal_reference(&e, &rows)?;
     }
 }
 

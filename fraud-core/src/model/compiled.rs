@@ -19,6 +19,11 @@
 //! independent loads to overlap; a single row walks several trees in lock-step for the same
 //! reason. Models with categorical or zero-as-missing splits use a kernel that branches on
 //! those nodes only.
+//!
+//! Batches may instead use bit vectors ([`BatchKernel::BitVector`], the `bitvector` module),
+//! whose cost does not follow the trees' depth; `new` picks the kernel with the lower
+//! expected cost per row from the trees' shapes, and either can be forced. Single rows always
+//! walk.
 
 use rayon::prelude::*;
 
@@ -26,6 +31,26 @@ use super::ensemble::{
     Accumulation, CategoryCast, Ensemble, Missing, Node, Test, LIGHTGBM_ZERO_THRESHOLD,
 };
 use super::ModelError;
+
+#[path = "bitvector.rs"]
+mod bitvector;
+use bitvector::{BitScorer, Simd};
+
+/// How batch prediction walks the trees. Every kernel gives the same bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchKernel {
+    /// A block of rows walks each tree in lock-step, branch-free: a cost per tree that
+    /// follows the tree's depth. Fastest on shallow, balanced trees.
+    Walk,
+    /// QuickScorer bit vectors, sixteen rows at a time, with the widest instructions the CPU
+    /// has (AVX-512, AVX2, else portable code): a cost that follows the number of tests the
+    /// rows fail, whatever the trees' depth.
+    BitVector,
+    /// [`BitVector`](Self::BitVector) with AVX2 instructions (an error where the CPU has none).
+    BitVectorAvx2,
+    /// [`BitVector`](Self::BitVector) in portable code, on any CPU.
+    BitVectorPortable,
+}
 
 /// Node flags (kept apart from the nodes: the branch-free kernel never reads them).
 /// The left child is in the second slot (`base + 1`): missing values go left.
@@ -89,7 +114,8 @@ fn cover(node: &Node) -> f64 {
     }
 }
 
-fn lockstep_depth(leaves: &[(u32, f64)], (penalty, step): (f64, f64)) -> u32 {
+/// Returns the depth and its expected cost per row, in lock-step steps.
+fn lockstep_depth(leaves: &[(u32, f64)], (penalty, step): (f64, f64)) -> (u32, f64) {
     let max = leaves.iter().map(|l| l.0).max().unwrap_or(0);
     let total: f64 = leaves.iter().map(|l| l.1).sum();
     let weight = |(d, c): (u32, f64)| {
@@ -114,13 +140,13 @@ fn lockstep_depth(leaves: &[(u32, f64)], (penalty, step): (f64, f64)) -> u32 {
         w_deeper += by_depth[lock as usize];
         wd_deeper += by_depth[lock as usize] * lock as f64;
     }
-    let mut best = (f64::INFINITY, max);
+    let mut best = (max, f64::INFINITY);
     for (lock, &cost) in costs.iter().enumerate() {
-        if cost < best.0 {
-            best = (cost, lock as u32);
+        if cost < best.1 {
+            best = (lock as u32, cost);
         }
     }
-    best.1
+    best
 }
 
 /// A tree ensemble compiled for fast, exact prediction.
@@ -146,6 +172,8 @@ pub struct CompiledModel {
     linear: Option<super::ensemble::LinearTerm>,
     /// Length every row buffer has at least: `max(2 * num_features, 1)`.
     min_buf: usize,
+    /// The bit-vector form, when batches use it.
+    bits: Option<Box<BitScorer>>,
 }
 
 /// The smallest `t64` with `(x as f32) < t` iff `x < t64` for every non-NaN `f64` `x`.
@@ -219,15 +247,15 @@ fn second_slot(v: f64, t: f64) -> u32 {
     u32::from(!(v <= t))
 }
 
-/// Writes `row` and its negation into lane `lane` of an interleaved block buffer: value `j`
-/// at `j * BLOCK + lane`, its negation at `(nf + j) * BLOCK + lane`. Interleaving lets every
-/// lane of a block address its values from one base register.
+/// Writes `row` and its negation into lane `lane` of an interleaved buffer of `lanes` lanes:
+/// value `j` at `j * lanes + lane`, its negation at `(nf + j) * lanes + lane`. Interleaving
+/// lets every lane of a block address its values from one base register.
 #[inline]
-fn fill_lane(buf: &mut [f64], lane: usize, row: &[f64]) {
+fn fill_lane(buf: &mut [f64], lanes: usize, lane: usize, row: &[f64]) {
     let nf = row.len();
     for (j, &x) in row.iter().enumerate() {
-        buf[j * BLOCK + lane] = x;
-        buf[(nf + j) * BLOCK + lane] = -x;
+        buf[j * lanes + lane] = x;
+        buf[(nf + j) * lanes + lane] = -x;
     }
 }
 
@@ -253,8 +281,11 @@ impl CompiledModel {
             branch_free: true,
             min_buf: (2 * nf).saturating_sub(1) * BLOCK + 1,
             linear: ensemble.linear.clone(),
+            bits: None,
         };
         let too_many = || ModelError::Invalid("model has too many nodes".into());
+        // Expected lock-step steps per row of the walk, over all trees.
+        let mut walk_cost = 0.0;
         for tree in &ensemble.trees {
             let root = u32::try_from(m.nodes.len()).map_err(|_| too_many())?;
             // Depth-first over child pairs, the child with more training cover first: the
@@ -352,13 +383,20 @@ impl CompiledModel {
                 };
                 m.flags[dst as usize] = flags;
             }
+            let (lock_batch, cost) = lockstep_depth(&leaves, STRAGGLER_BATCH);
+            walk_cost += cost;
             m.trees.push(TreeInfo {
                 root,
-                lock_batch: lockstep_depth(&leaves, STRAGGLER_BATCH),
-                lock_single: lockstep_depth(&leaves, STRAGGLER_SINGLE),
+                lock_batch,
+                lock_single: lockstep_depth(&leaves, STRAGGLER_SINGLE).0,
             });
         }
         m.check_layout()?;
+        // Batches take the bit vectors where they are expected to be cheaper.
+        let bits = BitScorer::new(&m)?;
+        if bits.cost() < walk_cost {
+            m.bits = Some(Box::new(bits));
+        }
         Ok(m)
     }
 
@@ -514,7 +552,7 @@ impl CompiledModel {
             if buf.len() < n {
                 buf.resize(n, 0.0);
             }
-            fill_lane(&mut buf[..n], 0, row);
+            fill_lane(&mut buf[..n], BLOCK, 0, row);
             f.take().map(|f| f(&buf[..n]))
         });
         match (done, f) {
@@ -522,7 +560,7 @@ impl CompiledModel {
             // Re-entered from inside `f` (not done today): use a fresh buffer.
             (None, Some(f)) => {
                 let mut buf = vec![0.0f64; n];
-                fill_lane(&mut buf, 0, row);
+                fill_lane(&mut buf, BLOCK, 0, row);
                 f(&buf)
             }
             (None, None) => unreachable!("the closure runs at most once"),
@@ -639,6 +677,9 @@ impl CompiledModel {
     }
 
     fn margin_chunk(&self, rows: &[f64], out: &mut [f64]) {
+        if let Some(bits) = &self.bits {
+            return self.margin_chunk_bits(bits, rows, out);
+        }
         if self.branch_free {
             self.margin_chunk_k::<true>(rows, out)
         } else {
@@ -654,7 +695,7 @@ impl CompiledModel {
             // A short last block repeats its last row in the unused lanes.
             for lane in 0..BLOCK {
                 let r = lane.min(n - 1);
-                fill_lane(&mut buf, lane, &rows[r * nf..(r + 1) * nf]);
+                fill_lane(&mut buf, BLOCK, lane, &rows[r * nf..(r + 1) * nf]);
             }
             let sums = self.margin_block::<FAST>(&buf);
             for (o, s) in out.iter_mut().zip(sums) {
@@ -666,6 +707,72 @@ impl CompiledModel {
                 }
             }
         }
+    }
+
+    fn margin_chunk_bits(&self, bits: &BitScorer, rows: &[f64], out: &mut [f64]) {
+        use bitvector::LANES;
+        let nf = self.num_features;
+        let mut buf = vec![0.0f64; 2 * nf * LANES];
+        let mut state = bits.state();
+        for (out, rows) in out.chunks_mut(LANES).zip(rows.chunks(LANES * nf)) {
+            let n = out.len();
+            // A short last block repeats its last row in the unused lanes.
+            for lane in 0..LANES {
+                let r = lane.min(n - 1);
+                fill_lane(&mut buf, LANES, lane, &rows[r * nf..(r + 1) * nf]);
+            }
+            let sums = bits.margins(self, &buf, &mut state);
+            for (o, s) in out.iter_mut().zip(sums) {
+                *o = self.finish(s);
+            }
+            if let Some(l) = &self.linear {
+                for (o, row) in out.iter_mut().zip(rows.chunks_exact(nf)) {
+                    *o += l.value(row);
+                }
+            }
+        }
+    }
+
+    /// The kernel batch prediction uses.
+    pub fn batch_kernel(&self) -> BatchKernel {
+        match self.bits.as_ref().map(|b| b.simd) {
+            None => BatchKernel::Walk,
+            Some(Simd::Portable) => BatchKernel::BitVectorPortable,
+            #[cfg(target_arch = "x86_64")]
+            Some(Simd::Avx2) => BatchKernel::BitVectorAvx2,
+            #[cfg(target_arch = "x86_64")]
+            Some(Simd::Avx512) => BatchKernel::BitVector,
+        }
+    }
+
+    /// Chooses the batch kernel (by default it is chosen from the trees' shapes). Predictions
+    /// are the same bits with every kernel; only the speed changes.
+    pub fn set_batch_kernel(&mut self, kernel: BatchKernel) -> Result<(), ModelError> {
+        let simd = match kernel {
+            BatchKernel::Walk => {
+                self.bits = None;
+                return Ok(());
+            }
+            BatchKernel::BitVector => Simd::detect(),
+            BatchKernel::BitVectorPortable => Simd::Portable,
+            BatchKernel::BitVectorAvx2 => {
+                #[cfg(target_arch = "x86_64")]
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    Simd::Avx2
+                } else {
+                    return Err(ModelError::Invalid("this CPU has no AVX2".into()));
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                return Err(ModelError::Invalid("this CPU has no AVX2".into()));
+            }
+        };
+        let mut bits = match self.bits.take() {
+            Some(b) => b,
+            None => Box::new(BitScorer::new(self)?),
+        };
+        bits.simd = simd;
+        self.bits = Some(bits);
+        Ok(())
     }
 
     /// Margin sums of the `BLOCK` rows in an interleaved block buffer.

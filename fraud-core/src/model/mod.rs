@@ -16,7 +16,7 @@ pub use artifact::{
     category_key, float_key, reproducible_epoch, Artifact, ArtifactError, Metadata, ARTIFACT_MAGIC,
     ARTIFACT_VERSION,
 };
-pub use compiled::CompiledModel;
+pub use compiled::{BatchKernel, CompiledModel};
 pub use ensemble::{
     Accumulation, CategoryCast, CategorySplit, Ensemble, EnsembleStats, Feature, FeatureKind,
     LinearTerm, Missing, ModelLimits, Node, Objective, Split, Test, Tree,

@@ -15,6 +15,18 @@ pub struct Args {
     /// Rows timed one by one for the single-row figures (default: all, at most 200,000).
     #[arg(long)]
     single_rows: Option<usize>,
+    /// Batch kernel: the model's own choice, or one forced (the same scores, other speeds).
+    #[arg(long, value_enum, default_value_t = Kernel::Auto)]
+    kernel: Kernel,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Kernel {
+    Auto,
+    Walk,
+    Bitvector,
+    BitvectorAvx2,
+    BitvectorPortable,
 }
 
 fn percentile(sorted: &[u64], q: f64) -> f64 {
@@ -29,7 +41,16 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if a.passes == 0 {
         anyhow::bail!("--passes must be at least 1");
     }
-    let (artifact, model) = a.io.load()?;
+    let (artifact, mut model) = a.io.load()?;
+    match a.kernel {
+        Kernel::Auto => {}
+        Kernel::Walk => model.set_batch_kernel(fraud_core::BatchKernel::Walk)?,
+        Kernel::Bitvector => model.set_batch_kernel(fraud_core::BatchKernel::BitVector)?,
+        Kernel::BitvectorAvx2 => model.set_batch_kernel(fraud_core::BatchKernel::BitVectorAvx2)?,
+        Kernel::BitvectorPortable => {
+            model.set_batch_kernel(fraud_core::BatchKernel::BitVectorPortable)?
+        }
+    }
     let matrix = super::read_features(&a.io.input, &artifact)?;
     let rows = matrix.rows();
     if rows == 0 {
@@ -70,6 +91,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         "trees": model.num_trees(),
         "threads": threads,
         "batch_passes": a.passes,
+        "batch_kernel": format!("{:?}", model.batch_kernel()),
         "batch_ns_per_row": (best * 10.0).round() / 10.0,
         "single_rows": single,
         "single_row_us_p50": percentile(&times, 0.50) / 1000.0,
