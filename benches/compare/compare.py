@@ -45,6 +45,21 @@ def make_data(rows: int, features: int, seed: int):
 FDH_DIR = os.environ.get("FDH_DIR", os.path.join(HERE, "..", "..", "..", "shared", "datasets", "fdh-simulated"))
 
 
+def make_categorical(rows: int, features: int, seed: int):
+    """The synthetic set with its first four features made categorical (50, 200, 500 and 1,000
+    category codes, each code with its own effect on the log-odds): models with many
+    categorical splits."""
+    rng = np.random.default_rng(seed)
+    x, _ = make_data(rows, features, seed)
+    logit = -3.0 + x[:, 4:] @ (rng.normal(size=features - 4) / np.sqrt(features))
+    for j, k in enumerate((50, 200, 500, 1000)):
+        codes = rng.zipf(1.3, size=rows) % k
+        x[:, j] = codes
+        logit += rng.normal(0, 1.0, size=k)[codes]
+    y = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(np.float64)
+    return x, y
+
+
 def load_fdh():
     """The Fraud Detection Handbook's engineered features for one week (66,989 transactions,
     read in place, never copied into the repository), with the amount and the label joined
@@ -97,7 +112,10 @@ def main() -> None:
     ap.add_argument("--kernels", default="",
                     help="also time fraud-core with these batch kernels forced (comma list of walk, "
                          "bitvector); the ratios stay relative to its own choice")
-    ap.add_argument("--data", choices=["synthetic", "fdh"], default="synthetic",
+    ap.add_argument("--depth", type=int, default=0,
+                    help="grow depth-wise to this depth (LightGBM max_depth with 2^depth leaves, "
+                         "XGBoost depthwise max_depth) instead of leaf-wise with --leaves")
+    ap.add_argument("--data", choices=["synthetic", "fdh", "categorical"], default="synthetic",
                     help="fdh: the Fraud Detection Handbook's features (FDH_DIR), the first two "
                          "thirds for training, the rest scored")
     a = ap.parse_args()
@@ -105,13 +123,22 @@ def main() -> None:
     only = set(filter(None, a.only.split(",")))
     want = lambda e: not only or e in only  # noqa: E731
 
+    if a.depth:
+        a.leaves = 2 ** a.depth
+    shape = f"t{a.trees}_l{a.leaves}" + (f"_d{a.depth}" if a.depth else "") + f"_s{a.seed}"
+    categorical: list[int] = []
     if a.data == "fdh":
-        work = os.path.join(HERE, "work", f"fdh_t{a.trees}_l{a.leaves}_s{a.seed}")
+        work = os.path.join(HERE, "work", f"fdh_{shape}")
         x, y, names = load_fdh()
         a.rows, a.features = len(x) * 2 // 3, x.shape[1]
     else:
-        work = os.path.join(HERE, "work", f"r{a.rows}_f{a.features}_t{a.trees}_l{a.leaves}_s{a.seed}")
-        x, y = make_data(a.rows + a.score_rows, a.features, a.seed)
+        prefix = "cat_" if a.data == "categorical" else ""
+        work = os.path.join(HERE, "work", f"{prefix}r{a.rows}_f{a.features}_{shape}")
+        if a.data == "categorical":
+            x, y = make_categorical(a.rows + a.score_rows, a.features, a.seed)
+            categorical = [0, 1, 2, 3]
+        else:
+            x, y = make_data(a.rows + a.score_rows, a.features, a.seed)
         names = [f"f{i}" for i in range(a.features)]
     os.makedirs(work, exist_ok=True)
     xtr, ytr, xte = x[: a.rows], y[: a.rows], np.ascontiguousarray(x[a.rows :])
@@ -124,17 +151,24 @@ def main() -> None:
         t = time.time()
         booster = lgb.train(
             {"objective": "binary", "num_leaves": a.leaves, "learning_rate": 0.05, "min_data_in_leaf": 50,
-             "num_threads": 2, "seed": a.seed, "verbose": -1, "deterministic": True},
-            lgb.Dataset(xtr, label=ytr, feature_name=names), num_boost_round=a.trees)
+             "max_depth": a.depth or -1, "num_threads": 2, "seed": a.seed, "verbose": -1,
+             "deterministic": True},
+            lgb.Dataset(xtr, label=ytr, feature_name=names, categorical_feature=categorical or "auto"),
+            num_boost_round=a.trees)
         booster.save_model(lgb_path)
         print(f"trained LightGBM in {time.time() - t:.0f}s", file=sys.stderr)
     xgb_path = os.path.join(work, "model.json")
     if not os.path.exists(xgb_path) and (want("xgboost") or want("fraud-core")):
         t = time.time()
+        shape_params = ({"grow_policy": "depthwise", "max_depth": a.depth} if a.depth else
+                        {"grow_policy": "lossguide", "max_leaves": a.leaves, "max_depth": 0})
+        types = ["c" if j in categorical else "q" for j in range(len(names))]
         booster = xgb.train(
-            {"objective": "binary:logistic", "tree_method": "hist", "grow_policy": "lossguide",
-             "max_leaves": a.leaves, "max_depth": 0, "eta": 0.05, "nthread": 2, "seed": a.seed},
-            xgb.DMatrix(xtr, label=ytr, feature_names=names), num_boost_round=a.trees)
+            {"objective": "binary:logistic", "tree_method": "hist", "eta": 0.05, "nthread": 2,
+             "seed": a.seed, "max_cat_to_onehot": 1, **shape_params},
+            xgb.DMatrix(xtr, label=ytr, feature_names=names, feature_types=types,
+                        enable_categorical=bool(categorical)),
+            num_boost_round=a.trees)
         booster.save_model(xgb_path)
         print(f"trained XGBoost in {time.time() - t:.0f}s", file=sys.stderr)
     rows_csv = os.path.join(work, "rows.csv")
@@ -227,7 +261,7 @@ def main() -> None:
     print()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; data {a.data}, "
           f"{a.rows} x {a.features} training rows, {a.trees} trees, {a.leaves} leaves, {len(xte)} rows scored")
-    print(f"{'engine':<40}" + "".join(f"{str(n) + ' thr ns/row':>16}{'ratio':>8}" for n in threads))
+    print(f"{'engine':<46}" + "".join(f"{str(n) + ' thr ns/row':>16}{'ratio':>8}" for n in threads))
     for engine, by_n in results.items():
         if "single-row" in engine:
             continue
@@ -238,7 +272,7 @@ def main() -> None:
             r = v / base[n] if v and base.get(n) else None
             cells += f"{v:16.1f}" if v else f"{'-':>16}"
             cells += f"{r:8.2f}" if r else f"{'-':>8}"
-        print(f"{engine:<40}{cells}")
+        print(f"{engine:<46}{cells}")
     for engine, by_n in results.items():
         if "single-row" in engine:
             p50, p99 = by_n[1]

@@ -288,3 +288,48 @@ fn wrong_row_lengths_are_errors_not_panics() {
         1.0 / (1.0 + (-0.5f64).exp())
     );
 }
+
+#[test]
+fn huge_category_codes_keep_the_walk() {
+    // One split on a code near the largest allowed: bit vectors would index 16 million codes.
+    let split = Split {
+        feature: 0,
+        test: Test::Categories(CategorySplit {
+            categories: vec![3, 16_000_000],
+            in_set_goes_left: true,
+            cast: CategoryCast::LightgbmTruncate,
+        }),
+        missing: Missing::Nan,
+        default_left: false,
+        left: 1,
+        right: 2,
+        cover: 2.0,
+    };
+    let leaf = |value: f64, id: u32| Node::Leaf {
+        value,
+        id,
+        cover: 1.0,
+    };
+    let tree = Tree {
+        nodes: vec![Node::Split(split), leaf(1.0, 1), leaf(-1.0, 2)],
+    };
+    let e = Ensemble {
+        features: vec![Feature {
+            name: "c".into(),
+            kind: FeatureKind::Numeric,
+        }],
+        trees: vec![tree; 50],
+        base_margin: 0.0,
+        objective: Objective::Logistic { scale: 1.0 },
+        accumulation: Accumulation::F64,
+        average_output: false,
+        linear: None,
+    };
+    let mut m = CompiledModel::new(&e).unwrap();
+    assert_eq!(m.batch_kernel(), BatchKernel::Walk);
+    assert!(m.set_batch_kernel(BatchKernel::BitVector).is_err());
+    let mut out = vec![0.0; 3];
+    m.predict_margin_batch(&[3.0, 16_000_000.0, 4.0], &mut out)
+        .unwrap();
+    assert_eq!(out, vec![50.0, 50.0, -50.0]);
+}

@@ -25,9 +25,34 @@
 //! evaluated row by row with the walk's own code, and tests that always fail (`t` NaN) are
 //! applied once, to the initial vectors.
 
-use super::{CompiledModel, CATEGORICAL, LEAF, ZERO_MISSING};
-use crate::model::ensemble::Accumulation;
+use super::{CompiledModel, CATEGORICAL, LEAF, LEFT_SECOND, ZERO_MISSING};
+use crate::model::ensemble::{Accumulation, CategoryCast, LIGHTGBM_ZERO_THRESHOLD};
 use crate::model::ModelError;
+
+/// Most categorical list entries a model may have (about 12 bytes each) before batches
+/// keep the walk.
+const MAX_CAT_ENTRIES: usize = 1 << 22;
+/// Most category codes examined, over all categorical tests, while building (and most
+/// codes of all keys together, each an index entry): a model with huge category codes
+/// keeps the walk rather than take seconds and hundreds of MB to load.
+const MAX_CAT_WORK: usize = 1 << 26;
+const MAX_CAT_CODES: u32 = 1 << 20;
+
+/// A value's category code, as the source library reads it (`None`: no valid code).
+#[inline]
+fn category_code(cast: CategoryCast, x: f64) -> Option<u32> {
+    match cast {
+        CategoryCast::XgboostF32 => {
+            let v = x as f32;
+            if (0.0..crate::model::ensemble::XGBOOST_MAX_CATEGORY).contains(&v) {
+                Some(v as u32)
+            } else {
+                None
+            }
+        }
+        CategoryCast::LightgbmTruncate => u32::try_from(x as i32).ok(),
+    }
+}
 
 /// Rows scored together: one AVX-512 vector of `f64` values or of 64-bit masks.
 pub(super) const LANES: usize = 16;
@@ -46,6 +71,50 @@ struct Special {
     position: u32,
     slot: u32,
     mask: u64,
+}
+
+/// The category codes of one feature read one way (its cast and its zero-as-missing rule):
+/// valid codes `0..64 * words`, then three codes of its own: not a valid code, NaN, and a
+/// zero treated as missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CatKey {
+    feature: u32,
+    cast: CategoryCast,
+    zero_missing: bool,
+    words: u32,
+    /// Index of its code 0 in `cat_starts`.
+    first: u32,
+}
+
+impl CatKey {
+    fn domain(&self) -> u32 {
+        64 * self.words + 3
+    }
+
+    /// The code of `v` in `0..domain()`, as the walk's categorical step reads it.
+    #[inline]
+    fn code(&self, v: f64) -> u32 {
+        let invalid = 64 * self.words;
+        if v.is_nan() {
+            return invalid + 1;
+        }
+        if self.zero_missing && v.abs() <= LIGHTGBM_ZERO_THRESHOLD {
+            return invalid + 2;
+        }
+        match category_code(self.cast, v) {
+            Some(c) if c < invalid => c,
+            _ => invalid,
+        }
+    }
+}
+
+/// A categorical test while the bit vectors are built.
+struct CatNode {
+    key: u32,
+    /// The first child is the compiled node's second.
+    swapped: bool,
+    /// The codes that fail it (send rows to the child that is not first).
+    fails: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -93,6 +162,15 @@ pub(super) struct BitScorer {
     slots: Vec<u32>,
     masks: Vec<u64>,
     special: Vec<Special>,
+    /// Categorical tests, per category code: for each key's code, the range of the tests it
+    /// fails in `cat_slots` / `cat_masks` (QuickScorer's lists, by code instead of by
+    /// threshold).
+    cat_keys: Vec<CatKey>,
+    cat_starts: Vec<u32>,
+    cat_slots: Vec<u32>,
+    cat_masks: Vec<u64>,
+    /// Expected failed categorical tests per row (every code equally likely).
+    cat_fails: f64,
     /// Each slot's bit vector before any test: the tree's leaves, less those of tests that
     /// always fail.
     init: Vec<u64>,
@@ -113,12 +191,20 @@ impl BitScorer {
             slots: Vec::new(),
             masks: Vec::new(),
             special: Vec::new(),
+            cat_keys: Vec::new(),
+            cat_starts: Vec::new(),
+            cat_slots: Vec::new(),
+            cat_masks: Vec::new(),
+            cat_fails: 0.0,
             init: Vec::new(),
             trees: Vec::with_capacity(model.trees.len()),
             leaf_values: Vec::new(),
             simd: Simd::detect(),
         };
         let too_many = || ModelError::Invalid("model has too many leaves".into());
+        let cats = s.categorical_tests(model)?;
+        let mut lists: Vec<Vec<(u32, u64)>> =
+            vec![Vec::new(); s.cat_keys.iter().map(|k| k.domain() as usize).sum()];
         // Per tree: (node, first leaf of its first child, first leaf after it).
         let mut tests: Vec<(u32, u32, u32)> = Vec::new();
         // Depth first, the first child before the second. `Some(i)`: this entry is the second
@@ -140,9 +226,14 @@ impl BitScorer {
                     continue;
                 }
                 let base = model.nodes[n].base;
+                // A categorical test may take its second child first (see `categorical_tests`).
+                let (first, second) = match cats.get(&node) {
+                    Some(c) if c.swapped => (base + 1, base),
+                    _ => (base, base + 1),
+                };
                 tests.push((node, count, count));
-                stack.push((base + 1, Some(tests.len() - 1)));
-                stack.push((base, None));
+                stack.push((second, Some(tests.len() - 1)));
+                stack.push((first, None));
             }
             let slot = u32::try_from(s.init.len()).map_err(|_| too_many())?;
             let words = count.div_ceil(64);
@@ -166,7 +257,12 @@ impl BitScorer {
                     };
                     let (slot, mask) = (slot + w, !range);
                     let t = model.nodes[n].threshold;
-                    if model.flags[n] & (CATEGORICAL | ZERO_MISSING) != 0 {
+                    if let Some(c) = cats.get(&node) {
+                        let first = s.cat_keys[c.key as usize].first as usize;
+                        for &code in &c.fails {
+                            lists[first + code as usize].push((slot, mask));
+                        }
+                    } else if model.flags[n] & ZERO_MISSING != 0 {
                         s.special.push(Special {
                             node,
                             position,
@@ -186,6 +282,14 @@ impl BitScorer {
                 leaves,
             });
         }
+        for list in &lists {
+            s.cat_starts.push(s.cat_slots.len() as u32);
+            for &(slot, mask) in list {
+                s.cat_slots.push(slot);
+                s.cat_masks.push(mask);
+            }
+        }
+        s.cat_starts.push(s.cat_slots.len() as u32);
         for list in &mut by_position {
             list.sort_by(|a, b| a.0.total_cmp(&b.0));
             s.starts.push(s.thresholds.len() as u32);
@@ -202,15 +306,132 @@ impl BitScorer {
         Ok(s)
     }
 
+    /// Groups the categorical tests by the way they read their feature (`cat_keys`) and
+    /// finds, for each, the codes that fail it. A test takes as its first child the one most
+    /// codes go to (QuickScorer allows either order), so its list of failing codes is the
+    /// shorter one: LightGBM sends the few codes of its set one way and every other code the
+    /// other.
+    fn categorical_tests(
+        &mut self,
+        model: &CompiledModel,
+    ) -> Result<std::collections::HashMap<u32, CatNode>, ModelError> {
+        let mut found = std::collections::HashMap::new();
+        let categorical = || {
+            (0..model.nodes.len()).filter(|&n| model.flags[n] & (CATEGORICAL | LEAF) == CATEGORICAL)
+        };
+        let key_of = |n: usize| {
+            let c = &model.cats[model.nodes[n].threshold.to_bits() as usize];
+            (
+                model.nodes[n].feature / super::BLOCK as u32,
+                c.cast,
+                model.flags[n] & ZERO_MISSING != 0,
+            )
+        };
+        for n in categorical() {
+            let (feature, cast, zero_missing) = key_of(n);
+            let words = model.cats[model.nodes[n].threshold.to_bits() as usize].words;
+            match self
+                .cat_keys
+                .iter_mut()
+                .find(|k| (k.feature, k.cast, k.zero_missing) == (feature, cast, zero_missing))
+            {
+                Some(k) => k.words = k.words.max(words),
+                None => self.cat_keys.push(CatKey {
+                    feature,
+                    cast,
+                    zero_missing,
+                    words,
+                    first: 0,
+                }),
+            }
+        }
+        let too_large =
+            || ModelError::Invalid("categorical splits too large for bit vectors".into());
+        let mut first = 0u32;
+        for k in &mut self.cat_keys {
+            k.first = first;
+            first = first
+                .checked_add(k.domain())
+                .filter(|&f| f <= MAX_CAT_CODES)
+                .ok_or_else(too_large)?;
+        }
+        let domain_of = |n: usize| {
+            let key = key_of(n);
+            self.cat_keys
+                .iter()
+                .find(|k| (k.feature, k.cast, k.zero_missing) == key)
+                .map_or(0, |k| k.domain() as usize)
+        };
+        let work: usize = categorical().map(domain_of).sum();
+        if work > MAX_CAT_WORK {
+            return Err(too_large());
+        }
+        let mut entries = 0usize;
+        for n in categorical() {
+            let key = key_of(n);
+            let Some(k) = self
+                .cat_keys
+                .iter()
+                .position(|k| (k.feature, k.cast, k.zero_missing) == key)
+            else {
+                continue;
+            };
+            let domain = self.cat_keys[k].domain();
+            let invalid = domain - 3;
+            let c = &model.cats[model.nodes[n].threshold.to_bits() as usize];
+            let left_second = model.flags[n] & LEFT_SECOND != 0;
+            // As the walk's categorical step: NaN and a zero taken as missing go second.
+            let second = |code: u32| {
+                if code > invalid {
+                    return true;
+                }
+                let in_set = code < invalid
+                    && code / 64 < c.words
+                    && model.cat_bits[(c.offset + code / 64) as usize] & (1 << (code % 64)) != 0;
+                (in_set == c.in_set_goes_left) == left_second
+            };
+            let seconds: Vec<u32> = (0..domain).filter(|&d| second(d)).collect();
+            let swapped = 2 * seconds.len() > domain as usize;
+            let fails = if swapped {
+                (0..domain).filter(|&d| !second(d)).collect()
+            } else {
+                seconds
+            };
+            entries += fails.len();
+            self.cat_fails += fails.len() as f64 / domain as f64;
+            if entries > MAX_CAT_ENTRIES {
+                return Err(too_large());
+            }
+            found.insert(
+                n as u32,
+                CatNode {
+                    key: k as u32,
+                    swapped,
+                    fails,
+                },
+            );
+        }
+        Ok(found)
+    }
+
     /// Expected cost per row, in steps of the walk (whose own cost is counted the same way).
     ///
     /// Measured on 300-tree, 63-leaf models (`benches/compare`, synthetic and the Handbook's
-    /// features, Intel AVX-512): a test of the vector scan costs about 0.13 of a walk step
-    /// per row (most rows fail half their tests or more, and a block scans about as far as
-    /// its furthest row); a test done row by row about 1.5; finding a tree's exit leaf 0.3.
+    /// features, on Intel): a test of the vector scan costs about 0.13 of a walk step per row
+    /// with AVX-512, 0.18 with AVX2 and 0.5 in portable code (most rows fail half their tests
+    /// or more, and a block scans about as far as its furthest row); a test done row by row
+    /// about 1.5, a failed categorical test 1; finding a tree's exit leaf 0.3.
     pub(super) fn cost(&self) -> f64 {
-        0.13 * self.thresholds.len() as f64
+        let scan = match self.simd {
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512 => 0.13,
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx2 => 0.18,
+            Simd::Portable => 0.5,
+        };
+        scan * self.thresholds.len() as f64
             + 1.5 * self.special.len() as f64
+            + self.cat_fails
             + 0.3 * self.init.len() as f64
     }
 
@@ -256,6 +477,19 @@ impl BitScorer {
                 }
             }
         }
+        for key in &self.cat_keys {
+            for lane in 0..LANES {
+                let code = key.code(xb[key.feature as usize * LANES + lane]);
+                let at = (key.first + code) as usize;
+                let list = self.cat_starts[at] as usize..self.cat_starts[at + 1] as usize;
+                for (&slot, &mask) in self.cat_slots[list.clone()]
+                    .iter()
+                    .zip(&self.cat_masks[list])
+                {
+                    state[slot as usize].0[lane] &= mask;
+                }
+            }
+        }
         let mut sum64 = [model.base_margin; LANES];
         let mut sum32 = [model.base_margin as f32; LANES];
         for t in &self.trees {
@@ -285,23 +519,17 @@ impl BitScorer {
             let x: [f64; LANES] = std::array::from_fn(|l| xb[p * LANES + l]);
             for i in w[0] as usize..w[1] as usize {
                 let (t, mask) = (self.thresholds[i], self.masks[i]);
-                let mut any = false;
-                let keep: [u64; LANES] = std::array::from_fn(|l| {
-                    #[allow(clippy::neg_cmp_op_on_partial_ord)] // NaN fails every test.
-                    let fails = !(x[l] <= t);
-                    any |= fails;
-                    if fails {
-                        mask
-                    } else {
-                        u64::MAX
-                    }
-                });
-                if !any {
+                // All ones in the lanes that fail the test: written so that compilers
+                // vectorise it (a comparison yields such masks).
+                #[allow(clippy::neg_cmp_op_on_partial_ord)] // NaN fails every test.
+                let fails: [u64; LANES] =
+                    std::array::from_fn(|l| u64::from(!(x[l] <= t)).wrapping_neg());
+                if fails.iter().fold(0, |a, &f| a | f) == 0 {
                     break;
                 }
                 let st = &mut state[self.slots[i] as usize].0;
-                for (s, k) in st.iter_mut().zip(keep) {
-                    *s &= k;
+                for (s, f) in st.iter_mut().zip(fails) {
+                    *s &= mask | !f;
                 }
             }
         }

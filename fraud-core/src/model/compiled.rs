@@ -393,9 +393,16 @@ impl CompiledModel {
         }
         m.check_layout()?;
         // Batches take the bit vectors where they are expected to be cheaper.
-        let bits = BitScorer::new(&m)?;
-        if bits.cost() < walk_cost {
-            m.bits = Some(Box::new(bits));
+        if !m.branch_free {
+            // Categorical and zero-as-missing steps branch, and mispredict: about five
+            // branch-free steps each on the benchmark's categorical model.
+            walk_cost *= 4.0;
+        }
+        // (A model the bit vectors cannot hold keeps the walk.)
+        if let Ok(bits) = BitScorer::new(&m) {
+            if bits.cost() < walk_cost {
+                m.bits = Some(Box::new(bits));
+            }
         }
         Ok(m)
     }
