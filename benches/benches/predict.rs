@@ -1,4 +1,6 @@
-//! Criterion benches of prediction: one row per call, and batches on one thread and on all.
+//! Criterion benches of prediction: one row per call, batches on one thread and on all, and
+//! each batch kernel forced on one thread (walk, bit vectors with the CPU's widest
+//! instructions, with AVX2, portable).
 //!
 //! Model: a seeded synthetic 300-tree, 63-leaf ensemble over 30 features (see `src/lib.rs`),
 //! or a real artifact given by `FRAUD_BENCH_MODEL` (then rows are still synthetic, with the
@@ -11,7 +13,7 @@
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use fraud_benches::{model, rows};
 use fraud_core::model::Artifact;
-use fraud_core::CompiledModel;
+use fraud_core::{BatchKernel, CompiledModel};
 
 const FEATURES: usize = 30;
 const BATCH: usize = 100_000;
@@ -61,6 +63,30 @@ fn bench(c: &mut Criterion) {
             BatchSize::LargeInput,
         )
     });
+    for (name, kernel) in [
+        ("batch_100k_1_thread_walk", BatchKernel::Walk),
+        ("batch_100k_1_thread_bitvector", BatchKernel::BitVector),
+        (
+            "batch_100k_1_thread_bitvector_avx2",
+            BatchKernel::BitVectorAvx2,
+        ),
+        (
+            "batch_100k_1_thread_bitvector_portable",
+            BatchKernel::BitVectorPortable,
+        ),
+    ] {
+        let mut forced = m.clone();
+        if forced.set_batch_kernel(kernel).is_err() {
+            continue; // Not on this CPU.
+        }
+        g.bench_function(name, |b| {
+            b.iter_batched_ref(
+                || vec![0.0; BATCH],
+                |out| one.install(|| forced.predict_proba_batch(&data, out).unwrap()),
+                BatchSize::LargeInput,
+            )
+        });
+    }
     g.finish();
 }
 

@@ -12,6 +12,12 @@ Treelite, lleaves and fraud-core; the XGBoost model by XGBoost `inplace_predict`
 fraud-core. Output: ns/row per engine and thread count, and each engine's time divided by
 fraud-core's (a ratio above 1 means fraud-core is faster). Trained models are cached under
 benches/compare/work/.
+
+Other data and shapes: `--data fdh` (the Fraud Detection Handbook's engineered features, read
+in place), `--data categorical` (four categorical features of 50 to 1,000 codes, split as
+categories by both libraries), `--depth 8` (depth-wise trees of up to 256 leaves instead of
+leaf-wise ones). `--kernels walk,bitvector,bitvector-avx2` also times fraud-core's batch
+kernels forced one by one (its own choice is the line the ratios use).
 """
 
 from __future__ import annotations
