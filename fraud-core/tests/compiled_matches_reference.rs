@@ -214,6 +214,8 @@ fn batches_equal_reference(e: &Ensemble, rows: &[Vec<f64>]) -> Result<(), TestCa
             let kernel = m.batch_kernel();
             prop_assert_eq!(batch[r].to_bits(), reference, "{:?} row {:?}", kernel, row);
             prop_assert_eq!(serial[r].to_bits(), reference, "{:?} row {:?}", kernel, row);
+            let single = m.predict_margin(row).unwrap().to_bits();
+            prop_assert_eq!(single, reference, "{:?} single row {:?}", kernel, row);
         }
     }
     Ok(())

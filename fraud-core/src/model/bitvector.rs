@@ -440,7 +440,71 @@ impl BitScorer {
         vec![Lanes([0; LANES]); self.init.len()]
     }
 
-    /// Margin sums (base margin and trees, before averaging) of the eight rows in `xb`: value
+    /// Margin sum (base margin and trees, before averaging) of one row: the same tests, one
+    /// lane, no vectors. `state` is scratch space (any length).
+    pub(super) fn margin_one(
+        &self,
+        model: &CompiledModel,
+        row: &[f64],
+        state: &mut Vec<u64>,
+    ) -> f64 {
+        state.clear();
+        state.extend_from_slice(&self.init);
+        let nf = row.len();
+        let value = |p: usize| if p < nf { row[p] } else { -row[p - nf] };
+        for (p, w) in self.starts.windows(2).enumerate() {
+            let x = value(p);
+            for i in w[0] as usize..w[1] as usize {
+                if x <= self.thresholds[i] {
+                    // Passes this test and every later one (NaN passes none).
+                    break;
+                }
+                state[self.slots[i] as usize] &= self.masks[i];
+            }
+        }
+        for sp in &self.special {
+            let n = model.nodes[sp.node as usize];
+            if model.step_special(
+                n,
+                model.flags[sp.node as usize],
+                value(sp.position as usize),
+            ) != n.base
+            {
+                state[sp.slot as usize] &= sp.mask;
+            }
+        }
+        for key in &self.cat_keys {
+            let at = (key.first + key.code(row[key.feature as usize])) as usize;
+            let list = self.cat_starts[at] as usize..self.cat_starts[at + 1] as usize;
+            for (&slot, &mask) in self.cat_slots[list.clone()]
+                .iter()
+                .zip(&self.cat_masks[list])
+            {
+                state[slot as usize] &= mask;
+            }
+        }
+        let mut sum64 = model.base_margin;
+        let mut sum32 = model.base_margin as f32;
+        for t in &self.trees {
+            let first = t.slot as usize;
+            let mut w = first;
+            while state[w] == 0 && w + 1 < first + t.words as usize {
+                w += 1;
+            }
+            let leaf = (w - first) * 64 + state[w].trailing_zeros() as usize;
+            let v = self.leaf_values[t.leaves as usize + leaf];
+            match model.accumulation {
+                Accumulation::F64 => sum64 += v,
+                Accumulation::F32 => sum32 += v as f32,
+            }
+        }
+        match model.accumulation {
+            Accumulation::F64 => sum64,
+            Accumulation::F32 => sum32 as f64,
+        }
+    }
+
+    /// Margin sums (base margin and trees, before averaging) of the sixteen rows in `xb`: value
     /// position `p` of lane `l` at `xb[p * LANES + l]`, values then negated values.
     pub(super) fn margins(
         &self,

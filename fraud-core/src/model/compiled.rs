@@ -509,7 +509,7 @@ impl CompiledModel {
     }
 
     /// A categorical or zero-as-missing node.
-    #[cold]
+    #[inline(always)]
     fn step_special(&self, n: CNode, flags: u8, v: f64) -> u32 {
         if v.is_nan() || (flags & ZERO_MISSING != 0 && v.abs() <= LIGHTGBM_ZERO_THRESHOLD) {
             return n.base.wrapping_add(1);
@@ -522,6 +522,7 @@ impl CompiledModel {
         n.base.wrapping_add(u32::from(left == left_second))
     }
 
+    #[inline(always)]
     fn category_goes_left(&self, cat: usize, x: f64) -> bool {
         let c = &self.cats[cat];
         let code = match c.cast {
@@ -578,6 +579,18 @@ impl CompiledModel {
     /// missing.
     pub fn predict_margin(&self, row: &[f64]) -> Result<f64, ModelError> {
         self.check_row(row)?;
+        if let (Some(bits), false) = (&self.bits, self.branch_free) {
+            // Categorical and zero-as-missing steps make the walk branch and mispredict; a
+            // model whose batches chose bit vectors scores single rows with them too.
+            thread_local! {
+                static STATE: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+            }
+            let sum = STATE.with(|cell| match cell.try_borrow_mut() {
+                Ok(mut state) => bits.margin_one(self, row, &mut state),
+                Err(_) => bits.margin_one(self, row, &mut Vec::new()),
+            });
+            return Ok(self.finish(sum) + self.linear.as_ref().map_or(0.0, |l| l.value(row)));
+        }
         let trees = self.with_row_buf(row, |buf| {
             if self.branch_free {
                 self.margin_row::<true>(buf)
