@@ -22,8 +22,9 @@
 //!
 //! Batches may instead use bit vectors ([`BatchKernel::BitVector`], the `bitvector` module),
 //! whose cost does not follow the trees' depth; `new` picks the kernel with the lower
-//! expected cost per row from the trees' shapes, and either can be forced. Single rows always
-//! walk.
+//! expected cost per row from the trees' shapes, and either can be forced. Single rows walk,
+//! except in models with categorical or zero-as-missing splits whose batches chose bit
+//! vectors: there one row scans the bit vectors alone.
 
 use rayon::prelude::*;
 
