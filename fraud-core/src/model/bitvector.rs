@@ -38,22 +38,6 @@ const MAX_CAT_ENTRIES: usize = 1 << 22;
 const MAX_CAT_WORK: usize = 1 << 26;
 const MAX_CAT_CODES: u32 = 1 << 20;
 
-/// A value's category code, as the source library reads it (`None`: no valid code).
-#[inline]
-fn category_code(cast: CategoryCast, x: f64) -> Option<u32> {
-    match cast {
-        CategoryCast::XgboostF32 => {
-            let v = x as f32;
-            if (0.0..crate::model::ensemble::XGBOOST_MAX_CATEGORY).contains(&v) {
-                Some(v as u32)
-            } else {
-                None
-            }
-        }
-        CategoryCast::LightgbmTruncate => u32::try_from(x as i32).ok(),
-    }
-}
-
 /// Rows scored together: one AVX-512 vector of `f64` values or of 64-bit masks.
 pub(super) const LANES: usize = 16;
 
@@ -101,7 +85,7 @@ impl CatKey {
         if self.zero_missing && v.abs() <= LIGHTGBM_ZERO_THRESHOLD {
             return invalid + 2;
         }
-        match category_code(self.cast, v) {
+        match self.cast.code(v) {
             Some(c) if c < invalid => c,
             _ => invalid,
         }
@@ -440,6 +424,30 @@ impl BitScorer {
         vec![Lanes([0; LANES]); self.init.len()]
     }
 
+    /// The categorical tests that a value fails, as (slot, mask) pairs.
+    #[inline]
+    fn fails(&self, key: &CatKey, v: f64) -> impl Iterator<Item = (u32, u64)> + '_ {
+        let at = (key.first + key.code(v)) as usize;
+        let list = self.cat_starts[at] as usize..self.cat_starts[at + 1] as usize;
+        self.cat_slots[list.clone()]
+            .iter()
+            .copied()
+            .zip(self.cat_masks[list].iter().copied())
+    }
+
+    /// The value of tree `t`'s exit leaf, the lowest bit left in its words (`word(slot)`).
+    #[inline]
+    fn exit_value(&self, t: &BitTree, word: impl Fn(usize) -> u64) -> f64 {
+        let first = t.slot as usize;
+        let mut w = first;
+        // Never past the tree's words: the exit leaf's bit is never cleared.
+        while word(w) == 0 && w + 1 < first + t.words as usize {
+            w += 1;
+        }
+        let leaf = (w - first) * 64 + word(w).trailing_zeros() as usize;
+        self.leaf_values[t.leaves as usize + leaf]
+    }
+
     /// Margin sum (base margin and trees, before averaging) of one row: the same tests, one
     /// lane, no vectors. `state` is scratch space (any length).
     pub(super) fn margin_one(
@@ -474,25 +482,14 @@ impl BitScorer {
             }
         }
         for key in &self.cat_keys {
-            let at = (key.first + key.code(row[key.feature as usize])) as usize;
-            let list = self.cat_starts[at] as usize..self.cat_starts[at + 1] as usize;
-            for (&slot, &mask) in self.cat_slots[list.clone()]
-                .iter()
-                .zip(&self.cat_masks[list])
-            {
+            for (slot, mask) in self.fails(key, row[key.feature as usize]) {
                 state[slot as usize] &= mask;
             }
         }
         let mut sum64 = model.base_margin;
         let mut sum32 = model.base_margin as f32;
         for t in &self.trees {
-            let first = t.slot as usize;
-            let mut w = first;
-            while state[w] == 0 && w + 1 < first + t.words as usize {
-                w += 1;
-            }
-            let leaf = (w - first) * 64 + state[w].trailing_zeros() as usize;
-            let v = self.leaf_values[t.leaves as usize + leaf];
+            let v = self.exit_value(t, |w| state[w]);
             match model.accumulation {
                 Accumulation::F64 => sum64 += v,
                 Accumulation::F32 => sum32 += v as f32,
@@ -543,13 +540,7 @@ impl BitScorer {
         }
         for key in &self.cat_keys {
             for lane in 0..LANES {
-                let code = key.code(xb[key.feature as usize * LANES + lane]);
-                let at = (key.first + code) as usize;
-                let list = self.cat_starts[at] as usize..self.cat_starts[at + 1] as usize;
-                for (&slot, &mask) in self.cat_slots[list.clone()]
-                    .iter()
-                    .zip(&self.cat_masks[list])
-                {
+                for (slot, mask) in self.fails(key, xb[key.feature as usize * LANES + lane]) {
                     state[slot as usize].0[lane] &= mask;
                 }
             }
@@ -557,15 +548,8 @@ impl BitScorer {
         let mut sum64 = [model.base_margin; LANES];
         let mut sum32 = [model.base_margin as f32; LANES];
         for t in &self.trees {
-            let first = t.slot as usize;
             for lane in 0..LANES {
-                let mut w = first;
-                // Never past the tree's words: the exit leaf's bit is never cleared.
-                while state[w].0[lane] == 0 && w + 1 < first + t.words as usize {
-                    w += 1;
-                }
-                let leaf = (w - first) * 64 + state[w].0[lane].trailing_zeros() as usize;
-                let v = self.leaf_values[t.leaves as usize + leaf];
+                let v = self.exit_value(t, |w| state[w].0[lane]);
                 match model.accumulation {
                     Accumulation::F64 => sum64[lane] += v,
                     Accumulation::F32 => sum32[lane] += v as f32,

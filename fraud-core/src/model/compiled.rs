@@ -526,17 +526,7 @@ impl CompiledModel {
     #[inline(always)]
     fn category_goes_left(&self, cat: usize, x: f64) -> bool {
         let c = &self.cats[cat];
-        let code = match c.cast {
-            CategoryCast::XgboostF32 => {
-                let v = x as f32;
-                if (0.0..super::ensemble::XGBOOST_MAX_CATEGORY).contains(&v) {
-                    Some(v as u32)
-                } else {
-                    None
-                }
-            }
-            CategoryCast::LightgbmTruncate => u32::try_from(x as i32).ok(),
-        };
+        let code = c.cast.code(x);
         let in_set = code.is_some_and(|code| {
             let word = code as usize / 64;
             word < c.words as usize
