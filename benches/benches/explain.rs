@@ -1,7 +1,8 @@
 //! Criterion bench of exact TreeSHAP on the demo model (`datasets/demo/model.fgb`, the model
 //! the service explains every answer with): one row's contributions, rows taken in turn
 //! from features replayed over synthetic transactions (so the trees' paths vary as they do
-//! in service). `explain/demo_row_recursive` is the reference algorithm, for the ratio.
+//! in service). `explain/demo_row_with_margin` finds the margin as well (what the service
+//! does); `explain/demo_row_recursive` is the reference algorithm, for the ratio.
 //!
 //!     cargo bench -p fraud-benches --bench explain
 
@@ -44,6 +45,15 @@ fn bench(c: &mut Criterion) {
             i = (i + 1) % rows.len();
             x.contributions(black_box(&rows[i]), &mut out).unwrap();
             black_box(out[0])
+        })
+    });
+    g.bench_function("demo_row_with_margin", |b| {
+        b.iter(|| {
+            i = (i + 1) % rows.len();
+            let margin = x
+                .contributions_and_margin(black_box(&rows[i]), &mut out)
+                .unwrap();
+            black_box(margin)
         })
     });
     g.bench_function("demo_row_recursive", |b| {

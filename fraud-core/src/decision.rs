@@ -818,20 +818,23 @@ impl ScoringModel {
     /// Scores a feature row, with its `k` largest TreeSHAP contributions as reasons.
     pub fn judge(&self, features: &[f64], k: usize) -> Result<Judged, DecisionError> {
         let row = self.row(features);
-        let margin = self
-            .compiled
-            .predict_margin(&row)
-            .map_err(|e| DecisionError::Model(format!("model: {e}")))?;
-        let score = self.compiled.probability(margin);
-        let reasons = if k > 0 {
+        let (margin, reasons) = if k > 0 {
+            // The explanation computes every split's direction: the margin comes with it, the
+            // same bits as the compiled model's, without walking the trees again.
             let mut phi = vec![0.0; self.explainer.width()];
-            self.explainer
-                .contributions(&row, &mut phi)
+            let margin = self
+                .explainer
+                .contributions_and_margin(&row, &mut phi)
                 .map_err(|e| DecisionError::Model(format!("explanation: {e}")))?;
-            top_reasons(&self.names, &row, &phi, k)
+            (margin, top_reasons(&self.names, &row, &phi, k))
         } else {
-            Vec::new()
+            let margin = self
+                .compiled
+                .predict_margin(&row)
+                .map_err(|e| DecisionError::Model(format!("model: {e}")))?;
+            (margin, Vec::new())
         };
+        let score = self.compiled.probability(margin);
         Ok(Judged {
             score,
             reasons,

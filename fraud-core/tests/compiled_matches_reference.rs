@@ -2,13 +2,14 @@
 //! the ensemble do, for random trees mixing every kind of split, missing-value rule and
 //! threshold edge case, and rows full of NaN, infinities, signed zeros and values one ulp from
 //! a threshold. Single-row, batch and leaf paths, and every batch kernel (the walk and the bit
-//! vectors with each instruction set this CPU runs), must all agree bit for bit.
+//! vectors with each instruction set this CPU runs), and the margin the TreeSHAP explainer
+//! finds from its split directions, must all agree bit for bit.
 
 #![allow(clippy::unwrap_used)]
 
 use fraud_core::model::{
-    Accumulation, CategoryCast, CategorySplit, Ensemble, Feature, FeatureKind, Missing, Node,
-    Objective, Split, Test, Tree,
+    Accumulation, CategoryCast, CategorySplit, Ensemble, Explainer, Feature, FeatureKind, Missing,
+    Node, Objective, Split, Test, Tree,
 };
 use fraud_core::{BatchKernel, CompiledModel};
 use proptest::prelude::*;
@@ -217,6 +218,22 @@ fn batches_equal_reference(e: &Ensemble, rows: &[Vec<f64>]) -> Result<(), TestCa
             let single = m.predict_margin(row).unwrap().to_bits();
             prop_assert_eq!(single, reference, "{:?} single row {:?}", kernel, row);
         }
+    }
+    // The explainer finds the margin from the split directions its tables compute: the
+    // reference's bits too (covers, which TreeSHAP needs and margins ignore, made positive).
+    let mut covered = e.clone();
+    for node in covered.trees.iter_mut().flat_map(|t| t.nodes.iter_mut()) {
+        match node {
+            Node::Leaf { cover, .. } => *cover = 1.0,
+            Node::Split(s) => s.cover = 2.0,
+        }
+    }
+    let explainer = Explainer::new(&covered).unwrap();
+    let mut phi = vec![0.0; explainer.width()];
+    for row in rows {
+        let margin = explainer.contributions_and_margin(row, &mut phi).unwrap();
+        let reference = e.reference_margin(row).to_bits();
+        prop_assert_eq!(margin.to_bits(), reference, "explainer row {:?}", row);
     }
     Ok(())
 }

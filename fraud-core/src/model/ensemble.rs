@@ -532,19 +532,21 @@ impl Ensemble {
     /// (slow; the compiled model must agree with it exactly): the trees, then the linear
     /// term if any.
     pub fn reference_margin(&self, row: &[f64]) -> f64 {
+        self.margin_of_leaves(self.trees.iter().map(|t| t.leaf_for(row).0), row)
+    }
+
+    /// The margin of `row` from the value of the leaf it reaches in each tree (`leaves`, in
+    /// tree order): summed as the source library sums them, averaged if the model averages,
+    /// plus the linear term. Every way of finding the leaves ends here, so the margins agree
+    /// bit for bit.
+    pub(crate) fn margin_of_leaves(&self, leaves: impl Iterator<Item = f64>, row: &[f64]) -> f64 {
         let trees = match self.accumulation {
             Accumulation::F32 => {
-                let mut m = self.base_margin as f32;
-                for tree in &self.trees {
-                    m += tree.leaf_for(row).0 as f32;
-                }
+                let m = leaves.fold(self.base_margin as f32, |m, v| m + v as f32);
                 self.finish_margin(m as f64)
             }
             Accumulation::F64 => {
-                let mut m = self.base_margin;
-                for tree in &self.trees {
-                    m += tree.leaf_for(row).0;
-                }
+                let m = leaves.fold(self.base_margin, |m, v| m + v);
                 self.finish_margin(m)
             }
         };

@@ -38,6 +38,41 @@ pub struct Explainer {
     simd: Simd,
     /// The categorical features whose splits the tables test as bit sets.
     categories: Vec<Categorical>,
+    /// The trees whose tables' directions fit one word (see [`TreeTable::one_word`]).
+    one_word: Vec<u32>,
+}
+
+/// The values of the leaves the row reaches in the one-word trees `trees` (their directions
+/// in `dirs`, by tree) into `leaves`, by tree: eight trees walked in step, so that the loads
+/// of their paths overlap.
+fn exit_values(tables: &[Option<TreeTable>], trees: &[u32], dirs: &[u64], leaves: &mut [f64]) {
+    const STEP: usize = 8;
+    for group in trees.chunks(STEP) {
+        let mut at = [0u32; STEP];
+        let mut tabs: [Option<&TreeTable>; STEP] = [None; STEP];
+        let mut words = [0u64; STEP];
+        let mut depth = 0;
+        for (j, &i) in group.iter().enumerate() {
+            if let Some(t) = &tables[i as usize] {
+                tabs[j] = Some(t);
+                words[j] = dirs[i as usize];
+                depth = depth.max(t.depth);
+            }
+        }
+        for _ in 0..depth {
+            for (a, (t, w)) in at.iter_mut().zip(tabs.iter().zip(&words)) {
+                // Leaves lead back to themselves: walking past one stays there.
+                if let Some(t) = t {
+                    *a = t.exits[*a as usize][(w >> (*a & 63) & 1) as usize];
+                }
+            }
+        }
+        for ((&i, t), &a) in group.iter().zip(&tabs).zip(&at) {
+            if let Some(t) = t {
+                leaves[i as usize] = t.values[(a - t.splits) as usize];
+            }
+        }
+    }
 }
 
 /// A categorical feature whose every split (NaN missing) casts values the same way and whose
@@ -172,9 +207,12 @@ impl Explainer {
         let tables: Vec<Option<TreeTable>> = ensemble
             .trees
             .iter()
-            .map(|t| TreeTable::new(t, scale, &categories))
+            .map(|t| TreeTable::new(t, scale, &categories, ensemble.features.len() as u32))
             .collect();
         let blocks = tables.iter().flatten().map(|t| t.blocks.len()).sum();
+        let one_word = (0..tables.len() as u32)
+            .filter(|&i| tables[i as usize].as_ref().is_some_and(TreeTable::one_word))
+            .collect();
         Ok(Explainer {
             ensemble: ensemble.clone(),
             tables,
@@ -184,6 +222,7 @@ impl Explainer {
             blocks,
             simd: Simd::detect(),
             categories,
+            one_word,
         })
     }
 
@@ -200,6 +239,31 @@ impl Explainer {
     /// Writes the contribution of each feature to `row`'s margin into `out[..features]` and
     /// the bias into `out[features]`.
     pub fn contributions(&self, row: &[f64], out: &mut [f64]) -> Result<(), ModelError> {
+        self.explain::<false>(row, out, &mut Vec::new())
+    }
+
+    /// [`Explainer::contributions`], and the row's margin: bit for bit the model's
+    /// ([`Ensemble::reference_margin`], [`crate::model::CompiledModel::predict_margin`]),
+    /// found at little cost from the split directions the explanation computes anyway (a
+    /// service that explains every answer need not walk the trees a second time).
+    pub fn contributions_and_margin(
+        &self,
+        row: &[f64],
+        out: &mut [f64],
+    ) -> Result<f64, ModelError> {
+        let mut leaves = Vec::with_capacity(self.ensemble.trees.len());
+        self.explain::<true>(row, out, &mut leaves)?;
+        Ok(self.ensemble.margin_of_leaves(leaves.into_iter(), row))
+    }
+
+    /// The contributions, and with `LEAVES` the value of the leaf `row` reaches in each
+    /// tree, in tree order, into `leaves`.
+    fn explain<const LEAVES: bool>(
+        &self,
+        row: &[f64],
+        out: &mut [f64],
+        leaves: &mut Vec<f64>,
+    ) -> Result<(), ModelError> {
         let m = self.lengths(row, out)?;
         let d = self.max_depth + 2;
         // The recursion's buffer only for trees without tables (usually none).
@@ -220,10 +284,30 @@ impl Explainer {
         };
         // Tables in two passes: first where every block's row is (prefetched), then the
         // sums, by when the rows have arrived.
-        for (tree, table) in self.ensemble.trees.iter().zip(&self.tables) {
-            if let (Some(t), true) = (table, tree.nodes.len() > 1) {
-                t.offsets(&read, &mut words, &mut offsets, self.simd);
+        let mut dirs = Vec::new();
+        if LEAVES {
+            leaves.clear();
+            leaves.resize(self.tables.len(), 0.0);
+            dirs.resize(self.tables.len(), 0);
+        }
+        for (i, (tree, table)) in self.ensemble.trees.iter().zip(&self.tables).enumerate() {
+            match (table, tree.nodes.len() > 1) {
+                (Some(t), true) => {
+                    t.offsets(&read, &mut words, &mut offsets, self.simd);
+                    if LEAVES {
+                        if t.one_word() {
+                            dirs[i] = words.first().copied().unwrap_or(0);
+                        } else {
+                            leaves[i] = t.exit_value(&words);
+                        }
+                    }
+                }
+                _ if LEAVES => leaves[i] = tree.leaf_for(row).0,
+                _ => {}
             }
+        }
+        if LEAVES {
+            exit_values(&self.tables, &self.one_word, &dirs, leaves);
         }
         let mut at = 0;
         for (tree, table) in self.ensemble.trees.iter().zip(&self.tables) {
@@ -452,6 +536,26 @@ struct TreeTable {
     /// The category sets of the categorical splits among them, one after the other: a set
     /// read here is near the others, not a separate allocation (a likely miss) each.
     codes: Vec<u32>,
+    /// `tests` again, for gathers (AVX-512): the value indices and the thresholds apart,
+    /// padded to a multiple of 8 with tests that always go right (index 0, threshold
+    /// -inf); empty when some index could reach past a row of `features` values.
+    gather_at: Vec<i32>,
+    gather_threshold: Vec<f64>,
+    /// One past the largest index of `gather_at`: rows doubled shorter are not gathered.
+    gather_bound: usize,
+    /// Per block, for trees of at most 64 splits (else empty): its index is `pext(word ^
+    /// flip, mask)` of the one direction word.
+    single: Vec<OneWord>,
+    /// Where the row goes from each node, right then left: splits by position, then leaves
+    /// (leaf `i` at `splits + i`, both its ways back to itself). The directions computed for
+    /// the tables lead to the row's leaf in `depth` steps (see [`TreeTable::exit_value`]).
+    exits: Vec<[u32; 2]>,
+    /// The tree's leaf values, in the order of `exits`.
+    values: Vec<f64>,
+    /// Number of splits.
+    splits: u32,
+    /// The longest path from the root to a leaf, in splits.
+    depth: u32,
 }
 
 /// A split of [`TreeTable::sets`]: left when the row's place for `category` (an index of
@@ -498,6 +602,16 @@ struct Pick {
     flip: u64,
     word: u32,
     bits: u8,
+}
+
+/// A block's index and row in a tree of one direction word (see [`TreeTable::single`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct OneWord {
+    mask: u64,
+    flip: u64,
+    /// First coefficient, and the row's length (`k`).
+    k0: u32,
+    k: u32,
 }
 
 /// Where one block's row goes among a tree's (up to 32) slots: slot `t` takes lane `idx[t]`
@@ -590,7 +704,13 @@ enum IndexBit {
 }
 
 impl TreeTable {
-    fn new(tree: &super::Tree, scale: f64, categories: &[Categorical]) -> Option<TreeTable> {
+    /// The tables of `tree`, in a model of `features` features (`None`: too large).
+    fn new(
+        tree: &super::Tree,
+        scale: f64,
+        categories: &[Categorical],
+        features: u32,
+    ) -> Option<TreeTable> {
         let mut t = TreeTable::default();
         if tree.nodes.len() == 1 {
             return Some(t);
@@ -654,6 +774,30 @@ impl TreeTable {
                     .push((2 * sp.feature + u32::from(default_left), threshold));
             }
         }
+        // The walk by directions: children by position, leaves after the splits.
+        t.splits = t.tests.len() as u32;
+        let mut leaf_at = vec![0u32; tree.nodes.len()];
+        for (i, n) in tree.nodes.iter().enumerate() {
+            if let Node::Leaf { value, .. } = n {
+                leaf_at[i] = t.splits + t.values.len() as u32;
+                t.values.push(*value);
+            }
+        }
+        let at = |i: u32| match &tree.nodes[i as usize] {
+            Node::Split(_) => position[i as usize],
+            Node::Leaf { .. } => leaf_at[i as usize],
+        };
+        t.exits = tree
+            .nodes
+            .iter()
+            .filter_map(|n| match n {
+                Node::Split(s) => Some([at(s.right), at(s.left)]),
+                Node::Leaf { .. } => None,
+            })
+            .collect();
+        let leaves = t.splits..t.splits + t.values.len() as u32;
+        t.exits.extend(leaves.map(|i| [i, i]));
+        t.depth = tree.depths().into_iter().max().unwrap_or(0) as u32;
         let leaf = |i: usize| matches!(tree.nodes[i], Node::Leaf { .. });
         // Both children leaves: the node ends a pair.
         let pair_root = |i: usize| match &tree.nodes[i] {
@@ -690,6 +834,34 @@ impl TreeTable {
         }
         t.lanes = t.lanes();
         t.coef.resize(t.coef.len() + PAD, 0.0);
+        if t.tests.len() <= 64 {
+            t.single = t
+                .blocks
+                .iter()
+                .map(|b| {
+                    let p = t.picks.get(b.p0 as usize).copied().unwrap_or_default();
+                    OneWord {
+                        mask: if b.np == 1 { p.mask } else { 0 },
+                        flip: p.flip,
+                        k0: b.k0,
+                        k: u32::from(b.k),
+                    }
+                })
+                .collect();
+        }
+        if t.tests.iter().all(|&(v, _)| v < 2 * features) {
+            t.gather_bound = t
+                .tests
+                .iter()
+                .map(|&(v, _)| v as usize + 1)
+                .max()
+                .unwrap_or(0);
+            t.gather_at = t.tests.iter().map(|&(v, _)| v as i32).collect();
+            t.gather_threshold = t.tests.iter().map(|&(_, th)| th).collect();
+            let padded = t.tests.len().next_multiple_of(8);
+            t.gather_at.resize(padded, 0);
+            t.gather_threshold.resize(padded, f64::NEG_INFINITY);
+        }
         Some(t)
     }
 
@@ -844,22 +1016,19 @@ impl TreeTable {
     /// Appends to `offsets` where each block's row of the table is for `row`, and prefetches
     /// those rows: the tables of a model do not fit in a core's cache, and each lookup would
     /// otherwise be a miss waited for in turn. [`TreeTable::accumulate`] reads them later.
+    /// `numeric` writes the directions of the plain numeric tests into the words.
     #[inline(always)]
     fn offsets_with(
         &self,
         read: &RowRead<'_>,
         words: &mut Vec<u64>,
         offsets: &mut Vec<u32>,
+        numeric: impl FnOnce(&Self, &RowRead<'_>, &mut Vec<u64>),
         pext: impl Fn(u64, u64) -> u64,
     ) {
         // Every split's direction, by position: the plain numeric tests (one comparison, NaN
         // handled by which copy of the value is read), then the others.
-        words.clear();
-        words.extend(self.tests.chunks(64).map(|tests| {
-            tests.iter().enumerate().fold(0u64, |w, (i, &(v, t))| {
-                w | u64::from(read.doubled.get(v as usize).is_some_and(|&x| x < t)) << i
-            })
-        }));
+        numeric(self, read, words);
         for c in &self.sets {
             let place = read
                 .places
@@ -884,6 +1053,17 @@ impl TreeTable {
             let left = o.split.goes_left_in(x, |c, x| c.goes_left_in(x, codes));
             set_direction(words, o.at, left);
         }
+        let coef = self.coef.as_ptr();
+        if !self.single.is_empty() {
+            // One direction word: one extraction per block.
+            let w = words.first().copied().unwrap_or(0);
+            offsets.extend(self.single.iter().map(|b| {
+                let at = b.k0 + pext(w ^ b.flip, b.mask) as u32 * b.k;
+                crate::prefetch(coef.wrapping_add(at as usize).cast());
+                at
+            }));
+            return;
+        }
         for b in &self.blocks {
             let mut index = 0u64;
             for p in &self.picks[b.p0 as usize..b.p0 as usize + usize::from(b.np)] {
@@ -891,8 +1071,66 @@ impl TreeTable {
                 index = index << p.bits | pext(w ^ p.flip, p.mask);
             }
             let at = b.k0 as usize + index as usize * usize::from(b.k);
-            crate::prefetch(self.coef.as_ptr().wrapping_add(at).cast());
+            crate::prefetch(coef.wrapping_add(at).cast());
             offsets.push(at as u32);
+        }
+    }
+
+    /// The value of the leaf the row reaches, from the split directions in `words` (as
+    /// [`TreeTable::offsets`] leaves them). The tree has splits.
+    fn exit_value(&self, words: &[u64]) -> f64 {
+        let mut at = 0u32;
+        while at < self.splits {
+            let left = words[at as usize / 64] >> (at % 64) & 1;
+            at = self.exits[at as usize][left as usize];
+        }
+        self.values[(at - self.splits) as usize]
+    }
+
+    /// Whether the tree's directions fit one word (see [`exit_values`]).
+    fn one_word(&self) -> bool {
+        (1..=64).contains(&self.splits)
+    }
+
+    /// The directions of the plain numeric tests, one comparison each.
+    #[inline(always)]
+    fn numeric(&self, read: &RowRead<'_>, words: &mut Vec<u64>) {
+        words.clear();
+        words.extend(self.tests.chunks(64).map(|tests| {
+            tests.iter().enumerate().fold(0u64, |w, (i, &(v, t))| {
+                w | u64::from(read.doubled.get(v as usize).is_some_and(|&x| x < t)) << i
+            })
+        }));
+    }
+
+    /// [`TreeTable::numeric`] by gathers of 8 values and one comparison of 8 (the same
+    /// `x < t`, false for NaN: the same bits).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    fn numeric_avx512(&self, read: &RowRead<'_>, words: &mut Vec<u64>) {
+        use std::arch::x86_64::*;
+        let doubled = read.doubled;
+        if self.gather_at.is_empty() || doubled.len() < self.gather_bound {
+            return self.numeric(read, words);
+        }
+        words.clear();
+        words.resize(self.gather_at.len().div_ceil(64), 0);
+        for (i, (at, threshold)) in self
+            .gather_at
+            .chunks_exact(8)
+            .zip(self.gather_threshold.chunks_exact(8))
+            .enumerate()
+        {
+            // SAFETY: 8 indices and 8 thresholds; every index is below `gather_bound`,
+            // within `doubled`.
+            #[allow(unsafe_code)]
+            let left = unsafe {
+                let idx = _mm256_loadu_si256(at.as_ptr().cast());
+                let x = _mm512_i32gather_pd::<8>(idx, doubled.as_ptr());
+                let t = _mm512_loadu_pd(threshold.as_ptr());
+                _mm512_cmp_pd_mask::<_CMP_LT_OQ>(x, t)
+            };
+            words[i / 8] |= u64::from(left) << (8 * (i % 8));
         }
     }
 
@@ -900,9 +1138,22 @@ impl TreeTable {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "bmi2")]
     fn offsets_bmi2(&self, read: &RowRead<'_>, words: &mut Vec<u64>, offsets: &mut Vec<u32>) {
-        self.offsets_with(read, words, offsets, |x, m| {
+        self.offsets_with(read, words, offsets, Self::numeric, |x, m| {
             std::arch::x86_64::_pext_u64(x, m)
         })
+    }
+
+    /// [`TreeTable::offsets_with`] with the CPU's `pext` and AVX-512 gathers.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "bmi2,avx512f")]
+    fn offsets_avx512(&self, read: &RowRead<'_>, words: &mut Vec<u64>, offsets: &mut Vec<u32>) {
+        self.offsets_with(
+            read,
+            words,
+            offsets,
+            |t, read, words| t.numeric_avx512(read, words),
+            |x, m| std::arch::x86_64::_pext_u64(x, m),
+        )
     }
 
     fn offsets(
@@ -914,6 +1165,14 @@ impl TreeTable {
     ) {
         #[cfg(target_arch = "x86_64")]
         if simd.bmi2 {
+            if simd.avx512 {
+                // SAFETY: the CPU has BMI2 and AVX-512F (`Simd::detect`).
+                #[allow(unsafe_code)]
+                unsafe {
+                    self.offsets_avx512(read, words, offsets)
+                };
+                return;
+            }
             // SAFETY: the CPU has BMI2 (`Simd::detect`).
             #[allow(unsafe_code)]
             unsafe {
@@ -922,7 +1181,7 @@ impl TreeTable {
             return;
         }
         let _ = simd;
-        self.offsets_with(read, words, offsets, pext_portable);
+        self.offsets_with(read, words, offsets, Self::numeric, pext_portable);
     }
 
     /// Adds the table rows at `offsets` (one per block, from [`TreeTable::offsets`]) to
@@ -1389,6 +1648,8 @@ mod tests {
             let sum: f64 = phi.iter().sum();
             let margin = e.reference_margin(&row);
             assert!((sum - margin).abs() < 1e-9, "row {r}: {sum} vs {margin}");
+            let found = ex.contributions_and_margin(&row, &mut phi).unwrap();
+            assert_eq!(found.to_bits(), margin.to_bits(), "row {r}");
         }
     }
 
@@ -1407,6 +1668,18 @@ mod tests {
         );
         ex.contributions_recursive(row, &mut reference).unwrap();
         tables_near_recursion(&phi, &reference, 1e-5, r);
+        // The margin found from the same directions is the model's, to the bit, and the
+        // contributions are the same with it.
+        let want = ex.ensemble.reference_margin(row);
+        for e in [ex, portable] {
+            let margin = e.contributions_and_margin(row, &mut same).unwrap();
+            assert_eq!(margin.to_bits(), want.to_bits(), "row {r}: margin");
+            assert_eq!(
+                phi.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                same.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "row {r}"
+            );
+        }
     }
 
     #[test]
@@ -1571,13 +1844,14 @@ mod tests {
                 if let Node::Split(s) = node {
                     let at = &mut cuts[s.feature as usize];
                     match &s.test {
+                        // `x <= t` is compared as `x < t.next_up()`: both values.
                         crate::model::ensemble::Test::Less(t)
                         | crate::model::ensemble::Test::LessEqual(t) => {
-                            at.extend([t - 1e-3, *t, t + 1e-3])
+                            at.extend([t - 1e-3, *t, t.next_up(), t + 1e-3])
                         }
                         crate::model::ensemble::Test::LessF32(t) => {
                             let t = f64::from(*t);
-                            at.extend([t - 1e-3, t, t + 1e-3])
+                            at.extend([t - 1e-3, t, t.next_up(), t + 1e-3])
                         }
                         crate::model::ensemble::Test::Categories(c) => at.extend(
                             c.categories
