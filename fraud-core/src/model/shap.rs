@@ -207,7 +207,7 @@ impl Explainer {
         let tables: Vec<Option<TreeTable>> = ensemble
             .trees
             .iter()
-            .map(|t| TreeTable::new(t, scale, &categories, ensemble.features.len() as u32))
+            .map(|t| TreeTable::new(t, scale, &categories))
             .collect();
         let blocks = tables.iter().flatten().map(|t| t.blocks.len()).sum();
         let one_word = (0..tables.len() as u32)
@@ -523,11 +523,15 @@ struct TreeTable {
     /// `coef[i * k + s]`. Stored in `f32`, as XGBoost computes TreeSHAP: half the memory.
     /// [`PAD`] zeros at the end.
     coef: Vec<f32>,
-    /// The tree's splits in order, as `(value, threshold)` for a test `x < threshold` of
-    /// the value at `value` of the row doubled (see [`doubled`]: `2 x feature`, or `2 x
-    /// feature + 1` for a split that sends NaN left); split `i` is bit `i % 64` of
-    /// direction word `i / 64` (1: left).
-    tests: Vec<(u32, f64)>,
+    /// The tree's splits in order, each a test `x < threshold` of the value at `test_at`
+    /// of the row doubled (see [`doubled`]: `2 x feature`, or `2 x feature + 1` for a split
+    /// that sends NaN left); split `i` is bit `i % 64` of direction word `i / 64` (1:
+    /// left). Padded to a multiple of 8 (for gathers of 8) with tests that always go right
+    /// (index 0, threshold -inf).
+    test_at: Vec<i32>,
+    test_threshold: Vec<f64>,
+    /// One past the largest index of `test_at`: rows doubled shorter are not gathered.
+    test_bound: usize,
     /// Category splits tested as bit sets (see [`Categorical`]), after the numeric tests.
     sets: Vec<SetSplit>,
     /// Splits of any other kind (other category splits, zero as missing, ...), tested by
@@ -536,13 +540,6 @@ struct TreeTable {
     /// The category sets of the categorical splits among them, one after the other: a set
     /// read here is near the others, not a separate allocation (a likely miss) each.
     codes: Vec<u32>,
-    /// `tests` again, for gathers (AVX-512): the value indices and the thresholds apart,
-    /// padded to a multiple of 8 with tests that always go right (index 0, threshold
-    /// -inf); empty when some index could reach past a row of `features` values.
-    gather_at: Vec<i32>,
-    gather_threshold: Vec<f64>,
-    /// One past the largest index of `gather_at`: rows doubled shorter are not gathered.
-    gather_bound: usize,
     /// Per block, for trees of at most 64 splits (else empty): its index is `pext(word ^
     /// flip, mask)` of the one direction word.
     single: Vec<OneWord>,
@@ -704,14 +701,11 @@ enum IndexBit {
 }
 
 impl TreeTable {
-    /// The tables of `tree`, in a model of `features` features (`None`: too large).
-    fn new(
-        tree: &super::Tree,
-        scale: f64,
-        categories: &[Categorical],
-        features: u32,
-    ) -> Option<TreeTable> {
+    /// The tables of `tree` (`None`: too large).
+    fn new(tree: &super::Tree, scale: f64, categories: &[Categorical]) -> Option<TreeTable> {
         let mut t = TreeTable::default();
+        // The splits' tests by position, as `(value, threshold)` (see `test_at`).
+        let mut tests: Vec<(u32, f64)> = Vec::new();
         if tree.nodes.len() == 1 {
             return Some(t);
         }
@@ -719,7 +713,7 @@ impl TreeTable {
         let mut position = vec![u32::MAX; tree.nodes.len()];
         for (i, n) in tree.nodes.iter().enumerate() {
             if let Node::Split(sp) = n {
-                position[i] = t.tests.len() as u32;
+                position[i] = tests.len() as u32;
                 use super::{Missing, Test};
                 // As `x < threshold`, NaN taking the default: x <= t exactly when x < the
                 // next double above t; NaN read as zero goes where zero goes.
@@ -747,7 +741,7 @@ impl TreeTable {
                                 g.codes.binary_search(code).ok().map(|p| m | 1 << p)
                             })?;
                             Some(SetSplit {
-                                at: t.tests.len() as u32,
+                                at: tests.len() as u32,
                                 category: u8::try_from(i).ok()?,
                                 mask,
                                 in_set_goes_left: c.in_set_goes_left,
@@ -764,18 +758,17 @@ impl TreeTable {
                         t.codes.extend(&c.categories);
                     }
                     t.other.push(Other {
-                        at: t.tests.len() as u32,
+                        at: tests.len() as u32,
                         split: sp.clone(),
                         codes: c0..t.codes.len() as u32,
                     });
                 }
                 let (threshold, default_left) = simple.unwrap_or((f64::NAN, false));
-                t.tests
-                    .push((2 * sp.feature + u32::from(default_left), threshold));
+                tests.push((2 * sp.feature + u32::from(default_left), threshold));
             }
         }
         // The walk by directions: children by position, leaves after the splits.
-        t.splits = t.tests.len() as u32;
+        t.splits = tests.len() as u32;
         let mut leaf_at = vec![0u32; tree.nodes.len()];
         for (i, n) in tree.nodes.iter().enumerate() {
             if let Node::Leaf { value, .. } = n {
@@ -834,7 +827,7 @@ impl TreeTable {
         }
         t.lanes = t.lanes();
         t.coef.resize(t.coef.len() + PAD, 0.0);
-        if t.tests.len() <= 64 {
+        if t.splits <= 64 {
             t.single = t
                 .blocks
                 .iter()
@@ -849,19 +842,15 @@ impl TreeTable {
                 })
                 .collect();
         }
-        if t.tests.iter().all(|&(v, _)| v < 2 * features) {
-            t.gather_bound = t
-                .tests
-                .iter()
-                .map(|&(v, _)| v as usize + 1)
-                .max()
-                .unwrap_or(0);
-            t.gather_at = t.tests.iter().map(|&(v, _)| v as i32).collect();
-            t.gather_threshold = t.tests.iter().map(|&(_, th)| th).collect();
-            let padded = t.tests.len().next_multiple_of(8);
-            t.gather_at.resize(padded, 0);
-            t.gather_threshold.resize(padded, f64::NEG_INFINITY);
-        }
+        t.test_bound = tests.iter().map(|&(v, _)| v as usize + 1).max()?;
+        let padded = tests.len().next_multiple_of(8);
+        t.test_at = tests
+            .iter()
+            .map(|&(v, _)| i32::try_from(v).ok())
+            .collect::<Option<_>>()?;
+        t.test_at.resize(padded, 0);
+        t.test_threshold = tests.iter().map(|&(_, th)| th).collect();
+        t.test_threshold.resize(padded, f64::NEG_INFINITY);
         Some(t)
     }
 
@@ -1096,11 +1085,19 @@ impl TreeTable {
     #[inline(always)]
     fn numeric(&self, read: &RowRead<'_>, words: &mut Vec<u64>) {
         words.clear();
-        words.extend(self.tests.chunks(64).map(|tests| {
-            tests.iter().enumerate().fold(0u64, |w, (i, &(v, t))| {
-                w | u64::from(read.doubled.get(v as usize).is_some_and(|&x| x < t)) << i
-            })
-        }));
+        words.extend(
+            self.test_at
+                .chunks(64)
+                .zip(self.test_threshold.chunks(64))
+                .map(|(at, threshold)| {
+                    at.iter()
+                        .zip(threshold)
+                        .enumerate()
+                        .fold(0u64, |w, (i, (&v, &t))| {
+                            w | u64::from(read.doubled.get(v as usize).is_some_and(|&x| x < t)) << i
+                        })
+                }),
+        );
     }
 
     /// [`TreeTable::numeric`] by gathers of 8 values and one comparison of 8 (the same
@@ -1110,18 +1107,18 @@ impl TreeTable {
     fn numeric_avx512(&self, read: &RowRead<'_>, words: &mut Vec<u64>) {
         use std::arch::x86_64::*;
         let doubled = read.doubled;
-        if self.gather_at.is_empty() || doubled.len() < self.gather_bound {
+        if doubled.len() < self.test_bound {
             return self.numeric(read, words);
         }
         words.clear();
-        words.resize(self.gather_at.len().div_ceil(64), 0);
+        words.resize(self.test_at.len().div_ceil(64), 0);
         for (i, (at, threshold)) in self
-            .gather_at
+            .test_at
             .chunks_exact(8)
-            .zip(self.gather_threshold.chunks_exact(8))
+            .zip(self.test_threshold.chunks_exact(8))
             .enumerate()
         {
-            // SAFETY: 8 indices and 8 thresholds; every index is below `gather_bound`,
+            // SAFETY: 8 indices and 8 thresholds; every index is below `test_bound`,
             // within `doubled`.
             #[allow(unsafe_code)]
             let left = unsafe {
