@@ -166,6 +166,26 @@ fn replicas_on_postgres_and_redis_behave_as_one_service() {
     assert_eq!(st, 200);
     assert_eq!(count(&a, &key, "x7"), 6.0, "{text}");
 
+    // A replica with a spec of one more feature reads the others' records by their own
+    // feature set, kept in the store.
+    let spec = wider_spec(dir.path());
+    let wider = replica(
+        &dir.path().join("c"),
+        &format!(
+            "feature_spec = {:?}\n{shared}[state]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{redis_port}/\"\n[store]\nbackend = \"postgres\"\nurl = \"{}\"\nreplica = \"c\"\n",
+            spec.display().to_string(),
+            pg.url()
+        ),
+    );
+    let (st, rec, _) = wider.call("GET", "/v1/decisions/x7", Some(&key), None);
+    assert_eq!(st, 200, "{rec}");
+    assert_eq!(rec["features"]["card_txn_count_10m"], 6.0, "{rec}");
+    assert!(
+        rec["features"].get("merchant_txn_count_2h").is_none(),
+        "{rec}"
+    );
+    drop(wider);
+
     // x1's decision on replica a, altered.
     let mut c = pg.client();
     let seq: i64 = c

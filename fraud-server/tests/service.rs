@@ -1705,3 +1705,66 @@ fn replicas_share_redis_state_count_each_transaction_once_and_rebuild_it() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("memory"));
     redis.kill();
 }
+
+#[test]
+fn records_hold_feature_values_named_by_a_kept_feature_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(dir.path(), "").unwrap();
+    let key = s.key();
+    let mut second = tx("fs2", "10.00");
+    second["timestamp"] = json!("2024-05-01T10:01:00Z");
+    for t in [tx("fs1", "10.00"), second] {
+        let (st, v, _) = s.call("POST", "/v1/score", Some(&key), Some(&t));
+        assert_eq!(st, 200, "{v}");
+    }
+    // The records hold the values and their set's id, not the names: those are kept once,
+    // beside the log.
+    let log_dir = dir.path().join("data/log");
+    let mut log = String::new();
+    for e in std::fs::read_dir(&log_dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("decisions")
+        {
+            log.push_str(&std::fs::read_to_string(&p).unwrap());
+        }
+    }
+    assert!(log.contains("\"feature_set\":"), "{log}");
+    assert!(!log.contains("card_txn_count_10m"), "{log}");
+    let sets = std::fs::read_to_string(log_dir.join("feature-sets.json")).unwrap();
+    assert!(sets.contains("card_txn_count_10m"), "{sets}");
+    // Read back by name.
+    let (st, rec, _) = s.call("GET", "/v1/decisions/fs2", Some(&key), None);
+    assert_eq!(st, 200, "{rec}");
+    assert_eq!(rec["features"]["card_txn_count_10m"], 1.0, "{rec}");
+    assert!(rec.get("feature_set").is_none(), "{rec}");
+    drop(s);
+    // Restarted with a spec of one more feature: the earlier records keep their own names,
+    // the new ones have the new feature.
+    let spec = wider_spec(dir.path());
+    let s = start(
+        dir.path(),
+        &format!("feature_spec = {:?}\n", spec.display().to_string()),
+    )
+    .unwrap();
+    let (st, rec, _) = s.call("GET", "/v1/decisions/fs2", Some(&key), None);
+    assert_eq!(st, 200, "{rec}");
+    assert_eq!(rec["features"]["card_txn_count_10m"], 1.0, "{rec}");
+    assert!(
+        rec["features"].get("merchant_txn_count_2h").is_none(),
+        "{rec}"
+    );
+    let mut third = tx("fs3", "10.00");
+    third["timestamp"] = json!("2024-05-01T10:02:00Z");
+    let (st, v, _) = s.call("POST", "/v1/score", Some(&key), Some(&third));
+    assert_eq!(st, 200, "{v}");
+    let (_, rec, _) = s.call("GET", "/v1/decisions/fs3", Some(&key), None);
+    assert_eq!(rec["features"]["card_txn_count_10m"], 2.0, "{rec}");
+    assert_eq!(rec["features"]["merchant_txn_count_2h"], 2.0, "{rec}");
+    let sets: Value =
+        serde_json::from_str(&std::fs::read_to_string(log_dir.join("feature-sets.json")).unwrap())
+            .unwrap();
+    assert_eq!(sets.as_object().unwrap().len(), 2, "{sets}");
+}

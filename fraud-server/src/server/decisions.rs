@@ -140,24 +140,14 @@ struct Body<'a> {
     sealed: Option<&'a str>,
 }
 
-/// Named numbers written as one JSON object, NaN as `null`: a decision's features, written
-/// straight from the feature row (no JSON value per feature is built).
+/// Numbers written as one JSON list, NaN as `null`: a decision's feature values, in the
+/// order of its feature set's names ([`super::feature_sets`]).
 #[derive(Debug, Clone, Copy)]
-pub struct Named<'a> {
-    /// The names, in order.
-    pub names: &'a [String],
-    /// One value per name.
-    pub values: &'a [f64],
-}
+pub struct Values<'a>(pub &'a [f64]);
 
-impl Serialize for Named<'_> {
+impl Serialize for Values<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut m = s.serialize_map(Some(self.names.len()))?;
-        for (n, v) in self.names.iter().zip(self.values) {
-            m.serialize_entry(n, &(!v.is_nan()).then_some(*v))?;
-        }
-        m.end()
+        s.collect_seq(self.0.iter().map(|v| (!v.is_nan()).then_some(*v)))
     }
 }
 
@@ -400,6 +390,13 @@ pub trait Journal: Send + Sync {
     /// The decision recorded for `transaction_id`, opened.
     fn decision(&self, transaction_id: &str) -> Result<Option<Record>, LogError>;
 
+    /// Keeps the feature set `names` (durably) for the decision records that will name it
+    /// ([`super::feature_sets`]). Returns its id.
+    fn keep_feature_set(&self, names: &[String]) -> Result<String, LogError>;
+
+    /// The names of feature set `id`, if kept.
+    fn feature_set(&self, id: &str) -> Result<Option<Vec<String>>, LogError>;
+
     /// Records written so far (the last seq).
     fn records(&self) -> u64;
 
@@ -527,6 +524,14 @@ impl Journal for DecisionLog {
 
     fn decision(&self, transaction_id: &str) -> Result<Option<Record>, LogError> {
         DecisionLog::decision(self, transaction_id)
+    }
+
+    fn keep_feature_set(&self, names: &[String]) -> Result<String, LogError> {
+        super::feature_sets::FileSets::new(&self.dir).keep(names)
+    }
+
+    fn feature_set(&self, id: &str) -> Result<Option<Vec<String>>, LogError> {
+        super::feature_sets::FileSets::new(&self.dir).names(id)
     }
 
     fn records(&self) -> u64 {

@@ -4,7 +4,8 @@
 //! decision to the log before answering. A shadow model, when loaded, is scored and recorded
 //! beside the active one and never decides.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use fraud_core::decision::{DecisionError, ScoringModel};
@@ -238,6 +239,10 @@ pub struct Engine {
     pub comparison: super::compare::Comparison,
     /// The decision log.
     pub log: Box<dyn Journal>,
+    /// The id of the extractor's feature set, kept by the log (what records name).
+    feature_set: String,
+    /// The names of other feature sets records were written with, as read from the log.
+    feature_sets: Mutex<HashMap<String, Arc<Vec<String>>>>,
     /// Metrics.
     pub metrics: Metrics,
     /// Reasons per answer.
@@ -409,6 +414,11 @@ impl EngineBuilder {
         if let Some(s) = &self.shadow {
             metrics.model("shadow", Some(&s.version), None);
         }
+        let log = self.log.ok_or_else(|| missing("log"))?;
+        // Kept before any record names it.
+        let feature_set = log
+            .keep_feature_set(extractor.names())
+            .map_err(|e| format!("the decision log cannot keep the feature names: {e}"))?;
         Ok(Engine {
             state: self.state.ok_or_else(|| missing("state"))?,
             tokenizer: self.tokenizer.ok_or_else(|| missing("tokenizer"))?,
@@ -418,7 +428,9 @@ impl EngineBuilder {
                 .unwrap_or_else(super::webhooks::Webhooks::none),
             shadow_traffic: self.shadow_traffic,
             comparison: Default::default(),
-            log: self.log.ok_or_else(|| missing("log"))?,
+            log,
+            feature_set,
+            feature_sets: Default::default(),
             extractor,
             model: ArcSwap::from_pointee(model),
             shadow: ArcSwapOption::from(self.shadow.map(Arc::new)),
@@ -622,10 +634,8 @@ impl Engine {
                     shadow: &shadow,
                     transaction,
                     transaction_id: &tx.transaction_id,
-                    features: super::decisions::Named {
-                        names: self.extractor.names(),
-                        values: &features,
-                    },
+                    features: super::decisions::Values(&features),
+                    feature_set: &self.feature_set,
                     request: &request,
                     policy_version: live.version.version,
                     arm,
@@ -746,6 +756,41 @@ impl Engine {
         self.log.durable(seq).await.map_err(Problem::from_log)
     }
 
+    /// Names a decision record's feature values again ([`super::feature_sets`]): by the
+    /// extractor's names when the record was written with them, else by the set the log
+    /// kept (read once, then remembered). Values of a set the log does not hold stay a list.
+    pub fn name_features(&self, data: &mut Value) -> Result<(), super::decisions::LogError> {
+        let Some(id) = super::feature_sets::record_set(data).map(str::to_string) else {
+            return Ok(());
+        };
+        if id == self.feature_set {
+            super::feature_sets::name_features(data, self.extractor.names());
+            return Ok(());
+        }
+        let known = self
+            .feature_sets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&id)
+            .cloned();
+        let names = match known {
+            Some(n) => n,
+            None => {
+                let Some(n) = self.log.feature_set(&id)? else {
+                    return Ok(());
+                };
+                let n = Arc::new(n);
+                self.feature_sets
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(id, n.clone());
+                n
+            }
+        };
+        super::feature_sets::name_features(data, &names);
+        Ok(())
+    }
+
     /// Reads the recorded decision of transaction `id` for `reader`, the one way both the API
     /// and the console read one. Reads are watched per reader: past its usual rate the read
     /// is refused (and the first refusal of a window recorded as an alert). A record found
@@ -787,9 +832,11 @@ impl Engine {
                 limit,
             });
         }
-        let Some(rec) = self.log.decision(id).map_err(Problem::from_log)? else {
+        let Some(mut rec) = self.log.decision(id).map_err(Problem::from_log)? else {
             return Ok(DecisionRead::Missing);
         };
+        self.name_features(&mut rec.data)
+            .map_err(Problem::from_log)?;
         if !accept(&rec) {
             return Ok(DecisionRead::Missing);
         }

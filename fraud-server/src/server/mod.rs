@@ -8,6 +8,7 @@ pub mod config;
 pub mod console;
 pub mod decisions;
 pub mod engine;
+pub mod feature_sets;
 pub mod heads;
 pub mod http;
 pub mod keys;

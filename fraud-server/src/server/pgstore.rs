@@ -106,6 +106,11 @@ CREATE TABLE IF NOT EXISTS fraud_api_keys (
     record text NOT NULL,
     changed_at timestamptz NOT NULL DEFAULT now()
 );
+CREATE TABLE IF NOT EXISTS fraud_feature_sets (
+    id text PRIMARY KEY,
+    names text NOT NULL,
+    kept_at timestamptz NOT NULL DEFAULT now()
+);
 CREATE UNLOGGED TABLE IF NOT EXISTS fraud_claims (
     transaction_id text PRIMARY KEY,
     replica text NOT NULL,
@@ -1320,6 +1325,38 @@ impl Journal for PgJournal {
                 c.stmt("DELETE FROM fraud_claims WHERE transaction_id = $1 AND replica = $2")?;
             c.client.execute(&st, &[&id, &replica])
         });
+    }
+
+    fn keep_feature_set(&self, names: &[String]) -> Result<String, LogError> {
+        let id = super::feature_sets::set_id(names);
+        let text = serde_json::to_string(names).map_err(|e| io("feature set", e))?;
+        let key = id.clone();
+        self.shared.read(move |c| {
+            c.client
+                .execute(
+                    "INSERT INTO fraud_feature_sets (id, names) VALUES ($1, $2)
+                     ON CONFLICT (id) DO NOTHING",
+                    &[&key, &text],
+                )
+                .map(|_| ())
+        })?;
+        Ok(id)
+    }
+
+    fn feature_set(&self, id: &str) -> Result<Option<Vec<String>>, LogError> {
+        let key = id.to_string();
+        let text: Option<String> = self.shared.read(move |c| {
+            c.client
+                .query_opt(
+                    "SELECT names FROM fraud_feature_sets WHERE id = $1",
+                    &[&key],
+                )
+                .map(|r| r.map(|r| r.get(0)))
+        })?;
+        // A set whose names do not hash to its id is not the one the records name.
+        Ok(text
+            .and_then(|t| serde_json::from_str::<Vec<String>>(&t).ok())
+            .filter(|names| super::feature_sets::set_id(names) == id))
     }
 
     fn publish_model(&self, role: &str, model: Option<(&str, &[u8])>) -> Result<(), LogError> {

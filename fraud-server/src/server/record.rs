@@ -12,7 +12,7 @@ use fraud_core::transaction::{Amount, Channel, Transaction};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::decisions::Named;
+use super::decisions::Values;
 use super::vault::{EntityFields, Used, Vault, VaultError};
 
 /// The strings of a JSON array (none when it is not one), e.g. a record's `rules_shadow`.
@@ -41,8 +41,10 @@ pub struct DecisionRecord<'a, R> {
     pub transaction: RecordTransaction<'a>,
     /// Its id (what the decision is found by).
     pub transaction_id: &'a str,
-    /// The feature row, by name.
-    pub features: Named<'a>,
+    /// The feature row: its values, in the order of the names of its set.
+    pub features: Values<'a>,
+    /// The id of the feature set that names the values ([`super::feature_sets`]).
+    pub feature_set: &'a str,
     /// Keyed fingerprint of the validated request: a retry with the same body from the
     /// same key is answered from the record; anything else with this id is refused.
     pub request: &'a str,
@@ -199,7 +201,8 @@ mod tests {
             "shadow": null,
             "request": "r1",
         });
-        v["features"] = json!({ names[0].clone(): 1.5, names[1].clone(): null });
+        v["features"] = json!([1.5, null]);
+        v["feature_set"] = json!(crate::server::feature_sets::set_id(names));
         v["policy_version"] = json!(3);
         v
     }
@@ -228,10 +231,8 @@ mod tests {
                 shadow: &None,
                 transaction: t,
                 transaction_id: &tx.transaction_id,
-                features: Named {
-                    names: &names,
-                    values: &values,
-                },
+                features: Values(&values),
+                feature_set: &crate::server::feature_sets::set_id(&names),
                 request: "r1",
                 policy_version: 3,
                 arm: None,

@@ -769,3 +769,21 @@ pub fn card_number(seed: u64) -> String {
         .map(|d| char::from_digit(*d, 10).unwrap())
         .collect()
 }
+
+/// A feature spec file in `dir`: the default spec and one feature more
+/// (`merchant_txn_count_2h`), which the demo model does not read.
+pub fn wider_spec(dir: &Path) -> PathBuf {
+    let spec = dir.join("spec.toml");
+    let default = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../fraud-core/src/features/default_spec.toml"),
+    )
+    .unwrap();
+    std::fs::write(
+        &spec,
+        format!(
+            "{default}\n[[windows]]\nentity = \"merchant\"\nwindows = [\"2h\"]\naggregations = [\"count\"]\n"
+        ),
+    )
+    .unwrap();
+    spec
+}
