@@ -11,6 +11,10 @@
 #
 #   WRK2=/path/to/wrk benches/durability.sh [FRAUD_BINARY] [RATE (10000)] [SECONDS (30)]
 #
+# Two builds side by side: COMPARE="BEFORE_BINARY AFTER_BINARY" [ROUNDS=3] runs /v1/score with
+# `write` then `sync` durability on each build in turn, ROUNDS times (alternated, so that the
+# VM's drift falls on both), instead of the three runs above.
+#
 # wrk2 is built from source: https://github.com/giltene/wrk2 (make; needs libssl-dev).
 set -euo pipefail
 fraud=${1:-target/release/fraud}
@@ -24,12 +28,12 @@ trap '[ -n "$pid" ] && kill "$pid" 2> /dev/null; rm -rf "$work"' EXIT
 
 cpu_ns() { cat /proc/"$1"/task/*/schedstat 2> /dev/null | awk '{s += $1} END {printf "%.0f\n", s}'; }
 
-start() { # durability
+start() { # durability [binary]
     local dir=$work/$1-$RANDOM
     mkdir -p "$dir"
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     FRAUD_DATA_DIR="$dir" FRAUD_RATE_PER_KEY=1000000 FRAUD_LOG_DURABILITY=$1 \
-        "$fraud" serve --bind "127.0.0.1:$port" > "$dir/server.out" 2>&1 &
+        "${2:-$fraud}" serve --bind "127.0.0.1:$port" > "$dir/server.out" 2>&1 &
     pid=$!
     for _ in $(seq 1 300); do
         if curl -sf "http://127.0.0.1:$port/healthz" > /dev/null; then break; fi
@@ -65,6 +69,19 @@ measure() { # label path
         "$(echo "($after - $before) / 1000 / $answers" | bc -l)" "${non2xx:-0}" "${errors:-}"
 }
 
+if [ -n "${COMPARE:-}" ]; then
+    echo "wrk2 -t2 -c64 -R$rate, ${seconds} s measured after 10 s at the same rate; $(nproc) cores; builds: $COMPARE"
+    for round in $(seq 1 "${ROUNDS:-3}"); do
+        for mode in write sync; do
+            for build in $COMPARE; do
+                start "$mode" "$build"
+                measure "$round $(basename "$build") $mode" /v1/score
+                stop
+            done
+        done
+    done
+    exit 0
+fi
 echo "wrk2 -t2 -c64 -R$rate, ${seconds} s measured after 10 s at the same rate; $(nproc) cores; $fraud"
 start sync
 measure "/healthz (sync)" /healthz
