@@ -143,15 +143,14 @@ fn replicas_on_postgres_and_redis_behave_as_one_service() {
     assert_eq!(st, 503, "{p}");
     assert!(started.elapsed() < Duration::from_secs(10));
     pg.run();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (st, v, _) = a.call("POST", "/v1/score", Some(&key), Some(&at("x6", 5)));
-        if st == 200 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no recovery: {st} {v}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for(
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || match a.call("POST", "/v1/score", Some(&key), Some(&at("x6", 5))) {
+            (200, _, _) => Ok(()),
+            (st, v, _) => Err(format!("no recovery: {st} {v}")),
+        },
+    );
     assert_eq!(count(&b, &key, "x6"), 5.0);
     let (ok, text) = verify_store(&pg.url());
     assert!(ok, "{text}");
@@ -251,8 +250,7 @@ fn a_replica_killed_mid_traffic_loses_nothing_and_counts_nothing_twice() {
             answered
         });
         // Killed once it has answered some: whatever it was doing then is cut short.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
+        wait_for(Duration::from_secs(60), Duration::from_millis(5), || {
             let n: i64 = pg
                 .client()
                 .query_one(
@@ -261,12 +259,10 @@ fn a_replica_killed_mid_traffic_loses_nothing_and_counts_nothing_twice() {
                 )
                 .unwrap()
                 .get(0);
-            if n >= 20 || sender.is_finished() {
-                break;
-            }
-            assert!(Instant::now() < deadline, "replica a answered nothing");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+            (n >= 20 || sender.is_finished())
+                .then_some(())
+                .ok_or_else(|| "replica a answered nothing".to_string())
+        });
         let killed = std::process::Command::new("kill")
             .args(["-9", &a_pid])
             .status()
@@ -279,16 +275,17 @@ fn a_replica_killed_mid_traffic_loses_nothing_and_counts_nothing_twice() {
     for i in first_unanswered..N {
         // The one A was scoring when it died stays claimed (409, in flight) until the store
         // sees A's session gone: a client retries it, as it would.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let (st, v, _) = b.call("POST", "/v1/score", Some(&key), Some(&body(i)));
-            if st == 409 && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-                continue;
-            }
-            assert_eq!(st, 200, "k{i}: {v}");
-            break;
-        }
+        wait_for(
+            Duration::from_secs(60),
+            Duration::from_millis(50),
+            || match b.call("POST", "/v1/score", Some(&key), Some(&body(i))) {
+                (409, v, _) => Err(format!("k{i} still in flight: {v}")),
+                (st, v, _) => {
+                    assert_eq!(st, 200, "k{i}: {v}");
+                    Ok(())
+                }
+            },
+        );
     }
     // Every transaction decided exactly once, and counted once: the last one's 10-minute
     // count sees the 9 minutes and 59 seconds before it, one transaction a second.
@@ -331,27 +328,25 @@ fn a_replica_killed_mid_traffic_loses_nothing_and_counts_nothing_twice() {
         let (_, rec, _) = b.call("GET", &format!("/v1/decisions/m{i}"), Some(&key), None);
         rec["shadow"]["model_version"].as_str().map(str::to_string)
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
     let mut i = 0;
-    while shadow_on_b(i).as_deref() != Some(version.as_str()) {
-        assert!(
-            Instant::now() < deadline,
-            "replica b never followed the upload"
-        );
+    let mut next = || {
         i += 1;
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        shadow_on_b(i)
+    };
+    wait_for(Duration::from_secs(60), Duration::from_millis(100), || {
+        (next().as_deref() == Some(version.as_str()))
+            .then_some(())
+            .ok_or_else(|| "replica b never followed the upload".to_string())
+    });
     // Removed on one replica: removed on the others.
     let (st, _, _) = c.call("DELETE", "/v1/models/shadow", Some(&key), None);
     assert_eq!(st, 204);
-    while shadow_on_b(i).is_some() {
-        assert!(
-            Instant::now() < deadline,
-            "replica b kept the removed shadow"
-        );
-        i += 1;
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for(Duration::from_secs(60), Duration::from_millis(100), || {
+        next()
+            .is_none()
+            .then_some(())
+            .ok_or_else(|| "replica b kept the removed shadow".to_string())
+    });
 }
 
 /// The RFC 6238 one-time code of a base32 `secret` at the current 30-second step.
@@ -440,21 +435,19 @@ fn console_login(s: &Server, name: &str, password: &str, code: &str) -> Result<S
 
 /// Waits until `s`'s review queue, seen with `session`, lists case `id` (or no longer does).
 fn until_queue(s: &Server, session: &str, id: &str, listed: bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    wait_for(Duration::from_secs(20), Duration::from_millis(50), || {
         let (st, _, html) = page(s, "/console/", session);
         assert_eq!(st, 200, "{html}");
-        if html.contains(&format!(" case {id}</span>")) == listed {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "case {id} still {} the queue of {}",
-            if listed { "missing from" } else { "in" },
-            s.port
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        (html.contains(&format!(" case {id}</span>")) == listed)
+            .then_some(())
+            .ok_or_else(|| {
+                format!(
+                    "case {id} still {} the queue of {}",
+                    if listed { "missing from" } else { "in" },
+                    s.port
+                )
+            })
+    });
 }
 
 #[test]
@@ -581,16 +574,12 @@ fn the_console_and_api_keys_are_one_across_replicas() {
         .to_string();
     let answers = |s: &Server| s.call("GET", "/v1/decisions/c1", Some(&reader), None).0;
     let until = |want: u16| {
-        let deadline = Instant::now() + Duration::from_secs(10);
         for s in [&a, &b] {
-            while answers(s) != want {
-                assert!(
-                    Instant::now() < deadline,
-                    "{} never answered {want}",
-                    s.port
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            wait_for(Duration::from_secs(10), Duration::from_millis(50), || {
+                (answers(s) == want)
+                    .then_some(())
+                    .ok_or_else(|| format!("{} never answered {want}", s.port))
+            });
         }
     };
     until(200);
@@ -646,27 +635,21 @@ fn the_console_and_api_keys_are_one_across_replicas() {
     );
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["erased"], true, "{v}");
-    let deadline = Instant::now() + Duration::from_secs(10);
     for s in [&a, &b] {
         for id in ["e0", "e1"] {
-            loop {
+            let rec = wait_for(Duration::from_secs(10), Duration::from_millis(50), || {
                 let rec = read(s, id);
-                if rec["transaction"]["customer_id"].is_null() {
-                    assert_eq!(
-                        rec["erased_fields"],
-                        json!(["transaction.customer_id"]),
-                        "{rec}"
-                    );
-                    assert_eq!(rec["transaction"]["merchant_id"], "M1", "{rec}");
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "{id} still names the customer on {}",
-                    s.port
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
+                rec["transaction"]["customer_id"]
+                    .is_null()
+                    .then_some(rec)
+                    .ok_or_else(|| format!("{id} still names the customer on {}", s.port))
+            });
+            assert_eq!(
+                rec["erased_fields"],
+                json!(["transaction.customer_id"]),
+                "{rec}"
+            );
+            assert_eq!(rec["transaction"]["merchant_id"], "M1", "{rec}");
         }
     }
     let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
@@ -716,11 +699,11 @@ fn retention_removes_a_replicas_old_records_from_the_store_and_its_chain_still_v
     };
     assert_eq!(read(&r, "d1"), 200);
     // Past the retention period the records go, and a retention record says which.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while read(&r, "d1") != 404 {
-        assert!(Instant::now() < deadline, "d1 was never removed");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for(Duration::from_secs(30), Duration::from_millis(100), || {
+        (read(&r, "d1") == 404)
+            .then_some(())
+            .ok_or_else(|| "d1 was never removed".to_string())
+    });
     let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
     let row = db
         .query_one(
@@ -741,14 +724,11 @@ fn retention_removes_a_replicas_old_records_from_the_store_and_its_chain_still_v
         .unwrap()
         .get(0)
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while live_keys(&mut db) > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the unused keys were never dropped"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for(Duration::from_secs(30), Duration::from_millis(100), || {
+        (live_keys(&mut db) == 0)
+            .then_some(())
+            .ok_or_else(|| "the unused keys were never dropped".to_string())
+    });
     // The same entities again: the replica still holds their keys, and notes their use
     // with the record's batch, which keeps them again: a record is never written with a
     // key retention took. (Checked before retention can take the new record in turn; a
@@ -908,15 +888,12 @@ fn a_policy_drafted_on_one_replica_is_approved_on_another_and_decides_on_both() 
     assert_eq!(st, 201, "{d}");
     let id = d["draft"]["id"].as_str().unwrap().to_string();
     // The other replica sees the draft (it follows the store) and its checker approves it.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    wait_for(Duration::from_secs(30), Duration::from_millis(50), || {
         let (_, drafts, _) = b.call("GET", "/v1/policy/drafts", Some(&checker), None);
-        if drafts["drafts"][0]["draft"]["id"] == id.as_str() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{drafts}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        (drafts["drafts"][0]["draft"]["id"] == id.as_str())
+            .then_some(())
+            .ok_or_else(|| drafts.to_string())
+    });
     let (st, v, _) = b.call(
         "POST",
         &format!("/v1/policy/drafts/{id}/approve"),
@@ -926,15 +903,12 @@ fn a_policy_drafted_on_one_replica_is_approved_on_another_and_decides_on_both() 
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["version"], 2);
     // The replica that drafted it decides with it within seconds.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    wait_for(Duration::from_secs(30), Duration::from_millis(50), || {
         let (_, live, _) = a.call("GET", "/v1/policy", Some(&maker), None);
-        if live["version"] == 2 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{live}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        (live["version"] == 2)
+            .then_some(())
+            .ok_or_else(|| live.to_string())
+    });
     let mut t = at("p1", 0);
     t["amount"] = json!("500.00");
     let (st, answer, _) = a.call("POST", "/v1/score", Some(&maker), Some(&t));

@@ -787,3 +787,21 @@ pub fn wider_spec(dir: &Path) -> PathBuf {
     .unwrap();
     spec
 }
+
+/// Polls `probe` every `every` until it answers `Ok`, for at most `limit`: its value, or a
+/// panic with its last complaint. What tests wait with for an event they cannot be told of
+/// (a replica following the store, a server coming back), never a fixed sleep.
+pub fn wait_for<T>(
+    limit: Duration,
+    every: Duration,
+    mut probe: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        match probe() {
+            Ok(v) => return v,
+            Err(why) => assert!(Instant::now() < deadline, "{why}"),
+        }
+        std::thread::sleep(every);
+    }
+}
