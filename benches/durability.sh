@@ -13,7 +13,8 @@
 #
 # Two builds side by side: COMPARE="BEFORE_BINARY AFTER_BINARY" [ROUNDS=3] runs /v1/score with
 # `write` then `sync` durability on each build in turn, ROUNDS times (alternated, so that the
-# VM's drift falls on both), instead of the three runs above.
+# VM's drift falls on both), instead of the three runs above; then each build's mean CPU per
+# answer per durability.
 #
 # wrk2 is built from source: https://github.com/giltene/wrk2 (make; needs libssl-dev).
 set -euo pipefail
@@ -71,13 +72,23 @@ measure() { # label path
 
 if [ -n "${COMPARE:-}" ]; then
     echo "wrk2 -t2 -c64 -R$rate, ${seconds} s measured after 10 s at the same rate; $(nproc) cores; builds: $COMPARE"
+    declare -A total
     for round in $(seq 1 "${ROUNDS:-3}"); do
         for mode in write sync; do
             for build in $COMPARE; do
                 start "$mode" "$build"
-                measure "$round $(basename "$build") $mode" /v1/score
+                line=$(measure "$round $(basename "$build") $mode" /v1/score)
+                echo "$line"
                 stop
+                cpu=$(echo "$line" | awk '{for (i = 1; i < NF; i++) if ($i == "CPU") print $(i + 1)}')
+                total["$build $mode"]=$(echo "${total["$build $mode"]:-0} + $cpu" | bc -l)
             done
+        done
+    done
+    for mode in write sync; do
+        for build in $COMPARE; do
+            printf 'mean of %s rounds: %-24s %-5s CPU %6.1f us/answer\n' "${ROUNDS:-3}" \
+                "$(basename "$build")" "$mode" "$(echo "${total["$build $mode"]} / ${ROUNDS:-3}" | bc -l)"
         done
     done
     exit 0
