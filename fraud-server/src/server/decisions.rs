@@ -527,11 +527,11 @@ impl Journal for DecisionLog {
     }
 
     fn keep_feature_set(&self, names: &[String]) -> Result<String, LogError> {
-        super::feature_sets::FileSets::new(&self.dir).keep(names)
+        self.feature_sets.keep(names)
     }
 
     fn feature_set(&self, id: &str) -> Result<Option<Vec<String>>, LogError> {
-        super::feature_sets::FileSets::new(&self.dir).names(id)
+        self.feature_sets.names(id)
     }
 
     fn records(&self) -> u64 {
@@ -633,6 +633,8 @@ struct Inner {
 /// The open log.
 pub struct DecisionLog {
     dir: PathBuf,
+    /// The names of the feature sets its decision records name.
+    feature_sets: super::feature_sets::FileSets,
     path: PathBuf,
     sealer: Option<super::seal::Sealer>,
     inner: Mutex<Inner>,
@@ -1347,6 +1349,7 @@ impl DecisionLog {
         );
         let sync_file = file.try_clone().map_err(io(&path))?;
         let log = DecisionLog {
+            feature_sets: super::feature_sets::FileSets::new(dir),
             inner: Mutex::new(Inner {
                 file,
                 len: good as u64,

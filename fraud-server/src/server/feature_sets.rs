@@ -55,7 +55,8 @@ pub fn record_set(data: &Value) -> Option<&str> {
         .and_then(Value::as_str)
 }
 
-/// The feature sets of a log directory, in its `feature-sets.json`.
+/// The feature sets of a log directory, in its `feature-sets.json`. One per open log: its
+/// lock keeps two sets kept at once from losing one another.
 #[derive(Debug)]
 pub struct FileSets {
     path: PathBuf,
