@@ -9,9 +9,10 @@
 //!   in batches (one transaction, one multi-row insert); a decision's answer waits for its
 //!   batch's commit ([`Journal::durable`]), an event's append returns after it.
 //! - Idempotency across replicas: a transaction id is claimed in `fraud_claims` before it is
-//!   scored (a second replica answers 409 meanwhile), by one of two claimer threads that
-//!   claim every transaction waiting in one statement ([`CLAIM`]); the commit of its decision marks the
-//!   claim done in the same transaction (a done claim is never taken over: a replica whose
+//!   scored (a second replica answers 409 meanwhile). The committer claims every transaction
+//!   waiting in the statement that commits the records waiting ([`COMMIT`]): one statement,
+//!   one round trip, for both (a statement costs the server more than the rows it writes);
+//!   the commit of its decision marks the claim done in the same transaction (a done claim is never taken over: a replica whose
 //!   look for the decision came just before that commit finds the claim, not a free id), and
 //!   done claims are dropped once no statement can be that late. A claim is taken over when
 //!   its replica no longer holds its lock (the process died: a client's retry on another
@@ -189,6 +190,8 @@ struct State {
     committed: u64,
     /// The committer's last error, while it retries.
     error: Option<String>,
+    /// Transactions waiting for their claim: the committer's next statement claims them.
+    claims: Vec<(String, ClaimAnswer)>,
     stop: bool,
 }
 
@@ -205,9 +208,6 @@ struct Shared {
     durable: tokio::sync::watch::Sender<Durable>,
     /// Jobs for the reader threads.
     readers: Mutex<std::sync::mpsc::Sender<Job>>,
-    /// Transactions waiting for their claim, and the claimers' wake-up.
-    claims: Mutex<ClaimQueue>,
-    claim_work: Condvar,
 }
 
 /// A query run on a reader thread, with that thread's connection (made when needed).
@@ -243,64 +243,29 @@ const DECIDED: &str =
     "SELECT body FROM fraud_records WHERE kind = 'decision' AND transaction_id = $1
      ORDER BY written_at, replica, seq LIMIT 1";
 
-/// For each of several transactions (ids distinct), its decision's record, else a claim of
-/// it (the claim of a replica whose process died, one older than the lapse, or this
-/// replica's own is taken over): one round trip for every transaction that arrived while the
-/// previous one was out, before they are scored. Rows are claimed in id order, so that two
-/// replicas claiming overlapping batches wait for each other in one order.
-const CLAIM: &str = "
-WITH ids AS (
-    SELECT DISTINCT id FROM unnest($1::text[]) AS t(id)
-), decided AS (
-    -- One index lookup per id (a join may read the whole index in id order instead).
-    SELECT ids.id AS transaction_id, d.body FROM ids CROSS JOIN LATERAL (
-        SELECT body FROM fraud_records WHERE kind = 'decision' AND transaction_id = ids.id
-        ORDER BY written_at, replica, seq LIMIT 1
-    ) d
-), claim AS (
-    INSERT INTO fraud_claims (transaction_id, replica, lock_key)
-    SELECT id, $2, $4 FROM ids
-    WHERE NOT EXISTS (SELECT 1 FROM decided WHERE decided.transaction_id = ids.id)
-    ORDER BY id
-    ON CONFLICT (transaction_id) DO UPDATE
-    SET replica = EXCLUDED.replica, lock_key = EXCLUDED.lock_key, since = now()
-    WHERE NOT fraud_claims.done AND (
-        fraud_claims.since < now() - make_interval(secs => $3)
-        OR fraud_claims.replica = EXCLUDED.replica
-        OR NOT EXISTS (
-            SELECT 1 FROM pg_locks
-            WHERE locktype = 'advisory' AND granted AND objsubid = 1
-              AND classid::bigint = (fraud_claims.lock_key >> 32)
-              AND objid::bigint = (fraud_claims.lock_key & 4294967295)))
-    RETURNING transaction_id
-)
-SELECT ids.id, decided.body, claim.transaction_id IS NOT NULL
-FROM ids LEFT JOIN decided ON decided.transaction_id = ids.id
-LEFT JOIN claim ON claim.transaction_id = ids.id";
-
 /// Most transactions claimed in one statement.
 const MAX_CLAIMS: usize = 512;
-
-/// Threads claiming transactions: while one statement is out, the transactions arriving
-/// meanwhile wait for the next, together.
-const CLAIMERS: usize = 2;
 
 /// What a claim found: the decision's record if the transaction was decided, else whether
 /// this replica claimed it (`false`: another replica is scoring it).
 type Claimed = (Option<String>, bool);
 
-/// Transactions waiting for their claim ([`CLAIM`]), taken by a claimer thread all at once.
-#[derive(Default)]
-struct ClaimQueue {
-    waiting: Vec<(String, std::sync::mpsc::SyncSender<Result<Claimed, String>>)>,
-    stop: bool,
-}
+/// Where the committer answers a claim.
+type ClaimAnswer = std::sync::mpsc::SyncSender<Result<Claimed, String>>;
 
 /// A batch committed in one statement (one round trip, one implicit transaction): the
 /// records the store does not hold yet (a commit whose answer was lost wrote some), the
 /// claims of the transactions decided marked done, and the entity keys made meanwhile or
 /// used again (their `last_used` noted, or kept again if retention removed them; an erased
 /// key's row stays erased: a late use never brings it back).
+///
+/// The same statement claims the transactions waiting to be scored (`$12`, ids distinct):
+/// for each, its decision's record, else a claim of it (the claim of a replica whose process
+/// died, one older than the lapse, or this replica's own is taken over). Rows are claimed in
+/// id order, so that two replicas claiming overlapping batches wait for each other in one
+/// order. Either part may be empty: every part of the statement runs once, whatever the
+/// rows its answer reads (one per transaction claimed, each with the count of records
+/// written).
 const COMMIT: &str = "
 WITH have AS (
     SELECT coalesce(max(seq), 0) AS seq FROM fraud_records WHERE replica = $1
@@ -317,8 +282,34 @@ WITH have AS (
     INSERT INTO fraud_vault_keys (key_ref, entity, key)
     SELECT * FROM unnest($8::text[], $9::text[], $10::text[])
     ON CONFLICT (key_ref) DO UPDATE SET last_used = now() WHERE NOT fraud_vault_keys.erased
+), ids AS (
+    SELECT DISTINCT id FROM unnest($12::text[]) AS t(id)
+), decided AS (
+    -- One index lookup per id (a join may read the whole index in id order instead).
+    SELECT ids.id AS transaction_id, d.body FROM ids CROSS JOIN LATERAL (
+        SELECT body FROM fraud_records WHERE kind = 'decision' AND transaction_id = ids.id
+        ORDER BY written_at, replica, seq LIMIT 1
+    ) d
+), claim AS (
+    INSERT INTO fraud_claims (transaction_id, replica, lock_key)
+    SELECT id, $1, $14 FROM ids
+    WHERE NOT EXISTS (SELECT 1 FROM decided WHERE decided.transaction_id = ids.id)
+    ORDER BY id
+    ON CONFLICT (transaction_id) DO UPDATE
+    SET replica = EXCLUDED.replica, lock_key = EXCLUDED.lock_key, since = now()
+    WHERE NOT fraud_claims.done AND (
+        fraud_claims.since < now() - make_interval(secs => $13)
+        OR fraud_claims.replica = EXCLUDED.replica
+        OR NOT EXISTS (
+            SELECT 1 FROM pg_locks
+            WHERE locktype = 'advisory' AND granted AND objsubid = 1
+              AND classid::bigint = (fraud_claims.lock_key >> 32)
+              AND objid::bigint = (fraud_claims.lock_key & 4294967295)))
+    RETURNING transaction_id
 )
-SELECT count(*) FROM ins";
+SELECT ids.id, decided.body, claim.transaction_id IS NOT NULL, (SELECT count(*) FROM ins)
+FROM ids LEFT JOIN decided ON decided.transaction_id = ids.id
+LEFT JOIN claim ON claim.transaction_id = ids.id";
 
 /// The refs of every key of an entity (all replicas').
 const KEY_REFS_OF_ENTITY: &str =
@@ -437,14 +428,13 @@ impl PgJournal {
                 uncommitted: HashMap::new(),
                 committed: seq,
                 error: None,
+                claims: Vec::new(),
                 stop: false,
             }),
             work: Condvar::new(),
             done: Condvar::new(),
             durable,
             readers: Mutex::new(jobs),
-            claims: Mutex::new(ClaimQueue::default()),
-            claim_work: Condvar::new(),
         });
 
         let vault = std::sync::Arc::new(
@@ -485,14 +475,6 @@ impl PgJournal {
             .name("pg-committer".into())
             .spawn(move || s.run(Conn::new(writer)))
             .map_err(|e| io("committer", e))?;
-        // The claimers last: a failed start leaves none waiting.
-        for i in 0..CLAIMERS {
-            let s = shared.clone();
-            std::thread::Builder::new()
-                .name(format!("pg-claims-{i}"))
-                .spawn(move || s.run_claims())
-                .map_err(|e| io("claimers", e))?;
-        }
         Ok(PgJournal {
             shared,
             vault,
@@ -636,19 +618,33 @@ impl Shared {
         )
     }
 
-    /// The committer: takes every queued record, commits them in one transaction, publishes.
+    /// The committer: takes every queued record and every transaction waiting for its
+    /// claim, commits and claims them in one statement ([`COMMIT`]), answers the claims,
+    /// publishes the commit.
     fn run(&self, mut client: Conn) {
         let mut swept = Instant::now();
+        let mut generic = false;
         loop {
-            let (batch, keys): (Vec<Row>, Vec<[String; 3]>) = {
+            let (batch, keys, mut claims) = {
                 let mut g = self
                     .work
-                    .wait_while(self.lock(), |g| g.pending.is_empty() && !g.stop)
+                    .wait_while(self.lock(), |g| {
+                        g.pending.is_empty() && g.claims.is_empty() && !g.stop
+                    })
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                if g.pending.is_empty() {
+                if g.stop && g.pending.is_empty() {
+                    for (_, answer) in g.claims.drain(..) {
+                        let _ = answer.send(Err("the store is closed".to_string()));
+                    }
                     return;
                 }
-                (std::mem::take(&mut g.pending), std::mem::take(&mut g.keys))
+                let n = g.claims.len().min(MAX_CLAIMS);
+                let claims: Vec<(String, ClaimAnswer)> = g.claims.drain(..n).collect();
+                (
+                    std::mem::take(&mut g.pending),
+                    std::mem::take(&mut g.keys),
+                    claims,
+                )
             };
             // One row per key in the statement (an upsert may touch a row once).
             let keys = {
@@ -658,17 +654,71 @@ impl Shared {
                     .collect::<Vec<_>>()
             };
             let mut backoff = Duration::from_millis(20);
+            let mut reconnected = false;
             loop {
-                match self.commit(&mut client, &batch, &keys) {
-                    Ok(()) => break,
+                if !generic {
+                    // One plan for every batch: planned per call (its arrays' lengths known),
+                    // the statement would cost more to plan than to run.
+                    generic = client
+                        .client
+                        .batch_execute("SET plan_cache_mode = force_generic_plan")
+                        .is_ok();
+                }
+                let mut ids: Vec<&str> = claims.iter().map(|(id, _)| id.as_str()).collect();
+                ids.sort_unstable();
+                ids.dedup();
+                match self.commit(&mut client, &batch, &keys, &ids) {
+                    Ok(found) => {
+                        for (id, answer) in claims.drain(..) {
+                            let _ = answer.send(found.get(&id).cloned().ok_or_else(|| {
+                                "the claim statement skipped a transaction".to_string()
+                            }));
+                        }
+                        break;
+                    }
                     Err(e) => {
+                        // A kept connection the server closed (a restart): once more at
+                        // once, on a new one.
+                        if !reconnected && (e.is_closed() || client.client.is_closed()) {
+                            reconnected = true;
+                            if let Ok(c) = self.reconnect() {
+                                client = Conn::new(c);
+                                generic = false;
+                                continue;
+                            }
+                        }
+                        // The claims are answered at once (their requests fail, as the
+                        // store is unreachable), and so are those arriving while the batch
+                        // waits to go again; but when the statement only met another
+                        // replica's at the wrong moment, they go again with the batch.
+                        let again = e.code().is_some_and(|c| {
+                            *c == postgres::error::SqlState::T_R_DEADLOCK_DETECTED
+                                || *c == postgres::error::SqlState::T_R_SERIALIZATION_FAILURE
+                        });
+                        if !again {
+                            for (_, answer) in claims.drain(..) {
+                                let _ = answer.send(Err(e.to_string()));
+                            }
+                        }
                         let stop = {
                             let mut g = self.lock();
-                            g.error = Some(e.to_string());
+                            if !batch.is_empty() {
+                                g.error = Some(e.to_string());
+                            }
+                            if !again {
+                                for (_, answer) in g.claims.drain(..) {
+                                    let _ = answer.send(Err(e.to_string()));
+                                }
+                            }
                             g.stop
                         };
-                        if stop {
-                            return;
+                        if stop || (batch.is_empty() && claims.is_empty()) {
+                            if stop {
+                                for (_, answer) in claims.drain(..) {
+                                    let _ = answer.send(Err("the store is closed".to_string()));
+                                }
+                            }
+                            break;
                         }
                         std::thread::sleep(backoff);
                         backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -677,10 +727,17 @@ impl Shared {
                         {
                             if let Ok(c) = self.reconnect() {
                                 client = Conn::new(c);
+                                generic = false;
                             }
                         }
                     }
                 }
+            }
+            if batch.is_empty() {
+                if self.lock().stop {
+                    return;
+                }
+                continue;
             }
             let through = batch
                 .last()
@@ -734,25 +791,27 @@ impl Shared {
         Ok(c)
     }
 
-    /// The batch, in one statement ([`COMMIT`]).
+    /// The batch and the claims of `ids` (distinct), in one statement ([`COMMIT`]): what
+    /// each claim found.
     fn commit(
         &self,
         conn: &mut Conn,
         batch: &[Row],
         keys: &[[String; 3]],
-    ) -> Result<(), postgres::Error> {
+        ids: &[&str],
+    ) -> Result<HashMap<String, Claimed>, postgres::Error> {
         let commit = conn.stmt(COMMIT)?;
         let seqs: Vec<i64> = batch.iter().map(|r| r.seq).collect();
         let hashes: Vec<&str> = batch.iter().map(|r| r.hash.as_str()).collect();
         let bodies: Vec<&str> = batch.iter().map(|r| r.body.as_str()).collect();
         let kinds: Vec<&str> = batch.iter().map(|r| r.kind).collect();
-        let ids: Vec<Option<&str>> = batch.iter().map(|r| r.transaction_id.as_deref()).collect();
+        let tx_ids: Vec<Option<&str>> = batch.iter().map(|r| r.transaction_id.as_deref()).collect();
         let decided: Vec<&str> = batch
             .iter()
             .filter(|r| r.kind == "decision")
             .filter_map(|r| r.transaction_id.as_deref())
             .collect();
-        conn.client.query_one(
+        let rows = conn.client.query(
             &commit,
             &[
                 &self.replica,
@@ -760,7 +819,7 @@ impl Shared {
                 &hashes,
                 &bodies,
                 &kinds,
-                &ids,
+                &tx_ids,
                 &decided,
                 &keys.iter().map(|k| k[0].as_str()).collect::<Vec<_>>(),
                 &keys.iter().map(|k| k[1].as_str()).collect::<Vec<_>>(),
@@ -769,29 +828,35 @@ impl Shared {
                     .iter()
                     .map(|r| r.summary.as_deref())
                     .collect::<Vec<_>>(),
+                &ids,
+                &CLAIM_LAPSE.as_secs_f64(),
+                &lock_key(&self.replica),
             ],
         )?;
-        Ok(())
+        rows.iter()
+            .map(|r| {
+                let id: String = r.try_get(0)?;
+                Ok((
+                    id,
+                    (r.try_get::<_, Option<String>>(1)?, r.try_get::<_, bool>(2)?),
+                ))
+            })
+            .collect()
     }
 
-    fn claim_queue(&self) -> std::sync::MutexGuard<'_, ClaimQueue> {
-        self.claims
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Claims a transaction, else finds its decision ([`CLAIM`]), together with the others
-    /// waiting; waits for the answer at most the timeout and a second.
+    /// Claims a transaction, else finds its decision, in the committer's next statement
+    /// ([`COMMIT`]) with the others waiting; waits for the answer at most the timeout and a
+    /// second.
     fn claim(&self, transaction_id: &str) -> Result<Claimed, LogError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         {
-            let mut q = self.claim_queue();
-            if q.stop {
+            let mut g = self.lock();
+            if g.stop {
                 return Err(io("claim", "the store is closed"));
             }
-            q.waiting.push((transaction_id.to_string(), tx));
+            g.claims.push((transaction_id.to_string(), tx));
         }
-        self.claim_work.notify_one();
+        self.work.notify_one();
         self.answer("claim", &rx)?.map_err(|e| io("claim", e))
     }
 
@@ -804,56 +869,6 @@ impl Shared {
                     format!("no answer within {} ms", self.timeout.as_millis()),
                 )
             })
-    }
-
-    /// A claimer thread: claims every transaction waiting in one statement, then the ones
-    /// that arrived meanwhile, until the store closes.
-    fn run_claims(&self) {
-        let mut conn: Option<Conn> = None;
-        let lapse = CLAIM_LAPSE.as_secs_f64();
-        let key = lock_key(&self.replica);
-        loop {
-            let batch: Vec<_> = {
-                let mut q = self
-                    .claim_work
-                    .wait_while(self.claim_queue(), |q| q.waiting.is_empty() && !q.stop)
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                if q.stop {
-                    return;
-                }
-                let n = q.waiting.len().min(MAX_CLAIMS);
-                q.waiting.drain(..n).collect()
-            };
-            let mut ids: Vec<&str> = batch.iter().map(|(id, _)| id.as_str()).collect();
-            ids.sort_unstable();
-            ids.dedup();
-            let found = on_conn(&mut conn, &self.url, self.timeout, &|c: &mut Conn| {
-                if !c.stmts.contains_key(CLAIM) {
-                    // One plan for every batch: planned per call (its array's length known),
-                    // the statement would cost more to plan than to run.
-                    c.client
-                        .batch_execute("SET plan_cache_mode = force_generic_plan")?;
-                }
-                let st = c.stmt(CLAIM)?;
-                let rows = c.client.query(&st, &[&ids, &self.replica, &lapse, &key])?;
-                Ok(rows
-                    .iter()
-                    .map(|r| {
-                        let id: String = r.get(0);
-                        (id, (r.get::<_, Option<String>>(1), r.get::<_, bool>(2)))
-                    })
-                    .collect::<HashMap<String, Claimed>>())
-            });
-            for (id, answer) in &batch {
-                let _ = answer.send(match &found {
-                    Ok(m) => m
-                        .get(id)
-                        .cloned()
-                        .ok_or_else(|| "the claim statement skipped a transaction".to_string()),
-                    Err(e) => Err(e.to_string()),
-                });
-            }
-        }
     }
 
     /// Runs `f` on a reader connection, without waiting for it (a failure is reported as
@@ -921,8 +936,6 @@ impl Drop for PgJournal {
     fn drop(&mut self) {
         self.shared.lock().stop = true;
         self.shared.work.notify_all();
-        self.shared.claim_queue().stop = true;
-        self.shared.claim_work.notify_all();
         if let Some(h) = self.committer.take() {
             let _ = h.join();
         }
