@@ -712,12 +712,16 @@ impl Shared {
                             }
                             g.stop
                         };
-                        if stop || (batch.is_empty() && claims.is_empty()) {
-                            if stop {
-                                for (_, answer) in claims.drain(..) {
-                                    let _ = answer.send(Err("the store is closed".to_string()));
-                                }
+                        if stop {
+                            // Closed while the batch could not be committed: nothing of it is
+                            // published as committed.
+                            for (_, answer) in claims.drain(..) {
+                                let _ = answer.send(Err("the store is closed".to_string()));
                             }
+                            return;
+                        }
+                        if batch.is_empty() && claims.is_empty() {
+                            // Only claims, answered: nothing to commit again.
                             break;
                         }
                         std::thread::sleep(backoff);
