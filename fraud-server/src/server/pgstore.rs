@@ -1180,14 +1180,7 @@ impl Journal for PgJournal {
         // Queued before the record: committed with it or before.
         self.note_keys(&used, &[]);
         let data = serde_json::to_vec(record).map_err(|e| io("record", e))?;
-        let response = serde_json::to_value(record.response).map_err(|e| io("record", e))?;
-        let tx = serde_json::to_value(&record.transaction).map_err(|e| io("record", e))?;
-        let summary = serde_json::json!({
-            "transaction_id": record.transaction_id,
-            "response": {"decision": response["decision"], "score": response["score"]},
-            "transaction": {"timestamp_us": tx["timestamp_us"], "mcc": tx["mcc"]},
-        })
-        .to_string();
+        let summary = record.summary().map_err(|e| io("record", e))?;
         self.shared
             .push_with(
                 Kind::Decision,

@@ -56,6 +56,42 @@ pub struct DecisionRecord<'a, R> {
     pub arm: Option<&'static str>,
 }
 
+impl DecisionRecord<'_, fraud_core::decision::Verdict> {
+    /// What the other replicas' review queues read of a decision, without opening its body
+    /// (PostgreSQL's `fraud_records.summary`): its outcome, score, time and merchant
+    /// category, no entity field. Written from the typed values (the record is not turned
+    /// into a JSON value to pick four fields out of it).
+    pub fn summary(&self) -> Result<String, serde_json::Error> {
+        #[derive(Serialize)]
+        struct Outcome<'a> {
+            decision: &'a fraud_core::decision::Decision,
+            score: f64,
+        }
+        #[derive(Serialize)]
+        struct When {
+            mcc: Option<u16>,
+            timestamp_us: i64,
+        }
+        #[derive(Serialize)]
+        struct Summary<'a> {
+            response: Outcome<'a>,
+            transaction: When,
+            transaction_id: &'a str,
+        }
+        serde_json::to_string(&Summary {
+            response: Outcome {
+                decision: &self.response.decision,
+                score: self.response.score,
+            },
+            transaction: When {
+                mcc: self.transaction.mcc,
+                timestamp_us: self.transaction.timestamp_us,
+            },
+            transaction_id: self.transaction_id,
+        })
+    }
+}
+
 /// A transaction as a decision record holds it: entity fields as strings (sealed once
 /// [`protect`] has run), the IP address and e-mail only when kept (data minimisation).
 #[derive(Serialize)]
@@ -205,6 +241,47 @@ mod tests {
         v["feature_set"] = json!(crate::server::feature_sets::set_id(names));
         v["policy_version"] = json!(3);
         v
+    }
+
+    #[test]
+    fn a_summary_is_the_four_fields_of_the_record_it_sums_up() {
+        let tx = transaction();
+        let verdict: fraud_core::decision::Verdict = serde_json::from_value(json!({
+            "card_mask": "411111******1111", "decision": "review", "model_version": "m",
+            "reasons": [], "risk_score": 40, "rules_fired": [], "score": 0.4,
+            "transaction_id": "t-1"
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let record = DecisionRecord {
+            response: &verdict,
+            rules_shadow: &[],
+            shadow: &None,
+            transaction: RecordTransaction::new(&tx, false, false),
+            transaction_id: &tx.transaction_id,
+            features: Values(&[1.0]),
+            feature_set: "s",
+            request: "r",
+            policy_version: 1,
+            arm: None,
+        };
+        let summary: Value =
+            serde_json::from_str(&record.summary().unwrap_or_else(|e| panic!("{e}")))
+                .unwrap_or_else(|e| panic!("{e}"));
+        // The fields as the whole record holds them.
+        let whole: Value = serde_json::to_value(&record).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            summary,
+            json!({
+                "transaction_id": "t-1",
+                "response": {"decision": "review", "score": 0.4},
+                "transaction": {"timestamp_us": whole["transaction"]["timestamp_us"], "mcc": 5411},
+            })
+        );
+        assert_eq!(whole["transaction"]["mcc"], json!(5411));
+        assert_eq!(
+            whole["response"]["decision"],
+            summary["response"]["decision"]
+        );
     }
 
     #[test]
