@@ -12,13 +12,13 @@
 //!   scored (a second replica answers 409 meanwhile). The committer claims every transaction
 //!   waiting in the statement that commits the records waiting ([`COMMIT`]): one statement,
 //!   one round trip, for both (a statement costs the server more than the rows it writes);
-//!   the commit of its decision marks the claim done in the same transaction (a done claim is never taken over: a replica whose
-//!   look for the decision came just before that commit finds the claim, not a free id), and
-//!   done claims are dropped once no statement can be that late. A claim is taken over when
-//!   its replica no longer holds its lock (the process died: a client's retry on another
-//!   replica goes through at once), when it is older than [`CLAIM_LAPSE`], or by its own
-//!   replica again (whose requests the engine keeps apart). Decisions are found by
-//!   transaction id from any replica.
+//!   the commit of its decision marks the claim done in the same transaction (a done claim
+//!   is never taken over: a replica whose look for the decision came just before that
+//!   commit finds the claim, not a free id), and done claims are dropped once no statement
+//!   can be that late. A claim is taken over when its replica no longer holds its lock (the
+//!   process died: a client's retry on another replica goes through at once), when it is
+//!   older than [`CLAIM_LAPSE`], or by its own replica again (whose requests the engine
+//!   keeps apart). Decisions are found by transaction id from any replica.
 //! - One process per replica id: the committer holds a session advisory lock on it.
 //! - Models: an upload is published (`fraud_models`, `fraud_model_roles`) and every
 //!   replica follows the assignment ([`super::engine::Engine::follow_models`]).
