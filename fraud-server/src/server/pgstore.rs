@@ -253,6 +253,14 @@ type Claimed = (Option<String>, bool);
 /// Where the committer answers a claim.
 type ClaimAnswer = std::sync::mpsc::SyncSender<Result<Claimed, String>>;
 
+/// Answers every claim of `claims` with the failure `why` (their requests fail), leaving
+/// none.
+fn refuse(claims: &mut Vec<(String, ClaimAnswer)>, why: &str) {
+    for (_, answer) in claims.drain(..) {
+        let _ = answer.send(Err(why.to_string()));
+    }
+}
+
 /// A batch committed in one statement (one round trip, one implicit transaction): the
 /// records the store does not hold yet (a commit whose answer was lost wrote some), the
 /// claims of the transactions decided marked done, and the entity keys made meanwhile or
@@ -623,7 +631,6 @@ impl Shared {
     /// publishes the commit.
     fn run(&self, mut client: Conn) {
         let mut swept = Instant::now();
-        let mut generic = false;
         loop {
             let (batch, keys, mut claims) = {
                 let mut g = self
@@ -633,9 +640,7 @@ impl Shared {
                     })
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 if g.stop && g.pending.is_empty() {
-                    for (_, answer) in g.claims.drain(..) {
-                        let _ = answer.send(Err("the store is closed".to_string()));
-                    }
+                    refuse(&mut g.claims, "the store is closed");
                     return;
                 }
                 let n = g.claims.len().min(MAX_CLAIMS);
@@ -656,14 +661,6 @@ impl Shared {
             let mut backoff = Duration::from_millis(20);
             let mut reconnected = false;
             loop {
-                if !generic {
-                    // One plan for every batch: planned per call (its arrays' lengths known),
-                    // the statement would cost more to plan than to run.
-                    generic = client
-                        .client
-                        .batch_execute("SET plan_cache_mode = force_generic_plan")
-                        .is_ok();
-                }
                 let mut ids: Vec<&str> = claims.iter().map(|(id, _)| id.as_str()).collect();
                 ids.sort_unstable();
                 ids.dedup();
@@ -683,7 +680,6 @@ impl Shared {
                             reconnected = true;
                             if let Ok(c) = self.reconnect() {
                                 client = Conn::new(c);
-                                generic = false;
                                 continue;
                             }
                         }
@@ -695,29 +691,21 @@ impl Shared {
                             *c == postgres::error::SqlState::T_R_DEADLOCK_DETECTED
                                 || *c == postgres::error::SqlState::T_R_SERIALIZATION_FAILURE
                         });
-                        if !again {
-                            for (_, answer) in claims.drain(..) {
-                                let _ = answer.send(Err(e.to_string()));
-                            }
-                        }
                         let stop = {
                             let mut g = self.lock();
                             if !batch.is_empty() {
                                 g.error = Some(e.to_string());
                             }
                             if !again {
-                                for (_, answer) in g.claims.drain(..) {
-                                    let _ = answer.send(Err(e.to_string()));
-                                }
+                                refuse(&mut claims, &e.to_string());
+                                refuse(&mut g.claims, &e.to_string());
                             }
                             g.stop
                         };
                         if stop {
                             // Closed while the batch could not be committed: nothing of it is
                             // published as committed.
-                            for (_, answer) in claims.drain(..) {
-                                let _ = answer.send(Err("the store is closed".to_string()));
-                            }
+                            refuse(&mut claims, "the store is closed");
                             return;
                         }
                         if batch.is_empty() && claims.is_empty() {
@@ -731,16 +719,13 @@ impl Shared {
                         {
                             if let Ok(c) = self.reconnect() {
                                 client = Conn::new(c);
-                                generic = false;
                             }
                         }
                     }
                 }
             }
             if batch.is_empty() {
-                if self.lock().stop {
-                    return;
-                }
+                // Only claims: nothing to publish (a stop is seen at the top).
                 continue;
             }
             let through = batch
@@ -804,6 +789,12 @@ impl Shared {
         keys: &[[String; 3]],
         ids: &[&str],
     ) -> Result<HashMap<String, Claimed>, postgres::Error> {
+        if !conn.stmts.contains_key(COMMIT) {
+            // One plan for every batch, on every connection: planned per call (its arrays'
+            // lengths known), the statement would cost more to plan than to run.
+            conn.client
+                .batch_execute("SET plan_cache_mode = force_generic_plan")?;
+        }
         let commit = conn.stmt(COMMIT)?;
         let seqs: Vec<i64> = batch.iter().map(|r| r.seq).collect();
         let hashes: Vec<&str> = batch.iter().map(|r| r.hash.as_str()).collect();
