@@ -195,6 +195,13 @@ struct State {
     stop: bool,
 }
 
+impl State {
+    /// Records or claims wait for the committer.
+    fn has_work(&self) -> bool {
+        !self.pending.is_empty() || !self.claims.is_empty()
+    }
+}
+
 struct Shared {
     replica: String,
     url: String,
@@ -245,6 +252,15 @@ const DECIDED: &str =
 
 /// Most transactions claimed in one statement.
 const MAX_CLAIMS: usize = 512;
+
+/// How long the committer lets pass, under load (work came while its last statement ran),
+/// before its next statement, so that one statement covers more records and claims. A
+/// statement costs the server some 280 us of CPU whatever it carries, a record or claim
+/// about 45 us more: at 1,500 decisions a second per replica, with about two decisions per
+/// statement, the statements' own cost was most of PostgreSQL's. With this wait they carry
+/// about five, and PostgreSQL's CPU per decision fell from about 195 to 140 us, with a
+/// shorter tail (benches/README, "Session 23"). Quiet, a statement goes at once.
+const GATHER: Duration = Duration::from_millis(1);
 
 /// What a claim found: the decision's record if the transaction was decided, else whether
 /// this replica claimed it (`false`: another replica is scoring it).
@@ -631,13 +647,16 @@ impl Shared {
     /// publishes the commit.
     fn run(&self, mut client: Conn) {
         let mut swept = Instant::now();
+        // Whether work came while the last statement ran (the replica is under load).
+        let mut busy = false;
         loop {
+            if busy {
+                std::thread::sleep(GATHER);
+            }
             let (batch, keys, mut claims) = {
                 let mut g = self
                     .work
-                    .wait_while(self.lock(), |g| {
-                        g.pending.is_empty() && g.claims.is_empty() && !g.stop
-                    })
+                    .wait_while(self.lock(), |g| !g.has_work() && !g.stop)
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 if g.stop && g.pending.is_empty() {
                     refuse(&mut g.claims, "the store is closed");
@@ -726,6 +745,7 @@ impl Shared {
             }
             if batch.is_empty() {
                 // Only claims: nothing to publish (a stop is seen at the top).
+                busy = self.lock().has_work();
                 continue;
             }
             let through = batch
@@ -733,6 +753,7 @@ impl Shared {
                 .map_or(0, |r| u64::try_from(r.seq).unwrap_or(0));
             {
                 let mut g = self.lock();
+                busy = g.has_work();
                 g.committed = g.committed.max(through);
                 g.error = None;
                 for r in &batch {
