@@ -224,6 +224,51 @@ fn redis_backend_equals_memory_backend() {
 }
 
 #[test]
+fn redis_with_a_password_and_a_database_of_its_own() {
+    // The store's connections log in and select the URL's database: its keys land there,
+    // and a wrong password is a clear error, not a hang.
+    let server = RedisServer::start();
+    let port = server.port;
+    server.query::<()>(
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("requirepass")
+            .arg("s3cret"),
+    );
+    let url = format!("redis://:s3cret@127.0.0.1:{port}/3");
+    let ex = spec();
+    let h = history(&sorted(vec![
+        (10, 500, 0, 1, 0, None),
+        (20, 700, 0, 3, 1, Some(30)),
+        (25, 900, 1, 1, 0, None),
+        (40, 1100, 0, 2, 0, None),
+    ]));
+    let red = RedisStore::open(&url, "auth", Duration::from_secs(2)).unwrap();
+    let mem = MemoryStore::new();
+    let (a, b) = (online(&mem, &ex, &h), online(&red, &ex, &h));
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert!(same_bits(x, y), "row {i}: memory {x:?} redis {y:?}");
+    }
+    let mut c = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection_with_timeout(Duration::from_secs(2))
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("auth:*").query(&mut c).unwrap();
+    assert!(!keys.is_empty(), "no keys in database 3");
+    let size: i64 = redis::cmd("SELECT")
+        .arg(0)
+        .query::<()>(&mut c)
+        .and_then(|()| redis::cmd("DBSIZE").query(&mut c))
+        .unwrap();
+    assert_eq!(size, 0, "keys outside database 3");
+    let wrong = format!("redis://:nope@127.0.0.1:{port}/3");
+    let bad = RedisStore::open(&wrong, "auth", Duration::from_secs(2))
+        .and_then(|s| s.peek(&ex, &ex.observe(&h[0]), &mut ex.empty_row()));
+    let e = bad.expect_err("a wrong password is refused").to_string();
+    assert!(e.contains("WRONGPASS") || e.contains("invalid"), "{e}");
+}
+
+#[test]
 fn redis_records_a_transaction_once_whichever_replica_sends_it() {
     // Two replicas share one Redis. Every transaction goes to the first, and again (a client
     // retry, or the same id sent to both) to the second: the second gets the same features

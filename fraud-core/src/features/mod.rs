@@ -15,6 +15,8 @@
 mod durable;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "redis")]
+mod resp;
 mod shard;
 mod spec;
 mod state;

@@ -504,6 +504,9 @@ enum Backend {
 
 /// A connection of either kind.
 enum Conn {
+    /// One server, its replies read by [`super::resp`]'s reader.
+    Plain(super::resp::Plain),
+    /// One server over an address that reader does not serve (TLS, RESP3).
     Single(redis::Connection),
     Cluster(Box<redis::cluster::ClusterConnection>),
 }
@@ -511,6 +514,7 @@ enum Conn {
 impl Conn {
     fn like(&mut self) -> &mut dyn redis::ConnectionLike {
         match self {
+            Conn::Plain(c) => c,
             Conn::Single(c) => c,
             Conn::Cluster(c) => c.as_mut(),
         }
@@ -797,11 +801,8 @@ impl RedisStore {
             .pop();
         let fresh = || -> Result<Conn, StoreError> {
             match &self.backend {
-                Backend::Single(client) => Ok(Conn::Single(self.connect(client)?)),
-                Backend::Sentinel { .. } => {
-                    let client = self.primary()?;
-                    Ok(Conn::Single(self.connect(&client)?))
-                }
+                Backend::Single(client) => self.single(client),
+                Backend::Sentinel { .. } => self.single(&self.primary()?),
                 Backend::Cluster { client, .. } => Ok(Conn::Cluster(Box::new(
                     client.get_connection().map_err(err)?,
                 ))),
@@ -853,6 +854,16 @@ impl RedisStore {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(conn);
         Ok(out)
+    }
+
+    /// A pooled connection to `client`'s server, every call on it bounded by the timeout.
+    fn single(&self, client: &redis::Client) -> Result<Conn, StoreError> {
+        match super::resp::Plain::connect(client.get_connection_info(), self.timeout)
+            .map_err(err)?
+        {
+            Some(c) => Ok(Conn::Plain(c)),
+            None => Ok(Conn::Single(self.connect(client)?)),
+        }
     }
 
     /// A connection to `client`, every call on it bounded by the timeout.

@@ -257,10 +257,11 @@ const MAX_CLAIMS: usize = 512;
 /// before its next statement, so that one statement covers more records and claims. A
 /// statement costs the server some 280 us of CPU whatever it carries, a record or claim
 /// about 45 us more: at 1,500 decisions a second per replica, with about two decisions per
-/// statement, the statements' own cost was most of PostgreSQL's. With this wait they carry
-/// about five, and PostgreSQL's CPU per decision fell from about 195 to 140 us, with a
-/// shorter tail (benches/README, "Session 23"). Quiet, a statement goes at once.
-const GATHER: Duration = Duration::from_millis(1);
+/// statement, the statements' own cost was most of PostgreSQL's. Waiting 1 ms took
+/// PostgreSQL's CPU per decision from about 195 to 145 us, 2 ms to about 125 us, with a
+/// shorter tail in both cases (the tail is the CPU's queue; benches/README, "Session 23").
+/// Quiet, a statement goes at once.
+const GATHER: Duration = Duration::from_millis(2);
 
 /// What a claim found: the decision's record if the transaction was decided, else whether
 /// this replica claimed it (`false`: another replica is scoring it).
