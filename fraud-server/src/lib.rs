@@ -16,6 +16,12 @@ pub mod service {
     pub use crate::server::{app, build, Service};
 }
 
+/// For the tests of the PostgreSQL store: its tables, and the plan its committer uses.
+#[doc(hidden)]
+pub mod testing {
+    pub use crate::server::pgstore::{commit_plan, create_tables};
+}
+
 use std::ffi::OsString;
 
 use clap::Parser;

@@ -37,6 +37,26 @@ fn verify_store(url: &str) -> (bool, String) {
 }
 
 #[test]
+fn the_committer_finds_claims_by_their_index_whatever_the_statistics() {
+    // A young store: a few claims, analyzed (as autovacuum does). The committer's one plan,
+    // made now, must still find a batch's claims by their index: a sequential scan made
+    // every statement read every claim as they piled up (a replica's throughput fell to a
+    // third under load).
+    let pg = Postgres::start();
+    let mut c = postgres::Client::connect(&pg.url(), postgres::NoTls).unwrap();
+    fraud_server::testing::create_tables(&mut c).unwrap();
+    c.batch_execute(
+        "INSERT INTO fraud_claims (transaction_id, replica, lock_key)
+             SELECT 'tx-' || g, 'r', 1 FROM generate_series(1, 50) g;
+         ANALYZE fraud_claims; ANALYZE fraud_records;",
+    )
+    .unwrap();
+    let plan = fraud_server::testing::commit_plan(&mut c).unwrap();
+    assert!(plan.contains("fraud_claims_pkey"), "{plan}");
+    assert!(!plan.contains("Seq Scan"), "{plan}");
+}
+
+#[test]
 fn replicas_on_postgres_and_redis_behave_as_one_service() {
     let mut pg = Postgres::start();
     let redis_port = free_port();

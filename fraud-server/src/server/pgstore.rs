@@ -336,6 +336,46 @@ SELECT ids.id, decided.body, claim.transaction_id IS NOT NULL, (SELECT count(*) 
 FROM ids LEFT JOIN decided ON decided.transaction_id = ids.id
 LEFT JOIN claim ON claim.transaction_id = ids.id";
 
+/// The committer connection's settings, set before it prepares [`COMMIT`]:
+/// - one plan for every batch: planned per call (its arrays' lengths known), the statement
+///   would cost more to plan than to run;
+/// - no sequential scans: that one plan is made once, from the tables' statistics of the
+///   moment. Made while `fraud_claims` was small (a young store, just analyzed), it read
+///   every claim to mark a batch's claims done, and as claims piled up each statement took
+///   tens of milliseconds: a replica fell to a third of its throughput (benches/README,
+///   "Session 23"). Every part of the statement has an index to use.
+const COMMITTER_SESSION: &str =
+    "SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off";
+
+/// Creates the store's tables when missing, as a replica does when it opens the store.
+#[doc(hidden)]
+pub fn create_tables(client: &mut Client) -> Result<(), postgres::Error> {
+    client.batch_execute(SCHEMA)
+}
+
+/// The plan a committer connection uses for [`COMMIT`] (its settings, one generic plan made
+/// from the tables' statistics now), as `EXPLAIN` prints it: for tests.
+#[doc(hidden)]
+pub fn commit_plan(client: &mut Client) -> Result<String, postgres::Error> {
+    client.batch_execute(COMMITTER_SESSION)?;
+    client.batch_execute(&format!(
+        "PREPARE fraud_commit_plan (text, bigint[], text[], text[], text[], text[], text[], \
+         text[], text[], text[], text[], text[], double precision, bigint) AS {COMMIT}"
+    ))?;
+    let rows = client.query(
+        "EXPLAIN EXECUTE fraud_commit_plan ('r', '{1}', '{h}', '{b}', '{decision}', '{t1}', \
+         '{t0}', '{}', '{}', '{}', '{s}', '{t2}', 30, 1)",
+        &[],
+    )?;
+    let mut plan = String::new();
+    for row in rows {
+        plan.push_str(row.try_get::<_, &str>(0)?);
+        plan.push('\n');
+    }
+    client.batch_execute("DEALLOCATE fraud_commit_plan")?;
+    Ok(plan)
+}
+
 /// The refs of every key of an entity (all replicas').
 const KEY_REFS_OF_ENTITY: &str =
     "SELECT key_ref FROM fraud_vault_keys WHERE entity = $1 AND NOT erased";
@@ -812,10 +852,7 @@ impl Shared {
         ids: &[&str],
     ) -> Result<HashMap<String, Claimed>, postgres::Error> {
         if !conn.stmts.contains_key(COMMIT) {
-            // One plan for every batch, on every connection: planned per call (its arrays'
-            // lengths known), the statement would cost more to plan than to run.
-            conn.client
-                .batch_execute("SET plan_cache_mode = force_generic_plan")?;
+            conn.client.batch_execute(COMMITTER_SESSION)?;
         }
         let commit = conn.stmt(COMMIT)?;
         let seqs: Vec<i64> = batch.iter().map(|r| r.seq).collect();
