@@ -9,6 +9,26 @@ use fraud_core::model::{
     Accumulation, Ensemble, Feature, FeatureKind, Missing, Node, Objective, Split, Test, Tree,
 };
 
+/// The value after `name` on the command line (`--cards 500`), if there is one.
+pub fn flag(name: &str) -> Option<String> {
+    let mut args = std::env::args().skip_while(|a| a != name);
+    args.next()?;
+    args.next()
+}
+
+/// The number after `name` on the command line, or `default` when the flag is absent; a
+/// value that is not a number ends the program (status 2) with a message naming the flag.
+pub fn number_flag(name: &str, default: usize) -> usize {
+    match flag(name) {
+        None => default,
+        Some(v) => v.parse().unwrap_or_else(|_| {
+            let program = std::env::args().next().unwrap_or_default();
+            eprintln!("{program}: {name} takes a number, not {v:?}");
+            std::process::exit(2)
+        }),
+    }
+}
+
 /// A small, fast, seeded generator (SplitMix64); benchmarks need no crypto-grade randomness.
 pub struct Rng(u64);
 

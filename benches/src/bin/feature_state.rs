@@ -12,7 +12,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Instant;
 
-use fraud_benches::transactions;
+use fraud_benches::{number_flag, transactions};
 use fraud_core::features::{
     replay_flat, Entity, Extractor, FeatureSpec, MemoryStore, StateStore, DEFAULT_SPEC,
 };
@@ -52,15 +52,6 @@ fn live() -> isize {
     LIVE.load(Ordering::Relaxed)
 }
 
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// The default spec reduced to its card features.
 fn card_only() -> FeatureSpec {
     let mut s = FeatureSpec::from_toml(DEFAULT_SPEC).unwrap_or_default();
@@ -74,9 +65,9 @@ fn card_only() -> FeatureSpec {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let n = arg("--transactions", 1_000_000);
-    let days = arg("--days", 30) as i64;
-    let cards = arg("--cards", 20_000);
+    let n = number_flag("--transactions", 1_000_000);
+    let days = number_flag("--days", 30) as i64;
+    let cards = number_flag("--cards", 20_000);
     let ex = Extractor::new(FeatureSpec::default_spec())?;
     println!(
         "history: {n} transactions over {days} days, {cards} cards ({:.1} per card per day), default spec ({} features)",

@@ -11,22 +11,8 @@
 
 use std::time::Instant;
 
-use fraud_benches::transactions;
+use fraud_benches::{number_flag, transactions};
 use fraud_core::features::{replay_flat, Extractor, FeatureSpec, MemoryStore, StateStore};
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(|v| {
-            v.parse().unwrap_or_else(|_| {
-                eprintln!("hot_entity: {name} takes a number, not {v}");
-                std::process::exit(2)
-            })
-        })
-        .unwrap_or(default)
-}
 
 /// Seconds per transaction: (offline replay, online steps).
 fn measure(ex: &Extractor, txs: &[fraud_core::transaction::Transaction]) -> (f64, f64) {
@@ -80,8 +66,8 @@ fn measure_redis(
 }
 
 fn main() {
-    let n = arg("--transactions", 20_000);
-    let cards = arg("--cards", 20_000);
+    let n = number_flag("--transactions", 20_000);
+    let cards = number_flag("--cards", 20_000);
     let ex = match Extractor::new(FeatureSpec::default_spec()) {
         Ok(ex) => ex,
         Err(e) => {

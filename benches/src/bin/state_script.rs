@@ -7,18 +7,11 @@
 //!
 //!     cargo run --release -p fraud-benches --bin state_script -- --redis URL [--transactions N]
 
-use fraud_benches::Rng;
+use fraud_benches::{flag, number_flag, Rng};
 use fraud_core::features::redis::RedisStore;
 use fraud_core::features::{Extractor, FeatureSpec, StateStore};
 use fraud_core::pii::Tokenizer;
 use fraud_core::transaction::{Channel, Decimal, RawTransaction, Transaction};
-
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-}
 
 fn fail(what: impl std::fmt::Display) -> ! {
     eprintln!("state_script: {what}");
@@ -84,13 +77,8 @@ fn stats(c: &mut redis::Connection) -> Vec<(String, u64, u64)> {
 }
 
 fn main() {
-    let url = arg("--redis").unwrap_or_else(|| fail("--redis URL is required"));
-    let n: usize = arg("--transactions")
-        .map(|v| {
-            v.parse()
-                .unwrap_or_else(|_| fail("--transactions takes a number"))
-        })
-        .unwrap_or(50_000);
+    let url = flag("--redis").unwrap_or_else(|| fail("--redis URL is required"));
+    let n = number_flag("--transactions", 50_000);
     let ex = Extractor::new(FeatureSpec::default_spec()).unwrap_or_else(|e| fail(e));
     let txs = transactions(n, 11);
     let timeout = std::time::Duration::from_secs(5);
