@@ -2,11 +2,11 @@
 //! over a plain TCP or Unix socket, with replies read by a small RESP2 reader of its own.
 //!
 //! The crate's reader (a general parser combinator) cost a replica about 16 us for each
-//! state script's answer, some 6% of its CPU per scored request with two replicas; this one
-//! reads the same answer in about a microsecond. Everything else (the commands as the crate
-//! packs them, script loading, errors and their kinds) stays the crate's: this type only
-//! implements [`redis::ConnectionLike`]. Addresses it does not handle (TLS, RESP3) keep the
-//! crate's own connection.
+//! state script's answer, some 6% of its CPU per scored request with two replicas; with this
+//! one a replica's CPU per answer fell by 5-16 us (benches/README, "Session 23").
+//! Everything else (the commands as the crate packs them, script loading, errors and their
+//! kinds) stays the crate's: this type only implements [`redis::ConnectionLike`]. Addresses
+//! it does not handle (TLS, RESP3) keep the crate's own connection.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};

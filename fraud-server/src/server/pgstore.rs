@@ -6,7 +6,8 @@
 //! has two decisions.
 //!
 //! - Group commit: records are chained in memory under one lock and committed by one thread
-//!   in batches (one transaction, one multi-row insert); a decision's answer waits for its
+//!   in batches (one transaction, one multi-row insert; under load the batches go
+//!   [`GATHER`] apart, so that each carries more); a decision's answer waits for its
 //!   batch's commit ([`Journal::durable`]), an event's append returns after it.
 //! - Idempotency across replicas: a transaction id is claimed in `fraud_claims` before it is
 //!   scored (a second replica answers 409 meanwhile). The committer claims every transaction
