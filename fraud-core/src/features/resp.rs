@@ -240,22 +240,26 @@ impl redis::ConnectionLike for Plain {
         offset: usize,
         count: usize,
     ) -> RedisResult<Vec<Value>> {
-        self.guarded(|c| {
+        // Every reply is read (the stream stays in step), whatever some of them say: a
+        // server's error among them leaves the connection usable.
+        let replies = self.guarded(|c| {
             c.reader.get_mut().write_all(cmd)?;
-            let mut out = Vec::with_capacity(count);
-            let mut first_err: Option<RedisError> = None;
-            // Every reply is read (the stream stays in step), whatever some of them say.
-            for i in 0..offset + count {
-                match c.value(0)? {
-                    Value::ServerError(e) if i < offset => {
-                        first_err.get_or_insert_with(|| e.into());
-                    }
-                    v if i >= offset => out.push(v),
-                    _ => {}
+            (0..offset + count)
+                .map(|_| c.value(0))
+                .collect::<RedisResult<Vec<_>>>()
+        })?;
+        let mut out = Vec::with_capacity(count);
+        let mut first_err: Option<RedisError> = None;
+        for (i, v) in replies.into_iter().enumerate() {
+            match v {
+                Value::ServerError(e) if i < offset => {
+                    first_err.get_or_insert_with(|| e.into());
                 }
+                v if i >= offset => out.push(v),
+                _ => {}
             }
-            first_err.map_or(Ok(out), Err)
-        })
+        }
+        first_err.map_or(Ok(out), Err)
     }
 
     fn get_db(&self) -> i64 {
@@ -275,16 +279,23 @@ impl redis::ConnectionLike for Plain {
 mod tests {
     use super::*;
 
-    /// A connection whose server sent `bytes`, then closed.
-    fn fed(bytes: &[u8]) -> std::io::Result<Plain> {
-        let (a, mut b) = std::os::unix::net::UnixStream::pair()?;
-        b.write_all(bytes)?;
-        Ok(Plain {
+    /// A connection and its server's end.
+    fn paired() -> std::io::Result<(Plain, std::os::unix::net::UnixStream)> {
+        let (a, b) = std::os::unix::net::UnixStream::pair()?;
+        let c = Plain {
             reader: BufReader::new(Socket::Unix(a)),
             db: 0,
             open: true,
             line: Vec::new(),
-        })
+        };
+        Ok((c, b))
+    }
+
+    /// A connection whose server sent `bytes`, then closed.
+    fn fed(bytes: &[u8]) -> std::io::Result<Plain> {
+        let (c, mut server) = paired()?;
+        server.write_all(bytes)?;
+        Ok(c)
     }
 
     /// The replies in `bytes`, up to its end.
@@ -328,6 +339,27 @@ mod tests {
         };
         assert_eq!(kind(&got[10]), ErrorKind::NoScriptError);
         assert_eq!(kind(&got[11]), ErrorKind::ReadOnly);
+    }
+
+    #[test]
+    fn a_pipeline_reads_every_reply_and_a_server_error_keeps_the_connection() {
+        use redis::ConnectionLike;
+        // The server's end stays open: the calls' writes go somewhere.
+        let (mut c, mut server) = paired().unwrap();
+        server
+            .write_all(b":1\r\n:2\r\n-ERR wrong\r\n:5\r\n+PONG\r\n")
+            .unwrap();
+        let both = c.req_packed_commands(b"", 0, 2).unwrap();
+        assert_eq!(both, vec![Value::Int(1), Value::Int(2)]);
+        // An error among the replies skipped (a transaction's `MULTI` part): the call fails
+        // with it, every reply is read, and the connection stays in step.
+        let e = c.req_packed_commands(b"", 1, 1).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ResponseError);
+        assert!(c.is_open());
+        assert_eq!(
+            c.req_packed_command(b"").unwrap(),
+            Value::SimpleString("PONG".into())
+        );
     }
 
     #[test]
