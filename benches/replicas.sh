@@ -8,7 +8,12 @@
 # wrk2 processes, answers per second, errors, and CPU per answer of the replicas, PostgreSQL
 # and Redis (from /proc schedstat).
 #
-#   WRK2=/path/to/wrk [REPLICAS="1 2"] benches/replicas.sh [FRAUD_BINARY] [RATE (3000)] [SECONDS (30)]
+#   WRK2=/path/to/wrk [REPLICAS="1 2"] [PG_STATS=1] benches/replicas.sh [FRAUD_BINARY] [RATE (3000)] [SECONDS (30)]
+#
+# PG_STATS=1 also loads pg_stat_statements and auto_explain into PostgreSQL and prints, per
+# run, the statements executed while measured (how many, their execution time, the three
+# costliest) and keeps the server's log, with the plans of statements slower than 10 ms, in
+# benches/replicas-pg.log.
 #
 # PostgreSQL and redis-server come from Debian's packages (postgresql, redis-server); wrk2 is
 # built from source: https://github.com/giltene/wrk2 (make; needs libssl-dev).
@@ -42,8 +47,13 @@ fi
 pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 "${as_owner[@]}" "$pgbin/initdb" -D "$work/pg" -U fraud --auth=trust -E UTF8 > /dev/null
 pg_port=$(free_port)
+pg_opts=()
+if [ "${PG_STATS:-0}" = 1 ]; then
+    pg_opts=(-c shared_preload_libraries=pg_stat_statements,auto_explain
+        -c auto_explain.log_min_duration=10ms -c auto_explain.log_analyze=on)
+fi
 "${as_owner[@]}" "$pgbin/postgres" -D "$work/pg" -p "$pg_port" -k "$work" \
-    -c listen_addresses=127.0.0.1 > "$work/pg.log" 2>&1 &
+    -c listen_addresses=127.0.0.1 "${pg_opts[@]}" > "$work/pg.log" 2>&1 &
 pg_pid=$!
 until "$pgbin/pg_isready" -q -h 127.0.0.1 -p "$pg_port"; do sleep 0.1; done
 redis_port=$(free_port)
@@ -51,6 +61,9 @@ redis-server --port "$redis_port" --save "" --appendonly no --bind 127.0.0.1 > /
 redis_pid=$!
 until redis-cli -p "$redis_port" ping > /dev/null 2>&1; do sleep 0.1; done
 store_url="postgres://fraud@127.0.0.1:$pg_port/postgres"
+if [ "${PG_STATS:-0}" = 1 ]; then
+    psql -q "$store_url" -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" > /dev/null
+fi
 
 ports=()
 keys=()
@@ -96,6 +109,9 @@ measure() { # label
     b_rep=$(cpu_ns "${pids[@]}")
     b_pg=$(cpu_ns "$pg_pid" $(pgrep -P "$pg_pid"))
     b_redis=$(cpu_ns "$redis_pid")
+    if [ "${PG_STATS:-0}" = 1 ]; then
+        psql -qAt "$store_url" -c "SELECT pg_stat_statements_reset()" > /dev/null
+    fi
     load m "$seconds" "$work/wrk-%d.out"
     after=$(cpu_ns $(server_pids))
     local a_rep a_pg a_redis
@@ -118,6 +134,14 @@ measure() { # label
         "$(echo "($a_rep - $b_rep) / 1000 / $answers" | bc -l)" \
         "$(echo "($a_pg - $b_pg) / 1000 / $answers" | bc -l)" \
         "$(echo "($a_redis - $b_redis) / 1000 / $answers" | bc -l)"
+    if [ "${PG_STATS:-0}" = 1 ]; then
+        # Every statement but these queries' own, then the three that took longest in all.
+        psql -qAt -F' ' "$store_url" -c "SELECT sum(calls), round(sum(total_exec_time)) FROM pg_stat_statements WHERE query NOT LIKE '%pg_stat_statements%'" |
+            awk '{printf "%-24s PostgreSQL: %d statements, %d ms executing; the costliest (calls | ms | mean ms | statement):\n", "", $1, $2}'
+        psql -qAt -F' | ' "$store_url" -c "SELECT calls, round(total_exec_time), round(mean_exec_time::numeric, 3), left(regexp_replace(query, '\s+', ' ', 'g'), 90) FROM pg_stat_statements WHERE query NOT LIKE '%pg_stat_statements%' ORDER BY total_exec_time DESC LIMIT 3" |
+            sed 's/^/                           /'
+        cp "$work/pg.log" "$here/replicas-pg.log"
+    fi
 }
 
 # One wrk2 per replica at its share of the rate, all at once, until all end: run prefix,
