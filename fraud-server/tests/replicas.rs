@@ -132,6 +132,33 @@ fn replicas_on_postgres_and_redis_behave_as_one_service() {
     assert_eq!(st, 200);
     assert_eq!(count(&a, &key, "x5"), 4.0, "x1..x4, each once");
 
+    // A client that goes away once its request is sent (another card): the transaction is
+    // still decided, so that its retry, on either replica, replays the decision.
+    let mut gone = at("x5b", 4);
+    gone["card_number"] = json!(card_number(7));
+    {
+        use std::io::Write as _;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", a.port)).unwrap();
+        let bytes = gone.to_string();
+        write!(
+            s,
+            "POST /v1/score HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{bytes}",
+            bytes.len()
+        )
+        .unwrap();
+    }
+    wait_for(
+        Duration::from_secs(60),
+        Duration::from_millis(50),
+        || match b.call("GET", "/v1/decisions/x5b", Some(&key), None) {
+            (200, _, _) => Ok(()),
+            (st, v, _) => Err(format!("x5b not decided: {st} {v}")),
+        },
+    );
+    let (st, again, _) = b.call("POST", "/v1/score", Some(&key), Some(&gone));
+    assert_eq!(st, 200, "{again}");
+    assert_eq!(again["replayed"], true, "{again}");
+
     // A replica id runs once.
     let dup = start(&dir.path().join("c"), &cfg("replica = \"a\"\n"));
     assert!(dup.is_err(), "a second process took replica id a");
@@ -180,7 +207,7 @@ fn replicas_on_postgres_and_redis_behave_as_one_service() {
     let _redis = redis_server(redis_port);
     let cfg_file = da.join("fraud.toml");
     let text = state_rebuild(&["--config", cfg_file.to_str().unwrap()]);
-    assert!(text.contains("6 decisions"), "{text}");
+    assert!(text.contains("7 decisions"), "{text}");
     let (st, _, _) = b.call("POST", "/v1/score", Some(&key), Some(&at("x7", 6)));
     assert_eq!(st, 200);
     assert_eq!(count(&a, &key, "x7"), 6.0, "{text}");

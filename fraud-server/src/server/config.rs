@@ -246,6 +246,10 @@ pub struct Limits {
     pub burst_per_key: f64,
     /// HTTP worker threads (0: one per core).
     pub workers: usize,
+    /// Threads of each HTTP worker's blocking pool, where requests that wait on a disk or
+    /// on another server are scored (0: actix-web's default, 512 shared by the workers).
+    /// A request waiting for a shared store's claim holds none.
+    pub blocking_threads: usize,
     /// Pins each HTTP worker thread to one CPU of those the process may use, in turn (Linux;
     /// elsewhere a warning). For a machine or container given to the service: a worker is
     /// never moved, nor put beside another worker while a CPU is free.
@@ -284,6 +288,7 @@ impl Default for Limits {
             rate_per_key: 5_000.0,
             burst_per_key: 10_000.0,
             workers: 0,
+            blocking_threads: 0,
             pin_workers: false,
             max_header_bytes: 16 * 1024,
             max_tree_depth: model.max_tree_depth,
@@ -619,6 +624,7 @@ impl Config {
             "FRAUD_MAX_IN_FLIGHT" => self.limits.max_in_flight = int(key)?,
             "FRAUD_RATE_PER_KEY" => self.limits.rate_per_key = num(key)?,
             "FRAUD_WORKERS" => self.limits.workers = int(key)?,
+            "FRAUD_BLOCKING_THREADS" => self.limits.blocking_threads = int(key)?,
             "FRAUD_LOG_DURABILITY" => self.log_durability = word(key, v)?,
             "FRAUD_RETENTION" => self.retention = Some(v.to_string()),
             "FRAUD_PIN_WORKERS" => self.limits.pin_workers = flag(key)?,

@@ -361,6 +361,10 @@ pub enum Begin {
     Claimed,
 }
 
+/// What [`Journal::begin_async`] gives: the claim of a transaction, awaited.
+pub type Beginning<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Begin, LogError>> + Send + 'a>>;
+
 /// What the service asks of a decision log, whatever keeps it: append events (durable when
 /// the call returns) and decisions (durable once [`durable`](Journal::durable) says so: many
 /// decisions share one commit), find a decision by transaction id, sign heads, remove old
@@ -429,6 +433,13 @@ pub trait Journal: Send + Sync {
             Some(rec) => Begin::Decided(Box::new(rec)),
             None => Begin::Claimed,
         })
+    }
+
+    /// [`begin`](Journal::begin) as a future that holds no thread while it waits, for a
+    /// store whose claim waits on another process (`None`: `begin` answers without waiting
+    /// on anyone, and is called as it is).
+    fn begin_async<'a>(&'a self, _transaction_id: &'a str) -> Option<Beginning<'a>> {
+        None
     }
 
     /// Gives up the claim of a transaction that was not decided.

@@ -15,7 +15,7 @@ use fraud_core::pii::Tokenizer;
 use fraud_core::transaction::Transaction;
 use serde_json::{json, Value};
 
-use super::decisions::{Begin, Event, Journal, Kind};
+use super::decisions::{Begin, Beginning, Event, Journal, Kind};
 use super::metrics::{Drift, Metrics};
 use super::problem::Problem;
 
@@ -306,20 +306,38 @@ impl StateBackend {
     }
 }
 
-/// Releases a transaction id from the busy set.
-struct BusyGuard<'a> {
-    engine: &'a Engine,
-    id: &'a str,
+/// Releases a transaction id from the busy set (and its claim, when it holds one): whatever
+/// ends the scoring, an error or a request dropped while its claim is awaited.
+struct BusyGuard<E: std::ops::Deref<Target = Engine>> {
+    engine: E,
+    id: String,
     /// Claimed in a shared store and not decided here (yet): released on drop.
     claimed: bool,
 }
 
-impl Drop for BusyGuard<'_> {
+impl<E: std::ops::Deref<Target = Engine>> Drop for BusyGuard<E> {
     fn drop(&mut self) {
         if self.claimed {
-            self.engine.log.release(self.id);
+            self.engine.log.release(&self.id);
         }
-        self.engine.busy.remove(self.id);
+        self.engine.busy.remove(&self.id);
+    }
+}
+
+/// A transaction whose scoring has begun ([`Engine::start`]): parsed, its id kept from this
+/// process's other requests until it is dropped, waiting for its claim.
+pub struct Scoring<E: std::ops::Deref<Target = Engine>> {
+    guard: BusyGuard<E>,
+    tx: Transaction,
+    /// The request's fingerprint (a retry must send the same).
+    request: String,
+    started: std::time::Instant,
+}
+
+impl<E: std::ops::Deref<Target = Engine>> Scoring<E> {
+    /// The transaction's id.
+    pub fn transaction_id(&self) -> &str {
+        &self.tx.transaction_id
     }
 }
 
@@ -486,30 +504,77 @@ impl Engine {
     /// and the seq of its record, which must be durable ([`durable`](Self::durable)) before
     /// the answer is sent.
     pub fn score(&self, bytes: &[u8], caller: &str) -> Result<(String, u64), Problem> {
+        let scoring = Engine::start(self, bytes)?;
+        self.finish_begun(scoring, bytes, caller)
+    }
+
+    /// The claim of a transaction as a future holding no thread, when the decision store's
+    /// claim waits on another process (a store shared by replicas); `None` otherwise
+    /// ([`finish_begun`](Self::finish_begun) asks for it then).
+    pub fn begin_async<'a>(&'a self, transaction_id: &'a str) -> Option<Beginning<'a>> {
+        self.log.begin_async(transaction_id)
+    }
+
+    /// A transaction's scoring begun: parsed, and its id kept from this process's other
+    /// requests (409 when one is scoring it).
+    pub fn start<E: std::ops::Deref<Target = Engine>>(
+        engine: E,
+        bytes: &[u8],
+    ) -> Result<Scoring<E>, Problem> {
         let started = std::time::Instant::now();
-        let tx = Transaction::from_json(bytes, &self.tokenizer).map_err(Problem::invalid)?;
+        let tx = Transaction::from_json(bytes, &engine.tokenizer).map_err(Problem::invalid)?;
         // The same transaction id again: answer what was decided (idempotent retries).
-        if !self.busy.insert_new(&tx.transaction_id, ()) {
+        if !engine.busy.insert_new(&tx.transaction_id, ()) {
             return Err(Problem::conflict(format!(
                 "transaction `{}` is being scored by another request",
                 tx.transaction_id
             )));
         }
-        let mut guard = BusyGuard {
-            engine: self,
-            id: &tx.transaction_id,
+        let request = serde_json::to_vec(&tx)
+            .map(|b| engine.tokenizer.fingerprint(&b))
+            .map_err(|e| Problem::internal(format!("request: {e}")));
+        let guard = BusyGuard {
+            id: tx.transaction_id.clone(),
+            engine,
             claimed: false,
         };
-        let request = serde_json::to_vec(&tx)
-            .map(|b| self.tokenizer.fingerprint(&b))
-            .map_err(|e| Problem::internal(format!("request: {e}")))?;
+        Ok(Scoring {
+            request: request?,
+            guard,
+            tx,
+            started,
+        })
+    }
+
+    /// [`finish`](Self::finish) with the claim asked for here.
+    pub fn finish_begun<E: std::ops::Deref<Target = Engine>>(
+        &self,
+        scoring: Scoring<E>,
+        bytes: &[u8],
+        caller: &str,
+    ) -> Result<(String, u64), Problem> {
+        let begun = self.log.begin(scoring.transaction_id());
+        self.finish(scoring, begun, bytes, caller)
+    }
+
+    /// Scores a transaction whose scoring began ([`start`](Self::start)) from `bytes`,
+    /// given what its claim found.
+    pub fn finish<E: std::ops::Deref<Target = Engine>>(
+        &self,
+        scoring: Scoring<E>,
+        begun: Result<Begin, super::decisions::LogError>,
+        bytes: &[u8],
+        caller: &str,
+    ) -> Result<(String, u64), Problem> {
+        let Scoring {
+            mut guard,
+            tx,
+            request,
+            started,
+        } = scoring;
         // Decided before, on any replica? Across replicas (a shared store) one scores it,
         // the others answer 409 meanwhile.
-        let found = match self
-            .log
-            .begin(&tx.transaction_id)
-            .map_err(Problem::from_log)?
-        {
+        let found = match begun.map_err(Problem::from_log)? {
             Begin::Decided(rec) => Some(rec),
             Begin::Busy => {
                 return Err(Problem::conflict(format!(

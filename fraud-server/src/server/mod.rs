@@ -140,6 +140,8 @@ pub struct Service {
     pub bind: String,
     /// HTTP workers.
     pub workers: usize,
+    /// Threads of each worker's blocking pool (0: actix-web's default).
+    pub blocking_threads: usize,
     /// Each HTTP worker pinned to a CPU.
     pub pin_workers: bool,
     /// Decision-log records replayed into the memory state at start.
@@ -546,6 +548,7 @@ pub fn build(cfg: &Config) -> anyhow::Result<Service> {
         dev_key,
         bind: cfg.bind.clone(),
         workers,
+        blocking_threads: cfg.limits.blocking_threads,
         pin_workers: cfg.limits.pin_workers,
         replayed,
         console,
@@ -695,6 +698,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     let bind = service.bind.clone();
     let workers = service.workers;
+    let blocking_threads = service.blocking_threads;
     let pins = if service.pin_workers {
         match pin::Pins::new() {
             Ok(p) => {
@@ -732,6 +736,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .client_request_timeout(Duration::from_secs(5))
         .client_disconnect_timeout(Duration::from_secs(2))
         .keep_alive(Duration::from_secs(30));
+        let server = if blocking_threads > 0 {
+            server.worker_max_blocking_threads(blocking_threads)
+        } else {
+            server
+        };
         let (server, scheme) = match tls {
             Some(t) => (server.bind_rustls_0_23(&bind, t), "https"),
             None => (server.bind(&bind), "http"),

@@ -19,7 +19,9 @@
 //!   can be that late. A claim is taken over when its replica no longer holds its lock (the
 //!   process died: a client's retry on another replica goes through at once), when it is
 //!   older than [`CLAIM_LAPSE`], or by its own replica again (whose requests the engine
-//!   keeps apart). Decisions are found by transaction id from any replica.
+//!   keeps apart). Decisions are found by transaction id from any replica. A request
+//!   awaits its claim without holding a thread ([`Journal::begin_async`]): only the scoring
+//!   that follows, which waits on the entity state, takes one from the blocking pool.
 //! - One process per replica id: the committer holds a session advisory lock on it.
 //! - Models: an upload is published (`fraud_models`, `fraud_model_roles`) and every
 //!   replica follows the assignment ([`super::engine::Engine::follow_models`]).
@@ -38,8 +40,8 @@ use super::users::{Attempts, ConsoleStore, Decide, LoggedIn, LoginRefusal, Store
 use super::vault::{RemoteKeys, Vault};
 
 use super::decisions::{
-    append_record, hash, now_rfc3339, Begin, Durable, Event, Head, Journal, Kind, LogError, Record,
-    Removed, GENESIS,
+    append_record, hash, now_rfc3339, Begin, Beginning, Durable, Event, Head, Journal, Kind,
+    LogError, Record, Removed, GENESIS,
 };
 
 /// How long a claim holds against another replica without its decision being committed.
@@ -268,14 +270,32 @@ const GATHER: Duration = Duration::from_millis(2);
 /// this replica claimed it (`false`: another replica is scoring it).
 type Claimed = (Option<String>, bool);
 
-/// Where the committer answers a claim.
-type ClaimAnswer = std::sync::mpsc::SyncSender<Result<Claimed, String>>;
+/// Where the committer answers a claim: a thread waiting for it, or a task awaiting it (a
+/// request holds no thread while its transaction is claimed).
+enum ClaimAnswer {
+    Thread(std::sync::mpsc::SyncSender<Result<Claimed, String>>),
+    Task(tokio::sync::oneshot::Sender<Result<Claimed, String>>),
+}
+
+impl ClaimAnswer {
+    /// Answers (a waiter that gave up is no one's concern).
+    fn send(self, answer: Result<Claimed, String>) {
+        match self {
+            ClaimAnswer::Thread(tx) => {
+                let _ = tx.send(answer);
+            }
+            ClaimAnswer::Task(tx) => {
+                let _ = tx.send(answer);
+            }
+        }
+    }
+}
 
 /// Answers every claim of `claims` with the failure `why` (their requests fail), leaving
 /// none.
 fn refuse(claims: &mut Vec<(String, ClaimAnswer)>, why: &str) {
     for (_, answer) in claims.drain(..) {
-        let _ = answer.send(Err(why.to_string()));
+        answer.send(Err(why.to_string()));
     }
 }
 
@@ -728,7 +748,7 @@ impl Shared {
                 match self.commit(&mut client, &batch, &keys, &ids) {
                     Ok(found) => {
                         for (id, answer) in claims.drain(..) {
-                            let _ = answer.send(found.get(&id).cloned().ok_or_else(|| {
+                            answer.send(found.get(&id).cloned().ok_or_else(|| {
                                 "the claim statement skipped a transaction".to_string()
                             }));
                         }
@@ -904,15 +924,36 @@ impl Shared {
     /// second.
     fn claim(&self, transaction_id: &str) -> Result<Claimed, LogError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.queue_claim(transaction_id, ClaimAnswer::Thread(tx))?;
+        self.answer("claim", &rx)?.map_err(|e| io("claim", e))
+    }
+
+    /// [`claim`](Self::claim) awaited: the same wait and timeout, without holding a thread.
+    async fn claim_async(&self, transaction_id: &str) -> Result<Claimed, LogError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.queue_claim(transaction_id, ClaimAnswer::Task(tx))?;
+        match tokio::time::timeout(self.timeout + Duration::from_secs(1), rx).await {
+            Ok(Ok(answer)) => answer.map_err(|e| io("claim", e)),
+            // The committer dropped the claim without answering (it stopped).
+            Ok(Err(_)) => Err(io("claim", "the store is closed")),
+            Err(_) => Err(io(
+                "claim",
+                format!("no answer within {} ms", self.timeout.as_millis()),
+            )),
+        }
+    }
+
+    /// Queues a claim for the committer's next statement.
+    fn queue_claim(&self, transaction_id: &str, answer: ClaimAnswer) -> Result<(), LogError> {
         {
             let mut g = self.lock();
             if g.stop {
                 return Err(io("claim", "the store is closed"));
             }
-            g.claims.push((transaction_id.to_string(), tx));
+            g.claims.push((transaction_id.to_string(), answer));
         }
         self.work.notify_one();
-        self.answer("claim", &rx)?.map_err(|e| io("claim", e))
+        Ok(())
     }
 
     /// The answer of a store thread, waited for at most the timeout and a second.
@@ -1008,6 +1049,20 @@ impl PgJournal {
         let mut rec = self.shared.open_record(body)?;
         self.vault.reveal(&mut rec.data);
         Ok(rec)
+    }
+
+    /// The body of `transaction_id`'s decision made here and not committed yet.
+    fn uncommitted(&self, transaction_id: &str) -> Option<String> {
+        self.shared.lock().uncommitted.get(transaction_id).cloned()
+    }
+
+    /// What a claim found, as [`Journal::begin`] tells it.
+    fn begun(&self, (body, claimed): Claimed) -> Result<Begin, LogError> {
+        Ok(match (body, claimed) {
+            (Some(b), _) => Begin::Decided(Box::new(self.open_record(&b)?)),
+            (None, true) => Begin::Claimed,
+            (None, false) => Begin::Busy,
+        })
     }
 }
 
@@ -1365,17 +1420,21 @@ impl Journal for PgJournal {
     }
 
     fn begin(&self, transaction_id: &str) -> Result<Begin, LogError> {
-        // Decided here and not committed yet.
-        let local = self.shared.lock().uncommitted.get(transaction_id).cloned();
-        if let Some(body) = local {
+        if let Some(body) = self.uncommitted(transaction_id) {
             return Ok(Begin::Decided(Box::new(self.open_record(&body)?)));
         }
-        let (body, claimed) = self.shared.claim(transaction_id)?;
-        Ok(match (body, claimed) {
-            (Some(b), _) => Begin::Decided(Box::new(self.open_record(&b)?)),
-            (None, true) => Begin::Claimed,
-            (None, false) => Begin::Busy,
-        })
+        let claimed = self.shared.claim(transaction_id)?;
+        self.begun(claimed)
+    }
+
+    fn begin_async<'a>(&'a self, transaction_id: &'a str) -> Option<Beginning<'a>> {
+        Some(Box::pin(async move {
+            if let Some(body) = self.uncommitted(transaction_id) {
+                return Ok(Begin::Decided(Box::new(self.open_record(&body)?)));
+            }
+            let claimed = self.shared.claim_async(transaction_id).await?;
+            self.begun(claimed)
+        }))
     }
 
     fn release(&self, transaction_id: &str) {
