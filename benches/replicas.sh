@@ -8,12 +8,13 @@
 # wrk2 processes, answers per second, errors, and CPU per answer of the replicas, PostgreSQL
 # and Redis (from /proc schedstat).
 #
-#   WRK2=/path/to/wrk [REPLICAS="1 2"] [PG_STATS=1] benches/replicas.sh [FRAUD_BINARY] [RATE (3000)] [SECONDS (30)]
+#   WRK2=/path/to/wrk [REPLICAS="1 2"] [PG_STATS=1] [REDIS_STATS=1] benches/replicas.sh [FRAUD_BINARY] [RATE (3000)] [SECONDS (30)]
 #
 # PG_STATS=1 also loads pg_stat_statements and auto_explain into PostgreSQL and prints, per
 # run, the statements executed while measured (how many, their execution time, the three
 # costliest) and keeps the server's log, with the plans of statements slower than 10 ms, in
-# benches/replicas-pg.log.
+# benches/replicas-pg.log. REDIS_STATS=1 prints Redis's commands over the measured seconds
+# (`INFO commandstats`: calls and microseconds of each, the scripts' inner calls included).
 #
 # PostgreSQL and redis-server come from Debian's packages (postgresql, redis-server); wrk2 is
 # built from source: https://github.com/giltene/wrk2 (make; needs libssl-dev).
@@ -112,6 +113,9 @@ measure() { # label
     if [ "${PG_STATS:-0}" = 1 ]; then
         psql -qAt "$store_url" -c "SELECT pg_stat_statements_reset()" > /dev/null
     fi
+    if [ "${REDIS_STATS:-0}" = 1 ]; then
+        redis-cli -p "$redis_port" config resetstat > /dev/null
+    fi
     load m "$seconds" "$work/wrk-%d.out"
     after=$(cpu_ns $(server_pids))
     local a_rep a_pg a_redis
@@ -141,6 +145,12 @@ measure() { # label
         psql -qAt -F' | ' "$store_url" -c "SELECT calls, round(total_exec_time), round(mean_exec_time::numeric, 3), left(regexp_replace(query, '\s+', ' ', 'g'), 90) FROM pg_stat_statements WHERE query NOT LIKE '%pg_stat_statements%' ORDER BY total_exec_time DESC LIMIT 3" |
             sed 's/^/                           /'
         cp "$work/pg.log" "$here/replicas-pg.log"
+    fi
+    if [ "${REDIS_STATS:-0}" = 1 ]; then
+        echo "                         Redis (command: calls, us in all, us a call):"
+        redis-cli -p "$redis_port" info commandstats | tr -d '\r' | grep '^cmdstat_' |
+            sed -E 's/^cmdstat_([^:]*):calls=([0-9]+),usec=([0-9]+),usec_per_call=([0-9.]+).*/\3 \1 \2 \4/' |
+            sort -rn | awk '{printf "                           %-20s %9d %11d %9.2f\n", $2, $3, $1, $4}'
     fi
 }
 
