@@ -971,3 +971,53 @@ fn a_policy_drafted_on_one_replica_is_approved_on_another_and_decides_on_both() 
     let (ok, report) = verify_store(&pg.url());
     assert!(ok, "{report}");
 }
+
+#[test]
+fn a_replica_with_entity_state_in_memory_claims_in_the_shared_store() {
+    // Memory state scores on the HTTP worker itself; the store's claim is still awaited
+    // (the worker is not held while the committer claims), and works as with Redis.
+    let pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (key, shared) = shared_keys(dir.path());
+    let s = replica(
+        &dir.path().join("m"),
+        &format!(
+            "{shared}[limits]\nworkers = 1\n[store]\nbackend = \"postgres\"\nurl = \"{}\"\nreplica = \"m\"\n",
+            pg.url()
+        ),
+    );
+    // Several at once on the one worker: each decided once.
+    let answers: Vec<(u16, Value)> = std::thread::scope(|sc| {
+        let calls: Vec<_> = (0..8)
+            .map(|i| {
+                let (s, key) = (&s, &key);
+                sc.spawn(move || {
+                    let (st, v, _) = s.call(
+                        "POST",
+                        "/v1/score",
+                        Some(key),
+                        Some(&at(&format!("m{i}"), i)),
+                    );
+                    (st, v)
+                })
+            })
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    for (st, v) in &answers {
+        assert_eq!(*st, 200, "{v}");
+        assert!(v.get("replayed").is_none(), "{v}");
+    }
+    let (st, again, _) = s.call("POST", "/v1/score", Some(&key), Some(&at("m3", 3)));
+    assert_eq!(st, 200, "{again}");
+    assert_eq!(again["replayed"], true, "{again}");
+    let decided: i64 = pg
+        .client()
+        .query_one(
+            "SELECT count(*) FROM fraud_records WHERE kind = 'decision' AND replica = 'm'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(decided, 8);
+}

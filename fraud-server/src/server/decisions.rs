@@ -435,11 +435,17 @@ pub trait Journal: Send + Sync {
         })
     }
 
-    /// [`begin`](Journal::begin) as a future that holds no thread while it waits, for a
-    /// store whose claim waits on another process (`None`: `begin` answers without waiting
-    /// on anyone, and is called as it is).
-    fn begin_async<'a>(&'a self, _transaction_id: &'a str) -> Option<Beginning<'a>> {
-        None
+    /// Whether [`begin`](Journal::begin) waits on another process (a store shared by
+    /// replicas claims a transaction in the database): the service then awaits
+    /// [`begin_async`](Journal::begin_async) instead, holding no thread meanwhile.
+    fn claims_elsewhere(&self) -> bool {
+        false
+    }
+
+    /// [`begin`](Journal::begin) as a future, which holds no thread while it waits when
+    /// [`claims_elsewhere`](Journal::claims_elsewhere) (otherwise it is `begin`, done at once).
+    fn begin_async<'a>(&'a self, transaction_id: &'a str) -> Beginning<'a> {
+        Box::pin(std::future::ready(self.begin(transaction_id)))
     }
 
     /// Gives up the claim of a transaction that was not decided.

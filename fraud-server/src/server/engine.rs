@@ -508,10 +508,16 @@ impl Engine {
         self.finish_begun(scoring, bytes, caller)
     }
 
-    /// The claim of a transaction as a future holding no thread, when the decision store's
-    /// claim waits on another process (a store shared by replicas); `None` otherwise
-    /// ([`finish_begun`](Self::finish_begun) asks for it then).
-    pub fn begin_async<'a>(&'a self, transaction_id: &'a str) -> Option<Beginning<'a>> {
+    /// Whether the claim of a transaction waits on another process (the decision store is
+    /// shared by replicas): then it is awaited ([`begin_async`](Self::begin_async)) rather
+    /// than asked for on a thread ([`finish_begun`](Self::finish_begun)).
+    pub fn claims_elsewhere(&self) -> bool {
+        self.log.claims_elsewhere()
+    }
+
+    /// The claim of a transaction as a future, holding no thread while it waits when
+    /// [`claims_elsewhere`](Self::claims_elsewhere).
+    pub fn begin_async<'a>(&'a self, transaction_id: &'a str) -> Beginning<'a> {
         self.log.begin_async(transaction_id)
     }
 

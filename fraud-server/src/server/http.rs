@@ -426,28 +426,28 @@ pub(crate) async fn score(
     let caller = auth.caller;
     json_content(&req)?;
     let bytes = body(payload, app.limits.max_body_bytes).await?;
-    let (answer, seq) = if app.inline {
-        app.engine.score(&bytes, &caller.name)?
-    } else {
-        // Parsed here; the claim (a shared store's) awaited without a thread; the rest,
-        // which waits on the entity state, on the blocking pool. A task of its own: a
-        // client that goes away does not stop a scoring begun (its claim granted, its state
-        // recorded), as a retry then finds its decision.
-        let engine = app.engine.clone();
+    let engine = app.engine.clone();
+    let (answer, seq) = if engine.claims_elsewhere() {
+        // A store shared by replicas: parsed here, the claim awaited without a thread, the
+        // rest on this worker when nothing of it waits (memory state), else on the
+        // blocking pool. A task of its own: a client that goes away does not stop a scoring
+        // begun (its claim granted, its state recorded), as a retry then finds its decision.
+        let inline = app.inline;
         actix_web::rt::spawn(async move {
             let scoring = Engine::start(engine.clone(), &bytes)?;
-            let begun = match engine.begin_async(scoring.transaction_id()) {
-                Some(claim) => Some(claim.await),
-                None => None,
-            };
-            blocking(move || match begun {
-                Some(begun) => engine.finish(scoring, begun, &bytes, &caller.name),
-                None => engine.finish_begun(scoring, &bytes, &caller.name),
-            })
-            .await
+            let begun = engine.begin_async(scoring.transaction_id()).await;
+            if inline {
+                engine.finish(scoring, begun, &bytes, &caller.name)
+            } else {
+                blocking(move || engine.finish(scoring, begun, &bytes, &caller.name)).await
+            }
         })
         .await
         .map_err(|_| Problem::unavailable("the service is shutting down"))??
+    } else if app.inline {
+        engine.score(&bytes, &caller.name)?
+    } else {
+        blocking(move || engine.score(&bytes, &caller.name)).await?
     };
     // Answered only once its record is durable (sync durability: a shared fsync).
     app.engine.durable(seq).await?;

@@ -1427,14 +1427,18 @@ impl Journal for PgJournal {
         self.begun(claimed)
     }
 
-    fn begin_async<'a>(&'a self, transaction_id: &'a str) -> Option<Beginning<'a>> {
-        Some(Box::pin(async move {
+    fn claims_elsewhere(&self) -> bool {
+        true
+    }
+
+    fn begin_async<'a>(&'a self, transaction_id: &'a str) -> Beginning<'a> {
+        Box::pin(async move {
             if let Some(body) = self.uncommitted(transaction_id) {
                 return Ok(Begin::Decided(Box::new(self.open_record(&body)?)));
             }
             let claimed = self.shared.claim_async(transaction_id).await?;
             self.begun(claimed)
-        }))
+        })
     }
 
     fn release(&self, transaction_id: &str) {
