@@ -505,12 +505,13 @@ impl Engine {
     /// the answer is sent.
     pub fn score(&self, bytes: &[u8], caller: &str) -> Result<(String, u64), Problem> {
         let scoring = Engine::start(self, bytes)?;
-        self.finish_begun(scoring, bytes, caller)
+        let begun = self.log.begin(scoring.transaction_id());
+        self.finish(scoring, begun, bytes, caller)
     }
 
     /// Whether the claim of a transaction waits on another process (the decision store is
     /// shared by replicas): then it is awaited ([`begin_async`](Self::begin_async)) rather
-    /// than asked for on a thread ([`finish_begun`](Self::finish_begun)).
+    /// than asked for on a thread ([`score`](Self::score)).
     pub fn claims_elsewhere(&self) -> bool {
         self.log.claims_elsewhere()
     }
@@ -550,17 +551,6 @@ impl Engine {
             tx,
             started,
         })
-    }
-
-    /// [`finish`](Self::finish) with the claim asked for here.
-    pub fn finish_begun<E: std::ops::Deref<Target = Engine>>(
-        &self,
-        scoring: Scoring<E>,
-        bytes: &[u8],
-        caller: &str,
-    ) -> Result<(String, u64), Problem> {
-        let begun = self.log.begin(scoring.transaction_id());
-        self.finish(scoring, begun, bytes, caller)
     }
 
     /// Scores a transaction whose scoring began ([`start`](Self::start)) from `bytes`,

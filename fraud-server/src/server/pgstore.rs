@@ -932,14 +932,11 @@ impl Shared {
     async fn claim_async(&self, transaction_id: &str) -> Result<Claimed, LogError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.queue_claim(transaction_id, ClaimAnswer::Task(tx))?;
-        match tokio::time::timeout(self.timeout + Duration::from_secs(1), rx).await {
+        match tokio::time::timeout(self.answer_within(), rx).await {
             Ok(Ok(answer)) => answer.map_err(|e| io("claim", e)),
             // The committer dropped the claim without answering (it stopped).
             Ok(Err(_)) => Err(io("claim", "the store is closed")),
-            Err(_) => Err(io(
-                "claim",
-                format!("no answer within {} ms", self.timeout.as_millis()),
-            )),
+            Err(_) => Err(self.no_answer("claim")),
         }
     }
 
@@ -958,13 +955,21 @@ impl Shared {
 
     /// The answer of a store thread, waited for at most the timeout and a second.
     fn answer<T>(&self, what: &str, rx: &std::sync::mpsc::Receiver<T>) -> Result<T, LogError> {
-        rx.recv_timeout(self.timeout + Duration::from_secs(1))
-            .map_err(|_| {
-                io(
-                    what,
-                    format!("no answer within {} ms", self.timeout.as_millis()),
-                )
-            })
+        rx.recv_timeout(self.answer_within())
+            .map_err(|_| self.no_answer(what))
+    }
+
+    /// How long a store thread's answer is waited for: the timeout and a second.
+    fn answer_within(&self) -> Duration {
+        self.timeout + Duration::from_secs(1)
+    }
+
+    /// `what` failed: its store thread gave no answer in time.
+    fn no_answer(&self, what: &str) -> LogError {
+        io(
+            what,
+            format!("no answer within {} ms", self.timeout.as_millis()),
+        )
     }
 
     /// Runs `f` on a reader connection, without waiting for it (a failure is reported as
@@ -1051,9 +1056,11 @@ impl PgJournal {
         Ok(rec)
     }
 
-    /// The body of `transaction_id`'s decision made here and not committed yet.
-    fn uncommitted(&self, transaction_id: &str) -> Option<String> {
-        self.shared.lock().uncommitted.get(transaction_id).cloned()
+    /// `transaction_id`'s decision when it was made here and is not committed yet.
+    fn decided_here(&self, transaction_id: &str) -> Result<Option<Begin>, LogError> {
+        let body = self.shared.lock().uncommitted.get(transaction_id).cloned();
+        body.map(|b| Ok(Begin::Decided(Box::new(self.open_record(&b)?))))
+            .transpose()
     }
 
     /// What a claim found, as [`Journal::begin`] tells it.
@@ -1420,8 +1427,8 @@ impl Journal for PgJournal {
     }
 
     fn begin(&self, transaction_id: &str) -> Result<Begin, LogError> {
-        if let Some(body) = self.uncommitted(transaction_id) {
-            return Ok(Begin::Decided(Box::new(self.open_record(&body)?)));
+        if let Some(found) = self.decided_here(transaction_id)? {
+            return Ok(found);
         }
         let claimed = self.shared.claim(transaction_id)?;
         self.begun(claimed)
@@ -1433,8 +1440,8 @@ impl Journal for PgJournal {
 
     fn begin_async<'a>(&'a self, transaction_id: &'a str) -> Beginning<'a> {
         Box::pin(async move {
-            if let Some(body) = self.uncommitted(transaction_id) {
-                return Ok(Begin::Decided(Box::new(self.open_record(&body)?)));
+            if let Some(found) = self.decided_here(transaction_id)? {
+                return Ok(found);
             }
             let claimed = self.shared.claim_async(transaction_id).await?;
             self.begun(claimed)
