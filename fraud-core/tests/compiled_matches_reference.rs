@@ -283,6 +283,33 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4))]
+
+    /// Models of several tiles (batches walk the trees tile by tile, a group of row blocks
+    /// at a time) and batches of more rows than a group or a parallel task holds: each row
+    /// still adds its trees in model order, the reference's bits.
+    #[test]
+    fn tiled_batches_equal_reference_in_every_kernel(
+        e in ensemble_strategy_sized(60..80, 60..120),
+        rows in prop::collection::vec(row_strategy(), 1100..2600),
+    ) {
+        let model = CompiledModel::new(&e).unwrap();
+        let flat: Vec<f64> = rows.iter().flatten().copied().collect();
+        let reference: Vec<u64> = rows.iter().map(|r| e.reference_margin(r).to_bits()).collect();
+        for m in every_kernel(&model) {
+            let mut batch = vec![0.0; rows.len()];
+            m.predict_margin_batch(&flat, &mut batch).unwrap();
+            let mut serial = vec![0.0; rows.len()];
+            m.predict_margin_batch_serial(&flat, &mut serial).unwrap();
+            for (r, want) in reference.iter().enumerate() {
+                prop_assert_eq!(batch[r].to_bits(), *want, "{:?} row {}", m.batch_kernel(), r);
+                prop_assert_eq!(serial[r].to_bits(), *want, "{:?} row {}", m.batch_kernel(), r);
+            }
+        }
+    }
+}
+
 #[test]
 fn wrong_row_lengths_are_errors_not_panics() {
     let e = Ensemble {

@@ -178,6 +178,8 @@ fn bench_prints_the_documented_json() {
         assert!(v[key].as_f64().unwrap() > 0.0, "{key} in {v}");
     }
     assert_eq!(v["threads"], 1);
+    let walk = v["batch_kernel_costs"]["walk"].as_f64().unwrap();
+    assert!(walk > 0.0, "walk cost in {v}");
 }
 
 #[test]

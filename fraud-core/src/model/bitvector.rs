@@ -14,12 +14,14 @@
 //!   way to it that the row failed.
 //! - Tests are grouped by the feature they read and sorted by threshold. A row fails exactly
 //!   the tests with `t < v` (all of them when `v` is NaN), a prefix of its feature's list: the
-//!   scan of a feature stops at the first test that every row of the block passes. Which tests
-//!   a row fails does not depend on the order they are applied in (AND commutes), so the
-//!   result is the same leaf as the walk's, bit for bit.
+//!   scan of a feature stops at the first test that every row of the block passes, found
+//!   before the scan by a binary search for the block's largest value (so the scan's loop
+//!   tests nothing but the rows). Which tests a row fails does not depend on the order they
+//!   are applied in (AND commutes), so the result is the same leaf as the walk's, bit for bit.
 //!
-//! Eight rows share each scan: one comparison of the threshold with eight values, one masked
-//! AND of eight bit vectors (AVX-512, or two AVX2 halves, or a portable loop: the same bits).
+//! Sixteen rows share each scan: comparisons of the threshold with sixteen values, one masked
+//! AND of sixteen bit vectors (two AVX-512 vectors, or four AVX2 quarters, or a portable loop:
+//! the same bits).
 //! Trees of more than 64 leaves use several 64-bit words ("slots"); a test whose range spans
 //! words is stored once per word. Tests a vector cannot do (categorical, zero-as-missing) are
 //! evaluated row by row with the walk's own code, and tests that always fail (`t` NaN) are
@@ -41,7 +43,7 @@ const MAX_CAT_CODES: u32 = 1 << 20;
 /// Rows scored together: one AVX-512 vector of `f64` values or of 64-bit masks.
 pub(super) const LANES: usize = 16;
 
-/// One slot (64 leaves of one tree) for the eight rows of a block.
+/// One slot (64 leaves of one tree) for the sixteen rows of a block.
 #[derive(Debug, Clone, Copy)]
 #[repr(C, align(64))]
 pub(super) struct Lanes([u64; LANES]);
@@ -134,6 +136,15 @@ impl Simd {
         }
         Simd::Portable
     }
+}
+
+/// Whether this CPU is AMD's (its vendor string, CPUID leaf 0).
+#[cfg(target_arch = "x86_64")]
+fn amd() -> bool {
+    // SAFETY: CPUID leaf 0 exists on every x86_64 CPU.
+    #[allow(unused_unsafe, unsafe_code)]
+    let id = unsafe { std::arch::x86_64::__cpuid(0) };
+    [id.ebx, id.edx, id.ecx] == [*b"Auth", *b"enti", *b"cAMD"].map(u32::from_le_bytes)
 }
 
 /// The bit-vector form of a compiled model's trees.
@@ -404,11 +415,15 @@ impl BitScorer {
     /// features, on Intel): a test of the vector scan costs about 0.13 of a walk step per row
     /// with AVX-512, 0.18 with AVX2 and 0.5 in portable code (most rows fail half their tests
     /// or more, and a block scans about as far as its furthest row); a test done row by row
-    /// about 1.5, a failed categorical test 1; finding a tree's exit leaf 0.3.
+    /// about 1.5, a failed categorical test 1; finding a tree's exit leaf 0.3. On AMD Zen 3
+    /// (AVX2 only) a walk step costs more, its loads missing the smaller L2 more often, and an
+    /// AVX2 test about 0.155 of one (four data sets, `benches/README.md`).
     pub(super) fn cost(&self) -> f64 {
         let scan = match self.simd {
             #[cfg(target_arch = "x86_64")]
             Simd::Avx512 => 0.13,
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx2 if amd() => 0.155,
             #[cfg(target_arch = "x86_64")]
             Simd::Avx2 => 0.18,
             Simd::Portable => 0.5,
@@ -562,22 +577,41 @@ impl BitScorer {
         }
     }
 
+    /// Where the scan of value position `p`'s tests ends for a block whose values at `p` are
+    /// `x`: at the first test every row passes (`max(x) <= t`; the thresholds are sorted, so
+    /// every later test passes too), or after the last test when a row is NaN (NaN fails
+    /// every test). Found once per block and position, so the scan itself tests nothing but
+    /// the rows.
+    #[inline]
+    fn scan_end(&self, p: usize, x: &[f64]) -> usize {
+        let (lo, hi) = (self.starts[p] as usize, self.starts[p + 1] as usize);
+        if lo == hi {
+            return lo;
+        }
+        let mut max = f64::NEG_INFINITY;
+        let mut nan = false;
+        for &v in x {
+            nan |= v.is_nan();
+            max = if v > max { v } else { max };
+        }
+        if nan {
+            return hi;
+        }
+        lo + self.thresholds[lo..hi].partition_point(|&t| t < max)
+    }
+
     fn scan_portable(&self, xb: &[f64], state: &mut [Lanes]) {
-        for (p, w) in self.starts.windows(2).enumerate() {
+        for p in 0..self.starts.len() - 1 {
             let x: [f64; LANES] = std::array::from_fn(|l| xb[p * LANES + l]);
-            for i in w[0] as usize..w[1] as usize {
+            for i in self.starts[p] as usize..self.scan_end(p, &x) {
                 let (t, mask) = (self.thresholds[i], self.masks[i]);
-                // All ones in the lanes that fail the test: written so that compilers
-                // vectorise it (a comparison yields such masks).
-                #[allow(clippy::neg_cmp_op_on_partial_ord)] // NaN fails every test.
-                let fails: [u64; LANES] =
-                    std::array::from_fn(|l| u64::from(!(x[l] <= t)).wrapping_neg());
-                if fails.iter().fold(0, |a, &f| a | f) == 0 {
-                    break;
-                }
+                // All ones in the lanes that pass the test: written so that compilers
+                // vectorise it (a comparison yields such masks). NaN passes no test.
+                let pass: [u64; LANES] =
+                    std::array::from_fn(|l| u64::from(x[l] <= t).wrapping_neg());
                 let st = &mut state[self.slots[i] as usize].0;
-                for (s, f) in st.iter_mut().zip(fails) {
-                    *s &= mask | !f;
+                for (s, f) in st.iter_mut().zip(pass) {
+                    *s &= mask | f;
                 }
             }
         }
@@ -588,19 +622,18 @@ impl BitScorer {
     #[allow(unsafe_code)]
     unsafe fn scan_avx512(&self, xb: &[f64], state: &mut [Lanes]) {
         use std::arch::x86_64::*;
-        for (p, w) in self.starts.windows(2).enumerate() {
+        for p in 0..self.starts.len() - 1 {
+            let end = self.scan_end(p, &xb[p * LANES..(p + 1) * LANES]);
             // SAFETY: `margins` checked `xb` holds every position's lanes; `new` made every
-            // slot index `init`, which `state` is as long as; `Lanes` is 64-byte aligned.
+            // slot index `init`, which `state` is as long as; `Lanes` is 64-byte aligned;
+            // `scan_end` is within the position's tests.
             unsafe {
                 let x0 = _mm512_loadu_pd(xb.as_ptr().add(p * LANES));
                 let x1 = _mm512_loadu_pd(xb.as_ptr().add(p * LANES + 8));
-                for i in w[0] as usize..w[1] as usize {
+                for i in self.starts[p] as usize..end {
                     let t = _mm512_set1_pd(*self.thresholds.get_unchecked(i));
                     let f0 = _mm512_cmp_pd_mask::<_CMP_NLE_UQ>(x0, t);
                     let f1 = _mm512_cmp_pd_mask::<_CMP_NLE_UQ>(x1, t);
-                    if f0 | f1 == 0 {
-                        break;
-                    }
                     let mask = _mm512_set1_epi64(*self.masks.get_unchecked(i) as i64);
                     let st = state
                         .as_mut_ptr()
@@ -621,31 +654,23 @@ impl BitScorer {
     unsafe fn scan_avx2(&self, xb: &[f64], state: &mut [Lanes]) {
         use std::arch::x86_64::*;
         const Q: usize = LANES / 4;
-        for (p, w) in self.starts.windows(2).enumerate() {
+        for p in 0..self.starts.len() - 1 {
+            let end = self.scan_end(p, &xb[p * LANES..(p + 1) * LANES]);
             // SAFETY: as in `scan_avx512`; each quarter of a `Lanes` is 32-byte aligned.
             unsafe {
                 let x: [__m256d; Q] =
                     std::array::from_fn(|q| _mm256_loadu_pd(xb.as_ptr().add(p * LANES + 4 * q)));
-                let ones = _mm256_set1_epi64x(-1);
-                for i in w[0] as usize..w[1] as usize {
+                for i in self.starts[p] as usize..end {
                     let t = _mm256_set1_pd(*self.thresholds.get_unchecked(i));
-                    let f: [__m256i; Q] = std::array::from_fn(|q| {
-                        _mm256_castpd_si256(_mm256_cmp_pd::<_CMP_NLE_UQ>(x[q], t))
-                    });
-                    let any = f
-                        .iter()
-                        .fold(_mm256_setzero_si256(), |a, &b| _mm256_or_si256(a, b));
-                    if _mm256_testz_si256(any, ones) == 1 {
-                        break;
-                    }
                     let mask = _mm256_set1_epi64x(*self.masks.get_unchecked(i) as i64);
                     let st = state
                         .as_mut_ptr()
                         .add(*self.slots.get_unchecked(i) as usize)
                         .cast::<__m256i>();
-                    for (q, &fq) in f.iter().enumerate() {
-                        // Failing lanes keep `mask`'s bits, the others every bit.
-                        let keep = _mm256_or_si256(mask, _mm256_andnot_si256(fq, ones));
+                    for (q, &xq) in x.iter().enumerate() {
+                        // Passing lanes keep every bit, failing ones `mask`'s (NaN fails).
+                        let pass = _mm256_castpd_si256(_mm256_cmp_pd::<_CMP_LE_OQ>(xq, t));
+                        let keep = _mm256_or_si256(mask, pass);
                         let sq = st.add(q);
                         _mm256_store_si256(sq, _mm256_and_si256(_mm256_load_si256(sq), keep));
                     }

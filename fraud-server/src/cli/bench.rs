@@ -92,6 +92,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         "threads": threads,
         "batch_passes": a.passes,
         "batch_kernel": format!("{:?}", model.batch_kernel()),
+        "batch_kernel_costs": {
+            "walk": model.batch_kernel_costs().0,
+            "bitvector": model.batch_kernel_costs().1,
+        },
         "batch_ns_per_row": (best * 10.0).round() / 10.0,
         "single_rows": single,
         "single_row_us_p50": percentile(&times, 0.50) / 1000.0,
