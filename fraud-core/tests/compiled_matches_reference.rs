@@ -196,6 +196,15 @@ fn every_kernel(model: &CompiledModel) -> Vec<CompiledModel> {
     .collect()
 }
 
+/// The margins of the `n` rows in `flat`, in parallel batches and on the calling thread.
+fn batch_margins(m: &CompiledModel, flat: &[f64], n: usize) -> (Vec<f64>, Vec<f64>) {
+    let mut batch = vec![0.0; n];
+    m.predict_margin_batch(flat, &mut batch).unwrap();
+    let mut serial = vec![0.0; n];
+    m.predict_margin_batch_serial(flat, &mut serial).unwrap();
+    (batch, serial)
+}
+
 /// Every kernel's batch margins are the reference's bits.
 fn batches_equal_reference(e: &Ensemble, rows: &[Vec<f64>]) -> Result<(), TestCaseError> {
     let model = CompiledModel::new(e).unwrap();
@@ -206,10 +215,7 @@ fn batches_equal_reference(e: &Ensemble, rows: &[Vec<f64>]) -> Result<(), TestCa
         "walk, bit vectors and portable bit vectors"
     );
     for m in kernels {
-        let mut batch = vec![0.0; rows.len()];
-        m.predict_margin_batch(&flat, &mut batch).unwrap();
-        let mut serial = vec![0.0; rows.len()];
-        m.predict_margin_batch_serial(&flat, &mut serial).unwrap();
+        let (batch, serial) = batch_margins(&m, &flat, rows.len());
         for (r, row) in rows.iter().enumerate() {
             let reference = e.reference_margin(row).to_bits();
             let kernel = m.batch_kernel();
@@ -298,10 +304,7 @@ proptest! {
         let flat: Vec<f64> = rows.iter().flatten().copied().collect();
         let reference: Vec<u64> = rows.iter().map(|r| e.reference_margin(r).to_bits()).collect();
         for m in every_kernel(&model) {
-            let mut batch = vec![0.0; rows.len()];
-            m.predict_margin_batch(&flat, &mut batch).unwrap();
-            let mut serial = vec![0.0; rows.len()];
-            m.predict_margin_batch_serial(&flat, &mut serial).unwrap();
+            let (batch, serial) = batch_margins(&m, &flat, rows.len());
             for (r, want) in reference.iter().enumerate() {
                 prop_assert_eq!(batch[r].to_bits(), *want, "{:?} row {}", m.batch_kernel(), r);
                 prop_assert_eq!(serial[r].to_bits(), *want, "{:?} row {}", m.batch_kernel(), r);

@@ -19,8 +19,9 @@
 //! independent loads to overlap; a single row walks several trees in lock-step for the same
 //! reason. A model larger than a core's L2 cache is walked in tiles of trees (`TILE_BYTES`
 //! of nodes): a group of blocks walks one tile, then the next, each row adding its trees in
-//! model order (the same sums, bit for bit), so that the nodes come from L2 rather than L3. Models with categorical or zero-as-missing splits use a kernel that branches on
-//! those nodes only.
+//! model order (the same sums, bit for bit), so that the nodes come from L2 rather than L3.
+//! Models with categorical or zero-as-missing splits use a kernel that branches on those
+//! nodes only.
 //!
 //! Batches may instead use bit vectors ([`BatchKernel::BitVector`], the `bitvector` module),
 //! whose cost does not follow the trees' depth; `new` picks the kernel with the lower
@@ -439,8 +440,9 @@ impl CompiledModel {
         m.kernel_costs.0 = walk_cost;
         // (A model the bit vectors cannot hold keeps the walk.)
         if let Ok(bits) = BitScorer::new(&m) {
-            m.kernel_costs.1 = Some(bits.cost());
-            if bits.cost() < walk_cost {
+            let cost = bits.cost();
+            m.kernel_costs.1 = Some(cost);
+            if cost < walk_cost {
                 m.bits = Some(Box::new(bits));
             }
         }
@@ -742,7 +744,11 @@ impl CompiledModel {
         let len = (2 * nf * BLOCK).max(self.min_buf);
         // Blocks walked together through each tile of trees: their buffers and sums stay in
         // the core's cache while the tile's nodes are read once for all of them.
-        let group = (GROUP_BYTES / (len * 8)).clamp(1, PAR_CHUNK_ROWS / BLOCK);
+        // (No more than the rows need: a small batch allocates no more than its blocks.)
+        let group = (GROUP_BYTES / (len * 8))
+            .min(PAR_CHUNK_ROWS / BLOCK)
+            .min(out.len().div_ceil(BLOCK))
+            .max(1);
         let mut bufs = vec![0.0f64; len * group];
         let mut sums = vec![([0.0f64; BLOCK], [0.0f32; BLOCK]); group];
         for (out, rows) in out
